@@ -1,0 +1,119 @@
+//! The kernel-set trait: every numeric operation the model and the optimizer
+//! need, written against raw views into engine-owned arenas.
+//!
+//! The model ([`crate::model::Gpt`]) owns four arenas (parameters, gradients,
+//! activations, activation gradients) and passes *views* into them — an
+//! engine pointer plus the dimensions of the op — exactly the way llm.c's
+//! `gpt2_forward` hands `float*` into its big buffers. That keeps the forward
+//! and backward call lists identical for every engine: the CPU set here, the
+//! CUDA set of `engine::cuda` later.
+//!
+//! Kernel methods are `unsafe`: the caller guarantees that each view lies
+//! inside a live arena of this engine and that an output view does not alias
+//! any other view of the same call (in-place use is documented per method).
+//!
+//! Accumulation conventions, chosen so the call list needs no zeroing of
+//! activation gradients: parameter gradients are always `+=` (so
+//! micro-batches accumulate), activation gradients are written (`=`), except
+//! the residual-stream gradient that layernorm backward adds into.
+
+pub mod cpu;
+
+/// How a weight matrix of a linear layer is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightLayout {
+    /// `(in, out)`: GPT-2's Conv1D layout (`c_attn`, `c_proj`, `c_fc`).
+    InOut,
+    /// `(out, in)`: the token embedding used as the output head.
+    OutIn,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot allocate {0} floats")]
+    Alloc(usize),
+}
+
+/// A kernel set. `Arena` owns a flat zero-initialised `f32` buffer; `Ptr` is
+/// the address of an element inside one (a raw pointer on the CPU, a device
+/// address on a GPU).
+pub trait Engine: Send + Sync {
+    type Arena: Send;
+    type Ptr: Copy + Send + Sync;
+
+    fn name(&self) -> String;
+
+    fn alloc(&self, len: usize) -> Result<Self::Arena, EngineError>;
+    fn arena_len(&self, arena: &Self::Arena) -> usize;
+    /// Address of element `offset` (may equal the arena's length).
+    fn at(&self, arena: &Self::Arena, offset: usize) -> Self::Ptr;
+
+    /// Copies host data into `len = src.len()` floats at `dst`.
+    unsafe fn write(&self, dst: Self::Ptr, src: &[f32]);
+    /// Copies `dst.len()` floats at `src` to the host.
+    unsafe fn read(&self, src: Self::Ptr, dst: &mut [f32]);
+    unsafe fn fill(&self, dst: Self::Ptr, len: usize, value: f32);
+    unsafe fn scale(&self, x: Self::Ptr, len: usize, factor: f32);
+    /// Σ x², accumulated in f64 in a fixed order (deterministic).
+    unsafe fn sum_squares(&self, x: Self::Ptr, len: usize) -> f64;
+    /// Σ |x|, the validator's gradient fingerprint.
+    unsafe fn sum_abs(&self, x: Self::Ptr, len: usize) -> f64;
+
+    /// `out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:]`.
+    unsafe fn encoder_forward(&self, out: Self::Ptr, tokens: &[u32], wte: Self::Ptr, wpe: Self::Ptr, b: usize, t: usize, c: usize);
+    /// `dwte[tokens[b,t]] += dout[b,t]`, `dwpe[t] += dout[b,t]`, in a fixed order.
+    unsafe fn encoder_backward(&self, dwte: Self::Ptr, dwpe: Self::Ptr, dout: Self::Ptr, tokens: &[u32], b: usize, t: usize, c: usize);
+
+    /// Row-wise layernorm of `n` rows of width `c` (eps 1e-5); keeps mean and 1/std.
+    unsafe fn layernorm_forward(&self, out: Self::Ptr, mean: Self::Ptr, rstd: Self::Ptr, inp: Self::Ptr, w: Self::Ptr, bias: Self::Ptr, n: usize, c: usize);
+    /// `dinp += …`, `dw += …`, `dbias += …`.
+    unsafe fn layernorm_backward(
+        &self, dinp: Self::Ptr, dw: Self::Ptr, dbias: Self::Ptr, dout: Self::Ptr, inp: Self::Ptr, w: Self::Ptr, mean: Self::Ptr, rstd: Self::Ptr, n: usize, c: usize,
+    );
+
+    /// `out(n,oc) = inp(n,c) · W + bias (+ residual(n,oc))`; `out` may not alias `residual`.
+    unsafe fn matmul_forward(
+        &self, out: Self::Ptr, inp: Self::Ptr, w: Self::Ptr, layout: WeightLayout, bias: Option<Self::Ptr>, residual: Option<Self::Ptr>, n: usize, c: usize, oc: usize,
+    );
+    /// `dinp = dout · Wᵀ`, `dw += inpᵀ · dout` (in `layout`), `dbias += Σ_rows dout`.
+    unsafe fn matmul_backward(
+        &self, dinp: Self::Ptr, dw: Self::Ptr, dbias: Option<Self::Ptr>, dout: Self::Ptr, inp: Self::Ptr, w: Self::Ptr, layout: WeightLayout, n: usize, c: usize, oc: usize,
+    );
+
+    /// Floats of per-layer state attention forward keeps for its backward
+    /// (the CPU keeps the probabilities, a flash kernel only row statistics).
+    fn attention_cache_len(&self, b: usize, t: usize, nh: usize) -> usize;
+    /// Causal self-attention: `qkv(b,t,3c)` → `out(b,t,c)`, heads of size c/nh.
+    unsafe fn attention_forward(&self, out: Self::Ptr, cache: Self::Ptr, qkv: Self::Ptr, b: usize, t: usize, c: usize, nh: usize);
+    /// `dqkv = …` from `dout`.
+    unsafe fn attention_backward(&self, dqkv: Self::Ptr, dout: Self::Ptr, qkv: Self::Ptr, cache: Self::Ptr, b: usize, t: usize, c: usize, nh: usize);
+
+    /// tanh-approximated GELU; `out` may alias `inp`.
+    unsafe fn gelu_forward(&self, out: Self::Ptr, inp: Self::Ptr, n: usize);
+    /// `dinp = dout · gelu'(inp)`; `dinp` may alias `dout`.
+    unsafe fn gelu_backward(&self, dinp: Self::Ptr, inp: Self::Ptr, dout: Self::Ptr, n: usize);
+
+    /// Fused softmax + cross-entropy over the first `v` of `vp` columns of `n`
+    /// rows of logits: writes each row's loss to `losses`; with `dscale`,
+    /// overwrites the logits with `dscale · (softmax − onehot)` (0 in the
+    /// padded columns), so probabilities are never stored.
+    unsafe fn crossentropy(&self, losses: Self::Ptr, logits: Self::Ptr, targets: &[u32], dscale: Option<f32>, n: usize, v: usize, vp: usize);
+
+    /// One AdamW step on a tensor (PyTorch's formula: decoupled decay, bias-corrected moments).
+    unsafe fn adamw(&self, p: Self::Ptr, g: Self::Ptr, m: Self::Ptr, v: Self::Ptr, len: usize, hp: &AdamHyper, step: u64);
+    /// LAMB phase 1: update the moments and return (‖w‖², ‖u‖²) of the
+    /// would-be Adam update `u = m̂/(√v̂+ε) + wd·w`.
+    unsafe fn lamb_moments(&self, p: Self::Ptr, g: Self::Ptr, m: Self::Ptr, v: Self::Ptr, len: usize, hp: &AdamHyper, step: u64) -> (f64, f64);
+    /// LAMB phase 2: `w -= step_size · u`.
+    unsafe fn lamb_apply(&self, p: Self::Ptr, m: Self::Ptr, v: Self::Ptr, len: usize, hp: &AdamHyper, step: u64, step_size: f32);
+}
+
+/// Hyper-parameters of one Adam-family update of one tensor.
+#[derive(Debug, Clone, Copy)]
+pub struct AdamHyper {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+}

@@ -1,0 +1,15 @@
+//! dtrain: decentralized training of GPT-2 language models.
+//!
+//! - [`model`]: GPT-2's configuration, arena layout, the forward/backward
+//!   call lists and Hugging Face checkpoints;
+//! - [`engine`]: the kernel-set trait and its CPU implementation;
+//! - [`optim`]: AdamW, LAMB and gradient clipping;
+//! - [`data`]: text and token-shard inputs and the batch loader;
+//! - [`train`]: the single-node training loop behind `dtrain train`.
+
+pub mod data;
+pub mod engine;
+pub mod model;
+pub mod optim;
+pub mod rng;
+pub mod train;

@@ -1,0 +1,205 @@
+//! Where every tensor lives inside the parameter and activation arenas.
+//!
+//! Parameters are grouped by kind across layers (all `ln_1.weight`s, then all
+//! `c_attn.weight`s, …), llm.c's order, so each kind is one contiguous block
+//! for the GPU engine. Weight matrices are stored `(in, out)`, the layout of
+//! GPT-2's Conv1D in Hugging Face checkpoints, so loading and saving are
+//! plain copies. The gradient arena has the same layout: it is the flat
+//! vector the all-reduce averages.
+
+use super::config::GptConfig;
+
+/// One Hugging Face tensor and its place in the parameter arena.
+#[derive(Debug, Clone)]
+pub struct ParamTensor {
+    /// transformers' name, e.g. `transformer.h.3.attn.c_attn.weight`.
+    pub name: String,
+    pub offset: usize,
+    /// Floats the tensor spans in the arena (the token embedding includes the
+    /// zero padding rows; the optimizer updates them, and they stay zero).
+    pub len: usize,
+    /// Shape in checkpoints (never padded).
+    pub shape: Vec<usize>,
+}
+
+impl ParamTensor {
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    /// Weight decay applies to matrices and embeddings, not to biases and
+    /// layernorm parameters.
+    pub fn decays(&self) -> bool {
+        self.shape.len() >= 2
+    }
+}
+
+/// Offsets of each parameter kind; per-layer tensors are `base + l·size`.
+#[derive(Debug, Clone)]
+pub struct ParamLayout {
+    pub wte: usize,
+    pub wpe: usize,
+    pub ln1w: usize,
+    pub ln1b: usize,
+    pub qkvw: usize,
+    pub qkvb: usize,
+    pub attprojw: usize,
+    pub attprojb: usize,
+    pub ln2w: usize,
+    pub ln2b: usize,
+    pub fcw: usize,
+    pub fcb: usize,
+    pub fcprojw: usize,
+    pub fcprojb: usize,
+    pub lnfw: usize,
+    pub lnfb: usize,
+    pub total: usize,
+    pub tensors: Vec<ParamTensor>,
+}
+
+/// A bump allocator over an arena.
+struct Bump(usize);
+impl Bump {
+    fn take(&mut self, n: usize) -> usize {
+        let o = self.0;
+        self.0 += n;
+        o
+    }
+}
+
+impl ParamLayout {
+    pub fn new(cfg: &GptConfig) -> ParamLayout {
+        let (vp, t, l, c) = (cfg.padded_vocab(), cfg.max_seq_len, cfg.n_layer, cfg.n_embd);
+        let mut a = Bump(0);
+        let mut p = ParamLayout {
+            wte: a.take(vp * c),
+            wpe: a.take(t * c),
+            ln1w: a.take(l * c),
+            ln1b: a.take(l * c),
+            qkvw: a.take(l * c * 3 * c),
+            qkvb: a.take(l * 3 * c),
+            attprojw: a.take(l * c * c),
+            attprojb: a.take(l * c),
+            ln2w: a.take(l * c),
+            ln2b: a.take(l * c),
+            fcw: a.take(l * c * 4 * c),
+            fcb: a.take(l * 4 * c),
+            fcprojw: a.take(l * 4 * c * c),
+            fcprojb: a.take(l * c),
+            lnfw: a.take(c),
+            lnfb: a.take(c),
+            total: 0,
+            tensors: Vec::new(),
+        };
+        p.total = a.0;
+        let mut ts = vec![
+            ParamTensor { name: "transformer.wte.weight".into(), offset: p.wte, len: vp * c, shape: vec![cfg.vocab_size, c] },
+            ParamTensor { name: "transformer.wpe.weight".into(), offset: p.wpe, len: t * c, shape: vec![t, c] },
+        ];
+        let per_layer: [(&str, usize, Vec<usize>); 12] = [
+            ("ln_1.weight", p.ln1w, vec![c]),
+            ("ln_1.bias", p.ln1b, vec![c]),
+            ("attn.c_attn.weight", p.qkvw, vec![c, 3 * c]),
+            ("attn.c_attn.bias", p.qkvb, vec![3 * c]),
+            ("attn.c_proj.weight", p.attprojw, vec![c, c]),
+            ("attn.c_proj.bias", p.attprojb, vec![c]),
+            ("ln_2.weight", p.ln2w, vec![c]),
+            ("ln_2.bias", p.ln2b, vec![c]),
+            ("mlp.c_fc.weight", p.fcw, vec![c, 4 * c]),
+            ("mlp.c_fc.bias", p.fcb, vec![4 * c]),
+            ("mlp.c_proj.weight", p.fcprojw, vec![4 * c, c]),
+            ("mlp.c_proj.bias", p.fcprojb, vec![c]),
+        ];
+        for layer in 0..l {
+            for (suffix, base, shape) in &per_layer {
+                let len: usize = shape.iter().product();
+                ts.push(ParamTensor { name: format!("transformer.h.{layer}.{suffix}"), offset: base + layer * len, len, shape: shape.clone() });
+            }
+        }
+        ts.push(ParamTensor { name: "transformer.ln_f.weight".into(), offset: p.lnfw, len: c, shape: vec![c] });
+        ts.push(ParamTensor { name: "transformer.ln_f.bias".into(), offset: p.lnfb, len: c, shape: vec![c] });
+        p.tensors = ts;
+        p
+    }
+
+    pub fn tensor(&self, name: &str) -> Option<&ParamTensor> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+}
+
+/// Offsets into the activation arena for a batch of `b × t` tokens.
+/// Per-layer buffers are `base + l·size`, like the parameters.
+#[derive(Debug, Clone)]
+pub struct ActLayout {
+    pub b: usize,
+    pub t: usize,
+    pub encoded: usize,
+    pub ln1: usize,
+    pub ln1_mean: usize,
+    pub ln1_rstd: usize,
+    pub qkv: usize,
+    pub atty: usize,
+    pub att: usize,
+    pub att_len: usize,
+    pub res2: usize,
+    pub ln2: usize,
+    pub ln2_mean: usize,
+    pub ln2_rstd: usize,
+    pub fch: usize,
+    pub fch_gelu: usize,
+    pub res3: usize,
+    pub lnf: usize,
+    pub lnf_mean: usize,
+    pub lnf_rstd: usize,
+    pub logits: usize,
+    pub losses: usize,
+    pub total: usize,
+    // Gradient buffers, in a second arena, reused by every layer.
+    pub dres: usize,
+    pub dbtc: usize,
+    pub dqkv: usize,
+    pub dfch: usize,
+    pub grad_total: usize,
+}
+
+impl ActLayout {
+    /// `att_len`: the engine's per-layer attention cache size for this batch.
+    pub fn new(cfg: &GptConfig, b: usize, t: usize, att_len: usize) -> ActLayout {
+        let (l, c, vp) = (cfg.n_layer, cfg.n_embd, cfg.padded_vocab());
+        let n = b * t;
+        let mut a = Bump(0);
+        let mut g = Bump(0);
+        let mut s = ActLayout {
+            b,
+            t,
+            encoded: a.take(n * c),
+            ln1: a.take(l * n * c),
+            ln1_mean: a.take(l * n),
+            ln1_rstd: a.take(l * n),
+            qkv: a.take(l * n * 3 * c),
+            atty: a.take(l * n * c),
+            att: a.take(l * att_len),
+            att_len,
+            res2: a.take(l * n * c),
+            ln2: a.take(l * n * c),
+            ln2_mean: a.take(l * n),
+            ln2_rstd: a.take(l * n),
+            fch: a.take(l * n * 4 * c),
+            fch_gelu: a.take(l * n * 4 * c),
+            res3: a.take(l * n * c),
+            lnf: a.take(n * c),
+            lnf_mean: a.take(n),
+            lnf_rstd: a.take(n),
+            logits: a.take(n * vp),
+            losses: a.take(n),
+            total: 0,
+            dres: g.take(n * c),
+            dbtc: g.take(n * c),
+            dqkv: g.take(n * 3 * c),
+            dfch: g.take(n * 4 * c),
+            grad_total: 0,
+        };
+        s.total = a.0;
+        s.grad_total = g.0;
+        s
+    }
+}
