@@ -1,1 +1,165 @@
-fn main() {}
+//! The `dtrain` command line: parses, builds configuration, calls the library.
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use dtrain::engine::cpu::CpuEngine;
+use dtrain::model::GptConfig;
+use dtrain::model::config::PRESET_NAMES;
+use dtrain::optim::OptimizerKind;
+use dtrain::train::{self, Plan, RunOptions, Start};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "dtrain", version, about = "Decentralized training of GPT-2 language models", long_about = None)]
+struct Cli {
+    /// Worker threads for the CPU engine (default: every core).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    /// Only print warnings and errors.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a GPT-2 model on one machine from a text file or llm.c token shards.
+    Train(TrainArgs),
+    /// Print a model preset's size, memory and FLOPs.
+    Info {
+        /// Model preset.
+        #[arg(long, default_value = "small", value_parser = clap::builder::PossibleValuesParser::new(PRESET_NAMES))]
+        model: String,
+        /// Sequence length for the FLOPs estimate.
+        #[arg(long, default_value_t = 1024)]
+        seq: usize,
+    },
+    /// Benchmarks (ratios against anchors measured in the same run).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// Training data: a UTF-8 text file, an llm.c `.bin` token shard, or a directory of shards.
+    #[arg(long)]
+    data: PathBuf,
+    /// Model preset for a fresh model.
+    #[arg(long, default_value = "small", value_parser = clap::builder::PossibleValuesParser::new(PRESET_NAMES))]
+    model: String,
+    /// Start from the weights of a Hugging Face GPT-2 checkpoint directory instead of a fresh model.
+    #[arg(long, conflicts_with = "resume")]
+    init: Option<PathBuf>,
+    /// Continue a run: a run directory (uses its latest checkpoint) or a checkpoint directory.
+    /// The run's own plan (batch, schedule, optimizer) continues.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Sequences per micro-batch.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Tokens per sequence.
+    #[arg(long, default_value_t = 256)]
+    seq: usize,
+    /// Micro-batches accumulated per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    /// Optimizer steps in the run.
+    #[arg(long, default_value_t = 50)]
+    steps: u64,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 6e-4)]
+    lr: f32,
+    /// Learning rate at the last step (cosine decay from the peak).
+    #[arg(long, default_value_t = 6e-5)]
+    min_lr: f32,
+    /// Linear warm-up steps.
+    #[arg(long, default_value_t = 0)]
+    warmup: u64,
+    /// Clip the global gradient norm to this.
+    #[arg(long, default_value_t = 1.0)]
+    clip: f32,
+    #[arg(long, value_enum, default_value_t = OptimizerKind::Adamw)]
+    optimizer: OptimizerKind,
+    /// Run directory: metrics.jsonl, checkpoints/, latest.
+    #[arg(long, default_value = "runs/train")]
+    out: PathBuf,
+    /// Save a checkpoint every N steps (the last step is always saved; 0 = only the last).
+    #[arg(long, default_value_t = 0)]
+    checkpoint_every: u64,
+    /// Seed of the initial weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Training-step throughput of the CPU engine, side by side with PyTorch
+    /// (when `python3 -c 'import torch, transformers'` works) and with this
+    /// machine's own fp32 GEMM rate.
+    Train(dtrain::bench::TrainBenchArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let level = if cli.quiet { tracing::Level::WARN } else { tracing::Level::INFO };
+    tracing_subscriber::fmt().with_max_level(level).with_target(false).with_writer(std::io::stderr).init();
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Some(n) = cli.threads {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("starting the thread pool")?;
+    }
+    match cli.command {
+        Command::Train(a) => train_cmd(a, !cli.quiet),
+        Command::Info { model, seq } => {
+            let cfg = GptConfig::preset(&model).expect("clap checked the name");
+            let n = cfg.num_params();
+            println!("{model}: {cfg:?}");
+            println!("parameters: {n} ({:.1} M)", n as f64 / 1e6);
+            println!("parameter + gradient + AdamW state (fp32): {:.2} GB", 16.0 * n as f64 / 1e9);
+            println!("training FLOPs per token at T={seq}: {:.3e}", cfg.flops_per_token(seq));
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Train(a)) => dtrain::bench::train_bench(&a),
+    }
+}
+
+fn train_cmd(a: TrainArgs, progress: bool) -> Result<()> {
+    let plan = Plan {
+        batch: a.batch,
+        seq_len: a.seq,
+        grad_accum: a.grad_accum,
+        steps: a.steps,
+        lr: a.lr,
+        min_lr: a.min_lr,
+        warmup: a.warmup,
+        clip: a.clip,
+        optimizer: a.optimizer,
+    };
+    let start = match (a.resume, a.init) {
+        (Some(dir), _) => Start::Resume(dir),
+        (None, Some(dir)) => Start::Init(dir),
+        (None, None) => Start::Fresh { config: GptConfig::preset(&a.model).expect("clap checked the name"), seed: a.seed },
+    };
+    let opts = RunOptions { data: a.data, out: a.out.clone(), checkpoint_every: a.checkpoint_every, progress };
+    let summary = train::run(CpuEngine::new(), start, plan, &opts)?;
+    match (summary.losses.first(), summary.losses.last()) {
+        (Some(first), Some(last)) => println!(
+            "trained steps {}..{}: loss {first:.4} -> {last:.4}, {:.0} tokens/s; checkpoint {}",
+            summary.first_step + 1,
+            summary.first_step + summary.losses.len() as u64,
+            summary.tokens_per_s,
+            summary.last_checkpoint.map_or("none".into(), |p| p.display().to_string())
+        ),
+        _ => println!("nothing to do: the run is already at its last step ({})", summary.first_step),
+    }
+    Ok(())
+}

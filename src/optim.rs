@@ -114,3 +114,19 @@ pub fn clip_grad_norm<E: Engine>(model: &mut Gpt<E>, max_norm: f32) -> f32 {
     }
     norm
 }
+
+/// Learning rate at `step` (0-based) of `total`: linear warm-up to `max` over
+/// `warmup` steps, then cosine decay to `min` at the last step. (The
+/// reference computed `(min + coeff)·(max − min)`; the intended formula is
+/// `min + coeff·(max − min)`.)
+pub fn lr_schedule(step: u64, warmup: u64, total: u64, max: f32, min: f32) -> f32 {
+    if step < warmup {
+        return max * (step + 1) as f32 / warmup as f32;
+    }
+    if total <= warmup + 1 {
+        return max;
+    }
+    let progress = ((step - warmup) as f64 / (total - warmup - 1) as f64).min(1.0);
+    let coeff = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+    min + (coeff as f32) * (max - min)
+}

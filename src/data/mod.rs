@@ -1,1 +1,20 @@
-pub mod placeholder {}
+//! Training data: GPT-2 tokenization of text, llm.c token shards, and the
+//! batch loader both feed.
+
+pub mod loader;
+pub mod shard;
+pub mod tokenizer;
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {msg}")]
+    Invalid { path: PathBuf, msg: String },
+}
+
+pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
+    move |source| DataError::Io { path: path.to_path_buf(), source }
+}

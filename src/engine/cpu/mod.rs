@@ -222,3 +222,22 @@ impl Engine for CpuEngine {
         unsafe { optim::lamb_apply(p, m, v, len, hp, step, step_size) }
     }
 }
+
+/// Achieved GFLOP/s of the `gemm` crate on an `n³` fp32 product (best of
+/// `reps`): the ceiling a training step made of matrix products can reach.
+pub fn matmul_gflops(n: usize, reps: usize) -> f64 {
+    let a = vec![1.0f32; n * n];
+    let b = vec![0.5f32; n * n];
+    let mut c = vec![0.0f32; n * n];
+    let mut best = f64::INFINITY;
+    for _ in 0..reps.max(1) {
+        let t0 = std::time::Instant::now();
+        let lhs = matmul::Strided { ptr: a.as_ptr(), rs: n as isize, cs: 1 };
+        let rhs = matmul::Strided { ptr: b.as_ptr(), rs: n as isize, cs: 1 };
+        // SAFETY: three n×n row-major buffers.
+        unsafe { matmul::gemm_f32(n, n, n, c.as_mut_ptr(), n as isize, lhs, rhs, false, matmul::parallelism()) };
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    assert!((c[0] - 0.5 * n as f32).abs() < 1e-3 * n as f32, "GEMM computed a wrong result");
+    2.0 * (n as f64).powi(3) / best / 1e9
+}

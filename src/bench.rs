@@ -1,0 +1,162 @@
+//! `dtrain bench train`: the CPU engine's training step beside its anchors,
+//! all measured in one run on the same machine — the `gemm` crate's fp32
+//! rate on a large square product (the physical ceiling for a step made of
+//! matrix products) and PyTorch's step on the same configuration
+//! (`benches/anchors/torch_cpu_train.py`). Results are ratios, because the
+//! machine is shared and absolute times drift.
+
+use crate::engine::cpu::CpuEngine;
+use crate::engine::cpu::matmul_gflops;
+use crate::model::{Gpt, GptConfig};
+use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind, clip_grad_norm};
+use crate::rng::Rng;
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct TrainBenchArgs {
+    /// Model preset (`small` or `124m` have PyTorch anchors).
+    #[arg(long, default_value = "small")]
+    pub model: String,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 256)]
+    pub seq: usize,
+    /// Timed steps (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Untimed warm-up steps.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Skip the PyTorch anchor.
+    #[arg(long)]
+    pub no_torch: bool,
+    /// Python interpreter with torch and transformers.
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+    /// Append the results as one JSON line to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Peak resident memory of this process so far, in MB (Linux), else 0.
+fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+struct StepResult {
+    median_s: f64,
+    losses: Vec<f32>,
+    peak_mb: f64,
+}
+
+fn dtrain_steps(cfg: GptConfig, a: &TrainBenchArgs) -> Result<StepResult> {
+    let mut model = Gpt::new(CpuEngine::new(), cfg)?;
+    model.init_random(0);
+    let mut opt = Optimizer::new(&model, OptimizerConfig::new(OptimizerKind::Adamw))?;
+    let mut rng = Rng::new(0);
+    let tokens: Vec<u32> = (0..a.batch * a.seq).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
+    let (mut times, mut losses) = (Vec::new(), Vec::new());
+    for i in 0..a.warmup + a.steps {
+        let t0 = Instant::now();
+        model.zero_grads();
+        // Labels = inputs, as the anchor script does.
+        let loss = model.forward_backward(&tokens, &tokens, a.batch, a.seq, a.batch as f32)?;
+        model.finish_accumulation();
+        clip_grad_norm(&mut model, 1.0);
+        opt.step(&mut model, 3e-4);
+        let dt = t0.elapsed().as_secs_f64();
+        eprintln!("dtrain step {i:2} loss {loss:.4} time {:8.1} ms", dt * 1e3);
+        losses.push(loss);
+        if i >= a.warmup {
+            times.push(dt);
+        }
+    }
+    Ok(StepResult { median_s: median(times), losses, peak_mb: peak_rss_mb() })
+}
+
+fn anchor_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/anchors/torch_cpu_train.py")
+}
+
+fn torch_steps(a: &TrainBenchArgs) -> Result<serde_json::Value> {
+    let out = std::env::temp_dir().join(format!("dtrain-torch-bench-{}.json", std::process::id()));
+    let threads = rayon::current_num_threads().to_string();
+    let status = std::process::Command::new(&a.python)
+        .arg(anchor_script())
+        .args(["--preset", &a.model, "--batch", &a.batch.to_string(), "--seq", &a.seq.to_string()])
+        .args(["--steps", &a.steps.to_string(), "--warmup", &a.warmup.to_string(), "--threads", &threads])
+        .arg("--json")
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .with_context(|| format!("running {}", a.python))?;
+    anyhow::ensure!(status.success(), "the PyTorch anchor failed ({status}); pass --no-torch to skip it");
+    let v = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
+    let _ = std::fs::remove_file(&out);
+    Ok(v)
+}
+
+pub fn train_bench(a: &TrainBenchArgs) -> Result<()> {
+    let cfg = GptConfig::preset(&a.model).with_context(|| format!("unknown preset {}", a.model))?;
+    anyhow::ensure!(a.seq <= cfg.max_seq_len && a.steps > 0, "bad sequence length or step count");
+    let threads = rayon::current_num_threads();
+    let tokens = (a.batch * a.seq) as f64;
+    let flops = cfg.flops_per_token(a.seq) * tokens;
+
+    let ours = dtrain_steps(cfg, a)?;
+    let gemm = matmul_gflops(2048, 3);
+    let torch = if a.no_torch { None } else { Some(torch_steps(a)?) };
+
+    let our_gflops = flops / ours.median_s / 1e9;
+    println!("dtrain bench train: preset {} batch {}×{} threads {threads}", a.model, a.batch, a.seq);
+    println!("  fp32 GEMM ceiling (2048³, gemm crate): {gemm:8.1} GFLOP/s");
+    println!(
+        "  dtrain:  {:8.1} ms/step  {:8.0} tokens/s  {:7.1} GFLOP/s = {:5.1}% of the GEMM ceiling  peak {:6.0} MB  loss {:.4} -> {:.4}",
+        ours.median_s * 1e3,
+        tokens / ours.median_s,
+        our_gflops,
+        100.0 * our_gflops / gemm,
+        ours.peak_mb,
+        ours.losses[0],
+        ours.losses[ours.losses.len() - 1]
+    );
+    let mut record = serde_json::json!({
+        "preset": a.model, "batch": a.batch, "seq": a.seq, "threads": threads,
+        "gemm_gflops": gemm, "dtrain_step_s": ours.median_s, "dtrain_tokens_per_s": tokens / ours.median_s,
+        "dtrain_gflops": our_gflops, "dtrain_peak_mb": ours.peak_mb,
+    });
+    if let Some(t) = &torch {
+        let t_step = t["median_step_s"].as_f64().unwrap_or(f64::NAN);
+        let t_peak = t["peak_rss_MB"].as_f64().unwrap_or(f64::NAN);
+        let t_gflops = flops / t_step / 1e9;
+        println!(
+            "  pytorch: {:8.1} ms/step  {:8.0} tokens/s  {:7.1} GFLOP/s = {:5.1}% of the GEMM ceiling  peak {:6.0} MB  (torch {})",
+            t_step * 1e3,
+            tokens / t_step,
+            t_gflops,
+            100.0 * t_gflops / gemm,
+            t_peak,
+            t["torch"].as_str().unwrap_or("?")
+        );
+        println!("  dtrain / pytorch: {:.2}× tokens/s, {:.2}× peak memory", t_step / ours.median_s, ours.peak_mb / t_peak);
+        record["torch_step_s"] = t_step.into();
+        record["torch_peak_mb"] = t_peak.into();
+        record["speedup_vs_torch"] = (t_step / ours.median_s).into();
+    }
+    if let Some(path) = &a.json {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        writeln!(f, "{record}")?;
+    }
+    Ok(())
+}

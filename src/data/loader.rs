@@ -1,0 +1,130 @@
+//! Sequential batches from a token stream, llm.c style: each batch is the
+//! next `b·t + 1` tokens, inputs the first `b·t`, targets the same shifted by
+//! one; a shard too short for another batch hands over to the next, and the
+//! last wraps to the first. The position is saved in checkpoints so a resumed
+//! run sees exactly the batches an uninterrupted one would.
+
+use super::shard::Shard;
+use super::tokenizer::{EOT, encode};
+use super::{DataError, io_err};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Where tokens come from.
+pub enum Tokens {
+    /// A tokenized text, held in memory.
+    Memory(Vec<u32>),
+    /// Memory-mapped shards, in order.
+    Shards(Vec<Shard>),
+}
+
+impl Tokens {
+    /// A directory of `.bin` shards, one `.bin` shard, or a UTF-8 text file
+    /// (tokenized with GPT-2's tokenizer, an `<|endoftext|>` in front).
+    pub fn open(path: &Path) -> Result<Tokens, DataError> {
+        let meta = std::fs::metadata(path).map_err(io_err(path))?;
+        if meta.is_dir() {
+            let mut files: Vec<_> = std::fs::read_dir(path)
+                .map_err(io_err(path))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "bin"))
+                .collect();
+            files.sort();
+            if files.is_empty() {
+                return Err(DataError::Invalid { path: path.into(), msg: "directory holds no .bin token shards".into() });
+            }
+            return Ok(Tokens::Shards(files.iter().map(|f| Shard::open(f)).collect::<Result<_, _>>()?));
+        }
+        if path.extension().is_some_and(|x| x == "bin") {
+            return Ok(Tokens::Shards(vec![Shard::open(path)?]));
+        }
+        let bytes = std::fs::read(path).map_err(io_err(path))?;
+        let text = String::from_utf8(bytes).map_err(|e| DataError::Invalid { path: path.into(), msg: format!("not UTF-8 text ({e})") })?;
+        if text.trim().is_empty() {
+            return Err(DataError::Invalid { path: path.into(), msg: "the text file is empty".into() });
+        }
+        let mut tokens = vec![EOT];
+        tokens.extend(encode(&text));
+        Ok(Tokens::Memory(tokens))
+    }
+
+    fn parts(&self) -> usize {
+        match self {
+            Tokens::Memory(_) => 1,
+            Tokens::Shards(s) => s.len(),
+        }
+    }
+
+    fn part_len(&self, i: usize) -> usize {
+        match self {
+            Tokens::Memory(t) => t.len(),
+            Tokens::Shards(s) => s[i].len(),
+        }
+    }
+
+    pub fn total(&self) -> usize {
+        (0..self.parts()).map(|i| self.part_len(i)).sum()
+    }
+
+    fn read(&self, part: usize, start: usize, out: &mut [u32]) {
+        match self {
+            Tokens::Memory(t) => out.copy_from_slice(&t[start..start + out.len()]),
+            Tokens::Shards(s) => s[part].read(start, out),
+        }
+    }
+}
+
+/// The loader's position: shard index and token offset in it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoaderState {
+    pub part: usize,
+    pub pos: usize,
+}
+
+pub struct BatchLoader {
+    tokens: Tokens,
+    b: usize,
+    t: usize,
+    state: LoaderState,
+    window: Vec<u32>,
+    inputs: Vec<u32>,
+    targets: Vec<u32>,
+}
+
+impl BatchLoader {
+    pub fn new(tokens: Tokens, b: usize, t: usize, source: &Path) -> Result<BatchLoader, DataError> {
+        let need = b * t + 1;
+        if !(0..tokens.parts()).any(|i| tokens.part_len(i) >= need) {
+            return Err(DataError::Invalid {
+                path: source.into(),
+                msg: format!("{} tokens, but a {b}×{t} batch needs at least {need} in one piece", tokens.total()),
+            });
+        }
+        Ok(BatchLoader { tokens, b, t, state: LoaderState::default(), window: vec![0; need], inputs: vec![0; b * t], targets: vec![0; b * t] })
+    }
+
+    pub fn state(&self) -> LoaderState {
+        self.state
+    }
+
+    pub fn set_state(&mut self, state: LoaderState) {
+        self.state = state;
+    }
+
+    pub fn total_tokens(&self) -> usize {
+        self.tokens.total()
+    }
+
+    /// The next batch: `(inputs, targets)`, each `b·t` tokens.
+    pub fn next_batch(&mut self) -> (&[u32], &[u32]) {
+        let bt = self.b * self.t;
+        while self.state.part >= self.tokens.parts() || self.state.pos + bt + 1 > self.tokens.part_len(self.state.part) {
+            self.state = LoaderState { part: (self.state.part + 1) % self.tokens.parts(), pos: 0 };
+        }
+        self.tokens.read(self.state.part, self.state.pos, &mut self.window);
+        self.inputs.copy_from_slice(&self.window[..bt]);
+        self.targets.copy_from_slice(&self.window[1..]);
+        self.state.pos += bt;
+        (&self.inputs, &self.targets)
+    }
+}
