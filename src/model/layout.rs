@@ -92,8 +92,18 @@ impl ParamLayout {
         };
         p.total = a.0;
         let mut ts = vec![
-            ParamTensor { name: "transformer.wte.weight".into(), offset: p.wte, len: vp * c, shape: vec![cfg.vocab_size, c] },
-            ParamTensor { name: "transformer.wpe.weight".into(), offset: p.wpe, len: t * c, shape: vec![t, c] },
+            ParamTensor {
+                name: "transformer.wte.weight".into(),
+                offset: p.wte,
+                len: vp * c,
+                shape: vec![cfg.vocab_size, c],
+            },
+            ParamTensor {
+                name: "transformer.wpe.weight".into(),
+                offset: p.wpe,
+                len: t * c,
+                shape: vec![t, c],
+            },
         ];
         let per_layer: [(&str, usize, Vec<usize>); 12] = [
             ("ln_1.weight", p.ln1w, vec![c]),
@@ -112,11 +122,26 @@ impl ParamLayout {
         for layer in 0..l {
             for (suffix, base, shape) in &per_layer {
                 let len: usize = shape.iter().product();
-                ts.push(ParamTensor { name: format!("transformer.h.{layer}.{suffix}"), offset: base + layer * len, len, shape: shape.clone() });
+                ts.push(ParamTensor {
+                    name: format!("transformer.h.{layer}.{suffix}"),
+                    offset: base + layer * len,
+                    len,
+                    shape: shape.clone(),
+                });
             }
         }
-        ts.push(ParamTensor { name: "transformer.ln_f.weight".into(), offset: p.lnfw, len: c, shape: vec![c] });
-        ts.push(ParamTensor { name: "transformer.ln_f.bias".into(), offset: p.lnfb, len: c, shape: vec![c] });
+        ts.push(ParamTensor {
+            name: "transformer.ln_f.weight".into(),
+            offset: p.lnfw,
+            len: c,
+            shape: vec![c],
+        });
+        ts.push(ParamTensor {
+            name: "transformer.ln_f.bias".into(),
+            offset: p.lnfb,
+            len: c,
+            shape: vec![c],
+        });
         p.tensors = ts;
         p
     }

@@ -23,10 +23,18 @@ impl Heads {
     /// Q, K or V (`which` = 0, 1, 2) of head `h` in batch row `b`: a `t × hs` matrix.
     fn part(&self, qkv: CpuPtr, b: usize, h: usize, which: usize) -> Strided {
         let off = b * self.t * 3 * self.c + which * self.c + h * self.hs;
-        Strided { ptr: qkv.add(off).0, rs: 3 * self.c as isize, cs: 1 }
+        Strided {
+            ptr: qkv.add(off).0,
+            rs: 3 * self.c as isize,
+            cs: 1,
+        }
     }
     fn transposed(m: Strided) -> Strided {
-        Strided { ptr: m.ptr, rs: m.cs, cs: m.rs }
+        Strided {
+            ptr: m.ptr,
+            rs: m.cs,
+            cs: m.rs,
+        }
     }
     fn scale(&self) -> f32 {
         1.0 / (self.hs as f32).sqrt()
@@ -37,14 +45,41 @@ impl Heads {
     }
 }
 
-pub(super) unsafe fn forward(out: CpuPtr, cache: CpuPtr, qkv: CpuPtr, b: usize, t: usize, c: usize, nh: usize) {
-    let hd = Heads { t, c, hs: c / nh, nh };
+pub(super) unsafe fn forward(
+    out: CpuPtr,
+    cache: CpuPtr,
+    qkv: CpuPtr,
+    b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+) {
+    let hd = Heads {
+        t,
+        c,
+        hs: c / nh,
+        nh,
+    };
     let scale = hd.scale();
     hd.tasks(b).for_each(|(bi, h)| {
         let att = cache.add((bi * nh + h) * t * t);
-        let (q, k, v) = (hd.part(qkv, bi, h, 0), hd.part(qkv, bi, h, 1), hd.part(qkv, bi, h, 2));
+        let (q, k, v) = (
+            hd.part(qkv, bi, h, 0),
+            hd.part(qkv, bi, h, 1),
+            hd.part(qkv, bi, h, 2),
+        );
         unsafe {
-            gemm_f32(t, t, hd.hs, att.0, t as isize, q, Heads::transposed(k), false, Parallelism::None);
+            gemm_f32(
+                t,
+                t,
+                hd.hs,
+                att.0,
+                t as isize,
+                q,
+                Heads::transposed(k),
+                false,
+                Parallelism::None,
+            );
             for (i, row) in att.slice_mut(t * t).chunks_mut(t).enumerate() {
                 let (live, masked) = row.split_at_mut(i + 1);
                 let max = live.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) * scale;
@@ -58,39 +93,117 @@ pub(super) unsafe fn forward(out: CpuPtr, cache: CpuPtr, qkv: CpuPtr, b: usize, 
                 masked.fill(0.0);
             }
             let y = out.add(bi * t * c + h * hd.hs);
-            gemm_f32(t, hd.hs, t, y.0, c as isize, Strided { ptr: att.0, rs: t as isize, cs: 1 }, v, false, Parallelism::None);
+            gemm_f32(
+                t,
+                hd.hs,
+                t,
+                y.0,
+                c as isize,
+                Strided {
+                    ptr: att.0,
+                    rs: t as isize,
+                    cs: 1,
+                },
+                v,
+                false,
+                Parallelism::None,
+            );
         }
     });
 }
 
-pub(super) unsafe fn backward(dqkv: CpuPtr, dout: CpuPtr, qkv: CpuPtr, cache: CpuPtr, b: usize, t: usize, c: usize, nh: usize) {
-    let hd = Heads { t, c, hs: c / nh, nh };
+pub(super) unsafe fn backward(
+    dqkv: CpuPtr,
+    dout: CpuPtr,
+    qkv: CpuPtr,
+    cache: CpuPtr,
+    b: usize,
+    t: usize,
+    c: usize,
+    nh: usize,
+) {
+    let hd = Heads {
+        t,
+        c,
+        hs: c / nh,
+        nh,
+    };
     let scale = hd.scale();
     hd.tasks(b).for_each_init(
         || vec![0f32; t * t],
         |dp, (bi, h)| {
-            let p = Strided { ptr: cache.add((bi * nh + h) * t * t).0, rs: t as isize, cs: 1 };
-            let dy = Strided { ptr: dout.add(bi * t * c + h * hd.hs).0, rs: c as isize, cs: 1 };
-            let (q, k, v) = (hd.part(qkv, bi, h, 0), hd.part(qkv, bi, h, 1), hd.part(qkv, bi, h, 2));
+            let p = Strided {
+                ptr: cache.add((bi * nh + h) * t * t).0,
+                rs: t as isize,
+                cs: 1,
+            };
+            let dy = Strided {
+                ptr: dout.add(bi * t * c + h * hd.hs).0,
+                rs: c as isize,
+                cs: 1,
+            };
+            let (q, k, v) = (
+                hd.part(qkv, bi, h, 0),
+                hd.part(qkv, bi, h, 1),
+                hd.part(qkv, bi, h, 2),
+            );
             let dpart = |which| hd.part(dqkv, bi, h, which).ptr as *mut f32;
             let ld = 3 * c as isize;
             unsafe {
                 // dP = dY·Vᵀ ; dV = Pᵀ·dY
-                gemm_f32(t, t, hd.hs, dp.as_mut_ptr(), t as isize, dy, Heads::transposed(v), false, Parallelism::None);
-                gemm_f32(t, hd.hs, t, dpart(2), ld, Heads::transposed(p), dy, false, Parallelism::None);
+                gemm_f32(
+                    t,
+                    t,
+                    hd.hs,
+                    dp.as_mut_ptr(),
+                    t as isize,
+                    dy,
+                    Heads::transposed(v),
+                    false,
+                    Parallelism::None,
+                );
+                gemm_f32(
+                    t,
+                    hd.hs,
+                    t,
+                    dpart(2),
+                    ld,
+                    Heads::transposed(p),
+                    dy,
+                    false,
+                    Parallelism::None,
+                );
                 // dS = P ⊙ (dP − rowsum(P ⊙ dP)) · scale, in place over dP
                 let probs = std::slice::from_raw_parts(p.ptr, t * t);
                 for (i, (dprow, prow)) in dp.chunks_mut(t).zip(probs.chunks(t)).enumerate() {
-                    let dot: f32 = dprow[..=i].iter().zip(&prow[..=i]).map(|(a, b)| a * b).sum();
+                    let dot: f32 = dprow[..=i]
+                        .iter()
+                        .zip(&prow[..=i])
+                        .map(|(a, b)| a * b)
+                        .sum();
                     for j in 0..=i {
                         dprow[j] = prow[j] * (dprow[j] - dot) * scale;
                     }
                     dprow[i + 1..].fill(0.0);
                 }
-                let ds = Strided { ptr: dp.as_ptr(), rs: t as isize, cs: 1 };
+                let ds = Strided {
+                    ptr: dp.as_ptr(),
+                    rs: t as isize,
+                    cs: 1,
+                };
                 // dQ = dS·K ; dK = dSᵀ·Q
                 gemm_f32(t, hd.hs, t, dpart(0), ld, ds, k, false, Parallelism::None);
-                gemm_f32(t, hd.hs, t, dpart(1), ld, Heads::transposed(ds), q, false, Parallelism::None);
+                gemm_f32(
+                    t,
+                    hd.hs,
+                    t,
+                    dpart(1),
+                    ld,
+                    Heads::transposed(ds),
+                    q,
+                    false,
+                    Parallelism::None,
+                );
             }
         },
     );

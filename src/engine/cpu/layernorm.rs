@@ -5,7 +5,16 @@ use rayon::prelude::*;
 
 pub(crate) const EPS: f32 = 1e-5;
 
-pub(super) unsafe fn forward(out: CpuPtr, mean: CpuPtr, rstd: CpuPtr, inp: CpuPtr, w: CpuPtr, bias: CpuPtr, n: usize, c: usize) {
+pub(super) unsafe fn forward(
+    out: CpuPtr,
+    mean: CpuPtr,
+    rstd: CpuPtr,
+    inp: CpuPtr,
+    w: CpuPtr,
+    bias: CpuPtr,
+    n: usize,
+    c: usize,
+) {
     let (inp, w, bias) = unsafe { (inp.slice(n * c), w.slice(c), bias.slice(c)) };
     let (mean, rstd) = unsafe { (mean.slice_mut(n), rstd.slice_mut(n)) };
     unsafe { out.slice_mut(n * c) }
@@ -27,9 +36,26 @@ pub(super) unsafe fn forward(out: CpuPtr, mean: CpuPtr, rstd: CpuPtr, inp: CpuPt
 /// Rows run in parallel; the weight and bias gradients are summed per chunk
 /// of rows and the chunks added in order.
 pub(super) unsafe fn backward(
-    dinp: CpuPtr, dw: CpuPtr, dbias: CpuPtr, dout: CpuPtr, inp: CpuPtr, w: CpuPtr, mean: CpuPtr, rstd: CpuPtr, n: usize, c: usize,
+    dinp: CpuPtr,
+    dw: CpuPtr,
+    dbias: CpuPtr,
+    dout: CpuPtr,
+    inp: CpuPtr,
+    w: CpuPtr,
+    mean: CpuPtr,
+    rstd: CpuPtr,
+    n: usize,
+    c: usize,
 ) {
-    let (dout, inp, w, mean, rstd) = unsafe { (dout.slice(n * c), inp.slice(n * c), w.slice(c), mean.slice(n), rstd.slice(n)) };
+    let (dout, inp, w, mean, rstd) = unsafe {
+        (
+            dout.slice(n * c),
+            inp.slice(n * c),
+            w.slice(c),
+            mean.slice(n),
+            rstd.slice(n),
+        )
+    };
     let dinp = unsafe { dinp.slice_mut(n * c) };
     let partials: Vec<Vec<f32>> = dinp
         .par_chunks_mut(ROW_CHUNK * c)
