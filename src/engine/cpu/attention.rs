@@ -9,6 +9,7 @@
 
 use super::CpuPtr;
 use super::matmul::{Strided, gemm_f32};
+use super::simd::{self, multiversion};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -42,6 +43,34 @@ impl Heads {
     fn tasks(&self, b: usize) -> impl IndexedParallelIterator<Item = (usize, usize)> + use<> {
         let nh = self.nh;
         (0..b * nh).into_par_iter().map(move |i| (i / nh, i % nh))
+    }
+}
+
+multiversion! {
+    /// Row `i` of the scores → causal softmax probabilities (zero past `i`).
+    fn softmax_row(row: &mut [f32], i: usize, scale: f32) {
+        let (live, masked) = row.split_at_mut(i + 1);
+        let max = simd::max(live) * scale;
+        for x in live.iter_mut() {
+            *x = simd::exp(*x * scale - max);
+        }
+        let inv = 1.0 / simd::sum(live);
+        for x in live.iter_mut() {
+            *x *= inv;
+        }
+        masked.fill(0.0);
+    }
+}
+
+multiversion! {
+    /// Row `i` of dP → dS = P ⊙ (dP − rowsum(P ⊙ dP)) · scale.
+    fn softmax_backward_row(dp: &mut [f32], p: &[f32], i: usize, scale: f32) {
+        let (live, masked) = dp.split_at_mut(i + 1);
+        let dot = simd::dot(live, &p[..=i]);
+        for (d, &p) in live.iter_mut().zip(&p[..=i]) {
+            *d = p * (*d - dot) * scale;
+        }
+        masked.fill(0.0);
     }
 }
 
@@ -81,16 +110,7 @@ pub(super) unsafe fn forward(
                 Parallelism::None,
             );
             for (i, row) in att.slice_mut(t * t).chunks_mut(t).enumerate() {
-                let (live, masked) = row.split_at_mut(i + 1);
-                let max = live.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) * scale;
-                let mut sum = 0f32;
-                for x in live.iter_mut() {
-                    *x = (*x * scale - max).exp();
-                    sum += *x;
-                }
-                let inv = 1.0 / sum;
-                live.iter_mut().for_each(|x| *x *= inv);
-                masked.fill(0.0);
+                softmax_row(row, i, scale);
             }
             let y = out.add(bi * t * c + h * hd.hs);
             gemm_f32(
@@ -176,15 +196,7 @@ pub(super) unsafe fn backward(
                 // dS = P ⊙ (dP − rowsum(P ⊙ dP)) · scale, in place over dP
                 let probs = std::slice::from_raw_parts(p.ptr, t * t);
                 for (i, (dprow, prow)) in dp.chunks_mut(t).zip(probs.chunks(t)).enumerate() {
-                    let dot: f32 = dprow[..=i]
-                        .iter()
-                        .zip(&prow[..=i])
-                        .map(|(a, b)| a * b)
-                        .sum();
-                    for j in 0..=i {
-                        dprow[j] = prow[j] * (dprow[j] - dot) * scale;
-                    }
-                    dprow[i + 1..].fill(0.0);
+                    softmax_backward_row(dprow, prow, i, scale);
                 }
                 let ds = Strided {
                     ptr: dp.as_ptr(),

@@ -1,10 +1,39 @@
 //! Fused softmax + cross-entropy (twin of `kernels/classifier.cu`): one pass
-//! for the row maximum and the normaliser, one pass that turns the logits
-//! into their gradient in place. The probabilities are never stored, which
-//! matters at a 50,304-wide vocabulary.
+//! for the row maximum, one that exponentiates (in place when training) and
+//! sums, one that scales the exponentials into the gradient. The
+//! probabilities are never stored separately, which matters at a
+//! 50,304-wide vocabulary, and each logit is exponentiated once.
 
 use super::CpuPtr;
+use super::simd::{self, multiversion};
 use rayon::prelude::*;
+
+multiversion! {
+    /// Loss of one row; with `dscale`, the row becomes `dscale·(softmax − onehot)`.
+    fn row(row: &mut [f32], v: usize, tgt: usize, dscale: Option<f32>) -> f32 {
+        let target_logit = row[tgt];
+        let (live, pad) = row.split_at_mut(v);
+        let max = simd::max(live);
+        let sum = match dscale {
+            None => simd::sum_map(live, |x| simd::exp(x - max)),
+            Some(_) => {
+                for x in live.iter_mut() {
+                    *x = simd::exp(*x - max);
+                }
+                simd::sum(live)
+            }
+        };
+        if let Some(s) = dscale {
+            let k = s / sum;
+            for x in live.iter_mut() {
+                *x *= k;
+            }
+            live[tgt] -= s;
+            pad.fill(0.0);
+        }
+        max - target_logit + sum.ln()
+    }
+}
 
 pub(super) unsafe fn crossentropy(
     losses: CpuPtr,
@@ -20,20 +49,5 @@ pub(super) unsafe fn crossentropy(
         .par_chunks_mut(vp)
         .zip(losses.par_iter_mut())
         .zip(targets.par_iter())
-        .for_each(|((row, loss), &tgt)| {
-            let tgt = tgt as usize;
-            let live = &row[..v];
-            let max = live.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-            let sum: f64 = live.iter().map(|&x| ((x - max).exp()) as f64).sum();
-            let lse = max as f64 + sum.ln();
-            *loss = (lse - row[tgt] as f64) as f32;
-            if let Some(s) = dscale {
-                let inv = (1.0 / sum) as f32;
-                for x in row[..v].iter_mut() {
-                    *x = (*x - max).exp() * inv * s;
-                }
-                row[tgt] -= s;
-                row[v..].fill(0.0);
-            }
-        });
+        .for_each(|((r, loss), &tgt)| *loss = row(r, v, tgt as usize, dscale));
 }

@@ -1,9 +1,25 @@
-//! Layer normalisation (twin of `kernels/layernorm.cu`).
+//! Layer normalisation (twin of `kernels/layernorm.cu`). One task per chunk
+//! of rows; the weight and bias gradients are summed per chunk and the
+//! chunks added in order, so the result does not depend on scheduling.
 
+use super::simd::{self, multiversion};
 use super::{CpuPtr, ROW_CHUNK};
 use rayon::prelude::*;
 
 pub(crate) const EPS: f32 = 1e-5;
+
+multiversion! {
+    fn forward_row(o: &mut [f32], x: &[f32], w: &[f32], b: &[f32]) -> (f32, f32) {
+        let c = x.len() as f32;
+        let m = simd::sum(x) / c;
+        let var = simd::sum_map(x, |v| (v - m) * (v - m)) / c;
+        let s = 1.0 / (var + EPS).sqrt();
+        for (((o, &x), &w), &b) in o.iter_mut().zip(x).zip(w).zip(b) {
+            *o = (x - m) * s * w + b;
+        }
+        (m, s)
+    }
+}
 
 pub(super) unsafe fn forward(
     out: CpuPtr,
@@ -21,20 +37,33 @@ pub(super) unsafe fn forward(
         .par_chunks_mut(c)
         .zip(inp.par_chunks(c))
         .zip(mean.par_iter_mut().zip(rstd.par_iter_mut()))
-        .for_each(|((o, x), (mu, rs))| {
-            let m = x.iter().sum::<f32>() / c as f32;
-            let var = x.iter().map(|&v| (v - m) * (v - m)).sum::<f32>() / c as f32;
-            let s = 1.0 / (var + EPS).sqrt();
-            for i in 0..c {
-                o[i] = (x[i] - m) * s * w[i] + bias[i];
-            }
-            *mu = m;
-            *rs = s;
-        });
+        .for_each(|((o, x), (mu, rs))| (*mu, *rs) = forward_row(o, x, w, bias));
 }
 
-/// Rows run in parallel; the weight and bias gradients are summed per chunk
-/// of rows and the chunks added in order.
+multiversion! {
+    /// One row's `dinp += …`; adds its share of dw and dbias into `acc = [dw | dbias]`.
+    fn backward_row(di: &mut [f32], x: &[f32], dy: &[f32], w: &[f32], mu: f32, rs: f32, acc: &mut [f32]) {
+        let c = x.len();
+        let (dw, db) = acc.split_at_mut(c);
+        let mut s1 = [0f32; simd::LANES];
+        let mut s2 = [0f32; simd::LANES];
+        for i in 0..c {
+            let norm = (x[i] - mu) * rs;
+            let dnorm = w[i] * dy[i];
+            s1[i % simd::LANES] += dnorm;
+            s2[i % simd::LANES] += dnorm * norm;
+            dw[i] += norm * dy[i];
+            db[i] += dy[i];
+        }
+        let dnorm_mean = simd::sum(&s1) / c as f32;
+        let dnorm_norm_mean = simd::sum(&s2) / c as f32;
+        for i in 0..c {
+            let norm = (x[i] - mu) * rs;
+            di[i] += (w[i] * dy[i] - dnorm_mean - norm * dnorm_norm_mean) * rs;
+        }
+    }
+}
+
 pub(super) unsafe fn backward(
     dinp: CpuPtr,
     dw: CpuPtr,
@@ -61,27 +90,18 @@ pub(super) unsafe fn backward(
         .par_chunks_mut(ROW_CHUNK * c)
         .enumerate()
         .map(|(chunk, dinp_rows)| {
-            let mut acc = vec![0f32; 2 * c]; // [dw | dbias]
+            let mut acc = vec![0f32; 2 * c];
             for (r, di) in dinp_rows.chunks_mut(c).enumerate() {
                 let row = chunk * ROW_CHUNK + r;
-                let (x, dy) = (&inp[row * c..][..c], &dout[row * c..][..c]);
-                let (mu, rs) = (mean[row], rstd[row]);
-                let mut dnorm_mean = 0f32;
-                let mut dnorm_norm_mean = 0f32;
-                for i in 0..c {
-                    let norm = (x[i] - mu) * rs;
-                    let dnorm = w[i] * dy[i];
-                    dnorm_mean += dnorm;
-                    dnorm_norm_mean += dnorm * norm;
-                    acc[i] += norm * dy[i];
-                    acc[c + i] += dy[i];
-                }
-                dnorm_mean /= c as f32;
-                dnorm_norm_mean /= c as f32;
-                for i in 0..c {
-                    let norm = (x[i] - mu) * rs;
-                    di[i] += (w[i] * dy[i] - dnorm_mean - norm * dnorm_norm_mean) * rs;
-                }
+                backward_row(
+                    di,
+                    &inp[row * c..][..c],
+                    &dout[row * c..][..c],
+                    w,
+                    mean[row],
+                    rstd[row],
+                    &mut acc,
+                );
             }
             acc
         })

@@ -13,6 +13,7 @@ mod gelu;
 mod layernorm;
 mod matmul;
 mod optim;
+pub(crate) mod simd;
 
 use super::{AdamHyper, Engine, EngineError, WeightLayout};
 use rayon::prelude::*;
@@ -67,19 +68,6 @@ impl CpuPtr {
     #[allow(clippy::mut_from_ref)]
     pub(crate) unsafe fn slice_mut<'a>(self, len: usize) -> &'a mut [f32] {
         unsafe { std::slice::from_raw_parts_mut(self.0, len) }
-    }
-    /// # Safety
-    /// Element `i` must be valid.
-    #[inline]
-    pub(crate) unsafe fn get(self, i: usize) -> f32 {
-        unsafe { *self.0.add(i) }
-    }
-    /// # Safety
-    /// Element `i` must be valid and not accessed elsewhere meanwhile.
-    #[inline]
-    #[allow(clippy::mut_from_ref)]
-    pub(crate) unsafe fn elem<'a>(self, i: usize) -> &'a mut f32 {
-        unsafe { &mut *self.0.add(i) }
     }
     #[inline]
     pub(crate) fn add(self, n: usize) -> CpuPtr {
