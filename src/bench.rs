@@ -49,11 +49,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
@@ -68,9 +64,7 @@ fn dtrain_steps(cfg: GptConfig, a: &TrainBenchArgs) -> Result<StepResult> {
     model.init_random(0);
     let mut opt = Optimizer::new(&model, OptimizerConfig::new(OptimizerKind::Adamw))?;
     let mut rng = Rng::new(0);
-    let tokens: Vec<u32> = (0..a.batch * a.seq)
-        .map(|_| rng.below(cfg.vocab_size as u64) as u32)
-        .collect();
+    let tokens: Vec<u32> = (0..a.batch * a.seq).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
     let (mut times, mut losses) = (Vec::new(), Vec::new());
     for i in 0..a.warmup + a.steps {
         let t0 = Instant::now();
@@ -87,11 +81,7 @@ fn dtrain_steps(cfg: GptConfig, a: &TrainBenchArgs) -> Result<StepResult> {
             times.push(dt);
         }
     }
-    Ok(StepResult {
-        median_s: median(times),
-        losses,
-        peak_mb: peak_rss_mb(),
-    })
+    Ok(StepResult { median_s: median(times), losses, peak_mb: peak_rss_mb() })
 }
 
 fn anchor_script() -> PathBuf {
@@ -103,31 +93,14 @@ fn torch_steps(a: &TrainBenchArgs) -> Result<serde_json::Value> {
     let threads = rayon::current_num_threads().to_string();
     let status = std::process::Command::new(&a.python)
         .arg(anchor_script())
-        .args([
-            "--preset",
-            &a.model,
-            "--batch",
-            &a.batch.to_string(),
-            "--seq",
-            &a.seq.to_string(),
-        ])
-        .args([
-            "--steps",
-            &a.steps.to_string(),
-            "--warmup",
-            &a.warmup.to_string(),
-            "--threads",
-            &threads,
-        ])
+        .args(["--preset", &a.model, "--batch", &a.batch.to_string(), "--seq", &a.seq.to_string()])
+        .args(["--steps", &a.steps.to_string(), "--warmup", &a.warmup.to_string(), "--threads", &threads])
         .arg("--json")
         .arg(&out)
         .stdout(std::process::Stdio::null())
         .status()
         .with_context(|| format!("running {}", a.python))?;
-    anyhow::ensure!(
-        status.success(),
-        "the PyTorch anchor failed ({status}); pass --no-torch to skip it"
-    );
+    anyhow::ensure!(status.success(), "the PyTorch anchor failed ({status}); pass --no-torch to skip it");
     let v = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
     let _ = std::fs::remove_file(&out);
     Ok(v)
@@ -135,27 +108,17 @@ fn torch_steps(a: &TrainBenchArgs) -> Result<serde_json::Value> {
 
 pub fn train_bench(a: &TrainBenchArgs) -> Result<()> {
     let cfg = GptConfig::preset(&a.model).with_context(|| format!("unknown preset {}", a.model))?;
-    anyhow::ensure!(
-        a.seq <= cfg.max_seq_len && a.steps > 0,
-        "bad sequence length or step count"
-    );
+    anyhow::ensure!(a.seq <= cfg.max_seq_len && a.steps > 0, "bad sequence length or step count");
     let threads = rayon::current_num_threads();
     let tokens = (a.batch * a.seq) as f64;
     let flops = cfg.flops_per_token(a.seq) * tokens;
 
     let ours = dtrain_steps(cfg, a)?;
     let gemm = matmul_gflops(2048, 3);
-    let torch = if a.no_torch {
-        None
-    } else {
-        Some(torch_steps(a)?)
-    };
+    let torch = if a.no_torch { None } else { Some(torch_steps(a)?) };
 
     let our_gflops = flops / ours.median_s / 1e9;
-    println!(
-        "dtrain bench train: preset {} batch {}×{} threads {threads}",
-        a.model, a.batch, a.seq
-    );
+    println!("dtrain bench train: preset {} batch {}×{} threads {threads}", a.model, a.batch, a.seq);
     println!("  fp32 GEMM ceiling (2048³, gemm crate): {gemm:8.1} GFLOP/s");
     println!(
         "  dtrain:  {:8.1} ms/step  {:8.0} tokens/s  {:7.1} GFLOP/s = {:5.1}% of the GEMM ceiling  peak {:6.0} MB  loss {:.4} -> {:.4}",
@@ -185,21 +148,14 @@ pub fn train_bench(a: &TrainBenchArgs) -> Result<()> {
             t_peak,
             t["torch"].as_str().unwrap_or("?")
         );
-        println!(
-            "  dtrain / pytorch: {:.2}× tokens/s, {:.2}× peak memory",
-            t_step / ours.median_s,
-            ours.peak_mb / t_peak
-        );
+        println!("  dtrain / pytorch: {:.2}× tokens/s, {:.2}× peak memory", t_step / ours.median_s, ours.peak_mb / t_peak);
         record["torch_step_s"] = t_step.into();
         record["torch_peak_mb"] = t_peak.into();
         record["speedup_vs_torch"] = (t_step / ours.median_s).into();
     }
     if let Some(path) = &a.json {
         use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
         writeln!(f, "{record}")?;
     }
     Ok(())

@@ -102,16 +102,8 @@ enum BenchCommand {
 
 fn main() {
     let cli = Cli::parse();
-    let level = if cli.quiet {
-        tracing::Level::WARN
-    } else {
-        tracing::Level::INFO
-    };
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .init();
+    let level = if cli.quiet { tracing::Level::WARN } else { tracing::Level::INFO };
+    tracing_subscriber::fmt().with_max_level(level).with_target(false).with_writer(std::io::stderr).init();
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -123,10 +115,7 @@ fn run(cli: Cli) -> Result<()> {
         if n == 0 {
             bail!("--threads must be at least 1");
         }
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-            .context("starting the thread pool")?;
+        rayon::ThreadPoolBuilder::new().num_threads(n).build_global().context("starting the thread pool")?;
     }
     match cli.command {
         Command::Train(a) => train_cmd(a, !cli.quiet),
@@ -135,14 +124,8 @@ fn run(cli: Cli) -> Result<()> {
             let n = cfg.num_params();
             println!("{model}: {cfg:?}");
             println!("parameters: {n} ({:.1} M)", n as f64 / 1e6);
-            println!(
-                "parameter + gradient + AdamW state (fp32): {:.2} GB",
-                16.0 * n as f64 / 1e9
-            );
-            println!(
-                "training FLOPs per token at T={seq}: {:.3e}",
-                cfg.flops_per_token(seq)
-            );
+            println!("parameter + gradient + AdamW state (fp32): {:.2} GB", 16.0 * n as f64 / 1e9);
+            println!("training FLOPs per token at T={seq}: {:.3e}", cfg.flops_per_token(seq));
             Ok(())
         }
         Command::Bench(BenchCommand::Train(a)) => dtrain::bench::train_bench(&a),
@@ -164,17 +147,9 @@ fn train_cmd(a: TrainArgs, progress: bool) -> Result<()> {
     let start = match (a.resume, a.init) {
         (Some(dir), _) => Start::Resume(dir),
         (None, Some(dir)) => Start::Init(dir),
-        (None, None) => Start::Fresh {
-            config: GptConfig::preset(&a.model).expect("clap checked the name"),
-            seed: a.seed,
-        },
+        (None, None) => Start::Fresh { config: GptConfig::preset(&a.model).expect("clap checked the name"), seed: a.seed },
     };
-    let opts = RunOptions {
-        data: a.data,
-        out: a.out.clone(),
-        checkpoint_every: a.checkpoint_every,
-        progress,
-    };
+    let opts = RunOptions { data: a.data, out: a.out.clone(), checkpoint_every: a.checkpoint_every, progress };
     let summary = train::run(CpuEngine::new(), start, plan, &opts)?;
     match (summary.losses.first(), summary.losses.last()) {
         (Some(first), Some(last)) => println!(
@@ -182,14 +157,9 @@ fn train_cmd(a: TrainArgs, progress: bool) -> Result<()> {
             summary.first_step + 1,
             summary.first_step + summary.losses.len() as u64,
             summary.tokens_per_s,
-            summary
-                .last_checkpoint
-                .map_or("none".into(), |p| p.display().to_string())
+            summary.last_checkpoint.map_or("none".into(), |p| p.display().to_string())
         ),
-        _ => println!(
-            "nothing to do: the run is already at its last step ({})",
-            summary.first_step
-        ),
+        _ => println!("nothing to do: the run is already at its last step ({})", summary.first_step),
     }
     Ok(())
 }

@@ -26,13 +26,7 @@ pub struct OptimizerConfig {
 impl OptimizerConfig {
     /// The subnet's settings: β 0.9/0.95, ε 1e-8, weight decay 0.1.
     pub fn new(kind: OptimizerKind) -> Self {
-        OptimizerConfig {
-            kind,
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.1,
-        }
+        OptimizerConfig { kind, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1 }
     }
 }
 
@@ -47,23 +41,12 @@ pub struct Optimizer<E: Engine> {
 
 impl<E: Engine> Optimizer<E> {
     pub fn new(model: &Gpt<E>, config: OptimizerConfig) -> Result<Self, EngineError> {
-        Ok(Optimizer {
-            config,
-            m: model.engine.alloc(model.layout.total)?,
-            v: model.engine.alloc(model.layout.total)?,
-            step: 0,
-        })
+        Ok(Optimizer { config, m: model.engine.alloc(model.layout.total)?, v: model.engine.alloc(model.layout.total)?, step: 0 })
     }
 
     fn hyper(&self, lr: f32, decays: bool) -> AdamHyper {
         let c = &self.config;
-        AdamHyper {
-            lr,
-            beta1: c.beta1,
-            beta2: c.beta2,
-            eps: c.eps,
-            weight_decay: if decays { c.weight_decay } else { 0.0 },
-        }
+        AdamHyper { lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weight_decay: if decays { c.weight_decay } else { 0.0 } }
     }
 
     /// One update of every parameter tensor from the current gradients.
@@ -77,23 +60,14 @@ impl<E: Engine> Optimizer<E> {
         let e = &model.engine;
         for t in &model.layout.tensors {
             let hp = self.hyper(lr, t.decays());
-            let (p, g, m, v) = (
-                e.at(&model.params, t.offset),
-                e.at(&model.grads, t.offset),
-                e.at(&self.m, t.offset),
-                e.at(&self.v, t.offset),
-            );
+            let (p, g, m, v) = (e.at(&model.params, t.offset), e.at(&model.grads, t.offset), e.at(&self.m, t.offset), e.at(&self.v, t.offset));
             // SAFETY: the four arenas share the parameter layout; `t` lies inside it.
             unsafe {
                 match self.config.kind {
                     OptimizerKind::Adamw => e.adamw(p, g, m, v, t.len, &hp, self.step),
                     OptimizerKind::Lamb => {
                         let (w_sq, u_sq) = e.lamb_moments(p, g, m, v, t.len, &hp, self.step);
-                        let trust = if w_sq > 0.0 && u_sq > 0.0 {
-                            (w_sq / u_sq).sqrt()
-                        } else {
-                            1.0
-                        };
+                        let trust = if w_sq > 0.0 && u_sq > 0.0 { (w_sq / u_sq).sqrt() } else { 1.0 };
                         e.lamb_apply(p, m, v, t.len, &hp, self.step, lr * trust as f32);
                     }
                 }

@@ -26,19 +26,13 @@ pub enum TrainError {
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("{0}")]
     Invalid(String),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| TrainError::Io { path: path.to_path_buf(), source }
 }
 
 /// What a run trains and how; saved in every checkpoint as `trainer.json`.
@@ -106,10 +100,7 @@ pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf, TrainError> {
     if path.join(checkpoint::CONFIG_FILE).is_file() {
         return Ok(path.to_path_buf());
     }
-    Err(TrainError::Invalid(format!(
-        "{}: neither a checkpoint directory nor a run directory with a `latest` checkpoint",
-        path.display()
-    )))
+    Err(TrainError::Invalid(format!("{}: neither a checkpoint directory nor a run directory with a `latest` checkpoint", path.display())))
 }
 
 fn read_trainer_state(dir: &Path) -> Result<TrainerState, TrainError> {
@@ -120,24 +111,17 @@ fn read_trainer_state(dir: &Path) -> Result<TrainerState, TrainError> {
 
 /// Trains on `engine` following `plan` (ignored when resuming: the
 /// checkpoint's plan continues).
-pub fn run<E: Engine>(
-    engine: E,
-    start: Start,
-    plan: Plan,
-    opts: &RunOptions,
-) -> Result<RunSummary, TrainError> {
+pub fn run<E: Engine>(engine: E, start: Start, plan: Plan, opts: &RunOptions) -> Result<RunSummary, TrainError> {
     let (mut model, mut opt, plan, step0, loader_state) = match start {
         Start::Fresh { config, seed } => {
             let mut model = Gpt::new(engine, config)?;
             model.init_random(seed);
-            let opt = Optimizer::new(&model, OptimizerConfig::new(plan.optimizer))
-                .map_err(ModelError::from)?;
+            let opt = Optimizer::new(&model, OptimizerConfig::new(plan.optimizer)).map_err(ModelError::from)?;
             (model, opt, plan, 0, LoaderState::default())
         }
         Start::Init(dir) => {
             let model = checkpoint::load_model(&dir, engine)?;
-            let opt = Optimizer::new(&model, OptimizerConfig::new(plan.optimizer))
-                .map_err(ModelError::from)?;
+            let opt = Optimizer::new(&model, OptimizerConfig::new(plan.optimizer)).map_err(ModelError::from)?;
             (model, opt, plan, 0, LoaderState::default())
         }
         Start::Resume(path) => {
@@ -146,12 +130,7 @@ pub fn run<E: Engine>(
             let model = checkpoint::load_model(&dir, engine)?;
             let opt = checkpoint::load_optimizer(&dir, &model)?;
             if opt.step != state.step {
-                return Err(TrainError::Invalid(format!(
-                    "{}: optimizer is at step {}, trainer at {}",
-                    dir.display(),
-                    opt.step,
-                    state.step
-                )));
+                return Err(TrainError::Invalid(format!("{}: optimizer is at step {}, trainer at {}", dir.display(), opt.step, state.step)));
             }
             tracing::info!("resuming {} at step {}", dir.display(), state.step);
             (model, opt, state.plan, state.step, state.loader)
@@ -164,11 +143,7 @@ pub fn run<E: Engine>(
 
     std::fs::create_dir_all(&opts.out).map_err(io_err(&opts.out))?;
     let metrics_path = opts.out.join("metrics.jsonl");
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(io_err(&metrics_path))?;
+    let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(io_err(&metrics_path))?;
 
     let tokens_per_step = (plan.batch * plan.seq_len * plan.grad_accum) as f64;
     tracing::info!(
@@ -182,12 +157,7 @@ pub fn run<E: Engine>(
         plan.steps
     );
     let bar = progress_bar(opts.progress, plan.steps, step0);
-    let mut summary = RunSummary {
-        losses: Vec::new(),
-        first_step: step0,
-        tokens_per_s: 0.0,
-        last_checkpoint: None,
-    };
+    let mut summary = RunSummary { losses: Vec::new(), first_step: step0, tokens_per_s: 0.0, last_checkpoint: None };
     let run_start = Instant::now();
     for step in step0..plan.steps {
         let t0 = Instant::now();
@@ -195,22 +165,13 @@ pub fn run<E: Engine>(
         let mut loss_sum = 0f64;
         for _ in 0..plan.grad_accum {
             let (inputs, targets) = loader.next_batch();
-            loss_sum += model.forward_backward(
-                inputs,
-                targets,
-                plan.batch,
-                plan.seq_len,
-                plan.batch as f32,
-            )? as f64;
+            loss_sum += model.forward_backward(inputs, targets, plan.batch, plan.seq_len, plan.batch as f32)? as f64;
         }
         let loss = (loss_sum / plan.grad_accum as f64) as f32;
         if !loss.is_finite() {
             return Err(TrainError::Invalid(format!(
                 "loss became {loss} at step {step}; the last checkpoint is {}",
-                summary
-                    .last_checkpoint
-                    .as_ref()
-                    .map_or("none".into(), |p| p.display().to_string())
+                summary.last_checkpoint.as_ref().map_or("none".into(), |p| p.display().to_string())
             )));
         }
         model.finish_accumulation();
@@ -225,20 +186,11 @@ pub fn run<E: Engine>(
         bar.set_position(step + 1);
         bar.set_message(format!("loss {loss:.4} | {tps:.0} tok/s"));
         if bar.is_hidden() {
-            tracing::info!(
-                "step {}/{} loss {loss:.4} lr {lr:.2e} grad norm {norm:.3} {tps:.0} tok/s",
-                step + 1,
-                plan.steps
-            );
+            tracing::info!("step {}/{} loss {loss:.4} lr {lr:.2e} grad norm {norm:.3} {tps:.0} tok/s", step + 1, plan.steps);
         }
         let done = step + 1;
         if done == plan.steps || (opts.checkpoint_every > 0 && done % opts.checkpoint_every == 0) {
-            let state = TrainerState {
-                plan: plan.clone(),
-                step: done,
-                loader: loader.state(),
-                data: opts.data.clone(),
-            };
+            let state = TrainerState { plan: plan.clone(), step: done, loader: loader.state(), data: opts.data.clone() };
             summary.last_checkpoint = Some(save_checkpoint(&opts.out, &model, &opt, &state)?);
         }
     }
@@ -250,36 +202,19 @@ pub fn run<E: Engine>(
 
 fn validate_plan(plan: &Plan, config: &GptConfig) -> Result<(), TrainError> {
     if plan.batch == 0 || plan.seq_len == 0 || plan.grad_accum == 0 {
-        return Err(TrainError::Invalid(
-            "batch, sequence length and gradient accumulation must be positive".into(),
-        ));
+        return Err(TrainError::Invalid("batch, sequence length and gradient accumulation must be positive".into()));
     }
     if plan.seq_len > config.max_seq_len {
-        return Err(TrainError::Invalid(format!(
-            "sequence length {} exceeds the model's {} positions",
-            plan.seq_len, config.max_seq_len
-        )));
+        return Err(TrainError::Invalid(format!("sequence length {} exceeds the model's {} positions", plan.seq_len, config.max_seq_len)));
     }
-    if !(plan.lr.is_finite()
-        && plan.lr >= 0.0
-        && plan.min_lr.is_finite()
-        && plan.min_lr >= 0.0
-        && plan.clip > 0.0)
-    {
-        return Err(TrainError::Invalid(
-            "learning rates must be finite and non-negative, the clip norm positive".into(),
-        ));
+    if !(plan.lr.is_finite() && plan.lr >= 0.0 && plan.min_lr.is_finite() && plan.min_lr >= 0.0 && plan.clip > 0.0) {
+        return Err(TrainError::Invalid("learning rates must be finite and non-negative, the clip norm positive".into()));
     }
     Ok(())
 }
 
 /// Saves `out/checkpoints/step_NNNNNN` and points `out/latest` at it.
-fn save_checkpoint<E: Engine>(
-    out: &Path,
-    model: &Gpt<E>,
-    opt: &Optimizer<E>,
-    state: &TrainerState,
-) -> Result<PathBuf, TrainError> {
+fn save_checkpoint<E: Engine>(out: &Path, model: &Gpt<E>, opt: &Optimizer<E>, state: &TrainerState) -> Result<PathBuf, TrainError> {
     let name = format!("step_{:06}", state.step);
     let dir = out.join("checkpoints").join(&name);
     let trainer = serde_json::to_vec_pretty(state).expect("serialisable");
@@ -298,11 +233,9 @@ fn progress_bar(enabled: bool, total: u64, pos: u64) -> indicatif::ProgressBar {
     }
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] {pos}/{len} steps  {msg}  (eta {eta})",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} steps  {msg}  (eta {eta})")
+            .expect("valid template")
+            .progress_chars("=> "),
     );
     bar.set_position(pos);
     bar

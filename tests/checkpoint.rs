@@ -26,9 +26,7 @@ fn tiny(seed: u64) -> Gpt<CpuEngine> {
 
 fn batch(cfg: &GptConfig, b: usize, t: usize) -> (Vec<u32>, Vec<u32>) {
     let mut rng = dtrain::rng::Rng::new(5);
-    let toks: Vec<u32> = (0..b * t + 1)
-        .map(|_| rng.below(cfg.vocab_size as u64) as u32)
-        .collect();
+    let toks: Vec<u32> = (0..b * t + 1).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
     (toks[..b * t].to_vec(), toks[1..].to_vec())
 }
 
@@ -42,20 +40,14 @@ fn save_then_load_gives_identical_forward() {
     checkpoint::save(&dir.join("ck"), &a, None, &[]).unwrap();
     let mut b = checkpoint::load_model(&dir.join("ck"), CpuEngine::new()).unwrap();
     assert_eq!(a.read_params(), b.read_params());
-    assert_eq!(
-        loss_a.to_bits(),
-        b.forward(&x, &y, 2, 16).unwrap().to_bits()
-    );
+    assert_eq!(loss_a.to_bits(), b.forward(&x, &y, 2, 16).unwrap().to_bits());
     assert_eq!(logits_a, b.logits().unwrap());
     // Saving over an existing checkpoint replaces it and leaves no temporary files.
     let c = tiny(2);
     checkpoint::save(&dir.join("ck"), &c, None, &[]).unwrap();
     let d = checkpoint::load_model(&dir.join("ck"), CpuEngine::new()).unwrap();
     assert_eq!(c.read_params(), d.read_params());
-    let names: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
+    let names: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     assert_eq!(names, vec!["ck".to_string()]);
 }
 
@@ -87,15 +79,7 @@ type Named = (String, Vec<usize>, Vec<f32>);
 fn header(path: &Path) -> (Header, Meta) {
     let bytes = std::fs::read(path).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
-    let names = st
-        .iter()
-        .map(|(n, v)| {
-            (
-                n.to_string(),
-                (format!("{:?}", v.dtype()), v.shape().to_vec()),
-            )
-        })
-        .collect();
+    let names = st.iter().map(|(n, v)| (n.to_string(), (format!("{:?}", v.dtype()), v.shape().to_vec()))).collect();
     let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
     (names, meta.metadata().clone())
 }
@@ -107,15 +91,9 @@ fn written_files_match_what_transformers_writes() {
     checkpoint::save(&dir.join("ck"), &m, None, &[]).unwrap();
     let (ours, our_meta) = header(&dir.join("ck/model.safetensors"));
     let (theirs, their_meta) = header(&fixture_dir().join("model/model.safetensors"));
-    assert_eq!(
-        ours, theirs,
-        "tensor names, dtypes and shapes differ from transformers' save_pretrained"
-    );
+    assert_eq!(ours, theirs, "tensor names, dtypes and shapes differ from transformers' save_pretrained");
     assert_eq!(our_meta, their_meta);
-    assert_eq!(
-        checkpoint::read_config(&dir.join("ck/config.json")).unwrap(),
-        m.config
-    );
+    assert_eq!(checkpoint::read_config(&dir.join("ck/config.json")).unwrap(), m.config);
     let back = checkpoint::load_model(&dir.join("ck"), CpuEngine::new()).unwrap();
     assert_eq!(back.read_params(), m.read_params());
 }
@@ -126,13 +104,9 @@ fn written_files_match_what_transformers_writes() {
 #[test]
 fn transformers_loads_a_dtrain_checkpoint() {
     let python = std::env::var("DTRAIN_PYTHON").unwrap_or_else(|_| "python3".into());
-    let probe = std::process::Command::new(&python)
-        .args(["-c", "import torch, transformers"])
-        .output();
+    let probe = std::process::Command::new(&python).args(["-c", "import torch, transformers"]).output();
     if !probe.is_ok_and(|o| o.status.success()) {
-        eprintln!(
-            "SKIPPED transformers_loads_a_dtrain_checkpoint: {python} cannot import torch and transformers (run scripts/check_hf_interop.sh)"
-        );
+        eprintln!("SKIPPED transformers_loads_a_dtrain_checkpoint: {python} cannot import torch and transformers (run scripts/check_hf_interop.sh)");
         return;
     }
     let dir = tmpdir("hf");
@@ -145,37 +119,15 @@ fn transformers_loads_a_dtrain_checkpoint() {
     let lbytes: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
     let v = m.config.vocab_size;
     let tensors = vec![
-        (
-            "tokens",
-            safetensors::tensor::TensorView::new(safetensors::Dtype::I32, vec![2, 12], &tokens)
-                .unwrap(),
-        ),
-        (
-            "logits",
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 12, v], &lbytes)
-                .unwrap(),
-        ),
+        ("tokens", safetensors::tensor::TensorView::new(safetensors::Dtype::I32, vec![2, 12], &tokens).unwrap()),
+        ("logits", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 12, v], &lbytes).unwrap()),
     ];
     safetensors::serialize_to_file(tensors, None, &dir.join("expected.safetensors")).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/check_hf_load.py");
-    let out = std::process::Command::new(&python)
-        .arg(script)
-        .arg(dir.join("ck"))
-        .arg(dir.join("expected.safetensors"))
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = std::process::Command::new(&python).arg(script).arg(dir.join("ck")).arg(dir.join("expected.safetensors")).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "transformers check failed:\n{text}");
-    eprintln!(
-        "{}",
-        text.lines()
-            .find(|l| l.contains("relative"))
-            .unwrap_or_default()
-    );
+    eprintln!("{}", text.lines().find(|l| l.contains("relative")).unwrap_or_default());
 }
 
 fn copy_fixture(name: &str) -> PathBuf {
@@ -209,19 +161,11 @@ fn damaged_checkpoints_give_clear_errors() {
     // A config that does not match the tensors.
     let cfg_path = dir.join("config.json");
     let original = std::fs::read_to_string(&cfg_path).unwrap();
-    std::fs::write(
-        &cfg_path,
-        original.replace("\"n_embd\": 32", "\"n_embd\": 64"),
-    )
-    .unwrap();
+    std::fs::write(&cfg_path, original.replace("\"n_embd\": 32", "\"n_embd\": 64")).unwrap();
     let e = load_err(&dir);
     assert!(e.contains("shape"), "{e}");
     // Invalid values and invalid JSON.
-    std::fs::write(
-        &cfg_path,
-        original.replace("\"n_head\": 2", "\"n_head\": 3"),
-    )
-    .unwrap();
+    std::fs::write(&cfg_path, original.replace("\"n_head\": 2", "\"n_head\": 3")).unwrap();
     assert!(load_err(&dir).contains("multiple of n_head"));
     std::fs::write(&cfg_path, "{ not json").unwrap();
     assert!(load_err(&dir).contains("invalid JSON"));
@@ -233,47 +177,21 @@ fn damaged_checkpoints_give_clear_errors() {
     let m = checkpoint::load_model(&dir, CpuEngine::new()).unwrap();
     let params = m.read_params();
     let write_with = |edit: &dyn Fn(&mut Vec<Named>)| {
-        let mut ts: Vec<Named> = m
-            .layout
-            .tensors
-            .iter()
-            .map(|t| {
-                (
-                    t.name.clone(),
-                    t.shape.clone(),
-                    params[t.offset..t.offset + t.numel()].to_vec(),
-                )
-            })
-            .collect();
+        let mut ts: Vec<Named> =
+            m.layout.tensors.iter().map(|t| (t.name.clone(), t.shape.clone(), params[t.offset..t.offset + t.numel()].to_vec())).collect();
         edit(&mut ts);
-        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = ts
-            .into_iter()
-            .map(|(n, s, d)| (n, s, d.iter().flat_map(|v| v.to_le_bytes()).collect()))
-            .collect();
-        let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
-            .iter()
-            .map(|(n, s, d)| {
-                (
-                    n.clone(),
-                    safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
-                        .unwrap(),
-                )
-            })
-            .collect();
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> =
+            ts.into_iter().map(|(n, s, d)| (n, s, d.iter().flat_map(|v| v.to_le_bytes()).collect())).collect();
+        let views: Vec<(String, safetensors::tensor::TensorView)> =
+            bytes.iter().map(|(n, s, d)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap())).collect();
         safetensors::serialize_to_file(views, None, &dir.join("model.safetensors")).unwrap();
     };
     write_with(&|ts| {
-        let t = ts
-            .iter_mut()
-            .find(|t| t.0.ends_with("h.1.mlp.c_fc.weight"))
-            .unwrap();
+        let t = ts.iter_mut().find(|t| t.0.ends_with("h.1.mlp.c_fc.weight")).unwrap();
         t.1 = vec![t.1[1], t.1[0]];
     });
     let e = load_err(&dir);
-    assert!(
-        e.contains("h.1.mlp.c_fc.weight") && e.contains("shape"),
-        "{e}"
-    );
+    assert!(e.contains("h.1.mlp.c_fc.weight") && e.contains("shape"), "{e}");
     write_with(&|ts| ts.retain(|t| !t.0.ends_with("ln_f.bias")));
     assert!(load_err(&dir).contains("missing tensor transformer.ln_f.bias"));
     write_with(&|ts| ts[3].2[7] = f32::NAN);
@@ -284,8 +202,5 @@ fn damaged_checkpoints_give_clear_errors() {
     // A directory that is not a checkpoint.
     let e = load_err(&dir.join("nope"));
     assert!(e.contains("config.json"), "{e}");
-    assert!(matches!(
-        checkpoint::load_model(&dir.join("nope"), CpuEngine::new()),
-        Err(CheckpointError::Io { .. })
-    ));
+    assert!(matches!(checkpoint::load_model(&dir.join("nope"), CpuEngine::new()), Err(CheckpointError::Io { .. })));
 }

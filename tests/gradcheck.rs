@@ -8,14 +8,7 @@ use dtrain::engine::cpu::CpuEngine;
 use dtrain::model::{Gpt, checkpoint};
 use dtrain::rng::Rng;
 
-fn loss_at(
-    model: &mut Gpt<CpuEngine>,
-    params: &[f32],
-    inputs: &[u32],
-    targets: &[u32],
-    b: usize,
-    t: usize,
-) -> f64 {
+fn loss_at(model: &mut Gpt<CpuEngine>, params: &[f32], inputs: &[u32], targets: &[u32], b: usize, t: usize) -> f64 {
     model.write_params(params);
     model.forward(inputs, targets, b, t).unwrap() as f64
 }
@@ -35,18 +28,12 @@ fn every_parameter_tensor_passes_finite_differences() {
     for tensor in &model.layout.tensors {
         let gain = tensor.name.contains("ln_") && tensor.name.ends_with("weight");
         for x in &mut params[tensor.offset..tensor.offset + tensor.numel()] {
-            *x = if gain {
-                1.0 + 0.3 * rng.normal()
-            } else {
-                0.3 * rng.normal()
-            };
+            *x = if gain { 1.0 + 0.3 * rng.normal() } else { 0.3 * rng.normal() };
         }
     }
     model.write_params(&params);
     model.zero_grads();
-    model
-        .forward_backward(&inputs, &targets, b, t, 1.0)
-        .unwrap();
+    model.forward_backward(&inputs, &targets, b, t, 1.0).unwrap();
     let grads = model.read_grads();
     let base = model.read_params();
     let mut rng = Rng::new(7);
@@ -60,11 +47,7 @@ fn every_parameter_tensor_passes_finite_differences() {
         let random: Vec<f64> = (0..g.len()).map(|_| rng.normal() as f64).collect();
         let r_norm = random.iter().map(|x| x * x).sum::<f64>().sqrt();
         let along: Vec<f64> = g.iter().map(|&x| x as f64 / g_norm).collect();
-        let mixed: Vec<f64> = along
-            .iter()
-            .zip(&random)
-            .map(|(a, r)| 0.7 * a + 0.7 * r / r_norm)
-            .collect();
+        let mixed: Vec<f64> = along.iter().zip(&random).map(|(a, r)| 0.7 * a + 0.7 * r / r_norm).collect();
         for (label, dir) in [("gradient", &along), ("mixed", &mixed)] {
             let eps = 1e-2;
             let mut plus = base.clone();
@@ -73,9 +56,7 @@ fn every_parameter_tensor_passes_finite_differences() {
                 plus[i] += (eps * d) as f32;
                 minus[i] -= (eps * d) as f32;
             }
-            let numeric = (loss_at(&mut model, &plus, &inputs, &targets, b, t)
-                - loss_at(&mut model, &minus, &inputs, &targets, b, t))
-                / (2.0 * eps);
+            let numeric = (loss_at(&mut model, &plus, &inputs, &targets, b, t) - loss_at(&mut model, &minus, &inputs, &targets, b, t)) / (2.0 * eps);
             let analytic: f64 = g.iter().zip(dir.iter()).map(|(&g, d)| g as f64 * d).sum();
             let err = (numeric - analytic).abs() / analytic.abs().max(1e-3);
             assert!(

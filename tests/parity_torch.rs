@@ -8,8 +8,7 @@ use dtrain::model::{Gpt, checkpoint};
 use dtrain::optim::{Optimizer, OptimizerConfig, OptimizerKind, clip_grad_norm};
 
 fn load() -> Gpt<CpuEngine> {
-    checkpoint::load_model(&fixture_dir().join("model"), CpuEngine::new())
-        .expect("transformers checkpoint loads")
+    checkpoint::load_model(&fixture_dir().join("model"), CpuEngine::new()).expect("transformers checkpoint loads")
 }
 
 #[test]
@@ -21,15 +20,8 @@ fn logits_and_loss_match_pytorch() {
     let mut model = load();
     let loss = model.forward(&inputs, &targets, b, t).unwrap();
     let err = rel_err(&model.logits().unwrap(), &r.f32("logits"));
-    assert!(
-        err < 1e-5,
-        "logits differ from PyTorch: relative error {err:e}"
-    );
-    assert!(
-        (loss as f64 - r.num("loss")).abs() < 1e-5,
-        "loss {loss} vs PyTorch {}",
-        r.num("loss")
-    );
+    assert!(err < 1e-5, "logits differ from PyTorch: relative error {err:e}");
+    assert!((loss as f64 - r.num("loss")).abs() < 1e-5, "loss {loss} vs PyTorch {}", r.num("loss"));
 }
 
 #[test]
@@ -39,27 +31,17 @@ fn every_gradient_matches_pytorch() {
     let (inputs, targets) = split_batch(&all, &shape, 0);
     let (b, t) = (shape[1], shape[2] - 1);
     let mut model = load();
-    let loss = model
-        .forward_backward(&inputs, &targets, b, t, 1.0)
-        .unwrap();
+    let loss = model.forward_backward(&inputs, &targets, b, t, 1.0).unwrap();
     assert!((loss as f64 - r.num("loss")).abs() < 1e-5);
     let grads = model.read_grads();
     for tensor in &model.layout.tensors {
         let ours = &grads[tensor.offset..tensor.offset + tensor.numel()];
         let err = rel_err(ours, &r.f32(&format!("grad.{}", tensor.name)));
-        assert!(
-            err < 1e-4,
-            "gradient of {} differs from PyTorch: relative error {err:e}",
-            tensor.name
-        );
+        assert!(err < 1e-4, "gradient of {} differs from PyTorch: relative error {err:e}", tensor.name);
     }
     // The padded vocabulary rows receive no gradient.
     let wte = model.layout.tensor("transformer.wte.weight").unwrap();
-    assert!(
-        grads[wte.offset + wte.numel()..wte.offset + wte.len]
-            .iter()
-            .all(|&g| g == 0.0)
-    );
+    assert!(grads[wte.offset + wte.numel()..wte.offset + wte.len].iter().all(|&g| g == 0.0));
 }
 
 fn train_like_pytorch(kind: OptimizerKind) {
@@ -72,29 +54,16 @@ fn train_like_pytorch(kind: OptimizerKind) {
     let (b, t) = (shape[1], shape[2] - 1);
     let mut model = load();
     let mut opt = Optimizer::new(&model, OptimizerConfig::new(kind)).unwrap();
-    let (want_losses, want_norms) = (
-        r.list(&format!("{name}_losses")),
-        r.list(&format!("{name}_grad_norms")),
-    );
+    let (want_losses, want_norms) = (r.list(&format!("{name}_losses")), r.list(&format!("{name}_grad_norms")));
     for k in 0..shape[0] {
         let (inputs, targets) = split_batch(&all, &shape, k);
         model.zero_grads();
-        let loss = model
-            .forward_backward(&inputs, &targets, b, t, b as f32)
-            .unwrap();
+        let loss = model.forward_backward(&inputs, &targets, b, t, b as f32).unwrap();
         model.finish_accumulation();
         let norm = clip_grad_norm(&mut model, r.num("clip") as f32);
         opt.step(&mut model, r.num("lr") as f32);
-        assert!(
-            (loss as f64 - want_losses[k]).abs() < 1e-4,
-            "{name} step {k}: loss {loss} vs PyTorch {}",
-            want_losses[k]
-        );
-        assert!(
-            (norm as f64 - want_norms[k]).abs() < 1e-4 * want_norms[k],
-            "{name} step {k}: grad norm {norm} vs {}",
-            want_norms[k]
-        );
+        assert!((loss as f64 - want_losses[k]).abs() < 1e-4, "{name} step {k}: loss {loss} vs PyTorch {}", want_losses[k]);
+        assert!((norm as f64 - want_norms[k]).abs() < 1e-4 * want_norms[k], "{name} step {k}: grad norm {norm} vs {}", want_norms[k]);
     }
     let params = model.read_params();
     let c = model.config.n_embd;
@@ -106,30 +75,16 @@ fn train_like_pytorch(kind: OptimizerKind) {
             // softmax cancels: its true gradient is 0 and both programs see
             // only rounding noise (~1e-11), which Adam normalises into
             // arbitrary ±lr steps. Only the bound on such steps can hold there.
-            let k_err = ours[c..2 * c]
-                .iter()
-                .zip(&want[c..2 * c])
-                .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            assert!(
-                k_err <= 2.0 * r.num("lr") as f32 * shape[0] as f32,
-                "{name}: key bias moved {k_err} apart"
-            );
+            let k_err = ours[c..2 * c].iter().zip(&want[c..2 * c]).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(k_err <= 2.0 * r.num("lr") as f32 * shape[0] as f32, "{name}: key bias moved {k_err} apart");
             for part in [0..c, 2 * c..3 * c] {
                 let err = rel_err(&ours[part.clone()], &want[part]);
-                assert!(
-                    err < 1e-4,
-                    "{name}: {} (q/v part) after 10 steps: relative error {err:e}",
-                    tensor.name
-                );
+                assert!(err < 1e-4, "{name}: {} (q/v part) after 10 steps: relative error {err:e}", tensor.name);
             }
             continue;
         }
         let err = rel_err(ours, &want);
-        assert!(
-            err < 1e-4,
-            "{name}: {} after 10 steps differs from PyTorch: relative error {err:e}",
-            tensor.name
-        );
+        assert!(err < 1e-4, "{name}: {} after 10 steps differs from PyTorch: relative error {err:e}", tensor.name);
     }
 }
 

@@ -20,48 +20,22 @@ fn tmpdir(name: &str) -> PathBuf {
 fn learnable_shard(dir: &Path) -> PathBuf {
     let mut rng = Rng::new(3);
     let sentence: Vec<u32> = (0..37).map(|_| rng.below(300) as u32).collect();
-    let tokens: Vec<u32> = (0..20_000)
-        .map(|i| {
-            if rng.below(20) == 0 {
-                rng.below(300) as u32
-            } else {
-                sentence[i % 37]
-            }
-        })
-        .collect();
+    let tokens: Vec<u32> = (0..20_000).map(|i| if rng.below(20) == 0 { rng.below(300) as u32 } else { sentence[i % 37] }).collect();
     let path = dir.join("data.bin");
     shard::write(&path, &tokens).unwrap();
     path
 }
 
 fn plan(optimizer: OptimizerKind, steps: u64) -> Plan {
-    Plan {
-        batch: 4,
-        seq_len: 32,
-        grad_accum: 2,
-        steps,
-        lr: 1e-2,
-        min_lr: 1e-3,
-        warmup: 2,
-        clip: 1.0,
-        optimizer,
-    }
+    Plan { batch: 4, seq_len: 32, grad_accum: 2, steps, lr: 1e-2, min_lr: 1e-3, warmup: 2, clip: 1.0, optimizer }
 }
 
 fn fresh() -> Start {
-    Start::Fresh {
-        config: GptConfig::preset("tiny").unwrap(),
-        seed: 1,
-    }
+    Start::Fresh { config: GptConfig::preset("tiny").unwrap(), seed: 1 }
 }
 
 fn opts(data: &Path, out: &Path, every: u64) -> RunOptions {
-    RunOptions {
-        data: data.into(),
-        out: out.into(),
-        checkpoint_every: every,
-        progress: false,
-    }
+    RunOptions { data: data.into(), out: out.into(), checkpoint_every: every, progress: false }
 }
 
 #[test]
@@ -70,32 +44,12 @@ fn the_tiny_model_learns_a_repeated_sentence() {
     let data = learnable_shard(&dir);
     for kind in [OptimizerKind::Adamw, OptimizerKind::Lamb] {
         // LAMB moves each tensor by about lr·‖w‖ per step, so it wants a larger rate.
-        let lr = if kind == OptimizerKind::Lamb {
-            5e-2
-        } else {
-            1e-2
-        };
-        let p = Plan {
-            lr,
-            min_lr: lr / 10.0,
-            ..plan(kind, 60)
-        };
-        let s = train::run(
-            CpuEngine::new(),
-            fresh(),
-            p,
-            &opts(&data, &dir.join(format!("{kind:?}")), 0),
-        )
-        .unwrap();
+        let lr = if kind == OptimizerKind::Lamb { 5e-2 } else { 1e-2 };
+        let p = Plan { lr, min_lr: lr / 10.0, ..plan(kind, 60) };
+        let s = train::run(CpuEngine::new(), fresh(), p, &opts(&data, &dir.join(format!("{kind:?}")), 0)).unwrap();
         let (first, last) = (s.losses[0], *s.losses.last().unwrap());
-        assert!(
-            first > 5.0,
-            "{kind:?}: an untrained model starts near ln(300) = 5.7, got {first}"
-        );
-        assert!(
-            last < 2.5,
-            "{kind:?}: loss only fell from {first} to {last}"
-        );
+        assert!(first > 5.0, "{kind:?}: an untrained model starts near ln(300) = 5.7, got {first}");
+        assert!(last < 2.5, "{kind:?}: loss only fell from {first} to {last}");
     }
 }
 
@@ -103,52 +57,24 @@ fn the_tiny_model_learns_a_repeated_sentence() {
 fn resuming_reproduces_the_uninterrupted_run_bit_for_bit() {
     let dir = tmpdir("resume");
     let data = learnable_shard(&dir);
-    let whole = train::run(
-        CpuEngine::new(),
-        fresh(),
-        plan(OptimizerKind::Adamw, 8),
-        &opts(&data, &dir.join("a"), 4),
-    )
-    .unwrap();
+    let whole = train::run(CpuEngine::new(), fresh(), plan(OptimizerKind::Adamw, 8), &opts(&data, &dir.join("a"), 4)).unwrap();
     assert_eq!(whole.losses.len(), 8);
     // Continue from the step-4 checkpoint in a new run directory.
     let ck = dir.join("a/checkpoints/step_000004");
-    let resumed = train::run(
-        CpuEngine::new(),
-        Start::Resume(ck),
-        plan(OptimizerKind::Lamb, 99),
-        &opts(&data, &dir.join("b"), 0),
-    )
-    .unwrap();
+    let resumed = train::run(CpuEngine::new(), Start::Resume(ck), plan(OptimizerKind::Lamb, 99), &opts(&data, &dir.join("b"), 0)).unwrap();
     assert_eq!(resumed.first_step, 4);
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    assert_eq!(
-        bits(&resumed.losses),
-        bits(&whole.losses[4..]),
-        "the checkpoint's plan (AdamW, 8 steps) must continue"
-    );
+    assert_eq!(bits(&resumed.losses), bits(&whole.losses[4..]), "the checkpoint's plan (AdamW, 8 steps) must continue");
     let end_a = std::fs::read(dir.join("a/checkpoints/step_000008/model.safetensors")).unwrap();
     let end_b = std::fs::read(dir.join("b/checkpoints/step_000008/model.safetensors")).unwrap();
     assert!(end_a == end_b, "final weights differ");
     // A run directory resumes from its `latest`.
-    assert_eq!(
-        std::fs::read_to_string(dir.join("a/latest")).unwrap(),
-        "step_000008"
-    );
-    let again = train::run(
-        CpuEngine::new(),
-        Start::Resume(dir.join("a")),
-        plan(OptimizerKind::Adamw, 8),
-        &opts(&data, &dir.join("a"), 0),
-    )
-    .unwrap();
+    assert_eq!(std::fs::read_to_string(dir.join("a/latest")).unwrap(), "step_000008");
+    let again = train::run(CpuEngine::new(), Start::Resume(dir.join("a")), plan(OptimizerKind::Adamw, 8), &opts(&data, &dir.join("a"), 0)).unwrap();
     assert!(again.losses.is_empty());
     // metrics.jsonl holds one parseable line per step.
     let metrics = std::fs::read_to_string(dir.join("a/metrics.jsonl")).unwrap();
-    let lines: Vec<serde_json::Value> = metrics
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 8);
     assert_eq!(lines[7]["step"], 8);
     assert_eq!(lines[7]["loss"].as_f64().unwrap() as f32, whole.losses[7]);
@@ -156,12 +82,7 @@ fn resuming_reproduces_the_uninterrupted_run_bit_for_bit() {
 
 fn run_err(data: &Path, name: &str) -> String {
     let out = tmpdir(name);
-    match train::run(
-        CpuEngine::new(),
-        fresh(),
-        plan(OptimizerKind::Adamw, 2),
-        &opts(data, &out, 0),
-    ) {
+    match train::run(CpuEngine::new(), fresh(), plan(OptimizerKind::Adamw, 2), &opts(data, &out, 0)) {
         Ok(_) => panic!("{} trained", data.display()),
         Err(e) => e.to_string(),
     }
@@ -178,11 +99,7 @@ fn bad_data_gives_clear_errors() {
     std::fs::write(dir.join("short.txt"), "Too short for a batch.").unwrap();
     assert!(run_err(&dir.join("short.txt"), "e4").contains("needs at least 129"));
     // GPT-2 token ids do not fit the tiny model's 300-token vocabulary.
-    std::fs::write(
-        dir.join("text.txt"),
-        "All the world's a stage, and all the men and women merely players. ".repeat(40),
-    )
-    .unwrap();
+    std::fs::write(dir.join("text.txt"), "All the world's a stage, and all the men and women merely players. ".repeat(40)).unwrap();
     assert!(run_err(&dir.join("text.txt"), "e5").contains("outside the vocabulary"));
     // Damaged shards.
     shard::write(&dir.join("ok.bin"), &[1, 2, 3]).unwrap();
@@ -205,35 +122,17 @@ fn the_cli_trains_on_the_bundled_text() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain"))
         .args(["--threads", "2", "train", "--data"])
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("data/shakespeare.txt"))
-        .args([
-            "--model", "small", "--steps", "2", "--batch", "2", "--seq", "32", "--out",
-        ])
+        .args(["--model", "small", "--steps", "2", "--batch", "2", "--seq", "32", "--out"])
         .arg(&dir)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("trained steps 1..2"), "{stdout}");
-    assert_eq!(
-        std::fs::read_to_string(dir.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .count(),
-        2
-    );
-    assert!(
-        dir.join("checkpoints/step_000002/model.safetensors")
-            .is_file()
-    );
+    assert_eq!(std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines().count(), 2);
+    assert!(dir.join("checkpoints/step_000002/model.safetensors").is_file());
 
-    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain"))
-        .args(["train", "--data", "/nonexistent/file.txt"])
-        .output()
-        .unwrap();
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain")).args(["train", "--data", "/nonexistent/file.txt"]).output().unwrap();
     assert!(!bad.status.success());
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("error: /nonexistent/file.txt"), "{err}");

@@ -31,31 +31,17 @@ impl Tokens {
                 .collect();
             files.sort();
             if files.is_empty() {
-                return Err(DataError::Invalid {
-                    path: path.into(),
-                    msg: "directory holds no .bin token shards".into(),
-                });
+                return Err(DataError::Invalid { path: path.into(), msg: "directory holds no .bin token shards".into() });
             }
-            return Ok(Tokens::Shards(
-                files
-                    .iter()
-                    .map(|f| Shard::open(f))
-                    .collect::<Result<_, _>>()?,
-            ));
+            return Ok(Tokens::Shards(files.iter().map(|f| Shard::open(f)).collect::<Result<_, _>>()?));
         }
         if path.extension().is_some_and(|x| x == "bin") {
             return Ok(Tokens::Shards(vec![Shard::open(path)?]));
         }
         let bytes = std::fs::read(path).map_err(io_err(path))?;
-        let text = String::from_utf8(bytes).map_err(|e| DataError::Invalid {
-            path: path.into(),
-            msg: format!("not UTF-8 text ({e})"),
-        })?;
+        let text = String::from_utf8(bytes).map_err(|e| DataError::Invalid { path: path.into(), msg: format!("not UTF-8 text ({e})") })?;
         if text.trim().is_empty() {
-            return Err(DataError::Invalid {
-                path: path.into(),
-                msg: "the text file is empty".into(),
-            });
+            return Err(DataError::Invalid { path: path.into(), msg: "the text file is empty".into() });
         }
         let mut tokens = vec![EOT];
         tokens.extend(encode(&text));
@@ -106,31 +92,15 @@ pub struct BatchLoader {
 }
 
 impl BatchLoader {
-    pub fn new(
-        tokens: Tokens,
-        b: usize,
-        t: usize,
-        source: &Path,
-    ) -> Result<BatchLoader, DataError> {
+    pub fn new(tokens: Tokens, b: usize, t: usize, source: &Path) -> Result<BatchLoader, DataError> {
         let need = b * t + 1;
         if !(0..tokens.parts()).any(|i| tokens.part_len(i) >= need) {
             return Err(DataError::Invalid {
                 path: source.into(),
-                msg: format!(
-                    "{} tokens, but a {b}×{t} batch needs at least {need} in one piece",
-                    tokens.total()
-                ),
+                msg: format!("{} tokens, but a {b}×{t} batch needs at least {need} in one piece", tokens.total()),
             });
         }
-        Ok(BatchLoader {
-            tokens,
-            b,
-            t,
-            state: LoaderState::default(),
-            window: vec![0; need],
-            inputs: vec![0; b * t],
-            targets: vec![0; b * t],
-        })
+        Ok(BatchLoader { tokens, b, t, state: LoaderState::default(), window: vec![0; need], inputs: vec![0; b * t], targets: vec![0; b * t] })
     }
 
     pub fn state(&self) -> LoaderState {
@@ -148,16 +118,10 @@ impl BatchLoader {
     /// The next batch: `(inputs, targets)`, each `b·t` tokens.
     pub fn next_batch(&mut self) -> (&[u32], &[u32]) {
         let bt = self.b * self.t;
-        while self.state.part >= self.tokens.parts()
-            || self.state.pos + bt + 1 > self.tokens.part_len(self.state.part)
-        {
-            self.state = LoaderState {
-                part: (self.state.part + 1) % self.tokens.parts(),
-                pos: 0,
-            };
+        while self.state.part >= self.tokens.parts() || self.state.pos + bt + 1 > self.tokens.part_len(self.state.part) {
+            self.state = LoaderState { part: (self.state.part + 1) % self.tokens.parts(), pos: 0 };
         }
-        self.tokens
-            .read(self.state.part, self.state.pos, &mut self.window);
+        self.tokens.read(self.state.part, self.state.pos, &mut self.window);
         self.inputs.copy_from_slice(&self.window[..bt]);
         self.targets.copy_from_slice(&self.window[1..]);
         self.state.pos += bt;

@@ -20,46 +20,26 @@ pub struct Shard {
 
 impl Shard {
     pub fn open(path: &Path) -> Result<Shard, DataError> {
-        let bad = |msg: String| DataError::Invalid {
-            path: path.to_path_buf(),
-            msg,
-        };
+        let bad = |msg: String| DataError::Invalid { path: path.to_path_buf(), msg };
         let f = fs::File::open(path).map_err(io_err(path))?;
         let size = f.metadata().map_err(io_err(path))?.len() as usize;
         if size < HEADER_BYTES {
-            return Err(bad(format!(
-                "{size} bytes is shorter than the {HEADER_BYTES}-byte shard header"
-            )));
+            return Err(bad(format!("{size} bytes is shorter than the {HEADER_BYTES}-byte shard header")));
         }
         // SAFETY: read-only map of a file we do not modify.
         let map = unsafe { memmap2::Mmap::map(&f) }.map_err(io_err(path))?;
-        let word =
-            |i: usize| i32::from_le_bytes(map[4 * i..4 * i + 4].try_into().expect("4 bytes"));
+        let word = |i: usize| i32::from_le_bytes(map[4 * i..4 * i + 4].try_into().expect("4 bytes"));
         if word(0) != MAGIC {
-            return Err(bad(format!(
-                "not an llm.c token shard (magic {} instead of {MAGIC})",
-                word(0)
-            )));
+            return Err(bad(format!("not an llm.c token shard (magic {} instead of {MAGIC})", word(0))));
         }
         if word(1) != VERSION {
-            return Err(bad(format!(
-                "shard version {} is not supported (expected {VERSION})",
-                word(1)
-            )));
+            return Err(bad(format!("shard version {} is not supported (expected {VERSION})", word(1))));
         }
-        let len = usize::try_from(word(2))
-            .map_err(|_| bad(format!("negative token count {}", word(2))))?;
+        let len = usize::try_from(word(2)).map_err(|_| bad(format!("negative token count {}", word(2))))?;
         if size != HEADER_BYTES + 2 * len {
-            return Err(bad(format!(
-                "header promises {len} tokens but the file holds {} bytes of tokens",
-                size - HEADER_BYTES
-            )));
+            return Err(bad(format!("header promises {len} tokens but the file holds {} bytes of tokens", size - HEADER_BYTES)));
         }
-        Ok(Shard {
-            path: path.to_path_buf(),
-            map,
-            len,
-        })
+        Ok(Shard { path: path.to_path_buf(), map, len })
     }
 
     pub fn len(&self) -> usize {
@@ -81,21 +61,11 @@ impl Shard {
 
 /// Writes `tokens` as a shard, atomically (temporary file, then rename).
 pub fn write(path: &Path, tokens: &[u32]) -> Result<(), DataError> {
-    let bad = |msg: String| DataError::Invalid {
-        path: path.to_path_buf(),
-        msg,
-    };
+    let bad = |msg: String| DataError::Invalid { path: path.to_path_buf(), msg };
     if let Some(&t) = tokens.iter().find(|&&t| t > u16::MAX as u32) {
-        return Err(bad(format!(
-            "token {t} does not fit the shard format's u16"
-        )));
+        return Err(bad(format!("token {t} does not fit the shard format's u16")));
     }
-    let n = i32::try_from(tokens.len()).map_err(|_| {
-        bad(format!(
-            "{} tokens exceed one shard's i32 count",
-            tokens.len()
-        ))
-    })?;
+    let n = i32::try_from(tokens.len()).map_err(|_| bad(format!("{} tokens exceed one shard's i32 count", tokens.len())))?;
     let mut buf = Vec::with_capacity(HEADER_BYTES + 2 * tokens.len());
     for w in [MAGIC, VERSION, n] {
         buf.extend_from_slice(&w.to_le_bytes());
@@ -106,8 +76,6 @@ pub fn write(path: &Path, tokens: &[u32]) -> Result<(), DataError> {
     }
     let tmp = path.with_extension(format!("bin.tmp-{}", std::process::id()));
     let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(&buf)
-        .and_then(|_| f.sync_all())
-        .map_err(io_err(&tmp))?;
+    f.write_all(&buf).and_then(|_| f.sync_all()).map_err(io_err(&tmp))?;
     fs::rename(&tmp, path).map_err(io_err(path))
 }

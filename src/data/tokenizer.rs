@@ -13,10 +13,6 @@ pub fn encode(text: &str) -> Vec<u32> {
 /// outside the vocabulary are dropped.
 pub fn decode(tokens: &[u32]) -> String {
     let bpe = tiktoken_rs::r50k_base_singleton();
-    let bytes: Vec<u8> = tokens
-        .iter()
-        .filter_map(|&t| bpe.decode_bytes(&[t]).ok())
-        .flatten()
-        .collect();
+    let bytes: Vec<u8> = tokens.iter().filter_map(|&t| bpe.decode_bytes(&[t]).ok()).flatten().collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }

@@ -64,27 +64,9 @@ pub trait Engine: Send + Sync {
     unsafe fn sum_abs(&self, x: Self::Ptr, len: usize) -> f64;
 
     /// `out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:]`.
-    unsafe fn encoder_forward(
-        &self,
-        out: Self::Ptr,
-        tokens: &[u32],
-        wte: Self::Ptr,
-        wpe: Self::Ptr,
-        b: usize,
-        t: usize,
-        c: usize,
-    );
+    unsafe fn encoder_forward(&self, out: Self::Ptr, tokens: &[u32], wte: Self::Ptr, wpe: Self::Ptr, b: usize, t: usize, c: usize);
     /// `dwte[tokens[b,t]] += dout[b,t]`, `dwpe[t] += dout[b,t]`, in a fixed order.
-    unsafe fn encoder_backward(
-        &self,
-        dwte: Self::Ptr,
-        dwpe: Self::Ptr,
-        dout: Self::Ptr,
-        tokens: &[u32],
-        b: usize,
-        t: usize,
-        c: usize,
-    );
+    unsafe fn encoder_backward(&self, dwte: Self::Ptr, dwpe: Self::Ptr, dout: Self::Ptr, tokens: &[u32], b: usize, t: usize, c: usize);
 
     /// Row-wise layernorm of `n` rows of width `c` (eps 1e-5); keeps mean and 1/std.
     unsafe fn layernorm_forward(
@@ -145,28 +127,9 @@ pub trait Engine: Send + Sync {
     /// (the CPU keeps the probabilities, a flash kernel only row statistics).
     fn attention_cache_len(&self, b: usize, t: usize, nh: usize) -> usize;
     /// Causal self-attention: `qkv(b,t,3c)` → `out(b,t,c)`, heads of size c/nh.
-    unsafe fn attention_forward(
-        &self,
-        out: Self::Ptr,
-        cache: Self::Ptr,
-        qkv: Self::Ptr,
-        b: usize,
-        t: usize,
-        c: usize,
-        nh: usize,
-    );
+    unsafe fn attention_forward(&self, out: Self::Ptr, cache: Self::Ptr, qkv: Self::Ptr, b: usize, t: usize, c: usize, nh: usize);
     /// `dqkv = …` from `dout`.
-    unsafe fn attention_backward(
-        &self,
-        dqkv: Self::Ptr,
-        dout: Self::Ptr,
-        qkv: Self::Ptr,
-        cache: Self::Ptr,
-        b: usize,
-        t: usize,
-        c: usize,
-        nh: usize,
-    );
+    unsafe fn attention_backward(&self, dqkv: Self::Ptr, dout: Self::Ptr, qkv: Self::Ptr, cache: Self::Ptr, b: usize, t: usize, c: usize, nh: usize);
 
     /// tanh-approximated GELU; `out` may alias `inp`.
     unsafe fn gelu_forward(&self, out: Self::Ptr, inp: Self::Ptr, n: usize);
@@ -177,51 +140,15 @@ pub trait Engine: Send + Sync {
     /// rows of logits: writes each row's loss to `losses`; with `dscale`,
     /// overwrites the logits with `dscale · (softmax − onehot)` (0 in the
     /// padded columns), so probabilities are never stored.
-    unsafe fn crossentropy(
-        &self,
-        losses: Self::Ptr,
-        logits: Self::Ptr,
-        targets: &[u32],
-        dscale: Option<f32>,
-        n: usize,
-        v: usize,
-        vp: usize,
-    );
+    unsafe fn crossentropy(&self, losses: Self::Ptr, logits: Self::Ptr, targets: &[u32], dscale: Option<f32>, n: usize, v: usize, vp: usize);
 
     /// One AdamW step on a tensor (PyTorch's formula: decoupled decay, bias-corrected moments).
-    unsafe fn adamw(
-        &self,
-        p: Self::Ptr,
-        g: Self::Ptr,
-        m: Self::Ptr,
-        v: Self::Ptr,
-        len: usize,
-        hp: &AdamHyper,
-        step: u64,
-    );
+    unsafe fn adamw(&self, p: Self::Ptr, g: Self::Ptr, m: Self::Ptr, v: Self::Ptr, len: usize, hp: &AdamHyper, step: u64);
     /// LAMB phase 1: update the moments and return (‖w‖², ‖u‖²) of the
     /// would-be Adam update `u = m̂/(√v̂+ε) + wd·w`.
-    unsafe fn lamb_moments(
-        &self,
-        p: Self::Ptr,
-        g: Self::Ptr,
-        m: Self::Ptr,
-        v: Self::Ptr,
-        len: usize,
-        hp: &AdamHyper,
-        step: u64,
-    ) -> (f64, f64);
+    unsafe fn lamb_moments(&self, p: Self::Ptr, g: Self::Ptr, m: Self::Ptr, v: Self::Ptr, len: usize, hp: &AdamHyper, step: u64) -> (f64, f64);
     /// LAMB phase 2: `w -= step_size · u`.
-    unsafe fn lamb_apply(
-        &self,
-        p: Self::Ptr,
-        m: Self::Ptr,
-        v: Self::Ptr,
-        len: usize,
-        hp: &AdamHyper,
-        step: u64,
-        step_size: f32,
-    );
+    unsafe fn lamb_apply(&self, p: Self::Ptr, m: Self::Ptr, v: Self::Ptr, len: usize, hp: &AdamHyper, step: u64, step_size: f32);
 }
 
 /// Hyper-parameters of one Adam-family update of one tensor.

@@ -33,13 +33,7 @@ impl GptConfig {
             "1558m" => (GPT2_VOCAB, 1024, 48, 25, 1600),
             _ => return None,
         };
-        Some(GptConfig {
-            vocab_size,
-            max_seq_len,
-            n_layer,
-            n_head,
-            n_embd,
-        })
+        Some(GptConfig { vocab_size, max_seq_len, n_layer, n_head, n_embd })
     }
 
     /// Vocabulary rounded up to a multiple of 128: GEMM-friendly on every engine.
@@ -54,26 +48,14 @@ impl GptConfig {
     /// Checks the invariants the kernels rely on.
     pub fn validate(&self) -> Result<(), String> {
         let c = self;
-        if c.vocab_size == 0
-            || c.max_seq_len == 0
-            || c.n_layer == 0
-            || c.n_head == 0
-            || c.n_embd == 0
-        {
+        if c.vocab_size == 0 || c.max_seq_len == 0 || c.n_layer == 0 || c.n_head == 0 || c.n_embd == 0 {
             return Err(format!("every dimension must be positive: {c:?}"));
         }
         if !c.n_embd.is_multiple_of(c.n_head) {
-            return Err(format!(
-                "n_embd {} is not a multiple of n_head {}",
-                c.n_embd, c.n_head
-            ));
+            return Err(format!("n_embd {} is not a multiple of n_head {}", c.n_embd, c.n_head));
         }
         // Bounds keep arena sizes far from overflow on hostile config files.
-        if c.vocab_size > 1 << 20
-            || c.max_seq_len > 1 << 16
-            || c.n_layer > 1024
-            || c.n_embd > 1 << 16
-        {
+        if c.vocab_size > 1 << 20 || c.max_seq_len > 1 << 16 || c.n_layer > 1024 || c.n_embd > 1 << 16 {
             return Err(format!("model dimensions out of range: {c:?}"));
         }
         Ok(())

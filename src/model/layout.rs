@@ -92,18 +92,8 @@ impl ParamLayout {
         };
         p.total = a.0;
         let mut ts = vec![
-            ParamTensor {
-                name: "transformer.wte.weight".into(),
-                offset: p.wte,
-                len: vp * c,
-                shape: vec![cfg.vocab_size, c],
-            },
-            ParamTensor {
-                name: "transformer.wpe.weight".into(),
-                offset: p.wpe,
-                len: t * c,
-                shape: vec![t, c],
-            },
+            ParamTensor { name: "transformer.wte.weight".into(), offset: p.wte, len: vp * c, shape: vec![cfg.vocab_size, c] },
+            ParamTensor { name: "transformer.wpe.weight".into(), offset: p.wpe, len: t * c, shape: vec![t, c] },
         ];
         let per_layer: [(&str, usize, Vec<usize>); 12] = [
             ("ln_1.weight", p.ln1w, vec![c]),
@@ -122,26 +112,11 @@ impl ParamLayout {
         for layer in 0..l {
             for (suffix, base, shape) in &per_layer {
                 let len: usize = shape.iter().product();
-                ts.push(ParamTensor {
-                    name: format!("transformer.h.{layer}.{suffix}"),
-                    offset: base + layer * len,
-                    len,
-                    shape: shape.clone(),
-                });
+                ts.push(ParamTensor { name: format!("transformer.h.{layer}.{suffix}"), offset: base + layer * len, len, shape: shape.clone() });
             }
         }
-        ts.push(ParamTensor {
-            name: "transformer.ln_f.weight".into(),
-            offset: p.lnfw,
-            len: c,
-            shape: vec![c],
-        });
-        ts.push(ParamTensor {
-            name: "transformer.ln_f.bias".into(),
-            offset: p.lnfb,
-            len: c,
-            shape: vec![c],
-        });
+        ts.push(ParamTensor { name: "transformer.ln_f.weight".into(), offset: p.lnfw, len: c, shape: vec![c] });
+        ts.push(ParamTensor { name: "transformer.ln_f.bias".into(), offset: p.lnfb, len: c, shape: vec![c] });
         p.tensors = ts;
         p
     }
@@ -151,27 +126,70 @@ impl ParamLayout {
     }
 }
 
+/// Offsets of one layer's parameters (in the parameter and gradient arenas).
+#[derive(Debug, Clone, Copy)]
+pub struct LayerParams {
+    pub ln1w: usize,
+    pub ln1b: usize,
+    pub qkvw: usize,
+    pub qkvb: usize,
+    pub attprojw: usize,
+    pub attprojb: usize,
+    pub ln2w: usize,
+    pub ln2b: usize,
+    pub fcw: usize,
+    pub fcb: usize,
+    pub fcprojw: usize,
+    pub fcprojb: usize,
+}
+
+impl ParamLayout {
+    pub fn layer(&self, l: usize, c: usize) -> LayerParams {
+        LayerParams {
+            ln1w: self.ln1w + l * c,
+            ln1b: self.ln1b + l * c,
+            qkvw: self.qkvw + l * 3 * c * c,
+            qkvb: self.qkvb + l * 3 * c,
+            attprojw: self.attprojw + l * c * c,
+            attprojb: self.attprojb + l * c,
+            ln2w: self.ln2w + l * c,
+            ln2b: self.ln2b + l * c,
+            fcw: self.fcw + l * 4 * c * c,
+            fcb: self.fcb + l * 4 * c,
+            fcprojw: self.fcprojw + l * 4 * c * c,
+            fcprojb: self.fcprojb + l * c,
+        }
+    }
+}
+
 /// Offsets into the activation arena for a batch of `b × t` tokens.
-/// Per-layer buffers are `base + l·size`, like the parameters.
+///
+/// Kept per layer: what backward cannot cheaply recompute (the residual
+/// stream, `qkv`, the attention output and cache, the MLP pre-activation,
+/// layernorm statistics). Recomputed in backward into buffers shared by all
+/// layers: the layernorm outputs (`ln`) and the GELU output (`gelu`) — one
+/// extra element-wise pass each, for a third less activation memory.
 #[derive(Debug, Clone)]
 pub struct ActLayout {
     pub b: usize,
     pub t: usize,
+    c: usize,
     pub encoded: usize,
-    pub ln1: usize,
-    pub ln1_mean: usize,
-    pub ln1_rstd: usize,
-    pub qkv: usize,
-    pub atty: usize,
-    pub att: usize,
+    ln1_mean: usize,
+    ln1_rstd: usize,
+    qkv: usize,
+    atty: usize,
+    att: usize,
     pub att_len: usize,
-    pub res2: usize,
-    pub ln2: usize,
-    pub ln2_mean: usize,
-    pub ln2_rstd: usize,
-    pub fch: usize,
-    pub fch_gelu: usize,
-    pub res3: usize,
+    res2: usize,
+    ln2_mean: usize,
+    ln2_rstd: usize,
+    fch: usize,
+    res3: usize,
+    /// Shared scratch: a layernorm output (`n × c`).
+    pub ln: usize,
+    /// Shared scratch: a GELU output (`n × 4c`).
+    pub gelu: usize,
     pub lnf: usize,
     pub lnf_mean: usize,
     pub lnf_rstd: usize,
@@ -186,6 +204,23 @@ pub struct ActLayout {
     pub grad_total: usize,
 }
 
+/// Offsets of one layer's activations.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerActs {
+    /// The layer's input: the embeddings or the previous layer's `res3`.
+    pub residual: usize,
+    pub ln1_mean: usize,
+    pub ln1_rstd: usize,
+    pub qkv: usize,
+    pub atty: usize,
+    pub att: usize,
+    pub res2: usize,
+    pub ln2_mean: usize,
+    pub ln2_rstd: usize,
+    pub fch: usize,
+    pub res3: usize,
+}
+
 impl ActLayout {
     /// `att_len`: the engine's per-layer attention cache size for this batch.
     pub fn new(cfg: &GptConfig, b: usize, t: usize, att_len: usize) -> ActLayout {
@@ -196,8 +231,8 @@ impl ActLayout {
         let mut s = ActLayout {
             b,
             t,
+            c,
             encoded: a.take(n * c),
-            ln1: a.take(l * n * c),
             ln1_mean: a.take(l * n),
             ln1_rstd: a.take(l * n),
             qkv: a.take(l * n * 3 * c),
@@ -205,12 +240,12 @@ impl ActLayout {
             att: a.take(l * att_len),
             att_len,
             res2: a.take(l * n * c),
-            ln2: a.take(l * n * c),
             ln2_mean: a.take(l * n),
             ln2_rstd: a.take(l * n),
             fch: a.take(l * n * 4 * c),
-            fch_gelu: a.take(l * n * 4 * c),
             res3: a.take(l * n * c),
+            ln: a.take(n * c),
+            gelu: a.take(n * 4 * c),
             lnf: a.take(n * c),
             lnf_mean: a.take(n),
             lnf_rstd: a.take(n),
@@ -226,5 +261,22 @@ impl ActLayout {
         s.total = a.0;
         s.grad_total = g.0;
         s
+    }
+
+    pub fn layer(&self, l: usize) -> LayerActs {
+        let (n, c) = (self.b * self.t, self.c);
+        LayerActs {
+            residual: if l == 0 { self.encoded } else { self.res3 + (l - 1) * n * c },
+            ln1_mean: self.ln1_mean + l * n,
+            ln1_rstd: self.ln1_rstd + l * n,
+            qkv: self.qkv + l * n * 3 * c,
+            atty: self.atty + l * n * c,
+            att: self.att + l * self.att_len,
+            res2: self.res2 + l * n * c,
+            ln2_mean: self.ln2_mean + l * n,
+            ln2_rstd: self.ln2_rstd + l * n,
+            fch: self.fch + l * n * 4 * c,
+            res3: self.res3 + l * n * c,
+        }
     }
 }

@@ -6,7 +6,7 @@ pub mod config;
 pub mod layout;
 
 pub use config::GptConfig;
-pub use layout::{ActLayout, ParamLayout, ParamTensor};
+pub use layout::{ActLayout, LayerActs, LayerParams, ParamLayout, ParamTensor};
 
 use crate::engine::{Engine, EngineError, WeightLayout};
 use crate::rng::Rng;
@@ -53,15 +53,7 @@ impl<E: Engine> Gpt<E> {
         let layout = ParamLayout::new(&config);
         let params = engine.alloc(layout.total)?;
         let grads = engine.alloc(layout.total)?;
-        Ok(Gpt {
-            config,
-            layout,
-            engine,
-            params,
-            grads,
-            grad_weight: 0.0,
-            acts: None,
-        })
+        Ok(Gpt { config, layout, engine, params, grads, grad_weight: 0.0, acts: None })
     }
 
     pub fn num_params(&self) -> usize {
@@ -77,17 +69,10 @@ impl<E: Engine> Gpt<E> {
         let resid_std = 0.02 / ((2 * self.config.n_layer) as f32).sqrt();
         for t in &self.layout.tensors {
             let dst = &mut host[t.offset..t.offset + t.numel()];
-            if t.name.ends_with("ln_1.weight")
-                || t.name.ends_with("ln_2.weight")
-                || t.name.ends_with("ln_f.weight")
-            {
+            if t.name.ends_with("ln_1.weight") || t.name.ends_with("ln_2.weight") || t.name.ends_with("ln_f.weight") {
                 dst.fill(1.0);
             } else if t.decays() {
-                let std = if t.name.ends_with("c_proj.weight") {
-                    resid_std
-                } else {
-                    0.02
-                };
+                let std = if t.name.ends_with("c_proj.weight") { resid_std } else { 0.02 };
                 dst.iter_mut().for_each(|x| *x = rng.normal() * std);
             }
         }
@@ -116,20 +101,14 @@ impl<E: Engine> Gpt<E> {
 
     pub fn zero_grads(&mut self) {
         // SAFETY: the whole gradient arena.
-        unsafe {
-            self.engine
-                .fill(self.engine.at(&self.grads, 0), self.layout.total, 0.0)
-        }
+        unsafe { self.engine.fill(self.engine.at(&self.grads, 0), self.layout.total, 0.0) }
         self.grad_weight = 0.0;
     }
 
     /// Σ|g| of one parameter tensor's gradient.
     pub fn grad_sum_abs(&self, t: &ParamTensor) -> f64 {
         // SAFETY: the tensor lies inside the gradient arena.
-        unsafe {
-            self.engine
-                .sum_abs(self.engine.at(&self.grads, t.offset), t.numel())
-        }
+        unsafe { self.engine.sum_abs(self.engine.at(&self.grads, t.offset), t.numel()) }
     }
 
     /// Weight of the micro-batches accumulated since the last reset.
@@ -143,58 +122,28 @@ impl<E: Engine> Gpt<E> {
         let w = self.grad_weight;
         if w > 0.0 && w != 1.0 {
             // SAFETY: the whole gradient arena.
-            unsafe {
-                self.engine.scale(
-                    self.engine.at(&self.grads, 0),
-                    self.layout.total,
-                    (1.0 / w) as f32,
-                )
-            }
+            unsafe { self.engine.scale(self.engine.at(&self.grads, 0), self.layout.total, (1.0 / w) as f32) }
         }
         self.grad_weight = if w > 0.0 { 1.0 } else { 0.0 };
         w
     }
 
-    fn check_batch(
-        &self,
-        inputs: &[u32],
-        targets: &[u32],
-        b: usize,
-        t: usize,
-    ) -> Result<(), ModelError> {
+    fn check_batch(&self, inputs: &[u32], targets: &[u32], b: usize, t: usize) -> Result<(), ModelError> {
         let cfg = &self.config;
         if b == 0 || t == 0 || t > cfg.max_seq_len {
-            return Err(ModelError::Batch(format!(
-                "batch {b}×{t} (sequence length must be 1..={})",
-                cfg.max_seq_len
-            )));
+            return Err(ModelError::Batch(format!("batch {b}×{t} (sequence length must be 1..={})", cfg.max_seq_len)));
         }
         if inputs.len() != b * t || targets.len() != b * t {
-            return Err(ModelError::Batch(format!(
-                "{} inputs and {} targets for a {b}×{t} batch",
-                inputs.len(),
-                targets.len()
-            )));
+            return Err(ModelError::Batch(format!("{} inputs and {} targets for a {b}×{t} batch", inputs.len(), targets.len())));
         }
-        if let Some(&bad) = inputs
-            .iter()
-            .chain(targets)
-            .find(|&&x| x as usize >= cfg.vocab_size)
-        {
-            return Err(ModelError::Batch(format!(
-                "token id {bad} outside the vocabulary of {}",
-                cfg.vocab_size
-            )));
+        if let Some(&bad) = inputs.iter().chain(targets).find(|&&x| x as usize >= cfg.vocab_size) {
+            return Err(ModelError::Batch(format!("token id {bad} outside the vocabulary of {}", cfg.vocab_size)));
         }
         Ok(())
     }
 
     fn ensure_acts(&mut self, b: usize, t: usize) -> Result<(), ModelError> {
-        if self
-            .acts
-            .as_ref()
-            .is_some_and(|a| a.lay.b == b && a.lay.t == t)
-        {
+        if self.acts.as_ref().is_some_and(|a| a.lay.b == b && a.lay.t == t) {
             return Ok(());
         }
         self.acts = None; // free the old shape first
@@ -202,40 +151,20 @@ impl<E: Engine> Gpt<E> {
         let lay = ActLayout::new(&self.config, b, t, att_len);
         let acts = self.engine.alloc(lay.total)?;
         let dacts = self.engine.alloc(lay.grad_total)?;
-        self.acts = Some(Activations {
-            lay,
-            acts,
-            dacts,
-            inputs: vec![0; b * t],
-            targets: vec![0; b * t],
-            losses: vec![0.0; b * t],
-            dlogits_ready: false,
-        });
+        self.acts =
+            Some(Activations { lay, acts, dacts, inputs: vec![0; b * t], targets: vec![0; b * t], losses: vec![0.0; b * t], dlogits_ready: false });
         Ok(())
     }
 
     /// Mean cross-entropy of a `b × t` batch, without touching gradients.
-    pub fn forward(
-        &mut self,
-        inputs: &[u32],
-        targets: &[u32],
-        b: usize,
-        t: usize,
-    ) -> Result<f32, ModelError> {
+    pub fn forward(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize) -> Result<f32, ModelError> {
         self.forward_impl(inputs, targets, b, t, None)
     }
 
     /// Forward and backward of one micro-batch: adds `weight · ∇(mean loss)`
     /// to the gradients (weight = its sample count when accumulating) and
     /// returns the mean loss.
-    pub fn forward_backward(
-        &mut self,
-        inputs: &[u32],
-        targets: &[u32],
-        b: usize,
-        t: usize,
-        weight: f32,
-    ) -> Result<f32, ModelError> {
+    pub fn forward_backward(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize, weight: f32) -> Result<f32, ModelError> {
         let loss = self.forward_impl(inputs, targets, b, t, Some(weight / (b * t) as f32))?;
         self.backward();
         self.grad_weight += weight as f64;
@@ -248,39 +177,19 @@ impl<E: Engine> Gpt<E> {
         if a.dlogits_ready {
             return None;
         }
-        let (n, v, vp) = (
-            a.lay.b * a.lay.t,
-            self.config.vocab_size,
-            self.config.padded_vocab(),
-        );
+        let (n, v, vp) = (a.lay.b * a.lay.t, self.config.vocab_size, self.config.padded_vocab());
         let all = read_arena_at(&self.engine, &a.acts, a.lay.logits, n * vp);
-        Some(
-            all.chunks(vp)
-                .flat_map(|r| r[..v].iter().copied())
-                .collect(),
-        )
+        Some(all.chunks(vp).flat_map(|r| r[..v].iter().copied()).collect())
     }
 
     /// The forward call list. With `dscale`, the fused classifier leaves
     /// `dscale · ∂loss/∂logits` in the logits buffer for [`Gpt::backward`].
-    fn forward_impl(
-        &mut self,
-        inputs: &[u32],
-        targets: &[u32],
-        b: usize,
-        t: usize,
-        dscale: Option<f32>,
-    ) -> Result<f32, ModelError> {
+    fn forward_impl(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize, dscale: Option<f32>) -> Result<f32, ModelError> {
+        use WeightLayout::InOut;
         self.check_batch(inputs, targets, b, t)?;
         self.ensure_acts(b, t)?;
         let cfg = self.config;
-        let (l_n, c, nh, v, vp) = (
-            cfg.n_layer,
-            cfg.n_embd,
-            cfg.n_head,
-            cfg.vocab_size,
-            cfg.padded_vocab(),
-        );
+        let (c, nh, v, vp) = (cfg.n_embd, cfg.n_head, cfg.vocab_size, cfg.padded_vocab());
         let n = b * t;
         let e = &self.engine;
         let a = self.acts.as_mut().expect("allocated above");
@@ -289,127 +198,25 @@ impl<E: Engine> Gpt<E> {
         let (lay, pl) = (&a.lay, &self.layout);
         let p = |off: usize| e.at(&self.params, off);
         let x = |off: usize| e.at(&a.acts, off);
+        let (ln, gelu) = (x(lay.ln), x(lay.gelu));
         // SAFETY: every view below is a disjoint region of `self.params` or
         // `a.acts`, both sized by the layouts the offsets come from.
         unsafe {
             e.encoder_forward(x(lay.encoded), &a.inputs, p(pl.wte), p(pl.wpe), b, t, c);
-            for l in 0..l_n {
-                let residual = if l == 0 {
-                    x(lay.encoded)
-                } else {
-                    x(lay.res3 + (l - 1) * n * c)
-                };
-                let (ln1, ln1_mean, ln1_rstd) = (
-                    x(lay.ln1 + l * n * c),
-                    x(lay.ln1_mean + l * n),
-                    x(lay.ln1_rstd + l * n),
-                );
-                let (qkv, atty, att) = (
-                    x(lay.qkv + l * n * 3 * c),
-                    x(lay.atty + l * n * c),
-                    x(lay.att + l * lay.att_len),
-                );
-                let res2 = x(lay.res2 + l * n * c);
-                let (ln2, ln2_mean, ln2_rstd) = (
-                    x(lay.ln2 + l * n * c),
-                    x(lay.ln2_mean + l * n),
-                    x(lay.ln2_rstd + l * n),
-                );
-                let (fch, fch_gelu, res3) = (
-                    x(lay.fch + l * n * 4 * c),
-                    x(lay.fch_gelu + l * n * 4 * c),
-                    x(lay.res3 + l * n * c),
-                );
-
-                e.layernorm_forward(
-                    ln1,
-                    ln1_mean,
-                    ln1_rstd,
-                    residual,
-                    p(pl.ln1w + l * c),
-                    p(pl.ln1b + l * c),
-                    n,
-                    c,
-                );
-                e.matmul_forward(
-                    qkv,
-                    ln1,
-                    p(pl.qkvw + l * 3 * c * c),
-                    WeightLayout::InOut,
-                    Some(p(pl.qkvb + l * 3 * c)),
-                    None,
-                    n,
-                    c,
-                    3 * c,
-                );
-                e.attention_forward(atty, att, qkv, b, t, c, nh);
-                e.matmul_forward(
-                    res2,
-                    atty,
-                    p(pl.attprojw + l * c * c),
-                    WeightLayout::InOut,
-                    Some(p(pl.attprojb + l * c)),
-                    Some(residual),
-                    n,
-                    c,
-                    c,
-                );
-                e.layernorm_forward(
-                    ln2,
-                    ln2_mean,
-                    ln2_rstd,
-                    res2,
-                    p(pl.ln2w + l * c),
-                    p(pl.ln2b + l * c),
-                    n,
-                    c,
-                );
-                e.matmul_forward(
-                    fch,
-                    ln2,
-                    p(pl.fcw + l * 4 * c * c),
-                    WeightLayout::InOut,
-                    Some(p(pl.fcb + l * 4 * c)),
-                    None,
-                    n,
-                    c,
-                    4 * c,
-                );
-                e.gelu_forward(fch_gelu, fch, n * 4 * c);
-                e.matmul_forward(
-                    res3,
-                    fch_gelu,
-                    p(pl.fcprojw + l * 4 * c * c),
-                    WeightLayout::InOut,
-                    Some(p(pl.fcprojb + l * c)),
-                    Some(res2),
-                    n,
-                    4 * c,
-                    c,
-                );
+            for l in 0..cfg.n_layer {
+                let (w, y) = (pl.layer(l, c), lay.layer(l));
+                e.layernorm_forward(ln, x(y.ln1_mean), x(y.ln1_rstd), x(y.residual), p(w.ln1w), p(w.ln1b), n, c);
+                e.matmul_forward(x(y.qkv), ln, p(w.qkvw), InOut, Some(p(w.qkvb)), None, n, c, 3 * c);
+                e.attention_forward(x(y.atty), x(y.att), x(y.qkv), b, t, c, nh);
+                e.matmul_forward(x(y.res2), x(y.atty), p(w.attprojw), InOut, Some(p(w.attprojb)), Some(x(y.residual)), n, c, c);
+                e.layernorm_forward(ln, x(y.ln2_mean), x(y.ln2_rstd), x(y.res2), p(w.ln2w), p(w.ln2b), n, c);
+                e.matmul_forward(x(y.fch), ln, p(w.fcw), InOut, Some(p(w.fcb)), None, n, c, 4 * c);
+                e.gelu_forward(gelu, x(y.fch), n * 4 * c);
+                e.matmul_forward(x(y.res3), gelu, p(w.fcprojw), InOut, Some(p(w.fcprojb)), Some(x(y.res2)), n, 4 * c, c);
             }
-            let last = x(lay.res3 + (l_n - 1) * n * c);
-            e.layernorm_forward(
-                x(lay.lnf),
-                x(lay.lnf_mean),
-                x(lay.lnf_rstd),
-                last,
-                p(pl.lnfw),
-                p(pl.lnfb),
-                n,
-                c,
-            );
-            e.matmul_forward(
-                x(lay.logits),
-                x(lay.lnf),
-                p(pl.wte),
-                WeightLayout::OutIn,
-                None,
-                None,
-                n,
-                c,
-                vp,
-            );
+            let last = x(lay.layer(cfg.n_layer - 1).res3);
+            e.layernorm_forward(x(lay.lnf), x(lay.lnf_mean), x(lay.lnf_rstd), last, p(pl.lnfw), p(pl.lnfb), n, c);
+            e.matmul_forward(x(lay.logits), x(lay.lnf), p(pl.wte), WeightLayout::OutIn, None, None, n, c, vp);
             e.crossentropy(x(lay.losses), x(lay.logits), &a.targets, dscale, n, v, vp);
             e.read(x(lay.losses), &mut a.losses);
         }
@@ -418,10 +225,13 @@ impl<E: Engine> Gpt<E> {
         Ok((sum / n as f64) as f32)
     }
 
-    /// The backward call list, mirror image of the forward one.
+    /// The backward call list, mirror image of the forward one. The
+    /// layernorm and GELU outputs are recomputed into the shared scratch
+    /// buffers right before the weight gradients that need them.
     fn backward(&mut self) {
+        use WeightLayout::InOut;
         let cfg = self.config;
-        let (l_n, c, nh, vp) = (cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.padded_vocab());
+        let (c, nh, vp) = (cfg.n_embd, cfg.n_head, cfg.padded_vocab());
         let e = &self.engine;
         let a = self.acts.as_mut().expect("forward ran");
         assert!(a.dlogits_ready, "backward needs a forward with gradients");
@@ -432,135 +242,29 @@ impl<E: Engine> Gpt<E> {
         let g = |off: usize| e.at(&self.grads, off);
         let x = |off: usize| e.at(&a.acts, off);
         let d = |off: usize| e.at(&a.dacts, off);
+        let (ln, gelu) = (x(lay.ln), x(lay.gelu));
         let (dres, dbtc, dqkv, dfch) = (d(lay.dres), d(lay.dbtc), d(lay.dqkv), d(lay.dfch));
         // SAFETY: as in the forward pass, plus `self.grads` and `a.dacts`.
         unsafe {
             e.fill(dres, n * c, 0.0);
-            e.matmul_backward(
-                dbtc,
-                g(pl.wte),
-                None,
-                x(lay.logits),
-                x(lay.lnf),
-                p(pl.wte),
-                WeightLayout::OutIn,
-                n,
-                c,
-                vp,
-            );
-            let last = x(lay.res3 + (l_n - 1) * n * c);
-            e.layernorm_backward(
-                dres,
-                g(pl.lnfw),
-                g(pl.lnfb),
-                dbtc,
-                last,
-                p(pl.lnfw),
-                x(lay.lnf_mean),
-                x(lay.lnf_rstd),
-                n,
-                c,
-            );
-            for l in (0..l_n).rev() {
-                let residual = if l == 0 {
-                    x(lay.encoded)
-                } else {
-                    x(lay.res3 + (l - 1) * n * c)
-                };
-                let (ln1, ln1_mean, ln1_rstd) = (
-                    x(lay.ln1 + l * n * c),
-                    x(lay.ln1_mean + l * n),
-                    x(lay.ln1_rstd + l * n),
-                );
-                let (qkv, atty, att) = (
-                    x(lay.qkv + l * n * 3 * c),
-                    x(lay.atty + l * n * c),
-                    x(lay.att + l * lay.att_len),
-                );
-                let res2 = x(lay.res2 + l * n * c);
-                let (ln2, ln2_mean, ln2_rstd) = (
-                    x(lay.ln2 + l * n * c),
-                    x(lay.ln2_mean + l * n),
-                    x(lay.ln2_rstd + l * n),
-                );
-                let (fch, fch_gelu) = (x(lay.fch + l * n * 4 * c), x(lay.fch_gelu + l * n * 4 * c));
-
-                // res3 = res2 + fc_proj(gelu(fc(ln2(res2)))): dres is d(res3) and d(res2) so far
-                e.matmul_backward(
-                    dfch,
-                    g(pl.fcprojw + l * 4 * c * c),
-                    Some(g(pl.fcprojb + l * c)),
-                    dres,
-                    fch_gelu,
-                    p(pl.fcprojw + l * 4 * c * c),
-                    WeightLayout::InOut,
-                    n,
-                    4 * c,
-                    c,
-                );
-                e.gelu_backward(dfch, fch, dfch, n * 4 * c);
-                e.matmul_backward(
-                    dbtc,
-                    g(pl.fcw + l * 4 * c * c),
-                    Some(g(pl.fcb + l * 4 * c)),
-                    dfch,
-                    ln2,
-                    p(pl.fcw + l * 4 * c * c),
-                    WeightLayout::InOut,
-                    n,
-                    c,
-                    4 * c,
-                );
-                e.layernorm_backward(
-                    dres,
-                    g(pl.ln2w + l * c),
-                    g(pl.ln2b + l * c),
-                    dbtc,
-                    res2,
-                    p(pl.ln2w + l * c),
-                    ln2_mean,
-                    ln2_rstd,
-                    n,
-                    c,
-                );
+            e.matmul_backward(dbtc, g(pl.wte), None, x(lay.logits), x(lay.lnf), p(pl.wte), WeightLayout::OutIn, n, c, vp);
+            let last = x(lay.layer(cfg.n_layer - 1).res3);
+            e.layernorm_backward(dres, g(pl.lnfw), g(pl.lnfb), dbtc, last, p(pl.lnfw), x(lay.lnf_mean), x(lay.lnf_rstd), n, c);
+            for l in (0..cfg.n_layer).rev() {
+                let (w, y) = (pl.layer(l, c), lay.layer(l));
+                // res3 = res2 + fc_proj(gelu(fc(ln2(res2)))); dres holds d(res3), which is also d(res2) so far.
+                e.gelu_forward(gelu, x(y.fch), n * 4 * c);
+                e.matmul_backward(dfch, g(w.fcprojw), Some(g(w.fcprojb)), dres, gelu, p(w.fcprojw), InOut, n, 4 * c, c);
+                e.gelu_backward(dfch, x(y.fch), dfch, n * 4 * c);
+                e.layernorm_forward(ln, x(y.ln2_mean), x(y.ln2_rstd), x(y.res2), p(w.ln2w), p(w.ln2b), n, c);
+                e.matmul_backward(dbtc, g(w.fcw), Some(g(w.fcb)), dfch, ln, p(w.fcw), InOut, n, c, 4 * c);
+                e.layernorm_backward(dres, g(w.ln2w), g(w.ln2b), dbtc, x(y.res2), p(w.ln2w), x(y.ln2_mean), x(y.ln2_rstd), n, c);
                 // res2 = residual + attn_proj(attention(qkv(ln1(residual))))
-                e.matmul_backward(
-                    dbtc,
-                    g(pl.attprojw + l * c * c),
-                    Some(g(pl.attprojb + l * c)),
-                    dres,
-                    atty,
-                    p(pl.attprojw + l * c * c),
-                    WeightLayout::InOut,
-                    n,
-                    c,
-                    c,
-                );
-                e.attention_backward(dqkv, dbtc, qkv, att, b, t, c, nh);
-                e.matmul_backward(
-                    dbtc,
-                    g(pl.qkvw + l * 3 * c * c),
-                    Some(g(pl.qkvb + l * 3 * c)),
-                    dqkv,
-                    ln1,
-                    p(pl.qkvw + l * 3 * c * c),
-                    WeightLayout::InOut,
-                    n,
-                    c,
-                    3 * c,
-                );
-                e.layernorm_backward(
-                    dres,
-                    g(pl.ln1w + l * c),
-                    g(pl.ln1b + l * c),
-                    dbtc,
-                    residual,
-                    p(pl.ln1w + l * c),
-                    ln1_mean,
-                    ln1_rstd,
-                    n,
-                    c,
-                );
+                e.matmul_backward(dbtc, g(w.attprojw), Some(g(w.attprojb)), dres, x(y.atty), p(w.attprojw), InOut, n, c, c);
+                e.attention_backward(dqkv, dbtc, x(y.qkv), x(y.att), b, t, c, nh);
+                e.layernorm_forward(ln, x(y.ln1_mean), x(y.ln1_rstd), x(y.residual), p(w.ln1w), p(w.ln1b), n, c);
+                e.matmul_backward(dbtc, g(w.qkvw), Some(g(w.qkvb)), dqkv, ln, p(w.qkvw), InOut, n, c, 3 * c);
+                e.layernorm_backward(dres, g(w.ln1w), g(w.ln1b), dbtc, x(y.residual), p(w.ln1w), x(y.ln1_mean), x(y.ln1_rstd), n, c);
             }
             e.encoder_backward(g(pl.wte), g(pl.wpe), dres, &a.inputs, b, t, c);
         }

@@ -18,9 +18,7 @@ impl Reference {
     pub fn load() -> Reference {
         let dir = fixture_dir();
         let bytes = std::fs::read(dir.join("reference.safetensors")).expect("fixture present");
-        let json =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap())
-                .unwrap();
+        let json = serde_json::from_str(&std::fs::read_to_string(dir.join("reference.json")).unwrap()).unwrap();
         Reference { bytes, json }
     }
 
@@ -30,14 +28,9 @@ impl Reference {
 
     pub fn f32(&self, name: &str) -> Vec<f32> {
         let st = self.st();
-        let v = st
-            .tensor(name)
-            .unwrap_or_else(|_| panic!("fixture lacks {name}"));
+        let v = st.tensor(name).unwrap_or_else(|_| panic!("fixture lacks {name}"));
         assert_eq!(v.dtype(), Dtype::F32);
-        v.data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-            .collect()
+        v.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
     }
 
     /// Reference batches: `[steps][B][T+1]` token ids.
@@ -45,13 +38,7 @@ impl Reference {
         let st = self.st();
         let v = st.tensor("batches").unwrap();
         assert_eq!(v.dtype(), Dtype::I32);
-        (
-            v.data()
-                .chunks_exact(4)
-                .map(|b| i32::from_le_bytes(b.try_into().unwrap()) as u32)
-                .collect(),
-            v.shape().to_vec(),
-        )
+        (v.data().chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap()) as u32).collect(), v.shape().to_vec())
     }
 
     pub fn num(&self, key: &str) -> f64 {
@@ -59,12 +46,7 @@ impl Reference {
     }
 
     pub fn list(&self, key: &str) -> Vec<f64> {
-        self.json[key]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_f64().unwrap())
-            .collect()
+        self.json[key].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
     }
 }
 
@@ -72,26 +54,14 @@ impl Reference {
 pub fn split_batch(all: &[u32], shape: &[usize], k: usize) -> (Vec<u32>, Vec<u32>) {
     let (b, t1) = (shape[1], shape[2]);
     let batch = &all[k * b * t1..(k + 1) * b * t1];
-    let inputs = batch
-        .chunks(t1)
-        .flat_map(|r| r[..t1 - 1].iter().copied())
-        .collect();
-    let targets = batch
-        .chunks(t1)
-        .flat_map(|r| r[1..].iter().copied())
-        .collect();
+    let inputs = batch.chunks(t1).flat_map(|r| r[..t1 - 1].iter().copied()).collect();
+    let targets = batch.chunks(t1).flat_map(|r| r[1..].iter().copied()).collect();
     (inputs, targets)
 }
 
 /// max |a − b| / max |b|: an error relative to the tensor's scale.
 pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
-    let scale = b
-        .iter()
-        .fold(0f64, |m, &x| m.max(x.abs() as f64))
-        .max(1e-12);
-    a.iter()
-        .zip(b)
-        .fold(0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs()))
-        / scale
+    let scale = b.iter().fold(0f64, |m, &x| m.max(x.abs() as f64)).max(1e-12);
+    a.iter().zip(b).fold(0f64, |m, (&x, &y)| m.max((x as f64 - y as f64).abs())) / scale
 }

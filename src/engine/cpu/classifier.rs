@@ -35,15 +35,7 @@ multiversion! {
     }
 }
 
-pub(super) unsafe fn crossentropy(
-    losses: CpuPtr,
-    logits: CpuPtr,
-    targets: &[u32],
-    dscale: Option<f32>,
-    n: usize,
-    v: usize,
-    vp: usize,
-) {
+pub(super) unsafe fn crossentropy(losses: CpuPtr, logits: CpuPtr, targets: &[u32], dscale: Option<f32>, n: usize, v: usize, vp: usize) {
     let losses = unsafe { losses.slice_mut(n) };
     unsafe { logits.slice_mut(n * vp) }
         .par_chunks_mut(vp)

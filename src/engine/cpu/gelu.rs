@@ -43,9 +43,7 @@ pub(super) unsafe fn forward(out: CpuPtr, inp: CpuPtr, n: usize) {
             let copy = unsafe { inp.add(s).slice(e - s) }.to_vec();
             forward_chunk(unsafe { out.add(s).slice_mut(e - s) }, &copy);
         } else {
-            forward_chunk(unsafe { out.add(s).slice_mut(e - s) }, unsafe {
-                inp.add(s).slice(e - s)
-            });
+            forward_chunk(unsafe { out.add(s).slice_mut(e - s) }, unsafe { inp.add(s).slice(e - s) });
         }
     });
 }
@@ -73,17 +71,10 @@ mod tests {
             let u = 0.7978845608028654 * (xd + 0.044715 * xd.powi(3));
             let t = u.tanh();
             let want = 0.5 * xd * (1.0 + t);
-            let want_grad = 0.5 * (1.0 + t)
-                + 0.5 * xd * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * xd * xd);
+            let want_grad = 0.5 * (1.0 + t) + 0.5 * xd * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * xd * xd);
             let (g, d) = super::gelu_and_grad(x);
-            assert!(
-                (g as f64 - want).abs() < 1e-6 * (1.0 + want.abs()),
-                "gelu({x}) = {g}, want {want}"
-            );
-            assert!(
-                (d as f64 - want_grad).abs() < 1e-6 * (1.0 + want_grad.abs()),
-                "gelu'({x}) = {d}, want {want_grad}"
-            );
+            assert!((g as f64 - want).abs() < 1e-6 * (1.0 + want.abs()), "gelu({x}) = {g}, want {want}");
+            assert!((d as f64 - want_grad).abs() < 1e-6 * (1.0 + want_grad.abs()), "gelu'({x}) = {d}, want {want_grad}");
         }
     }
 }

@@ -21,16 +21,7 @@ multiversion! {
     }
 }
 
-pub(super) unsafe fn forward(
-    out: CpuPtr,
-    mean: CpuPtr,
-    rstd: CpuPtr,
-    inp: CpuPtr,
-    w: CpuPtr,
-    bias: CpuPtr,
-    n: usize,
-    c: usize,
-) {
+pub(super) unsafe fn forward(out: CpuPtr, mean: CpuPtr, rstd: CpuPtr, inp: CpuPtr, w: CpuPtr, bias: CpuPtr, n: usize, c: usize) {
     let (inp, w, bias) = unsafe { (inp.slice(n * c), w.slice(c), bias.slice(c)) };
     let (mean, rstd) = unsafe { (mean.slice_mut(n), rstd.slice_mut(n)) };
     unsafe { out.slice_mut(n * c) }
@@ -76,15 +67,7 @@ pub(super) unsafe fn backward(
     n: usize,
     c: usize,
 ) {
-    let (dout, inp, w, mean, rstd) = unsafe {
-        (
-            dout.slice(n * c),
-            inp.slice(n * c),
-            w.slice(c),
-            mean.slice(n),
-            rstd.slice(n),
-        )
-    };
+    let (dout, inp, w, mean, rstd) = unsafe { (dout.slice(n * c), inp.slice(n * c), w.slice(c), mean.slice(n), rstd.slice(n)) };
     let dinp = unsafe { dinp.slice_mut(n * c) };
     let partials: Vec<Vec<f32>> = dinp
         .par_chunks_mut(ROW_CHUNK * c)
@@ -93,15 +76,7 @@ pub(super) unsafe fn backward(
             let mut acc = vec![0f32; 2 * c];
             for (r, di) in dinp_rows.chunks_mut(c).enumerate() {
                 let row = chunk * ROW_CHUNK + r;
-                backward_row(
-                    di,
-                    &inp[row * c..][..c],
-                    &dout[row * c..][..c],
-                    w,
-                    mean[row],
-                    rstd[row],
-                    &mut acc,
-                );
+                backward_row(di, &inp[row * c..][..c], &dout[row * c..][..c], w, mean[row], rstd[row], &mut acc);
             }
             acc
         })

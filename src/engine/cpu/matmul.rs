@@ -43,10 +43,7 @@ pub(crate) unsafe fn gemm_f32(
     par: Parallelism,
 ) {
     unsafe {
-        gemm(
-            m, n, k, dst, 1, dst_rs, accumulate, lhs.ptr, lhs.cs, lhs.rs, rhs.ptr, rhs.cs, rhs.rs,
-            1.0, 1.0, false, false, false, par,
-        );
+        gemm(m, n, k, dst, 1, dst_rs, accumulate, lhs.ptr, lhs.cs, lhs.rs, rhs.ptr, rhs.cs, rhs.rs, 1.0, 1.0, false, false, false, par);
     }
 }
 
@@ -65,19 +62,12 @@ pub(super) unsafe fn forward(
     if prefill {
         let bias = bias.map(|b| unsafe { b.slice(oc) });
         let residual = residual.map(|r| unsafe { r.slice(n * oc) });
-        unsafe { out.slice_mut(n * oc) }
-            .par_chunks_mut(oc)
-            .enumerate()
-            .for_each(|(row, o)| match (bias, residual) {
-                (Some(b), Some(r)) => o
-                    .iter_mut()
-                    .zip(b)
-                    .zip(&r[row * oc..][..oc])
-                    .for_each(|((o, &b), &r)| *o = b + r),
-                (Some(b), None) => o.copy_from_slice(b),
-                (None, Some(r)) => o.copy_from_slice(&r[row * oc..][..oc]),
-                (None, None) => unreachable!(),
-            });
+        unsafe { out.slice_mut(n * oc) }.par_chunks_mut(oc).enumerate().for_each(|(row, o)| match (bias, residual) {
+            (Some(b), Some(r)) => o.iter_mut().zip(b).zip(&r[row * oc..][..oc]).for_each(|((o, &b), &r)| *o = b + r),
+            (Some(b), None) => o.copy_from_slice(b),
+            (None, Some(r)) => o.copy_from_slice(&r[row * oc..][..oc]),
+            (None, None) => unreachable!(),
+        });
     }
     let (w_rs, w_cs) = match layout {
         WeightLayout::InOut => (oc as isize, 1),
@@ -90,16 +80,8 @@ pub(super) unsafe fn forward(
             c,
             out.0,
             oc as isize,
-            Strided {
-                ptr: inp.0,
-                rs: c as isize,
-                cs: 1,
-            },
-            Strided {
-                ptr: w.0,
-                rs: w_rs,
-                cs: w_cs,
-            },
+            Strided { ptr: inp.0, rs: c as isize, cs: 1 },
+            Strided { ptr: w.0, rs: w_rs, cs: w_cs },
             prefill,
             parallelism(),
         );
@@ -119,63 +101,23 @@ pub(super) unsafe fn backward(
     oc: usize,
 ) {
     let par = parallelism();
-    let dout_m = Strided {
-        ptr: dout.0,
-        rs: oc as isize,
-        cs: 1,
-    };
+    let dout_m = Strided { ptr: dout.0, rs: oc as isize, cs: 1 };
     let (wt_rs, wt_cs) = match layout {
         WeightLayout::InOut => (1, oc as isize),
         WeightLayout::OutIn => (c as isize, 1),
     };
     unsafe {
-        gemm_f32(
-            n,
-            c,
-            oc,
-            dinp.0,
-            c as isize,
-            dout_m,
-            Strided {
-                ptr: w.0,
-                rs: wt_rs,
-                cs: wt_cs,
-            },
-            false,
-            par,
-        );
+        gemm_f32(n, c, oc, dinp.0, c as isize, dout_m, Strided { ptr: w.0, rs: wt_rs, cs: wt_cs }, false, par);
         match layout {
-            WeightLayout::InOut => gemm_f32(
-                c,
-                oc,
-                n,
-                dw.0,
-                oc as isize,
-                Strided {
-                    ptr: inp.0,
-                    rs: 1,
-                    cs: c as isize,
-                },
-                dout_m,
-                true,
-                par,
-            ),
+            WeightLayout::InOut => gemm_f32(c, oc, n, dw.0, oc as isize, Strided { ptr: inp.0, rs: 1, cs: c as isize }, dout_m, true, par),
             WeightLayout::OutIn => gemm_f32(
                 oc,
                 c,
                 n,
                 dw.0,
                 c as isize,
-                Strided {
-                    ptr: dout.0,
-                    rs: 1,
-                    cs: oc as isize,
-                },
-                Strided {
-                    ptr: inp.0,
-                    rs: c as isize,
-                    cs: 1,
-                },
+                Strided { ptr: dout.0, rs: 1, cs: oc as isize },
+                Strided { ptr: inp.0, rs: c as isize, cs: 1 },
                 true,
                 par,
             ),

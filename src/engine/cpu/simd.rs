@@ -20,10 +20,7 @@ pub fn level() -> u8 {
     *LEVEL.get_or_init(|| {
         if std::env::var_os("DTRAIN_NO_SIMD").is_some() {
             0
-        } else if is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512vl")
-            && is_x86_feature_detected!("avx512dq")
-        {
+        } else if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") && is_x86_feature_detected!("avx512dq") {
             4
         } else if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             3
@@ -113,10 +110,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [0f32; LANES];
     let full = n / LANES * LANES;
-    for (ca, cb) in a[..full]
-        .chunks_exact(LANES)
-        .zip(b[..full].chunks_exact(LANES))
-    {
+    for (ca, cb) in a[..full].chunks_exact(LANES).zip(b[..full].chunks_exact(LANES)) {
         for i in 0..LANES {
             acc[i] += ca[i] * cb[i];
         }
@@ -141,8 +135,7 @@ pub fn max(x: &[f32]) -> f32 {
     for (i, &v) in tail.iter().enumerate() {
         acc[i] = if v > acc[i] { v } else { acc[i] };
     }
-    acc.iter()
-        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+    acc.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
 }
 
 /// Pairwise sum of the lanes (fixed order).
@@ -178,18 +171,13 @@ mod tests {
 
     #[test]
     fn reductions_match_naive_sums() {
-        let x: Vec<f32> = (0..1003)
-            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
-            .collect();
+        let x: Vec<f32> = (0..1003).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
         let y: Vec<f32> = (0..1003).map(|i| ((i * 11 % 13) as f32) / 3.0).collect();
         let naive_sum: f64 = x.iter().map(|&v| v as f64).sum();
         let naive_dot: f64 = x.iter().zip(&y).map(|(&a, &b)| a as f64 * b as f64).sum();
         assert!((sum(&x) as f64 - naive_sum).abs() < 1e-3);
         assert!((dot(&x, &y) as f64 - naive_dot).abs() < 1e-2);
         assert_eq!(max(&x), x.iter().cloned().fold(f32::MIN, f32::max));
-        assert_eq!(
-            max(&x[..5]),
-            x[..5].iter().cloned().fold(f32::MIN, f32::max)
-        );
+        assert_eq!(max(&x[..5]), x[..5].iter().cloned().fold(f32::MIN, f32::max));
     }
 }
