@@ -18,8 +18,8 @@ fn logits_and_loss_match_pytorch() {
     let (inputs, targets) = split_batch(&all, &shape, 0);
     let (b, t) = (shape[1], shape[2] - 1);
     let mut model = load();
-    let loss = model.forward(&inputs, &targets, b, t).unwrap();
-    let err = rel_err(&model.logits().unwrap(), &r.f32("logits"));
+    let (loss, logits) = model.forward_logits(&inputs, &targets, b, t).unwrap();
+    let err = rel_err(&logits, &r.f32("logits"));
     assert!(err < 1e-5, "logits differ from PyTorch: relative error {err:e}");
     assert!((loss as f64 - r.num("loss")).abs() < 1e-5, "loss {loss} vs PyTorch {}", r.num("loss"));
 }

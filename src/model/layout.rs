@@ -193,7 +193,9 @@ pub struct ActLayout {
     pub lnf: usize,
     pub lnf_mean: usize,
     pub lnf_rstd: usize,
+    /// Logits of one chunk of `cls_rows` tokens.
     pub logits: usize,
+    pub cls_rows: usize,
     pub losses: usize,
     pub total: usize,
     // Gradient buffers, in a second arena, reused by every layer.
@@ -226,6 +228,9 @@ impl ActLayout {
     pub fn new(cfg: &GptConfig, b: usize, t: usize, att_len: usize) -> ActLayout {
         let (l, c, vp) = (cfg.n_layer, cfg.n_embd, cfg.padded_vocab());
         let n = b * t;
+        // 512 rows keep the head's three products within a few percent of
+        // the GEMM peak (k = 512 for the weight gradient) at 100 MB of logits.
+        let cls_rows = n.min(512);
         let mut a = Bump(0);
         let mut g = Bump(0);
         let mut s = ActLayout {
@@ -249,7 +254,8 @@ impl ActLayout {
             lnf: a.take(n * c),
             lnf_mean: a.take(n),
             lnf_rstd: a.take(n),
-            logits: a.take(n * vp),
+            logits: a.take(cls_rows * vp),
+            cls_rows,
             losses: a.take(n),
             total: 0,
             dres: g.take(n * c),

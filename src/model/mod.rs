@@ -30,8 +30,19 @@ struct Activations<E: Engine> {
     inputs: Vec<u32>,
     targets: Vec<u32>,
     losses: Vec<f32>,
-    /// The logits buffer holds dlogits, ready for `backward`.
-    dlogits_ready: bool,
+    /// The classifier's backward already ran (inside the forward pass):
+    /// `backward` continues from the final layernorm.
+    head_done: bool,
+}
+
+/// What the forward pass does with the output head.
+enum Head<'a> {
+    /// Only the loss.
+    Loss,
+    /// The loss, and the logits copied out.
+    Logits(&'a mut Vec<f32>),
+    /// The loss, and the head's backward with `∂loss/∂logits` scaled by this.
+    Grad(f32),
 }
 
 /// A GPT-2 model on an engine: parameters, gradients and activations.
@@ -152,40 +163,43 @@ impl<E: Engine> Gpt<E> {
         let acts = self.engine.alloc(lay.total)?;
         let dacts = self.engine.alloc(lay.grad_total)?;
         self.acts =
-            Some(Activations { lay, acts, dacts, inputs: vec![0; b * t], targets: vec![0; b * t], losses: vec![0.0; b * t], dlogits_ready: false });
+            Some(Activations { lay, acts, dacts, inputs: vec![0; b * t], targets: vec![0; b * t], losses: vec![0.0; b * t], head_done: false });
         Ok(())
     }
 
     /// Mean cross-entropy of a `b × t` batch, without touching gradients.
     pub fn forward(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize) -> Result<f32, ModelError> {
-        self.forward_impl(inputs, targets, b, t, None)
+        self.forward_impl(inputs, targets, b, t, Head::Loss)
+    }
+
+    /// Mean loss and the logits, `b·t` rows of `vocab_size`, copied to the host.
+    pub fn forward_logits(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize) -> Result<(f32, Vec<f32>), ModelError> {
+        let mut logits = Vec::with_capacity(b * t * self.config.vocab_size);
+        let loss = self.forward_impl(inputs, targets, b, t, Head::Logits(&mut logits))?;
+        Ok((loss, logits))
     }
 
     /// Forward and backward of one micro-batch: adds `weight · ∇(mean loss)`
     /// to the gradients (weight = its sample count when accumulating) and
     /// returns the mean loss.
     pub fn forward_backward(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize, weight: f32) -> Result<f32, ModelError> {
-        let loss = self.forward_impl(inputs, targets, b, t, Some(weight / (b * t) as f32))?;
+        let loss = self.forward_impl(inputs, targets, b, t, Head::Grad(weight / (b * t) as f32))?;
         self.backward();
         self.grad_weight += weight as f64;
         Ok(loss)
     }
 
-    /// Logits of the last [`Gpt::forward`] call, `b·t` rows of `vocab_size`.
-    pub fn logits(&self) -> Option<Vec<f32>> {
-        let a = self.acts.as_ref()?;
-        if a.dlogits_ready {
-            return None;
-        }
-        let (n, v, vp) = (a.lay.b * a.lay.t, self.config.vocab_size, self.config.padded_vocab());
-        let all = read_arena_at(&self.engine, &a.acts, a.lay.logits, n * vp);
-        Some(all.chunks(vp).flat_map(|r| r[..v].iter().copied()).collect())
-    }
-
-    /// The forward call list. With `dscale`, the fused classifier leaves
-    /// `dscale · ∂loss/∂logits` in the logits buffer for [`Gpt::backward`].
-    fn forward_impl(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize, dscale: Option<f32>) -> Result<f32, ModelError> {
+    /// The forward call list.
+    ///
+    /// The output head runs over chunks of `cls_rows` tokens so that the
+    /// `tokens × 50,304` logits never exist at once: each chunk's logits are
+    /// made, turned into the loss and (when training) into their gradient
+    /// in place, and consumed right away by the head's two weight products.
+    /// So with [`Head::Grad`] the classifier's backward happens here, leaving
+    /// `∂loss/∂lnf` in `dbtc` for [`Gpt::backward`].
+    fn forward_impl(&mut self, inputs: &[u32], targets: &[u32], b: usize, t: usize, mut head: Head) -> Result<f32, ModelError> {
         use WeightLayout::InOut;
+        use WeightLayout::OutIn;
         self.check_batch(inputs, targets, b, t)?;
         self.ensure_acts(b, t)?;
         let cfg = self.config;
@@ -197,10 +211,14 @@ impl<E: Engine> Gpt<E> {
         a.targets.copy_from_slice(targets);
         let (lay, pl) = (&a.lay, &self.layout);
         let p = |off: usize| e.at(&self.params, off);
+        let g = |off: usize| e.at(&self.grads, off);
         let x = |off: usize| e.at(&a.acts, off);
+        let d = |off: usize| e.at(&a.dacts, off);
         let (ln, gelu) = (x(lay.ln), x(lay.gelu));
-        // SAFETY: every view below is a disjoint region of `self.params` or
-        // `a.acts`, both sized by the layouts the offsets come from.
+        let dscale = if let Head::Grad(s) = head { Some(s) } else { None };
+        // SAFETY: every view below is a disjoint region of `self.params`,
+        // `self.grads`, `a.acts` or `a.dacts`, each sized by the layout the
+        // offsets come from.
         unsafe {
             e.encoder_forward(x(lay.encoded), &a.inputs, p(pl.wte), p(pl.wpe), b, t, c);
             for l in 0..cfg.n_layer {
@@ -216,11 +234,23 @@ impl<E: Engine> Gpt<E> {
             }
             let last = x(lay.layer(cfg.n_layer - 1).res3);
             e.layernorm_forward(x(lay.lnf), x(lay.lnf_mean), x(lay.lnf_rstd), last, p(pl.lnfw), p(pl.lnfb), n, c);
-            e.matmul_forward(x(lay.logits), x(lay.lnf), p(pl.wte), WeightLayout::OutIn, None, None, n, c, vp);
-            e.crossentropy(x(lay.losses), x(lay.logits), &a.targets, dscale, n, v, vp);
+            let logits = x(lay.logits);
+            for r0 in (0..n).step_by(lay.cls_rows) {
+                let (r, lnf) = (lay.cls_rows.min(n - r0), x(lay.lnf + r0 * c));
+                e.matmul_forward(logits, lnf, p(pl.wte), OutIn, None, None, r, c, vp);
+                if let Head::Logits(out) = &mut head {
+                    let mut rows = vec![0f32; r * vp];
+                    e.read(logits, &mut rows);
+                    out.extend(rows.chunks(vp).flat_map(|row| &row[..v]));
+                }
+                e.crossentropy(x(lay.losses + r0), logits, &a.targets[r0..r0 + r], dscale, r, v, vp);
+                if dscale.is_some() {
+                    e.matmul_backward(d(lay.dbtc + r0 * c), g(pl.wte), None, logits, lnf, p(pl.wte), OutIn, r, c, vp);
+                }
+            }
             e.read(x(lay.losses), &mut a.losses);
         }
-        a.dlogits_ready = dscale.is_some();
+        a.head_done = dscale.is_some();
         let sum: f64 = a.losses.iter().map(|&l| l as f64).sum();
         Ok((sum / n as f64) as f32)
     }
@@ -231,10 +261,10 @@ impl<E: Engine> Gpt<E> {
     fn backward(&mut self) {
         use WeightLayout::InOut;
         let cfg = self.config;
-        let (c, nh, vp) = (cfg.n_embd, cfg.n_head, cfg.padded_vocab());
+        let (c, nh) = (cfg.n_embd, cfg.n_head);
         let e = &self.engine;
         let a = self.acts.as_mut().expect("forward ran");
-        assert!(a.dlogits_ready, "backward needs a forward with gradients");
+        assert!(a.head_done, "backward needs a forward with gradients");
         let (lay, pl) = (&a.lay, &self.layout);
         let (b, t) = (lay.b, lay.t);
         let n = b * t;
@@ -247,7 +277,6 @@ impl<E: Engine> Gpt<E> {
         // SAFETY: as in the forward pass, plus `self.grads` and `a.dacts`.
         unsafe {
             e.fill(dres, n * c, 0.0);
-            e.matmul_backward(dbtc, g(pl.wte), None, x(lay.logits), x(lay.lnf), p(pl.wte), WeightLayout::OutIn, n, c, vp);
             let last = x(lay.layer(cfg.n_layer - 1).res3);
             e.layernorm_backward(dres, g(pl.lnfw), g(pl.lnfb), dbtc, last, p(pl.lnfw), x(lay.lnf_mean), x(lay.lnf_rstd), n, c);
             for l in (0..cfg.n_layer).rev() {
@@ -268,7 +297,7 @@ impl<E: Engine> Gpt<E> {
             }
             e.encoder_backward(g(pl.wte), g(pl.wpe), dres, &a.inputs, b, t, c);
         }
-        a.dlogits_ready = false;
+        a.head_done = false;
     }
 }
 
