@@ -133,6 +133,9 @@ pub fn run<E: Engine>(engine: E, start: Start, plan: Plan, opts: &RunOptions) ->
                 return Err(TrainError::Invalid(format!("{}: optimizer is at step {}, trainer at {}", dir.display(), opt.step, state.step)));
             }
             tracing::info!("resuming {} at step {}", dir.display(), state.step);
+            if state.data != opts.data {
+                tracing::warn!("the run trained on {} and continues on {}: its data position may not mean the same", state.data.display(), opts.data.display());
+            }
             (model, opt, state.plan, state.step, state.loader)
         }
     };
@@ -203,6 +206,9 @@ pub fn run<E: Engine>(engine: E, start: Start, plan: Plan, opts: &RunOptions) ->
 fn validate_plan(plan: &Plan, config: &GptConfig) -> Result<(), TrainError> {
     if plan.batch == 0 || plan.seq_len == 0 || plan.grad_accum == 0 {
         return Err(TrainError::Invalid("batch, sequence length and gradient accumulation must be positive".into()));
+    }
+    if plan.batch.saturating_mul(plan.seq_len) > 1 << 24 {
+        return Err(TrainError::Invalid(format!("a {}×{} batch is too large; accumulate micro-batches instead", plan.batch, plan.seq_len)));
     }
     if plan.seq_len > config.max_seq_len {
         return Err(TrainError::Invalid(format!("sequence length {} exceeds the model's {} positions", plan.seq_len, config.max_seq_len)));
