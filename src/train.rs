@@ -134,7 +134,11 @@ pub fn run<E: Engine>(engine: E, start: Start, plan: Plan, opts: &RunOptions) ->
             }
             tracing::info!("resuming {} at step {}", dir.display(), state.step);
             if state.data != opts.data {
-                tracing::warn!("the run trained on {} and continues on {}: its data position may not mean the same", state.data.display(), opts.data.display());
+                tracing::warn!(
+                    "the run trained on {} and continues on {}: its data position may not mean the same",
+                    state.data.display(),
+                    opts.data.display()
+                );
             }
             (model, opt, state.plan, state.step, state.loader)
         }
