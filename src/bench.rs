@@ -8,7 +8,7 @@
 use crate::engine::cpu::CpuEngine;
 use crate::engine::cpu::matmul_gflops;
 use crate::model::{Gpt, GptConfig};
-use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind, clip_grad_norm};
+use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind};
 use crate::rng::Rng;
 use anyhow::{Context, Result};
 use std::path::PathBuf;
@@ -71,9 +71,7 @@ fn dtrain_steps(cfg: GptConfig, a: &TrainBenchArgs) -> Result<StepResult> {
         model.zero_grads();
         // Labels = inputs, as the anchor script does.
         let loss = model.forward_backward(&tokens, &tokens, a.batch, a.seq, a.batch as f32)?;
-        model.finish_accumulation();
-        clip_grad_norm(&mut model, 1.0);
-        opt.step(&mut model, 3e-4);
+        opt.clip_and_step(&mut model, 3e-4, 1.0);
         let dt = t0.elapsed().as_secs_f64();
         eprintln!("dtrain step {i:2} loss {loss:.4} time {:8.1} ms", dt * 1e3);
         losses.push(loss);

@@ -44,9 +44,9 @@ impl<E: Engine> Optimizer<E> {
         Ok(Optimizer { config, m: model.engine.alloc(model.layout.total)?, v: model.engine.alloc(model.layout.total)?, step: 0 })
     }
 
-    fn hyper(&self, lr: f32, decays: bool) -> AdamHyper {
+    fn hyper(&self, lr: f32, decays: bool, grad_scale: f32) -> AdamHyper {
         let c = &self.config;
-        AdamHyper { lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weight_decay: if decays { c.weight_decay } else { 0.0 } }
+        AdamHyper { lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps, weight_decay: if decays { c.weight_decay } else { 0.0 }, grad_scale }
     }
 
     /// One update of every parameter tensor from the current gradients.
@@ -56,10 +56,27 @@ impl<E: Engine> Optimizer<E> {
     /// by the trust ratio ‖w‖/‖u‖ (1 where either norm is 0). The trust ratio
     /// applies to every tensor, biases and layernorm gains included.
     pub fn step(&mut self, model: &mut Gpt<E>, lr: f32) {
+        self.step_scaled(model, lr, 1.0);
+    }
+
+    /// What a training step needs after accumulating micro-batches, in two
+    /// passes over the gradients instead of four: the gradients hold
+    /// `Σ wᵢ·∇Lᵢ`; their weighted mean is clipped to `max_norm` and applied
+    /// on the fly, leaving the gradient arena as it was. Returns the norm of
+    /// the mean gradient before clipping.
+    pub fn clip_and_step(&mut self, model: &mut Gpt<E>, lr: f32, max_norm: f32) -> f32 {
+        let w = model.grad_weight();
+        let mean = if w > 0.0 { 1.0 / w } else { 1.0 };
+        let norm = (grad_sum_squares(model).sqrt() * mean) as f32;
+        self.step_scaled(model, lr, mean as f32 * clip_coef(norm, max_norm));
+        norm
+    }
+
+    fn step_scaled(&mut self, model: &mut Gpt<E>, lr: f32, grad_scale: f32) {
         self.step += 1;
         let e = &model.engine;
         for t in &model.layout.tensors {
-            let hp = self.hyper(lr, t.decays());
+            let hp = self.hyper(lr, t.decays(), grad_scale);
             let (p, g, m, v) = (e.at(&model.params, t.offset), e.at(&model.grads, t.offset), e.at(&self.m, t.offset), e.at(&self.v, t.offset));
             // SAFETY: the four arenas share the parameter layout; `t` lies inside it.
             unsafe {
@@ -104,15 +121,25 @@ impl<E: Engine> Optimizer<E> {
 /// computes it; scales them down to `max_norm` when above. Returns the norm
 /// before clipping.
 pub fn clip_grad_norm<E: Engine>(model: &mut Gpt<E>, max_norm: f32) -> f32 {
-    let e = &model.engine;
-    // SAFETY: the whole gradient arena.
-    let norm = unsafe { e.sum_squares(e.at(&model.grads, 0), model.layout.total) }.sqrt() as f32;
-    let coef = max_norm / (norm + 1e-6);
+    let norm = grad_sum_squares(model).sqrt() as f32;
+    let coef = clip_coef(norm, max_norm);
     if coef < 1.0 {
-        // SAFETY: as above.
+        let e = &model.engine;
+        // SAFETY: the whole gradient arena.
         unsafe { e.scale(e.at(&model.grads, 0), model.layout.total, coef) }
     }
     norm
+}
+
+/// PyTorch's clipping factor: `max_norm / (norm + 1e-6)`, at most 1.
+fn clip_coef(norm: f32, max_norm: f32) -> f32 {
+    (max_norm / (norm + 1e-6)).min(1.0)
+}
+
+fn grad_sum_squares<E: Engine>(model: &Gpt<E>) -> f64 {
+    let e = &model.engine;
+    // SAFETY: the whole gradient arena.
+    unsafe { e.sum_squares(e.at(&model.grads, 0), model.layout.total) }
 }
 
 /// Learning rate at `step` (0-based) of `total`: linear warm-up to `max` over

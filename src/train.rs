@@ -11,7 +11,7 @@ use crate::data::loader::{BatchLoader, LoaderState, Tokens};
 use crate::engine::Engine;
 use crate::model::checkpoint::{self, CheckpointError};
 use crate::model::{Gpt, GptConfig, ModelError};
-use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind, clip_grad_norm, lr_schedule};
+use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind, lr_schedule};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -181,10 +181,8 @@ pub fn run<E: Engine>(engine: E, start: Start, plan: Plan, opts: &RunOptions) ->
                 summary.last_checkpoint.as_ref().map_or("none".into(), |p| p.display().to_string())
             )));
         }
-        model.finish_accumulation();
-        let norm = clip_grad_norm(&mut model, plan.clip);
         let lr = lr_schedule(step, plan.warmup, plan.steps, plan.lr, plan.min_lr);
-        opt.step(&mut model, lr);
+        let norm = opt.clip_and_step(&mut model, lr, plan.clip);
         let dt = t0.elapsed().as_secs_f64();
         let tps = tokens_per_step / dt;
         summary.losses.push(loss);

@@ -44,7 +44,9 @@ fn every_gradient_matches_pytorch() {
     assert!(grads[wte.offset + wte.numel()..wte.offset + wte.len].iter().all(|&g| g == 0.0));
 }
 
-fn train_like_pytorch(kind: OptimizerKind) {
+/// Ten steps with clipping, either as separate passes (`fused` false:
+/// average, clip, step) or through `clip_and_step`.
+fn train_like_pytorch(kind: OptimizerKind, fused: bool) {
     let r = Reference::load();
     let name = match kind {
         OptimizerKind::Adamw => "adamw",
@@ -59,9 +61,14 @@ fn train_like_pytorch(kind: OptimizerKind) {
         let (inputs, targets) = split_batch(&all, &shape, k);
         model.zero_grads();
         let loss = model.forward_backward(&inputs, &targets, b, t, b as f32).unwrap();
-        model.finish_accumulation();
-        let norm = clip_grad_norm(&mut model, r.num("clip") as f32);
-        opt.step(&mut model, r.num("lr") as f32);
+        let norm = if fused {
+            opt.clip_and_step(&mut model, r.num("lr") as f32, r.num("clip") as f32)
+        } else {
+            model.finish_accumulation();
+            let norm = clip_grad_norm(&mut model, r.num("clip") as f32);
+            opt.step(&mut model, r.num("lr") as f32);
+            norm
+        };
         assert!((loss as f64 - want_losses[k]).abs() < 1e-4, "{name} step {k}: loss {loss} vs PyTorch {}", want_losses[k]);
         assert!((norm as f64 - want_norms[k]).abs() < 1e-4 * want_norms[k], "{name} step {k}: grad norm {norm} vs {}", want_norms[k]);
     }
@@ -90,10 +97,12 @@ fn train_like_pytorch(kind: OptimizerKind) {
 
 #[test]
 fn ten_adamw_steps_match_pytorch() {
-    train_like_pytorch(OptimizerKind::Adamw);
+    train_like_pytorch(OptimizerKind::Adamw, false);
+    train_like_pytorch(OptimizerKind::Adamw, true);
 }
 
 #[test]
 fn ten_lamb_steps_match_reference() {
-    train_like_pytorch(OptimizerKind::Lamb);
+    train_like_pytorch(OptimizerKind::Lamb, false);
+    train_like_pytorch(OptimizerKind::Lamb, true);
 }

@@ -159,4 +159,8 @@ pub struct AdamHyper {
     pub beta2: f32,
     pub eps: f32,
     pub weight_decay: f32,
+    /// Factor applied to the gradient as it is read: folds the division by
+    /// the accumulated weight and the clipping into the update, saving two
+    /// passes over the gradients.
+    pub grad_scale: f32,
 }

@@ -36,8 +36,9 @@ multiversion! {
         let decay = 1.0 - hp.lr * hp.weight_decay;
         for i in 0..p.len().min(g.len()).min(m.len()).min(v.len()) {
             p[i] *= decay;
-            m[i] += (g[i] - m[i]) * (1.0 - hp.beta1);
-            v[i] = v[i] * hp.beta2 + (1.0 - hp.beta2) * g[i] * g[i];
+            let g = g[i] * hp.grad_scale;
+            m[i] += (g - m[i]) * (1.0 - hp.beta1);
+            v[i] = v[i] * hp.beta2 + (1.0 - hp.beta2) * g * g;
             let denom = v[i].sqrt() / bc2_sqrt + hp.eps;
             p[i] -= step_size * m[i] / denom;
         }
@@ -60,8 +61,9 @@ multiversion! {
         let mut w_sq = [0f32; super::simd::LANES];
         let mut u_sq = [0f32; super::simd::LANES];
         for i in 0..p.len().min(g.len()).min(m.len()).min(v.len()) {
-            m[i] = hp.beta1 * m[i] + (1.0 - hp.beta1) * g[i];
-            v[i] = hp.beta2 * v[i] + (1.0 - hp.beta2) * g[i] * g[i];
+            let g = g[i] * hp.grad_scale;
+            m[i] = hp.beta1 * m[i] + (1.0 - hp.beta1) * g;
+            v[i] = hp.beta2 * v[i] + (1.0 - hp.beta2) * g * g;
             let u = lamb_update(p[i], m[i], v[i], bc1, bc2, hp);
             w_sq[i % super::simd::LANES] += p[i] * p[i];
             u_sq[i % super::simd::LANES] += u * u;
