@@ -5,8 +5,10 @@
 //! (`benches/anchors/torch_cpu_train.py`). Results are ratios, because the
 //! machine is shared and absolute times drift.
 
+use crate::engine::Engine;
 use crate::engine::cpu::CpuEngine;
 use crate::engine::cpu::matmul_gflops;
+use crate::engine::profiled::Profiled;
 use crate::model::{Gpt, GptConfig};
 use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind};
 use crate::rng::Rng;
@@ -32,6 +34,10 @@ pub struct TrainBenchArgs {
     /// Skip the PyTorch anchor.
     #[arg(long)]
     pub no_torch: bool,
+    /// Also print the time of each kernel over the timed steps (a separate
+    /// run after the measured one, so timing overhead does not skew it).
+    #[arg(long)]
+    pub profile: bool,
     /// Python interpreter with torch and transformers.
     #[arg(long, default_value = "python3")]
     pub python: String,
@@ -59,27 +65,33 @@ struct StepResult {
     peak_mb: f64,
 }
 
-fn dtrain_steps(cfg: GptConfig, a: &TrainBenchArgs) -> Result<StepResult> {
-    let mut model = Gpt::new(CpuEngine::new(), cfg)?;
+/// Runs the warm-up and timed steps; `warmed` is called between the two.
+fn dtrain_steps<E: Engine>(engine: E, cfg: GptConfig, a: &TrainBenchArgs, log: bool, warmed: impl Fn(&E)) -> Result<(StepResult, Gpt<E>)> {
+    let mut model = Gpt::new(engine, cfg)?;
     model.init_random(0);
     let mut opt = Optimizer::new(&model, OptimizerConfig::new(OptimizerKind::Adamw))?;
     let mut rng = Rng::new(0);
     let tokens: Vec<u32> = (0..a.batch * a.seq).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
     let (mut times, mut losses) = (Vec::new(), Vec::new());
     for i in 0..a.warmup + a.steps {
+        if i == a.warmup {
+            warmed(&model.engine);
+        }
         let t0 = Instant::now();
         model.zero_grads();
         // Labels = inputs, as the anchor script does.
         let loss = model.forward_backward(&tokens, &tokens, a.batch, a.seq, a.batch as f32)?;
         opt.clip_and_step(&mut model, 3e-4, 1.0);
         let dt = t0.elapsed().as_secs_f64();
-        eprintln!("dtrain step {i:2} loss {loss:.4} time {:8.1} ms", dt * 1e3);
+        if log {
+            eprintln!("dtrain step {i:2} loss {loss:.4} time {:8.1} ms", dt * 1e3);
+        }
         losses.push(loss);
         if i >= a.warmup {
             times.push(dt);
         }
     }
-    Ok(StepResult { median_s: median(times), losses, peak_mb: peak_rss_mb() })
+    Ok((StepResult { median_s: median(times), losses, peak_mb: peak_rss_mb() }, model))
 }
 
 fn anchor_script() -> PathBuf {
@@ -111,7 +123,7 @@ pub fn train_bench(a: &TrainBenchArgs) -> Result<()> {
     let tokens = (a.batch * a.seq) as f64;
     let flops = cfg.flops_per_token(a.seq) * tokens;
 
-    let ours = dtrain_steps(cfg, a)?;
+    let (ours, _) = dtrain_steps(CpuEngine::new(), cfg, a, true, |_| {})?;
     let gemm = matmul_gflops(2048, 3);
     let torch = if a.no_torch { None } else { Some(torch_steps(a)?) };
 
@@ -150,6 +162,15 @@ pub fn train_bench(a: &TrainBenchArgs) -> Result<()> {
         record["torch_step_s"] = t_step.into();
         record["torch_peak_mb"] = t_peak.into();
         record["speedup_vs_torch"] = (t_step / ours.median_s).into();
+    }
+    if a.profile {
+        let (_, model) = dtrain_steps(Profiled::new(CpuEngine::new()), cfg, a, false, |e| drop(e.take()))?;
+        let ops = model.engine.take();
+        let total: f64 = ops.iter().map(|o| o.2).sum();
+        println!("  per step, by kernel ({} steps):", a.steps);
+        for (name, calls, secs) in ops {
+            println!("    {name:24} {:8.1} ms {:5.1}%  ({} calls)", secs * 1e3 / a.steps as f64, 100.0 * secs / total, calls / a.steps as u64);
+        }
     }
     if let Some(path) = &a.json {
         use std::io::Write;
