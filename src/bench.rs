@@ -116,6 +116,18 @@ fn torch_steps(a: &TrainBenchArgs) -> Result<serde_json::Value> {
     Ok(v)
 }
 
+/// PyTorch's own fp32 GEMM rate on the same product (its BLAS), for context.
+fn torch_gemm_gflops(a: &TrainBenchArgs, n: usize) -> Result<f64> {
+    let code = format!(
+        "import torch, time\ntorch.set_num_threads({})\na = torch.ones({n}, {n}); b = torch.ones({n}, {n})\nbest = 1e9\n\
+         for _ in range(3):\n    t = time.perf_counter(); c = a @ b; best = min(best, time.perf_counter() - t)\nprint(2 * {n}**3 / best / 1e9)",
+        rayon::current_num_threads()
+    );
+    let out = std::process::Command::new(&a.python).args(["-c", &code]).output().with_context(|| format!("running {}", a.python))?;
+    anyhow::ensure!(out.status.success(), "torch GEMM probe failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}
+
 pub fn train_bench(a: &TrainBenchArgs) -> Result<()> {
     let cfg = GptConfig::preset(&a.model).with_context(|| format!("unknown preset {}", a.model))?;
     anyhow::ensure!(a.seq <= cfg.max_seq_len && a.steps > 0, "bad sequence length or step count");
@@ -125,11 +137,14 @@ pub fn train_bench(a: &TrainBenchArgs) -> Result<()> {
 
     let (ours, _) = dtrain_steps(CpuEngine::new(), cfg, a, true, |_| {})?;
     let gemm = matmul_gflops(2048, 3);
-    let torch = if a.no_torch { None } else { Some(torch_steps(a)?) };
+    let torch = if a.no_torch { None } else { Some((torch_steps(a)?, torch_gemm_gflops(a, 2048)?)) };
 
     let our_gflops = flops / ours.median_s / 1e9;
     println!("dtrain bench train: preset {} batch {}×{} threads {threads}", a.model, a.batch, a.seq);
     println!("  fp32 GEMM ceiling (2048³, gemm crate): {gemm:8.1} GFLOP/s");
+    if let Some((_, torch_gemm)) = &torch {
+        println!("  fp32 GEMM, PyTorch's BLAS (2048³):     {torch_gemm:8.1} GFLOP/s");
+    }
     println!(
         "  dtrain:  {:8.1} ms/step  {:8.0} tokens/s  {:7.1} GFLOP/s = {:5.1}% of the GEMM ceiling  peak {:6.0} MB  loss {:.4} -> {:.4}",
         ours.median_s * 1e3,
@@ -145,7 +160,7 @@ pub fn train_bench(a: &TrainBenchArgs) -> Result<()> {
         "gemm_gflops": gemm, "dtrain_step_s": ours.median_s, "dtrain_tokens_per_s": tokens / ours.median_s,
         "dtrain_gflops": our_gflops, "dtrain_peak_mb": ours.peak_mb,
     });
-    if let Some(t) = &torch {
+    if let Some((t, torch_gemm)) = &torch {
         let t_step = t["median_step_s"].as_f64().unwrap_or(f64::NAN);
         let t_peak = t["peak_rss_MB"].as_f64().unwrap_or(f64::NAN);
         let t_gflops = flops / t_step / 1e9;
@@ -162,6 +177,7 @@ pub fn train_bench(a: &TrainBenchArgs) -> Result<()> {
         record["torch_step_s"] = t_step.into();
         record["torch_peak_mb"] = t_peak.into();
         record["speedup_vs_torch"] = (t_step / ours.median_s).into();
+        record["torch_gemm_gflops"] = (*torch_gemm).into();
     }
     if a.profile {
         let (_, model) = dtrain_steps(Profiled::new(CpuEngine::new()), cfg, a, false, |e| drop(e.take()))?;

@@ -150,10 +150,12 @@ fn train_cmd(a: TrainArgs, progress: bool) -> Result<()> {
         (None, None) => Start::Fresh { config: GptConfig::preset(&a.model).expect("clap checked the name"), seed: a.seed },
     };
     let opts = RunOptions { data: a.data, out: a.out.clone(), checkpoint_every: a.checkpoint_every, progress };
+    train::stop_on_interrupt();
     let summary = train::run(CpuEngine::new(), start, plan, &opts)?;
     match (summary.losses.first(), summary.losses.last()) {
         (Some(first), Some(last)) => println!(
-            "trained steps {}..{}: loss {first:.4} -> {last:.4}, {:.0} tokens/s; checkpoint {}",
+            "{} steps {}..{}: loss {first:.4} -> {last:.4}, {:.0} tokens/s; checkpoint {}",
+            if summary.interrupted { "interrupted after" } else { "trained" },
             summary.first_step + 1,
             summary.first_step + summary.losses.len() as u64,
             summary.tokens_per_s,

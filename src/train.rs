@@ -15,7 +15,28 @@ use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind, lr_schedule};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(signal: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+    // A second signal gets the default action: stop at once.
+    // SAFETY: signal() is async-signal-safe.
+    unsafe { libc::signal(signal, libc::SIG_DFL) };
+}
+
+/// Makes SIGINT and SIGTERM finish the current step, save a checkpoint and
+/// return, instead of killing the process and losing the steps since the
+/// last checkpoint. A second signal kills as usual.
+pub fn stop_on_interrupt() {
+    // SAFETY: installs a handler that only stores to an atomic and resets itself.
+    unsafe {
+        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -88,6 +109,8 @@ pub struct RunSummary {
     pub first_step: u64,
     pub tokens_per_s: f64,
     pub last_checkpoint: Option<PathBuf>,
+    /// Stopped early by a signal (see [`stop_on_interrupt`]).
+    pub interrupted: bool,
 }
 
 /// The checkpoint directory a `--resume` path designates.
@@ -164,7 +187,7 @@ pub fn run<E: Engine>(engine: E, start: Start, plan: Plan, opts: &RunOptions) ->
         plan.steps
     );
     let bar = progress_bar(opts.progress, plan.steps, step0);
-    let mut summary = RunSummary { losses: Vec::new(), first_step: step0, tokens_per_s: 0.0, last_checkpoint: None };
+    let mut summary = RunSummary { losses: Vec::new(), first_step: step0, tokens_per_s: 0.0, last_checkpoint: None, interrupted: false };
     let run_start = Instant::now();
     for step in step0..plan.steps {
         let t0 = Instant::now();
@@ -194,9 +217,15 @@ pub fn run<E: Engine>(engine: E, start: Start, plan: Plan, opts: &RunOptions) ->
             tracing::info!("step {}/{} loss {loss:.4} lr {lr:.2e} grad norm {norm:.3} {tps:.0} tok/s", step + 1, plan.steps);
         }
         let done = step + 1;
-        if done == plan.steps || (opts.checkpoint_every > 0 && done % opts.checkpoint_every == 0) {
+        summary.interrupted = INTERRUPTED.load(Ordering::SeqCst);
+        if done == plan.steps || summary.interrupted || (opts.checkpoint_every > 0 && done % opts.checkpoint_every == 0) {
             let state = TrainerState { plan: plan.clone(), step: done, loader: loader.state(), data: opts.data.clone() };
             summary.last_checkpoint = Some(save_checkpoint(&opts.out, &model, &opt, &state)?);
+        }
+        if summary.interrupted {
+            bar.abandon();
+            tracing::warn!("interrupted after step {done}; continue with --resume {}", opts.out.display());
+            break;
         }
     }
     bar.finish_and_clear();

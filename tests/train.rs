@@ -137,3 +137,37 @@ fn the_cli_trains_on_the_bundled_text() {
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("error: /nonexistent/file.txt"), "{err}");
 }
+
+#[test]
+fn ctrl_c_saves_a_checkpoint_of_every_finished_step() {
+    let dir = tmpdir("interrupt");
+    let data = learnable_shard(&dir);
+    let out = dir.join("run");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain"))
+        .args(["--threads", "1", "train", "--model", "tiny", "--batch", "2", "--seq", "16", "--steps", "1000000", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let metrics = out.join("metrics.jsonl");
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 3 {
+        assert!(start.elapsed().as_secs() < 120, "no training progress");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // SAFETY: signals our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let result = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&result.stdout);
+    assert!(result.status.success(), "{stdout}");
+    assert!(stdout.contains("interrupted after"), "{stdout}");
+    let steps = std::fs::read_to_string(&metrics).unwrap().lines().count();
+    let latest = std::fs::read_to_string(out.join("latest")).unwrap();
+    assert_eq!(latest, format!("step_{steps:06}"), "the checkpoint holds every step that was logged");
+    let ck = train::resolve_checkpoint(&out).unwrap();
+    let model = dtrain::model::checkpoint::load_model(&ck, CpuEngine::new()).unwrap();
+    assert_eq!(dtrain::model::checkpoint::load_optimizer(&ck, &model).unwrap().step, steps as u64);
+}
