@@ -157,3 +157,22 @@ pub fn lr_schedule(step: u64, warmup: u64, total: u64, max: f32, min: f32) -> f3
     let coeff = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
     min + (coeff as f32) * (max - min)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::lr_schedule;
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_the_minimum() {
+        let (max, min) = (6e-4, 6e-5);
+        assert_eq!(lr_schedule(0, 10, 100, max, min), max / 10.0);
+        assert_eq!(lr_schedule(9, 10, 100, max, min), max);
+        assert_eq!(lr_schedule(10, 10, 100, max, min), max);
+        assert!((lr_schedule(99, 10, 100, max, min) - min).abs() < 1e-12);
+        // min + coeff·(max − min), not the reference's (min + coeff)·(max − min).
+        let mid = lr_schedule(10 + 89 / 2, 10, 100, max, min) as f64;
+        let coeff = 0.5 * (1.0 + (std::f64::consts::PI * (44.0 / 89.0)).cos());
+        assert!((mid - (min as f64 + coeff * (max - min) as f64)).abs() < 1e-9);
+        assert!(lr_schedule(1000, 10, 100, max, min) >= min);
+    }
+}

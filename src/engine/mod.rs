@@ -61,8 +61,6 @@ pub trait Engine: Send + Sync {
     unsafe fn scale(&self, x: Self::Ptr, len: usize, factor: f32);
     /// Σ x², accumulated in f64 in a fixed order (deterministic).
     unsafe fn sum_squares(&self, x: Self::Ptr, len: usize) -> f64;
-    /// Σ |x|, the validator's gradient fingerprint.
-    unsafe fn sum_abs(&self, x: Self::Ptr, len: usize) -> f64;
 
     /// `out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:]`.
     unsafe fn encoder_forward(&self, out: Self::Ptr, tokens: &[u32], wte: Self::Ptr, wpe: Self::Ptr, b: usize, t: usize, c: usize);

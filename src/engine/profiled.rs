@@ -69,9 +69,6 @@ impl<E: Engine> Engine for Profiled<E> {
     unsafe fn sum_squares(&self, x: E::Ptr, len: usize) -> f64 {
         self.time("sum_squares", || unsafe { self.inner.sum_squares(x, len) })
     }
-    unsafe fn sum_abs(&self, x: E::Ptr, len: usize) -> f64 {
-        self.time("sum_abs", || unsafe { self.inner.sum_abs(x, len) })
-    }
     unsafe fn encoder_forward(&self, out: E::Ptr, tokens: &[u32], wte: E::Ptr, wpe: E::Ptr, b: usize, t: usize, c: usize) {
         self.time("encoder_forward", || unsafe { self.inner.encoder_forward(out, tokens, wte, wpe, b, t, c) })
     }

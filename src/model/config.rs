@@ -41,10 +41,6 @@ impl GptConfig {
         self.vocab_size.div_ceil(128) * 128
     }
 
-    pub fn head_size(&self) -> usize {
-        self.n_embd / self.n_head
-    }
-
     /// Checks the invariants the kernels rely on.
     pub fn validate(&self) -> Result<(), String> {
         let c = self;
@@ -73,5 +69,20 @@ impl GptConfig {
     /// the two programs' FLOP/s compare directly.
     pub fn flops_per_token(&self, seq_len: usize) -> f64 {
         6.0 * self.num_params() as f64 + 12.0 * (self.n_layer * self.n_embd * seq_len) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parameter counts transformers reports for the published GPT-2 models.
+    #[test]
+    fn parameter_counts_match_the_published_models() {
+        assert_eq!(GptConfig::preset("124m").unwrap().num_params(), 124_439_808);
+        assert_eq!(GptConfig::preset("350m").unwrap().num_params(), 354_823_168);
+        assert_eq!(GptConfig::preset("774m").unwrap().num_params(), 774_030_080);
+        assert_eq!(GptConfig::preset("1558m").unwrap().num_params(), 1_557_611_200);
+        assert_eq!(GptConfig::preset("124m").unwrap().padded_vocab(), 50_304);
     }
 }

@@ -116,12 +116,6 @@ impl<E: Engine> Gpt<E> {
         self.grad_weight = 0.0;
     }
 
-    /// Σ|g| of one parameter tensor's gradient.
-    pub fn grad_sum_abs(&self, t: &ParamTensor) -> f64 {
-        // SAFETY: the tensor lies inside the gradient arena.
-        unsafe { self.engine.sum_abs(self.engine.at(&self.grads, t.offset), t.numel()) }
-    }
-
     /// Weight of the micro-batches accumulated since the last reset.
     pub fn grad_weight(&self) -> f64 {
         self.grad_weight
@@ -302,13 +296,9 @@ impl<E: Engine> Gpt<E> {
 }
 
 fn read_arena<E: Engine>(e: &E, arena: &E::Arena, len: usize) -> Vec<f32> {
-    read_arena_at(e, arena, 0, len)
-}
-
-fn read_arena_at<E: Engine>(e: &E, arena: &E::Arena, offset: usize, len: usize) -> Vec<f32> {
-    assert!(offset + len <= e.arena_len(arena));
+    assert!(len <= e.arena_len(arena));
     let mut host = vec![0f32; len];
     // SAFETY: bounds checked above.
-    unsafe { e.read(e.at(arena, offset), &mut host) };
+    unsafe { e.read(e.at(arena, 0), &mut host) };
     host
 }

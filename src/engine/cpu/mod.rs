@@ -139,11 +139,6 @@ impl Engine for CpuEngine {
         chunked_sum(len, ELEM_CHUNK, |r| x[r].iter().map(|&v| (v as f64) * (v as f64)).sum())
     }
 
-    unsafe fn sum_abs(&self, x: CpuPtr, len: usize) -> f64 {
-        let x = unsafe { x.slice(len) };
-        chunked_sum(len, ELEM_CHUNK, |r| x[r].iter().map(|&v| v.abs() as f64).sum())
-    }
-
     unsafe fn encoder_forward(&self, out: CpuPtr, tokens: &[u32], wte: CpuPtr, wpe: CpuPtr, b: usize, t: usize, c: usize) {
         unsafe { encoder::forward(out, tokens, wte, wpe, b, t, c) }
     }
