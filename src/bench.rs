@@ -34,6 +34,9 @@ pub struct TrainBenchArgs {
     /// Skip the PyTorch anchor.
     #[arg(long)]
     pub no_torch: bool,
+    /// Recompute activations in backward (`dtrain train --recompute`).
+    #[arg(long)]
+    pub recompute: bool,
     /// Also print the time of each kernel over the timed steps (a separate
     /// run after the measured one, so timing overhead does not skew it).
     #[arg(long)]
@@ -68,6 +71,7 @@ struct StepResult {
 /// Runs the warm-up and timed steps; `warmed` is called between the two.
 fn dtrain_steps<E: Engine>(engine: E, cfg: GptConfig, a: &TrainBenchArgs, log: bool, warmed: impl Fn(&E)) -> Result<(StepResult, Gpt<E>)> {
     let mut model = Gpt::new(engine, cfg)?;
+    model.set_recompute(a.recompute);
     model.init_random(0);
     let mut opt = Optimizer::new(&model, OptimizerConfig::new(OptimizerKind::Adamw))?;
     let mut rng = Rng::new(0);
@@ -144,7 +148,8 @@ pub fn train_bench(a: &TrainBenchArgs) -> Result<()> {
     let torch = if a.no_torch { None } else { Some((torch_steps(a)?, torch_gemm_gflops(a, 2048)?)) };
 
     let our_gflops = flops / ours.median_s / 1e9;
-    println!("dtrain bench train: preset {} batch {}×{} threads {threads}", a.model, a.batch, a.seq);
+    let mode = if a.recompute { " (--recompute)" } else { "" };
+    println!("dtrain bench train: preset {} batch {}×{} threads {threads}{mode}", a.model, a.batch, a.seq);
     println!("  fp32 GEMM ceiling (2048³, gemm crate): {gemm:8.1} GFLOP/s");
     if let Some((_, torch_gemm)) = &torch {
         println!("  fp32 GEMM, PyTorch's BLAS (2048³):     {torch_gemm:8.1} GFLOP/s");
@@ -160,7 +165,7 @@ pub fn train_bench(a: &TrainBenchArgs) -> Result<()> {
         ours.losses[ours.losses.len() - 1]
     );
     let mut record = serde_json::json!({
-        "preset": a.model, "batch": a.batch, "seq": a.seq, "threads": threads,
+        "preset": a.model, "batch": a.batch, "seq": a.seq, "threads": threads, "recompute": a.recompute,
         "gemm_gflops": gemm, "dtrain_step_s": ours.median_s, "dtrain_tokens_per_s": tokens / ours.median_s,
         "dtrain_gflops": our_gflops, "dtrain_peak_mb": ours.peak_mb,
     });

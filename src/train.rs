@@ -70,6 +70,9 @@ pub struct Plan {
     pub warmup: u64,
     pub clip: f32,
     pub optimizer: OptimizerKind,
+    /// Recompute activations in backward to save memory (see `Gpt::set_recompute`).
+    #[serde(default)]
+    pub recompute: bool,
 }
 
 /// The trainer's own part of a checkpoint.
@@ -167,6 +170,7 @@ pub fn run<E: Engine>(engine: E, start: Start, plan: Plan, opts: &RunOptions) ->
         }
     };
     validate_plan(&plan, &model.config)?;
+    model.set_recompute(plan.recompute);
     let tokens = Tokens::open(&opts.data)?;
     let mut loader = BatchLoader::new(tokens, plan.batch, plan.seq_len, &opts.data)?;
     loader.set_state(loader_state);

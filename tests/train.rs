@@ -27,7 +27,7 @@ fn learnable_shard(dir: &Path) -> PathBuf {
 }
 
 fn plan(optimizer: OptimizerKind, steps: u64) -> Plan {
-    Plan { batch: 4, seq_len: 32, grad_accum: 2, steps, lr: 1e-2, min_lr: 1e-3, warmup: 2, clip: 1.0, optimizer }
+    Plan { batch: 4, seq_len: 32, grad_accum: 2, steps, lr: 1e-2, min_lr: 1e-3, warmup: 2, clip: 1.0, optimizer, recompute: false }
 }
 
 fn fresh() -> Start {

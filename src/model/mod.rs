@@ -55,6 +55,8 @@ pub struct Gpt<E: Engine> {
     /// Sum of the weights of the micro-batches accumulated in `grads`.
     grad_weight: f64,
     acts: Option<Activations<E>>,
+    /// Recompute the MLP pre-activation and attention output in backward.
+    recompute: bool,
 }
 
 impl<E: Engine> Gpt<E> {
@@ -64,7 +66,17 @@ impl<E: Engine> Gpt<E> {
         let layout = ParamLayout::new(&config);
         let params = engine.alloc(layout.total)?;
         let grads = engine.alloc(layout.total)?;
-        Ok(Gpt { config, layout, engine, params, grads, grad_weight: 0.0, acts: None })
+        Ok(Gpt { config, layout, engine, params, grads, grad_weight: 0.0, acts: None, recompute: false })
+    }
+
+    /// Trade time for memory: with `recompute`, backward recomputes the MLP
+    /// pre-activation and the attention output instead of keeping them from
+    /// the forward pass (see [`ActLayout`]). Gradients are the same.
+    pub fn set_recompute(&mut self, recompute: bool) {
+        if recompute != self.recompute {
+            self.recompute = recompute;
+            self.acts = None;
+        }
     }
 
     pub fn num_params(&self) -> usize {
@@ -153,7 +165,7 @@ impl<E: Engine> Gpt<E> {
         }
         self.acts = None; // free the old shape first
         let att_len = self.engine.attention_cache_len(b, t, self.config.n_head);
-        let lay = ActLayout::new(&self.config, b, t, att_len);
+        let lay = ActLayout::new(&self.config, b, t, att_len, self.recompute);
         let acts = self.engine.alloc(lay.total)?;
         let dacts = self.engine.alloc(lay.grad_total)?;
         self.acts =
@@ -275,14 +287,23 @@ impl<E: Engine> Gpt<E> {
             e.layernorm_backward(dres, g(pl.lnfw), g(pl.lnfb), dbtc, last, p(pl.lnfw), x(lay.lnf_mean), x(lay.lnf_rstd), n, c);
             for l in (0..cfg.n_layer).rev() {
                 let (w, y) = (pl.layer(l, c), lay.layer(l));
+                // With `recompute`, the shared fch/atty buffers still hold the
+                // last layer's values from the forward pass.
+                let recompute = lay.recompute && l + 1 != cfg.n_layer;
                 // res3 = res2 + fc_proj(gelu(fc(ln2(res2)))); dres holds d(res3), which is also d(res2) so far.
+                e.layernorm_forward(ln, x(y.ln2_mean), x(y.ln2_rstd), x(y.res2), p(w.ln2w), p(w.ln2b), n, c);
+                if recompute {
+                    e.matmul_forward(x(y.fch), ln, p(w.fcw), InOut, Some(p(w.fcb)), None, n, c, 4 * c);
+                }
                 e.gelu_forward(gelu, x(y.fch), n * 4 * c);
                 e.matmul_backward(dfch, g(w.fcprojw), Some(g(w.fcprojb)), dres, gelu, p(w.fcprojw), InOut, n, 4 * c, c);
                 e.gelu_backward(dfch, x(y.fch), dfch, n * 4 * c);
-                e.layernorm_forward(ln, x(y.ln2_mean), x(y.ln2_rstd), x(y.res2), p(w.ln2w), p(w.ln2b), n, c);
                 e.matmul_backward(dbtc, g(w.fcw), Some(g(w.fcb)), dfch, ln, p(w.fcw), InOut, n, c, 4 * c);
                 e.layernorm_backward(dres, g(w.ln2w), g(w.ln2b), dbtc, x(y.res2), p(w.ln2w), x(y.ln2_mean), x(y.ln2_rstd), n, c);
                 // res2 = residual + attn_proj(attention(qkv(ln1(residual))))
+                if recompute {
+                    e.attention_forward(x(y.atty), x(y.att), x(y.qkv), b, t, c, nh);
+                }
                 e.matmul_backward(dbtc, g(w.attprojw), Some(g(w.attprojb)), dres, x(y.atty), p(w.attprojw), InOut, n, c, c);
                 e.attention_backward(dqkv, dbtc, x(y.qkv), x(y.att), b, t, c, nh);
                 e.layernorm_forward(ln, x(y.ln1_mean), x(y.ln1_rstd), x(y.residual), p(w.ln1w), p(w.ln1b), n, c);
