@@ -26,6 +26,18 @@ struct Cli {
 enum Command {
     /// Train a GPT-2 model on one machine from a text file or llm.c token shards.
     Train(TrainArgs),
+    /// Turn text files into llm.c token shards (GPT-2 tokenizer, in parallel) for `dtrain train --data DIR`.
+    Tokenize {
+        /// Output directory (must not hold shards yet).
+        #[arg(long)]
+        out: PathBuf,
+        /// Tokens per shard (the last one may be shorter).
+        #[arg(long, default_value_t = 100_000_000)]
+        shard_tokens: usize,
+        /// Text files; each is one document, opened by <|endoftext|>.
+        #[arg(required = true)]
+        inputs: Vec<PathBuf>,
+    },
     /// Print a model preset's size, memory and FLOPs.
     Info {
         /// Model preset.
@@ -123,6 +135,7 @@ fn run(cli: Cli) -> Result<()> {
     }
     match cli.command {
         Command::Train(a) => train_cmd(a, !cli.quiet),
+        Command::Tokenize { out, shard_tokens, inputs } => tokenize_cmd(&inputs, &out, shard_tokens, !cli.quiet),
         Command::Info { model, seq } => {
             let cfg = GptConfig::preset(&model).expect("clap checked the name");
             let n = cfg.num_params();
@@ -134,6 +147,28 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(BenchCommand::Train(a)) => dtrain::bench::train_bench(&a),
     }
+}
+
+fn tokenize_cmd(inputs: &[PathBuf], out: &std::path::Path, shard_tokens: usize, progress: bool) -> Result<()> {
+    let bar = if progress { indicatif::ProgressBar::new(0) } else { indicatif::ProgressBar::hidden() };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})").expect("valid template"),
+    );
+    let start = std::time::Instant::now();
+    let summary = dtrain::data::tokenize::tokenize_files(inputs, out, shard_tokens, |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    })?;
+    bar.finish_and_clear();
+    println!(
+        "{} documents, {} tokens in {} shard(s) in {} ({:.0} tokens/s)",
+        summary.documents,
+        summary.tokens,
+        summary.shards.len(),
+        out.display(),
+        summary.tokens as f64 / start.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn train_cmd(a: TrainArgs, progress: bool) -> Result<()> {

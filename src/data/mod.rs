@@ -3,6 +3,7 @@
 
 pub mod loader;
 pub mod shard;
+pub mod tokenize;
 pub mod tokenizer;
 
 use std::path::PathBuf;

@@ -1,0 +1,106 @@
+//! `dtrain tokenize`: text files → llm.c token shards.
+//!
+//! Each input file is one document, written as `<|endoftext|>` followed by
+//! its tokens (llm.c's convention: the separator opens each document).
+//! Files are read in batches of about [`BATCH_BYTES`] and encoded in
+//! parallel; tokens fill shards of `shard_tokens` in input order, a document
+//! spilling over into the next shard, so the output does not depend on the
+//! thread count. Each shard is written atomically.
+
+use super::shard;
+use super::tokenizer::{EOT, gpt2};
+use super::{DataError, io_err};
+use std::path::{Path, PathBuf};
+
+/// Text read and encoded at a time.
+const BATCH_BYTES: u64 = 64 << 20;
+
+#[derive(Debug, Clone)]
+pub struct TokenizeSummary {
+    pub documents: usize,
+    pub tokens: usize,
+    pub shards: Vec<PathBuf>,
+}
+
+/// Name of shard `i` in an output directory.
+pub fn shard_name(i: usize) -> String {
+    format!("shard_{i:06}.bin")
+}
+
+struct ShardWriter {
+    dir: PathBuf,
+    capacity: usize,
+    buf: Vec<u32>,
+    written: Vec<PathBuf>,
+}
+
+impl ShardWriter {
+    fn push(&mut self, mut tokens: &[u32]) -> Result<(), DataError> {
+        while !tokens.is_empty() {
+            let take = (self.capacity - self.buf.len()).min(tokens.len());
+            self.buf.extend_from_slice(&tokens[..take]);
+            tokens = &tokens[take..];
+            if self.buf.len() == self.capacity {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), DataError> {
+        if !self.buf.is_empty() {
+            let path = self.dir.join(shard_name(self.written.len()));
+            shard::write(&path, &self.buf)?;
+            self.written.push(path);
+            self.buf.clear();
+        }
+        Ok(())
+    }
+}
+
+/// Tokenizes `inputs` into shards in `out` (created if needed). `progress`
+/// is called with the bytes of text done so far and the total.
+pub fn tokenize_files(inputs: &[PathBuf], out: &Path, shard_tokens: usize, progress: impl Fn(u64, u64)) -> Result<TokenizeSummary, DataError> {
+    if shard_tokens == 0 || shard_tokens > i32::MAX as usize {
+        return Err(DataError::Invalid { path: out.into(), msg: format!("shard size {shard_tokens} must be in 1..={}", i32::MAX) });
+    }
+    let sizes = inputs.iter().map(|p| std::fs::metadata(p).map(|m| m.len()).map_err(io_err(p))).collect::<Result<Vec<_>, _>>()?;
+    if let Some(i) = inputs.iter().position(|p| p.is_dir()) {
+        return Err(DataError::Invalid { path: inputs[i].clone(), msg: "is a directory; pass the text files".into() });
+    }
+    let total: u64 = sizes.iter().sum();
+    std::fs::create_dir_all(out).map_err(io_err(out))?;
+    if let Some(existing) =
+        std::fs::read_dir(out).map_err(io_err(out))?.filter_map(|e| e.ok()).find(|e| e.path().extension().is_some_and(|x| x == "bin"))
+    {
+        return Err(DataError::Invalid { path: existing.path(), msg: "the output directory already holds shards; use an empty one".into() });
+    }
+    let mut writer = ShardWriter { dir: out.into(), capacity: shard_tokens, buf: Vec::new(), written: Vec::new() };
+    let (mut done, mut tokens, mut next) = (0u64, 0usize, 0usize);
+    while next < inputs.len() {
+        // One batch: at least one file, up to BATCH_BYTES of text.
+        let mut end = next + 1;
+        let mut bytes = sizes[next];
+        while end < inputs.len() && bytes + sizes[end] <= BATCH_BYTES {
+            bytes += sizes[end];
+            end += 1;
+        }
+        let texts = inputs[next..end]
+            .iter()
+            .map(|p| {
+                let raw = std::fs::read(p).map_err(io_err(p))?;
+                String::from_utf8(raw).map_err(|e| DataError::Invalid { path: p.clone(), msg: format!("not UTF-8 text ({e})") })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for doc in gpt2().encode_batch(&texts) {
+            writer.push(&[EOT])?;
+            writer.push(&doc)?;
+            tokens += doc.len() + 1;
+        }
+        done += bytes;
+        progress(done, total);
+        next = end;
+    }
+    writer.flush()?;
+    Ok(TokenizeSummary { documents: inputs.len(), tokens, shards: writer.written })
+}
