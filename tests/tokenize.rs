@@ -68,7 +68,7 @@ fn bad_inputs_give_clear_errors() {
     std::fs::write(dir.join("bin.txt"), [0xff, 0xfe, 0x00]).unwrap();
     let e = tokenize_files(&[dir.join("bin.txt")], &dir.join("o2"), 1000, |_, _| {}).unwrap_err().to_string();
     assert!(e.contains("UTF-8"), "{e}");
-    let e = tokenize_files(&[dir.clone()], &dir.join("o3"), 1000, |_, _| {}).unwrap_err().to_string();
+    let e = tokenize_files(std::slice::from_ref(&dir), &dir.join("o3"), 1000, |_, _| {}).unwrap_err().to_string();
     assert!(e.contains("directory"), "{e}");
     let e = tokenize_files(&[sample()], &dir.join("o4"), 0, |_, _| {}).unwrap_err().to_string();
     assert!(e.contains("shard size"), "{e}");
