@@ -5,6 +5,7 @@ pub mod loader;
 pub mod shard;
 pub mod tokenize;
 pub mod tokenizer;
+pub mod used_rows;
 
 use std::path::PathBuf;
 
