@@ -128,3 +128,60 @@ impl BatchLoader {
         (&self.inputs, &self.targets)
     }
 }
+
+/// Tokens a row contributes at most (the reference truncates each row to 1024).
+pub const ROW_TOKENS: usize = 1024;
+
+/// The reference network's batches for a set of dataset rows, which a
+/// validator must be able to rebuild from the row indices alone:
+///
+/// 1. each row is tokenized and truncated to [`ROW_TOKENS`], then `EOT` is appended;
+/// 2. the rows are concatenated, in the order given, into one buffer;
+/// 3. the buffer is cut into `⌈len / (b·t)⌉` batches of `b × t` tokens, the
+///    targets being the buffer shifted by one; the tail of the last batch
+///    (and the last target) is padded with `EOT`.
+///
+/// Batch `k`'s inputs are `buf[k·b·t .. (k+1)·b·t]`, its targets the same
+/// window one token later.
+pub struct RowBatches {
+    buf: Vec<u32>,
+    b: usize,
+    t: usize,
+    count: usize,
+}
+
+impl RowBatches {
+    /// From tokenized rows.
+    pub fn new(rows: &[Vec<u32>], b: usize, t: usize) -> RowBatches {
+        assert!(b > 0 && t > 0, "batch shape must be positive");
+        let mut buf: Vec<u32> = Vec::with_capacity(rows.iter().map(|r| r.len().min(ROW_TOKENS) + 1).sum::<usize>() + b * t + 1);
+        for row in rows {
+            buf.extend_from_slice(&row[..row.len().min(ROW_TOKENS)]);
+            buf.push(EOT);
+        }
+        let count = buf.len().div_ceil(b * t);
+        buf.resize(count * b * t + 1, EOT);
+        RowBatches { buf, b, t, count }
+    }
+
+    /// From row texts, tokenized in parallel with GPT-2's tokenizer.
+    pub fn from_texts<S: AsRef<str> + Sync>(texts: &[S], b: usize, t: usize) -> RowBatches {
+        RowBatches::new(&super::tokenizer::gpt2().encode_batch(texts), b, t)
+    }
+
+    /// Number of batches.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// `(inputs, targets)` of batch `k`, each `b·t` tokens.
+    pub fn batch(&self, k: usize) -> (&[u32], &[u32]) {
+        assert!(k < self.count, "batch {k} of {}", self.count);
+        let n = self.b * self.t;
+        (&self.buf[k * n..(k + 1) * n], &self.buf[k * n + 1..(k + 1) * n + 1])
+    }
+}
