@@ -26,7 +26,7 @@ struct Cli {
 enum Command {
     /// Train a GPT-2 model on one machine from a text file or llm.c token shards.
     Train(TrainArgs),
-    /// Turn text files into llm.c token shards (GPT-2 tokenizer, in parallel) for `dtrain train --data DIR`.
+    /// Turn text or parquet files into llm.c token shards (GPT-2 tokenizer, in parallel) for `dtrain train --data DIR`.
     Tokenize {
         /// Output directory (must not hold shards yet).
         #[arg(long)]
@@ -34,7 +34,8 @@ enum Command {
         /// Tokens per shard (the last one may be shorter).
         #[arg(long, default_value_t = 100_000_000)]
         shard_tokens: usize,
-        /// Text files; each is one document, opened by <|endoftext|>.
+        /// Text files (each one document) and fineweb-shaped .parquet files (each row of
+        /// the `text` column one document); every document is opened by <|endoftext|>.
         #[arg(required = true)]
         inputs: Vec<PathBuf>,
     },
@@ -54,7 +55,8 @@ enum Command {
 
 #[derive(Args)]
 struct TrainArgs {
-    /// Training data: a UTF-8 text file, an llm.c `.bin` token shard, or a directory of shards.
+    /// Training data: a UTF-8 text file, a fineweb-shaped .parquet file, an llm.c `.bin` token shard,
+    /// or a directory of shards or of parquet files.
     #[arg(long)]
     data: PathBuf,
     /// Model preset for a fresh model.

@@ -75,3 +75,25 @@ fn bad_inputs_give_clear_errors() {
     let cli = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain")).args(["tokenize", "--out"]).arg(dir.join("o5")).output().unwrap();
     assert!(!cli.status.success());
 }
+
+#[test]
+fn parquet_rows_become_one_document_each() {
+    let dir = tmpdir("parquet");
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fineweb-sample");
+    let inputs = [sample.join("part-00000.parquet"), sample.join("part-00001.parquet")];
+    let summary = tokenize_files(&inputs, &dir.join("shards"), 1 << 20, |_, _| {}).unwrap();
+    // 374 rows holding 424,334 GPT-2 tokens by the generator's count (HF
+    // tokenizers' Python binding, data/make_fineweb_sample.py), one EOT each.
+    assert_eq!(summary.documents, 374);
+    assert_eq!(summary.tokens, 424_334 + 374);
+
+    // dtrain train reads the parquet directory directly.
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain"))
+        .args(["-q", "train", "--model", "small", "--steps", "1", "--batch", "1", "--seq", "32", "--data"])
+        .arg(&sample)
+        .arg("--out")
+        .arg(dir.join("run"))
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+}

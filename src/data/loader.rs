@@ -5,7 +5,8 @@
 //! run sees exactly the batches an uninterrupted one would.
 
 use super::shard::Shard;
-use super::tokenizer::{EOT, encode};
+use super::source::{ParquetRows, RowSource};
+use super::tokenizer::{EOT, gpt2};
 use super::{DataError, io_err};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -19,32 +20,49 @@ pub enum Tokens {
 }
 
 impl Tokens {
-    /// A directory of `.bin` shards, one `.bin` shard, or a UTF-8 text file
-    /// (tokenized with GPT-2's tokenizer, an `<|endoftext|>` in front).
+    /// A directory of `.bin` shards or of `.parquet` files, one `.bin` shard,
+    /// one `.parquet` file, or a UTF-8 text file. Text files and parquet rows
+    /// are tokenized with GPT-2's tokenizer, each document opened by
+    /// `<|endoftext|>` (llm.c's convention for training streams).
     pub fn open(path: &Path) -> Result<Tokens, DataError> {
         let meta = std::fs::metadata(path).map_err(io_err(path))?;
+        let has_ext = |p: &Path, ext: &str| p.extension().is_some_and(|x| x == ext);
         if meta.is_dir() {
-            let mut files: Vec<_> = std::fs::read_dir(path)
-                .map_err(io_err(path))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|x| x == "bin"))
-                .collect();
+            let mut files: Vec<_> = std::fs::read_dir(path).map_err(io_err(path))?.filter_map(|e| e.ok().map(|e| e.path())).collect();
             files.sort();
-            if files.is_empty() {
-                return Err(DataError::Invalid { path: path.into(), msg: "directory holds no .bin token shards".into() });
+            let shards: Vec<_> = files.iter().filter(|p| has_ext(p, "bin")).collect();
+            if !shards.is_empty() {
+                return Ok(Tokens::Shards(shards.iter().map(|f| Shard::open(f)).collect::<Result<_, _>>()?));
             }
-            return Ok(Tokens::Shards(files.iter().map(|f| Shard::open(f)).collect::<Result<_, _>>()?));
+            if files.iter().any(|p| has_ext(p, "parquet")) {
+                return Tokens::from_rows(&ParquetRows::open_dir(path)?);
+            }
+            return Err(DataError::Invalid { path: path.into(), msg: "directory holds neither .bin token shards nor .parquet files".into() });
         }
-        if path.extension().is_some_and(|x| x == "bin") {
+        if has_ext(path, "bin") {
             return Ok(Tokens::Shards(vec![Shard::open(path)?]));
+        }
+        if has_ext(path, "parquet") {
+            return Tokens::from_rows(&ParquetRows::open(&[path.to_path_buf()])?);
         }
         let bytes = std::fs::read(path).map_err(io_err(path))?;
         let text = String::from_utf8(bytes).map_err(|e| DataError::Invalid { path: path.into(), msg: format!("not UTF-8 text ({e})") })?;
         if text.trim().is_empty() {
             return Err(DataError::Invalid { path: path.into(), msg: "the text file is empty".into() });
         }
-        let mut tokens = vec![EOT];
-        tokens.extend(encode(&text));
+        Ok(Tokens::Memory(documents_to_stream(&[text])))
+    }
+
+    /// Every row of a source, tokenized in parallel into one stream.
+    pub fn from_rows(src: &dyn RowSource) -> Result<Tokens, DataError> {
+        const ROWS_AT_ONCE: usize = 4096;
+        let mut tokens = Vec::new();
+        let mut offset = 0;
+        while offset < src.num_rows() {
+            let n = ROWS_AT_ONCE.min((src.num_rows() - offset) as usize);
+            tokens.extend(documents_to_stream(&src.rows(offset, n)?));
+            offset += n as u64;
+        }
         Ok(Tokens::Memory(tokens))
     }
 
@@ -72,6 +90,16 @@ impl Tokens {
             Tokens::Shards(s) => s[part].read(start, out),
         }
     }
+}
+
+/// `<|endoftext|>` + tokens of each document, concatenated.
+fn documents_to_stream<S: AsRef<str> + Sync>(docs: &[S]) -> Vec<u32> {
+    let mut out = Vec::new();
+    for doc in gpt2().encode_batch(docs) {
+        out.push(EOT);
+        out.extend(doc);
+    }
+    out
 }
 
 /// The loader's position: shard index and token offset in it.

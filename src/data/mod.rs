@@ -3,6 +3,7 @@
 
 pub mod loader;
 pub mod shard;
+pub mod source;
 pub mod tokenize;
 pub mod tokenizer;
 pub mod used_rows;

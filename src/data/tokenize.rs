@@ -1,19 +1,23 @@
-//! `dtrain tokenize`: text files → llm.c token shards.
+//! `dtrain tokenize`: text files and parquet rows → llm.c token shards.
 //!
-//! Each input file is one document, written as `<|endoftext|>` followed by
-//! its tokens (llm.c's convention: the separator opens each document).
-//! Files are read in batches of about [`BATCH_BYTES`] and encoded in
-//! parallel; tokens fill shards of `shard_tokens` in input order, a document
+//! Each text file, and each row of a `.parquet` input (fineweb's `text`
+//! column), is one document, written as `<|endoftext|>` followed by its
+//! tokens (llm.c's convention: the separator opens each document). Text
+//! files are read in batches of about [`BATCH_BYTES`], parquet rows
+//! [`BATCH_ROWS`] at a time, and each batch is encoded in parallel; tokens fill shards of `shard_tokens` in input order, a document
 //! spilling over into the next shard, so the output does not depend on the
 //! thread count. Each shard is written atomically.
 
 use super::shard;
+use super::source::{ParquetRows, RowSource};
 use super::tokenizer::{EOT, gpt2};
 use super::{DataError, io_err};
 use std::path::{Path, PathBuf};
 
 /// Text read and encoded at a time.
 const BATCH_BYTES: u64 = 64 << 20;
+/// Parquet rows read and encoded at a time.
+const BATCH_ROWS: usize = 8192;
 
 #[derive(Debug, Clone)]
 pub struct TokenizeSummary {
@@ -76,12 +80,35 @@ pub fn tokenize_files(inputs: &[PathBuf], out: &Path, shard_tokens: usize, progr
         return Err(DataError::Invalid { path: existing.path(), msg: "the output directory already holds shards; use an empty one".into() });
     }
     let mut writer = ShardWriter { dir: out.into(), capacity: shard_tokens, buf: Vec::new(), written: Vec::new() };
-    let (mut done, mut tokens, mut next) = (0u64, 0usize, 0usize);
+    let (mut done, mut tokens, mut documents, mut next) = (0u64, 0usize, 0usize, 0usize);
+    let mut write_docs = |docs: Vec<Vec<u32>>, writer: &mut ShardWriter| -> Result<(), DataError> {
+        for doc in docs {
+            writer.push(&[EOT])?;
+            writer.push(&doc)?;
+            tokens += doc.len() + 1;
+            documents += 1;
+        }
+        Ok(())
+    };
+    let is_parquet = |p: &PathBuf| p.extension().is_some_and(|x| x == "parquet");
     while next < inputs.len() {
+        if is_parquet(&inputs[next]) {
+            let src = ParquetRows::open(std::slice::from_ref(&inputs[next]))?;
+            let mut offset = 0;
+            while offset < src.num_rows() {
+                let n = BATCH_ROWS.min((src.num_rows() - offset) as usize);
+                write_docs(gpt2().encode_batch(&src.rows(offset, n)?), &mut writer)?;
+                offset += n as u64;
+                progress(done + sizes[next] * offset / src.num_rows(), total);
+            }
+            done += sizes[next];
+            next += 1;
+            continue;
+        }
         // One batch: at least one file, up to BATCH_BYTES of text.
         let mut end = next + 1;
         let mut bytes = sizes[next];
-        while end < inputs.len() && bytes + sizes[end] <= BATCH_BYTES {
+        while end < inputs.len() && !is_parquet(&inputs[end]) && bytes + sizes[end] <= BATCH_BYTES {
             bytes += sizes[end];
             end += 1;
         }
@@ -92,15 +119,11 @@ pub fn tokenize_files(inputs: &[PathBuf], out: &Path, shard_tokens: usize, progr
                 String::from_utf8(raw).map_err(|e| DataError::Invalid { path: p.clone(), msg: format!("not UTF-8 text ({e})") })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        for doc in gpt2().encode_batch(&texts) {
-            writer.push(&[EOT])?;
-            writer.push(&doc)?;
-            tokens += doc.len() + 1;
-        }
+        write_docs(gpt2().encode_batch(&texts), &mut writer)?;
         done += bytes;
         progress(done, total);
         next = end;
     }
     writer.flush()?;
-    Ok(TokenizeSummary { documents: inputs.len(), tokens, shards: writer.written })
+    Ok(TokenizeSummary { documents, tokens, shards: writer.written })
 }

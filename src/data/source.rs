@@ -1,0 +1,136 @@
+//! Sources of dataset rows, behind one trait: `rows(offset, count)` gives
+//! the texts of rows `offset..offset + count` of the whole dataset.
+//!
+//! [`ParquetRows`] reads fineweb-shaped parquet files (the bundled sample,
+//! or the dataset's own files): it maps a global row index to (file, row
+//! group, row) from the files' footers and reads only the `text` column of
+//! only the row groups it needs, skipping to the first wanted row.
+
+use super::{DataError, io_err};
+use parquet::column::reader::ColumnReader;
+use parquet::file::reader::{FileReader, SerializedFileReader};
+use std::path::{Path, PathBuf};
+
+pub trait RowSource: Send + Sync {
+    /// Rows in the dataset.
+    fn num_rows(&self) -> u64;
+    /// Texts of rows `offset..offset + count`, in order.
+    fn rows(&self, offset: u64, count: usize) -> Result<Vec<String>, DataError>;
+}
+
+struct ParquetFile {
+    path: PathBuf,
+    reader: SerializedFileReader<std::fs::File>,
+    /// Global index of the file's first row.
+    first: u64,
+    /// Rows in each row group.
+    groups: Vec<u64>,
+    text_column: usize,
+}
+
+/// Parquet files read as one dataset, in the order given.
+pub struct ParquetRows {
+    files: Vec<ParquetFile>,
+    total: u64,
+}
+
+fn parquet_err(path: &Path) -> impl FnOnce(parquet::errors::ParquetError) -> DataError + '_ {
+    move |e| DataError::Invalid { path: path.into(), msg: format!("parquet: {e}") }
+}
+
+impl ParquetRows {
+    /// Opens the files (reading their footers) and checks each has a `text` column of strings.
+    pub fn open(paths: &[PathBuf]) -> Result<ParquetRows, DataError> {
+        let mut files = Vec::new();
+        let mut total = 0u64;
+        for path in paths {
+            let f = std::fs::File::open(path).map_err(io_err(path))?;
+            let reader = SerializedFileReader::new(f).map_err(parquet_err(path))?;
+            let meta = reader.metadata();
+            let schema = meta.file_metadata().schema_descr();
+            let text_column = (0..schema.num_columns())
+                .find(|&i| schema.column(i).path().string() == "text")
+                .ok_or_else(|| DataError::Invalid { path: path.clone(), msg: "no `text` column".into() })?;
+            if schema.column(text_column).physical_type() != parquet::basic::Type::BYTE_ARRAY {
+                return Err(DataError::Invalid { path: path.clone(), msg: "the `text` column does not hold strings".into() });
+            }
+            let groups: Vec<u64> = meta.row_groups().iter().map(|g| g.num_rows().max(0) as u64).collect();
+            let rows: u64 = groups.iter().sum();
+            files.push(ParquetFile { path: path.clone(), reader, first: total, groups, text_column });
+            total += rows;
+        }
+        Ok(ParquetRows { files, total })
+    }
+
+    /// All `.parquet` files of a directory, in name order.
+    pub fn open_dir(dir: &Path) -> Result<ParquetRows, DataError> {
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(io_err(dir))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+            .collect();
+        if paths.is_empty() {
+            return Err(DataError::Invalid { path: dir.into(), msg: "no .parquet files".into() });
+        }
+        paths.sort();
+        ParquetRows::open(&paths)
+    }
+}
+
+impl ParquetFile {
+    /// Texts of rows `skip..skip + take` of row group `g`.
+    fn read_group(&self, g: usize, skip: usize, take: usize, out: &mut Vec<String>) -> Result<(), DataError> {
+        let path = &self.path;
+        let group = self.reader.get_row_group(g).map_err(parquet_err(path))?;
+        let max_def = group.metadata().column(self.text_column).column_descr().max_def_level();
+        let ColumnReader::ByteArrayColumnReader(mut col) = group.get_column_reader(self.text_column).map_err(parquet_err(path))? else {
+            return Err(DataError::Invalid { path: path.clone(), msg: "the `text` column does not hold strings".into() });
+        };
+        if col.skip_records(skip).map_err(parquet_err(path))? != skip {
+            return Err(DataError::Invalid { path: path.clone(), msg: format!("row group {g} is shorter than its footer says") });
+        }
+        let (mut values, mut defs) = (Vec::new(), Vec::new());
+        let mut got = 0;
+        while got < take {
+            let (records, _, _) = col.read_records(take - got, Some(&mut defs), None, &mut values).map_err(parquet_err(path))?;
+            if records == 0 {
+                return Err(DataError::Invalid { path: path.clone(), msg: format!("row group {g} is shorter than its footer says") });
+            }
+            got += records;
+        }
+        if max_def > 0 && defs.iter().any(|&d| d < max_def) {
+            return Err(DataError::Invalid { path: path.clone(), msg: format!("a row of row group {g} has no text") });
+        }
+        for v in values {
+            let text = String::from_utf8(v.data().to_vec())
+                .map_err(|_| DataError::Invalid { path: path.clone(), msg: format!("a row of row group {g} is not UTF-8") })?;
+            out.push(text);
+        }
+        Ok(())
+    }
+}
+
+impl RowSource for ParquetRows {
+    fn num_rows(&self) -> u64 {
+        self.total
+    }
+
+    fn rows(&self, offset: u64, count: usize) -> Result<Vec<String>, DataError> {
+        let end = offset.checked_add(count as u64).filter(|&e| e <= self.total).ok_or_else(|| DataError::Invalid {
+            path: self.files.first().map_or_else(PathBuf::new, |f| f.path.clone()),
+            msg: format!("rows {offset}..{offset}+{count} are outside the dataset's {} rows", self.total),
+        })?;
+        let mut out = Vec::with_capacity(count);
+        for file in &self.files {
+            let mut start = file.first;
+            for (g, &n) in file.groups.iter().enumerate() {
+                let (lo, hi) = (offset.max(start), end.min(start + n));
+                if lo < hi {
+                    file.read_group(g, (lo - start) as usize, (hi - lo) as usize, &mut out)?;
+                }
+                start += n;
+            }
+        }
+        Ok(out)
+    }
+}
