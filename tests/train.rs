@@ -113,7 +113,7 @@ fn bad_data_gives_clear_errors() {
     std::fs::write(dir.join("tiny.bin"), &good[..10]).unwrap();
     assert!(run_err(&dir.join("tiny.bin"), "e8").contains("shorter than"));
     std::fs::create_dir_all(dir.join("nobins")).unwrap();
-    assert!(run_err(&dir.join("nobins"), "e9").contains("no .bin"));
+    assert!(run_err(&dir.join("nobins"), "e9").contains("neither .bin token shards nor .parquet"));
 }
 
 #[test]
