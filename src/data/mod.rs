@@ -2,6 +2,7 @@
 //! batch loader both feed.
 
 pub mod loader;
+pub mod rows_api;
 pub mod shard;
 pub mod source;
 pub mod tokenize;
@@ -16,6 +17,8 @@ pub enum DataError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}: {msg}")]
     Invalid { path: PathBuf, msg: String },
+    #[error("{url}: {msg}")]
+    Remote { url: String, msg: String },
 }
 
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
