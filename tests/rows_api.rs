@@ -2,6 +2,7 @@
 //! bundled sample and injects faults: the same rows as the parquet path,
 //! retries on transient failures, clear errors once retries run out.
 
+use dtrain::data::http::RetryPolicy;
 use dtrain::data::rows_api::{RowsApi, RowsApiConfig};
 use dtrain::data::source::{ParquetRows, RowSource};
 use std::collections::VecDeque;
@@ -102,9 +103,7 @@ fn client(server: &Server, tries: u32) -> RowsApi {
     RowsApi::new(RowsApiConfig {
         base_url: server.base.clone(),
         num_rows: 374,
-        tries,
-        retry_delay: Duration::from_millis(10),
-        timeout: Duration::from_millis(500),
+        retry: RetryPolicy { tries, delay: Duration::from_millis(10), timeout: Duration::from_millis(500) },
         ..RowsApiConfig::default()
     })
 }

@@ -9,6 +9,7 @@
 //! reported. Bodies are bounded, so a hostile server cannot exhaust memory.
 
 use super::DataError;
+use super::http::{self, Failure, RetryPolicy};
 use super::source::RowSource;
 use serde::Deserialize;
 use std::time::Duration;
@@ -26,10 +27,7 @@ pub struct RowsApiConfig {
     pub split: String,
     /// Rows in the split (the endpoint does not say; fineweb sample-350BT has about 519M).
     pub num_rows: u64,
-    pub tries: u32,
-    pub retry_delay: Duration,
-    /// Per request, connection to last byte.
-    pub timeout: Duration,
+    pub retry: RetryPolicy,
 }
 
 impl Default for RowsApiConfig {
@@ -41,9 +39,7 @@ impl Default for RowsApiConfig {
             config: "sample-350BT".into(),
             split: "train".into(),
             num_rows: 519_000_000,
-            tries: 10,
-            retry_delay: Duration::from_secs(5),
-            timeout: Duration::from_secs(60),
+            retry: RetryPolicy { tries: 10, delay: Duration::from_secs(5), timeout: Duration::from_secs(60) },
         }
     }
 }
@@ -79,16 +75,9 @@ fn encode(v: &str) -> String {
         .collect()
 }
 
-/// Why one request failed, and whether trying again can help.
-struct Failure {
-    msg: String,
-    retry: bool,
-}
-
 impl RowsApi {
     pub fn new(cfg: RowsApiConfig) -> RowsApi {
-        let agent = ureq::Agent::config_builder().timeout_global(Some(cfg.timeout)).http_status_as_error(false).build().into();
-        RowsApi { cfg, agent }
+        RowsApi { agent: http::agent(&cfg.retry), cfg }
     }
 
     fn url(&self, offset: u64, length: usize) -> String {
@@ -103,22 +92,15 @@ impl RowsApi {
     }
 
     fn fetch(&self, url: &str, offset: u64, length: usize) -> Result<Vec<String>, Failure> {
-        let fail = |msg: String, retry: bool| Failure { msg, retry };
-        let mut resp = self.agent.get(url).call().map_err(|e| fail(format!("request failed: {e}"), true))?;
-        let status = resp.status().as_u16();
-        if status != 200 {
-            // Client errors other than rate limiting will not go away by asking again.
-            return Err(fail(format!("HTTP {status}"), status >= 500 || status == 429));
-        }
-        let body = resp.body_mut().with_config().limit(MAX_BODY).read_to_vec().map_err(|e| fail(format!("reading the body: {e}"), true))?;
-        let answer: Answer = serde_json::from_slice(&body).map_err(|e| fail(format!("malformed answer: {e}"), true))?;
+        let body = http::get(&self.agent, url, None, MAX_BODY)?;
+        let answer: Answer = serde_json::from_slice(&body).map_err(|e| Failure::retry(format!("malformed answer: {e}")))?;
         if answer.rows.len() != length {
-            return Err(fail(format!("{} rows in the answer, {length} asked for", answer.rows.len()), true));
+            return Err(Failure::retry(format!("{} rows in the answer, {length} asked for", answer.rows.len())));
         }
         let mut texts = Vec::with_capacity(length);
         for (i, entry) in answer.rows.into_iter().enumerate() {
             if entry.row_idx != offset + i as u64 {
-                return Err(fail(format!("row {} answered where row {} was asked for", entry.row_idx, offset + i as u64), true));
+                return Err(Failure::retry(format!("row {} answered where row {} was asked for", entry.row_idx, offset + i as u64)));
             }
             texts.push(entry.row.text);
         }
@@ -128,18 +110,7 @@ impl RowsApi {
     /// One request with retries.
     fn fetch_retrying(&self, offset: u64, length: usize) -> Result<Vec<String>, DataError> {
         let url = self.url(offset, length);
-        let mut attempt = 1;
-        loop {
-            match self.fetch(&url, offset, length) {
-                Ok(rows) => return Ok(rows),
-                Err(f) if f.retry && attempt < self.cfg.tries => {
-                    tracing::warn!("{url}: {} (try {attempt} of {}); retrying in {:?}", f.msg, self.cfg.tries, self.cfg.retry_delay);
-                    std::thread::sleep(self.cfg.retry_delay);
-                    attempt += 1;
-                }
-                Err(f) => return Err(DataError::Remote { url, msg: format!("{} (after {attempt} tries)", f.msg) }),
-            }
-        }
+        http::retrying(&self.cfg.retry, &url, || self.fetch(&url, offset, length))
     }
 }
 
