@@ -163,13 +163,8 @@ fn persistent_failures_end_with_a_clear_error() {
         server.faults.lock().unwrap().clear();
     }
     // Nothing listening at all.
-    let gone = RowsApi::new(RowsApiConfig {
-        base_url: "http://127.0.0.1:9".into(),
-        num_rows: 10,
-        tries: 2,
-        retry_delay: Duration::from_millis(1),
-        ..RowsApiConfig::default()
-    });
+    let retry = RetryPolicy { tries: 2, delay: Duration::from_millis(1), timeout: Duration::from_secs(5) };
+    let gone = RowsApi::new(RowsApiConfig { base_url: "http://127.0.0.1:9".into(), num_rows: 10, retry, ..RowsApiConfig::default() });
     let e = gone.rows(0, 1).unwrap_err().to_string();
     assert!(e.contains("after 2 tries"), "{e}");
 }
