@@ -71,3 +71,20 @@ pub fn retrying<T>(policy: &RetryPolicy, url: &str, mut attempt: impl FnMut() ->
         }
     }
 }
+
+/// Size of the resource at `url`, from the `Content-Range` of a one-byte range request.
+pub fn total_length(agent: &ureq::Agent, url: &str) -> Result<u64, Failure> {
+    let resp = agent.get(url).header("Range", "bytes=0-0").call().map_err(|e| Failure::retry(format!("request failed: {e}")))?;
+    let status = resp.status().as_u16();
+    if status == 200 {
+        return Err(Failure { msg: "the server ignores byte ranges (HTTP 200 to a Range request)".into(), retry: false });
+    }
+    if status != 206 {
+        return Err(Failure { msg: format!("HTTP {status}"), retry: status >= 500 || status == 429 });
+    }
+    let header = resp.headers().get("content-range").and_then(|v| v.to_str().ok()).unwrap_or("");
+    header
+        .rsplit_once('/')
+        .and_then(|(_, total)| total.trim().parse().ok())
+        .ok_or_else(|| Failure::retry(format!("no usable Content-Range in the answer ({header:?})")))
+}

@@ -2,6 +2,7 @@
 //! batch loader both feed.
 
 pub mod http;
+pub mod http_file;
 pub mod loader;
 pub mod rows_api;
 pub mod shard;

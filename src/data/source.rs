@@ -1,15 +1,19 @@
 //! Sources of dataset rows, behind one trait: `rows(offset, count)` gives
 //! the texts of rows `offset..offset + count` of the whole dataset.
 //!
-//! [`ParquetRows`] reads fineweb-shaped parquet files (the bundled sample,
-//! or the dataset's own files): it maps a global row index to (file, row
-//! group, row) from the files' footers and reads only the `text` column of
-//! only the row groups it needs, skipping to the first wanted row.
+//! [`ParquetRows`] reads fineweb-shaped parquet files, local or over HTTP
+//! with range requests (the bundled sample, or the dataset's own files on
+//! the hub): it maps a global row index to (file, row group, row) from the
+//! files' footers and reads only the `text` column of only the row groups it
+//! needs (over HTTP: one range request per column chunk).
 
+use super::http::RetryPolicy;
+use super::http_file::{HttpFile, SharedHttpFile};
 use super::{DataError, io_err};
 use parquet::column::reader::ColumnReader;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub trait RowSource: Send + Sync {
     /// Rows in the dataset.
@@ -19,8 +23,11 @@ pub trait RowSource: Send + Sync {
 }
 
 struct ParquetFile {
+    /// The file's path, or its URL.
     path: PathBuf,
-    reader: SerializedFileReader<std::fs::File>,
+    reader: Box<dyn FileReader>,
+    /// Set for remote files: column chunks are fetched whole before reading.
+    remote: Option<Arc<HttpFile>>,
     /// Global index of the file's first row.
     first: u64,
     /// Rows in each row group.
@@ -39,13 +46,34 @@ fn parquet_err(path: &Path) -> impl FnOnce(parquet::errors::ParquetError) -> Dat
 }
 
 impl ParquetRows {
-    /// Opens the files (reading their footers) and checks each has a `text` column of strings.
+    /// Opens local files (reading their footers).
     pub fn open(paths: &[PathBuf]) -> Result<ParquetRows, DataError> {
-        let mut files = Vec::new();
-        let mut total = 0u64;
+        let mut readers: Vec<(PathBuf, Box<dyn FileReader>, Option<Arc<HttpFile>>)> = Vec::new();
         for path in paths {
             let f = std::fs::File::open(path).map_err(io_err(path))?;
-            let reader = SerializedFileReader::new(f).map_err(parquet_err(path))?;
+            readers.push((path.clone(), Box::new(SerializedFileReader::new(f).map_err(parquet_err(path))?), None));
+        }
+        ParquetRows::from_readers(readers)
+    }
+
+    /// Opens remote files by URL, with range requests.
+    pub fn open_urls(urls: &[String], policy: &RetryPolicy) -> Result<ParquetRows, DataError> {
+        let mut readers: Vec<(PathBuf, Box<dyn FileReader>, Option<Arc<HttpFile>>)> = Vec::new();
+        for url in urls {
+            let file = Arc::new(HttpFile::open(url, policy.clone())?);
+            let path = PathBuf::from(url);
+            let reader = SerializedFileReader::new(SharedHttpFile(file.clone())).map_err(parquet_err(&path))?;
+            readers.push((path, Box::new(reader), Some(file)));
+        }
+        ParquetRows::from_readers(readers)
+    }
+
+    /// Checks each file has a `text` column of strings and indexes its row groups.
+    fn from_readers(readers: Vec<(PathBuf, Box<dyn FileReader>, Option<Arc<HttpFile>>)>) -> Result<ParquetRows, DataError> {
+        let mut files = Vec::new();
+        let mut total = 0u64;
+        for (path, reader, remote) in readers {
+            let path = &path;
             let meta = reader.metadata();
             let schema = meta.file_metadata().schema_descr();
             let text_column = (0..schema.num_columns())
@@ -56,7 +84,7 @@ impl ParquetRows {
             }
             let groups: Vec<u64> = meta.row_groups().iter().map(|g| g.num_rows().max(0) as u64).collect();
             let rows: u64 = groups.iter().sum();
-            files.push(ParquetFile { path: path.clone(), reader, first: total, groups, text_column });
+            files.push(ParquetFile { path: path.clone(), reader, remote, first: total, groups, text_column });
             total += rows;
         }
         Ok(ParquetRows { files, total })
@@ -81,6 +109,10 @@ impl ParquetFile {
     /// Texts of rows `skip..skip + take` of row group `g`.
     fn read_group(&self, g: usize, skip: usize, take: usize, out: &mut Vec<String>) -> Result<(), DataError> {
         let path = &self.path;
+        if let Some(remote) = &self.remote {
+            let (start, len) = self.reader.metadata().row_group(g).column(self.text_column).byte_range();
+            remote.prefetch(start, len)?;
+        }
         let group = self.reader.get_row_group(g).map_err(parquet_err(path))?;
         let max_def = group.metadata().column(self.text_column).column_descr().max_def_level();
         let ColumnReader::ByteArrayColumnReader(mut col) = group.get_column_reader(self.text_column).map_err(parquet_err(path))? else {
