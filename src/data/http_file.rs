@@ -66,7 +66,7 @@ impl HttpFile {
     }
 
     /// `start..start + len` from the window, if it holds them.
-    fn from_window(&self, start: u64, len: u64) -> Option<Bytes> {
+    fn in_window(&self, start: u64, len: u64) -> Option<Bytes> {
         let w = self.window.lock().unwrap_or_else(|e| e.into_inner());
         let (ws, ref bytes) = *w;
         (start >= ws && start + len <= ws + bytes.len() as u64).then(|| bytes.slice((start - ws) as usize..(start - ws + len) as usize))
@@ -99,7 +99,7 @@ impl ChunkReader for HttpFile {
     }
 
     fn get_bytes(&self, start: u64, length: usize) -> Result<Bytes, ParquetError> {
-        match self.from_window(start, length as u64) {
+        match self.in_window(start, length as u64) {
             Some(b) => Ok(b),
             None => self.fetch(start, length as u64).map_err(to_parquet),
         }

@@ -35,6 +35,9 @@ struct ParquetFile {
     text_column: usize,
 }
 
+/// A file's name, its reader, and (for remote files) the HTTP file under it.
+type Opened = (PathBuf, Box<dyn FileReader>, Option<Arc<HttpFile>>);
+
 /// Parquet files read as one dataset, in the order given.
 pub struct ParquetRows {
     files: Vec<ParquetFile>,
@@ -48,7 +51,7 @@ fn parquet_err(path: &Path) -> impl FnOnce(parquet::errors::ParquetError) -> Dat
 impl ParquetRows {
     /// Opens local files (reading their footers).
     pub fn open(paths: &[PathBuf]) -> Result<ParquetRows, DataError> {
-        let mut readers: Vec<(PathBuf, Box<dyn FileReader>, Option<Arc<HttpFile>>)> = Vec::new();
+        let mut readers: Vec<Opened> = Vec::new();
         for path in paths {
             let f = std::fs::File::open(path).map_err(io_err(path))?;
             readers.push((path.clone(), Box::new(SerializedFileReader::new(f).map_err(parquet_err(path))?), None));
@@ -58,7 +61,7 @@ impl ParquetRows {
 
     /// Opens remote files by URL, with range requests.
     pub fn open_urls(urls: &[String], policy: &RetryPolicy) -> Result<ParquetRows, DataError> {
-        let mut readers: Vec<(PathBuf, Box<dyn FileReader>, Option<Arc<HttpFile>>)> = Vec::new();
+        let mut readers: Vec<Opened> = Vec::new();
         for url in urls {
             let file = Arc::new(HttpFile::open(url, policy.clone())?);
             let path = PathBuf::from(url);
@@ -69,7 +72,7 @@ impl ParquetRows {
     }
 
     /// Checks each file has a `text` column of strings and indexes its row groups.
-    fn from_readers(readers: Vec<(PathBuf, Box<dyn FileReader>, Option<Arc<HttpFile>>)>) -> Result<ParquetRows, DataError> {
+    fn from_readers(readers: Vec<Opened>) -> Result<ParquetRows, DataError> {
         let mut files = Vec::new();
         let mut total = 0u64;
         for (path, reader, remote) in readers {
