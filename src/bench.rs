@@ -132,6 +132,73 @@ fn torch_gemm_gflops(a: &TrainBenchArgs, n: usize) -> Result<f64> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
 }
 
+#[derive(Debug, Clone, clap::Args)]
+pub struct TokenizeBenchArgs {
+    /// Documents: a directory of parquet files, parquet files, or text files.
+    #[arg(long, default_value = "data/fineweb-sample")]
+    pub input: Vec<PathBuf>,
+    /// The documents are encoded this many times per timed run (a bigger workload).
+    #[arg(long, default_value_t = 4)]
+    pub repeat_docs: usize,
+    /// Timed runs (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Skip the Python anchors (HF tokenizers' binding, tiktoken).
+    #[arg(long)]
+    pub no_python: bool,
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+}
+
+/// `dtrain bench tokenize`: GPT-2 tokenization throughput beside HF
+/// tokenizers' Python binding and tiktoken on the same documents, same threads.
+pub fn tokenize_bench(a: &TokenizeBenchArgs) -> Result<()> {
+    use crate::data::source::{ParquetRows, RowSource};
+    let mut docs: Vec<String> = Vec::new();
+    for path in &a.input {
+        if path.is_dir() {
+            let src = ParquetRows::open_dir(path)?;
+            docs.extend(src.rows(0, src.num_rows() as usize)?);
+        } else if path.extension().is_some_and(|x| x == "parquet") {
+            let src = ParquetRows::open(std::slice::from_ref(path))?;
+            docs.extend(src.rows(0, src.num_rows() as usize)?);
+        } else {
+            docs.push(std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?);
+        }
+    }
+    let docs: Vec<String> = (0..a.repeat_docs.max(1)).flat_map(|_| docs.iter().cloned()).collect();
+    let bytes: usize = docs.iter().map(|d| d.len()).sum();
+    let tok = crate::data::tokenizer::gpt2();
+    let count = || tok.encode_batch(&docs).iter().map(|d| d.len()).sum::<usize>();
+    count();
+    let mut times = Vec::new();
+    let mut tokens = 0;
+    for _ in 0..a.runs.max(1) {
+        let t0 = Instant::now();
+        tokens = count();
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    let ours = median(times);
+    let threads = rayon::current_num_threads();
+    println!("dtrain bench tokenize: {} documents, {:.1} MB, threads {threads}", docs.len(), bytes as f64 / 1e6);
+    println!("  dtrain (tokenizers crate):   {:10.0} tokens/s  ({tokens} tokens)", tokens as f64 / ours);
+    if !a.no_python {
+        let path = std::env::temp_dir().join(format!("dtrain-tok-bench-{}.json", std::process::id()));
+        std::fs::write(&path, serde_json::to_vec(&docs)?)?;
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/anchors/tokenize_bench.py");
+        let out = std::process::Command::new(&a.python).arg(script).arg(&path).arg(threads.to_string()).arg(a.runs.max(1).to_string()).output()?;
+        let _ = std::fs::remove_file(&path);
+        anyhow::ensure!(out.status.success(), "the Python anchors failed: {}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        for (key, label) in [("hf_tokenizers", "HF tokenizers (Python)"), ("tiktoken", "tiktoken (Python)")] {
+            let (n, s) = (v[key]["tokens"].as_f64().unwrap_or(0.0), v[key]["seconds"].as_f64().unwrap_or(f64::NAN));
+            anyhow::ensure!(n as usize == tokens, "{label} counted {n} tokens, dtrain {tokens}");
+            println!("  {label:28} {:10.0} tokens/s  dtrain is {:.2}×", n / s, s / ours);
+        }
+    }
+    Ok(())
+}
+
 pub fn train_bench(a: &TrainBenchArgs) -> Result<()> {
     let cfg = GptConfig::preset(&a.model).with_context(|| format!("unknown preset {}", a.model))?;
     anyhow::ensure!(a.seq <= cfg.max_seq_len && a.steps > 0, "bad sequence length or step count");

@@ -116,6 +116,8 @@ enum BenchCommand {
     /// (when `python3 -c 'import torch, transformers'` works) and with this
     /// machine's own fp32 GEMM rate.
     Train(dtrain::bench::TrainBenchArgs),
+    /// GPT-2 tokenization throughput beside HF tokenizers' Python binding and tiktoken.
+    Tokenize(dtrain::bench::TokenizeBenchArgs),
 }
 
 fn main() {
@@ -148,6 +150,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench(BenchCommand::Train(a)) => dtrain::bench::train_bench(&a),
+        Command::Bench(BenchCommand::Tokenize(a)) => dtrain::bench::tokenize_bench(&a),
     }
 }
 
