@@ -16,6 +16,18 @@ fn sample() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("data/shakespeare.txt")
 }
 
+/// One training step of the small model on `data` through the CLI.
+fn train_one_step(data: &Path, out: &Path) {
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain"))
+        .args(["-q", "train", "--model", "small", "--steps", "1", "--batch", "1", "--seq", "32", "--data"])
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+}
+
 #[test]
 fn shards_hold_the_reference_tokens_in_order() {
     let dir = tmpdir("ok");
@@ -46,14 +58,7 @@ fn shards_hold_the_reference_tokens_in_order() {
     assert!(got == want, "shard contents differ from the reference tokens");
 
     // dtrain train reads the directory.
-    let run = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain"))
-        .args(["-q", "train", "--model", "small", "--steps", "1", "--batch", "1", "--seq", "32", "--data"])
-        .arg(&out)
-        .arg("--out")
-        .arg(dir.join("run"))
-        .output()
-        .unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    train_one_step(&out, &dir.join("run"));
 
     // A second run into the same directory refuses to mix shards.
     let e = tokenize_files(&[second], &out, 40_000, |_, _| {}).unwrap_err().to_string();
@@ -88,12 +93,5 @@ fn parquet_rows_become_one_document_each() {
     assert_eq!(summary.tokens, 424_334 + 374);
 
     // dtrain train reads the parquet directory directly.
-    let run = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain"))
-        .args(["-q", "train", "--model", "small", "--steps", "1", "--batch", "1", "--seq", "32", "--data"])
-        .arg(&sample)
-        .arg("--out")
-        .arg(dir.join("run"))
-        .output()
-        .unwrap();
-    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    train_one_step(&sample, &dir.join("run"));
 }
