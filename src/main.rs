@@ -36,8 +36,10 @@ enum Command {
         shard_tokens: usize,
         /// Text files (each one document) and fineweb-shaped .parquet files (each row of
         /// the `text` column one document); every document is opened by <|endoftext|>.
-        #[arg(required = true)]
+        #[arg(required_unless_present_any = ["parquet_url", "rows_api"])]
         inputs: Vec<PathBuf>,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Print a model preset's size, memory and FLOPs.
     Info {
@@ -110,6 +112,41 @@ struct TrainArgs {
     seed: u64,
 }
 
+/// Remote sources for `dtrain tokenize` (instead of local files).
+#[derive(Args)]
+struct RemoteArgs {
+    /// Parquet files over HTTP(S), read with range requests, e.g.
+    /// https://huggingface.co/datasets/HuggingFaceFW/fineweb/resolve/main/sample/350BT/000_00000.parquet
+    #[arg(long, conflicts_with_all = ["inputs", "rows_api"])]
+    parquet_url: Vec<String>,
+    /// The dataset viewer's rows endpoint, e.g. https://datasets-server.huggingface.co
+    #[arg(long, conflicts_with = "inputs")]
+    rows_api: Option<String>,
+    #[arg(long, default_value = "HuggingFaceFW/fineweb")]
+    dataset: String,
+    #[arg(long, default_value = "sample-350BT")]
+    config: String,
+    #[arg(long, default_value = "train")]
+    split: String,
+    /// Rows in the split (the rows endpoint does not say).
+    #[arg(long, default_value_t = 519_000_000)]
+    num_rows: u64,
+    /// Rows to take from a remote source: START:COUNT (default: all of a parquet source; required for --rows-api).
+    #[arg(long, value_parser = parse_rows)]
+    rows: Option<(u64, u64)>,
+    /// Tries per request.
+    #[arg(long, default_value_t = 10)]
+    tries: u32,
+    /// Seconds between tries.
+    #[arg(long, default_value_t = 5.0)]
+    retry_delay: f64,
+}
+
+fn parse_rows(s: &str) -> std::result::Result<(u64, u64), String> {
+    let (a, b) = s.split_once(':').ok_or("expected START:COUNT")?;
+    Ok((a.parse().map_err(|e| format!("{e}"))?, b.parse().map_err(|e| format!("{e}"))?))
+}
+
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Training-step throughput of the CPU engine, side by side with PyTorch
@@ -139,7 +176,7 @@ fn run(cli: Cli) -> Result<()> {
     }
     match cli.command {
         Command::Train(a) => train_cmd(a, !cli.quiet),
-        Command::Tokenize { out, shard_tokens, inputs } => tokenize_cmd(&inputs, &out, shard_tokens, !cli.quiet),
+        Command::Tokenize { out, shard_tokens, inputs, remote } => tokenize_cmd(&inputs, &remote, &out, shard_tokens, !cli.quiet),
         Command::Info { model, seq } => {
             let cfg = GptConfig::preset(&model).expect("clap checked the name");
             let n = cfg.num_params();
@@ -154,16 +191,42 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn tokenize_cmd(inputs: &[PathBuf], out: &std::path::Path, shard_tokens: usize, progress: bool) -> Result<()> {
+fn tokenize_cmd(inputs: &[PathBuf], remote: &RemoteArgs, out: &std::path::Path, shard_tokens: usize, progress: bool) -> Result<()> {
+    use dtrain::data::http::RetryPolicy;
+    use dtrain::data::rows_api::{RowsApi, RowsApiConfig};
+    use dtrain::data::source::{ParquetRows, RowSource};
+    use dtrain::data::tokenize::{tokenize_files, tokenize_rows};
     let bar = if progress { indicatif::ProgressBar::new(0) } else { indicatif::ProgressBar::hidden() };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})").expect("valid template"),
-    );
-    let start = std::time::Instant::now();
-    let summary = dtrain::data::tokenize::tokenize_files(inputs, out, shard_tokens, |done, total| {
+    let unit = if inputs.is_empty() { "{pos}/{len} rows ({per_sec})" } else { "{bytes}/{total_bytes} ({bytes_per_sec})" };
+    bar.set_style(indicatif::ProgressStyle::with_template(&format!("{{elapsed_precise}} [{{bar:30}}] {unit}")).expect("valid template"));
+    let on_progress = |done: u64, total: u64| {
         bar.set_length(total);
         bar.set_position(done);
-    })?;
+    };
+    let retry = RetryPolicy {
+        tries: remote.tries.max(1),
+        delay: std::time::Duration::from_secs_f64(remote.retry_delay.clamp(0.0, 3600.0)),
+        timeout: std::time::Duration::from_secs(120),
+    };
+    let start = std::time::Instant::now();
+    let summary = if !remote.parquet_url.is_empty() {
+        let src = ParquetRows::open_urls(&remote.parquet_url, &retry)?;
+        let (first, count) = remote.rows.unwrap_or((0, src.num_rows()));
+        tokenize_rows(&src, first..first.saturating_add(count), out, shard_tokens, on_progress)?
+    } else if let Some(base_url) = &remote.rows_api {
+        let (first, count) = remote.rows.context("--rows-api needs --rows START:COUNT")?;
+        let cfg = RowsApiConfig {
+            base_url: base_url.clone(),
+            dataset: remote.dataset.clone(),
+            config: remote.config.clone(),
+            split: remote.split.clone(),
+            num_rows: remote.num_rows,
+            retry,
+        };
+        tokenize_rows(&RowsApi::new(cfg), first..first.saturating_add(count), out, shard_tokens, on_progress)?
+    } else {
+        tokenize_files(inputs, out, shard_tokens, on_progress)?
+    };
     bar.finish_and_clear();
     println!(
         "{} documents, {} tokens in {} shard(s) in {} ({:.0} tokens/s)",

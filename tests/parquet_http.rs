@@ -128,3 +128,34 @@ fn failures_are_retried_or_reported() {
     let e = ParquetRows::open_urls(&[format!("{}/missing.parquet", server.base)], &policy(3)).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(e.contains("HTTP 404") && e.contains("after 1 tries"), "{e}");
 }
+
+/// Concatenated tokens of every shard in `dir`.
+fn shard_tokens(dir: &Path) -> Vec<u32> {
+    let mut paths: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+    paths.sort();
+    let mut out = Vec::new();
+    for p in paths {
+        let shard = dtrain::data::shard::Shard::open(&p).unwrap();
+        let mut t = vec![0; shard.len()];
+        shard.read(0, &mut t);
+        out.extend(t);
+    }
+    out
+}
+
+#[test]
+fn dtrain_tokenize_reads_remote_parquet() {
+    let server = serve();
+    let dir = std::env::temp_dir().join(format!("dtrain-tok-remote-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain"));
+    cmd.args(["-q", "tokenize", "--rows", "200:50", "--out"]).arg(dir.join("remote"));
+    for url in urls(&server) {
+        cmd.args(["--parquet-url", &url]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let local = ParquetRows::open_dir(&sample_dir()).unwrap();
+    dtrain::data::tokenize::tokenize_rows(&local, 200..250, &dir.join("local"), 1 << 20, |_, _| {}).unwrap();
+    assert_eq!(shard_tokens(&dir.join("remote")), shard_tokens(&dir.join("local")));
+}

@@ -168,3 +168,31 @@ fn persistent_failures_end_with_a_clear_error() {
     let e = gone.rows(0, 1).unwrap_err().to_string();
     assert!(e.contains("after 2 tries"), "{e}");
 }
+
+#[test]
+fn dtrain_tokenize_reads_the_rows_endpoint() {
+    let server = serve();
+    let dir = std::env::temp_dir().join(format!("dtrain-tok-rows-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain"))
+        .args(["-q", "tokenize", "--rows-api", &server.base, "--num-rows", "374", "--rows", "0:150", "--out"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let shard = dtrain::data::shard::Shard::open(&dir.join("shard_000000.bin")).unwrap();
+    let mut got = vec![0; shard.len()];
+    shard.read(0, &mut got);
+    let mut want = Vec::new();
+    for text in &sample_rows()[..150] {
+        want.push(50256);
+        want.extend(tiktoken_rs::r50k_base_singleton().encode_with_special_tokens(text));
+    }
+    assert!(got == want, "tokens differ");
+    let missing = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain"))
+        .args(["tokenize", "--rows-api", &server.base, "--out"])
+        .arg(dir.join("x"))
+        .output()
+        .unwrap();
+    assert!(!missing.status.success() && String::from_utf8_lossy(&missing.stderr).contains("--rows START:COUNT"));
+}

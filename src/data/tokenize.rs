@@ -62,24 +62,60 @@ impl ShardWriter {
     }
 }
 
-/// Tokenizes `inputs` into shards in `out` (created if needed). `progress`
-/// is called with the bytes of text done so far and the total.
-pub fn tokenize_files(inputs: &[PathBuf], out: &Path, shard_tokens: usize, progress: impl Fn(u64, u64)) -> Result<TokenizeSummary, DataError> {
-    if shard_tokens == 0 || shard_tokens > i32::MAX as usize {
-        return Err(DataError::Invalid { path: out.into(), msg: format!("shard size {shard_tokens} must be in 1..={}", i32::MAX) });
+impl ShardWriter {
+    /// A writer into `out`, which is created if needed and must hold no shards yet.
+    fn create(out: &Path, shard_tokens: usize) -> Result<ShardWriter, DataError> {
+        if shard_tokens == 0 || shard_tokens > i32::MAX as usize {
+            return Err(DataError::Invalid { path: out.into(), msg: format!("shard size {shard_tokens} must be in 1..={}", i32::MAX) });
+        }
+        std::fs::create_dir_all(out).map_err(io_err(out))?;
+        let mut entries = std::fs::read_dir(out).map_err(io_err(out))?.filter_map(|e| e.ok());
+        if let Some(existing) = entries.find(|e| e.path().extension().is_some_and(|x| x == "bin")) {
+            return Err(DataError::Invalid { path: existing.path(), msg: "the output directory already holds shards; use an empty one".into() });
+        }
+        Ok(ShardWriter { dir: out.into(), capacity: shard_tokens, buf: Vec::new(), written: Vec::new() })
     }
+}
+
+/// Tokenizes rows `rows` of any row source (remote parquet files, the rows
+/// endpoint, …) into shards in `out`, each row one document. `progress` is
+/// called with the rows done so far and the total.
+pub fn tokenize_rows(
+    src: &dyn RowSource,
+    rows: std::ops::Range<u64>,
+    out: &Path,
+    shard_tokens: usize,
+    progress: impl Fn(u64, u64),
+) -> Result<TokenizeSummary, DataError> {
+    if rows.end > src.num_rows() || rows.start > rows.end {
+        return Err(DataError::Invalid { path: out.into(), msg: format!("rows {rows:?} are outside the source's {} rows", src.num_rows()) });
+    }
+    let mut writer = ShardWriter::create(out, shard_tokens)?;
+    let mut tokens = 0;
+    let mut at = rows.start;
+    while at < rows.end {
+        let n = BATCH_ROWS.min((rows.end - at) as usize);
+        for doc in gpt2().encode_batch(&src.rows(at, n)?) {
+            writer.push(&[EOT])?;
+            writer.push(&doc)?;
+            tokens += doc.len() + 1;
+        }
+        at += n as u64;
+        progress(at - rows.start, rows.end - rows.start);
+    }
+    writer.flush()?;
+    Ok(TokenizeSummary { documents: (rows.end - rows.start) as usize, tokens, shards: writer.written })
+}
+
+/// Tokenizes local text and parquet files into shards in `out` (created if
+/// needed). `progress` is called with the bytes of input done so far and the total.
+pub fn tokenize_files(inputs: &[PathBuf], out: &Path, shard_tokens: usize, progress: impl Fn(u64, u64)) -> Result<TokenizeSummary, DataError> {
     let sizes = inputs.iter().map(|p| std::fs::metadata(p).map(|m| m.len()).map_err(io_err(p))).collect::<Result<Vec<_>, _>>()?;
     if let Some(i) = inputs.iter().position(|p| p.is_dir()) {
         return Err(DataError::Invalid { path: inputs[i].clone(), msg: "is a directory; pass the text files".into() });
     }
     let total: u64 = sizes.iter().sum();
-    std::fs::create_dir_all(out).map_err(io_err(out))?;
-    if let Some(existing) =
-        std::fs::read_dir(out).map_err(io_err(out))?.filter_map(|e| e.ok()).find(|e| e.path().extension().is_some_and(|x| x == "bin"))
-    {
-        return Err(DataError::Invalid { path: existing.path(), msg: "the output directory already holds shards; use an empty one".into() });
-    }
-    let mut writer = ShardWriter { dir: out.into(), capacity: shard_tokens, buf: Vec::new(), written: Vec::new() };
+    let mut writer = ShardWriter::create(out, shard_tokens)?;
     let (mut done, mut tokens, mut documents, mut next) = (0u64, 0usize, 0usize, 0usize);
     let mut write_docs = |docs: Vec<Vec<u32>>, writer: &mut ShardWriter| -> Result<(), DataError> {
         for doc in docs {
