@@ -66,3 +66,13 @@ fn bad_requests_and_damaged_files_give_clear_errors() {
     }
     assert!(ParquetRows::open_dir(&dir.join("nothing-here")).is_err());
 }
+
+#[test]
+fn zstd_compressed_files_read_too() {
+    // The sample's first 20 rows rewritten by pyarrow with zstd, row groups of 8.
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/zstd-20-rows.parquet");
+    let src = ParquetRows::open(&[path]).unwrap();
+    assert_eq!(src.num_rows(), 20);
+    let got: Vec<String> = src.rows(0, 20).unwrap().iter().map(|t| sha(t)).collect();
+    assert_eq!(got, hashes()[..20]);
+}
