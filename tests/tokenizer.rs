@@ -127,3 +127,17 @@ fn batch_encoding_equals_one_by_one() {
     // Out-of-vocabulary ids are skipped, not a panic.
     assert_eq!(gpt2().decode(&[15496, 99_999, 995]), "Hello world");
 }
+
+#[test]
+fn whitespace_runs_split_exactly_like_the_lookahead_regex() {
+    // GPT-2's `\s+(?!\S)` is emulated without look-ahead: hammer it with
+    // runs of every kind of whitespace before letters, digits, symbols,
+    // special tokens and the end of the text.
+    let pool = [" ", " ", "\t", "\n", "\r", "\u{a0}", "\u{3000}", "\u{2028}", "\u{85}", "a", "Ω", "7", "!", "'s", "<|endoftext|>"];
+    let mut rng = Rng::new(5);
+    for _ in 0..3000 {
+        let n = 1 + rng.below(12) as usize;
+        let text: String = (0..n).map(|_| pool[rng.below(pool.len() as u64) as usize]).collect();
+        check(&text);
+    }
+}

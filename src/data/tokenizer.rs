@@ -5,9 +5,20 @@
 //! It behaves like the Hugging Face tokenizer of `gpt2`/`distilgpt2` that
 //! the reference network used: `<|endoftext|>` written in a text is the
 //! special token, not five pieces of punctuation.
+//!
+//! Encoding does not go through `Tokenizer::encode`, whose per-token
+//! bookkeeping (offsets, strings, normalized views) costs more than the BPE
+//! itself. The pipeline is spelled out instead: split off `<|endoftext|>`,
+//! cut the text with GPT-2's pre-tokenizer regex, map each piece's bytes to
+//! GPT-2's printable alphabet, and have the crate's BPE model merge it —
+//! through a per-thread cache of pieces, since web text repeats most of
+//! its words. `Tokenizer` still decodes.
 
 use rayon::prelude::*;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::OnceLock;
+use tokenizers::Model;
 use tokenizers::models::bpe::{BPE, Vocab};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::{AddedToken, Tokenizer};
@@ -21,9 +32,45 @@ const MERGES: &str = include_str!("../../assets/gpt2/vocab.bpe");
 
 /// Texts longer than this are cut (at safe points) and encoded in parallel.
 const PIECE_BYTES: usize = 64 << 10;
+/// GPT-2's pre-tokenizer is `'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+|
+/// ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`. The look-ahead would need a
+/// backtracking engine (fancy-regex, most of the encoding time), so this is
+/// the same without `\s+(?!\S)`, for the linear-time `regex` crate, and
+/// [`Gpt2Tokenizer::pieces`] restores the look-ahead's effect: a whitespace
+/// run followed by a non-space gives up its last character to what follows.
+const SPLIT: &str = r"'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+";
+const SPECIAL: &str = "<|endoftext|>";
+/// Pieces remembered per thread before the cache starts over.
+const CACHE_PIECES: usize = 1 << 17;
 
 pub struct Gpt2Tokenizer {
+    /// Decodes; also the reference the pipeline below reproduces.
     inner: Tokenizer,
+    bpe: BPE,
+    split: regex::Regex,
+    /// GPT-2's byte → printable character map.
+    byte_chars: [char; 256],
+}
+
+thread_local! {
+    static PIECES: RefCell<HashMap<String, Vec<u32>>> = RefCell::new(HashMap::new());
+}
+
+/// GPT-2's reversible map from bytes to printable characters: printable
+/// Latin-1 bytes map to themselves, the rest to code points from 256 up.
+fn byte_chars() -> [char; 256] {
+    let printable = |b: u32| (0x21..=0x7e).contains(&b) || (0xa1..=0xac).contains(&b) || (0xae..=0xff).contains(&b);
+    let mut out = ['\0'; 256];
+    let mut next = 256u32;
+    for b in 0..256u32 {
+        out[b as usize] = if printable(b) {
+            char::from_u32(b).expect("Latin-1")
+        } else {
+            next += 1;
+            char::from_u32(next - 1).expect("below the surrogates")
+        };
+    }
+    out
 }
 
 /// The process-wide tokenizer (built on first use, about 100 ms).
@@ -43,12 +90,13 @@ impl Gpt2Tokenizer {
             .map(|l| l.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())).ok_or_else(|| format!("bad merge line {l:?}")))
             .collect::<Result<Vec<_>, _>>()?;
         let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| e.to_string())?;
-        let mut inner = Tokenizer::new(bpe);
+        let mut inner = Tokenizer::new(bpe.clone());
         // GPT-2: no prefix space, the GPT-2 split regex, bytes mapped to printable characters.
         inner.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
         inner.with_decoder(Some(ByteLevel::default()));
-        inner.add_special_tokens([AddedToken::from("<|endoftext|>", true)]).map_err(|e| e.to_string())?;
-        Ok(Gpt2Tokenizer { inner })
+        inner.add_special_tokens([AddedToken::from(SPECIAL, true)]).map_err(|e| e.to_string())?;
+        let split = regex::Regex::new(SPLIT).map_err(|e| e.to_string())?;
+        Ok(Gpt2Tokenizer { inner, bpe, split, byte_chars: byte_chars() })
     }
 
     /// Token ids of one text. Long texts are cut where GPT-2's pre-tokenizer
@@ -62,18 +110,61 @@ impl Gpt2Tokenizer {
         pieces.concat()
     }
 
+    /// Empties every thread's piece cache (benchmarks time a cold start with it).
+    pub fn clear_cache(&self) {
+        rayon::broadcast(|_| PIECES.with(|c| c.borrow_mut().clear()));
+        PIECES.with(|c| c.borrow_mut().clear());
+    }
+
     /// Token ids of many texts, in parallel.
     pub fn encode_batch<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Vec<Vec<u32>> {
         texts.par_iter().map(|t| self.encode(t.as_ref())).collect()
     }
 
     fn encode_piece(&self, text: &str) -> Vec<u32> {
-        match self.inner.encode_fast(text, false) {
-            Ok(e) => e.get_ids().to_vec(),
-            // The byte-level BPE covers every byte, so this cannot happen on a
-            // valid `&str`; an empty result is the safe answer if it ever did.
-            Err(_) => Vec::new(),
-        }
+        let mut ids = Vec::with_capacity(text.len() / 3);
+        PIECES.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if cache.len() > CACHE_PIECES {
+                cache.clear();
+            }
+            for (i, segment) in text.split(SPECIAL).enumerate() {
+                if i > 0 {
+                    ids.push(EOT);
+                }
+                for piece in self.pieces(segment) {
+                    if let Some(hit) = cache.get(piece) {
+                        ids.extend_from_slice(hit);
+                        continue;
+                    }
+                    let mapped: String = piece.bytes().map(|b| self.byte_chars[b as usize]).collect();
+                    let merged: Vec<u32> = self.bpe.tokenize(&mapped).map(|t| t.into_iter().map(|t| t.id).collect()).unwrap_or_default();
+                    ids.extend_from_slice(&merged);
+                    cache.insert(piece.to_string(), merged);
+                }
+            }
+        });
+        ids
+    }
+
+    /// GPT-2's pre-tokens of `text` (see [`SPLIT`]).
+    fn pieces<'t>(&self, text: &'t str) -> impl Iterator<Item = &'t str> + use<'t, '_> {
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            let m = self.split.find_at(text, at)?;
+            let mut end = m.end();
+            let piece = m.as_str();
+            // `\s+(?!\S)`: a run of 2+ whitespace characters followed by a
+            // non-space stops one character short.
+            if end < text.len() && piece.chars().all(char::is_whitespace) {
+                let last = piece.chars().next_back().map_or(0, char::len_utf8);
+                if last < piece.len() {
+                    end -= last;
+                }
+            }
+            at = end;
+            Some(&text[m.start()..end])
+        })
     }
 
     /// Text of token ids; ids outside the vocabulary are skipped and byte
