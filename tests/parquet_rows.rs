@@ -76,3 +76,22 @@ fn zstd_compressed_files_read_too() {
     let got: Vec<String> = src.rows(0, 20).unwrap().iter().map(|t| sha(t)).collect();
     assert_eq!(got, hashes()[..20]);
 }
+
+#[test]
+fn text_files_are_rows_too() {
+    use dtrain::data::source::TextFiles;
+    let dir = std::env::temp_dir().join(format!("dtrain-textrows-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let paths: Vec<PathBuf> = (0..3).map(|i| dir.join(format!("{i}.txt"))).collect();
+    for (i, p) in paths.iter().enumerate() {
+        std::fs::write(p, format!("document {i}\nwith two lines")).unwrap();
+    }
+    let src = TextFiles::open(&paths).unwrap();
+    assert_eq!(src.num_rows(), 3);
+    assert_eq!(src.rows(1, 2).unwrap(), vec!["document 1\nwith two lines".to_string(), "document 2\nwith two lines".to_string()]);
+    assert!(src.rows(2, 2).unwrap_err().to_string().contains("outside"));
+    std::fs::write(&paths[0], [0xffu8, 0xfe]).unwrap();
+    assert!(src.rows(0, 1).unwrap_err().to_string().contains("UTF-8"));
+    assert!(TextFiles::open(&[dir.join("missing.txt")]).is_err());
+    assert!(TextFiles::open(std::slice::from_ref(&dir)).err().unwrap().to_string().contains("not a file"));
+}

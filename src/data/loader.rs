@@ -45,8 +45,7 @@ impl Tokens {
         if has_ext(path, "parquet") {
             return Tokens::from_rows(&ParquetRows::open(&[path.to_path_buf()])?);
         }
-        let bytes = std::fs::read(path).map_err(io_err(path))?;
-        let text = String::from_utf8(bytes).map_err(|e| DataError::Invalid { path: path.into(), msg: format!("not UTF-8 text ({e})") })?;
+        let text = super::read_text(path)?;
         if text.trim().is_empty() {
             return Err(DataError::Invalid { path: path.into(), msg: "the text file is empty".into() });
         }

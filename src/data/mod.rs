@@ -26,3 +26,9 @@ pub enum DataError {
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {
     move |source| DataError::Io { path: path.to_path_buf(), source }
 }
+
+/// The whole of a UTF-8 text file.
+pub(crate) fn read_text(path: &std::path::Path) -> Result<String, DataError> {
+    let raw = std::fs::read(path).map_err(io_err(path))?;
+    String::from_utf8(raw).map_err(|e| DataError::Invalid { path: path.into(), msg: format!("not UTF-8 text ({e})") })
+}

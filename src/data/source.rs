@@ -169,3 +169,34 @@ impl RowSource for ParquetRows {
         Ok(out)
     }
 }
+
+/// Local text files as rows: row `i` is the whole text of file `i`.
+pub struct TextFiles {
+    paths: Vec<PathBuf>,
+}
+
+impl TextFiles {
+    /// Checks the files exist; they are read when their rows are asked for.
+    pub fn open(paths: &[PathBuf]) -> Result<TextFiles, DataError> {
+        for p in paths {
+            if !std::fs::metadata(p).map_err(io_err(p))?.is_file() {
+                return Err(DataError::Invalid { path: p.clone(), msg: "not a file".into() });
+            }
+        }
+        Ok(TextFiles { paths: paths.to_vec() })
+    }
+}
+
+impl RowSource for TextFiles {
+    fn num_rows(&self) -> u64 {
+        self.paths.len() as u64
+    }
+
+    fn rows(&self, offset: u64, count: usize) -> Result<Vec<String>, DataError> {
+        let end = offset.checked_add(count as u64).filter(|&e| e <= self.num_rows()).ok_or_else(|| DataError::Invalid {
+            path: self.paths.first().cloned().unwrap_or_default(),
+            msg: format!("rows {offset}..{offset}+{count} are outside the {} files", self.paths.len()),
+        })?;
+        self.paths[offset as usize..end as usize].iter().map(|p| super::read_text(p)).collect()
+    }
+}

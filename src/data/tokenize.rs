@@ -148,13 +148,7 @@ pub fn tokenize_files(inputs: &[PathBuf], out: &Path, shard_tokens: usize, progr
             bytes += sizes[end];
             end += 1;
         }
-        let texts = inputs[next..end]
-            .iter()
-            .map(|p| {
-                let raw = std::fs::read(p).map_err(io_err(p))?;
-                String::from_utf8(raw).map_err(|e| DataError::Invalid { path: p.clone(), msg: format!("not UTF-8 text ({e})") })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let texts = inputs[next..end].iter().map(|p| super::read_text(p)).collect::<Result<Vec<_>, _>>()?;
         write_docs(gpt2().encode_batch(&texts), &mut writer)?;
         done += bytes;
         progress(done, total);
