@@ -2,81 +2,13 @@
 //! 127.0.0.1: the same rows as the local files, only the needed bytes
 //! fetched, transient failures retried, a server without ranges refused.
 
+mod common;
+use common::servers::files::{Fault, Server, sample_dir, serve};
 use dtrain::data::http::RetryPolicy;
 use dtrain::data::source::{ParquetRows, RowSource};
-use std::collections::VecDeque;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Fault {
-    Status500,
-    IgnoreRange,
-    ShortBody,
-}
-
-struct Server {
-    base: String,
-    faults: Arc<Mutex<VecDeque<Fault>>>,
-    served: Arc<AtomicU64>,
-}
-
-fn sample_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fineweb-sample")
-}
-
-fn handle(mut s: TcpStream, fault: Option<Fault>, served: &AtomicU64) {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 && s.read(&mut byte).unwrap_or(0) == 1 {
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_string();
-    let path = head.split(' ').nth(1).unwrap_or("/").trim_start_matches('/').to_string();
-    let Ok(file) = std::fs::read(sample_dir().join(&path)) else {
-        let _ = s.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-        return;
-    };
-    let range = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("range: bytes=").map(String::from)).and_then(|r| {
-        let (a, b) = r.trim().split_once('-')?;
-        Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?))
-    });
-    if fault == Some(Fault::Status500) {
-        let _ = s.write_all(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-        return;
-    }
-    let (status, body, extra) = match range {
-        Some((a, b)) if fault != Some(Fault::IgnoreRange) && a <= b && b < file.len() => {
-            (206, &file[a..=b], format!("Content-Range: bytes {a}-{b}/{}\r\n", file.len()))
-        }
-        _ => (200, &file[..], String::new()),
-    };
-    let declared = body.len();
-    let body = if fault == Some(Fault::ShortBody) { &body[..body.len() / 2] } else { body };
-    served.fetch_add(body.len() as u64, Ordering::SeqCst);
-    let _ = write!(s, "HTTP/1.1 {status} X\r\nContent-Length: {declared}\r\n{extra}Connection: close\r\n\r\n");
-    let _ = s.write_all(body);
-}
-
-fn serve() -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let faults: Arc<Mutex<VecDeque<Fault>>> = Arc::default();
-    let served: Arc<AtomicU64> = Arc::default();
-    let (f, sv) = (faults.clone(), served.clone());
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let fault = f.lock().unwrap().pop_front();
-            let sv = sv.clone();
-            std::thread::spawn(move || handle(stream, fault, &sv));
-        }
-    });
-    Server { base, faults, served }
-}
 
 fn policy(tries: u32) -> RetryPolicy {
     RetryPolicy { tries, delay: Duration::from_millis(5), timeout: Duration::from_secs(5) }

@@ -2,102 +2,13 @@
 //! bundled sample and injects faults: the same rows as the parquet path,
 //! retries on transient failures, clear errors once retries run out.
 
+mod common;
+use common::servers::rows::{Fault, Server, sample_rows, serve};
 use dtrain::data::http::RetryPolicy;
 use dtrain::data::rows_api::{RowsApi, RowsApiConfig};
-use dtrain::data::source::{ParquetRows, RowSource};
-use std::collections::VecDeque;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use dtrain::data::source::RowSource;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
-
-#[derive(Clone, Copy, Debug)]
-enum Fault {
-    Status(u16),
-    Hang,
-    Truncate,
-    Malformed,
-    MissingRow,
-    WrongIndex,
-}
-
-struct Server {
-    base: String,
-    faults: Arc<Mutex<VecDeque<Fault>>>,
-    requests: Arc<AtomicUsize>,
-}
-
-fn sample_rows() -> Vec<String> {
-    let src = ParquetRows::open_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fineweb-sample")).unwrap();
-    src.rows(0, src.num_rows() as usize).unwrap()
-}
-
-fn query(path: &str, key: &str) -> Option<u64> {
-    path.split(['?', '&']).find_map(|kv| kv.strip_prefix(&format!("{key}=")).and_then(|v| v.parse().ok()))
-}
-
-fn handle(mut s: TcpStream, rows: &[String], fault: Option<Fault>) {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") && head.len() < 8192 && s.read(&mut byte).unwrap_or(0) == 1 {
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head);
-    let path = head.split(' ').nth(1).unwrap_or("");
-    let (offset, length) = (query(path, "offset").unwrap_or(0) as usize, query(path, "length").unwrap_or(0) as usize);
-    let mut entries: Vec<serde_json::Value> = (offset..(offset + length).min(rows.len()))
-        .map(|i| serde_json::json!({"row_idx": i, "row": {"text": rows[i], "id": format!("<urn:{i}>")}, "truncated_cells": []}))
-        .collect();
-    match fault {
-        Some(Fault::MissingRow) => {
-            entries.pop();
-        }
-        Some(Fault::WrongIndex) => entries[0]["row_idx"] = serde_json::json!(offset + 1),
-        _ => {}
-    }
-    let mut body = serde_json::to_vec(&serde_json::json!({"features": [], "rows": entries})).unwrap();
-    let mut status = 200;
-    let mut declared = body.len();
-    match fault {
-        Some(Fault::Status(code)) => {
-            status = code;
-            body = b"{\"error\":\"injected\"}".to_vec();
-            declared = body.len();
-        }
-        Some(Fault::Hang) => {
-            std::thread::sleep(Duration::from_secs(3));
-            return;
-        }
-        Some(Fault::Truncate) => body.truncate(body.len() / 2),
-        Some(Fault::Malformed) => {
-            body = b"{\"rows\": [{\"row_idx\": 0, \"row\": ".to_vec();
-            declared = body.len();
-        }
-        _ => {}
-    }
-    let _ = write!(s, "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {declared}\r\nConnection: close\r\n\r\n");
-    let _ = s.write_all(&body);
-}
-
-fn serve() -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let rows = Arc::new(sample_rows());
-    let faults: Arc<Mutex<VecDeque<Fault>>> = Arc::default();
-    let requests: Arc<AtomicUsize> = Arc::default();
-    let (f, r) = (faults.clone(), requests.clone());
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            r.fetch_add(1, Ordering::SeqCst);
-            let fault = f.lock().unwrap().pop_front();
-            let rows = rows.clone();
-            std::thread::spawn(move || handle(stream, &rows, fault));
-        }
-    });
-    Server { base, faults, requests }
-}
 
 fn client(server: &Server, tries: u32) -> RowsApi {
     RowsApi::new(RowsApiConfig {

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod servers;
+
 use safetensors::{Dtype, SafeTensors};
 use std::path::{Path, PathBuf};
 
