@@ -5,6 +5,8 @@
 //! 127.0.0.1 in this process (tests/common/servers.rs), so the network is
 //! loopback and the comparison is of the protocols and their parsing.
 
+// The fault injection the tests use is idle here.
+#[allow(dead_code)]
 #[path = "../tests/common/servers.rs"]
 mod servers;
 
