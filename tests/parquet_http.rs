@@ -38,6 +38,10 @@ fn only_the_needed_bytes_are_fetched() {
     remote.rows(100, 3).unwrap(); // one row group of one file
     let used = server.served.load(Ordering::SeqCst) - before;
     assert!(used > 0 && used < total / 4, "fetched {used} of {total} bytes for 3 rows");
+    // All rows: the text chunks of each file's row groups come in one request.
+    let before = server.requests.load(Ordering::SeqCst);
+    remote.rows(0, remote.num_rows() as usize).unwrap();
+    assert_eq!(server.requests.load(Ordering::SeqCst) - before, 2, "one request per file");
 }
 
 #[test]

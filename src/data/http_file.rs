@@ -65,6 +65,11 @@ impl HttpFile {
         Ok(())
     }
 
+    /// Whether the window holds `start..start + len`.
+    pub fn covers(&self, start: u64, len: u64) -> bool {
+        self.in_window(start, len).is_some()
+    }
+
     /// `start..start + len` from the window, if it holds them.
     fn in_window(&self, start: u64, len: u64) -> Option<Bytes> {
         let w = self.window.lock().unwrap_or_else(|e| e.into_inner());

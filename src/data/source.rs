@@ -113,8 +113,10 @@ impl ParquetFile {
     fn read_group(&self, g: usize, skip: usize, take: usize, out: &mut Vec<String>) -> Result<(), DataError> {
         let path = &self.path;
         if let Some(remote) = &self.remote {
-            let (start, len) = self.reader.metadata().row_group(g).column(self.text_column).byte_range();
-            remote.prefetch(start, len)?;
+            let (start, len) = self.text_chunk(g);
+            if !remote.covers(start, len) {
+                remote.prefetch(start, len)?;
+            }
         }
         let group = self.reader.get_row_group(g).map_err(parquet_err(path))?;
         let max_def = group.metadata().column(self.text_column).column_descr().max_def_level();
@@ -145,6 +147,32 @@ impl ParquetFile {
     }
 }
 
+impl ParquetFile {
+    /// Byte range `(start, len)` of row group `g`'s `text` column chunk.
+    fn text_chunk(&self, g: usize) -> (u64, u64) {
+        self.reader.metadata().row_group(g).column(self.text_column).byte_range()
+    }
+
+    /// For a remote file, fetches the `text` chunks of row groups `groups`
+    /// in one request when they lie close together (the other columns between
+    /// them are small next to the text), instead of one request per group.
+    fn prefetch_groups(&self, groups: std::ops::Range<usize>) -> Result<(), DataError> {
+        const MAX_SPAN: u64 = 256 << 20;
+        let Some(remote) = &self.remote else { return Ok(()) };
+        if groups.len() < 2 {
+            return Ok(());
+        }
+        let (first, _) = self.text_chunk(groups.start);
+        let (last, last_len) = self.text_chunk(groups.end - 1);
+        let text: u64 = groups.clone().map(|g| self.text_chunk(g).1).sum();
+        let span = (last + last_len).saturating_sub(first);
+        if last >= first && span <= MAX_SPAN && span <= 2 * text {
+            remote.prefetch(first, span)?;
+        }
+        Ok(())
+    }
+}
+
 impl RowSource for ParquetRows {
     fn num_rows(&self) -> u64 {
         self.total
@@ -157,6 +185,18 @@ impl RowSource for ParquetRows {
         })?;
         let mut out = Vec::with_capacity(count);
         for file in &self.files {
+            // Row groups of this file that hold wanted rows, fetched together.
+            let mut start = file.first;
+            let (mut lo_g, mut hi_g) = (usize::MAX, 0);
+            for (g, &n) in file.groups.iter().enumerate() {
+                if offset.max(start) < end.min(start + n) {
+                    (lo_g, hi_g) = (lo_g.min(g), g + 1);
+                }
+                start += n;
+            }
+            if lo_g < hi_g {
+                file.prefetch_groups(lo_g..hi_g)?;
+            }
             let mut start = file.first;
             for (g, &n) in file.groups.iter().enumerate() {
                 let (lo, hi) = (offset.max(start), end.min(start + n));

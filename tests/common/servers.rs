@@ -137,6 +137,7 @@ pub mod files {
         pub base: String,
         pub faults: Arc<Mutex<VecDeque<Fault>>>,
         pub served: Arc<AtomicU64>,
+        pub requests: Arc<AtomicU64>,
     }
 
     pub fn sample_dir() -> PathBuf {
@@ -182,14 +183,16 @@ pub mod files {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let faults: Arc<Mutex<VecDeque<Fault>>> = Arc::default();
         let served: Arc<AtomicU64> = Arc::default();
-        let (f, sv) = (faults.clone(), served.clone());
+        let requests: Arc<AtomicU64> = Arc::default();
+        let (f, sv, rq) = (faults.clone(), served.clone(), requests.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
+                rq.fetch_add(1, Ordering::SeqCst);
                 let fault = f.lock().unwrap().pop_front();
                 let sv = sv.clone();
                 std::thread::spawn(move || handle(stream, fault, &sv));
             }
         });
-        Server { base, faults, served }
+        Server { base, faults, served, requests }
     }
 }
