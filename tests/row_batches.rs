@@ -58,3 +58,17 @@ fn texts_give_the_same_batches_every_time() {
     }
     assert_eq!(&a.batch(0).0[..want.len().min(16)], &want[..want.len().min(16)]);
 }
+
+#[test]
+fn batches_from_a_source_equal_batches_from_its_texts() {
+    use dtrain::data::source::{ParquetRows, RowSource};
+    let src = ParquetRows::open_dir(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fineweb-sample")).unwrap();
+    let a = RowBatches::from_source(&src, 200..260, 4, 1024).unwrap();
+    let b = RowBatches::from_texts(&src.rows(200, 60).unwrap(), 4, 1024);
+    assert_eq!(a.len(), b.len());
+    assert!(a.len() > 1);
+    for k in 0..a.len() {
+        assert_eq!(a.batch(k), b.batch(k));
+    }
+    assert!(RowBatches::from_source(&src, 370..380, 4, 1024).is_err());
+}

@@ -196,6 +196,14 @@ impl RowBatches {
         RowBatches::new(&super::tokenizer::gpt2().encode_batch(texts), b, t)
     }
 
+    /// Rows `rows` of a source, fetched and tokenized: what a miner trains
+    /// on for a `Train` request and what a validator rebuilds from the
+    /// reported row indices.
+    pub fn from_source(src: &dyn RowSource, rows: std::ops::Range<u64>, b: usize, t: usize) -> Result<RowBatches, DataError> {
+        let count = usize::try_from(rows.end.saturating_sub(rows.start)).unwrap_or(usize::MAX);
+        Ok(RowBatches::from_texts(&src.rows(rows.start, count)?, b, t))
+    }
+
     /// Number of batches.
     pub fn len(&self) -> usize {
         self.count
