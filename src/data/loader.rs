@@ -178,9 +178,14 @@ pub struct RowBatches {
 }
 
 impl RowBatches {
-    /// From tokenized rows.
-    pub fn new(rows: &[Vec<u32>], b: usize, t: usize) -> RowBatches {
-        assert!(b > 0 && t > 0, "batch shape must be positive");
+    /// Largest `b·t` accepted: shapes may come from the network.
+    pub const MAX_BATCH_TOKENS: usize = 1 << 24;
+
+    /// From tokenized rows. The shape is checked, not trusted.
+    pub fn new(rows: &[Vec<u32>], b: usize, t: usize) -> Result<RowBatches, DataError> {
+        if b == 0 || t == 0 || b.saturating_mul(t) > Self::MAX_BATCH_TOKENS {
+            return Err(DataError::Shape(format!("{b} × {t} (each positive, at most {} tokens)", Self::MAX_BATCH_TOKENS)));
+        }
         let mut buf: Vec<u32> = Vec::with_capacity(rows.iter().map(|r| r.len().min(ROW_TOKENS) + 1).sum::<usize>() + b * t + 1);
         for row in rows {
             buf.extend_from_slice(&row[..row.len().min(ROW_TOKENS)]);
@@ -188,11 +193,11 @@ impl RowBatches {
         }
         let count = buf.len().div_ceil(b * t);
         buf.resize(count * b * t + 1, EOT);
-        RowBatches { buf, b, t, count }
+        Ok(RowBatches { buf, b, t, count })
     }
 
     /// From row texts, tokenized in parallel with GPT-2's tokenizer.
-    pub fn from_texts<S: AsRef<str> + Sync>(texts: &[S], b: usize, t: usize) -> RowBatches {
+    pub fn from_texts<S: AsRef<str> + Sync>(texts: &[S], b: usize, t: usize) -> Result<RowBatches, DataError> {
         RowBatches::new(&super::tokenizer::gpt2().encode_batch(texts), b, t)
     }
 
@@ -201,7 +206,7 @@ impl RowBatches {
     /// reported row indices.
     pub fn from_source(src: &dyn RowSource, rows: std::ops::Range<u64>, b: usize, t: usize) -> Result<RowBatches, DataError> {
         let count = usize::try_from(rows.end.saturating_sub(rows.start)).unwrap_or(usize::MAX);
-        Ok(RowBatches::from_texts(&src.rows(rows.start, count)?, b, t))
+        RowBatches::from_texts(&src.rows(rows.start, count)?, b, t)
     }
 
     /// Number of batches.

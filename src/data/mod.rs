@@ -21,6 +21,8 @@ pub enum DataError {
     Invalid { path: PathBuf, msg: String },
     #[error("{url}: {msg}")]
     Remote { url: String, msg: String },
+    #[error("invalid batch shape: {0}")]
+    Shape(String),
 }
 
 pub(crate) fn io_err(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> DataError + '_ {

@@ -126,7 +126,7 @@ impl RowSource for RowsApi {
                 msg: format!("rows {offset}..{offset}+{count} are outside the dataset's {} rows", self.cfg.num_rows),
             });
         }
-        let mut out = Vec::with_capacity(count);
+        let mut out = Vec::with_capacity(count.min(1 << 16));
         let mut at = offset;
         while out.len() < count {
             let n = MAX_LENGTH.min(count - out.len());

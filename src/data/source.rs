@@ -183,7 +183,7 @@ impl RowSource for ParquetRows {
             path: self.files.first().map_or_else(PathBuf::new, |f| f.path.clone()),
             msg: format!("rows {offset}..{offset}+{count} are outside the dataset's {} rows", self.total),
         })?;
-        let mut out = Vec::with_capacity(count);
+        let mut out = Vec::with_capacity(count.min(1 << 16));
         for file in &self.files {
             // Row groups of this file that hold wanted rows, fetched together.
             let mut start = file.first;
