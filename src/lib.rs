@@ -7,6 +7,7 @@
 //! - [`data`]: text and token-shard inputs and the batch loader;
 //! - [`train`]: the single-node training loop behind `dtrain train`.
 
+pub mod allreduce;
 pub mod bench;
 pub mod data;
 pub mod engine;

@@ -1,0 +1,119 @@
+//! The all-reduce wire codecs keep their documented error bounds.
+
+use dtrain::allreduce::codec::{Codec, CodecError, F16_MAX};
+use dtrain::rng::Rng;
+
+/// Values over a wide dynamic range, both signs, some exact zeros.
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|i| if i % 97 == 0 { 0.0 } else { rng.normal() * 10f32.powi(rng.below(12) as i32 - 8) }).collect()
+}
+
+fn round_trip(codec: Codec, x: &[f32]) -> Vec<f32> {
+    let mut bytes = vec![0u8; codec.encoded_len(x.len())];
+    codec.encode(x, &mut bytes);
+    let mut y = vec![0f32; x.len()];
+    codec.decode(&bytes, &mut y).unwrap();
+    y
+}
+
+#[test]
+fn f32_is_exact() {
+    let x = values(5000, 1);
+    assert_eq!(round_trip(Codec::F32, &x), x);
+}
+
+#[test]
+fn f16_meets_its_bound_and_saturates() {
+    let mut x = values(5003, 2);
+    x.extend([1e6, -1e6, F16_MAX, 70000.0, 1e-30, -3e-8]);
+    let y = round_trip(Codec::F16, &x);
+    for (&a, &b) in x.iter().zip(&y) {
+        assert!(b.is_finite(), "{a} became {b}");
+        let a_sat = a.clamp(-F16_MAX, F16_MAX);
+        let bound = if a_sat.abs() >= 2f32.powi(-14) { a_sat.abs() * 2f32.powi(-11) } else { 2f32.powi(-25) };
+        assert!((a_sat - b).abs() <= bound, "{a} -> {b} (bound {bound})");
+    }
+    assert_eq!(y[y.len() - 6], F16_MAX);
+    assert_eq!(y[y.len() - 5], -F16_MAX);
+}
+
+#[test]
+fn bf16_meets_its_bound() {
+    let x = values(4099, 3);
+    let y = round_trip(Codec::Bf16, &x);
+    for (&a, &b) in x.iter().zip(&y) {
+        assert!((a - b).abs() <= a.abs() * 2f32.powi(-8), "{a} -> {b}");
+    }
+}
+
+#[test]
+fn int8_meets_its_blockwise_bound() {
+    for block in [1, 7, 64, 4096] {
+        let codec = Codec::Int8 { block };
+        let x = values(10_001, 4); // not a multiple of any block but 1
+        assert_eq!(codec.encoded_len(x.len()), x.len() + 4 * x.len().div_ceil(block));
+        let y = round_trip(codec, &x);
+        for (xs, ys) in x.chunks(block).zip(y.chunks(block)) {
+            let bound = xs.iter().fold(0f32, |m, v| m.max(v.abs())) / 254.0 * 1.0001;
+            for (&a, &b) in xs.iter().zip(ys) {
+                assert!((a - b).abs() <= bound, "block {block}: {a} -> {b} (bound {bound})");
+            }
+        }
+    }
+    // An all-zero block stays zero.
+    assert_eq!(round_trip(Codec::Int8 { block: 4 }, &[0.0; 8]), vec![0.0; 8]);
+}
+
+#[test]
+fn decode_add_accumulates_weighted_values() {
+    let x = values(3000, 5);
+    for codec in [Codec::F32, Codec::F16, Codec::Bf16, Codec::Int8 { block: 256 }] {
+        let mut bytes = vec![0u8; codec.encoded_len(x.len())];
+        codec.encode(&x, &mut bytes);
+        let decoded = round_trip(codec, &x);
+        let mut acc = vec![1.0f32; x.len()];
+        codec.decode_add(&bytes, 3.0, &mut acc).unwrap();
+        for (a, d) in acc.iter().zip(&decoded) {
+            assert_eq!(*a, 1.0 + 3.0 * d, "{codec:?}");
+        }
+    }
+}
+
+#[test]
+fn bytes_from_a_peer_are_checked() {
+    let mut out = vec![0f32; 10];
+    for codec in [Codec::F32, Codec::F16, Codec::Bf16, Codec::Int8 { block: 4 }] {
+        let want = codec.encoded_len(10);
+        for len in [0, want - 1, want + 1] {
+            assert_eq!(codec.decode(&vec![0u8; len], &mut out), Err(CodecError::Length { got: len, want, n: 10 }), "{codec:?}");
+        }
+    }
+    // An int8 block whose scale is NaN, inf or negative is refused.
+    let codec = Codec::Int8 { block: 4 };
+    for bad in [f32::NAN, f32::INFINITY, -1.0] {
+        let mut bytes = vec![0u8; codec.encoded_len(10)];
+        bytes[4..8].copy_from_slice(&bad.to_le_bytes());
+        assert_eq!(codec.decode(&bytes, &mut out), Err(CodecError::Scale(1)), "{bad}");
+    }
+}
+
+#[test]
+fn non_finite_values_from_a_peer_are_refused_before_anything_is_added() {
+    let x = values(100, 6);
+    for (codec, width, bad_bits) in [
+        (Codec::F32, 4, f32::NAN.to_bits().to_le_bytes().to_vec()),
+        (Codec::F32, 4, f32::INFINITY.to_bits().to_le_bytes().to_vec()),
+        (Codec::F16, 2, 0x7c00u16.to_le_bytes().to_vec()),
+        (Codec::F16, 2, 0xfe00u16.to_le_bytes().to_vec()),
+        (Codec::Bf16, 2, 0x7f80u16.to_le_bytes().to_vec()),
+        (Codec::Bf16, 2, 0xffc1u16.to_le_bytes().to_vec()),
+    ] {
+        let mut bytes = vec![0u8; codec.encoded_len(x.len())];
+        codec.encode(&x, &mut bytes);
+        bytes[57 * width..58 * width].copy_from_slice(&bad_bits);
+        let mut acc = vec![2.0f32; x.len()];
+        assert_eq!(codec.decode_add(&bytes, 1.0, &mut acc), Err(CodecError::NonFinite(57)), "{codec:?}");
+        assert!(acc.iter().all(|&a| a == 2.0), "{codec:?}: a rejected chunk was partly added");
+    }
+}
