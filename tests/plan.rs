@@ -1,0 +1,65 @@
+//! The all-reduce plan: spans cover the vector exactly, in proportion to
+//! the fractions; chunks fit their byte budget.
+
+use dtrain::allreduce::codec::Codec;
+use dtrain::allreduce::plan::{PlanError, chunk_elems, chunks, spans};
+
+fn check_spans(len: usize, fractions: &[f64]) {
+    let s = spans(len, fractions).unwrap();
+    assert_eq!(s.len(), fractions.len());
+    assert_eq!(s[0].start, 0);
+    assert_eq!(s.last().unwrap().end, len);
+    for w in s.windows(2) {
+        assert_eq!(w[0].end, w[1].start, "{fractions:?}: not contiguous");
+    }
+    let total: f64 = fractions.iter().sum();
+    for (span, &f) in s.iter().zip(fractions) {
+        let exact = len as f64 * f / total;
+        assert!((span.len() as f64 - exact).abs() <= 1.0 + 1e-9, "{len} {fractions:?}: {span:?} vs {exact}");
+        if f == 0.0 {
+            assert!(span.is_empty(), "a zero-fraction member owns {span:?}");
+        }
+    }
+}
+
+#[test]
+fn spans_cover_the_vector_in_proportion() {
+    for n in 1..=8 {
+        for len in [0, 1, 7, 1000, 1001, 65_537, 124_475_904] {
+            check_spans(len, &vec![1.0; n]);
+        }
+    }
+    check_spans(1000, &[0.0, 1.0, 0.0, 3.0, 0.0]);
+    check_spans(10, &[0.1, 0.7, 0.2]);
+    check_spans(3, &[1.0, 1.0, 1.0, 1.0, 1.0]);
+    check_spans(999_999, &[0.25, 0.5, 0.0, 0.25]);
+}
+
+#[test]
+fn bad_fractions_are_refused() {
+    assert_eq!(spans(10, &[0.0, 0.0]), Err(PlanError::NoOwner));
+    assert_eq!(spans(10, &[]), Err(PlanError::NoOwner));
+    assert_eq!(spans(10, &[1.0, -0.5]), Err(PlanError::Fraction(-0.5, 1)));
+    assert!(matches!(spans(10, &[f64::NAN]), Err(PlanError::Fraction(_, 0))));
+}
+
+#[test]
+fn chunks_fit_their_budget_and_cover_the_span() {
+    for codec in [Codec::F32, Codec::F16, Codec::Bf16, Codec::Int8 { block: 64 }, Codec::Int8 { block: 1 }] {
+        for budget in [512 << 10, 1000, 68] {
+            let elems = chunk_elems(codec, budget).unwrap();
+            assert!(codec.encoded_len(elems) <= budget, "{codec:?} {budget}");
+            if let Codec::Int8 { block } = codec {
+                assert_eq!(elems % block, 0);
+            }
+            let span = 123..10_123;
+            let cs: Vec<_> = chunks(span.clone(), elems).collect();
+            assert_eq!(cs.first().unwrap().start, span.start);
+            assert_eq!(cs.last().unwrap().end, span.end);
+            assert!(cs.windows(2).all(|w| w[0].end == w[1].start));
+            assert!(cs.iter().all(|c| codec.encoded_len(c.len()) <= budget));
+        }
+    }
+    assert_eq!(chunk_elems(Codec::F32, 3), Err(PlanError::ChunkSize(3)));
+    assert_eq!(chunks(5..5, 10).count(), 0);
+}
