@@ -16,7 +16,6 @@ use parquet::errors::ParquetError;
 use parquet::file::reader::{ChunkReader, Length};
 use std::io::Cursor;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Bytes fetched for a read with no stated length.
 const OPEN_READ: u64 = 64 << 10;
@@ -29,23 +28,13 @@ pub struct HttpFile {
     agent: ureq::Agent,
     policy: RetryPolicy,
     window: Mutex<(u64, Bytes)>,
-    fetched: AtomicU64,
 }
 
 impl HttpFile {
     pub fn open(url: &str, policy: RetryPolicy) -> Result<HttpFile, DataError> {
         let agent = http::agent(&policy);
         let len = http::retrying(&policy, url, || http::total_length(&agent, url))?;
-        Ok(HttpFile { url: url.into(), len, agent, policy, window: Mutex::new((0, Bytes::new())), fetched: AtomicU64::new(0) })
-    }
-
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    /// Bytes fetched so far.
-    pub fn fetched(&self) -> u64 {
-        self.fetched.load(Ordering::Relaxed)
+        Ok(HttpFile { url: url.into(), len, agent, policy, window: Mutex::new((0, Bytes::new())) })
     }
 
     fn fetch(&self, start: u64, len: u64) -> Result<Bytes, DataError> {
@@ -54,7 +43,6 @@ impl HttpFile {
             msg: format!("range {start}+{len} is outside the file's {} bytes", self.len),
         })?;
         let body = http::retrying(&self.policy, &self.url, || http::get(&self.agent, &self.url, Some(start..end), len))?;
-        self.fetched.fetch_add(len, Ordering::Relaxed);
         Ok(Bytes::from(body))
     }
 

@@ -197,13 +197,3 @@ fn split_pieces(text: &str, target: usize) -> Vec<&str> {
     pieces.push(&text[start..]);
     pieces
 }
-
-/// Token ids of `text` with the process-wide tokenizer.
-pub fn encode(text: &str) -> Vec<u32> {
-    gpt2().encode(text)
-}
-
-/// Text of token ids with the process-wide tokenizer.
-pub fn decode(tokens: &[u32]) -> String {
-    gpt2().decode(tokens)
-}

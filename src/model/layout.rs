@@ -95,24 +95,27 @@ impl ParamLayout {
             ParamTensor { name: "transformer.wte.weight".into(), offset: p.wte, len: vp * c, shape: vec![cfg.vocab_size, c] },
             ParamTensor { name: "transformer.wpe.weight".into(), offset: p.wpe, len: t * c, shape: vec![t, c] },
         ];
-        let per_layer: [(&str, usize, Vec<usize>); 12] = [
-            ("ln_1.weight", p.ln1w, vec![c]),
-            ("ln_1.bias", p.ln1b, vec![c]),
-            ("attn.c_attn.weight", p.qkvw, vec![c, 3 * c]),
-            ("attn.c_attn.bias", p.qkvb, vec![3 * c]),
-            ("attn.c_proj.weight", p.attprojw, vec![c, c]),
-            ("attn.c_proj.bias", p.attprojb, vec![c]),
-            ("ln_2.weight", p.ln2w, vec![c]),
-            ("ln_2.bias", p.ln2b, vec![c]),
-            ("mlp.c_fc.weight", p.fcw, vec![c, 4 * c]),
-            ("mlp.c_fc.bias", p.fcb, vec![4 * c]),
-            ("mlp.c_proj.weight", p.fcprojw, vec![4 * c, c]),
-            ("mlp.c_proj.bias", p.fcprojb, vec![c]),
-        ];
+        // Offsets come from `layer()`, the same function the forward and
+        // backward call lists use, so checkpoints and kernels cannot disagree.
         for layer in 0..l {
-            for (suffix, base, shape) in &per_layer {
-                let len: usize = shape.iter().product();
-                ts.push(ParamTensor { name: format!("transformer.h.{layer}.{suffix}"), offset: base + layer * len, len, shape: shape.clone() });
+            let w = p.layer(layer, c);
+            let per_layer: [(&str, usize, Vec<usize>); 12] = [
+                ("ln_1.weight", w.ln1w, vec![c]),
+                ("ln_1.bias", w.ln1b, vec![c]),
+                ("attn.c_attn.weight", w.qkvw, vec![c, 3 * c]),
+                ("attn.c_attn.bias", w.qkvb, vec![3 * c]),
+                ("attn.c_proj.weight", w.attprojw, vec![c, c]),
+                ("attn.c_proj.bias", w.attprojb, vec![c]),
+                ("ln_2.weight", w.ln2w, vec![c]),
+                ("ln_2.bias", w.ln2b, vec![c]),
+                ("mlp.c_fc.weight", w.fcw, vec![c, 4 * c]),
+                ("mlp.c_fc.bias", w.fcb, vec![4 * c]),
+                ("mlp.c_proj.weight", w.fcprojw, vec![4 * c, c]),
+                ("mlp.c_proj.bias", w.fcprojb, vec![c]),
+            ];
+            for (suffix, offset, shape) in per_layer {
+                let len = shape.iter().product();
+                ts.push(ParamTensor { name: format!("transformer.h.{layer}.{suffix}"), offset, len, shape });
             }
         }
         ts.push(ParamTensor { name: "transformer.ln_f.weight".into(), offset: p.lnfw, len: c, shape: vec![c] });
