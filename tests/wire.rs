@@ -7,7 +7,7 @@ use dtrain::rng::Rng;
 #[test]
 fn headers_round_trip_and_verify_their_payload() {
     let payload: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
-    for kind in [Kind::Hello, Kind::Scatter, Kind::Gather, Kind::Abort] {
+    for kind in [Kind::Hello, Kind::Scatter, Kind::Gather, Kind::Abort, Kind::Auth, Kind::Done] {
         let h = Header::for_payload(kind, 7, u64::MAX - 3, 5, 123_456, &payload);
         let parsed = Header::parse(&h.encode(), 1 << 20).unwrap();
         assert_eq!(parsed, h);

@@ -1,8 +1,20 @@
-//! Butterfly all-reduce of the flat gradient vector between peers (issue 4).
-//! So far: the codecs, the plan (spans and chunks), the frame header and the
-//! owner-side weighted reduction.
+//! Butterfly all-reduce of the flat gradient vector between peers: every
+//! member owns a span, receives everyone's chunks of it (scatter-reduce),
+//! averages them and sends the average back to all (all-gather), over one
+//! mio event loop of raw TCP connections. `Peer::all_reduce` is the call.
 
 pub mod codec;
+mod conn;
+pub mod group;
+pub mod handshake;
+pub mod identity;
 pub mod plan;
 pub mod reduce;
+pub mod report;
+pub mod round;
 pub mod wire;
+
+pub use group::{Fault, Group, Member, Settings};
+pub use identity::{Identity, PublicKey};
+pub use report::{Failure, Report, SpanStatus};
+pub use round::{Peer, SetupError};

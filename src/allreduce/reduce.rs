@@ -45,9 +45,9 @@ impl SpanReducer {
         self.chunks.len()
     }
 
-    /// Adds `weight ·` the decoded chunk `chunk` from `sender`. Nothing is
-    /// added unless the whole chunk is valid.
-    pub fn add(&mut self, sender: usize, chunk: usize, weight: f32, codec: Codec, bytes: &[u8]) -> Result<(), ReduceError> {
+    /// Checks that `sender` may add chunk `chunk` with `weight`; returns
+    /// the chunk's elements.
+    fn admit(&self, sender: usize, chunk: usize, weight: f32) -> Result<Range<usize>, ReduceError> {
         if sender >= self.senders {
             return Err(ReduceError::Sender(sender));
         }
@@ -55,13 +55,38 @@ impl SpanReducer {
         if !(weight.is_finite() && weight >= 0.0) {
             return Err(ReduceError::Weight(weight));
         }
-        let slot = chunk * self.senders + sender;
-        if self.seen[slot] {
+        if self.seen[chunk * self.senders + sender] {
             return Err(ReduceError::Duplicate { sender, chunk });
         }
-        codec.decode_add(bytes, weight, &mut self.acc[range])?;
-        self.seen[slot] = true;
+        Ok(range)
+    }
+
+    fn mark(&mut self, sender: usize, chunk: usize, weight: f32) {
+        self.seen[chunk * self.senders + sender] = true;
         self.weight[chunk] += weight as f64;
+    }
+
+    /// Adds `weight ·` the decoded chunk `chunk` from `sender`. Nothing is
+    /// added unless the whole chunk is valid.
+    pub fn add(&mut self, sender: usize, chunk: usize, weight: f32, codec: Codec, bytes: &[u8]) -> Result<(), ReduceError> {
+        let range = self.admit(sender, chunk, weight)?;
+        codec.decode_add(bytes, weight, &mut self.acc[range])?;
+        self.mark(sender, chunk, weight);
+        Ok(())
+    }
+
+    /// Adds `weight · values` as `sender`'s chunk `chunk` (the owner's own
+    /// contribution, which never crosses the wire). Values must be finite.
+    pub fn add_f32(&mut self, sender: usize, chunk: usize, weight: f32, values: &[f32]) -> Result<(), ReduceError> {
+        let range = self.admit(sender, chunk, weight)?;
+        if values.len() != range.len() {
+            return Err(CodecError::Length { got: values.len(), want: range.len(), n: range.len() }.into());
+        }
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(CodecError::NonFinite(i).into());
+        }
+        self.acc[range].iter_mut().zip(values).for_each(|(a, &v)| *a += weight * v);
+        self.mark(sender, chunk, weight);
         Ok(())
     }
 
@@ -75,18 +100,39 @@ impl SpanReducer {
         (0..self.senders).filter(|&s| self.seen[chunk * self.senders + s]).collect()
     }
 
+    /// Whether `sender` delivered chunk `chunk`.
+    pub fn has(&self, chunk: usize, sender: usize) -> bool {
+        self.seen[chunk * self.senders + sender]
+    }
+
+    /// Elements of chunk `chunk`, relative to the span.
+    pub fn chunk_range(&self, chunk: usize) -> Range<usize> {
+        self.chunks[chunk].clone()
+    }
+
+    /// Divides chunk `chunk` by its total weight and returns the mean, or
+    /// `None` when nobody contributed to it. Call once per chunk.
+    pub fn average_chunk(&mut self, chunk: usize) -> Option<&[f32]> {
+        let w = self.weight[chunk];
+        let out = &mut self.acc[self.chunks[chunk].clone()];
+        if w > 0.0 {
+            let inv = (1.0 / w) as f32;
+            out.iter_mut().for_each(|x| *x *= inv);
+            Some(out)
+        } else {
+            None
+        }
+    }
+
     /// The weighted mean of each chunk over the senders it heard from. A
     /// chunk with no weight at all takes `fallback`'s values (the owner's
     /// own, as the reference keeps a span whose reduction failed).
     pub fn finish(mut self, fallback: &[f32]) -> Vec<f32> {
         assert_eq!(fallback.len(), self.acc.len(), "fallback covers the span");
-        for (range, &w) in self.chunks.iter().zip(&self.weight) {
-            let out = &mut self.acc[range.clone()];
-            if w > 0.0 {
-                let inv = (1.0 / w) as f32;
-                out.iter_mut().for_each(|x| *x *= inv);
-            } else {
-                out.copy_from_slice(&fallback[range.clone()]);
+        for c in 0..self.chunks.len() {
+            if self.average_chunk(c).is_none() {
+                let range = self.chunks[c].clone();
+                self.acc[range.clone()].copy_from_slice(&fallback[range]);
             }
         }
         self.acc

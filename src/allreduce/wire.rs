@@ -33,6 +33,11 @@ pub enum Kind {
     Gather = 3,
     /// The sender gives up on the round (with a reason in the payload).
     Abort = 4,
+    /// The handshake's signature (see `handshake`).
+    Auth = 5,
+    /// The owner's summary after its last averaged chunk: who contributed,
+    /// and the hash of the averaged span.
+    Done = 6,
 }
 
 impl Kind {
@@ -42,6 +47,8 @@ impl Kind {
             2 => Kind::Scatter,
             3 => Kind::Gather,
             4 => Kind::Abort,
+            5 => Kind::Auth,
+            6 => Kind::Done,
             _ => return None,
         })
     }

@@ -1,0 +1,247 @@
+//! One TCP connection of a round: non-blocking frame reading into a buffer
+//! allocated once per connection, and a queue of outgoing frames written
+//! with vectored writes straight from where their bytes already live (the
+//! round's encoded vector), so nothing is copied or allocated per chunk.
+
+use super::handshake::Hello;
+use super::wire::{HEADER_LEN, Header, Kind, WireError};
+use mio::net::TcpStream;
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+use std::ops::Range;
+use std::time::Instant;
+
+/// Where an outgoing frame's payload lives.
+pub(super) enum Body {
+    /// Small control payloads (handshake, summary).
+    Owned(Vec<u8>),
+    /// A range of the round's encoded vector.
+    Wire(Range<usize>),
+}
+
+pub(super) struct Out {
+    hdr: [u8; HEADER_LEN],
+    kind: Kind,
+    body: Body,
+    /// Bytes of header + payload already written.
+    sent: usize,
+}
+
+impl Out {
+    pub fn new(header: &Header, body: Body) -> Out {
+        Out { hdr: header.encode(), kind: header.kind, body, sent: 0 }
+    }
+
+    fn payload<'a>(&'a self, wire: &'a [u8]) -> &'a [u8] {
+        match &self.body {
+            Body::Owned(v) => v,
+            Body::Wire(r) => &wire[r.clone()],
+        }
+    }
+}
+
+/// What one attempt to read a frame found.
+pub(super) enum Got {
+    /// A whole frame; its payload is at the start of `take_payload()`.
+    Frame(Header),
+    /// Nothing more to read now.
+    WouldBlock,
+    /// The far end closed the connection between frames.
+    Eof,
+    /// Closed mid-frame, or a socket error.
+    Broken(String),
+    /// A header that is not a valid frame, or a payload whose checksum fails.
+    Invalid(WireError),
+}
+
+/// Payload bytes of completed frames, by kind (for fault injection and the
+/// report).
+#[derive(Default, Clone, Copy)]
+pub(super) struct Written {
+    pub bytes: u64,
+    pub scatter_payload: u64,
+    pub gather_payload: u64,
+}
+
+pub(super) struct Conn {
+    pub stream: TcpStream,
+    /// The member this end dialed (`None`: accepted from the listener).
+    pub dialed: Option<usize>,
+    /// A dialed connection is established once the socket reports it.
+    pub connected: bool,
+    /// The member the far end proved (or claimed, before `ready`) to be.
+    pub peer: Option<usize>,
+    pub my_hello: Hello,
+    pub peer_hello: Option<Hello>,
+    /// Both handshake signatures checked: data frames may flow.
+    pub ready: bool,
+    hdr: [u8; HEADER_LEN],
+    hdr_fill: usize,
+    cur: Option<Header>,
+    payload: Vec<u8>,
+    pay_fill: usize,
+    /// Largest payload accepted now (small until the handshake is done).
+    max_len: u32,
+    out: VecDeque<Out>,
+    pub write_blocked: bool,
+    pub last_read: Instant,
+    pub last_write: Instant,
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream, dialed: Option<usize>, my_hello: Hello, handshake_max: u32, now: Instant) -> Conn {
+        Conn {
+            stream,
+            dialed,
+            connected: dialed.is_none(),
+            peer: dialed,
+            my_hello,
+            peer_hello: None,
+            ready: false,
+            hdr: [0; HEADER_LEN],
+            hdr_fill: 0,
+            cur: None,
+            payload: vec![0; handshake_max as usize],
+            pay_fill: 0,
+            max_len: handshake_max,
+            out: VecDeque::with_capacity(64),
+            write_blocked: false,
+            last_read: now,
+            last_write: now,
+        }
+    }
+
+    /// After the handshake: accept data frames up to `max_len` bytes. The
+    /// one large allocation of the connection.
+    pub fn open_data(&mut self, max_len: u32) {
+        self.ready = true;
+        self.max_len = max_len;
+        self.payload = vec![0; max_len as usize];
+    }
+
+    fn payload(&self) -> &[u8] {
+        &self.payload[..self.pay_fill]
+    }
+
+    /// Lends out the receive buffer (the frame just read is at its start)
+    /// so the frame can be handled while the connection is changed.
+    pub fn take_payload(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.payload)
+    }
+
+    /// Returns the lent buffer, unless the handshake finished meanwhile and
+    /// `open_data` put a larger one in its place.
+    pub fn put_payload(&mut self, payload: Vec<u8>) {
+        if self.payload.is_empty() {
+            self.payload = payload;
+        }
+    }
+
+    /// Reads until a whole frame is in or the socket would block.
+    pub fn read_frame(&mut self, now: Instant) -> Got {
+        if self.cur.is_some() && self.pay_fill == self.cur.map_or(0, |h| h.len as usize) {
+            // The previous frame was handed out: start the next one.
+            self.cur = None;
+            self.hdr_fill = 0;
+            self.pay_fill = 0;
+        }
+        loop {
+            let (buf, header_part) = match self.cur {
+                None => (&mut self.hdr[self.hdr_fill..], true),
+                Some(h) => {
+                    if self.pay_fill == h.len as usize {
+                        return match h.verify(self.payload()) {
+                            Ok(()) => Got::Frame(h),
+                            Err(e) => Got::Invalid(e),
+                        };
+                    }
+                    (&mut self.payload[self.pay_fill..h.len as usize], false)
+                }
+            };
+            match self.stream.read(buf) {
+                Ok(0) => {
+                    return if header_part && self.hdr_fill == 0 { Got::Eof } else { Got::Broken("connection closed mid-frame".into()) };
+                }
+                Ok(n) => {
+                    self.last_read = now;
+                    if header_part {
+                        self.hdr_fill += n;
+                        if self.hdr_fill == HEADER_LEN {
+                            match Header::parse(&self.hdr, self.max_len) {
+                                Ok(h) => self.cur = Some(h),
+                                Err(e) => return Got::Invalid(e),
+                            }
+                        }
+                    } else {
+                        self.pay_fill += n;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Got::WouldBlock,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Got::Broken(e.to_string()),
+            }
+        }
+    }
+
+    pub fn queue(&mut self, out: Out, now: Instant) {
+        if self.out.is_empty() {
+            // Time without write progress counts only while something waits.
+            self.last_write = now;
+        }
+        self.out.push_back(out);
+    }
+
+    pub fn has_output(&self) -> bool {
+        !self.out.is_empty()
+    }
+
+    /// Writes queued frames until done or the socket would block.
+    pub fn flush(&mut self, wire: &[u8], now: Instant) -> io::Result<Written> {
+        let mut done = Written::default();
+        while !self.out.is_empty() && !self.write_blocked {
+            let mut slices = [IoSlice::new(&[]); 64];
+            let mut used = 0;
+            for o in self.out.iter() {
+                if used + 2 > slices.len() {
+                    break;
+                }
+                let payload = o.payload(wire);
+                if o.sent < HEADER_LEN {
+                    slices[used] = IoSlice::new(&o.hdr[o.sent..]);
+                    slices[used + 1] = IoSlice::new(payload);
+                    used += 2;
+                } else {
+                    slices[used] = IoSlice::new(&payload[o.sent - HEADER_LEN..]);
+                    used += 1;
+                }
+            }
+            match self.stream.write_vectored(&slices[..used]) {
+                Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "socket accepted no bytes")),
+                Ok(mut n) => {
+                    self.last_write = now;
+                    done.bytes += n as u64;
+                    while n > 0 {
+                        let front = self.out.front_mut().expect("written bytes belong to queued frames");
+                        let len = front.payload(wire).len();
+                        let left = HEADER_LEN + len - front.sent;
+                        if n < left {
+                            front.sent += n;
+                            break;
+                        }
+                        n -= left;
+                        match front.kind {
+                            Kind::Scatter => done.scatter_payload += len as u64,
+                            Kind::Gather => done.gather_payload += len as u64,
+                            _ => {}
+                        }
+                        self.out.pop_front();
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.write_blocked = true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+}

@@ -1,0 +1,137 @@
+//! The group a round runs in and the settings every member must share.
+//! Members are ordered: a member's index is its position, the `sender`
+//! field of its frames and the owner of span `index`. The group digest
+//! (SHA-256 over the members, the vector length and the wire settings) is
+//! signed in every handshake, so two peers that disagree about the group or
+//! the plan refuse each other instead of exchanging misaligned chunks.
+
+use super::codec::Codec;
+use super::identity::PublicKey;
+use super::plan::DEFAULT_CHUNK_BYTES;
+use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Member {
+    /// A name for reports (a hotkey, a host name).
+    pub id: String,
+    pub addr: SocketAddr,
+    pub key: PublicKey,
+    /// Share of the vector this member owns (0 = it only sends and receives).
+    pub fraction: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group {
+    pub members: Vec<Member>,
+}
+
+/// Settings of a round. `codec` and `chunk_bytes` shape the wire and are
+/// part of the group digest; the timeouts are each peer's own business.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub codec: Codec,
+    /// Encoded bytes per chunk at most.
+    pub chunk_bytes: usize,
+    /// How long a member may take to connect and complete the handshake
+    /// before it is counted as failed and the round goes on without it.
+    pub connect_timeout: Duration,
+    /// How long a connection may make no progress while this peer waits for
+    /// that member's contribution or while data to it is queued. Waiting for
+    /// an owner's averaged chunks tolerates twice this: the owner itself may
+    /// be waiting one timeout for a stalled third member.
+    pub stall_timeout: Duration,
+    /// Largest accepted contribution weight (samples accumulated).
+    pub max_weight: f32,
+    /// SO_SNDBUF/SO_RCVBUF for every connection; `None` leaves the kernel's
+    /// autotuning alone (the better choice on Linux loopback and most links).
+    pub socket_buffer: Option<usize>,
+    /// Fault injection for tests and drills: this process dies or stalls
+    /// mid-round. Never set in normal operation.
+    pub fault: Option<Fault>,
+}
+
+/// A failure this peer inflicts on itself, to test how the others cope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Exit the process (as if killed) once this many bytes of scatter
+    /// (`gather == false`) or gather payload have been written.
+    ExitAfter { gather: bool, bytes: u64 },
+    /// Stop reading and writing (sockets stay open) after that many bytes.
+    StallAfter { gather: bool, bytes: u64 },
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            codec: Codec::F16,
+            chunk_bytes: DEFAULT_CHUNK_BYTES,
+            connect_timeout: Duration::from_secs(10),
+            stall_timeout: Duration::from_secs(10),
+            max_weight: 1e9,
+            socket_buffer: None,
+            fault: None,
+        }
+    }
+}
+
+fn codec_tag(codec: Codec) -> [u8; 9] {
+    let (tag, block) = match codec {
+        Codec::F32 => (1u8, 0u64),
+        Codec::F16 => (2, 0),
+        Codec::Bf16 => (3, 0),
+        Codec::Int8 { block } => (4, block as u64),
+    };
+    let mut out = [0u8; 9];
+    out[0] = tag;
+    out[1..].copy_from_slice(&block.to_le_bytes());
+    out
+}
+
+impl Group {
+    /// Members with equal fractions.
+    pub fn equal(members: impl IntoIterator<Item = (String, SocketAddr, PublicKey)>) -> Group {
+        Group { members: members.into_iter().map(|(id, addr, key)| Member { id, addr, key, fraction: 1.0 }).collect() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    pub fn fractions(&self) -> Vec<f64> {
+        self.members.iter().map(|m| m.fraction).collect()
+    }
+
+    /// The index of the member with this key, if exactly one has it.
+    pub fn index_of(&self, key: &PublicKey) -> Option<usize> {
+        let mut found = self.members.iter().enumerate().filter(|(_, m)| m.key == *key).map(|(i, _)| i);
+        let first = found.next()?;
+        found.next().is_none().then_some(first)
+    }
+
+    /// SHA-256 over everything the members must agree on for a vector of
+    /// `len` values: the ordered members and the wire settings.
+    pub fn digest(&self, len: usize, settings: &Settings) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(b"dtrain-allreduce-group-v1");
+        h.update((self.members.len() as u64).to_le_bytes());
+        for m in &self.members {
+            h.update((m.id.len() as u64).to_le_bytes());
+            h.update(m.id.as_bytes());
+            let addr = m.addr.to_string();
+            h.update((addr.len() as u64).to_le_bytes());
+            h.update(addr.as_bytes());
+            h.update(m.key.0);
+            h.update(m.fraction.to_bits().to_le_bytes());
+        }
+        h.update((len as u64).to_le_bytes());
+        h.update(codec_tag(settings.codec));
+        h.update((settings.chunk_bytes as u64).to_le_bytes());
+        h.finalize().into()
+    }
+}

@@ -1,0 +1,932 @@
+//! One all-reduce round: a single-threaded mio event loop over non-blocking
+//! TCP connections to every other member (member `i` dials every `j > i`;
+//! the listener takes the rest), the handshake, scatter-reduce and
+//! all-gather, failures, and the report.
+//!
+//! Why it is shaped this way:
+//! - *One loop, no threads per peer*: the work per byte is a decode-add,
+//!   far cheaper than the kernel's copy, so one thread keeps every socket
+//!   busy and nothing needs locking.
+//! - *Per-chunk pipeline*: the owner finalizes a chunk as soon as every
+//!   expected sender delivered it (or failed), and sends it out at once, so
+//!   all-gather overlaps scatter and a slow sender delays only itself.
+//! - *One encoded vector*: this peer's contribution is encoded once into
+//!   `wire`, its own span's region of which later holds the averaged chunks;
+//!   every outgoing frame is a header plus a range of it, written with
+//!   vectored writes.
+//! - *Encode once, everyone decodes*: the owner decodes its own encoded
+//!   average too, so every peer holding a span holds the same bits.
+
+use super::codec::Codec;
+use super::conn::{Body, Conn, Got, Out};
+use super::group::{Fault, Group, Settings};
+use super::handshake::{AUTH_LEN, HELLO_LEN, Hello, sign_auth, verify_auth};
+use super::identity::{Identity, PublicKey, random_bytes};
+use super::plan::{PlanError, chunk_elems, chunks, spans};
+use super::reduce::SpanReducer;
+use super::report::{Failure, MemberReport, Report, SpanStatus};
+use super::wire::{Header, Kind, checksum};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use rayon::prelude::*;
+use std::collections::HashSet;
+use std::io;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+const LISTENER: Token = Token(usize::MAX);
+/// Members per group at most (the frame's sender field is 16 bits; beyond
+/// a few hundred a flat all-to-all is the wrong algorithm anyway).
+pub const MAX_MEMBERS: usize = 1024;
+/// Connections still in their handshake at most, beyond one per member:
+/// a flood of junk connections cannot grow memory.
+const MAX_PENDING: usize = 64;
+/// Longest reason an Abort frame may carry.
+const ABORT_MAX: usize = 1024;
+/// Refusals kept for the report.
+const MAX_REFUSED: usize = 64;
+const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const DIAL_BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("this peer's public key is not in the group exactly once")]
+    NotMember,
+    #[error("the group has {0} members, at most {MAX_MEMBERS} are supported")]
+    TooManyMembers(usize),
+    #[error("weight {0} is not a finite number between 0 and the maximum {1}")]
+    Weight(f32, f32),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("setting up the event loop: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// A member of all-reduce groups: its key and its listening socket, kept
+/// across rounds.
+pub struct Peer {
+    identity: Identity,
+    listener: TcpListener,
+}
+
+impl Peer {
+    /// Listens on `addr` (port 0 picks a free port).
+    pub fn bind(identity: Identity, addr: SocketAddr) -> io::Result<Peer> {
+        Ok(Peer { identity, listener: TcpListener::bind(addr)? })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        self.identity.public()
+    }
+
+    /// Replaces `grad` by the weighted mean over the group of every
+    /// member's vector (`weight` = samples behind this one; 0 = receive
+    /// only) and reports what happened. Returns by `deadline`; failures of
+    /// other members are in the report, never an error.
+    pub fn all_reduce(
+        &mut self,
+        group: &Group,
+        round: u64,
+        grad: &mut [f32],
+        weight: f32,
+        deadline: Instant,
+        settings: &Settings,
+    ) -> Result<Report, SetupError> {
+        let me = group.index_of(&self.identity.public()).ok_or(SetupError::NotMember)?;
+        if group.len() > MAX_MEMBERS {
+            return Err(SetupError::TooManyMembers(group.len()));
+        }
+        if !(weight.is_finite() && weight >= 0.0 && weight <= settings.max_weight) {
+            return Err(SetupError::Weight(weight, settings.max_weight));
+        }
+        let poll = Poll::new()?;
+        poll.registry().register(&mut self.listener, LISTENER, Interest::READABLE)?;
+        let result = Round::new(&self.identity, &mut self.listener, poll, group, me, round, grad, weight, settings).map(|r| r.run(deadline));
+        if let Ok(report) = &result {
+            tracing::debug!("{}", report.summary());
+        }
+        result
+    }
+}
+
+struct ChunkInfo {
+    /// Elements of the vector.
+    elems: Range<usize>,
+    /// Bytes of the encoded vector.
+    bytes: Range<usize>,
+}
+
+struct MemberState {
+    /// Declared in the handshake.
+    weight: Option<f32>,
+    /// The authenticated connection.
+    conn: Option<usize>,
+    failure: Option<Failure>,
+    last_refusal: Option<String>,
+    /// The connection being dialed (only for members this peer dials).
+    dialing: Option<usize>,
+    next_dial: Instant,
+    backoff: Duration,
+    /// Chunks of this peer's span received from the member.
+    scatter_got: usize,
+    /// The member's averaged chunks received, their checksums, and how many
+    /// carried values (an empty one means "nobody contributed").
+    gather_got: Vec<bool>,
+    gather_sums: Vec<u64>,
+    gather_count: usize,
+    gather_averaged: usize,
+    /// The owner's summary: contributor status per member, span hash.
+    done: Option<(Vec<u8>, u64)>,
+    /// Its connection ended after everything due from it had arrived.
+    closed_clean: bool,
+}
+
+struct Round<'a> {
+    id: &'a Identity,
+    listener: &'a mut TcpListener,
+    poll: Poll,
+    group: &'a Group,
+    settings: &'a Settings,
+    me: usize,
+    round: u64,
+    digest: [u8; 32],
+    codec: Codec,
+    grad: &'a mut [f32],
+    weight: f32,
+    local_rejected: Option<String>,
+    /// Chunks of every member's span.
+    chunks: Vec<Vec<ChunkInfo>>,
+    /// This peer's contribution encoded; its own span's region receives the
+    /// averaged chunks.
+    wire: Vec<u8>,
+    reducer: SpanReducer,
+    finalized: Vec<bool>,
+    averaged: Vec<bool>,
+    my_sums: Vec<u64>,
+    members: Vec<MemberState>,
+    conns: Vec<Option<Conn>>,
+    seen_nonces: HashSet<[u8; 32]>,
+    refused: Vec<String>,
+    data_max_len: u32,
+    start: Instant,
+    connect_s: Option<f64>,
+    bytes_sent: u64,
+    bytes_received: u64,
+    scatter_written: u64,
+    gather_written: u64,
+}
+
+fn span_hash(sums: &[u64]) -> u64 {
+    let bytes: Vec<u8> = sums.iter().flat_map(|s| s.to_le_bytes()).collect();
+    checksum(&bytes)
+}
+
+fn set_buffers(stream: &TcpStream, size: Option<usize>) {
+    use std::os::fd::AsRawFd;
+    let _ = stream.set_nodelay(true);
+    if let Some(size) = size {
+        let v = size.min(i32::MAX as usize) as libc::c_int;
+        for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
+            // SAFETY: a valid socket descriptor and a c_int option value.
+            unsafe {
+                libc::setsockopt(
+                    stream.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    opt,
+                    &v as *const libc::c_int as *const libc::c_void,
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
+        }
+    }
+}
+
+impl<'a> Round<'a> {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        id: &'a Identity,
+        listener: &'a mut TcpListener,
+        poll: Poll,
+        group: &'a Group,
+        me: usize,
+        round: u64,
+        grad: &'a mut [f32],
+        weight: f32,
+        settings: &'a Settings,
+    ) -> Result<Round<'a>, SetupError> {
+        let n = group.len();
+        let codec = settings.codec;
+        let spans = spans(grad.len(), &group.fractions())?;
+        let per_chunk = chunk_elems(codec, settings.chunk_bytes)?;
+        let mut offset = 0;
+        let chunks: Vec<Vec<ChunkInfo>> = spans
+            .iter()
+            .map(|s| {
+                chunks(s.clone(), per_chunk)
+                    .map(|elems| {
+                        let len = codec.encoded_len(elems.len());
+                        offset += len;
+                        ChunkInfo { elems, bytes: offset - len..offset }
+                    })
+                    .collect()
+            })
+            .collect();
+        let data_max_len = chunks.iter().flatten().map(|c| c.bytes.len()).max().unwrap_or(0).max(n + 8).max(ABORT_MAX) as u32;
+
+        let (mut weight, mut local_rejected) = (weight, None);
+        if let Some(i) = grad.iter().position(|v| !v.is_finite()) {
+            local_rejected = Some(format!("local value {i} is {}: contributing nothing, receiving only", grad[i]));
+            weight = 0.0;
+        }
+
+        // Encode what the other owners need, in parallel.
+        let mut wire = vec![0u8; offset];
+        if weight > 0.0 {
+            let mut jobs = Vec::new();
+            let mut rest: &mut [u8] = &mut wire;
+            for (owner, span_chunks) in chunks.iter().enumerate() {
+                for c in span_chunks {
+                    let (dst, tail) = std::mem::take(&mut rest).split_at_mut(c.bytes.len());
+                    rest = tail;
+                    if owner != me {
+                        jobs.push((c.elems.clone(), dst));
+                    }
+                }
+            }
+            let src: &[f32] = grad;
+            jobs.into_par_iter().for_each(|(elems, dst)| codec.encode(&src[elems], dst));
+        }
+
+        let mine = &chunks[me];
+        let span_len = spans[me].len();
+        let mut reducer = SpanReducer::new(span_len, per_chunk, n);
+        if weight > 0.0 {
+            for (c, info) in mine.iter().enumerate() {
+                reducer.add_f32(me, c, weight, &grad[info.elems.clone()]).expect("own chunks are finite and added once");
+            }
+        }
+        let start = Instant::now();
+        let members = (0..n)
+            .map(|j| MemberState {
+                weight: (j == me).then_some(weight),
+                conn: None,
+                failure: None,
+                last_refusal: None,
+                dialing: None,
+                next_dial: start,
+                backoff: DIAL_BACKOFF_MIN,
+                scatter_got: 0,
+                gather_got: vec![false; chunks[j].len()],
+                gather_sums: vec![0; chunks[j].len()],
+                gather_count: 0,
+                gather_averaged: 0,
+                done: None,
+                closed_clean: false,
+            })
+            .collect();
+        let k = mine.len();
+        Ok(Round {
+            id,
+            listener,
+            poll,
+            group,
+            settings,
+            me,
+            round,
+            digest: group.digest(grad.len(), settings),
+            codec,
+            grad,
+            weight,
+            local_rejected,
+            chunks,
+            wire,
+            reducer,
+            finalized: vec![false; k],
+            averaged: vec![false; k],
+            my_sums: vec![0; k],
+            members,
+            conns: Vec::new(),
+            seen_nonces: HashSet::new(),
+            refused: Vec::new(),
+            data_max_len,
+            start,
+            connect_s: None,
+            bytes_sent: 0,
+            bytes_received: 0,
+            scatter_written: 0,
+            gather_written: 0,
+        })
+    }
+
+    fn n(&self) -> usize {
+        self.members.len()
+    }
+
+    fn run(mut self, deadline: Instant) -> Report {
+        let mut events = Events::with_capacity(256);
+        self.finalize_ready_chunks();
+        loop {
+            let now = Instant::now();
+            self.timers(now, deadline);
+            self.flush_all(now, deadline);
+            if self.connect_s.is_none() && (0..self.n()).all(|j| j == self.me || self.members[j].conn.is_some() || self.members[j].failure.is_some())
+            {
+                self.connect_s = Some(self.start.elapsed().as_secs_f64());
+            }
+            if self.finished() {
+                break;
+            }
+            if now >= deadline {
+                for j in 0..self.n() {
+                    if j != self.me && self.members[j].failure.is_none() && !self.member_done(j) {
+                        self.fail(j, Failure::Deadline);
+                    }
+                }
+                break;
+            }
+            let timeout = (deadline - now).min(Duration::from_millis(10));
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout))
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                tracing::warn!("poll failed: {e}");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let now = Instant::now();
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(now),
+                    Token(id) => self.on_event(id, ev.is_writable(), now),
+                }
+            }
+        }
+        self.finalize_ready_chunks();
+        let _ = self.poll.registry().deregister(self.listener);
+        self.report()
+    }
+
+    // ---- connections ------------------------------------------------------
+
+    fn new_hello(&self) -> Hello {
+        Hello { digest: self.digest, nonce: random_bytes(), weight: self.weight }
+    }
+
+    fn add_conn(&mut self, mut stream: TcpStream, dialed: Option<usize>, now: Instant) -> Option<usize> {
+        let id = self.conns.iter().position(Option::is_none).unwrap_or(self.conns.len());
+        if let Err(e) = self.poll.registry().register(&mut stream, Token(id), Interest::READABLE | Interest::WRITABLE) {
+            tracing::warn!("registering a connection: {e}");
+            return None;
+        }
+        set_buffers(&stream, self.settings.socket_buffer);
+        let hello = self.new_hello();
+        let mut conn = Conn::new(stream, dialed, hello, HELLO_LEN.max(AUTH_LEN) as u32, now);
+        let header = Header::for_payload(Kind::Hello, self.me as u16, self.round, 0, 0, &hello.encode());
+        conn.queue(Out::new(&header, Body::Owned(hello.encode().to_vec())), now);
+        if id == self.conns.len() {
+            self.conns.push(Some(conn));
+        } else {
+            self.conns[id] = Some(conn);
+        }
+        Some(id)
+    }
+
+    fn accept(&mut self, now: Instant) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    let pending = self.conns.iter().flatten().filter(|c| !c.ready).count();
+                    if pending >= self.n() + MAX_PENDING {
+                        continue; // dropped: too many unauthenticated connections
+                    }
+                    self.add_conn(stream, None, now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn dial(&mut self, j: usize, now: Instant) {
+        let m = &mut self.members[j];
+        m.next_dial = now + m.backoff;
+        m.backoff = (m.backoff * 2).min(DIAL_BACKOFF_MAX);
+        match TcpStream::connect(self.group.members[j].addr) {
+            Ok(stream) => self.members[j].dialing = self.add_conn(stream, Some(j), now),
+            Err(e) => self.members[j].last_refusal = Some(format!("connecting: {e}")),
+        }
+    }
+
+    fn close(&mut self, id: usize) {
+        if let Some(mut conn) = self.conns[id].take() {
+            let _ = self.poll.registry().deregister(&mut conn.stream);
+            if let Some(j) = conn.peer {
+                let m = &mut self.members[j];
+                if m.conn == Some(id) {
+                    m.conn = None;
+                }
+                if m.dialing == Some(id) {
+                    m.dialing = None;
+                }
+            }
+        }
+    }
+
+    /// Ends a connection that failed its handshake; a dialed member is
+    /// dialed again after the backoff.
+    fn refuse(&mut self, id: usize, reason: String) {
+        let Some(conn) = self.conns[id].as_ref() else { return };
+        let addr = conn.stream.peer_addr().map_or("?".into(), |a| a.to_string());
+        match conn.peer {
+            Some(j) => {
+                if self.refused.len() < MAX_REFUSED {
+                    self.refused.push(format!("{addr} as member {j}: {reason}"));
+                }
+                self.members[j].last_refusal = Some(reason);
+            }
+            None if self.refused.len() < MAX_REFUSED => self.refused.push(format!("{addr}: {reason}")),
+            None => {}
+        }
+        self.close(id);
+    }
+
+    /// The connection ended (closed, broken): a failure only if data from
+    /// that member was still due.
+    fn closed(&mut self, id: usize, why: String) {
+        let Some(conn) = self.conns[id].as_ref() else { return };
+        match (conn.ready, conn.peer) {
+            (true, Some(j)) if self.expects_from(j) => self.fail(j, Failure::Disconnected(why)),
+            (true, Some(j)) => {
+                self.members[j].closed_clean = true;
+                self.close(id)
+            }
+            (true, None) => self.close(id),
+            (false, _) => self.refuse(id, format!("connection ended during the handshake: {why}")),
+        }
+    }
+
+    fn fail(&mut self, j: usize, failure: Failure) {
+        let m = &mut self.members[j];
+        if m.failure.is_none() {
+            tracing::debug!("round {}: member {j} failed: {failure}", self.round);
+            m.failure = Some(failure);
+        }
+        for id in [m.conn, m.dialing].into_iter().flatten() {
+            self.close(id);
+        }
+        self.finalize_ready_chunks();
+    }
+
+    fn on_event(&mut self, id: usize, writable: bool, now: Instant) {
+        let Some(conn) = self.conns.get_mut(id).and_then(Option::as_mut) else { return };
+        if !conn.connected {
+            match conn.stream.take_error() {
+                Ok(Some(e)) | Err(e) => return self.refuse(id, format!("connecting: {e}")),
+                Ok(None) => {}
+            }
+            match conn.stream.peer_addr() {
+                Ok(_) => conn.connected = true,
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return,
+                Err(e) => return self.refuse(id, format!("connecting: {e}")),
+            }
+        }
+        if writable {
+            conn.write_blocked = false;
+        }
+        loop {
+            let Some(conn) = self.conns[id].as_mut() else { return };
+            match conn.read_frame(now) {
+                Got::Frame(h) => {
+                    self.bytes_received += (super::wire::HEADER_LEN + h.len as usize) as u64;
+                    let payload = conn.take_payload();
+                    if conn.ready {
+                        self.on_data(id, h, &payload[..h.len as usize]);
+                    } else {
+                        self.on_handshake(id, h, &payload[..h.len as usize], now);
+                    }
+                    if let Some(conn) = self.conns[id].as_mut() {
+                        conn.put_payload(payload);
+                    }
+                }
+                Got::WouldBlock => return,
+                Got::Eof => return self.closed(id, "closed by the peer".into()),
+                Got::Broken(why) => return self.closed(id, why),
+                Got::Invalid(e) => return self.invalid(id, e.to_string()),
+            }
+        }
+    }
+
+    fn invalid(&mut self, id: usize, why: String) {
+        match self.conns[id].as_ref().map(|c| (c.ready, c.peer)) {
+            Some((true, Some(j))) => self.fail(j, Failure::Invalid(why)),
+            Some(_) => self.refuse(id, why),
+            None => {}
+        }
+    }
+
+    // ---- handshake --------------------------------------------------------
+
+    fn on_handshake(&mut self, id: usize, h: Header, payload: &[u8], now: Instant) {
+        let (me, n, round) = (self.me, self.n(), self.round);
+        let conn = self.conns[id].as_ref().expect("a live connection");
+        let (dialed, peer, peer_hello, my_hello) = (conn.dialed, conn.peer, conn.peer_hello, conn.my_hello);
+        if h.round != round {
+            return self.refuse(id, format!("wrong round {} (this is round {round})", h.round));
+        }
+        let j = h.sender as usize;
+        match h.kind {
+            Kind::Hello => {
+                if peer_hello.is_some() {
+                    return self.refuse(id, "second hello".into());
+                }
+                if j >= n || j == me {
+                    return self.refuse(id, format!("claims to be member {j}, which is not another member of this group"));
+                }
+                if let Some(d) = dialed
+                    && d != j
+                {
+                    return self.refuse(id, format!("dialed member {d} but it says it is member {j}"));
+                }
+                self.conns[id].as_mut().expect("a live connection").peer = Some(j);
+                if dialed.is_none() && j > me {
+                    return self.refuse(id, format!("member {j} dials lower members, not the other way round"));
+                }
+                let hello = match Hello::parse(payload) {
+                    Ok(hello) => hello,
+                    Err(e) => return self.refuse(id, e.to_string()),
+                };
+                if hello.digest != self.digest {
+                    return self.refuse(id, "different group, vector length or wire settings (group digest differs)".into());
+                }
+                if !self.seen_nonces.insert(hello.nonce) {
+                    return self.refuse(id, "replayed handshake (nonce seen before)".into());
+                }
+                if !(hello.weight.is_finite() && hello.weight >= 0.0 && hello.weight <= self.settings.max_weight) {
+                    return self.refuse(id, format!("weight {} outside 0..={}", hello.weight, self.settings.max_weight));
+                }
+                if self.members[j].conn.is_some() || self.members[j].failure.is_some() {
+                    return self.refuse(id, "member already connected or already dropped this round".into());
+                }
+                let sig = sign_auth(self.id, round, me as u16, j as u16, &my_hello, &hello.nonce);
+                let header = Header::for_payload(Kind::Auth, me as u16, round, 0, 0, &sig);
+                let conn = self.conns[id].as_mut().expect("a live connection");
+                conn.peer_hello = Some(hello);
+                conn.queue(Out::new(&header, Body::Owned(sig.to_vec())), now);
+            }
+            Kind::Auth => {
+                let (Some(peer_hello), Some(p)) = (peer_hello, peer) else {
+                    return self.refuse(id, "auth before hello".into());
+                };
+                if p != j {
+                    return self.refuse(id, format!("auth from member {j} on member {p}'s connection"));
+                }
+                let key = self.group.members[j].key;
+                if let Err(e) = verify_auth(&key, round, j as u16, me as u16, &peer_hello, &my_hello.nonce, payload) {
+                    return self.refuse(id, e.to_string());
+                }
+                if self.members[j].conn.is_some() || self.members[j].failure.is_some() {
+                    return self.refuse(id, "member already connected or already dropped this round".into());
+                }
+                self.ready(id, j, peer_hello.weight, now);
+            }
+            other => self.refuse(id, format!("{other:?} frame before the handshake finished")),
+        }
+    }
+
+    /// The handshake checked out: start exchanging data with member `j`.
+    fn ready(&mut self, id: usize, j: usize, weight: f32, now: Instant) {
+        let (me, round) = (self.me, self.round);
+        let mut outs = Vec::with_capacity(self.chunks[j].len() + self.finalized.len() + 1);
+        if self.weight > 0.0 {
+            for (c, info) in self.chunks[j].iter().enumerate() {
+                let header = Header::for_payload(Kind::Scatter, me as u16, round, j as u32, c as u32, &self.wire[info.bytes.clone()]);
+                outs.push(Out::new(&header, Body::Wire(info.bytes.clone())));
+            }
+        }
+        outs.extend((0..self.finalized.len()).filter(|&c| self.finalized[c]).map(|c| self.gather_out(c)));
+        if !self.finalized.is_empty() && self.all_finalized() {
+            outs.push(self.done_out());
+        }
+        let conn = self.conns[id].as_mut().expect("a live connection");
+        conn.open_data(self.data_max_len);
+        for out in outs {
+            conn.queue(out, now);
+        }
+        let m = &mut self.members[j];
+        m.conn = Some(id);
+        m.weight = Some(weight);
+        if m.dialing == Some(id) {
+            m.dialing = None;
+        }
+        self.finalize_ready_chunks();
+    }
+
+    // ---- data ---------------------------------------------------------------
+
+    fn on_data(&mut self, id: usize, h: Header, payload: &[u8]) {
+        let j = self.conns[id].as_ref().and_then(|c| c.peer).expect("a ready connection has a peer");
+        if h.sender as usize != j || h.round != self.round {
+            return self.fail(j, Failure::Invalid(format!("{:?} frame claims sender {} round {}", h.kind, h.sender, h.round)));
+        }
+        let (c, span) = (h.chunk as usize, h.span as usize);
+        match h.kind {
+            Kind::Scatter => {
+                let w = self.members[j].weight.unwrap_or(0.0);
+                if span != self.me || w == 0.0 {
+                    return self.fail(j, Failure::Invalid(format!("scatter chunk for span {span} with weight {w}")));
+                }
+                if let Err(e) = self.reducer.add(j, c, w, self.codec, payload) {
+                    return self.fail(j, Failure::Invalid(format!("scatter chunk {c}: {e}")));
+                }
+                self.members[j].scatter_got += 1;
+                self.finalize_ready_chunks();
+            }
+            Kind::Gather => {
+                let Some(info) = self.chunks.get(span).and_then(|s| s.get(c)).filter(|_| span == j) else {
+                    return self.fail(j, Failure::Invalid(format!("averaged chunk {c} of span {span}")));
+                };
+                let m = &self.members[j];
+                if m.gather_got[c] || m.done.is_some() {
+                    return self.fail(j, Failure::Invalid(format!("averaged chunk {c} sent twice or after the summary")));
+                }
+                if !payload.is_empty() {
+                    if let Err(e) = self.codec.decode(payload, &mut self.grad[info.elems.clone()]) {
+                        return self.fail(j, Failure::Invalid(format!("averaged chunk {c}: {e}")));
+                    }
+                }
+                let m = &mut self.members[j];
+                m.gather_got[c] = true;
+                m.gather_sums[c] = h.checksum;
+                m.gather_count += 1;
+                m.gather_averaged += usize::from(!payload.is_empty());
+            }
+            Kind::Done => {
+                let n = self.n();
+                let m = &self.members[j];
+                if m.done.is_some() || m.gather_count != m.gather_got.len() || payload.len() != n + 8 || payload[..n].iter().any(|&s| s > 2) {
+                    return self.fail(j, Failure::Invalid("malformed or early span summary".into()));
+                }
+                let hash = u64::from_le_bytes(payload[n..].try_into().expect("8 bytes"));
+                if hash != span_hash(&m.gather_sums) {
+                    return self.fail(j, Failure::Invalid("span hash differs from the chunks received".into()));
+                }
+                self.members[j].done = Some((payload[..n].to_vec(), hash));
+            }
+            Kind::Abort => {
+                let why: String = String::from_utf8_lossy(payload).chars().take(200).collect();
+                self.fail(j, Failure::Aborted(why));
+            }
+            Kind::Hello | Kind::Auth => self.fail(j, Failure::Invalid("handshake frame after the handshake".into())),
+        }
+    }
+
+    /// Whether a member is still expected to contribute to this peer's span.
+    fn contributes(&self, s: usize) -> bool {
+        s != self.me && self.members[s].failure.is_none() && self.members[s].weight.is_none_or(|w| w > 0.0)
+    }
+
+    fn finalize_ready_chunks(&mut self) {
+        for c in 0..self.finalized.len() {
+            if !self.finalized[c] && (0..self.n()).all(|s| !self.contributes(s) || self.reducer.has(c, s)) {
+                self.finalize(c);
+            }
+        }
+    }
+
+    /// Averages chunk `c` of this peer's span, encodes it once, decodes it
+    /// into `grad` and sends the same bytes to every connected member.
+    fn finalize(&mut self, c: usize) {
+        let info = &self.chunks[self.me][c];
+        let start = self.chunks[self.me][0].elems.start;
+        let now = Instant::now();
+        self.finalized[c] = true;
+        match self.reducer.average_chunk(c) {
+            Some(avg) => {
+                let enc = &mut self.wire[info.bytes.clone()];
+                self.codec.encode(avg, enc);
+                self.my_sums[c] = checksum(enc);
+                self.codec.decode(enc, &mut self.grad[info.elems.clone()]).expect("own encoding decodes");
+                self.averaged[c] = true;
+            }
+            None => self.my_sums[c] = checksum(&[]),
+        }
+        debug_assert_eq!(self.reducer.chunk_range(c).start + start, info.elems.start);
+        let complete = self.finalized.iter().all(|&f| f);
+        for id in 0..self.conns.len() {
+            if self.conns[id].as_ref().is_some_and(|c| c.ready) {
+                let out = self.gather_out(c);
+                let done = complete.then(|| self.done_out());
+                let conn = self.conns[id].as_mut().expect("checked");
+                conn.queue(out, now);
+                if let Some(done) = done {
+                    conn.queue(done, now);
+                }
+            }
+        }
+    }
+
+    fn gather_out(&self, c: usize) -> Out {
+        let bytes = &self.chunks[self.me][c].bytes;
+        let range = if self.averaged[c] { bytes.clone() } else { bytes.start..bytes.start };
+        let header = Header {
+            kind: Kind::Gather,
+            sender: self.me as u16,
+            round: self.round,
+            span: self.me as u32,
+            chunk: c as u32,
+            len: range.len() as u32,
+            checksum: self.my_sums[c],
+        };
+        Out::new(&header, Body::Wire(range))
+    }
+
+    /// Per member 0 (no contribution), 1 (some chunks), 2 (every chunk).
+    fn contributor_status(&self) -> Vec<u8> {
+        let k = self.finalized.len();
+        (0..self.n())
+            .map(|s| {
+                let got = (0..k).filter(|&c| self.reducer.has(c, s)).count();
+                if got == 0 {
+                    0
+                } else if got == k {
+                    2
+                } else {
+                    1
+                }
+            })
+            .collect()
+    }
+
+    fn done_out(&self) -> Out {
+        let mut payload = self.contributor_status();
+        payload.extend_from_slice(&span_hash(&self.my_sums).to_le_bytes());
+        let header = Header::for_payload(Kind::Done, self.me as u16, self.round, self.me as u32, 0, &payload);
+        Out::new(&header, Body::Owned(payload))
+    }
+
+    // ---- progress -----------------------------------------------------------
+
+    /// Whether data from member `j` is still due.
+    fn expects_from(&self, j: usize) -> bool {
+        self.expects_scatter(j) || self.expects_gather(j)
+    }
+
+    fn expects_scatter(&self, j: usize) -> bool {
+        self.contributes(j) && self.members[j].scatter_got < self.finalized.len()
+    }
+
+    fn expects_gather(&self, j: usize) -> bool {
+        let m = &self.members[j];
+        !m.gather_got.is_empty() && m.done.is_none()
+    }
+
+    /// Member `j` has nothing more to send us and we nothing more to it.
+    fn member_done(&self, j: usize) -> bool {
+        let m = &self.members[j];
+        m.failure.is_some()
+            || (m.closed_clean && self.all_finalized())
+            || m.conn.is_some_and(|id| self.conns[id].as_ref().is_some_and(|c| !c.has_output()) && !self.expects_from(j) && self.all_finalized())
+    }
+
+    fn all_finalized(&self) -> bool {
+        self.finalized.iter().all(|&f| f)
+    }
+
+    fn finished(&self) -> bool {
+        self.all_finalized() && (0..self.n()).all(|j| j == self.me || self.member_done(j))
+    }
+
+    fn timers(&mut self, now: Instant, deadline: Instant) {
+        let s = self.settings;
+        for j in 0..self.n() {
+            if j == self.me || self.members[j].failure.is_some() || self.members[j].closed_clean {
+                continue;
+            }
+            match self.members[j].conn {
+                None if now.duration_since(self.start) > s.connect_timeout => {
+                    let why = self.members[j].last_refusal.clone();
+                    self.fail(j, Failure::NeverConnected(why));
+                }
+                None => {
+                    let m = &self.members[j];
+                    if j > self.me && m.dialing.is_none() && now >= m.next_dial && now < deadline {
+                        self.dial(j, now);
+                    }
+                }
+                Some(id) => {
+                    let conn = self.conns[id].as_ref().expect("a member's connection is live");
+                    let (read_idle, write_idle) = (now.duration_since(conn.last_read), now.duration_since(conn.last_write));
+                    if self.expects_scatter(j) && read_idle > s.stall_timeout {
+                        self.fail(j, Failure::Stalled(format!("no data for {:.1} s while its contribution was due", read_idle.as_secs_f64())));
+                    } else if self.expects_gather(j) && read_idle > 2 * s.stall_timeout {
+                        self.fail(j, Failure::Stalled(format!("no averaged chunks for {:.1} s", read_idle.as_secs_f64())));
+                    } else if conn.has_output() && write_idle > s.stall_timeout {
+                        self.fail(j, Failure::Stalled(format!("not reading: nothing written to it for {:.1} s", write_idle.as_secs_f64())));
+                    }
+                }
+            }
+        }
+        // Unauthenticated connections that stopped moving are dropped.
+        for id in 0..self.conns.len() {
+            if let Some(c) = &self.conns[id]
+                && !c.ready
+                && now.duration_since(c.last_read) > s.stall_timeout
+            {
+                self.refuse(id, "handshake stalled".into());
+            }
+        }
+    }
+
+    fn flush_all(&mut self, now: Instant, deadline: Instant) {
+        for id in 0..self.conns.len() {
+            let Some(conn) = self.conns[id].as_mut() else { continue };
+            if !conn.connected || conn.write_blocked || !conn.has_output() {
+                continue;
+            }
+            match conn.flush(&self.wire, now) {
+                Ok(w) => {
+                    self.bytes_sent += w.bytes;
+                    self.scatter_written += w.scatter_payload;
+                    self.gather_written += w.gather_payload;
+                }
+                Err(e) => self.closed(id, format!("writing: {e}")),
+            }
+            self.inject_fault(deadline);
+        }
+    }
+
+    fn inject_fault(&self, deadline: Instant) {
+        let written = |gather: bool| if gather { self.gather_written } else { self.scatter_written };
+        match self.settings.fault {
+            Some(Fault::ExitAfter { gather, bytes }) if written(gather) >= bytes => {
+                // SAFETY: ends the process at once, like a kill: no destructor
+                // runs, the kernel closes the sockets.
+                unsafe { libc::_exit(86) }
+            }
+            Some(Fault::StallAfter { gather, bytes }) if written(gather) >= bytes => {
+                std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+            }
+            _ => {}
+        }
+    }
+
+    // ---- report -------------------------------------------------------------
+
+    fn report(self) -> Report {
+        let n = self.n();
+        let k = self.finalized.len();
+        let status = |averaged: usize, chunks: usize| match (averaged, chunks) {
+            (_, 0) => SpanStatus::Empty,
+            (a, c) if a == c => SpanStatus::Averaged,
+            (0, _) => SpanStatus::KeptLocal,
+            (averaged, chunks) => SpanStatus::Partial { averaged, chunks },
+        };
+        let members = (0..n)
+            .map(|j| {
+                let m = &self.members[j];
+                let info = &self.chunks[j];
+                let span = info.first().map_or((0, 0), |f| (f.elems.start, info.last().expect("nonempty").elems.end));
+                let (span_status, contributors, hash) = if j == self.me {
+                    let averaged = self.averaged.iter().filter(|&&a| a).count();
+                    let st = status(averaged, k);
+                    let hash = (st == SpanStatus::Averaged).then(|| span_hash(&self.my_sums));
+                    (st, self.contributor_status(), hash)
+                } else {
+                    let st = status(m.gather_averaged, m.gather_got.len());
+                    let (contrib, hash) = m.done.clone().unwrap_or_default();
+                    let hash = (st == SpanStatus::Averaged && m.done.is_some()).then_some(hash);
+                    (st, contrib, hash)
+                };
+                let pick = |v: u8| contributors.iter().enumerate().filter(|&(_, &s)| s == v).map(|(i, _)| i).collect();
+                MemberReport {
+                    id: self.group.members[j].id.clone(),
+                    span,
+                    weight: m.weight,
+                    failure: m.failure.clone(),
+                    contributors: pick(2),
+                    partial_contributors: pick(1),
+                    span_status,
+                    hash,
+                }
+            })
+            .collect();
+        Report {
+            round: self.round,
+            me: self.me,
+            members,
+            local_rejected: self.local_rejected,
+            refused: self.refused,
+            bytes_sent: self.bytes_sent,
+            bytes_received: self.bytes_received,
+            connect_s: self.connect_s,
+            elapsed_s: self.start.elapsed().as_secs_f64(),
+        }
+    }
+}

@@ -1,0 +1,176 @@
+//! Whole all-reduce rounds over loopback TCP, every peer a thread of this
+//! test: results against a naive weighted mean (f64) for N = 1…8, awkward
+//! lengths and chunk sizes, zero-fraction and zero-weight members and every
+//! codec; bit-identical results on every peer; the reports.
+
+use dtrain::allreduce::codec::Codec;
+use dtrain::allreduce::{Group, Identity, Member, Peer, Report, Settings, SpanStatus};
+use dtrain::rng::Rng;
+use std::time::{Duration, Instant};
+
+struct Case {
+    n: usize,
+    len: usize,
+    fractions: Vec<f64>,
+    weights: Vec<f32>,
+    settings: Settings,
+}
+
+fn case(n: usize, len: usize, codec: Codec, chunk_bytes: usize) -> Case {
+    Case { n, len, fractions: vec![1.0; n], weights: vec![1.0; n], settings: Settings { codec, chunk_bytes, ..Settings::default() } }
+}
+
+fn data(n: usize, len: usize, seed: u64) -> Vec<Vec<f32>> {
+    let mut rng = Rng::new(seed);
+    (0..n).map(|i| (0..len).map(|_| rng.normal() * (1.0 + i as f32)).collect()).collect()
+}
+
+/// Runs one round on `case.n` threads; returns each peer's vector and report.
+fn run(case: &Case, inputs: &[Vec<f32>], round: u64) -> Vec<(Vec<f32>, Report)> {
+    let peers: Vec<Peer> = (0..case.n).map(|i| Peer::bind(Identity::from_seed([i as u8 + 1; 32]), "127.0.0.1:0".parse().unwrap()).unwrap()).collect();
+    let group = Group {
+        members: peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Member { id: format!("peer{i}"), addr: p.local_addr().unwrap(), key: p.public_key(), fraction: case.fractions[i] })
+            .collect(),
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = peers
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut peer)| {
+                let (group, settings, mut x, w) = (&group, &case.settings, inputs[i].clone(), case.weights[i]);
+                s.spawn(move || {
+                    let report = peer.all_reduce(group, round, &mut x, w, deadline, settings).unwrap();
+                    (x, report)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// Per-value error bound of one encode/decode of `x` (see codec.rs).
+fn codec_err(codec: Codec, x: f64, block_max: f64) -> f64 {
+    match codec {
+        Codec::F32 => x.abs() * 2f64.powi(-23),
+        Codec::F16 => (x.abs() * 2f64.powi(-11)).max(2f64.powi(-25)),
+        Codec::Bf16 => x.abs() * 2f64.powi(-8),
+        Codec::Int8 { .. } => block_max / 254.0,
+    }
+}
+
+fn check_mean(case: &Case, inputs: &[Vec<f32>], results: &[(Vec<f32>, Report)]) {
+    let codec = case.settings.codec;
+    let total: f64 = case.weights.iter().map(|&w| w as f64).sum();
+    let block_max: f64 = inputs.iter().flatten().fold(0.0, |m, &v| m.max(v.abs() as f64));
+    let mean: Vec<f64> = (0..case.len).map(|e| inputs.iter().zip(&case.weights).map(|(x, &w)| w as f64 * x[e] as f64).sum::<f64>() / total).collect();
+    let (first, _) = &results[0];
+    for (i, (x, report)) in results.iter().enumerate() {
+        assert!(report.failures().is_empty(), "peer {i}: {}", report.summary());
+        assert_eq!(x, first, "peer {i} differs from peer 0: results must be bit-identical");
+        for m in &report.members {
+            assert!(matches!(m.span_status, SpanStatus::Averaged | SpanStatus::Empty), "{m:?}");
+        }
+    }
+    for (e, &want) in mean.iter().enumerate() {
+        let contrib: f64 = inputs.iter().zip(&case.weights).map(|(x, &w)| w as f64 * codec_err(codec, x[e] as f64, block_max)).sum::<f64>() / total;
+        let bound = contrib + codec_err(codec, want, block_max * 1.01) + 1e-6 * want.abs() + 1e-12;
+        let got = first[e] as f64;
+        assert!((got - want).abs() <= bound, "element {e}: got {got}, want {want}, bound {bound} ({codec:?}, n {})", case.n);
+    }
+    // Every peer holding a whole averaged span reports the same hash for it.
+    for j in 0..case.n {
+        let hashes: Vec<_> = results.iter().map(|(_, r)| r.members[j].hash).collect();
+        let span = results[0].1.members[j].span;
+        if span.1 > span.0 {
+            assert!(hashes.iter().all(|h| h.is_some() && *h == hashes[0]), "span {j}: {hashes:?}");
+        }
+    }
+}
+
+#[test]
+fn matches_the_weighted_mean_for_one_to_eight_peers() {
+    for n in 1..=8 {
+        // Not divisible by n, nor by the chunk (1000 f16 values).
+        let c = case(n, 12_347, Codec::F16, 2000);
+        let inputs = data(n, c.len, n as u64);
+        let results = run(&c, &inputs, 7);
+        check_mean(&c, &inputs, &results);
+        for (i, (_, r)) in results.iter().enumerate() {
+            assert_eq!(r.me, i);
+            for (j, m) in r.members.iter().enumerate() {
+                assert_eq!(m.contributors, (0..n).collect::<Vec<_>>(), "peer {i} span {j}");
+            }
+        }
+    }
+}
+
+#[test]
+fn every_codec_stays_within_its_documented_error() {
+    for codec in [Codec::F32, Codec::F16, Codec::Bf16, Codec::Int8 { block: 64 }] {
+        let c = case(3, 10_001, codec, 4096);
+        let inputs = data(3, c.len, 11);
+        check_mean(&c, &inputs, &run(&c, &inputs, 1));
+    }
+}
+
+#[test]
+fn zero_fraction_and_zero_weight_members() {
+    let mut c = case(5, 9_999, Codec::F32, 1024);
+    c.fractions = vec![1.0, 0.0, 2.0, 1.0, 0.0];
+    c.weights = vec![3.0, 1.0, 0.0, 2.5, 0.0];
+    let inputs = data(5, c.len, 5);
+    let results = run(&c, &inputs, 3);
+    check_mean(&c, &inputs, &results);
+    let r = &results[1].1;
+    assert_eq!(r.members[1].span_status, SpanStatus::Empty);
+    assert!((4999..=5000).contains(&(r.members[2].span.1 - r.members[2].span.0)), "{:?}", r.members[2].span);
+    // Zero-weight members receive but contribute nothing.
+    assert_eq!(r.members[0].contributors, vec![0, 1, 3]);
+}
+
+#[test]
+fn tiny_and_empty_vectors() {
+    for len in [0, 1, 3] {
+        let c = case(4, len, Codec::F16, 64);
+        let inputs = data(4, len, 2);
+        check_mean(&c, &inputs, &run(&c, &inputs, 9));
+    }
+}
+
+#[test]
+fn consecutive_rounds_reuse_the_listeners() {
+    let c = case(3, 5000, Codec::Bf16, 1000);
+    let peers: Vec<Peer> = (0..3).map(|i| Peer::bind(Identity::from_seed([i as u8 + 40; 32]), "127.0.0.1:0".parse().unwrap()).unwrap()).collect();
+    let group = Group::equal(peers.iter().enumerate().map(|(i, p)| (format!("p{i}"), p.local_addr().unwrap(), p.public_key())));
+    let inputs = data(3, c.len, 4);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = peers
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut peer)| {
+                let (group, settings, input) = (&group, &c.settings, &inputs[i]);
+                s.spawn(move || {
+                    let mut outs = Vec::new();
+                    for round in 100..104 {
+                        let mut x = input.clone();
+                        let deadline = Instant::now() + Duration::from_secs(30);
+                        let r = peer.all_reduce(group, round, &mut x, 1.0, deadline, settings).unwrap();
+                        assert!(r.failures().is_empty(), "{}", r.summary());
+                        outs.push(x);
+                    }
+                    outs
+                })
+            })
+            .collect();
+        let outs: Vec<Vec<Vec<f32>>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        for round in 0..4 {
+            assert_eq!(outs[0][round], outs[1][round]);
+            assert_eq!(outs[0][round], outs[2][round]);
+            assert_eq!(outs[0][round], outs[0][0]);
+        }
+    });
+}
