@@ -5,9 +5,11 @@
 //! - [`engine`]: the kernel-set trait and its CPU implementation;
 //! - [`optim`]: AdamW, LAMB and gradient clipping;
 //! - [`data`]: text and token-shard inputs and the batch loader;
-//! - [`train`]: the single-node training loop behind `dtrain train`.
+//! - [`train`]: the single-node training loop behind `dtrain train`;
+//! - [`allreduce`]: butterfly all-reduce between peers over TCP.
 
 pub mod allreduce;
+pub mod allreduce_bench;
 pub mod bench;
 pub mod data;
 pub mod engine;

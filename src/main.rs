@@ -53,6 +53,9 @@ enum Command {
     /// Benchmarks (ratios against anchors measured in the same run).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// One all-reduce peer driven over stdin/stdout (used by `bench allreduce` and the tests).
+    #[command(hide = true)]
+    AllreducePeer(dtrain::allreduce_bench::PeerArgs),
 }
 
 #[derive(Args)]
@@ -155,6 +158,9 @@ enum BenchCommand {
     Train(dtrain::bench::TrainBenchArgs),
     /// GPT-2 tokenization throughput beside HF tokenizers' Python binding and tiktoken.
     Tokenize(dtrain::bench::TokenizeBenchArgs),
+    /// Butterfly all-reduce between N peer processes on 127.0.0.1 (time, algbw, busbw),
+    /// beside torch.distributed gloo and a plain TCP pump.
+    Allreduce(dtrain::allreduce_bench::AllreduceBenchArgs),
 }
 
 fn main() {
@@ -188,6 +194,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(BenchCommand::Train(a)) => dtrain::bench::train_bench(&a),
         Command::Bench(BenchCommand::Tokenize(a)) => dtrain::bench::tokenize_bench(&a),
+        Command::Bench(BenchCommand::Allreduce(a)) => dtrain::allreduce_bench::allreduce_bench(&a),
+        Command::AllreducePeer(a) => dtrain::allreduce_bench::peer_main(&a),
     }
 }
 

@@ -30,7 +30,7 @@ fn out_of_order_chunks_give_the_weighted_mean_of_who_delivered() {
     }
     for &(s, c) in &jobs {
         let range = c * elems..((c + 1) * elems).min(len);
-        r.add(s, c, weights[s], Codec::F32, &encode(Codec::F32, &data[s][range])).unwrap();
+        r.add(s, c, weights[s], Codec::F32, &encode(Codec::F32, &data[s][range]), &[]).unwrap();
     }
     assert!(!r.complete());
     assert_eq!(r.contributors(2), vec![0, 1, 2, 4]);
@@ -49,17 +49,40 @@ fn out_of_order_chunks_give_the_weighted_mean_of_who_delivered() {
 fn bad_contributions_are_refused_and_change_nothing() {
     let mut r = SpanReducer::new(10, 4, 2);
     let ok = encode(Codec::F32, &[1.0; 4]);
-    r.add(0, 0, 1.0, Codec::F32, &ok).unwrap();
-    assert_eq!(r.add(0, 0, 1.0, Codec::F32, &ok), Err(ReduceError::Duplicate { sender: 0, chunk: 0 }));
-    assert_eq!(r.add(2, 0, 1.0, Codec::F32, &ok), Err(ReduceError::Sender(2)));
-    assert_eq!(r.add(1, 3, 1.0, Codec::F32, &ok), Err(ReduceError::Chunk(3)));
-    assert_eq!(r.add(1, 0, f32::NAN, Codec::F32, &ok).unwrap_err().to_string(), "weight NaN is not a finite non-negative number");
-    assert_eq!(r.add(1, 0, -1.0, Codec::F32, &ok), Err(ReduceError::Weight(-1.0)));
+    r.add(0, 0, 1.0, Codec::F32, &ok, &[]).unwrap();
+    assert_eq!(r.add(0, 0, 1.0, Codec::F32, &ok, &[]), Err(ReduceError::Duplicate { sender: 0, chunk: 0 }));
+    assert_eq!(r.add(2, 0, 1.0, Codec::F32, &ok, &[]), Err(ReduceError::Sender(2)));
+    assert_eq!(r.add(1, 3, 1.0, Codec::F32, &ok, &[]), Err(ReduceError::Chunk(3)));
+    assert_eq!(r.add(1, 0, f32::NAN, Codec::F32, &ok, &[]).unwrap_err().to_string(), "weight NaN is not a finite non-negative number");
+    assert_eq!(r.add(1, 0, -1.0, Codec::F32, &ok, &[]), Err(ReduceError::Weight(-1.0)));
     let nan = encode(Codec::F32, &[1.0, f32::NAN, 1.0, 1.0]);
-    assert!(matches!(r.add(1, 0, 1.0, Codec::F32, &nan), Err(ReduceError::Codec(_))));
+    assert!(matches!(r.add(1, 0, 1.0, Codec::F32, &nan, &[]), Err(ReduceError::Codec(_))));
     // The refused chunk can still come properly afterwards.
-    r.add(1, 0, 3.0, Codec::F32, &encode(Codec::F32, &[5.0; 4])).unwrap();
+    r.add(1, 0, 3.0, Codec::F32, &encode(Codec::F32, &[5.0; 4]), &[]).unwrap();
     let out = r.finish(&[0.0; 10]);
     assert_eq!(&out[..4], &[4.0; 4]); // (1·1 + 3·5) / 4
     assert_eq!(&out[4..], &[0.0; 6]); // nothing arrived: the fallback
+}
+
+#[test]
+fn the_owners_own_values_count_with_their_weight_in_every_chunk() {
+    let (len, elems) = (250, 64);
+    let mut rng = Rng::new(3);
+    let own: Vec<f32> = (0..len).map(|_| rng.normal()).collect();
+    let peer: Vec<f32> = (0..len).map(|_| rng.normal()).collect();
+    // Stale values in a reused buffer must not leak into the result.
+    let mut r = SpanReducer::reusing(vec![1e30; len], len, elems, 3);
+    r.set_own(1, 2.0);
+    // The peer (weight 0.5) delivers chunks 0 and 2 only; sender 2 nothing.
+    for c in [2, 0] {
+        let range = c * elems..((c + 1) * elems).min(len);
+        r.add(0, c, 0.5, Codec::F32, &encode(Codec::F32, &peer[range]), &own).unwrap();
+    }
+    assert_eq!(r.contributors(1), vec![1]);
+    let out = r.finish(&own);
+    for i in 0..len {
+        let c = i / elems;
+        let want = if c == 0 || c == 2 { (2.0 * own[i] as f64 + 0.5 * peer[i] as f64) / 2.5 } else { own[i] as f64 };
+        assert!((out[i] as f64 - want).abs() < 1e-6, "{i}: {} vs {want}", out[i]);
+    }
 }

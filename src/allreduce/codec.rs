@@ -14,7 +14,8 @@
 //! non-negative — and only then writes anything, so bytes from a peer can
 //! neither produce non-finite values nor leave a half-added chunk behind.
 
-use half::slice::HalfFloatSliceExt;
+use crate::engine::cpu::simd::multiversion;
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 use half::{bf16, f16};
 
 /// Largest finite f16.
@@ -57,40 +58,34 @@ impl Codec {
     pub fn encode(&self, src: &[f32], dst: &mut [u8]) {
         assert_eq!(dst.len(), self.encoded_len(src.len()), "destination sized by encoded_len");
         match *self {
-            Codec::F32 => dst.chunks_exact_mut(4).zip(src).for_each(|(d, v)| d.copy_from_slice(&v.to_le_bytes())),
+            Codec::F32 => match words_mut::<f32>(dst) {
+                Some(d) => d.copy_from_slice(src),
+                None => dst.chunks_exact_mut(4).zip(src).for_each(|(d, v)| d.copy_from_slice(&v.to_le_bytes())),
+            },
             Codec::F16 => {
                 let mut clamped = [0f32; STEP];
-                let mut half = [f16::ZERO; STEP];
+                let mut bits = [0u16; STEP];
                 for (s, d) in src.chunks(STEP).zip(dst.chunks_mut(2 * STEP)) {
                     let n = s.len();
-                    for (c, &v) in clamped[..n].iter_mut().zip(s) {
-                        *c = v.clamp(-F16_MAX, F16_MAX);
+                    clamp_f16(s, &mut clamped[..n]);
+                    match words_mut::<u16>(d) {
+                        Some(d) => d.reinterpret_cast_mut::<f16>().convert_from_f32_slice(&clamped[..n]),
+                        None => {
+                            bits[..n].reinterpret_cast_mut::<f16>().convert_from_f32_slice(&clamped[..n]);
+                            put_u16(&bits[..n], d);
+                        }
                     }
-                    half[..n].convert_from_f32_slice(&clamped[..n]);
-                    d.chunks_exact_mut(2).zip(&half[..n]).for_each(|(d, h)| d.copy_from_slice(&h.to_le_bytes()));
                 }
             }
             Codec::Bf16 => {
-                let mut half = [bf16::ZERO; STEP];
+                let mut bits = [0u16; STEP];
                 for (s, d) in src.chunks(STEP).zip(dst.chunks_mut(2 * STEP)) {
                     let n = s.len();
-                    half[..n].convert_from_f32_slice(s);
-                    d.chunks_exact_mut(2).zip(&half[..n]).for_each(|(d, h)| d.copy_from_slice(&h.to_le_bytes()));
+                    bits[..n].reinterpret_cast_mut::<bf16>().convert_from_f32_slice(s);
+                    put_u16(&bits[..n], d);
                 }
             }
-            Codec::Int8 { block } => {
-                let block = block.max(1);
-                let (scales, values) = dst.split_at_mut(4 * src.len().div_ceil(block));
-                for ((s, sc), q) in src.chunks(block).zip(scales.chunks_exact_mut(4)).zip(values.chunks_mut(block)) {
-                    let max = s.iter().fold(0f32, |m, v| m.max(v.abs()));
-                    let scale = max / 127.0;
-                    sc.copy_from_slice(&scale.to_le_bytes());
-                    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
-                    for (q, &v) in q.iter_mut().zip(s) {
-                        *q = (v * inv).round().clamp(-127.0, 127.0) as i8 as u8;
-                    }
-                }
-            }
+            Codec::Int8 { block } => int8_encode(src, dst, block.max(1)),
         }
     }
 
@@ -102,9 +97,9 @@ impl Codec {
         }
         // A value is NaN or inf exactly when its exponent bits are all ones.
         let bad = match *self {
-            Codec::F32 => src.chunks_exact(4).position(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) >> 23 & 0xff == 0xff),
-            Codec::F16 => src.chunks_exact(2).position(|b| u16::from_le_bytes([b[0], b[1]]) >> 10 & 0x1f == 0x1f),
-            Codec::Bf16 => src.chunks_exact(2).position(|b| u16::from_le_bytes([b[0], b[1]]) >> 7 & 0xff == 0xff),
+            Codec::F32 => first_all_ones_u32(src, 0x7f80_0000),
+            Codec::F16 => first_all_ones_u16(src, 0x7c00),
+            Codec::Bf16 => first_all_ones_u16(src, 0x7f80),
             Codec::Int8 { block } => {
                 let scales = &src[..4 * n.div_ceil(block.max(1))];
                 if let Some(b) =
@@ -118,26 +113,39 @@ impl Codec {
         bad.map_or(Ok(()), |i| Err(CodecError::NonFinite(i)))
     }
 
-    /// Calls `f(i, value)` for every decoded value, in order, once the whole
-    /// chunk has been validated.
-    fn decode_each(&self, src: &[u8], n: usize, mut f: impl FnMut(usize, f32)) -> Result<(), CodecError> {
+    /// Calls `f(offset, values)` for consecutive decoded runs of values, in
+    /// order, once the whole chunk has been validated.
+    fn decode_runs(&self, src: &[u8], n: usize, mut f: impl FnMut(usize, &[f32])) -> Result<(), CodecError> {
         self.validate(src, n)?;
+        let mut out = [0f32; STEP];
         match *self {
-            Codec::F32 => src.chunks_exact(4).enumerate().for_each(|(i, b)| f(i, f32::from_le_bytes([b[0], b[1], b[2], b[3]]))),
-            Codec::F16 | Codec::Bf16 => {
-                let mut out = [0f32; STEP];
-                for (k, bytes) in src.chunks(2 * STEP).enumerate() {
-                    let n = bytes.len() / 2;
-                    if *self == Codec::F16 {
-                        let mut h = [f16::ZERO; STEP];
-                        h.iter_mut().zip(bytes.chunks_exact(2)).for_each(|(h, b)| *h = f16::from_le_bytes([b[0], b[1]]));
-                        h[..n].convert_to_f32_slice(&mut out[..n]);
-                    } else {
-                        let mut h = [bf16::ZERO; STEP];
-                        h.iter_mut().zip(bytes.chunks_exact(2)).for_each(|(h, b)| *h = bf16::from_le_bytes([b[0], b[1]]));
-                        h[..n].convert_to_f32_slice(&mut out[..n]);
+            Codec::F32 => match words::<f32>(src) {
+                Some(v) => f(0, v),
+                None => {
+                    for (k, b) in src.chunks(4 * STEP).enumerate() {
+                        let m = b.len() / 4;
+                        out[..m].iter_mut().zip(b.chunks_exact(4)).for_each(|(o, b)| *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                        f(k * STEP, &out[..m]);
                     }
-                    out[..n].iter().enumerate().for_each(|(i, &v)| f(k * STEP + i, v));
+                }
+            },
+            Codec::F16 | Codec::Bf16 => {
+                let mut bits = [0u16; STEP];
+                for (k, b) in src.chunks(2 * STEP).enumerate() {
+                    let m = b.len() / 2;
+                    let words = match words::<u16>(b) {
+                        Some(w) => w,
+                        None => {
+                            bits[..m].iter_mut().zip(b.chunks_exact(2)).for_each(|(w, b)| *w = u16::from_le_bytes([b[0], b[1]]));
+                            &bits[..m]
+                        }
+                    };
+                    if *self == Codec::F16 {
+                        words.reinterpret_cast::<f16>().convert_to_f32_slice(&mut out[..m]);
+                    } else {
+                        words.reinterpret_cast::<bf16>().convert_to_f32_slice(&mut out[..m]);
+                    }
+                    f(k * STEP, &out[..m]);
                 }
             }
             Codec::Int8 { block } => {
@@ -145,22 +153,203 @@ impl Codec {
                 let (scales, values) = src.split_at(4 * n.div_ceil(block));
                 for (b, (sc, q)) in scales.chunks_exact(4).zip(values.chunks(block)).enumerate() {
                     let scale = f32::from_le_bytes([sc[0], sc[1], sc[2], sc[3]]);
-                    q.iter().enumerate().for_each(|(i, &q)| f(b * block + i, q as i8 as f32 * scale));
+                    for (run, q) in q.chunks(STEP).enumerate() {
+                        int8_decode(q, scale, &mut out[..q.len()]);
+                        f(b * block + run * STEP, &out[..q.len()]);
+                    }
                 }
             }
         }
         Ok(())
     }
 
-    /// Decodes `src` into `dst` (`dst.len()` values).
+    /// Decodes `src` into `dst` (`dst.len()` values); on error `dst` is untouched.
     pub fn decode(&self, src: &[u8], dst: &mut [f32]) -> Result<(), CodecError> {
         let n = dst.len();
-        self.decode_each(src, n, |i, v| dst[i] = v)
+        if let (Codec::F16, Some(words)) = (self, words::<u16>(src)) {
+            // Straight into place, without the bounce through a stack buffer.
+            self.validate(src, n)?;
+            words.reinterpret_cast::<f16>().convert_to_f32_slice(dst);
+            return Ok(());
+        }
+        self.decode_runs(src, n, |i, v| dst[i..i + v.len()].copy_from_slice(v))
     }
 
-    /// `acc += weight · decode(src)`: how an owner accumulates a sender's chunk.
+    /// `acc = weight · decode(src)`: a chunk's first contribution; on
+    /// error `acc` is untouched.
+    pub fn decode_scaled(&self, src: &[u8], weight: f32, acc: &mut [f32]) -> Result<(), CodecError> {
+        let n = acc.len();
+        self.decode_runs(src, n, |i, v| scale_into(&mut acc[i..i + v.len()], weight, v))
+    }
+
+    /// `acc = base_weight · base + weight · decode(src)`: a chunk's first
+    /// peer contribution folded with the owner's own values in one pass.
+    pub fn decode_blend(&self, src: &[u8], weight: f32, base_weight: f32, base: &[f32], acc: &mut [f32]) -> Result<(), CodecError> {
+        let n = acc.len();
+        assert_eq!(base.len(), n, "base covers the chunk");
+        self.decode_runs(src, n, |i, v| blend_into(&mut acc[i..i + v.len()], base_weight, &base[i..i + v.len()], weight, v))
+    }
+
+    /// `acc += weight · decode(src)`: how an owner accumulates a sender's
+    /// chunk; on error `acc` is untouched.
     pub fn decode_add(&self, src: &[u8], weight: f32, acc: &mut [f32]) -> Result<(), CodecError> {
         let n = acc.len();
-        self.decode_each(src, n, |i, v| acc[i] += weight * v)
+        self.decode_runs(src, n, |i, v| add_into(&mut acc[i..i + v.len()], weight, v))
+    }
+}
+
+/// `b` as a slice of `T` when it is aligned for it. The wire is
+/// little-endian, so only little-endian hosts may read it in place.
+fn words<T: bytemuck_free::Word>(b: &[u8]) -> Option<&[T]> {
+    if cfg!(target_endian = "big") {
+        return None;
+    }
+    // SAFETY: `T` is a plain integer or float type: every bit pattern is a valid value.
+    let (pre, mid, post) = unsafe { b.align_to::<T>() };
+    (pre.is_empty() && post.is_empty()).then_some(mid)
+}
+
+fn words_mut<T: bytemuck_free::Word>(b: &mut [u8]) -> Option<&mut [T]> {
+    if cfg!(target_endian = "big") {
+        return None;
+    }
+    // SAFETY: as in `words`.
+    let (pre, mid, post) = unsafe { b.align_to_mut::<T>() };
+    (pre.is_empty() && post.is_empty()).then_some(mid)
+}
+
+mod bytemuck_free {
+    /// Types whose every bit pattern is a value.
+    pub trait Word: Copy {}
+    impl Word for u16 {}
+    impl Word for f32 {}
+}
+
+fn put_u16(src: &[u16], dst: &mut [u8]) {
+    dst.chunks_exact_mut(2).zip(src).for_each(|(d, w)| d.copy_from_slice(&w.to_le_bytes()));
+}
+
+/// Index of the first 16-bit little-endian word whose `mask` bits are all
+/// set. Scans in branch-free runs so the common (clean) case vectorizes.
+fn first_all_ones_u16(b: &[u8], mask: u16) -> Option<usize> {
+    let hit = |w: u16| w & mask == mask;
+    for (k, run) in b.chunks(2 * 256).enumerate() {
+        let any = match words::<u16>(run) {
+            Some(w) => w.iter().fold(false, |a, &w| a | hit(w)),
+            None => run.chunks_exact(2).fold(false, |a, x| a | hit(u16::from_le_bytes([x[0], x[1]]))),
+        };
+        if any {
+            return run.chunks_exact(2).position(|x| hit(u16::from_le_bytes([x[0], x[1]]))).map(|i| k * 256 + i);
+        }
+    }
+    None
+}
+
+fn first_all_ones_u32(b: &[u8], mask: u32) -> Option<usize> {
+    let hit = |w: u32| w & mask == mask;
+    let word = |x: &[u8]| u32::from_le_bytes([x[0], x[1], x[2], x[3]]);
+    for (k, run) in b.chunks(4 * 256).enumerate() {
+        if run.chunks_exact(4).fold(false, |a, x| a | hit(word(x))) {
+            return run.chunks_exact(4).position(|x| hit(word(x))).map(|i| k * 256 + i);
+        }
+    }
+    None
+}
+
+/// Index of the first NaN or infinity in `x`, scanning branch-free runs.
+pub fn first_nonfinite(x: &[f32]) -> Option<usize> {
+    for (k, run) in x.chunks(256).enumerate() {
+        if any_nonfinite(run) {
+            return run.iter().position(|v| !v.is_finite()).map(|i| k * 256 + i);
+        }
+    }
+    None
+}
+
+// The element-wise loops, each compiled for AVX-512, AVX2 and the baseline
+// (see `engine::cpu::simd`): branch-free so that they vectorize.
+
+multiversion! {
+    fn any_nonfinite(x: &[f32]) -> bool {
+        x.iter().fold(false, |a, v| a | (v.to_bits() & 0x7f80_0000 == 0x7f80_0000))
+    }
+}
+
+multiversion! {
+    fn clamp_f16(src: &[f32], dst: &mut [f32]) {
+        dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v.clamp(-F16_MAX, F16_MAX));
+    }
+}
+
+multiversion! {
+    fn scale_into(acc: &mut [f32], w: f32, v: &[f32]) {
+        acc.iter_mut().zip(v).for_each(|(a, &v)| *a = w * v);
+    }
+}
+
+multiversion! {
+    fn add_into(acc: &mut [f32], w: f32, v: &[f32]) {
+        acc.iter_mut().zip(v).for_each(|(a, &v)| *a += w * v);
+    }
+}
+
+multiversion! {
+    fn blend_into(acc: &mut [f32], base_w: f32, base: &[f32], w: f32, v: &[f32]) {
+        acc.iter_mut().zip(base).zip(v).for_each(|((a, &b), &v)| *a = base_w * b + w * v);
+    }
+}
+
+multiversion! {
+    fn int8_decode(q: &[u8], scale: f32, out: &mut [f32]) {
+        out.iter_mut().zip(q).for_each(|(o, &q)| *o = q as i8 as f32 * scale);
+    }
+}
+
+multiversion! {
+    /// Scales first (all of them), then the values: `block` values share a scale.
+    fn int8_encode(src: &[f32], dst: &mut [u8], block: usize) {
+        let (scales, values) = dst.split_at_mut(4 * src.len().div_ceil(block));
+        for ((s, sc), q) in src.chunks(block).zip(scales.chunks_exact_mut(4)).zip(values.chunks_mut(block)) {
+            let max = s.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let scale = max / 127.0;
+            sc.copy_from_slice(&scale.to_le_bytes());
+            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            for (q, &v) in q.iter_mut().zip(s) {
+                *q = (v * inv).round().clamp(-127.0, 127.0) as i8 as u8;
+            }
+        }
+    }
+}
+
+/// Int8 block size when none is given: 4 scale bytes per 256 values keep
+/// the wire at 1.016 bytes per value.
+pub const DEFAULT_INT8_BLOCK: usize = 256;
+
+impl std::str::FromStr for Codec {
+    type Err = String;
+
+    /// `fp32`/`f32`, `fp16`/`f16`, `bf16`, `int8` or `int8:BLOCK`.
+    fn from_str(s: &str) -> Result<Codec, String> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "fp32" | "f32" => Codec::F32,
+            "fp16" | "f16" => Codec::F16,
+            "bf16" => Codec::Bf16,
+            "int8" => Codec::Int8 { block: DEFAULT_INT8_BLOCK },
+            other => match other.strip_prefix("int8:").map(str::parse::<usize>) {
+                Some(Ok(block)) if (1..=1 << 20).contains(&block) => Codec::Int8 { block },
+                _ => return Err(format!("unknown codec {s:?}: fp32, fp16, bf16, int8 or int8:BLOCK")),
+            },
+        })
+    }
+}
+
+impl std::fmt::Display for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Codec::F32 => write!(f, "fp32"),
+            Codec::F16 => write!(f, "fp16"),
+            Codec::Bf16 => write!(f, "bf16"),
+            Codec::Int8 { block } => write!(f, "int8:{block}"),
+        }
     }
 }

@@ -135,3 +135,56 @@ impl Group {
         h.finalize().into()
     }
 }
+
+/// A group as JSON (`[{"id", "addr", "key", "fraction"}]`): how the bench
+/// hands groups to its peer processes, and a readable format for files.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct MemberJson {
+    id: String,
+    addr: String,
+    key: String,
+    #[serde(default = "one")]
+    fraction: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl Group {
+    pub fn to_json(&self) -> String {
+        let members: Vec<MemberJson> = self
+            .members
+            .iter()
+            .map(|m| MemberJson { id: m.id.clone(), addr: m.addr.to_string(), key: m.key.to_hex(), fraction: m.fraction })
+            .collect();
+        serde_json::to_string(&members).expect("plain data serializes")
+    }
+
+    /// Parses and checks a group: addresses, keys that are curve points,
+    /// fractions that are finite and non-negative, at most `MAX_MEMBERS`.
+    pub fn from_json(s: &str) -> anyhow::Result<Group> {
+        use anyhow::Context;
+        let members: Vec<MemberJson> = serde_json::from_str(s).context("group JSON: expected [{\"id\", \"addr\", \"key\", \"fraction\"}]")?;
+        anyhow::ensure!(!members.is_empty(), "the group has no members");
+        anyhow::ensure!(members.len() <= super::round::MAX_MEMBERS, "the group has {} members, at most {}", members.len(), super::round::MAX_MEMBERS);
+        let members = members
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                anyhow::ensure!(
+                    m.fraction.is_finite() && m.fraction >= 0.0,
+                    "member {i}: fraction {} is not a finite non-negative number",
+                    m.fraction
+                );
+                Ok(Member {
+                    addr: m.addr.parse().with_context(|| format!("member {i}: address {:?}", m.addr))?,
+                    key: PublicKey::from_hex(&m.key).with_context(|| format!("member {i}: key"))?,
+                    id: m.id,
+                    fraction: m.fraction,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Group { members })
+    }
+}

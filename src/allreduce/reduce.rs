@@ -4,6 +4,11 @@
 //! keeps its own total weight and the set of senders it has heard from, so
 //! a sender that fails halfway simply leaves the chunks it never delivered
 //! averaged over the senders that did.
+//!
+//! The owner's own contribution never crosses the wire and is never copied:
+//! it is folded into a chunk's accumulator when the first peer chunk
+//! arrives (`acc = w_own·own + w·peer`) or when the chunk is averaged, so
+//! the accumulator needs no zeroing pass and no pass of its own.
 
 use super::codec::{Codec, CodecError};
 use super::plan::chunks;
@@ -26,7 +31,11 @@ pub enum ReduceError {
 pub struct SpanReducer {
     chunks: Vec<Range<usize>>,
     senders: usize,
+    /// Valid for a chunk only once `started[chunk]`.
     acc: Vec<f32>,
+    started: Vec<bool>,
+    /// The owner's own contribution: its sender index and weight.
+    own: Option<(usize, f32)>,
     /// Σ weights added into each chunk.
     weight: Vec<f64>,
     /// `seen[chunk * senders + sender]`.
@@ -36,13 +45,36 @@ pub struct SpanReducer {
 impl SpanReducer {
     /// A reducer for a span of `len` elements cut into chunks of `chunk_elems`.
     pub fn new(len: usize, chunk_elems: usize, senders: usize) -> SpanReducer {
+        SpanReducer::reusing(Vec::new(), len, chunk_elems, senders)
+    }
+
+    /// Like `new`, accumulating in `buffer` (from `into_buffer`), so that
+    /// rounds after the first touch no fresh pages. Its old contents are
+    /// never read.
+    pub fn reusing(mut buffer: Vec<f32>, len: usize, chunk_elems: usize, senders: usize) -> SpanReducer {
+        buffer.truncate(len);
+        buffer.resize(len, 0.0);
         let chunks: Vec<_> = chunks(0..len, chunk_elems).collect();
         let n = chunks.len();
-        SpanReducer { chunks, senders, acc: vec![0.0; len], weight: vec![0.0; n], seen: vec![false; n * senders] }
+        SpanReducer { chunks, senders, acc: buffer, started: vec![false; n], own: None, weight: vec![0.0; n], seen: vec![false; n * senders] }
+    }
+
+    pub fn into_buffer(self) -> Vec<f32> {
+        self.acc
     }
 
     pub fn num_chunks(&self) -> usize {
         self.chunks.len()
+    }
+
+    /// Counts `sender`'s own values (passed to `add` and `mean_into` as
+    /// `own`; they must be finite) with `weight` in every chunk.
+    pub fn set_own(&mut self, sender: usize, weight: f32) {
+        assert!(sender < self.senders && weight.is_finite() && weight >= 0.0 && self.own.is_none(), "one valid own contribution");
+        self.own = Some((sender, weight));
+        for c in 0..self.chunks.len() {
+            self.mark(sender, c, weight);
+        }
     }
 
     /// Checks that `sender` may add chunk `chunk` with `weight`; returns
@@ -67,25 +99,17 @@ impl SpanReducer {
     }
 
     /// Adds `weight ·` the decoded chunk `chunk` from `sender`. Nothing is
-    /// added unless the whole chunk is valid.
-    pub fn add(&mut self, sender: usize, chunk: usize, weight: f32, codec: Codec, bytes: &[u8]) -> Result<(), ReduceError> {
+    /// added unless the whole chunk is valid. `own`: the span's own values
+    /// (empty when `set_own` was not called).
+    pub fn add(&mut self, sender: usize, chunk: usize, weight: f32, codec: Codec, bytes: &[u8], own: &[f32]) -> Result<(), ReduceError> {
         let range = self.admit(sender, chunk, weight)?;
-        codec.decode_add(bytes, weight, &mut self.acc[range])?;
-        self.mark(sender, chunk, weight);
-        Ok(())
-    }
-
-    /// Adds `weight · values` as `sender`'s chunk `chunk` (the owner's own
-    /// contribution, which never crosses the wire). Values must be finite.
-    pub fn add_f32(&mut self, sender: usize, chunk: usize, weight: f32, values: &[f32]) -> Result<(), ReduceError> {
-        let range = self.admit(sender, chunk, weight)?;
-        if values.len() != range.len() {
-            return Err(CodecError::Length { got: values.len(), want: range.len(), n: range.len() }.into());
+        let acc = &mut self.acc[range.clone()];
+        match (self.started[chunk], self.own) {
+            (true, _) => codec.decode_add(bytes, weight, acc)?,
+            (false, None) => codec.decode_scaled(bytes, weight, acc)?,
+            (false, Some((_, w_own))) => codec.decode_blend(bytes, weight, w_own, &own[range], acc)?,
         }
-        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
-            return Err(CodecError::NonFinite(i).into());
-        }
-        self.acc[range].iter_mut().zip(values).for_each(|(a, &v)| *a += weight * v);
+        self.started[chunk] = true;
         self.mark(sender, chunk, weight);
         Ok(())
     }
@@ -110,31 +134,31 @@ impl SpanReducer {
         self.chunks[chunk].clone()
     }
 
-    /// Divides chunk `chunk` by its total weight and returns the mean, or
-    /// `None` when nobody contributed to it. Call once per chunk.
-    pub fn average_chunk(&mut self, chunk: usize) -> Option<&[f32]> {
+    /// Writes the weighted mean of chunk `chunk` into `out` (the chunk's
+    /// length) and returns true, or returns false when nobody contributed.
+    pub fn mean_into(&self, chunk: usize, own: &[f32], out: &mut [f32]) -> bool {
         let w = self.weight[chunk];
-        let out = &mut self.acc[self.chunks[chunk].clone()];
-        if w > 0.0 {
-            let inv = (1.0 / w) as f32;
-            out.iter_mut().for_each(|x| *x *= inv);
-            Some(out)
-        } else {
-            None
+        if w <= 0.0 {
+            return false;
         }
+        let range = self.chunks[chunk].clone();
+        let inv = (1.0 / w) as f32;
+        match (self.started[chunk], self.own) {
+            (true, _) => out.iter_mut().zip(&self.acc[range]).for_each(|(o, &a)| *o = a * inv),
+            (false, Some((_, w_own))) => out.iter_mut().zip(&own[range]).for_each(|(o, &x)| *o = w_own * x * inv),
+            (false, None) => unreachable!("a chunk with weight was started or has an own contribution"),
+        }
+        true
     }
 
-    /// The weighted mean of each chunk over the senders it heard from. A
-    /// chunk with no weight at all takes `fallback`'s values (the owner's
+    /// The weighted mean of every chunk over the senders it heard from. A
+    /// chunk with no weight at all takes `own`'s values (the owner keeps its
     /// own, as the reference keeps a span whose reduction failed).
-    pub fn finish(mut self, fallback: &[f32]) -> Vec<f32> {
-        assert_eq!(fallback.len(), self.acc.len(), "fallback covers the span");
-        for c in 0..self.chunks.len() {
-            if self.average_chunk(c).is_none() {
-                let range = self.chunks[c].clone();
-                self.acc[range.clone()].copy_from_slice(&fallback[range]);
-            }
+    pub fn finish(self, own: &[f32]) -> Vec<f32> {
+        let mut out = own.to_vec();
+        for (c, range) in self.chunks.iter().enumerate() {
+            self.mean_into(c, own, &mut out[range.clone()]);
         }
-        self.acc
+        out
     }
 }

@@ -83,8 +83,12 @@ pub struct Report {
     pub refused: Vec<String>,
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Seconds from the call until this peer's vector was encoded.
+    pub setup_s: f64,
     /// Seconds from the call until every member was connected or failed.
     pub connect_s: Option<f64>,
+    /// Seconds from the call until this peer's own span was averaged.
+    pub reduced_s: Option<f64>,
     pub elapsed_s: f64,
 }
 

@@ -17,7 +17,7 @@
 //! - *Encode once, everyone decodes*: the owner decodes its own encoded
 //!   average too, so every peer holding a span holds the same bits.
 
-use super::codec::Codec;
+use super::codec::{Codec, first_nonfinite};
 use super::conn::{Body, Conn, Got, Out};
 use super::group::{Fault, Group, Settings};
 use super::handshake::{AUTH_LEN, HELLO_LEN, Hello, sign_auth, verify_auth};
@@ -46,6 +46,9 @@ const MAX_PENDING: usize = 64;
 const ABORT_MAX: usize = 1024;
 /// Refusals kept for the report.
 const MAX_REFUSED: usize = 64;
+/// Frames read from one connection before the others (and the writes)
+/// get a turn: a fast sender must not starve our own sending.
+const FRAMES_PER_TURN: usize = 4;
 const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const DIAL_BACKOFF_MAX: Duration = Duration::from_millis(500);
 
@@ -68,12 +71,17 @@ pub enum SetupError {
 pub struct Peer {
     identity: Identity,
     listener: TcpListener,
+    /// The encoded vector and the owner's accumulator, kept between rounds
+    /// so that a round touches no fresh pages (at 64M values, first-touch
+    /// page faults cost more than the network).
+    wire: Vec<u8>,
+    acc: Vec<f32>,
 }
 
 impl Peer {
     /// Listens on `addr` (port 0 picks a free port).
     pub fn bind(identity: Identity, addr: SocketAddr) -> io::Result<Peer> {
-        Ok(Peer { identity, listener: TcpListener::bind(addr)? })
+        Ok(Peer { identity, listener: TcpListener::bind(addr)?, wire: Vec::new(), acc: Vec::new() })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -104,13 +112,15 @@ impl Peer {
         if !(weight.is_finite() && weight >= 0.0 && weight <= settings.max_weight) {
             return Err(SetupError::Weight(weight, settings.max_weight));
         }
+        let start = Instant::now();
         let poll = Poll::new()?;
         poll.registry().register(&mut self.listener, LISTENER, Interest::READABLE)?;
-        let result = Round::new(&self.identity, &mut self.listener, poll, group, me, round, grad, weight, settings).map(|r| r.run(deadline));
-        if let Ok(report) = &result {
-            tracing::debug!("{}", report.summary());
-        }
-        result
+        let bufs = (std::mem::take(&mut self.wire), std::mem::take(&mut self.acc));
+        let r = Round::new(&self.identity, &mut self.listener, poll, group, me, round, grad, weight, settings, bufs, start)?;
+        let (report, wire, acc) = r.run(deadline);
+        (self.wire, self.acc) = (wire, acc);
+        tracing::debug!("{}", report.summary());
+        Ok(report)
     }
 }
 
@@ -165,16 +175,24 @@ struct Round<'a> {
     /// averaged chunks.
     wire: Vec<u8>,
     reducer: SpanReducer,
+    /// This peer's span of the vector.
+    own_span: Range<usize>,
+    /// One chunk's mean, between averaging and encoding.
+    scratch: Vec<f32>,
     finalized: Vec<bool>,
     averaged: Vec<bool>,
     my_sums: Vec<u64>,
     members: Vec<MemberState>,
     conns: Vec<Option<Conn>>,
+    /// Connections that may have more to read (see `FRAMES_PER_TURN`).
+    unread: Vec<usize>,
     seen_nonces: HashSet<[u8; 32]>,
     refused: Vec<String>,
     data_max_len: u32,
     start: Instant,
+    setup_s: f64,
     connect_s: Option<f64>,
+    reduced_s: Option<f64>,
     bytes_sent: u64,
     bytes_received: u64,
     scatter_written: u64,
@@ -218,6 +236,8 @@ impl<'a> Round<'a> {
         grad: &'a mut [f32],
         weight: f32,
         settings: &'a Settings,
+        (mut wire, acc): (Vec<u8>, Vec<f32>),
+        start: Instant,
     ) -> Result<Round<'a>, SetupError> {
         let n = group.len();
         let codec = settings.codec;
@@ -239,13 +259,15 @@ impl<'a> Round<'a> {
         let data_max_len = chunks.iter().flatten().map(|c| c.bytes.len()).max().unwrap_or(0).max(n + 8).max(ABORT_MAX) as u32;
 
         let (mut weight, mut local_rejected) = (weight, None);
-        if let Some(i) = grad.iter().position(|v| !v.is_finite()) {
+        let bad = grad.par_chunks(1 << 16).enumerate().find_map_first(|(k, c)| first_nonfinite(c).map(|i| (k << 16) + i));
+        if let Some(i) = bad {
             local_rejected = Some(format!("local value {i} is {}: contributing nothing, receiving only", grad[i]));
             weight = 0.0;
         }
 
         // Encode what the other owners need, in parallel.
-        let mut wire = vec![0u8; offset];
+        // Every byte is written before it is sent: no need to clear.
+        wire.resize(offset, 0);
         if weight > 0.0 {
             let mut jobs = Vec::new();
             let mut rest: &mut [u8] = &mut wire;
@@ -262,15 +284,12 @@ impl<'a> Round<'a> {
             jobs.into_par_iter().for_each(|(elems, dst)| codec.encode(&src[elems], dst));
         }
 
-        let mine = &chunks[me];
-        let span_len = spans[me].len();
-        let mut reducer = SpanReducer::new(span_len, per_chunk, n);
+        let own_span = spans[me].clone();
+        let mut reducer = SpanReducer::reusing(acc, own_span.len(), per_chunk, n);
         if weight > 0.0 {
-            for (c, info) in mine.iter().enumerate() {
-                reducer.add_f32(me, c, weight, &grad[info.elems.clone()]).expect("own chunks are finite and added once");
-            }
+            reducer.set_own(me, weight);
         }
-        let start = Instant::now();
+        let setup_s = start.elapsed().as_secs_f64();
         let members = (0..n)
             .map(|j| MemberState {
                 weight: (j == me).then_some(weight),
@@ -289,7 +308,7 @@ impl<'a> Round<'a> {
                 closed_clean: false,
             })
             .collect();
-        let k = mine.len();
+        let k = chunks[me].len();
         Ok(Round {
             id,
             listener,
@@ -306,16 +325,21 @@ impl<'a> Round<'a> {
             chunks,
             wire,
             reducer,
+            own_span,
+            scratch: vec![0.0; per_chunk],
             finalized: vec![false; k],
             averaged: vec![false; k],
             my_sums: vec![0; k],
             members,
             conns: Vec::new(),
+            unread: Vec::new(),
             seen_nonces: HashSet::new(),
             refused: Vec::new(),
             data_max_len,
             start,
+            setup_s,
             connect_s: None,
+            reduced_s: None,
             bytes_sent: 0,
             bytes_received: 0,
             scatter_written: 0,
@@ -327,7 +351,8 @@ impl<'a> Round<'a> {
         self.members.len()
     }
 
-    fn run(mut self, deadline: Instant) -> Report {
+    /// Runs the round; returns the report and the buffers for the next one.
+    fn run(mut self, deadline: Instant) -> (Report, Vec<u8>, Vec<f32>) {
         let mut events = Events::with_capacity(256);
         self.finalize_ready_chunks();
         loop {
@@ -349,7 +374,7 @@ impl<'a> Round<'a> {
                 }
                 break;
             }
-            let timeout = (deadline - now).min(Duration::from_millis(10));
+            let timeout = if self.unread.is_empty() { (deadline - now).min(Duration::from_millis(10)) } else { Duration::ZERO };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout))
                 && e.kind() != io::ErrorKind::Interrupted
             {
@@ -363,10 +388,14 @@ impl<'a> Round<'a> {
                     Token(id) => self.on_event(id, ev.is_writable(), now),
                 }
             }
+            for id in std::mem::take(&mut self.unread) {
+                self.on_event(id, false, now);
+            }
         }
         self.finalize_ready_chunks();
         let _ = self.poll.registry().deregister(self.listener);
-        self.report()
+        let report = self.report();
+        (report, self.wire, self.reducer.into_buffer())
     }
 
     // ---- connections ------------------------------------------------------
@@ -500,7 +529,7 @@ impl<'a> Round<'a> {
         if writable {
             conn.write_blocked = false;
         }
-        loop {
+        for _ in 0..FRAMES_PER_TURN {
             let Some(conn) = self.conns[id].as_mut() else { return };
             match conn.read_frame(now) {
                 Got::Frame(h) => {
@@ -520,6 +549,11 @@ impl<'a> Round<'a> {
                 Got::Broken(why) => return self.closed(id, why),
                 Got::Invalid(e) => return self.invalid(id, e.to_string()),
             }
+        }
+        // More may be waiting, and no new edge will say so: come back after
+        // the other sockets had their turn.
+        if !self.unread.contains(&id) {
+            self.unread.push(id);
         }
     }
 
@@ -642,7 +676,7 @@ impl<'a> Round<'a> {
                 if span != self.me || w == 0.0 {
                     return self.fail(j, Failure::Invalid(format!("scatter chunk for span {span} with weight {w}")));
                 }
-                if let Err(e) = self.reducer.add(j, c, w, self.codec, payload) {
+                if let Err(e) = self.reducer.add(j, c, w, self.codec, payload, &self.grad[self.own_span.clone()]) {
                     return self.fail(j, Failure::Invalid(format!("scatter chunk {c}: {e}")));
                 }
                 self.members[j].scatter_got += 1;
@@ -704,21 +738,24 @@ impl<'a> Round<'a> {
     /// into `grad` and sends the same bytes to every connected member.
     fn finalize(&mut self, c: usize) {
         let info = &self.chunks[self.me][c];
-        let start = self.chunks[self.me][0].elems.start;
         let now = Instant::now();
         self.finalized[c] = true;
-        match self.reducer.average_chunk(c) {
-            Some(avg) => {
-                let enc = &mut self.wire[info.bytes.clone()];
-                self.codec.encode(avg, enc);
-                self.my_sums[c] = checksum(enc);
-                self.codec.decode(enc, &mut self.grad[info.elems.clone()]).expect("own encoding decodes");
-                self.averaged[c] = true;
-            }
-            None => self.my_sums[c] = checksum(&[]),
+        // The mean lands in a chunk-sized scratch that stays in cache while
+        // it is encoded; the encoding is decoded back into `grad`.
+        let mean = &mut self.scratch[..info.elems.len()];
+        if self.reducer.mean_into(c, &self.grad[self.own_span.clone()], mean) {
+            let enc = &mut self.wire[info.bytes.clone()];
+            self.codec.encode(mean, enc);
+            self.my_sums[c] = checksum(enc);
+            self.codec.decode(enc, &mut self.grad[info.elems.clone()]).expect("own encoding decodes");
+            self.averaged[c] = true;
+        } else {
+            self.my_sums[c] = checksum(&[]);
         }
-        debug_assert_eq!(self.reducer.chunk_range(c).start + start, info.elems.start);
         let complete = self.finalized.iter().all(|&f| f);
+        if complete {
+            self.reduced_s = Some(self.start.elapsed().as_secs_f64());
+        }
         for id in 0..self.conns.len() {
             if self.conns[id].as_ref().is_some_and(|c| c.ready) {
                 let out = self.gather_out(c);
@@ -879,7 +916,7 @@ impl<'a> Round<'a> {
 
     // ---- report -------------------------------------------------------------
 
-    fn report(self) -> Report {
+    fn report(&self) -> Report {
         let n = self.n();
         let k = self.finalized.len();
         let status = |averaged: usize, chunks: usize| match (averaged, chunks) {
@@ -921,11 +958,13 @@ impl<'a> Round<'a> {
             round: self.round,
             me: self.me,
             members,
-            local_rejected: self.local_rejected,
-            refused: self.refused,
+            local_rejected: self.local_rejected.clone(),
+            refused: self.refused.clone(),
             bytes_sent: self.bytes_sent,
             bytes_received: self.bytes_received,
+            setup_s: self.setup_s,
             connect_s: self.connect_s,
+            reduced_s: self.reduced_s,
             elapsed_s: self.start.elapsed().as_secs_f64(),
         }
     }

@@ -1,0 +1,435 @@
+//! `dtrain bench allreduce`: N peers as separate processes on 127.0.0.1,
+//! timed side by side with torch.distributed's gloo all-reduce
+//! (`benches/anchors/gloo_bench.py`) and a plain TCP pump (the loopback
+//! ceiling), all in one run. Also the hidden `dtrain allreduce-peer`, one
+//! peer process, which the benchmark and the fault-injection tests drive
+//! over stdin/stdout with one JSON line per step.
+
+use crate::allreduce::codec::Codec;
+use crate::allreduce::{Fault, Group, Identity, Member, Peer, Settings};
+use crate::rng::Rng;
+use anyhow::{Context, Result, bail};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// `64M`, `16K`, `1G` or a plain count.
+pub fn parse_count(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (num, mult) = match s.chars().last() {
+        Some('K' | 'k') => (&s[..s.len() - 1], 1 << 10),
+        Some('M' | 'm') => (&s[..s.len() - 1], 1 << 20),
+        Some('G' | 'g') => (&s[..s.len() - 1], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<usize>().ok().and_then(|n| n.checked_mul(mult)).ok_or_else(|| format!("not a count: {s:?} (e.g. 1048576, 64M)"))
+}
+
+fn parse_fault(s: &str) -> Result<Fault, String> {
+    let (what, bytes) = s.split_once(':').ok_or("expected exit-scatter:BYTES, exit-gather:BYTES, stall-scatter:BYTES or stall-gather:BYTES")?;
+    let bytes: u64 = bytes.parse().map_err(|e| format!("{e}"))?;
+    Ok(match what {
+        "exit-scatter" => Fault::ExitAfter { gather: false, bytes },
+        "exit-gather" => Fault::ExitAfter { gather: true, bytes },
+        "stall-scatter" => Fault::StallAfter { gather: false, bytes },
+        "stall-gather" => Fault::StallAfter { gather: true, bytes },
+        _ => return Err(format!("unknown fault {what:?}")),
+    })
+}
+
+/// Deterministic 32-byte key seed from a number.
+pub fn key_seed(n: u64) -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    for (i, c) in seed.chunks_exact_mut(8).enumerate() {
+        c.copy_from_slice(&(n ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).to_le_bytes());
+    }
+    seed
+}
+
+/// The vector peer `index` contributes: `pattern` makes the mean checkable
+/// without the others' data ((index+1)·g(e), mean g(e)·(N+1)/2 for equal
+/// weights); `random` is normal noise seeded by the index (tests recompute it).
+pub fn fill(kind: &str, index: usize, len: usize) -> Vec<f32> {
+    match kind {
+        "pattern" => (0..len).map(|e| (index + 1) as f32 * pattern(e)).collect(),
+        _ => {
+            let mut rng = Rng::new(1000 + index as u64);
+            (0..len).map(|_| rng.normal()).collect()
+        }
+    }
+}
+
+fn pattern(e: usize) -> f32 {
+    ((e % 1000) as f32 - 500.0) / 1000.0
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PeerArgs {
+    /// Deterministic key: the seed number.
+    #[arg(long)]
+    pub key_seed: u64,
+    /// This peer's index (selects its data).
+    #[arg(long)]
+    pub index: usize,
+    #[arg(long, value_parser = parse_count)]
+    pub elems: usize,
+    #[arg(long, default_value = "fp16")]
+    pub codec: Codec,
+    #[arg(long, default_value_t = crate::allreduce::plan::DEFAULT_CHUNK_BYTES)]
+    pub chunk_bytes: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub weight: f32,
+    /// `pattern` or `random`.
+    #[arg(long, default_value = "random")]
+    pub fill: String,
+    /// Put a NaN at this element (before the round).
+    #[arg(long)]
+    pub nan_at: Option<usize>,
+    #[arg(long, default_value_t = 1)]
+    pub rounds: usize,
+    /// Round id of the first round.
+    #[arg(long, default_value_t = 1)]
+    pub round: u64,
+    #[arg(long, default_value_t = 60.0)]
+    pub deadline_s: f64,
+    #[arg(long, default_value_t = 10.0)]
+    pub connect_s: f64,
+    #[arg(long, default_value_t = 10.0)]
+    pub stall_s: f64,
+    #[arg(long)]
+    pub socket_buffer: Option<usize>,
+    /// Fault injection: exit-scatter:BYTES, exit-gather:BYTES, stall-…
+    #[arg(long, value_parser = parse_fault)]
+    pub fault: Option<Fault>,
+    /// Write the final vector here (f32 little-endian).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+fn read_line(input: &mut impl BufRead) -> Result<String> {
+    let mut line = String::new();
+    if input.read_line(&mut line)? == 0 {
+        bail!("stdin closed");
+    }
+    Ok(line)
+}
+
+/// One peer process: prints `{"listen", "key"}`, reads the group JSON,
+/// then per round prints `{"ready"}`, waits for a line, runs the round and
+/// prints `{"round", "time_s", "max_err", "report"}`.
+pub fn peer_main(a: &PeerArgs) -> Result<()> {
+    let mut peer = Peer::bind(Identity::from_seed(key_seed(a.key_seed)), "127.0.0.1:0".parse().expect("an address"))?;
+    let mut stdout = std::io::stdout().lock();
+    let mut stdin = std::io::stdin().lock();
+    writeln!(stdout, "{}", serde_json::json!({"listen": peer.local_addr()?.to_string(), "key": peer.public_key().to_hex()}))?;
+    stdout.flush()?;
+    let group = Group::from_json(&read_line(&mut stdin)?)?;
+    let settings = Settings {
+        codec: a.codec,
+        chunk_bytes: a.chunk_bytes,
+        connect_timeout: Duration::from_secs_f64(a.connect_s),
+        stall_timeout: Duration::from_secs_f64(a.stall_s),
+        socket_buffer: a.socket_buffer,
+        fault: a.fault,
+        ..Settings::default()
+    };
+    let input = {
+        let mut x = fill(&a.fill, a.index, a.elems);
+        if let Some(i) = a.nan_at {
+            x[i] = f32::NAN;
+        }
+        x
+    };
+    let mut x = input.clone();
+    for r in 0..a.rounds {
+        x.copy_from_slice(&input);
+        writeln!(stdout, "{}", serde_json::json!({"ready": r}))?;
+        stdout.flush()?;
+        read_line(&mut stdin)?;
+        let t = Instant::now();
+        let deadline = t + Duration::from_secs_f64(a.deadline_s);
+        let report = peer.all_reduce(&group, a.round + r as u64, &mut x, a.weight, deadline, &settings)?;
+        let time_s = t.elapsed().as_secs_f64();
+        // With the pattern fill and equal weights, the mean is g(e)·(N+1)/2.
+        let max_err = (a.fill == "pattern").then(|| {
+            let k = (group.len() + 1) as f32 / 2.0;
+            x.iter().enumerate().fold(0f32, |m, (e, &v)| m.max((v - k * pattern(e)).abs()))
+        });
+        writeln!(stdout, "{}", serde_json::json!({"round": r, "time_s": time_s, "max_err": max_err, "report": report}))?;
+        stdout.flush()?;
+    }
+    if let Some(path) = &a.out {
+        let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// A running `dtrain allreduce-peer`.
+pub struct PeerProcess {
+    pub child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    pub addr: String,
+    pub key: String,
+}
+
+impl PeerProcess {
+    /// Starts `exe allreduce-peer ARGS` and reads its address and key.
+    pub fn spawn(exe: &std::path::Path, args: &[String]) -> Result<PeerProcess> {
+        let mut child = Command::new(exe)
+            .arg("-q")
+            .arg("allreduce-peer")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        let stdin = child.stdin.take().expect("piped");
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
+        let hello: serde_json::Value = serde_json::from_str(&read_line(&mut stdout)?)?;
+        let field = |k: &str| hello[k].as_str().map(str::to_string).with_context(|| format!("peer said {hello}"));
+        Ok(PeerProcess { addr: field("listen")?, key: field("key")?, child, stdin, stdout })
+    }
+
+    pub fn send(&mut self, line: &str) -> Result<()> {
+        writeln!(self.stdin, "{line}")?;
+        Ok(self.stdin.flush()?)
+    }
+
+    pub fn recv(&mut self) -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(&read_line(&mut self.stdout)?)?)
+    }
+}
+
+/// The group of these processes (equal fractions), as JSON.
+pub fn group_json(peers: &[(String, String)]) -> String {
+    let members: Vec<serde_json::Value> = peers
+        .iter()
+        .enumerate()
+        .map(|(i, (addr, key))| serde_json::json!({"id": format!("peer{i}"), "addr": addr, "key": key, "fraction": 1.0}))
+        .collect();
+    serde_json::Value::Array(members).to_string()
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AllreduceBenchArgs {
+    /// Group sizes to measure.
+    #[arg(long, num_args = 1.., default_values_t = vec![2usize, 4])]
+    pub peers: Vec<usize>,
+    /// Vector lengths (f32 elements).
+    #[arg(long, num_args = 1.., value_parser = parse_count, default_values = ["1M", "16M", "64M"])]
+    pub elems: Vec<usize>,
+    /// Wire codecs.
+    #[arg(long, num_args = 1.., default_values = ["fp32", "fp16", "int8"])]
+    pub codec: Vec<Codec>,
+    #[arg(long, default_value_t = crate::allreduce::plan::DEFAULT_CHUNK_BYTES)]
+    pub chunk_bytes: usize,
+    #[arg(long, default_value_t = 5)]
+    pub iters: usize,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// SO_SNDBUF/SO_RCVBUF (default: kernel autotuning).
+    #[arg(long)]
+    pub socket_buffer: Option<usize>,
+    /// Skip the gloo anchor.
+    #[arg(long)]
+    pub no_gloo: bool,
+    /// Python interpreter with torch.
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+    /// Append the results as JSON lines to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Median over rounds of the slowest peer's time, and the worst error.
+fn dtrain_round_times(a: &AllreduceBenchArgs, n: usize, elems: usize, codec: Codec) -> Result<(f64, f32)> {
+    let exe = std::env::current_exe()?;
+    let rounds = a.warmup + a.iters;
+    let mut procs = (0..n)
+        .map(|i| {
+            let mut args: Vec<String> = [
+                "--key-seed",
+                &(77 + i).to_string(),
+                "--index",
+                &i.to_string(),
+                "--elems",
+                &elems.to_string(),
+                "--codec",
+                &codec.to_string(),
+                "--chunk-bytes",
+                &a.chunk_bytes.to_string(),
+                "--fill",
+                "pattern",
+                "--rounds",
+                &rounds.to_string(),
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            if let Some(b) = a.socket_buffer {
+                args.extend(["--socket-buffer".into(), b.to_string()]);
+            }
+            PeerProcess::spawn(&exe, &args)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let group = group_json(&procs.iter().map(|p| (p.addr.clone(), p.key.clone())).collect::<Vec<_>>());
+    for p in &mut procs {
+        p.send(&group)?;
+    }
+    let (mut times, mut max_err) = (Vec::new(), 0f32);
+    for r in 0..rounds {
+        for p in &mut procs {
+            p.recv()?; // ready
+        }
+        for p in &mut procs {
+            p.send("go")?;
+        }
+        let mut slowest = 0f64;
+        for (i, p) in procs.iter_mut().enumerate() {
+            let v = p.recv()?;
+            let report = &v["report"];
+            if let Some(f) = report["members"].as_array().and_then(|m| m.iter().find(|m| !m["failure"].is_null())) {
+                bail!("peer {i} round {r}: a member failed: {f}");
+            }
+            slowest = slowest.max(v["time_s"].as_f64().context("time_s")?);
+            max_err = max_err.max(v["max_err"].as_f64().unwrap_or(0.0) as f32);
+        }
+        if r >= a.warmup {
+            times.push(slowest);
+        }
+    }
+    for mut p in procs {
+        p.child.wait()?;
+    }
+    Ok((median(times), max_err))
+}
+
+/// One-way loopback throughput of a single TCP stream, in GB/s: the
+/// ceiling any TCP all-reduce on this machine works against.
+pub fn tcp_pump_gbps(bytes: usize) -> Result<f64> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let reader = std::thread::spawn(move || -> std::io::Result<usize> {
+        let (mut s, _) = listener.accept()?;
+        let mut buf = vec![0u8; 4 << 20];
+        let mut total = 0;
+        loop {
+            match s.read(&mut buf)? {
+                0 => return Ok(total),
+                n => total += n,
+            }
+        }
+    });
+    let mut s = TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    let buf = vec![1u8; 4 << 20];
+    let t = Instant::now();
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(buf.len());
+        s.write_all(&buf[..n])?;
+        left -= n;
+    }
+    drop(s);
+    let got = reader.join().map_err(|_| anyhow::anyhow!("pump reader panicked"))??;
+    anyhow::ensure!(got == bytes, "pump moved {got} of {bytes} bytes");
+    Ok(bytes as f64 / t.elapsed().as_secs_f64() / 1e9)
+}
+
+/// gloo's median times by (N, elems), from the anchor script.
+fn gloo_times(a: &AllreduceBenchArgs) -> Result<Vec<(usize, usize, f64)>> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/anchors/gloo_bench.py");
+    let out = std::env::temp_dir().join(format!("dtrain-gloo-{}.json", std::process::id()));
+    let status = Command::new(&a.python)
+        .arg(&script)
+        .arg("--world")
+        .args(a.peers.iter().map(|n| n.to_string()))
+        .arg("--sizes")
+        .args(a.elems.iter().map(|n| n.to_string()))
+        .args(["--iters", &a.iters.to_string(), "--warmup", &a.warmup.to_string(), "--json"])
+        .arg(&out)
+        .stdout(Stdio::null())
+        .status()
+        .with_context(|| format!("running {}", a.python))?;
+    anyhow::ensure!(status.success(), "{} exited with {status}", script.display());
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
+    let _ = std::fs::remove_file(&out);
+    let rows = v.as_array().or_else(|| v["results"].as_array()).context("gloo JSON: expected a list of results")?;
+    rows.iter()
+        .map(|r| {
+            let n = r["world"].as_u64().context("world")? as usize;
+            let numel = r["numel"].as_u64().context("numel")? as usize;
+            let t = r["median_s"].as_f64().context("median_s")?;
+            Ok((n, numel, t))
+        })
+        .collect()
+}
+
+pub fn allreduce_bench(a: &AllreduceBenchArgs) -> Result<()> {
+    anyhow::ensure!(a.peers.iter().all(|&n| (1..=64).contains(&n)), "--peers: 1 to 64 processes");
+    anyhow::ensure!(a.iters > 0, "--iters must be at least 1");
+    let pump = tcp_pump_gbps(2 << 30)?;
+    println!("TCP pump (one loopback stream, one way): {pump:.2} GB/s");
+    let gloo = if a.no_gloo {
+        Vec::new()
+    } else {
+        match gloo_times(a) {
+            Ok(g) => g,
+            Err(e) => {
+                eprintln!("gloo anchor skipped: {e:#}");
+                Vec::new()
+            }
+        }
+    };
+    println!(
+        "{:>3} {:>9} {:>8} {:>10} {:>12} {:>12} {:>14} {:>10} {:>9} {:>9}",
+        "N", "elems", "codec", "time ms", "algbw GB/s", "busbw GB/s", "wire busbw", "% of pump", "gloo ms", "vs gloo"
+    );
+    for &n in &a.peers {
+        for &elems in &a.elems {
+            for &codec in &a.codec {
+                let (t, max_err) = dtrain_round_times(a, n, elems, codec)?;
+                let algbw = 4.0 * elems as f64 / t / 1e9;
+                let factor = if n > 1 { 2.0 * (n - 1) as f64 / n as f64 } else { 0.0 };
+                let wire = codec.encoded_len(elems) as f64 / t / 1e9 * factor;
+                let g = gloo.iter().find(|&&(gn, ge, _)| gn == n && ge == elems).map(|g| g.2);
+                println!(
+                    "{n:>3} {elems:>9} {codec:>8} {:>10.1} {algbw:>12.2} {:>12.2} {wire:>14.2} {:>9.0}% {:>9} {:>9}",
+                    t * 1e3,
+                    algbw * factor,
+                    100.0 * wire / pump,
+                    g.map_or("-".into(), |g| format!("{:.1}", g * 1e3)),
+                    g.map_or("-".into(), |g| format!("{:.2}x", t / g)),
+                );
+                if let Some(path) = &a.json {
+                    let line = serde_json::json!({
+                        "bench": "allreduce", "peers": n, "elems": elems, "codec": codec.to_string(), "time_s": t,
+                        "algbw_gbps": algbw, "busbw_gbps": algbw * factor, "wire_busbw_gbps": wire, "pump_gbps": pump,
+                        "gloo_s": g, "max_err": max_err, "chunk_bytes": a.chunk_bytes,
+                    });
+                    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+                    writeln!(f, "{line}")?;
+                }
+                if max_err > 0.01 {
+                    bail!("N={n} {elems} {codec}: result off by {max_err} from the exact mean");
+                }
+            }
+        }
+    }
+    println!("time: slowest peer, median of {} rounds; algbw = 4·elems/time; busbw = algbw·2(N-1)/N; wire busbw counts encoded bytes.", a.iters);
+    Ok(())
+}
+
+/// A group of in-process peers' members (for tests and tools).
+pub fn members_of(peers: &[Peer]) -> Result<Vec<Member>> {
+    peers.iter().enumerate().map(|(i, p)| Ok(Member { id: format!("peer{i}"), addr: p.local_addr()?, key: p.public_key(), fraction: 1.0 })).collect()
+}
