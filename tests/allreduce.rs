@@ -174,3 +174,52 @@ fn consecutive_rounds_reuse_the_listeners() {
         }
     });
 }
+
+#[test]
+fn the_benchmark_command_runs_peer_processes_end_to_end() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain"))
+        .args([
+            "-q",
+            "bench",
+            "allreduce",
+            "--peers",
+            "3",
+            "--elems",
+            "70K",
+            "--codec",
+            "fp16",
+            "int8:64",
+            "--iters",
+            "2",
+            "--warmup",
+            "0",
+            "--no-gloo",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("TCP pump") && text.contains("fp16") && text.contains("int8:64"), "{text}");
+}
+
+#[test]
+fn groups_and_codecs_parse_with_clear_errors() {
+    let key = Identity::from_seed([3; 32]).public().to_hex();
+    let ok = format!(r#"[{{"id":"a","addr":"127.0.0.1:5000","key":"{key}"}}]"#);
+    let g = Group::from_json(&ok).unwrap();
+    assert_eq!(g.members[0].fraction, 1.0);
+    assert_eq!(Group::from_json(&g.to_json()).unwrap(), g);
+    for (bad, why) in [
+        ("[]".to_string(), "no members"),
+        ("{".to_string(), "group JSON"),
+        (ok.replace("127.0.0.1:5000", "nowhere"), "address"),
+        (ok.replace(&key, "abcd"), "key"),
+        (ok.replace(r#""key""#, r#""fraction":-1,"key""#), "fraction"),
+    ] {
+        let e = format!("{:#}", Group::from_json(&bad).unwrap_err());
+        assert!(e.contains(why), "{bad}: {e}");
+    }
+    assert_eq!("fp16".parse::<Codec>(), Ok(Codec::F16));
+    assert_eq!("int8:32".parse::<Codec>(), Ok(Codec::Int8 { block: 32 }));
+    assert!("int8:0".parse::<Codec>().is_err() && "fp8".parse::<Codec>().is_err());
+}

@@ -196,12 +196,13 @@ impl Conn {
     }
 
     /// Writes queued frames until done or the socket would block.
-    pub fn flush(&mut self, wire: &[u8], now: Instant) -> io::Result<Written> {
+    /// `max_frames` bounds the frames in one write (fault injection).
+    pub fn flush(&mut self, wire: &[u8], now: Instant, max_frames: usize) -> io::Result<Written> {
         let mut done = Written::default();
         while !self.out.is_empty() && !self.write_blocked {
             let mut slices = [IoSlice::new(&[]); 64];
             let mut used = 0;
-            for o in self.out.iter() {
+            for o in self.out.iter().take(max_frames) {
                 if used + 2 > slices.len() {
                     break;
                 }
@@ -235,6 +236,9 @@ impl Conn {
                             _ => {}
                         }
                         self.out.pop_front();
+                    }
+                    if max_frames < usize::MAX {
+                        return Ok(done);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.write_blocked = true,

@@ -39,8 +39,9 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// How long a connection may make no progress while this peer waits for
     /// that member's contribution or while data to it is queued. Waiting for
-    /// an owner's averaged chunks tolerates twice this: the owner itself may
-    /// be waiting one timeout for a stalled third member.
+    /// an owner's averaged chunks tolerates `max(connect_timeout,
+    /// stall_timeout) + stall_timeout`: the owner itself may be waiting that
+    /// long for a third member that never connects or stalls.
     pub stall_timeout: Duration,
     /// Largest accepted contribution weight (samples accumulated).
     pub max_weight: f32,

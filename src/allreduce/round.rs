@@ -571,10 +571,14 @@ impl<'a> Round<'a> {
         let (me, n, round) = (self.me, self.n(), self.round);
         let conn = self.conns[id].as_ref().expect("a live connection");
         let (dialed, peer, peer_hello, my_hello) = (conn.dialed, conn.peer, conn.peer_hello, conn.my_hello);
+        let j = h.sender as usize;
+        if peer.is_none() && h.kind == Kind::Hello && j < n && j != me {
+            // A claim only, but it lets the report say who was refused.
+            self.conns[id].as_mut().expect("a live connection").peer = Some(j);
+        }
         if h.round != round {
             return self.refuse(id, format!("wrong round {} (this is round {round})", h.round));
         }
-        let j = h.sender as usize;
         match h.kind {
             Kind::Hello => {
                 if peer_hello.is_some() {
@@ -690,10 +694,10 @@ impl<'a> Round<'a> {
                 if m.gather_got[c] || m.done.is_some() {
                     return self.fail(j, Failure::Invalid(format!("averaged chunk {c} sent twice or after the summary")));
                 }
-                if !payload.is_empty() {
-                    if let Err(e) = self.codec.decode(payload, &mut self.grad[info.elems.clone()]) {
-                        return self.fail(j, Failure::Invalid(format!("averaged chunk {c}: {e}")));
-                    }
+                if !payload.is_empty()
+                    && let Err(e) = self.codec.decode(payload, &mut self.grad[info.elems.clone()])
+                {
+                    return self.fail(j, Failure::Invalid(format!("averaged chunk {c}: {e}")));
                 }
                 let m = &mut self.members[j];
                 m.gather_got[c] = true;
@@ -862,7 +866,7 @@ impl<'a> Round<'a> {
                     let (read_idle, write_idle) = (now.duration_since(conn.last_read), now.duration_since(conn.last_write));
                     if self.expects_scatter(j) && read_idle > s.stall_timeout {
                         self.fail(j, Failure::Stalled(format!("no data for {:.1} s while its contribution was due", read_idle.as_secs_f64())));
-                    } else if self.expects_gather(j) && read_idle > 2 * s.stall_timeout {
+                    } else if self.expects_gather(j) && read_idle > s.connect_timeout.max(s.stall_timeout) + s.stall_timeout {
                         self.fail(j, Failure::Stalled(format!("no averaged chunks for {:.1} s", read_idle.as_secs_f64())));
                     } else if conn.has_output() && write_idle > s.stall_timeout {
                         self.fail(j, Failure::Stalled(format!("not reading: nothing written to it for {:.1} s", write_idle.as_secs_f64())));
@@ -887,7 +891,10 @@ impl<'a> Round<'a> {
             if !conn.connected || conn.write_blocked || !conn.has_output() {
                 continue;
             }
-            match conn.flush(&self.wire, now) {
+            // Under fault injection, one frame per write so that the fault
+            // strikes between frames.
+            let max_frames = if self.settings.fault.is_some() { 1 } else { usize::MAX };
+            match conn.flush(&self.wire, now, max_frames) {
                 Ok(w) => {
                     self.bytes_sent += w.bytes;
                     self.scatter_written += w.scatter_payload;
