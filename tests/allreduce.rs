@@ -223,3 +223,14 @@ fn groups_and_codecs_parse_with_clear_errors() {
     assert_eq!("int8:32".parse::<Codec>(), Ok(Codec::Int8 { block: 32 }));
     assert!("int8:0".parse::<Codec>().is_err() && "fp8".parse::<Codec>().is_err());
 }
+
+#[test]
+fn a_sum_that_overflows_is_not_averaged_but_kept_local() {
+    let c = case(2, 3000, Codec::F32, 4000);
+    let inputs = vec![vec![3e38f32; 3000], vec![3e38f32; 3000]];
+    for (i, (x, r)) in run(&c, &inputs, 5).into_iter().enumerate() {
+        assert!(r.failures().is_empty(), "{}", r.summary());
+        assert!(x.iter().all(|v| v.is_finite()), "peer {i}");
+        assert_eq!(r.members[i].span_status, SpanStatus::KeptLocal, "peer {i}");
+    }
+}

@@ -89,9 +89,10 @@ fn bytes_from_a_peer_are_checked() {
             assert_eq!(codec.decode(&vec![0u8; len], &mut out), Err(CodecError::Length { got: len, want, n: 10 }), "{codec:?}");
         }
     }
-    // An int8 block whose scale is NaN, inf or negative is refused.
+    // An int8 block whose scale is NaN, inf, negative or so large that 127×
+    // it overflows is refused.
     let codec = Codec::Int8 { block: 4 };
-    for bad in [f32::NAN, f32::INFINITY, -1.0] {
+    for bad in [f32::NAN, f32::INFINITY, -1.0, f32::MAX / 100.0] {
         let mut bytes = vec![0u8; codec.encoded_len(10)];
         bytes[4..8].copy_from_slice(&bad.to_le_bytes());
         assert_eq!(codec.decode(&bytes, &mut out), Err(CodecError::Scale(1)), "{bad}");

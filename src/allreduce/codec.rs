@@ -11,7 +11,8 @@
 //! Inputs must be finite: the all-reduce rejects contributions with NaN or
 //! inf before encoding. Decoding first checks the whole chunk — its length,
 //! that no value is NaN or inf, that every `Int8` scale is finite and
-//! non-negative — and only then writes anything, so bytes from a peer can
+//! non-negative and small enough that no decoded value overflows — and only
+//! then writes anything, so bytes from a peer can
 //! neither produce non-finite values nor leave a half-added chunk behind.
 
 use crate::engine::cpu::simd::multiversion;
@@ -20,6 +21,8 @@ use half::{bf16, f16};
 
 /// Largest finite f16.
 pub const F16_MAX: f32 = 65504.0;
+/// Largest valid int8 scale: 127 × it is still finite.
+const INT8_MAX_SCALE: f32 = f32::MAX / 127.0;
 /// Values converted per step through a stack buffer.
 const STEP: usize = 1024;
 
@@ -102,8 +105,10 @@ impl Codec {
             Codec::Bf16 => first_all_ones_u16(src, 0x7f80),
             Codec::Int8 { block } => {
                 let scales = &src[..4 * n.div_ceil(block.max(1))];
-                if let Some(b) =
-                    scales.chunks_exact(4).map(|s| f32::from_le_bytes([s[0], s[1], s[2], s[3]])).position(|s| !(s.is_finite() && s >= 0.0))
+                if let Some(b) = scales
+                    .chunks_exact(4)
+                    .map(|s| f32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+                    .position(|s| !(s.is_finite() && (0.0..=INT8_MAX_SCALE).contains(&s)))
                 {
                     return Err(CodecError::Scale(b));
                 }

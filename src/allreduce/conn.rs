@@ -17,6 +17,16 @@ pub(super) enum Body {
     Owned(Vec<u8>),
     /// A range of the round's encoded vector.
     Wire(Range<usize>),
+    /// A byte range of the caller's vector itself (fp32 on the wire is the
+    /// vector's own bytes on little-endian hosts: no copy at all).
+    Grad(Range<usize>),
+}
+
+/// Where `Body::Wire` and `Body::Grad` point.
+#[derive(Clone, Copy)]
+pub(super) struct Sources<'a> {
+    pub wire: &'a [u8],
+    pub grad: &'a [u8],
 }
 
 pub(super) struct Out {
@@ -32,10 +42,11 @@ impl Out {
         Out { hdr: header.encode(), kind: header.kind, body, sent: 0 }
     }
 
-    fn payload<'a>(&'a self, wire: &'a [u8]) -> &'a [u8] {
+    fn payload<'a>(&'a self, src: Sources<'a>) -> &'a [u8] {
         match &self.body {
             Body::Owned(v) => v,
-            Body::Wire(r) => &wire[r.clone()],
+            Body::Wire(r) => &src.wire[r.clone()],
+            Body::Grad(r) => &src.grad[r.clone()],
         }
     }
 }
@@ -197,7 +208,7 @@ impl Conn {
 
     /// Writes queued frames until done or the socket would block.
     /// `max_frames` bounds the frames in one write (fault injection).
-    pub fn flush(&mut self, wire: &[u8], now: Instant, max_frames: usize) -> io::Result<Written> {
+    pub fn flush(&mut self, src: Sources, now: Instant, max_frames: usize) -> io::Result<Written> {
         let mut done = Written::default();
         while !self.out.is_empty() && !self.write_blocked {
             let mut slices = [IoSlice::new(&[]); 64];
@@ -206,7 +217,7 @@ impl Conn {
                 if used + 2 > slices.len() {
                     break;
                 }
-                let payload = o.payload(wire);
+                let payload = o.payload(src);
                 if o.sent < HEADER_LEN {
                     slices[used] = IoSlice::new(&o.hdr[o.sent..]);
                     slices[used + 1] = IoSlice::new(payload);
@@ -223,7 +234,7 @@ impl Conn {
                     done.bytes += n as u64;
                     while n > 0 {
                         let front = self.out.front_mut().expect("written bytes belong to queued frames");
-                        let len = front.payload(wire).len();
+                        let len = front.payload(src).len();
                         let left = HEADER_LEN + len - front.sent;
                         if n < left {
                             front.sent += n;

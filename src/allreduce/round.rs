@@ -18,7 +18,7 @@
 //!   average too, so every peer holding a span holds the same bits.
 
 use super::codec::{Codec, first_nonfinite};
-use super::conn::{Body, Conn, Got, Out};
+use super::conn::{Body, Conn, Got, Out, Sources};
 use super::group::{Fault, Group, Settings};
 use super::handshake::{AUTH_LEN, HELLO_LEN, Hello, sign_auth, verify_auth};
 use super::identity::{Identity, PublicKey, random_bytes};
@@ -179,6 +179,8 @@ struct Round<'a> {
     own_span: Range<usize>,
     /// One chunk's mean, between averaging and encoding.
     scratch: Vec<f32>,
+    /// fp32 on a little-endian host: frames are sent from `grad` itself.
+    zero_copy: bool,
     finalized: Vec<bool>,
     averaged: Vec<bool>,
     my_sums: Vec<u64>,
@@ -197,6 +199,11 @@ struct Round<'a> {
     bytes_received: u64,
     scatter_written: u64,
     gather_written: u64,
+}
+
+fn f32_bytes(x: &[f32]) -> &[u8] {
+    // SAFETY: any f32 is 4 readable bytes; the view borrows `x`.
+    unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u8, 4 * x.len()) }
 }
 
 fn span_hash(sums: &[u64]) -> u64 {
@@ -265,10 +272,11 @@ impl<'a> Round<'a> {
             weight = 0.0;
         }
 
-        // Encode what the other owners need, in parallel.
-        // Every byte is written before it is sent: no need to clear.
-        wire.resize(offset, 0);
-        if weight > 0.0 {
+        // Encode what the other owners need, in parallel. Every byte is
+        // written before it is sent: no need to clear. fp32 needs no copy.
+        let zero_copy = codec == Codec::F32 && cfg!(target_endian = "little");
+        wire.resize(if zero_copy { 0 } else { offset }, 0);
+        if weight > 0.0 && !zero_copy {
             let mut jobs = Vec::new();
             let mut rest: &mut [u8] = &mut wire;
             for (owner, span_chunks) in chunks.iter().enumerate() {
@@ -327,6 +335,7 @@ impl<'a> Round<'a> {
             reducer,
             own_span,
             scratch: vec![0.0; per_chunk],
+            zero_copy,
             finalized: vec![false; k],
             averaged: vec![false; k],
             my_sums: vec![0; k],
@@ -644,8 +653,17 @@ impl<'a> Round<'a> {
         let mut outs = Vec::with_capacity(self.chunks[j].len() + self.finalized.len() + 1);
         if self.weight > 0.0 {
             for (c, info) in self.chunks[j].iter().enumerate() {
-                let header = Header::for_payload(Kind::Scatter, me as u16, round, j as u32, c as u32, &self.wire[info.bytes.clone()]);
-                outs.push(Out::new(&header, Body::Wire(info.bytes.clone())));
+                let (header, body) = if self.zero_copy {
+                    let bytes = f32_bytes(&self.grad[info.elems.clone()]);
+                    (
+                        Header::for_payload(Kind::Scatter, me as u16, round, j as u32, c as u32, bytes),
+                        Body::Grad(4 * info.elems.start..4 * info.elems.end),
+                    )
+                } else {
+                    let bytes = &self.wire[info.bytes.clone()];
+                    (Header::for_payload(Kind::Scatter, me as u16, round, j as u32, c as u32, bytes), Body::Wire(info.bytes.clone()))
+                };
+                outs.push(Out::new(&header, body));
             }
         }
         outs.extend((0..self.finalized.len()).filter(|&c| self.finalized[c]).map(|c| self.gather_out(c)));
@@ -747,11 +765,18 @@ impl<'a> Round<'a> {
         // The mean lands in a chunk-sized scratch that stays in cache while
         // it is encoded; the encoding is decoded back into `grad`.
         let mean = &mut self.scratch[..info.elems.len()];
-        if self.reducer.mean_into(c, &self.grad[self.own_span.clone()], mean) {
-            let enc = &mut self.wire[info.bytes.clone()];
-            self.codec.encode(mean, enc);
-            self.my_sums[c] = checksum(enc);
-            self.codec.decode(enc, &mut self.grad[info.elems.clone()]).expect("own encoding decodes");
+        // Huge (finite) contributions can still overflow the sum: such a
+        // chunk is not averaged rather than sent as inf.
+        if self.reducer.mean_into(c, &self.grad[self.own_span.clone()], mean) && first_nonfinite(mean).is_none() {
+            if self.zero_copy {
+                self.my_sums[c] = checksum(f32_bytes(mean));
+                self.grad[info.elems.clone()].copy_from_slice(mean);
+            } else {
+                let enc = &mut self.wire[info.bytes.clone()];
+                self.codec.encode(mean, enc);
+                self.my_sums[c] = checksum(enc);
+                self.codec.decode(enc, &mut self.grad[info.elems.clone()]).expect("own encoding decodes");
+            }
             self.averaged[c] = true;
         } else {
             self.my_sums[c] = checksum(&[]);
@@ -774,8 +799,9 @@ impl<'a> Round<'a> {
     }
 
     fn gather_out(&self, c: usize) -> Out {
-        let bytes = &self.chunks[self.me][c].bytes;
-        let range = if self.averaged[c] { bytes.clone() } else { bytes.start..bytes.start };
+        let info = &self.chunks[self.me][c];
+        let bytes = if self.zero_copy { 4 * info.elems.start..4 * info.elems.end } else { info.bytes.clone() };
+        let range = if self.averaged[c] { bytes } else { bytes.start..bytes.start };
         let header = Header {
             kind: Kind::Gather,
             sender: self.me as u16,
@@ -785,7 +811,7 @@ impl<'a> Round<'a> {
             len: range.len() as u32,
             checksum: self.my_sums[c],
         };
-        Out::new(&header, Body::Wire(range))
+        Out::new(&header, if self.zero_copy { Body::Grad(range) } else { Body::Wire(range) })
     }
 
     /// Per member 0 (no contribution), 1 (some chunks), 2 (every chunk).
@@ -894,7 +920,8 @@ impl<'a> Round<'a> {
             // Under fault injection, one frame per write so that the fault
             // strikes between frames.
             let max_frames = if self.settings.fault.is_some() { 1 } else { usize::MAX };
-            match conn.flush(&self.wire, now, max_frames) {
+            let grad = f32_bytes(self.grad);
+            match conn.flush(Sources { wire: &self.wire, grad }, now, max_frames) {
                 Ok(w) => {
                     self.bytes_sent += w.bytes;
                     self.scatter_written += w.scatter_payload;
