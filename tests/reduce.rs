@@ -86,3 +86,35 @@ fn the_owners_own_values_count_with_their_weight_in_every_chunk() {
         assert!((out[i] as f64 - want).abs() < 1e-6, "{i}: {} vs {want}", out[i]);
     }
 }
+
+#[test]
+fn the_last_contribution_yields_the_same_mean_as_accumulating() {
+    let (len, elems) = (300, 100);
+    let mut rng = Rng::new(9);
+    let own: Vec<f32> = (0..len).map(|_| rng.normal()).collect();
+    let peers: Vec<Vec<f32>> = (0..2).map(|_| (0..len).map(|_| rng.normal()).collect()).collect();
+    for with_own in [false, true] {
+        let (mut a, mut b) = (SpanReducer::new(len, elems, 3), SpanReducer::new(len, elems, 3));
+        if with_own {
+            a.set_own(2, 1.5);
+            b.set_own(2, 1.5);
+        }
+        let own_arg: &[f32] = if with_own { &own } else { &[] };
+        for c in 0..3 {
+            let r = c * elems..(c + 1) * elems;
+            for (s, w) in [(0, 2.0), (1, 0.25)] {
+                a.add(s, c, w, Codec::F32, &encode(Codec::F32, &peers[s][r.clone()]), own_arg).unwrap();
+            }
+        }
+        let want = a.finish(&own);
+        for c in 0..3 {
+            let r = c * elems..(c + 1) * elems;
+            b.add(0, c, 2.0, Codec::F32, &encode(Codec::F32, &peers[0][r.clone()]), own_arg).unwrap();
+            let mut out = vec![0f32; elems];
+            assert!(b.add_final(1, c, 0.25, Codec::F32, &encode(Codec::F32, &peers[1][r.clone()]), own_arg, &mut out).unwrap());
+            for (i, (&got, &w)) in out.iter().zip(&want[r]).enumerate() {
+                assert!((got - w).abs() <= 1e-6 * (1.0 + w.abs()), "chunk {c} value {i}: {got} vs {w}");
+            }
+        }
+    }
+}

@@ -195,6 +195,21 @@ impl Codec {
         self.decode_runs(src, n, |i, v| blend_into(&mut acc[i..i + v.len()], base_weight, &base[i..i + v.len()], weight, v))
     }
 
+    /// `out = (base_weight · base + weight · decode(src)) · inv`: a chunk's
+    /// mean computed with its last contribution (`base` empty when
+    /// `base_weight` is 0); on error `out` is untouched.
+    pub fn decode_mean(&self, src: &[u8], weight: f32, base_weight: f32, base: &[f32], inv: f32, out: &mut [f32]) -> Result<(), CodecError> {
+        let n = out.len();
+        self.decode_runs(src, n, |i, v| {
+            let out = &mut out[i..i + v.len()];
+            if base_weight == 0.0 {
+                mean_into(out, 0.0, v, weight, v, inv)
+            } else {
+                mean_into(out, base_weight, &base[i..i + v.len()], weight, v, inv)
+            }
+        })
+    }
+
     /// `acc += weight · decode(src)`: how an owner accumulates a sender's
     /// chunk; on error `acc` is untouched.
     pub fn decode_add(&self, src: &[u8], weight: f32, acc: &mut [f32]) -> Result<(), CodecError> {
@@ -301,6 +316,12 @@ multiversion! {
 multiversion! {
     fn blend_into(acc: &mut [f32], base_w: f32, base: &[f32], w: f32, v: &[f32]) {
         acc.iter_mut().zip(base).zip(v).for_each(|((a, &b), &v)| *a = base_w * b + w * v);
+    }
+}
+
+multiversion! {
+    fn mean_into(out: &mut [f32], base_w: f32, base: &[f32], w: f32, v: &[f32], inv: f32) {
+        out.iter_mut().zip(base).zip(v).for_each(|((o, &b), &v)| *o = (base_w * b + w * v) * inv);
     }
 }
 

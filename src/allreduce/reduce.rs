@@ -114,6 +114,33 @@ impl SpanReducer {
         Ok(())
     }
 
+    /// Like `add`, for the chunk's last contribution: writes the chunk's
+    /// weighted mean into `out` instead of accumulating, and returns
+    /// whether there is one (any weight at all). The chunk is final after
+    /// this: it must not be added to or averaged again.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_final(
+        &mut self,
+        sender: usize,
+        chunk: usize,
+        weight: f32,
+        codec: Codec,
+        bytes: &[u8],
+        own: &[f32],
+        out: &mut [f32],
+    ) -> Result<bool, ReduceError> {
+        let range = self.admit(sender, chunk, weight)?;
+        let total = self.weight[chunk] + weight as f64;
+        let inv = if total > 0.0 { (1.0 / total) as f32 } else { 0.0 };
+        match (self.started[chunk], self.own) {
+            (true, _) => codec.decode_mean(bytes, weight, 1.0, &self.acc[range], inv, out)?,
+            (false, Some((_, w_own))) => codec.decode_mean(bytes, weight, w_own, &own[range], inv, out)?,
+            (false, None) => codec.decode_mean(bytes, weight, 0.0, &[], inv, out)?,
+        }
+        self.mark(sender, chunk, weight);
+        Ok(total > 0.0)
+    }
+
     /// Whether every sender has delivered every chunk.
     pub fn complete(&self) -> bool {
         self.seen.iter().all(|&s| s)

@@ -265,18 +265,18 @@ impl<'a> Round<'a> {
             .collect();
         let data_max_len = chunks.iter().flatten().map(|c| c.bytes.len()).max().unwrap_or(0).max(n + 8).max(ABORT_MAX) as u32;
 
-        let (mut weight, mut local_rejected) = (weight, None);
-        let bad = grad.par_chunks(1 << 16).enumerate().find_map_first(|(k, c)| first_nonfinite(c).map(|i| (k << 16) + i));
-        if let Some(i) = bad {
-            local_rejected = Some(format!("local value {i} is {}: contributing nothing, receiving only", grad[i]));
-            weight = 0.0;
-        }
-
-        // Encode what the other owners need, in parallel. Every byte is
-        // written before it is sent: no need to clear. fp32 needs no copy.
+        // Encode what the other owners need, in parallel, checking each
+        // chunk for NaN/inf while it is in cache (the own span and fp32,
+        // which is sent without a copy, are scanned on their own). Every
+        // byte of `wire` is written before it is sent: no need to clear.
         let zero_copy = codec == Codec::F32 && cfg!(target_endian = "little");
+        let scan = |range: Range<usize>| {
+            let x = &grad[range.clone()];
+            x.par_chunks(1 << 16).enumerate().find_map_first(|(k, c)| first_nonfinite(c).map(|i| range.start + (k << 16) + i))
+        };
+        let mut bad = if zero_copy { scan(0..grad.len()) } else { scan(spans[me].clone()) };
         wire.resize(if zero_copy { 0 } else { offset }, 0);
-        if weight > 0.0 && !zero_copy {
+        if weight > 0.0 && !zero_copy && bad.is_none() {
             let mut jobs = Vec::new();
             let mut rest: &mut [u8] = &mut wire;
             for (owner, span_chunks) in chunks.iter().enumerate() {
@@ -289,7 +289,20 @@ impl<'a> Round<'a> {
                 }
             }
             let src: &[f32] = grad;
-            jobs.into_par_iter().for_each(|(elems, dst)| codec.encode(&src[elems], dst));
+            bad = jobs
+                .into_par_iter()
+                .filter_map(|(elems, dst)| {
+                    let x = &src[elems.clone()];
+                    let bad = first_nonfinite(x).map(|i| elems.start + i);
+                    codec.encode(x, dst);
+                    bad
+                })
+                .min();
+        }
+        let (mut weight, mut local_rejected) = (weight, None);
+        if let Some(i) = bad {
+            local_rejected = Some(format!("local value {i} is {}: contributing nothing, receiving only", grad[i]));
+            weight = 0.0;
         }
 
         let own_span = spans[me].clone();
@@ -698,11 +711,29 @@ impl<'a> Round<'a> {
                 if span != self.me || w == 0.0 {
                     return self.fail(j, Failure::Invalid(format!("scatter chunk for span {span} with weight {w}")));
                 }
-                if let Err(e) = self.reducer.add(j, c, w, self.codec, payload, &self.grad[self.own_span.clone()]) {
-                    return self.fail(j, Failure::Invalid(format!("scatter chunk {c}: {e}")));
+                let own = &self.grad[self.own_span.clone()];
+                // The chunk's last expected contribution goes straight into
+                // the mean (no trip through the accumulator).
+                let last =
+                    c < self.finalized.len() && !self.finalized[c] && (0..self.n()).all(|s| s == j || !self.contributes(s) || self.reducer.has(c, s));
+                let added = if last {
+                    let mean = &mut self.scratch[..self.reducer.chunk_range(c).len()];
+                    self.reducer.add_final(j, c, w, self.codec, payload, own, mean).map(Some)
+                } else {
+                    self.reducer.add(j, c, w, self.codec, payload, own).map(|()| None)
+                };
+                match added {
+                    Err(e) => return self.fail(j, Failure::Invalid(format!("scatter chunk {c}: {e}"))),
+                    Ok(Some(has_mean)) => {
+                        self.members[j].scatter_got += 1;
+                        self.finalized[c] = true;
+                        self.publish(c, has_mean);
+                    }
+                    Ok(None) => {
+                        self.members[j].scatter_got += 1;
+                        self.finalize_ready_chunks();
+                    }
                 }
-                self.members[j].scatter_got += 1;
-                self.finalize_ready_chunks();
             }
             Kind::Gather => {
                 let Some(info) = self.chunks.get(span).and_then(|s| s.get(c)).filter(|_| span == j) else {
@@ -759,15 +790,22 @@ impl<'a> Round<'a> {
     /// Averages chunk `c` of this peer's span, encodes it once, decodes it
     /// into `grad` and sends the same bytes to every connected member.
     fn finalize(&mut self, c: usize) {
-        let info = &self.chunks[self.me][c];
-        let now = Instant::now();
         self.finalized[c] = true;
         // The mean lands in a chunk-sized scratch that stays in cache while
         // it is encoded; the encoding is decoded back into `grad`.
-        let mean = &mut self.scratch[..info.elems.len()];
+        let mean = &mut self.scratch[..self.reducer.chunk_range(c).len()];
+        let has_mean = self.reducer.mean_into(c, &self.grad[self.own_span.clone()], mean);
+        self.publish(c, has_mean);
+    }
+
+    /// Sends chunk `c`'s mean (in `scratch`, if `has_mean`) to everyone.
+    fn publish(&mut self, c: usize, has_mean: bool) {
+        let info = &self.chunks[self.me][c];
+        let now = Instant::now();
+        let mean = &self.scratch[..info.elems.len()];
         // Huge (finite) contributions can still overflow the sum: such a
         // chunk is not averaged rather than sent as inf.
-        if self.reducer.mean_into(c, &self.grad[self.own_span.clone()], mean) && first_nonfinite(mean).is_none() {
+        if has_mean && first_nonfinite(mean).is_none() {
             if self.zero_copy {
                 self.my_sums[c] = checksum(f32_bytes(mean));
                 self.grad[info.elems.clone()].copy_from_slice(mean);
