@@ -4,7 +4,7 @@
 //! round's encoded vector), so nothing is copied or allocated per chunk.
 
 use super::handshake::Hello;
-use super::wire::{HEADER_LEN, Header, Kind, WireError};
+use super::wire::{HEADER_LEN, Header, Kind, WireError, checksum};
 use mio::net::TcpStream;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice, Read, Write};
@@ -33,13 +33,33 @@ pub(super) struct Out {
     hdr: [u8; HEADER_LEN],
     kind: Kind,
     body: Body,
+    /// The header still needs the payload's checksum (see `deferred`).
+    pending: Option<Header>,
     /// Bytes of header + payload already written.
     sent: usize,
 }
 
+/// Frames whose checksums are computed ahead of the socket: enough to fill
+/// a write, few enough that their payloads are still in cache when the
+/// kernel copies them.
+const CHECKSUM_AHEAD: usize = 4;
+
 impl Out {
     pub fn new(header: &Header, body: Body) -> Out {
-        Out { hdr: header.encode(), kind: header.kind, body, sent: 0 }
+        Out { hdr: header.encode(), kind: header.kind, body, pending: None, sent: 0 }
+    }
+
+    /// A frame whose payload checksum is computed just before it is
+    /// written, so that its bytes are read from memory once for both.
+    pub fn deferred(header: Header, body: Body) -> Out {
+        Out { hdr: [0; HEADER_LEN], kind: header.kind, body, pending: Some(header), sent: 0 }
+    }
+
+    fn seal(&mut self, src: Sources) {
+        if let Some(mut h) = self.pending.take() {
+            h.checksum = checksum(self.payload(src));
+            self.hdr = h.encode();
+        }
     }
 
     fn payload<'a>(&'a self, src: Sources<'a>) -> &'a [u8] {
@@ -211,10 +231,12 @@ impl Conn {
     pub fn flush(&mut self, src: Sources, now: Instant, max_frames: usize) -> io::Result<Written> {
         let mut done = Written::default();
         while !self.out.is_empty() && !self.write_blocked {
+            let ahead = max_frames.min(CHECKSUM_AHEAD);
+            self.out.iter_mut().take(ahead).for_each(|o| o.seal(src));
             let mut slices = [IoSlice::new(&[]); 64];
             let mut used = 0;
             for o in self.out.iter().take(max_frames) {
-                if used + 2 > slices.len() {
+                if used + 2 > slices.len() || o.pending.is_some() {
                     break;
                 }
                 let payload = o.payload(src);

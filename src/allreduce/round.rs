@@ -666,17 +666,13 @@ impl<'a> Round<'a> {
         let mut outs = Vec::with_capacity(self.chunks[j].len() + self.finalized.len() + 1);
         if self.weight > 0.0 {
             for (c, info) in self.chunks[j].iter().enumerate() {
-                let (header, body) = if self.zero_copy {
-                    let bytes = f32_bytes(&self.grad[info.elems.clone()]);
-                    (
-                        Header::for_payload(Kind::Scatter, me as u16, round, j as u32, c as u32, bytes),
-                        Body::Grad(4 * info.elems.start..4 * info.elems.end),
-                    )
+                let (len, body) = if self.zero_copy {
+                    (4 * info.elems.len(), Body::Grad(4 * info.elems.start..4 * info.elems.end))
                 } else {
-                    let bytes = &self.wire[info.bytes.clone()];
-                    (Header::for_payload(Kind::Scatter, me as u16, round, j as u32, c as u32, bytes), Body::Wire(info.bytes.clone()))
+                    (info.bytes.len(), Body::Wire(info.bytes.clone()))
                 };
-                outs.push(Out::new(&header, body));
+                let header = Header { kind: Kind::Scatter, sender: me as u16, round, span: j as u32, chunk: c as u32, len: len as u32, checksum: 0 };
+                outs.push(Out::deferred(header, body));
             }
         }
         outs.extend((0..self.finalized.len()).filter(|&c| self.finalized[c]).map(|c| self.gather_out(c)));
