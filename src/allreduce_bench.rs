@@ -7,6 +7,7 @@
 
 use crate::allreduce::codec::Codec;
 use crate::allreduce::{Fault, Group, Identity, Member, Peer, Settings};
+use crate::bench::median;
 use crate::rng::Rng;
 use anyhow::{Context, Result, bail};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -243,11 +244,6 @@ pub struct AllreduceBenchArgs {
     /// Append the results as JSON lines to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Median over rounds of the slowest peer's time, and the worst error.

@@ -49,7 +49,7 @@ pub struct TrainBenchArgs {
     pub json: Option<PathBuf>,
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
 }

@@ -293,8 +293,13 @@ fn until_closed(s: &mut TcpStream) {
     while matches!(s.read(&mut buf), Ok(n) if n > 0) {}
 }
 
-fn rogue_roles() -> [Role; 4] {
-    [Role::Rogue, Role::Thread, Role::Thread, Role::Thread]
+/// One round in which the test plays member 0 against three honest peers;
+/// `act(group, to)` is what it does towards member `to`.
+fn against_rogue(act: impl Fn(&Group, usize) + Send + Sync) -> (Outcome, Vec<Vec<f32>>) {
+    let data = inputs(4);
+    let roles = [Role::Rogue, Role::Thread, Role::Thread, Role::Thread];
+    let o = run(&roles, &data, |g| (1..4).for_each(|to| act(g, to)), Duration::from_secs(20));
+    (o, data)
 }
 
 fn refused_with(o: &Outcome, what: &str) {
@@ -308,19 +313,11 @@ fn refused_with(o: &Outcome, what: &str) {
 
 #[test]
 fn garbage_instead_of_a_handshake_is_refused() {
-    let data = inputs(4);
-    let o = run(
-        &rogue_roles(),
-        &data,
-        |g| {
-            for to in 1..4 {
-                let mut s = TcpStream::connect(g.members[to].addr).unwrap();
-                s.write_all(&[0xAB; 300]).unwrap();
-                until_closed(&mut s);
-            }
-        },
-        Duration::from_secs(20),
-    );
+    let (o, data) = against_rogue(|g, to| {
+        let mut s = TcpStream::connect(g.members[to].addr).unwrap();
+        s.write_all(&[0xAB; 300]).unwrap();
+        until_closed(&mut s);
+    });
     check(&o, &data, &[1, 2, 3], 0, false, |f| matches!(f, Failure::NeverConnected(_)));
     for (i, _, r) in &o.results {
         assert!(r.refused.iter().any(|w| w.contains("not a dtrain all-reduce frame")), "peer {i}: {:?}", r.refused);
@@ -329,38 +326,23 @@ fn garbage_instead_of_a_handshake_is_refused() {
 
 #[test]
 fn a_handshake_signed_with_the_wrong_key_is_refused() {
-    let data = inputs(4);
-    let o = run(
-        &rogue_roles(),
-        &data,
-        |g| {
-            for to in 1..4 {
-                let (mut s, _) = handshake(g, to, &Identity::from_seed([9; 32]), ROUND);
-                until_closed(&mut s);
-            }
-        },
-        Duration::from_secs(20),
-    );
+    let (o, data) = against_rogue(|g, to| {
+        let (mut s, _) = handshake(g, to, &Identity::from_seed([9; 32]), ROUND);
+        until_closed(&mut s);
+    });
     check(&o, &data, &[1, 2, 3], 0, false, |f| matches!(f, Failure::NeverConnected(_)));
     refused_with(&o, "bad signature");
 }
 
 #[test]
 fn a_handshake_for_another_round_is_refused() {
-    let data = inputs(4);
-    let o = run(
-        &rogue_roles(),
-        &data,
-        |g| {
-            for to in 1..4 {
-                let mut s = TcpStream::connect(g.members[to].addr).unwrap();
-                let hello = Hello { digest: g.digest(LEN, &settings()), nonce: random_bytes(), weight: 1.0 };
-                write_frame(&mut s, &Header::for_payload(Kind::Hello, 0, ROUND - 1, 0, 0, &hello.encode()), &hello.encode()).unwrap();
-                until_closed(&mut s);
-            }
-        },
-        Duration::from_secs(20),
-    );
+    let (o, data) = against_rogue(|g, to| {
+        let mut s = TcpStream::connect(g.members[to].addr).unwrap();
+        let hello = Hello { digest: g.digest(LEN, &settings()), nonce: random_bytes(), weight: 1.0 };
+        write_frame(&mut s, &Header::for_payload(Kind::Hello, 0, ROUND - 1, 0, 0, &hello.encode()), &hello.encode()).unwrap();
+        until_closed(&mut s);
+    });
+    check(&o, &data, &[1, 2, 3], 0, false, |f| matches!(f, Failure::NeverConnected(_)));
     refused_with(&o, "wrong round");
 }
 
@@ -388,45 +370,29 @@ fn a_replayed_handshake_is_refused() {
 
 #[test]
 fn an_oversized_frame_drops_the_sender() {
-    let data = inputs(4);
-    let o = run(
-        &rogue_roles(),
-        &data,
-        |g| {
-            for to in 1..4 {
-                let (mut s, _) = handshake(g, to, &identity(0), ROUND);
-                let mut h = Header::for_payload(Kind::Scatter, 0, ROUND, to as u32, 0, &[]);
-                h.len = u32::MAX;
-                s.write_all(&h.encode()).unwrap();
-                until_closed(&mut s);
-            }
-        },
-        Duration::from_secs(20),
-    );
+    let (o, data) = against_rogue(|g, to| {
+        let (mut s, _) = handshake(g, to, &identity(0), ROUND);
+        let mut h = Header::for_payload(Kind::Scatter, 0, ROUND, to as u32, 0, &[]);
+        h.len = u32::MAX;
+        s.write_all(&h.encode()).unwrap();
+        until_closed(&mut s);
+    });
     check(&o, &data, &[1, 2, 3], 0, false, |f| matches!(f, Failure::Invalid(w) if w.contains("exceeds the limit")));
 }
 
 #[test]
 fn a_nan_chunk_from_a_peer_is_rejected_and_named() {
-    let data = inputs(4);
-    let o = run(
-        &rogue_roles(),
-        &data,
-        |g| {
-            for to in 1..4 {
-                let (mut s, _) = handshake(g, to, &identity(0), ROUND);
-                // Consume the peer's Auth, then send its span's first chunk with a NaN.
-                let (h, p) = read_frame(&mut s).unwrap();
-                assert_eq!((h.kind, p.len()), (Kind::Auth, AUTH_LEN));
-                let (a, b) = (0, 4096.min(LEN / 4));
-                let mut vals: Vec<f32> = vec![0.5; b - a];
-                vals[100] = f32::NAN;
-                let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
-                write_frame(&mut s, &Header::for_payload(Kind::Scatter, 0, ROUND, to as u32, 0, &bytes), &bytes).unwrap();
-                until_closed(&mut s);
-            }
-        },
-        Duration::from_secs(20),
-    );
+    let (o, data) = against_rogue(|g, to| {
+        let (mut s, _) = handshake(g, to, &identity(0), ROUND);
+        // Consume the peer's Auth, then send its span's first chunk with a NaN.
+        let (h, p) = read_frame(&mut s).unwrap();
+        assert_eq!((h.kind, p.len()), (Kind::Auth, AUTH_LEN));
+        let (a, b) = (0, 4096.min(LEN / 4));
+        let mut vals: Vec<f32> = vec![0.5; b - a];
+        vals[100] = f32::NAN;
+        let bytes: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        write_frame(&mut s, &Header::for_payload(Kind::Scatter, 0, ROUND, to as u32, 0, &bytes), &bytes).unwrap();
+        until_closed(&mut s);
+    });
     check(&o, &data, &[1, 2, 3], 0, false, |f| matches!(f, Failure::Invalid(w) if w.contains("not finite")));
 }

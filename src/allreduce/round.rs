@@ -719,7 +719,7 @@ impl<'a> Round<'a> {
                     self.reducer.add(j, c, w, self.codec, payload, own).map(|()| None)
                 };
                 match added {
-                    Err(e) => return self.fail(j, Failure::Invalid(format!("scatter chunk {c}: {e}"))),
+                    Err(e) => self.fail(j, Failure::Invalid(format!("scatter chunk {c}: {e}"))),
                     Ok(Some(has_mean)) => {
                         self.members[j].scatter_got += 1;
                         self.finalized[c] = true;
