@@ -376,15 +376,12 @@ impl<'a> Round<'a> {
     /// Runs the round; returns the report and the buffers for the next one.
     fn run(mut self, deadline: Instant) -> (Report, Vec<u8>, Vec<f32>) {
         let mut events = Events::with_capacity(256);
+        self.note_connected();
         self.finalize_ready_chunks();
         loop {
             let now = Instant::now();
             self.timers(now, deadline);
             self.flush_all(now, deadline);
-            if self.connect_s.is_none() && (0..self.n()).all(|j| j == self.me || self.members[j].conn.is_some() || self.members[j].failure.is_some())
-            {
-                self.connect_s = Some(self.start.elapsed().as_secs_f64());
-            }
             if self.finished() {
                 break;
             }
@@ -532,6 +529,7 @@ impl<'a> Round<'a> {
         for id in [m.conn, m.dialing].into_iter().flatten() {
             self.close(id);
         }
+        self.note_connected();
         self.finalize_ready_chunks();
     }
 
@@ -690,7 +688,15 @@ impl<'a> Round<'a> {
         if m.dialing == Some(id) {
             m.dialing = None;
         }
+        self.note_connected();
         self.finalize_ready_chunks();
+    }
+
+    /// Records when every member was connected or failed.
+    fn note_connected(&mut self) {
+        if self.connect_s.is_none() && (0..self.n()).all(|j| j == self.me || self.members[j].conn.is_some() || self.members[j].failure.is_some()) {
+            self.connect_s = Some(self.start.elapsed().as_secs_f64());
+        }
     }
 
     // ---- data ---------------------------------------------------------------
