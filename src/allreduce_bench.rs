@@ -158,7 +158,9 @@ pub fn peer_main(a: &PeerArgs) -> Result<()> {
         let max_err = (a.fill == "pattern").then(|| {
             let k = (group.len() + 1) as f32 / 2.0;
             let want: Vec<f32> = (0..1000).map(|e| k * pattern(e)).collect();
-            x.par_chunks(1000).map(|run| run.iter().zip(&want).fold(0f32, |m, (&v, &w)| m.max((v - w).abs()))).reduce(|| 0.0, f32::max)
+            // NaN counts as an infinite error (f32::max would skip it).
+            let err = |v: f32, w: f32| if (v - w).is_nan() { f32::INFINITY } else { (v - w).abs() };
+            x.par_chunks(1000).map(|run| run.iter().zip(&want).fold(0f32, |m, (&v, &w)| m.max(err(v, w)))).reduce(|| 0.0, f32::max)
         });
         writeln!(stdout, "{}", serde_json::json!({"round": r, "time_s": time_s, "max_err": max_err, "report": report}))?;
         stdout.flush()?;
