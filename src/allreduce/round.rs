@@ -92,6 +92,12 @@ impl Peer {
         self.identity.public()
     }
 
+    /// Frees the buffers kept between rounds (about 1.5× the vector's
+    /// encoded size plus this peer's span); the next round allocates anew.
+    pub fn release_buffers(&mut self) {
+        (self.wire, self.acc) = (Vec::new(), Vec::new());
+    }
+
     /// Replaces `grad` by the weighted mean over the group of every
     /// member's vector (`weight` = samples behind this one; 0 = receive
     /// only) and reports what happened. Returns by `deadline`; failures of
