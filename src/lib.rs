@@ -6,7 +6,8 @@
 //! - [`optim`]: AdamW, LAMB and gradient clipping;
 //! - [`data`]: text and token-shard inputs and the batch loader;
 //! - [`train`]: the single-node training loop behind `dtrain train`;
-//! - [`allreduce`]: butterfly all-reduce between peers over TCP.
+//! - [`allreduce`]: butterfly all-reduce between peers over TCP;
+//! - [`subnet`]: the network's roles (so far the validator's scoring).
 
 pub mod allreduce;
 pub mod allreduce_bench;
@@ -16,4 +17,5 @@ pub mod engine;
 pub mod model;
 pub mod optim;
 pub mod rng;
+pub mod subnet;
 pub mod train;

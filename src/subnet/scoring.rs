@@ -1,0 +1,136 @@
+//! The validator's scoring, as pure functions over what it measured (see
+//! ../shared/REFERENCE.md, "Scoring"): no I/O here, so every rule is tested
+//! against hand-computed cases.
+//!
+//! Where the reference had a bug this follows the fix: all-reduce
+//! participation is looked up by uid in a map keyed by uid (the reference
+//! looked uids up in a set of peer ids, so nobody was ever marked failed).
+
+use std::collections::{BTreeMap, HashSet};
+
+/// A miner's index in the registry.
+pub type Uid = u16;
+
+/// Relative difference under which a replayed batch agrees with the
+/// miner's claim, averaged over the replayed batches.
+pub const GRADIENT_FLOOR: f64 = 0.75;
+/// Moving-average weight of a round's rewards.
+pub const EMA_ALPHA: f64 = 0.05;
+/// Consecutive IsAlive failures after which a miner's score drops to 0.
+pub const MAX_ISALIVE_FAILURES: u32 = 10;
+
+/// How well the miner's reported Σ|grad| agree with the validator's replay:
+/// pairs of (miner's value, validator's value) for the replayed batches.
+/// `1 − mean(|m − v| / max(|m|, |v|, 1e-8))`, floored at 0 and set to 0
+/// below [`GRADIENT_FLOOR`]. No pairs, or a non-finite value, score 0.
+pub fn gradient_score(pairs: &[(f64, f64)]) -> f64 {
+    if pairs.is_empty() || pairs.iter().any(|(m, v)| !(m.is_finite() && v.is_finite())) {
+        return 0.0;
+    }
+    let mean_rel = pairs.iter().map(|&(m, v)| (m - v).abs() / m.abs().max(v.abs()).max(1e-8)).sum::<f64>() / pairs.len() as f64;
+    let score = (1.0 - mean_rel).max(0.0);
+    if score < GRADIENT_FLOOR { 0.0 } else { score }
+}
+
+/// Whether a Train response's batch count matches its gradient sums:
+/// `ceil(rows / batch_size)` batches, one sum each. A mismatch scores 0.
+pub fn batches_match(rows: usize, batch_size: usize, gradient_sums: usize) -> bool {
+    batch_size > 0 && rows.div_ceil(batch_size) == gradient_sums
+}
+
+/// Steps: distinct rows trained on.
+pub fn steps_score(dataset_indices: &[u64]) -> f64 {
+    dataset_indices.iter().collect::<HashSet<_>>().len() as f64
+}
+
+/// How a miner fared in the last all-reduce, as the master recorded it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Participation {
+    Success,
+    Fail,
+    NonParticipating,
+}
+
+/// 1 if the miner took part successfully in the last all-reduce.
+pub fn allreduce_score(last: &BTreeMap<Uid, Participation>, uid: Uid) -> f64 {
+    if last.get(&uid) == Some(&Participation::Success) { 1.0 } else { 0.0 }
+}
+
+/// `1 − elapsed/timeout` for a download of part of the miner's state that
+/// finished in `elapsed` seconds; 0 when it failed (`None`) or took longer.
+pub fn bandwidth_score(elapsed: Option<f64>, timeout: f64) -> f64 {
+    match elapsed {
+        Some(t) if t.is_finite() && t >= 0.0 && timeout > 0.0 => (1.0 - t / timeout).clamp(0.0, 1.0),
+        _ => 0.0,
+    }
+}
+
+/// `x / ‖x‖₂` (all zeros stay zeros).
+pub fn l2_normalised(x: &[f64]) -> Vec<f64> {
+    let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt();
+    x.iter().map(|v| if norm > 0.0 { v / norm } else { 0.0 }).collect()
+}
+
+/// One sampled miner's measurements in a Train round.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrainMeasure {
+    pub uid: Uid,
+    pub member: bool,
+    pub gradient: f64,
+    pub steps: f64,
+    pub allreduce: f64,
+}
+
+/// Train round rewards: `membership × (0.5·ĝ·ŝ + 0.5·allreduce)` with
+/// gradient and steps L2-normalised across the sampled miners.
+pub fn train_round_rewards(m: &[TrainMeasure]) -> Vec<(Uid, f64)> {
+    let g = l2_normalised(&m.iter().map(|x| x.gradient).collect::<Vec<_>>());
+    let s = l2_normalised(&m.iter().map(|x| x.steps).collect::<Vec<_>>());
+    m.iter().enumerate().map(|(i, x)| (x.uid, if x.member { 0.5 * g[i] * s[i] + 0.5 * x.allreduce } else { 0.0 })).collect()
+}
+
+/// All-reduce round rewards: `membership × bandwidth`.
+pub fn allreduce_round_rewards(m: &[(Uid, bool, f64)]) -> Vec<(Uid, f64)> {
+    m.iter().map(|&(uid, member, bw)| (uid, if member { bw } else { 0.0 })).collect()
+}
+
+/// The validator's moving scores.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Scores {
+    pub score: BTreeMap<Uid, f64>,
+    pub isalive_failures: BTreeMap<Uid, u32>,
+}
+
+impl Scores {
+    /// Folds one round's rewards in: rewards are divided by their sum, then
+    /// every known miner moves by `α·reward + (1−α)·score` (a miner not
+    /// rewarded this round decays, as in the reference's template).
+    pub fn fold_round(&mut self, rewards: &[(Uid, f64)]) {
+        let clean = |r: f64| if r.is_finite() && r > 0.0 { r } else { 0.0 };
+        let total: f64 = rewards.iter().map(|&(_, r)| clean(r)).sum();
+        let mut this: BTreeMap<Uid, f64> = BTreeMap::new();
+        for &(uid, r) in rewards {
+            *this.entry(uid).or_default() += if total > 0.0 { clean(r) / total } else { 0.0 };
+            self.score.entry(uid).or_default();
+        }
+        for (uid, s) in self.score.iter_mut() {
+            *s = EMA_ALPHA * this.get(uid).copied().unwrap_or(0.0) + (1.0 - EMA_ALPHA) * *s;
+        }
+    }
+
+    /// Records an IsAlive answer; more than [`MAX_ISALIVE_FAILURES`]
+    /// failures in a row drop the miner's score to 0.
+    pub fn isalive(&mut self, uid: Uid, alive: bool) {
+        let n = self.isalive_failures.entry(uid).or_default();
+        *n = if alive { 0 } else { *n + 1 };
+        if *n > MAX_ISALIVE_FAILURES {
+            self.score.insert(uid, 0.0);
+        }
+    }
+
+    /// Weights: the scores L1-normalised (all zero if every score is 0).
+    pub fn weights(&self) -> BTreeMap<Uid, f64> {
+        let total: f64 = self.score.values().map(|s| s.max(0.0)).sum();
+        self.score.iter().map(|(&u, &s)| (u, if total > 0.0 { s.max(0.0) / total } else { 0.0 })).collect()
+    }
+}
