@@ -7,13 +7,15 @@
 //! - [`data`]: text and token-shard inputs and the batch loader;
 //! - [`train`]: the single-node training loop behind `dtrain train`;
 //! - [`allreduce`]: butterfly all-reduce between peers over TCP;
-//! - [`subnet`]: the network's roles (so far the validator's scoring).
+//! - [`subnet`]: the network's roles (so far the validator's scoring);
+//! - [`hub`]: where model versions are published, tagged by epoch.
 
 pub mod allreduce;
 pub mod allreduce_bench;
 pub mod bench;
 pub mod data;
 pub mod engine;
+pub mod hub;
 pub mod model;
 pub mod optim;
 pub mod rng;

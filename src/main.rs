@@ -53,6 +53,9 @@ enum Command {
     /// Benchmarks (ratios against anchors measured in the same run).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Publish, list and fetch model versions in a local model store.
+    #[command(subcommand)]
+    Hub(HubCommand),
     /// One all-reduce peer driven over stdin/stdout (used by `bench allreduce` and the tests).
     #[command(hide = true)]
     AllreducePeer(dtrain::allreduce_bench::PeerArgs),
@@ -151,6 +154,37 @@ fn parse_rows(s: &str) -> std::result::Result<(u64, u64), String> {
 }
 
 #[derive(Subcommand)]
+enum HubCommand {
+    /// Publish the files of a checkpoint directory as a new revision with a tag
+    /// (an existing tag is never moved: its revision is reported instead).
+    Publish {
+        /// The store's directory (created if missing).
+        #[arg(long)]
+        store: PathBuf,
+        #[arg(long)]
+        tag: String,
+        #[arg(long, default_value = "")]
+        message: String,
+        /// The directory whose files are published.
+        dir: PathBuf,
+    },
+    /// List the tags, highest epoch first.
+    Tags {
+        #[arg(long)]
+        store: PathBuf,
+    },
+    /// Copy the revision with a tag into a new directory (every file's hash checked).
+    Download {
+        #[arg(long)]
+        store: PathBuf,
+        #[arg(long)]
+        tag: String,
+        /// Destination; must not exist yet.
+        dest: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum BenchCommand {
     /// Training-step throughput of the CPU engine, side by side with PyTorch
     /// (when `python3 -c 'import torch, transformers'` works) and with this
@@ -195,8 +229,36 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Train(a)) => dtrain::bench::train_bench(&a),
         Command::Bench(BenchCommand::Tokenize(a)) => dtrain::bench::tokenize_bench(&a),
         Command::Bench(BenchCommand::Allreduce(a)) => dtrain::allreduce_bench::allreduce_bench(&a),
+        Command::Hub(cmd) => hub_cmd(cmd),
         Command::AllreducePeer(a) => dtrain::allreduce_bench::peer_main(&a),
     }
+}
+
+fn hub_cmd(cmd: HubCommand) -> Result<()> {
+    use dtrain::hub::{LocalStore, ModelHub};
+    match cmd {
+        HubCommand::Publish { store, tag, message, dir } => {
+            let p = LocalStore::open(&store)?.publish(&dir, &tag, &message)?;
+            if p.existed {
+                println!("tag {} exists already: revision {} (nothing written)", p.tag, p.revision);
+            } else {
+                println!("published revision {} as tag {}", p.revision, p.tag);
+            }
+        }
+        HubCommand::Tags { store } => {
+            let store = LocalStore::open(&store)?;
+            let mut tags = store.tags()?;
+            tags.sort_by_key(|t| std::cmp::Reverse((t.parse::<u64>().ok(), t.clone())));
+            for t in tags {
+                println!("{t}\t{}\t{}", store.revision_of(&t)?, store.message(&t)?);
+            }
+        }
+        HubCommand::Download { store, tag, dest } => {
+            LocalStore::open(&store)?.download(&tag, &dest)?;
+            println!("tag {tag} → {}", dest.display());
+        }
+    }
+    Ok(())
 }
 
 fn tokenize_cmd(inputs: &[PathBuf], remote: &RemoteArgs, out: &std::path::Path, shard_tokens: usize, progress: bool) -> Result<()> {

@@ -1,0 +1,75 @@
+//! Where the network's model versions live: each published revision is a
+//! checkpoint directory (HF layout + optimizer state + config), tagged with
+//! its epoch. Behind one trait so the embedded local store and the Hugging
+//! Face Hub are interchangeable (issue 5).
+
+mod local;
+
+pub use local::LocalStore;
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("tag {0:?} does not exist")]
+    NoTag(String),
+    #[error("invalid {what} {value:?}: {why}")]
+    Name { what: &'static str, value: String, why: &'static str },
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> HubError + '_ {
+    move |source| HubError::Io { path: path.to_path_buf(), source }
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    pub tag: String,
+    pub revision: String,
+    /// The tag existed already: nothing was written and `revision` is the
+    /// existing one, which the caller should load instead.
+    pub existed: bool,
+}
+
+pub trait ModelHub: Send + Sync {
+    /// Publishes the regular files directly inside `dir` as a new revision
+    /// with `message`, then creates `tag` for it. A tag that exists already
+    /// is never moved: the existing revision is returned with `existed`.
+    fn publish(&self, dir: &Path, tag: &str, message: &str) -> Result<Published, HubError>;
+
+    /// Every tag, in no particular order.
+    fn tags(&self) -> Result<Vec<String>, HubError>;
+
+    /// Copies the revision tagged `tag` into the new directory `dest`.
+    fn download(&self, tag: &str, dest: &Path) -> Result<(), HubError>;
+
+    /// The highest tag that is an epoch number.
+    fn latest_epoch(&self) -> Result<Option<u64>, HubError> {
+        Ok(self.tags()?.iter().filter_map(|t| t.parse::<u64>().ok()).max())
+    }
+}
+
+/// The commit message the reference writes: "Epoch E. Batch Size B. Peers P."
+pub fn commit_message(epoch: u64, batch_size: u64, peers: usize) -> String {
+    format!("Epoch {epoch}. Batch Size {batch_size}. Peers {peers}.")
+}
+
+/// Tags and file names: short, of `[A-Za-z0-9._-]`, not `.` or `..` —
+/// safe as one path component on every system and in a URL.
+pub fn check_name(what: &'static str, value: &str) -> Result<(), HubError> {
+    let bad = |why| Err(HubError::Name { what, value: value.to_string(), why });
+    if value.is_empty() || value.len() > 128 {
+        return bad("must be 1 to 128 characters");
+    }
+    if value == "." || value == ".." {
+        return bad("is a relative path");
+    }
+    if !value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+        return bad("may only hold letters, digits, '.', '_' and '-'");
+    }
+    Ok(())
+}
