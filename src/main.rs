@@ -158,9 +158,8 @@ enum HubCommand {
     /// Publish the files of a checkpoint directory as a new revision with a tag
     /// (an existing tag is never moved: its revision is reported instead).
     Publish {
-        /// The store's directory (created if missing).
-        #[arg(long)]
-        store: PathBuf,
+        #[command(flatten)]
+        hub: HubArgs,
         #[arg(long)]
         tag: String,
         #[arg(long, default_value = "")]
@@ -170,18 +169,42 @@ enum HubCommand {
     },
     /// List the tags, highest epoch first.
     Tags {
-        #[arg(long)]
-        store: PathBuf,
+        #[command(flatten)]
+        hub: HubArgs,
     },
-    /// Copy the revision with a tag into a new directory (every file's hash checked).
+    /// Copy the revision with a tag into a new directory (every file's size and hash checked).
     Download {
-        #[arg(long)]
-        store: PathBuf,
+        #[command(flatten)]
+        hub: HubArgs,
         #[arg(long)]
         tag: String,
         /// Destination; must not exist yet.
         dest: PathBuf,
     },
+}
+
+/// Which model hub: a local store directory or a Hugging Face repository.
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct HubArgs {
+    /// A local store's directory (created if missing).
+    #[arg(long, env = "DTRAIN_HUB_STORE")]
+    store: Option<PathBuf>,
+    /// A Hugging Face model repository, `owner/name` (token from HF_TOKEN).
+    #[arg(long, env = "DTRAIN_HF_REPO")]
+    hf_repo: Option<String>,
+}
+
+fn open_hub(a: &HubArgs) -> Result<Box<dyn dtrain::hub::ModelHub>> {
+    use dtrain::hub::{HfHub, LocalStore};
+    Ok(match (&a.store, &a.hf_repo) {
+        (Some(dir), _) => Box::new(LocalStore::open(dir)?),
+        (None, Some(repo)) => {
+            let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
+            Box::new(HfHub::new(&endpoint, repo, std::env::var("HF_TOKEN").ok(), HfHub::default_policy())?)
+        }
+        (None, None) => bail!("give --store DIR or --hf-repo OWNER/NAME"),
+    })
 }
 
 #[derive(Subcommand)]
@@ -235,26 +258,24 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn hub_cmd(cmd: HubCommand) -> Result<()> {
-    use dtrain::hub::{LocalStore, ModelHub};
     match cmd {
-        HubCommand::Publish { store, tag, message, dir } => {
-            let p = LocalStore::open(&store)?.publish(&dir, &tag, &message)?;
+        HubCommand::Publish { hub, tag, message, dir } => {
+            let p = open_hub(&hub)?.publish(&dir, &tag, &message)?;
             if p.existed {
                 println!("tag {} exists already: revision {} (nothing written)", p.tag, p.revision);
             } else {
                 println!("published revision {} as tag {}", p.revision, p.tag);
             }
         }
-        HubCommand::Tags { store } => {
-            let store = LocalStore::open(&store)?;
-            let mut tags = store.tags()?;
+        HubCommand::Tags { hub } => {
+            let mut tags = open_hub(&hub)?.tags()?;
             tags.sort_by_key(|t| std::cmp::Reverse((t.parse::<u64>().ok(), t.clone())));
             for t in tags {
-                println!("{t}\t{}\t{}", store.revision_of(&t)?, store.message(&t)?);
+                println!("{t}");
             }
         }
-        HubCommand::Download { store, tag, dest } => {
-            LocalStore::open(&store)?.download(&tag, &dest)?;
+        HubCommand::Download { hub, tag, dest } => {
+            open_hub(&hub)?.download(&tag, &dest)?;
             println!("tag {tag} → {}", dest.display());
         }
     }

@@ -62,7 +62,7 @@ fn failures_are_retried_or_reported() {
     let e = ParquetRows::open_urls(&urls(&server), &policy(3)).err().map(|e| e.to_string()).unwrap_or_default();
     assert!(e.contains("ignores byte ranges"), "{e}");
     let e = ParquetRows::open_urls(&[format!("{}/missing.parquet", server.base)], &policy(3)).err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(e.contains("HTTP 404") && e.contains("after 1 tries"), "{e}");
+    assert!(e.contains("HTTP 404") && e.contains("after 1 try"), "{e}");
 }
 
 /// Concatenated tokens of every shard in `dir`.

@@ -67,7 +67,9 @@ pub fn retrying<T>(policy: &RetryPolicy, url: &str, mut attempt: impl FnMut() ->
                 std::thread::sleep(policy.delay);
                 n += 1;
             }
-            Err(f) => return Err(DataError::Remote { url: url.into(), msg: format!("{} (after {n} tries)", f.msg) }),
+            Err(f) => {
+                return Err(DataError::Remote { url: url.into(), msg: format!("{} (after {n} {})", f.msg, if n == 1 { "try" } else { "tries" }) });
+            }
         }
     }
 }

@@ -3,8 +3,10 @@
 //! its epoch. Behind one trait so the embedded local store and the Hugging
 //! Face Hub are interchangeable (issue 5).
 
+mod hf;
 mod local;
 
+pub use hf::{HfHub, base64};
 pub use local::LocalStore;
 
 use std::path::{Path, PathBuf};
@@ -19,6 +21,8 @@ pub enum HubError {
     Name { what: &'static str, value: String, why: &'static str },
     #[error("{0}")]
     Corrupt(String),
+    #[error("model hub: {0}")]
+    Remote(String),
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> HubError + '_ {

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod hf_server;
 pub mod servers;
 
 use safetensors::{Dtype, SafeTensors};
