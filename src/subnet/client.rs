@@ -1,0 +1,41 @@
+//! Sending a signed query to a node and reading its bounded answer.
+
+use super::auth::sign;
+use super::protocol::Query;
+use crate::allreduce::{Identity, PublicKey};
+use std::time::Duration;
+
+/// Largest answer read (a Train answer lists ~500 row ids and sums).
+pub const MAX_ANSWER: u64 = 16 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("{addr}: {msg}")]
+    Transport { addr: String, msg: String },
+    #[error("{addr} refused the query (HTTP {status}): {msg}")]
+    Refused { addr: String, status: u16, msg: String },
+    #[error("{addr}: malformed answer: {msg}")]
+    Answer { addr: String, msg: String },
+}
+
+/// Sends `query` to the node at `addr` (host:port) whose key is `receiver`,
+/// signed by `caller`; returns the node's answer (the same query kind).
+pub fn send(caller: &Identity, receiver: &PublicKey, addr: &str, query: &Query, timeout: Duration) -> Result<Query, QueryError> {
+    let body = query.to_json();
+    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(false).build().into();
+    let url = format!("http://{addr}/{}", query.name());
+    let mut req = agent.post(&url).header("Content-Type", "application/json");
+    for (k, v) in sign(caller, receiver, &body) {
+        req = req.header(k, &v);
+    }
+    let transport = |msg: String| QueryError::Transport { addr: addr.to_string(), msg };
+    let mut resp = req.send(&body[..]).map_err(|e| transport(e.to_string()))?;
+    let status = resp.status().as_u16();
+    let bytes = resp.body_mut().with_config().limit(MAX_ANSWER).read_to_vec().map_err(|e| transport(format!("reading the answer: {e}")))?;
+    if status != 200 {
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let msg = v["error"].as_str().map(str::to_string).unwrap_or_else(|| String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned());
+        return Err(QueryError::Refused { addr: addr.to_string(), status, msg });
+    }
+    Query::parse(query.name(), &bytes).expect("a known query name").map_err(|e| QueryError::Answer { addr: addr.to_string(), msg: e.to_string() })
+}

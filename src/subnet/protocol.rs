@@ -1,0 +1,83 @@
+//! The control-plane queries with exactly the reference's fields. As in the
+//! reference (Bittensor synapses), one object per query carries the
+//! request fields out and comes back with the response fields filled in;
+//! every field is optional on the wire and unknown fields are ignored.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct IsAlive {
+    /// "True" from a live miner.
+    pub completion: Option<String>,
+    /// The miner's local epoch.
+    pub epoch: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Train {
+    /// Request: index of the 1-D parameter (a bias or layernorm vector)
+    /// whose Σ|grad| the miner reports after each batch.
+    pub gradient_test_index: Option<u32>,
+    /// Request: the model's name.
+    pub model_name: Option<String>,
+    /// Response: the dataset rows trained on.
+    pub dataset_indices: Option<Vec<u64>>,
+    /// Response: Σ|grad| of the test parameter after each batch's backward.
+    pub gradient_sums: Option<Vec<f64>>,
+    /// Response: mean loss.
+    pub loss: Option<f64>,
+    /// Response: rows per batch.
+    pub batch_size: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AllReduce {
+    pub learning_rate: Option<f64>,
+    pub next_chunk_timeout: Option<f64>,
+    pub min_group_size: Option<u32>,
+    pub request_timeout: Option<f64>,
+    pub min_matchmaking_time: Option<f64>,
+    pub all_reduce_timeout: Option<f64>,
+    /// Response: "True" when the miner took part and stepped.
+    pub completion: Option<String>,
+}
+
+/// One query, as routed by its path (`POST /IsAlive`, `/Train`, `/AllReduce`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Query {
+    IsAlive(IsAlive),
+    Train(Train),
+    AllReduce(AllReduce),
+}
+
+impl Query {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Query::IsAlive(_) => "IsAlive",
+            Query::Train(_) => "Train",
+            Query::AllReduce(_) => "AllReduce",
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        match self {
+            Query::IsAlive(q) => serde_json::to_vec(q),
+            Query::Train(q) => serde_json::to_vec(q),
+            Query::AllReduce(q) => serde_json::to_vec(q),
+        }
+        .expect("plain data serializes")
+    }
+
+    /// Parses the body of a query named `name`; `None` for an unknown name.
+    pub fn parse(name: &str, body: &[u8]) -> Option<Result<Query, serde_json::Error>> {
+        Some(match name {
+            "IsAlive" => serde_json::from_slice(body).map(Query::IsAlive),
+            "Train" => serde_json::from_slice(body).map(Query::Train),
+            "AllReduce" => serde_json::from_slice(body).map(Query::AllReduce),
+            _ => return None,
+        })
+    }
+}
