@@ -56,14 +56,16 @@ pub fn sign(caller: &Identity, receiver: &PublicKey, body: &[u8]) -> Vec<(&'stat
 /// (caller, nonce, uuid): what makes a signed query unique.
 type QueryId = (String, u64, String);
 
+/// The ids seen, and the same ids by arrival time (for forgetting).
+type Seen = (HashMap<QueryId, u64>, VecDeque<(u64, QueryId)>);
+
 /// Remembers recent (caller, nonce, uuid) triples to refuse replays; entries
 /// older than the clock window are forgotten (a replay that old is refused
 /// as stale anyway). Bounded: at most `cap` entries are kept.
 pub struct ReplayGuard {
     window: Duration,
     cap: usize,
-    /// The ids seen, and the same ids by arrival time (for forgetting).
-    seen: Mutex<(HashMap<QueryId, u64>, VecDeque<(u64, QueryId)>)>,
+    seen: Mutex<Seen>,
 }
 
 impl ReplayGuard {
