@@ -1,0 +1,154 @@
+//! Who is in the network: uid, public key, query address, all-reduce
+//! address, role. Behind a trait so that a file, a registry served by the
+//! master validator, or (later) a chain can answer.
+
+use super::scoring::Uid;
+use crate::allreduce::PublicKey;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Miner,
+    Validator,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Node {
+    pub uid: Uid,
+    /// Public key, 64 hex digits.
+    pub key: String,
+    /// Where its control-plane queries go (`host:port`).
+    pub query_addr: String,
+    pub allreduce_addr: SocketAddr,
+    pub role: Role,
+}
+
+impl Node {
+    pub fn public_key(&self) -> Result<PublicKey, RegistryError> {
+        PublicKey::from_hex(&self.key).map_err(|e| RegistryError::Invalid(format!("uid {}: key: {e}", self.uid)))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("registry: {0}")]
+    Invalid(String),
+    #[error("registry is full ({0} nodes)")]
+    Full(usize),
+}
+
+pub trait Registry: Send + Sync {
+    /// Every registered node, by uid.
+    fn nodes(&self) -> Result<Vec<Node>, RegistryError>;
+
+    /// Registers a node (or updates the addresses and role of the node with
+    /// the same key, keeping its uid) and returns its uid.
+    fn join(&self, key: &PublicKey, query_addr: &str, allreduce_addr: SocketAddr, role: Role) -> Result<Uid, RegistryError>;
+
+    fn by_key(&self, key: &PublicKey) -> Result<Option<Node>, RegistryError> {
+        let hex = key.to_hex();
+        Ok(self.nodes()?.into_iter().find(|n| n.key == hex))
+    }
+}
+
+/// Largest registry file read (thousands of nodes fit easily).
+const MAX_FILE: u64 = 16 << 20;
+const MAX_NODES: usize = u16::MAX as usize;
+
+/// A JSON file (`[{uid, key, query_addr, allreduce_addr, role}]`). Joins
+/// from several processes are serialized with an exclusive `flock` on the
+/// file and written by atomic replacement, so a reader never sees half a
+/// file.
+pub struct FileRegistry {
+    path: PathBuf,
+}
+
+fn validate(nodes: &[Node]) -> Result<(), RegistryError> {
+    let mut keys = std::collections::HashSet::new();
+    for (i, n) in nodes.iter().enumerate() {
+        if n.uid as usize != i {
+            return Err(RegistryError::Invalid(format!("entry {i} has uid {} (uids are 0, 1, 2, … in order)", n.uid)));
+        }
+        n.public_key()?;
+        if !keys.insert(&n.key) {
+            return Err(RegistryError::Invalid(format!("key {} is registered twice", n.key)));
+        }
+        if n.query_addr.is_empty() || n.query_addr.len() > 256 {
+            return Err(RegistryError::Invalid(format!("uid {}: bad query address", n.uid)));
+        }
+    }
+    Ok(())
+}
+
+impl FileRegistry {
+    pub fn new(path: &Path) -> FileRegistry {
+        FileRegistry { path: path.to_path_buf() }
+    }
+
+    fn io(&self) -> impl FnOnce(std::io::Error) -> RegistryError + '_ {
+        move |source| RegistryError::Io { path: self.path.clone(), source }
+    }
+
+    fn parse(&self, text: &str) -> Result<Vec<Node>, RegistryError> {
+        if text.trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        let nodes: Vec<Node> = serde_json::from_str(text).map_err(|e| RegistryError::Invalid(format!("{}: {e}", self.path.display())))?;
+        validate(&nodes)?;
+        Ok(nodes)
+    }
+}
+
+impl Registry for FileRegistry {
+    fn nodes(&self) -> Result<Vec<Node>, RegistryError> {
+        let mut text = String::new();
+        match fs::File::open(&self.path) {
+            Ok(f) => f.take(MAX_FILE).read_to_string(&mut text).map_err(self.io())?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.io()(e)),
+        };
+        self.parse(&text)
+    }
+
+    fn join(&self, key: &PublicKey, query_addr: &str, allreduce_addr: SocketAddr, role: Role) -> Result<Uid, RegistryError> {
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(self.io())?;
+        }
+        // The lock lives on a sibling file: the registry itself is replaced.
+        let lock_path = self.path.with_extension("lock");
+        let lock = fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path).map_err(self.io())?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor we own; released when `lock` closes.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(self.io()(std::io::Error::last_os_error()));
+        }
+        let mut nodes = self.nodes()?;
+        let hex = key.to_hex();
+        let uid = match nodes.iter_mut().find(|n| n.key == hex) {
+            Some(n) => {
+                (n.query_addr, n.allreduce_addr, n.role) = (query_addr.to_string(), allreduce_addr, role);
+                n.uid
+            }
+            None => {
+                if nodes.len() >= MAX_NODES {
+                    return Err(RegistryError::Full(nodes.len()));
+                }
+                let uid = nodes.len() as Uid;
+                nodes.push(Node { uid, key: hex, query_addr: query_addr.to_string(), allreduce_addr, role });
+                uid
+            }
+        };
+        validate(&nodes)?;
+        let tmp = self.path.with_extension("tmp");
+        let mut f = fs::File::create(&tmp).map_err(self.io())?;
+        f.write_all(serde_json::to_string_pretty(&nodes).expect("plain data serializes").as_bytes()).and_then(|_| f.sync_all()).map_err(self.io())?;
+        fs::rename(&tmp, &self.path).map_err(self.io())?;
+        Ok(uid)
+    }
+}
