@@ -68,7 +68,7 @@ fn persistent_failures_end_with_a_clear_error() {
         let before = server.requests.load(Ordering::SeqCst);
         let t0 = Instant::now();
         let e = api.rows(0, 5).unwrap_err().to_string();
-        assert!(e.contains(expect) && e.contains(&format!("after {tries} tries")), "{fault:?}: {e}");
+        assert!(e.contains(expect) && e.contains(&format!("after {tries} {}", if tries == 1 { "try" } else { "tries" })), "{fault:?}: {e}");
         assert_eq!(server.requests.load(Ordering::SeqCst) - before, tries, "{fault:?}");
         assert!(t0.elapsed() < Duration::from_secs(5), "{fault:?} took {:?}", t0.elapsed());
         server.faults.lock().unwrap().clear();
