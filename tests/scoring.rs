@@ -26,10 +26,13 @@ fn gradient_score_follows_the_relative_difference() {
 
 #[test]
 fn batch_counts_and_steps() {
-    assert!(batches_match(500, 8, 63)); // 62 full batches + 1 of 4 rows
-    assert!(!batches_match(500, 8, 62));
-    assert!(!batches_match(500, 0, 0));
-    assert!(batches_match(0, 8, 0));
+    let sums = [1.0, 2.0, 4.0];
+    // Batches 0 and 2 replayed: rel 0 and 0.2 → 0.9.
+    assert!(close(train_gradient_score(3, &sums, &[(0, 1.0), (2, 5.0)]), 0.9));
+    // The rebuilt batch count must match the number of sums.
+    assert_eq!(train_gradient_score(4, &sums, &[(0, 1.0)]), 0.0);
+    assert_eq!(train_gradient_score(0, &[], &[]), 0.0);
+    assert_eq!(train_gradient_score(3, &sums, &[(3, 1.0)]), 0.0);
     assert_eq!(steps_score(&[5, 6, 6, 7, 5]), 3.0);
     assert_eq!(steps_score(&[]), 0.0);
 }

@@ -32,10 +32,17 @@ pub fn gradient_score(pairs: &[(f64, f64)]) -> f64 {
     if score < GRADIENT_FLOOR { 0.0 } else { score }
 }
 
-/// Whether a Train response's batch count matches its gradient sums:
-/// `ceil(rows / batch_size)` batches, one sum each. A mismatch scores 0.
-pub fn batches_match(rows: usize, batch_size: usize, gradient_sums: usize) -> bool {
-    batch_size > 0 && rows.div_ceil(batch_size) == gradient_sums
+/// The gradient score of a Train response: `batches` is how many batches
+/// the validator rebuilt from the response's rows and batch size (0 when it
+/// could not), `sums` the miner's `gradient_sums`, `replayed` the batches
+/// the validator recomputed as (batch index, its Σ|grad|). A batch count
+/// that differs from the number of sums, or a replayed index outside them,
+/// scores 0.
+pub fn train_gradient_score(batches: usize, sums: &[f64], replayed: &[(usize, f64)]) -> f64 {
+    if batches == 0 || batches != sums.len() || replayed.iter().any(|&(k, _)| k >= sums.len()) {
+        return 0.0;
+    }
+    gradient_score(&replayed.iter().map(|&(k, v)| (sums[k], v)).collect::<Vec<_>>())
 }
 
 /// Steps: distinct rows trained on.
