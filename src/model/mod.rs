@@ -116,6 +116,15 @@ impl<E: Engine> Gpt<E> {
         read_arena(&self.engine, &self.grads, self.layout.total)
     }
 
+    /// `len` gradients from `offset` of the arena (one tensor's, say).
+    pub fn read_grad_range(&self, offset: usize, len: usize) -> Vec<f32> {
+        assert!(offset + len <= self.layout.total, "range inside the arena");
+        let mut host = vec![0f32; len];
+        // SAFETY: bounds checked above.
+        unsafe { self.engine.read(self.engine.at(&self.grads, offset), &mut host) };
+        host
+    }
+
     pub fn write_grads(&mut self, host: &[f32]) {
         assert_eq!(host.len(), self.layout.total);
         // SAFETY: as in `write_params`.

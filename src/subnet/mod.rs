@@ -9,3 +9,4 @@ pub mod protocol;
 pub mod registry;
 pub mod scoring;
 pub mod server;
+pub mod work;
