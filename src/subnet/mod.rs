@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod client;
 pub mod keyfile;
+pub mod miner;
 pub mod protocol;
 pub mod registry;
 pub mod scoring;

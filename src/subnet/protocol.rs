@@ -43,6 +43,11 @@ pub struct AllReduce {
     pub all_reduce_timeout: Option<f64>,
     /// Response: "True" when the miner took part and stepped.
     pub completion: Option<String>,
+    /// dtrain: the all-reduce round id (signed into every handshake).
+    pub round: Option<u64>,
+    /// dtrain: the group, as registry uids in order (the reference found
+    /// its group through hivemind's DHT instead).
+    pub group: Option<Vec<u16>>,
 }
 
 /// One query, as routed by its path (`POST /IsAlive`, `/Train`, `/AllReduce`).

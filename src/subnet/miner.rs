@@ -1,0 +1,179 @@
+//! The miner: answers IsAlive, Train and AllReduce queries from the
+//! registry's validators.
+//!
+//! - Train: takes the next run of unused rows (the used-rows bitmap),
+//!   trains on them with gradient accumulation and no weight update, and
+//!   answers with the rows, the per-batch Σ|∇L| of the requested 1-D
+//!   parameter, the mean loss and the batch size.
+//! - AllReduce: joins the butterfly with the group the validator names
+//!   (weight = samples accumulated), then clips the averaged gradient to
+//!   norm 1, takes one optimizer step at the sent learning rate, resets the
+//!   accumulators, checks that the weights changed and are finite, and
+//!   advances its epoch.
+
+use super::protocol::{AllReduce, IsAlive, Query, Train};
+use super::registry::{Registry, Role};
+use super::server::Handler;
+use super::work::{test_tensor, train_batches};
+use crate::allreduce::{Group, Member, Peer, PublicKey, Settings};
+use crate::data::loader::RowBatches;
+use crate::data::source::RowSource;
+use crate::data::used_rows::UsedRows;
+use crate::engine::cpu::CpuEngine;
+use crate::model::Gpt;
+use crate::optim::Optimizer;
+use crate::rng::Rng;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct MinerConfig {
+    /// Sequences per batch and tokens per sequence.
+    pub batch: usize,
+    pub seq: usize,
+    /// Rows per Train query (the reference: 500).
+    pub rows_per_train: u64,
+    pub allreduce: Settings,
+    /// Used when the query sends no `all_reduce_timeout`.
+    pub allreduce_timeout: Duration,
+    /// Clip the averaged gradient to this global norm (the reference: 1.0).
+    pub max_grad_norm: f32,
+}
+
+impl Default for MinerConfig {
+    fn default() -> MinerConfig {
+        MinerConfig {
+            batch: 8,
+            seq: 1024,
+            rows_per_train: 500,
+            allreduce: Settings::default(),
+            allreduce_timeout: Duration::from_secs(420),
+            max_grad_norm: 1.0,
+        }
+    }
+}
+
+struct State {
+    model: Gpt<CpuEngine>,
+    opt: Optimizer<CpuEngine>,
+    used: UsedRows,
+    rng: Rng,
+    epoch: u64,
+}
+
+pub struct Miner {
+    cfg: MinerConfig,
+    state: Mutex<State>,
+    peer: Mutex<Peer>,
+    source: Box<dyn RowSource>,
+    registry: Arc<dyn Registry>,
+}
+
+fn xxh(params: &[f32]) -> u64 {
+    // SAFETY: any f32 is 4 readable bytes.
+    xxhash_rust::xxh3::xxh3_64(unsafe { std::slice::from_raw_parts(params.as_ptr() as *const u8, 4 * params.len()) })
+}
+
+impl Miner {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: MinerConfig,
+        model: Gpt<CpuEngine>,
+        opt: Optimizer<CpuEngine>,
+        source: Box<dyn RowSource>,
+        used: UsedRows,
+        peer: Peer,
+        registry: Arc<dyn Registry>,
+        seed: u64,
+    ) -> Miner {
+        let state = State { model, opt, used, rng: Rng::new(seed), epoch: 0 };
+        Miner { cfg, state: Mutex::new(state), peer: Mutex::new(peer), source, registry }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.lock().epoch
+    }
+
+    /// The model's parameters (the flat arena).
+    pub fn read_params(&self) -> Vec<f32> {
+        self.lock().model.read_params()
+    }
+
+    fn train(&self, q: Train) -> Result<Train, String> {
+        let index = q.gradient_test_index.ok_or("Train needs gradient_test_index")? as usize;
+        let (b, t) = (self.cfg.batch, self.cfg.seq);
+        let mut st = self.lock();
+        let test = test_tensor(&st.model, index).map_err(|e| e.to_string())?;
+        let State { used, rng, .. } = &mut *st;
+        let rows = used.take_run(rng, self.cfg.rows_per_train).map_err(|e| e.to_string())?;
+        let batches = RowBatches::from_source(self.source.as_ref(), rows.clone(), b, t).map_err(|e| e.to_string())?;
+        let (sums, loss) = train_batches(&mut st.model, &batches, b, t, &test).map_err(|e| e.to_string())?;
+        Ok(Train { dataset_indices: Some(rows.collect()), gradient_sums: Some(sums), loss: Some(loss), batch_size: Some(b as u32), ..q })
+    }
+
+    /// The group the validator named, from the registry: miners own equal
+    /// spans, validators none.
+    fn group(&self, uids: &[u16]) -> Result<Group, String> {
+        let nodes = self.registry.nodes().map_err(|e| e.to_string())?;
+        let members = uids
+            .iter()
+            .map(|&uid| {
+                let n = nodes.get(uid as usize).ok_or_else(|| format!("uid {uid} is not registered"))?;
+                Ok(Member {
+                    id: uid.to_string(),
+                    addr: n.allreduce_addr,
+                    key: n.public_key().map_err(|e| e.to_string())?,
+                    fraction: if n.role == Role::Miner { 1.0 } else { 0.0 },
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Group { members })
+    }
+
+    fn allreduce(&self, q: AllReduce) -> Result<AllReduce, String> {
+        let lr = q.learning_rate.filter(|lr| lr.is_finite() && *lr >= 0.0).ok_or("AllReduce needs a finite learning_rate ≥ 0")? as f32;
+        let round = q.round.ok_or("AllReduce needs a round")?;
+        let group = self.group(q.group.as_deref().ok_or("AllReduce needs a group")?)?;
+        let timeout = q.all_reduce_timeout.filter(|t| t.is_finite() && *t > 0.0).map_or(self.cfg.allreduce_timeout, Duration::from_secs_f64);
+        let mut settings = self.cfg.allreduce.clone();
+        if let Some(t) = q.next_chunk_timeout.filter(|t| t.is_finite() && *t > 0.0) {
+            settings.stall_timeout = Duration::from_secs_f64(t);
+        }
+        let mut st = self.lock();
+        let weight = st.model.finish_accumulation() as f32;
+        let mut grad = st.model.read_grads();
+        let before = xxh(&st.model.read_params());
+        let report =
+            self.peer.lock().unwrap_or_else(|p| p.into_inner()).all_reduce(&group, round, &mut grad, weight, Instant::now() + timeout, &settings);
+        let report = report.map_err(|e| e.to_string())?;
+        tracing::info!("{}", report.summary());
+        st.model.write_grads(&grad);
+        let State { model, opt, .. } = &mut *st;
+        opt.clip_and_step(model, lr, self.cfg.max_grad_norm);
+        model.zero_grads();
+        let after = model.read_params();
+        if after.iter().any(|v| !v.is_finite()) || xxh(&after) == before {
+            return Err("the step left the weights unchanged or non-finite".into());
+        }
+        st.epoch += 1;
+        Ok(AllReduce { completion: Some("True".into()), ..q })
+    }
+}
+
+impl Handler for Miner {
+    fn known(&self, caller: &PublicKey) -> bool {
+        matches!(self.registry.by_key(caller), Ok(Some(n)) if n.role == Role::Validator)
+    }
+
+    fn handle(&self, _caller: &PublicKey, query: Query) -> Result<Query, String> {
+        match query {
+            Query::IsAlive(_) => Ok(Query::IsAlive(IsAlive { completion: Some("True".into()), epoch: Some(self.epoch()) })),
+            Query::Train(q) => self.train(q).map(Query::Train),
+            Query::AllReduce(q) => self.allreduce(q).map(Query::AllReduce),
+        }
+    }
+}
