@@ -69,6 +69,9 @@ fn train_round_rewards_normalise_gradient_and_steps() {
     assert!(close(r[0].1, 0.5 * 0.6 * h + 0.5));
     assert!(close(r[1].1, 0.5 * 0.8 * h));
     assert_eq!(r[2].1, 0.0);
+    // A failed verification (gradient 0) earns nothing, all-reduce or not.
+    let cheat = [TrainMeasure { uid: 4, member: true, gradient: 0.0, steps: 500.0, allreduce: 1.0 }, m[0]];
+    assert_eq!(train_round_rewards(&cheat)[0].1, 0.0);
     assert_eq!(allreduce_round_rewards(&[(1, true, 0.5), (2, false, 0.9)]), vec![(1, 0.5), (2, 0.0)]);
 }
 

@@ -98,6 +98,14 @@ impl Report {
         self.members.iter().enumerate().filter_map(|(i, m)| m.failure.as_ref().map(|f| (i, f))).collect()
     }
 
+    /// Element ranges of the spans that were not fully averaged (their owner
+    /// failed, or nobody contributed): a trainer that zeroes these before its
+    /// optimizer step stays bit-identical with every peer that does the same,
+    /// instead of applying its own unaveraged values there.
+    pub fn unaveraged_spans(&self) -> Vec<std::ops::Range<usize>> {
+        self.members.iter().filter(|m| !matches!(m.span_status, SpanStatus::Averaged | SpanStatus::Empty)).map(|m| m.span.0..m.span.1).collect()
+    }
+
     /// One line per failed member, for logs.
     pub fn summary(&self) -> String {
         let failed: Vec<String> = self.failures().iter().map(|(i, f)| format!("{} ({i}): {f}", self.members[*i].id)).collect();

@@ -151,6 +151,10 @@ impl Miner {
             self.peer.lock().unwrap_or_else(|p| p.into_inner()).all_reduce(&group, round, &mut grad, weight, Instant::now() + timeout, &settings);
         let report = report.map_err(|e| e.to_string())?;
         tracing::info!("{}", report.summary());
+        // Spans nobody averaged are not applied (see Report::unaveraged_spans).
+        for r in report.unaveraged_spans() {
+            grad[r].fill(0.0);
+        }
         st.model.write_grads(&grad);
         let State { model, opt, .. } = &mut *st;
         opt.clip_and_step(model, lr, self.cfg.max_grad_norm);

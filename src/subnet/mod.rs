@@ -10,4 +10,5 @@ pub mod protocol;
 pub mod registry;
 pub mod scoring;
 pub mod server;
+pub mod validator;
 pub mod work;

@@ -89,11 +89,15 @@ pub struct TrainMeasure {
 }
 
 /// Train round rewards: `membership × (0.5·ĝ·ŝ + 0.5·allreduce)` with
-/// gradient and steps L2-normalised across the sampled miners.
+/// gradient and steps L2-normalised across the sampled miners — except
+/// that a miner whose Train answer failed verification (gradient score 0)
+/// earns nothing that round. The reference paid the all-reduce half
+/// regardless, so a miner that invented its gradient sums but joined the
+/// all-reduce kept ~80% of an honest miner's reward.
 pub fn train_round_rewards(m: &[TrainMeasure]) -> Vec<(Uid, f64)> {
     let g = l2_normalised(&m.iter().map(|x| x.gradient).collect::<Vec<_>>());
     let s = l2_normalised(&m.iter().map(|x| x.steps).collect::<Vec<_>>());
-    m.iter().enumerate().map(|(i, x)| (x.uid, if x.member { 0.5 * g[i] * s[i] + 0.5 * x.allreduce } else { 0.0 })).collect()
+    m.iter().enumerate().map(|(i, x)| (x.uid, if x.member && x.gradient > 0.0 { 0.5 * g[i] * s[i] + 0.5 * x.allreduce } else { 0.0 })).collect()
 }
 
 /// All-reduce round rewards: `membership × bandwidth`.

@@ -1,0 +1,355 @@
+//! The validator: checks on the registry's miners, sends them Train
+//! queries, scores the answers by replaying part of the work, and (the
+//! master) runs the all-reduce, steps its own copy of the model with the
+//! averaged gradient and records who took part.
+//!
+//! The validator's model must be the miners' model for the replay to mean
+//! anything: the master keeps it in step by joining every all-reduce (with
+//! weight 0, receiving only) and applying the same optimizer step.
+
+use super::client::send;
+use super::protocol::{AllReduce, IsAlive, Query, Train};
+use super::registry::{Node, Registry, Role};
+use super::scoring::{Participation, Scores, TrainMeasure, Uid, allreduce_score, steps_score, train_gradient_score, train_round_rewards};
+use super::work::{replay_batch, test_indices, test_tensor};
+use crate::allreduce::{Group, Identity, Member, Peer, Report, Settings, SpanStatus};
+use crate::data::loader::RowBatches;
+use crate::data::source::RowSource;
+use crate::engine::cpu::CpuEngine;
+use crate::model::Gpt;
+use crate::optim::Optimizer;
+use crate::rng::Rng;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct ValidatorConfig {
+    /// The sequence length miners train with (their batch size comes back
+    /// in each answer).
+    pub seq: usize,
+    /// Batches replayed per answer (the reference: 10).
+    pub replays: usize,
+    pub isalive_timeout: Duration,
+    pub train_timeout: Duration,
+    /// Largest `dataset_indices` accepted.
+    pub max_rows: usize,
+    pub learning_rate: f64,
+    pub allreduce: Settings,
+    pub allreduce_timeout: Duration,
+    pub max_grad_norm: f32,
+}
+
+impl Default for ValidatorConfig {
+    fn default() -> ValidatorConfig {
+        ValidatorConfig {
+            seq: 1024,
+            replays: 10,
+            isalive_timeout: Duration::from_millis(2300),
+            train_timeout: Duration::from_secs(600),
+            max_rows: 100_000,
+            learning_rate: 6e-4,
+            allreduce: Settings::default(),
+            allreduce_timeout: Duration::from_secs(420),
+            max_grad_norm: 1.0,
+        }
+    }
+}
+
+/// How one miner's Train answer scored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainScore {
+    pub uid: Uid,
+    /// `None` when the query failed; the reason.
+    pub error: Option<String>,
+    pub gradient: f64,
+    pub steps: f64,
+    pub loss: Option<f64>,
+    /// Samples the miner accumulated (rows it reported).
+    pub samples: u64,
+}
+
+pub struct Validator {
+    pub cfg: ValidatorConfig,
+    identity: Identity,
+    registry: Arc<dyn Registry>,
+    source: Box<dyn RowSource>,
+    model: Mutex<(Gpt<CpuEngine>, Optimizer<CpuEngine>)>,
+    peer: Mutex<Peer>,
+    rng: Mutex<Rng>,
+    pub scores: Mutex<Scores>,
+    pub last_allreduce: Mutex<BTreeMap<Uid, Participation>>,
+    /// Rows some miner was already credited with (one bit per dataset
+    /// row): a row counts for steps once, so replaying another miner's
+    /// answer earns nothing.
+    credited: Mutex<Vec<u64>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Validator {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: ValidatorConfig,
+        identity: Identity,
+        registry: Arc<dyn Registry>,
+        source: Box<dyn RowSource>,
+        model: Gpt<CpuEngine>,
+        opt: Optimizer<CpuEngine>,
+        peer: Peer,
+        seed: u64,
+    ) -> Validator {
+        Validator {
+            cfg,
+            identity,
+            registry,
+            source,
+            model: Mutex::new((model, opt)),
+            peer: Mutex::new(peer),
+            rng: Mutex::new(Rng::new(seed)),
+            scores: Mutex::new(Scores::default()),
+            last_allreduce: Mutex::new(BTreeMap::new()),
+            credited: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn read_params(&self) -> Vec<f32> {
+        lock(&self.model).0.read_params()
+    }
+
+    /// Registered miners that answer IsAlive (failures are counted in the
+    /// scores), with their epochs.
+    pub fn live_miners(&self) -> Vec<(Node, u64)> {
+        let nodes: Vec<Node> = self.registry.nodes().unwrap_or_default().into_iter().filter(|n| n.role == Role::Miner).collect();
+        let answers: Vec<Option<u64>> = std::thread::scope(|s| {
+            let hs: Vec<_> = nodes
+                .iter()
+                .map(|n| {
+                    s.spawn(move || {
+                        let key = n.public_key().ok()?;
+                        match send(&self.identity, &key, &n.query_addr, &Query::IsAlive(IsAlive::default()), self.cfg.isalive_timeout) {
+                            Ok(Query::IsAlive(a)) if a.completion.as_deref() == Some("True") => Some(a.epoch.unwrap_or(0)),
+                            _ => None,
+                        }
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap_or(None)).collect()
+        });
+        let mut scores = lock(&self.scores);
+        nodes
+            .into_iter()
+            .zip(answers)
+            .filter_map(|(n, a)| {
+                scores.isalive(n.uid, a.is_some());
+                a.map(|e| (n, e))
+            })
+            .collect()
+    }
+
+    /// Scores one Train answer by replaying up to `replays` of its batches.
+    fn score_answer(&self, index: usize, a: &Train) -> Result<(f64, f64, u64), String> {
+        let rows = a.dataset_indices.as_ref().ok_or("no dataset_indices")?;
+        let sums = a.gradient_sums.as_ref().ok_or("no gradient_sums")?;
+        let b = a.batch_size.ok_or("no batch_size")? as usize;
+        if rows.is_empty() || rows.len() > self.cfg.max_rows {
+            return Err(format!("{} rows (1..={} accepted)", rows.len(), self.cfg.max_rows));
+        }
+        if b == 0 || b > 1024 {
+            return Err(format!("batch_size {b}"));
+        }
+        let n = self.source.num_rows();
+        if let Some(bad) = rows.iter().find(|&&r| r >= n) {
+            return Err(format!("row {bad} beyond the dataset's {n}"));
+        }
+        // Fetch the rows, a contiguous run per request.
+        let mut texts = Vec::with_capacity(rows.len());
+        let mut i = 0;
+        while i < rows.len() {
+            let mut j = i + 1;
+            while j < rows.len() && rows[j] == rows[j - 1] + 1 {
+                j += 1;
+            }
+            texts.extend(self.source.rows(rows[i], j - i).map_err(|e| e.to_string())?);
+            i = j;
+        }
+        let batches = RowBatches::from_texts(&texts, b, self.cfg.seq).map_err(|e| e.to_string())?;
+        let steps = steps_score(rows);
+        if batches.len() != sums.len() {
+            return Ok((0.0, steps, rows.len() as u64));
+        }
+        let picks: Vec<usize> = {
+            let mut rng = lock(&self.rng);
+            let mut all: Vec<usize> = (0..batches.len()).collect();
+            for k in (1..all.len()).rev() {
+                all.swap(k, rng.below(k as u64 + 1) as usize);
+            }
+            all.truncate(self.cfg.replays);
+            all
+        };
+        let mut guard = lock(&self.model);
+        let model = &mut guard.0;
+        let test = test_tensor(model, index).map_err(|e| e.to_string())?;
+        let replayed = picks
+            .into_iter()
+            .map(|k| replay_batch(model, &batches, k, b, self.cfg.seq, &test).map(|v| (k, v)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        model.zero_grads();
+        Ok((train_gradient_score(batches.len(), sums, &replayed), steps, rows.len() as u64))
+    }
+
+    /// One Train round: queries `miners` at once, scores each answer, folds
+    /// the round's rewards into the scores.
+    pub fn train_round(&self, miners: &[Node]) -> Vec<TrainScore> {
+        let index = {
+            let model = &lock(&self.model).0;
+            let idx = test_indices(model);
+            idx[lock(&self.rng).below(idx.len() as u64) as usize]
+        };
+        let answers: Vec<Result<Train, String>> = std::thread::scope(|s| {
+            let hs: Vec<_> = miners
+                .iter()
+                .map(|n| {
+                    s.spawn(move || {
+                        let key = n.public_key().map_err(|e| e.to_string())?;
+                        let q = Query::Train(Train { gradient_test_index: Some(index as u32), model_name: Some("gpt2".into()), ..Train::default() });
+                        match send(&self.identity, &key, &n.query_addr, &q, self.cfg.train_timeout) {
+                            Ok(Query::Train(a)) => Ok(a),
+                            Ok(other) => Err(format!("answered {} to Train", other.name())),
+                            Err(e) => Err(e.to_string()),
+                        }
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("query thread panicked".into()))).collect()
+        });
+        let last = lock(&self.last_allreduce).clone();
+        let rows_claimed: Vec<Vec<u64>> =
+            answers.iter().map(|a| a.as_ref().ok().and_then(|a| a.dataset_indices.clone()).unwrap_or_default()).collect();
+        let outcomes: Vec<TrainScore> = miners
+            .iter()
+            .zip(answers)
+            .map(|(n, a)| {
+                let scored = a.and_then(|a| self.score_answer(index, &a).map(|s| (s, a.loss)));
+                match scored {
+                    Ok(((gradient, steps, samples), loss)) => TrainScore { uid: n.uid, error: None, gradient, steps, loss, samples },
+                    Err(e) => TrainScore { uid: n.uid, error: Some(e), gradient: 0.0, steps: 0.0, loss: None, samples: 0 },
+                }
+            })
+            .collect();
+        let mut outcomes = outcomes;
+        self.credit_rows(&mut outcomes, &rows_claimed);
+        let measures: Vec<TrainMeasure> = outcomes
+            .iter()
+            .map(|o| TrainMeasure { uid: o.uid, member: true, gradient: o.gradient, steps: o.steps, allreduce: allreduce_score(&last, o.uid) })
+            .collect();
+        lock(&self.scores).fold_round(&train_round_rewards(&measures));
+        outcomes
+    }
+
+    /// Steps count only rows no miner was credited with before and no other
+    /// miner claims in this round; then this round's rows are credited.
+    fn credit_rows(&self, outcomes: &mut [TrainScore], claimed: &[Vec<u64>]) {
+        let n = self.source.num_rows();
+        let mut credited = lock(&self.credited);
+        credited.resize(n.div_ceil(64) as usize, 0);
+        let bit = |c: &Vec<u64>, r: u64| r < n && c[(r / 64) as usize] >> (r % 64) & 1 == 1;
+        let mut claims: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
+        for rows in claimed {
+            for r in rows.iter().collect::<std::collections::HashSet<_>>() {
+                *claims.entry(*r).or_default() += 1;
+            }
+        }
+        for (o, rows) in outcomes.iter_mut().zip(claimed) {
+            if o.error.is_some() {
+                continue;
+            }
+            let fresh: std::collections::HashSet<u64> = rows.iter().copied().filter(|&r| r < n && !bit(&credited, r) && claims[&r] == 1).collect();
+            o.steps = fresh.len() as f64;
+        }
+        for (o, rows) in outcomes.iter().zip(claimed) {
+            if o.error.is_none() && o.gradient > 0.0 {
+                for &r in rows.iter().filter(|&&r| r < n) {
+                    credited[(r / 64) as usize] |= 1 << (r % 64);
+                }
+            }
+        }
+    }
+
+    /// The master's all-reduce: sends AllReduce to `miners`, joins with
+    /// weight 0, steps its own model copy with the average, and records
+    /// who took part (by uid).
+    pub fn allreduce_round(&self, miners: &[Node], round: u64) -> Result<Report, String> {
+        let nodes = self.registry.nodes().map_err(|e| e.to_string())?;
+        let me = nodes.iter().find(|n| n.key == self.identity.public().to_hex()).ok_or("this validator is not registered")?.clone();
+        let mut uids: Vec<Uid> = miners.iter().map(|n| n.uid).collect();
+        uids.push(me.uid);
+        uids.sort();
+        let members = uids
+            .iter()
+            .map(|&u| {
+                let n = &nodes[u as usize];
+                Ok(Member {
+                    id: u.to_string(),
+                    addr: n.allreduce_addr,
+                    key: n.public_key().map_err(|e| e.to_string())?,
+                    fraction: if n.role == Role::Miner { 1.0 } else { 0.0 },
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let timeout = self.cfg.allreduce_timeout;
+        let q = AllReduce {
+            learning_rate: Some(self.cfg.learning_rate),
+            round: Some(round),
+            group: Some(uids.clone()),
+            all_reduce_timeout: Some(timeout.as_secs_f64()),
+            ..AllReduce::default()
+        };
+        let mut guard = lock(&self.model);
+        let (model, opt) = &mut *guard;
+        let mut grad = vec![0f32; model.layout.total];
+        let report = std::thread::scope(|s| {
+            for n in miners {
+                let q = Query::AllReduce(q.clone());
+                s.spawn(move || {
+                    let key = n.public_key().ok()?;
+                    match send(&self.identity, &key, &n.query_addr, &q, timeout + Duration::from_secs(30)) {
+                        Ok(_) => Some(()),
+                        Err(e) => {
+                            tracing::warn!("AllReduce to uid {}: {e}", n.uid);
+                            None
+                        }
+                    }
+                });
+            }
+            lock(&self.peer).all_reduce(&Group { members }, round, &mut grad, 0.0, Instant::now() + timeout, &self.cfg.allreduce)
+        })
+        .map_err(|e| e.to_string())?;
+        // Spans nobody averaged are not applied (see Report::unaveraged_spans).
+        for r in report.unaveraged_spans() {
+            grad[r].fill(0.0);
+        }
+        model.write_grads(&grad);
+        opt.clip_and_step(model, self.cfg.learning_rate as f32, self.cfg.max_grad_norm);
+        model.zero_grads();
+        // Success: no failure, and in every averaged span's contributors.
+        let mut part = BTreeMap::new();
+        for n in self.registry.nodes().unwrap_or_default().iter().filter(|n| n.role == Role::Miner) {
+            let status = match uids.iter().position(|&u| u == n.uid) {
+                None => Participation::NonParticipating,
+                Some(i) => {
+                    let m = &report.members[i];
+                    // Contributed to every span whose owner averaged it.
+                    let everywhere = report.members.iter().filter(|s| s.span_status == SpanStatus::Averaged).all(|s| s.contributors.contains(&i));
+                    if m.failure.is_none() && everywhere { Participation::Success } else { Participation::Fail }
+                }
+            };
+            part.insert(n.uid, status);
+        }
+        *lock(&self.last_allreduce) = part;
+        Ok(report)
+    }
+}
