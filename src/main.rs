@@ -53,6 +53,13 @@ enum Command {
     /// Benchmarks (ratios against anchors measured in the same run).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Run a small network on this machine: a master validator and N miners as
+    /// processes on 127.0.0.1 over the bundled sample, for a few epochs.
+    Swarm(dtrain::subnet::node::SwarmArgs),
+    /// Run a miner: answers IsAlive/Train/AllReduce queries from the registry's validators.
+    Miner(dtrain::subnet::node::MinerArgs),
+    /// Run the master validator: Train rounds, scoring, all-reduce, publish, weights.
+    Validator(dtrain::subnet::node::ValidatorArgs),
     /// Publish, list and fetch model versions in a local model store.
     #[command(subcommand)]
     Hub(HubCommand),
@@ -253,6 +260,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Tokenize(a)) => dtrain::bench::tokenize_bench(&a),
         Command::Bench(BenchCommand::Allreduce(a)) => dtrain::allreduce_bench::allreduce_bench(&a),
         Command::Hub(cmd) => hub_cmd(cmd),
+        Command::Swarm(a) => dtrain::subnet::node::run_swarm(&a, !cli.quiet),
+        Command::Miner(a) => dtrain::subnet::node::run_miner(&a),
+        Command::Validator(a) => dtrain::subnet::node::run_validator(&a),
         Command::AllreducePeer(a) => dtrain::allreduce_bench::peer_main(&a),
     }
 }

@@ -38,6 +38,11 @@ pub fn stop_on_interrupt() {
     }
 }
 
+/// Whether SIGINT or SIGTERM arrived since `stop_on_interrupt`.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
     #[error(transparent)]

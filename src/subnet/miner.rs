@@ -20,7 +20,8 @@ use crate::data::loader::RowBatches;
 use crate::data::source::RowSource;
 use crate::data::used_rows::UsedRows;
 use crate::engine::cpu::CpuEngine;
-use crate::model::Gpt;
+use crate::hub::ModelHub;
+use crate::model::{Gpt, checkpoint};
 use crate::optim::Optimizer;
 use crate::rng::Rng;
 use std::sync::{Arc, Mutex};
@@ -59,17 +60,22 @@ struct State {
     used: UsedRows,
     rng: Rng,
     epoch: u64,
+    /// The hub epoch last loaded.
+    loaded: Option<u64>,
 }
 
 pub struct Miner {
     cfg: MinerConfig,
+    /// Where published models come from, and where downloads go.
+    hub: Option<(Arc<dyn ModelHub>, std::path::PathBuf)>,
     state: Mutex<State>,
     peer: Mutex<Peer>,
     source: Box<dyn RowSource>,
     registry: Arc<dyn Registry>,
 }
 
-fn xxh(params: &[f32]) -> u64 {
+/// XXH3-64 of the weights' bytes.
+pub fn params_hash(params: &[f32]) -> u64 {
     // SAFETY: any f32 is 4 readable bytes.
     xxhash_rust::xxh3::xxh3_64(unsafe { std::slice::from_raw_parts(params.as_ptr() as *const u8, 4 * params.len()) })
 }
@@ -86,8 +92,41 @@ impl Miner {
         registry: Arc<dyn Registry>,
         seed: u64,
     ) -> Miner {
-        let state = State { model, opt, used, rng: Rng::new(seed), epoch: 0 };
-        Miner { cfg, state: Mutex::new(state), peer: Mutex::new(peer), source, registry }
+        let state = State { model, opt, used, rng: Rng::new(seed), epoch: 0, loaded: None };
+        Miner { cfg, hub: None, state: Mutex::new(state), peer: Mutex::new(peer), source, registry }
+    }
+
+    /// Loads published models from `hub` (downloads under `dir/models`)
+    /// whenever the hub's epoch is ahead of this miner's, and records the
+    /// XXH3 of its weights after every step in `dir/params.json` (what a
+    /// person or a test compares with the published model).
+    pub fn with_hub(mut self, hub: Arc<dyn ModelHub>, dir: std::path::PathBuf) -> Miner {
+        self.hub = Some((hub, dir));
+        self
+    }
+
+    /// Loads the hub's latest epoch if it is ahead of ours (or if we have
+    /// never loaded one); returns the epoch loaded.
+    pub fn sync_from_hub(&self) -> Result<Option<u64>, String> {
+        let Some((hub, dir)) = &self.hub else { return Ok(None) };
+        let Some(latest) = hub.latest_epoch().map_err(|e| e.to_string())? else { return Ok(None) };
+        let mut st = self.lock();
+        if st.loaded.is_some_and(|_| latest <= st.epoch) {
+            return Ok(None);
+        }
+        let path = dir.join("models").join(format!("epoch-{latest}"));
+        if !path.exists() {
+            hub.download(&latest.to_string(), &path).map_err(|e| e.to_string())?;
+        }
+        checkpoint::load_params_into(&path, &mut st.model).map_err(|e| e.to_string())?;
+        if checkpoint::has_optimizer(&path) {
+            st.opt = checkpoint::load_optimizer(&path, &st.model).map_err(|e| e.to_string())?;
+        }
+        st.model.zero_grads();
+        st.epoch = latest;
+        st.loaded = Some(latest);
+        tracing::info!("loaded the published model of epoch {latest}");
+        Ok(Some(latest))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -104,6 +143,9 @@ impl Miner {
     }
 
     fn train(&self, q: Train) -> Result<Train, String> {
+        if let Err(e) = self.sync_from_hub() {
+            tracing::warn!("model hub: {e}");
+        }
         let index = q.gradient_test_index.ok_or("Train needs gradient_test_index")? as usize;
         let (b, t) = (self.cfg.batch, self.cfg.seq);
         let mut st = self.lock();
@@ -146,7 +188,7 @@ impl Miner {
         let mut st = self.lock();
         let weight = st.model.finish_accumulation() as f32;
         let mut grad = st.model.read_grads();
-        let before = xxh(&st.model.read_params());
+        let before = params_hash(&st.model.read_params());
         let report =
             self.peer.lock().unwrap_or_else(|p| p.into_inner()).all_reduce(&group, round, &mut grad, weight, Instant::now() + timeout, &settings);
         let report = report.map_err(|e| e.to_string())?;
@@ -160,10 +202,16 @@ impl Miner {
         opt.clip_and_step(model, lr, self.cfg.max_grad_norm);
         model.zero_grads();
         let after = model.read_params();
-        if after.iter().any(|v| !v.is_finite()) || xxh(&after) == before {
+        if after.iter().any(|v| !v.is_finite()) || params_hash(&after) == before {
             return Err("the step left the weights unchanged or non-finite".into());
         }
         st.epoch += 1;
+        if let Some((_, dir)) = &self.hub {
+            let line = serde_json::json!({"epoch": st.epoch, "xxh3": params_hash(&after)}).to_string();
+            if let Err(e) = std::fs::write(dir.join("params.json"), line) {
+                tracing::warn!("{}: {e}", dir.join("params.json").display());
+            }
+        }
         Ok(AllReduce { completion: Some("True".into()), ..q })
     }
 }

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod client;
 pub mod keyfile;
 pub mod miner;
+pub mod node;
 pub mod protocol;
 pub mod registry;
 pub mod scoring;

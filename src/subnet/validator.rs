@@ -16,10 +16,12 @@ use crate::allreduce::{Group, Identity, Member, Peer, Report, Settings, SpanStat
 use crate::data::loader::RowBatches;
 use crate::data::source::RowSource;
 use crate::engine::cpu::CpuEngine;
-use crate::model::Gpt;
+use crate::hub::{ModelHub, Published, commit_message};
+use crate::model::{Gpt, checkpoint};
 use crate::optim::Optimizer;
 use crate::rng::Rng;
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -117,6 +119,43 @@ impl Validator {
 
     pub fn read_params(&self) -> Vec<f32> {
         lock(&self.model).0.read_params()
+    }
+
+    /// Publishes the validator's model (with optimizer state and
+    /// `dtrain.json`: epoch and all-reduce participation) as tag `epoch`.
+    /// If the tag exists already, that model is loaded instead (the
+    /// reference's rule: the first publisher of an epoch wins).
+    pub fn publish(&self, hub: &dyn ModelHub, work: &Path, epoch: u64, batch_size: u64) -> Result<Published, String> {
+        let part = lock(&self.last_allreduce).clone();
+        let peers = part.values().filter(|p| **p == Participation::Success).count();
+        let meta = serde_json::json!({"epoch": epoch, "batch_size": batch_size, "participation": part});
+        let dir = work.join(format!("publish-{epoch}"));
+        {
+            let guard = lock(&self.model);
+            checkpoint::save(&dir, &guard.0, Some(&guard.1), &[("dtrain.json", meta.to_string().into_bytes())]).map_err(|e| e.to_string())?;
+        }
+        let p = hub.publish(&dir, &epoch.to_string(), &commit_message(epoch, batch_size, peers)).map_err(|e| e.to_string())?;
+        if p.existed {
+            self.load(hub, work, epoch)?;
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(p)
+    }
+
+    /// Replaces the validator's model and optimizer with the hub's `epoch`.
+    pub fn load(&self, hub: &dyn ModelHub, work: &Path, epoch: u64) -> Result<(), String> {
+        let dir = work.join(format!("epoch-{epoch}"));
+        if !dir.exists() {
+            hub.download(&epoch.to_string(), &dir).map_err(|e| e.to_string())?;
+        }
+        let mut guard = lock(&self.model);
+        checkpoint::load_params_into(&dir, &mut guard.0).map_err(|e| e.to_string())?;
+        if checkpoint::has_optimizer(&dir) {
+            let opt = checkpoint::load_optimizer(&dir, &guard.0).map_err(|e| e.to_string())?;
+            guard.1 = opt;
+        }
+        guard.0.zero_grads();
+        Ok(())
     }
 
     /// Registered miners that answer IsAlive (failures are counted in the

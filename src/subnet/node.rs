@@ -1,0 +1,456 @@
+//! The node processes behind `dtrain miner`, `dtrain validator` and
+//! `dtrain swarm`: configuration (every option also from the environment),
+//! start-up (keys, registry, hub, model), the master validator's epoch
+//! loop, and the swarm that runs them all on 127.0.0.1.
+
+use super::keyfile;
+use super::miner::{Miner, MinerConfig};
+use super::registry::{FileRegistry, Registry, Role};
+use super::server::{QueryServer, ServerConfig};
+use super::validator::{Validator, ValidatorConfig};
+use crate::allreduce::codec::Codec;
+use crate::allreduce::{Identity, Peer, Settings};
+use crate::data::source::{ParquetRows, RowSource};
+use crate::data::used_rows::UsedRows;
+use crate::engine::cpu::CpuEngine;
+use crate::hub::{LocalStore, ModelHub};
+use crate::model::{Gpt, GptConfig};
+use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind};
+use crate::train::{interrupted, stop_on_interrupt};
+use anyhow::{Context, Result, bail};
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What every node shares.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// This node's key file (created on first start, mode 0600).
+    #[arg(long, env = "DTRAIN_KEY")]
+    pub key: PathBuf,
+    /// The registry file shared by the network's nodes.
+    #[arg(long, env = "DTRAIN_REGISTRY")]
+    pub registry: PathBuf,
+    /// The model hub: a local store directory.
+    #[arg(long, env = "DTRAIN_HUB_STORE")]
+    pub hub_store: PathBuf,
+    /// This node's own files (used rows, downloaded models).
+    #[arg(long, env = "DTRAIN_STATE")]
+    pub state: PathBuf,
+    /// The dataset: a directory of fineweb-shaped parquet files.
+    #[arg(long, env = "DTRAIN_DATA", default_value = "data/fineweb-sample")]
+    pub data: PathBuf,
+    /// Model preset (every node of a network uses the same).
+    #[arg(long, env = "DTRAIN_MODEL", default_value = "small")]
+    pub model: String,
+    /// Tokens per sequence.
+    #[arg(long, env = "DTRAIN_SEQ", default_value_t = 64)]
+    pub seq: usize,
+    /// Address to listen on.
+    #[arg(long, env = "DTRAIN_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    /// Wire codec of the all-reduce.
+    #[arg(long, env = "DTRAIN_CODEC", default_value = "fp16")]
+    pub codec: Codec,
+    /// Seed of the initial weights (only used to publish epoch 0) and of
+    /// this node's random choices.
+    #[arg(long, env = "DTRAIN_SEED", default_value_t = 1)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct MinerArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// Sequences per batch.
+    #[arg(long, env = "DTRAIN_BATCH", default_value_t = 2)]
+    pub batch: usize,
+    /// Rows per Train query (the reference: 500).
+    #[arg(long, env = "DTRAIN_ROWS", default_value_t = 500)]
+    pub rows: u64,
+    /// Train only on the i-th of k equal parts of the dataset (`i/k`):
+    /// on a small dataset, miners picking runs at random would often pick
+    /// the same rows, which the validator credits to nobody.
+    #[arg(long, env = "DTRAIN_SHARD", value_parser = parse_shard)]
+    pub shard: Option<(u64, u64)>,
+}
+
+fn parse_shard(s: &str) -> std::result::Result<(u64, u64), String> {
+    let (i, k) = s.split_once('/').ok_or("expected i/k")?;
+    let (i, k): (u64, u64) = (i.parse().map_err(|e| format!("{e}"))?, k.parse().map_err(|e| format!("{e}"))?);
+    if k == 0 || i >= k { Err(format!("{i}/{k}: need 0 ≤ i < k")) } else { Ok((i, k)) }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ValidatorArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// Epochs to run, then exit (0: until interrupted).
+    #[arg(long, env = "DTRAIN_EPOCHS", default_value_t = 0)]
+    pub epochs: u64,
+    /// Samples (rows) the miners must accumulate before each all-reduce.
+    #[arg(long, env = "DTRAIN_GLOBAL_BATCH", default_value_t = 2000)]
+    pub global_batch: u64,
+    /// Live miners to wait for before an epoch starts.
+    #[arg(long, env = "DTRAIN_MIN_MINERS", default_value_t = 1)]
+    pub min_miners: usize,
+    #[arg(long, env = "DTRAIN_LR", default_value_t = 6e-4)]
+    pub lr: f64,
+    /// Seconds an all-reduce may take.
+    #[arg(long, env = "DTRAIN_ALLREDUCE_TIMEOUT", default_value_t = 120.0)]
+    pub allreduce_timeout: f64,
+    /// One JSON line per epoch.
+    #[arg(long, env = "DTRAIN_METRICS")]
+    pub metrics: Option<PathBuf>,
+    /// The miners' weights (JSON), rewritten every epoch.
+    #[arg(long, env = "DTRAIN_WEIGHTS")]
+    pub weights: Option<PathBuf>,
+}
+
+fn model_of(a: &NodeArgs) -> Result<(Gpt<CpuEngine>, Optimizer<CpuEngine>)> {
+    let cfg = GptConfig::preset(&a.model).with_context(|| format!("unknown model preset {:?}", a.model))?;
+    let mut model = Gpt::new(CpuEngine::new(), cfg)?;
+    model.init_random(a.seed);
+    let opt = Optimizer::new(&model, OptimizerConfig::new(OptimizerKind::Adamw))?;
+    Ok((model, opt))
+}
+
+fn settings(a: &NodeArgs) -> Settings {
+    Settings { codec: a.codec, connect_timeout: Duration::from_secs(10), stall_timeout: Duration::from_secs(20), ..Settings::default() }
+}
+
+fn addr(host: &str) -> Result<SocketAddr> {
+    format!("{host}:0").parse().with_context(|| format!("listen address {host:?}"))
+}
+
+/// `dtrain miner`: serves queries until SIGINT/SIGTERM.
+pub fn run_miner(a: &MinerArgs) -> Result<()> {
+    stop_on_interrupt();
+    let n = &a.node;
+    let id = keyfile::load_or_create(&n.key)?;
+    let registry: Arc<dyn Registry> = Arc::new(FileRegistry::new(&n.registry));
+    let hub: Arc<dyn ModelHub> = Arc::new(LocalStore::open(&n.hub_store)?);
+    let src = ParquetRows::open_dir(&n.data)?;
+    std::fs::create_dir_all(&n.state).with_context(|| format!("creating {}", n.state.display()))?;
+    let mut used = UsedRows::open(&n.state.join("used-rows.bin"), src.num_rows())?;
+    if let Some((i, k)) = a.shard {
+        // Only rows i·N/k .. (i+1)·N/k stay available to this miner.
+        let rows = src.num_rows();
+        let (lo, hi) = (rows * i / k, rows * (i + 1) / k);
+        used.mark(0..lo)?;
+        used.mark(hi..rows)?;
+    }
+    let (model, opt) = model_of(n)?;
+    let peer = Peer::bind(Identity::from_seed_hex(&id.seed_hex())?, addr(&n.host)?)?;
+    let peer_addr = peer.local_addr()?;
+    let cfg = MinerConfig { batch: a.batch, seq: n.seq, rows_per_train: a.rows, allreduce: settings(n), ..MinerConfig::default() };
+    let miner = Arc::new(Miner::new(cfg, model, opt, Box::new(src), used, peer, registry.clone(), n.seed).with_hub(hub, n.state.clone()));
+    // Every node starts from the published model (epoch 0 at least).
+    let start = Instant::now();
+    while miner.sync_from_hub().map_err(anyhow::Error::msg)?.is_none() && miner.epoch() == 0 {
+        if interrupted() {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(600) {
+            bail!("no model was published to {} within 10 minutes", n.hub_store.display());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let server = QueryServer::start(addr(&n.host)?, Identity::from_seed_hex(&id.seed_hex())?, miner.clone(), ServerConfig::default())?;
+    let uid = registry.join(&id.public(), &server.addr().to_string(), peer_addr, Role::Miner)?;
+    tracing::info!("miner uid {uid}: queries on {}, all-reduce on {peer_addr}, epoch {}", server.addr(), miner.epoch());
+    while !interrupted() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    tracing::info!("miner uid {uid}: stopping");
+    Ok(())
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path)).with_context(|| format!("writing {}", path.display()))
+}
+
+/// `dtrain validator` (the master): per epoch, Train rounds until the global
+/// batch is reached, then the all-reduce, the publish and the weights.
+pub fn run_validator(a: &ValidatorArgs) -> Result<()> {
+    stop_on_interrupt();
+    let n = &a.node;
+    let id = keyfile::load_or_create(&n.key)?;
+    let registry: Arc<dyn Registry> = Arc::new(FileRegistry::new(&n.registry));
+    let hub = LocalStore::open(&n.hub_store)?;
+    let src = ParquetRows::open_dir(&n.data)?;
+    std::fs::create_dir_all(&n.state)?;
+    let (model, opt) = model_of(n)?;
+    let peer = Peer::bind(Identity::from_seed_hex(&id.seed_hex())?, addr(&n.host)?)?;
+    let peer_addr = peer.local_addr()?;
+    let cfg = ValidatorConfig {
+        seq: n.seq,
+        learning_rate: a.lr,
+        allreduce: settings(n),
+        allreduce_timeout: Duration::from_secs_f64(a.allreduce_timeout),
+        ..ValidatorConfig::default()
+    };
+    let v = Validator::new(cfg, Identity::from_seed_hex(&id.seed_hex())?, registry.clone(), Box::new(src), model, opt, peer, n.seed);
+    let uid = registry.join(&id.public(), "validator", peer_addr, Role::Validator)?;
+    let mut epoch = match hub.latest_epoch()? {
+        Some(e) => {
+            v.load(&hub, &n.state, e).map_err(anyhow::Error::msg)?;
+            e
+        }
+        None => {
+            v.publish(&hub, &n.state, 0, 0).map_err(anyhow::Error::msg)?;
+            0
+        }
+    };
+    tracing::info!("validator uid {uid}: all-reduce on {peer_addr}, epoch {epoch}");
+    let first = epoch;
+    while (a.epochs == 0 || epoch < first + a.epochs) && !interrupted() {
+        let live_nodes = || v.live_miners().into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+        let mut live = live_nodes();
+        while live.len() < a.min_miners.max(1) {
+            if interrupted() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            live = live_nodes();
+        }
+        let t0 = Instant::now();
+        let (mut samples, mut losses, mut rounds) = (0u64, Vec::new(), Vec::new());
+        while samples < a.global_batch && !interrupted() {
+            let outcomes = v.train_round(&live);
+            for o in &outcomes {
+                if o.error.is_none() && o.gradient > 0.0 {
+                    samples += o.samples;
+                }
+                losses.extend(o.loss);
+                if let Some(e) = &o.error {
+                    tracing::warn!("uid {}: {e}", o.uid);
+                }
+            }
+            rounds.push(outcomes);
+            live = live_nodes();
+            if live.is_empty() {
+                break;
+            }
+        }
+        if interrupted() {
+            break;
+        }
+        let train_s = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let report = v.allreduce_round(&live, epoch + 1).map_err(anyhow::Error::msg)?;
+        let allreduce_s = t1.elapsed().as_secs_f64();
+        epoch += 1;
+        let t2 = Instant::now();
+        v.publish(&hub, &n.state, epoch, samples).map_err(anyhow::Error::msg)?;
+        let publish_s = t2.elapsed().as_secs_f64();
+        let weights = v.scores.lock().unwrap_or_else(|p| p.into_inner()).weights();
+        if let Some(path) = &a.weights {
+            write_atomic(path, serde_json::to_string_pretty(&weights)?.as_bytes())?;
+        }
+        let loss = if losses.is_empty() { f64::NAN } else { losses.iter().sum::<f64>() / losses.len() as f64 };
+        let last = rounds.last().cloned().unwrap_or_default();
+        let line = serde_json::json!({
+            "epoch": epoch, "loss": loss, "samples": samples, "train_rounds": rounds.len(),
+            "train_s": train_s, "allreduce_s": allreduce_s, "publish_s": publish_s,
+            "allreduce_bytes_in": report.bytes_received, "allreduce_failures": report.failures().len(),
+            "participation": *v.last_allreduce.lock().unwrap_or_else(|p| p.into_inner()),
+            "weights": weights,
+            "last_round": last.iter().map(|o| serde_json::json!({"uid": o.uid, "gradient": o.gradient, "steps": o.steps, "loss": o.loss, "error": o.error})).collect::<Vec<_>>(),
+        });
+        tracing::info!(
+            "epoch {epoch}: loss {loss:.4}, {samples} samples, train {train_s:.1} s, all-reduce {allreduce_s:.2} s, publish {publish_s:.2} s"
+        );
+        if let Some(path) = &a.metrics {
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
+            writeln!(f, "{line}")?;
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SwarmArgs {
+    /// Miner processes.
+    #[arg(long, default_value_t = 4)]
+    pub miners: usize,
+    /// Epochs (all-reduce + publish) to run.
+    #[arg(long, default_value_t = 3)]
+    pub epochs: u64,
+    #[arg(long, default_value = "small")]
+    pub model: String,
+    #[arg(long, default_value = "data/fineweb-sample")]
+    pub data: PathBuf,
+    /// Everything the swarm writes: registry, hub, node state, metrics.
+    #[arg(long, default_value = "runs/swarm")]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 2)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 64)]
+    pub seq: usize,
+    /// Rows per Train query.
+    #[arg(long, default_value_t = 8)]
+    pub rows: u64,
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    #[arg(long, default_value = "fp16")]
+    pub codec: Codec,
+}
+
+fn kill(child: &mut std::process::Child, signal: libc::c_int) {
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+}
+
+/// `dtrain swarm`: a master validator and N miners as processes on
+/// 127.0.0.1 for a few epochs, then a summary.
+pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
+    stop_on_interrupt();
+    anyhow::ensure!(a.miners >= 1 && a.miners <= 64, "--miners: 1 to 64");
+    let out = &a.out;
+    for sub in ["hub", "nodes"] {
+        let p = out.join(sub);
+        if p.exists() {
+            std::fs::remove_dir_all(&p).with_context(|| format!("clearing {}", p.display()))?;
+        }
+    }
+    for f in ["registry.json", "metrics.jsonl", "weights.json"] {
+        let _ = std::fs::remove_file(out.join(f));
+    }
+    std::fs::create_dir_all(out)?;
+    let exe = std::env::current_exe()?;
+    let common = |role: &str, i: usize| -> Vec<String> {
+        let dir = out.join("nodes").join(format!("{role}-{i}"));
+        [
+            "--key",
+            &dir.join("node.key").to_string_lossy(),
+            "--registry",
+            &out.join("registry.json").to_string_lossy(),
+            "--hub-store",
+            &out.join("hub").to_string_lossy(),
+            "--state",
+            &dir.to_string_lossy(),
+            "--data",
+            &a.data.to_string_lossy(),
+            "--model",
+            &a.model,
+            "--seq",
+            &a.seq.to_string(),
+            "--codec",
+            &a.codec.to_string(),
+            "--seed",
+            &(1 + i).to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let log = |name: &str| std::fs::File::create(out.join(format!("{name}.log")));
+    let mut validator = std::process::Command::new(&exe)
+        .arg("validator")
+        .args(common("validator", 0))
+        .args(["--epochs", &a.epochs.to_string(), "--global-batch", &(a.miners as u64 * a.rows).to_string()])
+        .args(["--min-miners", &a.miners.to_string(), "--lr", &a.lr.to_string()])
+        .arg("--metrics")
+        .arg(out.join("metrics.jsonl"))
+        .arg("--weights")
+        .arg(out.join("weights.json"))
+        .stderr(log("validator")?)
+        .spawn()
+        .context("starting the validator")?;
+    let mut miners = Vec::new();
+    for i in 0..a.miners {
+        let child = std::process::Command::new(&exe)
+            .arg("miner")
+            .args(common("miner", i))
+            .args(["--batch", &a.batch.to_string(), "--rows", &a.rows.to_string(), "--shard", &format!("{i}/{}", a.miners)])
+            .stderr(log(&format!("miner-{i}"))?)
+            .spawn()
+            .context("starting a miner")?;
+        miners.push(child);
+    }
+    let bar = if progress { indicatif::ProgressBar::new(a.epochs) } else { indicatif::ProgressBar::hidden() };
+    bar.set_style(indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] epoch {pos}/{len} {msg}").expect("valid template"));
+    let metrics_path = out.join("metrics.jsonl");
+    let read_metrics = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&metrics_path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    };
+    let status = loop {
+        if interrupted() {
+            kill(&mut validator, libc::SIGTERM);
+        }
+        if let Some(s) = validator.try_wait()? {
+            break s;
+        }
+        for (i, m) in miners.iter_mut().enumerate() {
+            if let Some(s) = m.try_wait()? {
+                kill(&mut validator, libc::SIGTERM);
+                let _ = validator.wait();
+                for m in &mut miners {
+                    kill(m, libc::SIGTERM);
+                }
+                bail!("miner {i} exited ({s}); see {}", out.join(format!("miner-{i}.log")).display());
+            }
+        }
+        let m = read_metrics();
+        bar.set_position(m.len() as u64);
+        if let Some(last) = m.last() {
+            bar.set_message(format!("loss {:.3}", last["loss"].as_f64().unwrap_or(f64::NAN)));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for m in &mut miners {
+        kill(m, libc::SIGTERM);
+    }
+    for m in &mut miners {
+        let _ = m.wait();
+    }
+    bar.finish_and_clear();
+    if !status.success() && !interrupted() {
+        bail!("the validator failed ({status}); see {}", out.join("validator.log").display());
+    }
+    let metrics = read_metrics();
+    let losses: Vec<f64> = metrics.iter().map(|m| m["loss"].as_f64().unwrap_or(f64::NAN)).collect();
+    std::fs::write(out.join("loss.png"), crate::plot::line_chart(&losses))?;
+    println!("{:>6} {:>9} {:>8} {:>9} {:>12} {:>10} {:>10}", "epoch", "loss", "samples", "train s", "all-reduce s", "MB in", "publish s");
+    for m in &metrics {
+        println!(
+            "{:>6} {:>9.4} {:>8} {:>9.1} {:>12.2} {:>10.1} {:>10.2}",
+            m["epoch"].as_u64().unwrap_or(0),
+            m["loss"].as_f64().unwrap_or(f64::NAN),
+            m["samples"].as_u64().unwrap_or(0),
+            m["train_s"].as_f64().unwrap_or(0.0),
+            m["allreduce_s"].as_f64().unwrap_or(0.0),
+            m["allreduce_bytes_in"].as_f64().unwrap_or(0.0) / 1e6,
+            m["publish_s"].as_f64().unwrap_or(0.0)
+        );
+    }
+    if let Some(last) = metrics.last() {
+        println!("\n{:>5} {:>10} {:>9} {:>7} {:>13}", "uid", "weight", "gradient", "steps", "all-reduce");
+        for r in last["last_round"].as_array().into_iter().flatten() {
+            let uid = r["uid"].to_string();
+            println!(
+                "{:>5} {:>10.4} {:>9.3} {:>7} {:>13}",
+                uid,
+                last["weights"][&uid].as_f64().unwrap_or(0.0),
+                r["gradient"].as_f64().unwrap_or(0.0),
+                r["steps"].as_f64().unwrap_or(0.0),
+                last["participation"][&uid].as_str().unwrap_or("-")
+            );
+        }
+    }
+    println!(
+        "\nmetrics: {}, weights: {}, loss curve: {}, logs: {}/*.log",
+        metrics_path.display(),
+        out.join("weights.json").display(),
+        out.join("loss.png").display(),
+        out.display()
+    );
+    Ok(())
+}

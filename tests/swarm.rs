@@ -1,0 +1,51 @@
+//! `dtrain swarm` end to end: a master validator and two miners as
+//! processes for two epochs — the loss falls, and every miner ends with
+//! weights bit-identical to the model published for the last epoch.
+
+use dtrain::engine::cpu::CpuEngine;
+use dtrain::hub::{LocalStore, ModelHub};
+use dtrain::model::checkpoint;
+use dtrain::subnet::miner::params_hash;
+
+#[test]
+fn a_two_epoch_swarm_learns_and_ends_in_agreement() {
+    let out = std::env::temp_dir().join(format!("dtrain-swarm-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain"))
+        .args(["-q", "swarm", "--miners", "2", "--epochs", "2", "--rows", "3", "--data"])
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fineweb-sample"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let logs = || ["validator", "miner-0", "miner-1"].map(|n| std::fs::read_to_string(out.join(format!("{n}.log"))).unwrap_or_default()).join("\n");
+    assert!(run.status.success(), "{stdout}\n{}\n{}", String::from_utf8_lossy(&run.stderr), logs());
+    assert!(stdout.contains("all-reduce") && stdout.contains("weight"), "{stdout}");
+
+    let metrics: Vec<serde_json::Value> =
+        std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(metrics.len(), 2);
+    let loss = |i: usize| metrics[i]["loss"].as_f64().unwrap();
+    assert!(loss(1) < loss(0), "loss did not fall: {} → {}", loss(0), loss(1));
+    for m in &metrics {
+        for uid in ["1", "2"] {
+            assert_eq!(m["participation"][uid], "Success", "{m}");
+        }
+    }
+    let weights: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("weights.json")).unwrap()).unwrap();
+    assert!((weights["1"].as_f64().unwrap() + weights["2"].as_f64().unwrap() - 1.0).abs() < 1e-9, "{weights}");
+    assert!(std::fs::read(out.join("loss.png")).unwrap().starts_with(b"\x89PNG\r\n\x1a\n"));
+
+    // Every miner holds exactly the published epoch-2 model.
+    let hub = LocalStore::open(&out.join("hub")).unwrap();
+    assert_eq!(hub.latest_epoch().unwrap(), Some(2));
+    hub.download("2", &out.join("published")).unwrap();
+    let published = params_hash(&checkpoint::load_model(&out.join("published"), CpuEngine::new()).unwrap().read_params());
+    for i in 0..2 {
+        let p: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join(format!("nodes/miner-{i}/params.json"))).unwrap()).unwrap();
+        assert_eq!(p["epoch"], 2);
+        assert_eq!(p["xxh3"].as_u64(), Some(published), "miner {i} differs from the published model");
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+}
