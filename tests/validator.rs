@@ -59,6 +59,9 @@ impl Handler for Node {
     fn known(&self, caller: &PublicKey) -> bool {
         self.inner.known(caller)
     }
+    fn state(&self, caller: &PublicKey, tensor: &str) -> Result<Vec<u8>, String> {
+        self.inner.state(caller, tensor)
+    }
     fn handle(&self, caller: &PublicKey, q: Query) -> Result<Query, String> {
         match (self.behaviour, q) {
             (Behaviour::Replays, Query::Train(_)) => self.spied.lock().unwrap().clone().map(Query::Train).ok_or_else(|| "nothing to copy yet".into()),
@@ -149,6 +152,13 @@ fn dishonest_miners_end_with_a_small_share_of_the_weight() {
         }
         let report = validator.allreduce_round(&live, round).unwrap();
         eprintln!("{}", report.summary());
+        let bandwidth = validator.bandwidth_round(&live, "transformer.wte.weight", Duration::from_secs(10));
+        for (&(uid, score), b) in bandwidth.iter().zip(behaviours) {
+            // Whoever stepped with the group holds the validator's model;
+            // the skipper (and the replayer, which never trains) does not.
+            let holds_model = !matches!(b, Behaviour::SkipsAllReduce);
+            assert_eq!(score > 0.0, holds_model, "uid {uid} {b:?}: bandwidth {score}");
+        }
         let part = validator.last_allreduce.lock().unwrap().clone();
         for (uid, b) in (1u16..).zip(behaviours) {
             // The replayer never trains, so it has nothing to contribute.

@@ -39,3 +39,26 @@ pub fn send(caller: &Identity, receiver: &PublicKey, addr: &str, query: &Query, 
     }
     Query::parse(query.name(), &bytes).expect("a known query name").map_err(|e| QueryError::Answer { addr: addr.to_string(), msg: e.to_string() })
 }
+
+/// Largest state download (a 1.5B model's token embedding in fp16 is 154 MB).
+pub const MAX_STATE: u64 = 1 << 30;
+
+/// Downloads parameter tensor `tensor` in fp16 from the node at `addr`
+/// (`POST /State`, signed); returns the bytes.
+pub fn fetch_state(caller: &Identity, receiver: &PublicKey, addr: &str, tensor: &str, timeout: Duration) -> Result<Vec<u8>, QueryError> {
+    let body = serde_json::to_vec(&super::protocol::StateRequest { tensor: tensor.to_string() }).expect("plain data serializes");
+    let agent: ureq::Agent = ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(false).build().into();
+    let mut req = agent.post(&format!("http://{addr}/State")).header("Content-Type", "application/json");
+    for (k, v) in sign(caller, receiver, &body) {
+        req = req.header(k, &v);
+    }
+    let transport = |msg: String| QueryError::Transport { addr: addr.to_string(), msg };
+    let mut resp = req.send(&body[..]).map_err(|e| transport(e.to_string()))?;
+    let status = resp.status().as_u16();
+    let bytes = resp.body_mut().with_config().limit(MAX_STATE).read_to_vec().map_err(|e| transport(format!("reading the answer: {e}")))?;
+    if status != 200 {
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        return Err(QueryError::Refused { addr: addr.to_string(), status, msg: v["error"].as_str().unwrap_or("refused").to_string() });
+    }
+    Ok(bytes)
+}

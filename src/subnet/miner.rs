@@ -216,7 +216,22 @@ impl Miner {
     }
 }
 
+/// One parameter tensor of `model` in fp16 (little-endian).
+pub fn tensor_fp16(model: &Gpt<CpuEngine>, name: &str) -> Result<Vec<u8>, String> {
+    let t = model.layout.tensor(name).ok_or_else(|| format!("no tensor {name:?}"))?;
+    let params = model.read_params();
+    let values = &params[t.offset..t.offset + t.numel()];
+    let codec = crate::allreduce::codec::Codec::F16;
+    let mut out = vec![0u8; codec.encoded_len(values.len())];
+    codec.encode(values, &mut out);
+    Ok(out)
+}
+
 impl Handler for Miner {
+    fn state(&self, _caller: &PublicKey, tensor: &str) -> Result<Vec<u8>, String> {
+        tensor_fp16(&self.lock().model, tensor)
+    }
+
     fn known(&self, caller: &PublicKey) -> bool {
         matches!(self.registry.by_key(caller), Ok(Some(n)) if n.role == Role::Validator)
     }

@@ -18,6 +18,7 @@ use crate::model::{Gpt, GptConfig};
 use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind};
 use crate::train::{interrupted, stop_on_interrupt};
 use anyhow::{Context, Result, bail};
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -246,6 +247,8 @@ pub fn run_validator(a: &ValidatorArgs) -> Result<()> {
         let t1 = Instant::now();
         let report = v.allreduce_round(&live, epoch + 1).map_err(anyhow::Error::msg)?;
         let allreduce_s = t1.elapsed().as_secs_f64();
+        let bandwidth: BTreeMap<String, f64> =
+            v.bandwidth_round(&live, "transformer.wte.weight", Duration::from_secs(30)).into_iter().map(|(u, s)| (u.to_string(), s)).collect();
         epoch += 1;
         let t2 = Instant::now();
         v.publish(&hub, &n.state, epoch, samples).map_err(anyhow::Error::msg)?;
@@ -260,6 +263,7 @@ pub fn run_validator(a: &ValidatorArgs) -> Result<()> {
             "epoch": epoch, "loss": loss, "samples": samples, "train_rounds": rounds.len(),
             "train_s": train_s, "allreduce_s": allreduce_s, "publish_s": publish_s,
             "allreduce_bytes_in": report.bytes_received, "allreduce_failures": report.failures().len(),
+            "bandwidth": bandwidth,
             "participation": *v.last_allreduce.lock().unwrap_or_else(|p| p.into_inner()),
             "weights": weights,
             "last_round": last.iter().map(|o| serde_json::json!({"uid": o.uid, "gradient": o.gradient, "steps": o.steps, "loss": o.loss, "error": o.error})).collect::<Vec<_>>(),

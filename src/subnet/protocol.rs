@@ -86,3 +86,12 @@ impl Query {
         })
     }
 }
+
+/// dtrain: `POST /State` asks a miner for one of its parameter tensors in
+/// fp16 (the answer is the raw bytes): the validator times the download to
+/// score bandwidth and checks the bytes against its own copy of the model.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StateRequest {
+    /// transformers' name of the tensor.
+    pub tensor: String,
+}

@@ -21,6 +21,11 @@ pub trait Handler: Send + Sync + 'static {
     fn known(&self, caller: &PublicKey) -> bool;
     /// Answers a query; an `Err` goes back as HTTP 500 with the message.
     fn handle(&self, caller: &PublicKey, query: Query) -> Result<Query, String>;
+    /// Serves `POST /State`: a parameter tensor in fp16 (see
+    /// `protocol::StateRequest`). Nodes without state refuse.
+    fn state(&self, _caller: &PublicKey, _tensor: &str) -> Result<Vec<u8>, String> {
+        Err("this node serves no state".into())
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -114,6 +119,10 @@ fn error_json(msg: &str) -> Vec<u8> {
 }
 
 fn reply(s: &mut TcpStream, status: u16, body: &[u8]) {
+    reply_typed(s, status, "application/json", body)
+}
+
+fn reply_typed(s: &mut TcpStream, status: u16, content_type: &str, body: &[u8]) {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
@@ -128,7 +137,7 @@ fn reply(s: &mut TcpStream, status: u16, body: &[u8]) {
         503 => "Service Unavailable",
         _ => "Internal Server Error",
     };
-    let head = format!("HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    let head = format!("HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
     let _ = s.write_all(head.as_bytes()).and_then(|_| s.write_all(body)).and_then(|_| s.flush());
 }
 
@@ -148,17 +157,17 @@ fn read_line(r: &mut impl BufRead) -> Result<String, (u16, String)> {
 fn serve_one(mut stream: TcpStream, sh: &Shared) {
     let _ = stream.set_read_timeout(Some(sh.cfg.io_timeout));
     let _ = stream.set_write_timeout(Some(sh.cfg.io_timeout));
-    let (status, body) = match answer(&stream, sh) {
-        Ok(body) => (200, body),
+    let (status, content_type, body) = match answer(&stream, sh) {
+        Ok((content_type, body)) => (200, content_type, body),
         Err((status, msg)) => {
             tracing::debug!("query refused ({status}): {msg}");
-            (status, error_json(&msg))
+            (status, "application/json", error_json(&msg))
         }
     };
-    reply(&mut stream, status, &body);
+    reply_typed(&mut stream, status, content_type, &body);
 }
 
-fn answer(stream: &TcpStream, sh: &Shared) -> Result<Vec<u8>, (u16, String)> {
+fn answer(stream: &TcpStream, sh: &Shared) -> Result<(&'static str, Vec<u8>), (u16, String)> {
     let mut r = BufReader::new(stream);
     let request = read_line(&mut r)?;
     let mut parts = request.split(' ');
@@ -177,11 +186,11 @@ fn answer(stream: &TcpStream, sh: &Shared) -> Result<Vec<u8>, (u16, String)> {
     }
     let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     if method != "POST" {
-        return Err((405, format!("{method} not allowed: queries are POST /IsAlive, /Train or /AllReduce")));
+        return Err((405, format!("{method} not allowed: queries are POST /IsAlive, /Train, /AllReduce or /State")));
     }
     let name = path.strip_prefix('/').unwrap_or(path);
-    if Query::parse(name, b"{}").is_none() {
-        return Err((404, format!("no query {path:?}: queries are POST /IsAlive, /Train or /AllReduce")));
+    if Query::parse(name, b"{}").is_none() && name != "State" {
+        return Err((404, format!("no query {path:?}: queries are POST /IsAlive, /Train, /AllReduce or /State")));
     }
     let len: usize =
         get("content-length").ok_or((411, "Content-Length required".to_string()))?.parse().map_err(|_| (400, "bad Content-Length".to_string()))?;
@@ -194,7 +203,11 @@ fn answer(stream: &TcpStream, sh: &Shared) -> Result<Vec<u8>, (u16, String)> {
         let status = if matches!(e, super::auth::AuthError::Unknown(_)) { 403 } else { 401 };
         (status, e.to_string())
     })?;
+    if name == "State" {
+        let req: super::protocol::StateRequest = serde_json::from_slice(&body).map_err(|e| (400, format!("malformed State body: {e}")))?;
+        return sh.handler.state(&caller, &req.tensor).map(|b| ("application/octet-stream", b)).map_err(|e| (404, e));
+    }
     let query = Query::parse(name, &body).expect("known name").map_err(|e| (400, format!("malformed {name} body: {e}")))?;
     let answer = sh.handler.handle(&caller, query).map_err(|e| (500, e))?;
-    Ok(answer.to_json())
+    Ok(("application/json", answer.to_json()))
 }

@@ -10,7 +10,10 @@
 use super::client::send;
 use super::protocol::{AllReduce, IsAlive, Query, Train};
 use super::registry::{Node, Registry, Role};
-use super::scoring::{Participation, Scores, TrainMeasure, Uid, allreduce_score, steps_score, train_gradient_score, train_round_rewards};
+use super::scoring::{
+    Participation, Scores, TrainMeasure, Uid, allreduce_round_rewards, allreduce_score, bandwidth_score, steps_score, train_gradient_score,
+    train_round_rewards,
+};
 use super::work::{replay_batch, test_indices, test_tensor};
 use crate::allreduce::{Group, Identity, Member, Peer, Report, Settings, SpanStatus};
 use crate::data::loader::RowBatches;
@@ -81,6 +84,8 @@ pub struct Validator {
     rng: Mutex<Rng>,
     pub scores: Mutex<Scores>,
     pub last_allreduce: Mutex<BTreeMap<Uid, Participation>>,
+    /// Whether each miner's last Train answer passed verification.
+    last_verified: Mutex<BTreeMap<Uid, bool>>,
     /// Rows some miner was already credited with (one bit per dataset
     /// row): a row counts for steps once, so replaying another miner's
     /// answer earns nothing.
@@ -113,6 +118,7 @@ impl Validator {
             rng: Mutex::new(Rng::new(seed)),
             scores: Mutex::new(Scores::default()),
             last_allreduce: Mutex::new(BTreeMap::new()),
+            last_verified: Mutex::new(BTreeMap::new()),
             credited: Mutex::new(Vec::new()),
         }
     }
@@ -286,6 +292,7 @@ impl Validator {
             .map(|o| TrainMeasure { uid: o.uid, member: true, gradient: o.gradient, steps: o.steps, allreduce: allreduce_score(&last, o.uid) })
             .collect();
         lock(&self.scores).fold_round(&train_round_rewards(&measures));
+        lock(&self.last_verified).extend(outcomes.iter().map(|o| (o.uid, o.error.is_none() && o.gradient > 0.0)));
         outcomes
     }
 
@@ -316,6 +323,37 @@ impl Validator {
                 }
             }
         }
+    }
+
+    /// The all-reduce round's rewards: each miner's bandwidth, timing a
+    /// download of its token embedding in fp16 (one miner at a time, so
+    /// they do not share the link), worth 0 unless the bytes equal this
+    /// validator's own copy — a miner must actually hold the model. Returns
+    /// each miner's bandwidth score.
+    pub fn bandwidth_round(&self, miners: &[Node], tensor: &str, timeout: Duration) -> Vec<(Uid, f64)> {
+        let want = match super::miner::tensor_fp16(&lock(&self.model).0, tensor) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!("bandwidth test: {e}");
+                return Vec::new();
+            }
+        };
+        let scores: Vec<(Uid, bool, f64)> = miners
+            .iter()
+            .map(|n| {
+                let t = Instant::now();
+                let got = n.public_key().ok().and_then(|k| super::client::fetch_state(&self.identity, &k, &n.query_addr, tensor, timeout).ok());
+                let elapsed = t.elapsed().as_secs_f64();
+                let ok = got.is_some_and(|g| g == want);
+                // As with Train rewards: a miner whose last Train answer
+                // failed verification earns nothing for its bandwidth either.
+                let verified = lock(&self.last_verified).get(&n.uid).copied().unwrap_or(false);
+                (n.uid, verified, bandwidth_score(ok.then_some(elapsed), timeout.as_secs_f64()))
+            })
+            .collect();
+        let rewards = allreduce_round_rewards(&scores);
+        lock(&self.scores).fold_round(&rewards);
+        scores.into_iter().map(|(u, _, s)| (u, s)).collect()
     }
 
     /// The master's all-reduce: sends AllReduce to `miners`, joins with
