@@ -13,10 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("dtrain-hf-{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
+    common::fresh_dir(&format!("hf-{name}"))
 }
 
 fn checkpoint(dir: &Path, seed: u8) {

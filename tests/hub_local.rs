@@ -1,16 +1,15 @@
 //! The local model store: round trips, tags that never move, racing
 //! publishers, damaged revisions, bad names, and a publisher killed midway.
 
+mod common;
+
 use dtrain::hub::{HubError, LocalStore, ModelHub, commit_message};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("dtrain-hub-{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
+    common::fresh_dir(&format!("hub-{name}"))
 }
 
 fn checkpoint(dir: &Path, seed: u8) {

@@ -15,10 +15,9 @@
 //! that fails leaves no tag; one that finds the tag already there (a
 //! concurrent publisher won) reports the existing commit.
 
-use super::{HubError, ModelHub, Published, check_name, io_err};
+use super::{HubError, ModelHub, Published, check_name, io_err, sha256_file};
 use crate::data::http::{Failure, RetryPolicy};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -166,23 +165,6 @@ fn json_answer(mut resp: ureq::http::Response<ureq::Body>, ok: &[u16]) -> Result
     serde_json::from_slice(&body).map_err(|e| Failure::retry(format!("answer is not JSON: {e}")))
 }
 
-/// SHA-256 (hex) and size of a file.
-fn hash_file(path: &Path) -> Result<(String, u64), HubError> {
-    let mut f = fs::File::open(path).map_err(io_err(path))?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let k = f.read(&mut buf).map_err(io_err(path))?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        n += k as u64;
-    }
-    Ok((h.finalize().iter().map(|b| format!("{b:02x}")).collect(), n))
-}
-
 /// Standard base64 with padding (for inline files and samples).
 pub fn base64(data: &[u8]) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -209,7 +191,7 @@ impl ModelHub for HfHub {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 check_name("file name", &name)?;
                 let path = entry.path();
-                let (oid, size) = hash_file(&path)?;
+                let (oid, size) = sha256_file(&path, None)?;
                 let mut sample = vec![0u8; SAMPLE];
                 let k = fs::File::open(&path).and_then(|mut f| f.read(&mut sample)).map_err(io_err(&path))?;
                 files.push((name, path, oid, size, base64(&sample[..k])));
@@ -292,7 +274,7 @@ impl ModelHub for HfHub {
                 out.sync_all().map_err(|e| Failure::retry(e.to_string()))
             })?;
             if let Some(sha) = sha
-                && hash_file(&path)?.0 != sha
+                && sha256_file(&path, None)?.0 != sha
             {
                 let _ = fs::remove_dir_all(&tmp);
                 return Err(HubError::Corrupt(format!("{name} of tag {tag} does not match its SHA-256")));

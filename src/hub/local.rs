@@ -15,10 +15,10 @@
 //! publishers racing for one tag cannot both win. Downloads verify every
 //! file's hash.
 
-use super::{HubError, ModelHub, Published, check_name, io_err};
+use super::{HubError, ModelHub, Published, check_name, io_err, sha256_file};
 use sha2::{Digest, Sha256};
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 const MANIFEST: &str = "COMMIT.json";
@@ -52,26 +52,6 @@ fn hex(bytes: &[u8]) -> String {
 
 fn sync_dir(dir: &Path) -> Result<(), HubError> {
     fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
-}
-
-/// Copies `src` to `dst` (created), syncs it, returns its SHA-256 and size.
-fn copy_hashed(src: &Path, dst: &Path) -> Result<(String, u64), HubError> {
-    let mut input = fs::File::open(src).map_err(io_err(src))?;
-    let mut out = fs::File::create_new(dst).map_err(io_err(dst))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut total = 0u64;
-    loop {
-        let n = input.read(&mut buf).map_err(io_err(src))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(io_err(dst))?;
-        total += n as u64;
-    }
-    out.sync_all().map_err(io_err(dst))?;
-    Ok((hex(&hasher.finalize()), total))
 }
 
 impl LocalStore {
@@ -163,7 +143,7 @@ impl ModelHub for LocalStore {
         fs::create_dir(&staging).map_err(io_err(&staging))?;
         let mut files = Vec::new();
         for name in names {
-            let (sha, len) = copy_hashed(&dir.join(&name), &staging.join(&name))?;
+            let (sha, len) = sha256_file(&dir.join(&name), Some(&staging.join(&name)))?;
             files.push((name, sha, len));
         }
         let manifest = serde_json::to_vec_pretty(&Manifest { message: message.to_string(), files }).expect("plain data serializes");
@@ -221,7 +201,7 @@ impl ModelHub for LocalStore {
         }
         fs::create_dir(&tmp).map_err(io_err(&tmp))?;
         for (name, sha, len) in &manifest.files {
-            let (got_sha, got_len) = copy_hashed(&src.join(name), &tmp.join(name))?;
+            let (got_sha, got_len) = sha256_file(&src.join(name), Some(&tmp.join(name)))?;
             if &got_sha != sha || got_len != *len {
                 let _ = fs::remove_dir_all(&tmp);
                 return Err(HubError::Corrupt(format!("revision {id}: {name} does not match its hash")));

@@ -77,3 +77,33 @@ pub fn check_name(what: &'static str, value: &str) -> Result<(), HubError> {
     }
     Ok(())
 }
+
+/// SHA-256 (hex) and size of the file at `src`, copying it to `dst` (a new
+/// file, synced) on the way when given.
+pub(crate) fn sha256_file(src: &Path, dst: Option<&Path>) -> Result<(String, u64), HubError> {
+    use sha2::{Digest, Sha256};
+    use std::io::{Read, Write};
+    let mut input = std::fs::File::open(src).map_err(io_err(src))?;
+    let mut out = match dst {
+        Some(d) => Some(std::fs::File::create_new(d).map_err(io_err(d))?),
+        None => None,
+    };
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        let n = input.read(&mut buf).map_err(io_err(src))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        if let (Some(f), Some(d)) = (out.as_mut(), dst) {
+            f.write_all(&buf[..n]).map_err(io_err(d))?;
+        }
+        total += n as u64;
+    }
+    if let (Some(f), Some(d)) = (out, dst) {
+        f.sync_all().map_err(io_err(d))?;
+    }
+    Ok((hasher.finalize().iter().map(|b| format!("{b:02x}")).collect(), total))
+}
