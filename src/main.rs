@@ -202,16 +202,8 @@ struct HubArgs {
     hf_repo: Option<String>,
 }
 
-fn open_hub(a: &HubArgs) -> Result<Box<dyn dtrain::hub::ModelHub>> {
-    use dtrain::hub::{HfHub, LocalStore};
-    Ok(match (&a.store, &a.hf_repo) {
-        (Some(dir), _) => Box::new(LocalStore::open(dir)?),
-        (None, Some(repo)) => {
-            let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
-            Box::new(HfHub::new(&endpoint, repo, std::env::var("HF_TOKEN").ok(), HfHub::default_policy())?)
-        }
-        (None, None) => bail!("give --store DIR or --hf-repo OWNER/NAME"),
-    })
+fn open_hub(a: &HubArgs) -> Result<std::sync::Arc<dyn dtrain::hub::ModelHub>> {
+    Ok(dtrain::hub::open(a.store.as_deref(), a.hf_repo.as_deref())?)
 }
 
 #[derive(Subcommand)]

@@ -29,6 +29,22 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> HubError + '
     move |source| HubError::Io { path: path.to_path_buf(), source }
 }
 
+/// The hub a command line names: a local store directory, or a Hugging
+/// Face repository (endpoint from `HF_ENDPOINT`, default
+/// https://huggingface.co; token from `HF_TOKEN`).
+pub fn open(store: Option<&Path>, hf_repo: Option<&str>) -> Result<std::sync::Arc<dyn ModelHub>, HubError> {
+    match (store, hf_repo) {
+        (Some(dir), _) => Ok(std::sync::Arc::new(LocalStore::open(dir)?)),
+        (None, Some(repo)) => {
+            let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
+            Ok(std::sync::Arc::new(HfHub::new(&endpoint, repo, std::env::var("HF_TOKEN").ok(), HfHub::default_policy())?))
+        }
+        (None, None) => {
+            Err(HubError::Name { what: "model hub", value: String::new(), why: "give a local store directory or a Hugging Face repository" })
+        }
+    }
+}
+
 /// What a publish did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Published {

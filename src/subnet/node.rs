@@ -13,7 +13,6 @@ use crate::allreduce::{Identity, Peer, Settings};
 use crate::data::source::{ParquetRows, RowSource};
 use crate::data::used_rows::UsedRows;
 use crate::engine::cpu::CpuEngine;
-use crate::hub::{LocalStore, ModelHub};
 use crate::model::{Gpt, GptConfig};
 use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind};
 use crate::train::{interrupted, stop_on_interrupt};
@@ -34,9 +33,12 @@ pub struct NodeArgs {
     /// The registry file shared by the network's nodes.
     #[arg(long, env = "DTRAIN_REGISTRY")]
     pub registry: PathBuf,
-    /// The model hub: a local store directory.
-    #[arg(long, env = "DTRAIN_HUB_STORE")]
-    pub hub_store: PathBuf,
+    /// The model hub: a local store directory…
+    #[arg(long, env = "DTRAIN_HUB_STORE", required_unless_present = "hf_repo", conflicts_with = "hf_repo")]
+    pub hub_store: Option<PathBuf>,
+    /// …or a Hugging Face model repository `owner/name` (token from HF_TOKEN).
+    #[arg(long, env = "DTRAIN_HF_REPO")]
+    pub hf_repo: Option<String>,
     /// This node's own files (used rows, downloaded models).
     #[arg(long, env = "DTRAIN_STATE")]
     pub state: PathBuf,
@@ -132,7 +134,7 @@ pub fn run_miner(a: &MinerArgs) -> Result<()> {
     let n = &a.node;
     let id = keyfile::load_or_create(&n.key)?;
     let registry: Arc<dyn Registry> = Arc::new(FileRegistry::new(&n.registry));
-    let hub: Arc<dyn ModelHub> = Arc::new(LocalStore::open(&n.hub_store)?);
+    let hub = crate::hub::open(n.hub_store.as_deref(), n.hf_repo.as_deref())?;
     let src = ParquetRows::open_dir(&n.data)?;
     std::fs::create_dir_all(&n.state).with_context(|| format!("creating {}", n.state.display()))?;
     let mut used = UsedRows::open(&n.state.join("used-rows.bin"), src.num_rows())?;
@@ -155,7 +157,7 @@ pub fn run_miner(a: &MinerArgs) -> Result<()> {
             return Ok(());
         }
         if start.elapsed() > Duration::from_secs(600) {
-            bail!("no model was published to {} within 10 minutes", n.hub_store.display());
+            bail!("no model was published to the hub within 10 minutes");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -184,7 +186,8 @@ pub fn run_validator(a: &ValidatorArgs) -> Result<()> {
     let n = &a.node;
     let id = keyfile::load_or_create(&n.key)?;
     let registry: Arc<dyn Registry> = Arc::new(FileRegistry::new(&n.registry));
-    let hub = LocalStore::open(&n.hub_store)?;
+    let hub = crate::hub::open(n.hub_store.as_deref(), n.hf_repo.as_deref())?;
+    let hub = hub.as_ref();
     let src = ParquetRows::open_dir(&n.data)?;
     std::fs::create_dir_all(&n.state)?;
     let (model, opt) = model_of(n)?;
@@ -201,11 +204,11 @@ pub fn run_validator(a: &ValidatorArgs) -> Result<()> {
     let uid = registry.join(&id.public(), "validator", peer_addr, Role::Validator)?;
     let mut epoch = match hub.latest_epoch()? {
         Some(e) => {
-            v.load(&hub, &n.state, e).map_err(anyhow::Error::msg)?;
+            v.load(hub, &n.state, e).map_err(anyhow::Error::msg)?;
             e
         }
         None => {
-            v.publish(&hub, &n.state, 0, 0).map_err(anyhow::Error::msg)?;
+            v.publish(hub, &n.state, 0, 0).map_err(anyhow::Error::msg)?;
             0
         }
     };
@@ -251,7 +254,7 @@ pub fn run_validator(a: &ValidatorArgs) -> Result<()> {
             v.bandwidth_round(&live, "transformer.wte.weight", Duration::from_secs(30)).into_iter().map(|(u, s)| (u.to_string(), s)).collect();
         epoch += 1;
         let t2 = Instant::now();
-        v.publish(&hub, &n.state, epoch, samples).map_err(anyhow::Error::msg)?;
+        v.publish(hub, &n.state, epoch, samples).map_err(anyhow::Error::msg)?;
         let publish_s = t2.elapsed().as_secs_f64();
         let weights = v.scores.lock().unwrap_or_else(|p| p.into_inner()).weights();
         if let Some(path) = &a.weights {
