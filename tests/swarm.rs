@@ -49,3 +49,42 @@ fn a_two_epoch_swarm_learns_and_ends_in_agreement() {
     }
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+#[test]
+fn ctrl_c_stops_every_process_of_the_swarm() {
+    let out = std::env::temp_dir().join(format!("dtrain-swarm-int-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain"))
+        .args(["-q", "swarm", "--miners", "2", "--epochs", "100", "--rows", "2", "--data"])
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fineweb-sample"))
+        .arg("--out")
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for the first epoch, then interrupt.
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(out.join("metrics.jsonl")).unwrap_or_default().is_empty() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(120), "no epoch finished");
+        assert!(child.try_wait().unwrap().is_none(), "the swarm exited early");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let stopped = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(stopped.elapsed() < std::time::Duration::from_secs(60), "the swarm did not stop");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status}");
+    for i in 0..2 {
+        let log = std::fs::read_to_string(out.join(format!("miner-{i}.log"))).unwrap();
+        assert!(log.contains("stopping"), "miner {i} did not stop cleanly:\n{log}");
+    }
+    let epochs = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().count();
+    assert!((1..100).contains(&epochs));
+    std::fs::remove_dir_all(&out).unwrap();
+}
