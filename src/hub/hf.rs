@@ -257,7 +257,11 @@ impl ModelHub for HfHub {
         fs::create_dir(&tmp).map_err(io_err(&tmp))?;
         for e in entries.iter().filter(|e| e["type"].as_str() == Some("file")) {
             let name = e["path"].as_str().unwrap_or_default();
-            check_name("file name", name)?;
+            if check_name("file name", name).is_err() {
+                // A checkpoint is flat: files in folders (or odd names) are not ours.
+                tracing::warn!("skipping {name:?} of tag {tag}");
+                continue;
+            }
             let size = e["size"].as_u64().ok_or_else(|| HubError::Remote(format!("{name}: no size in the file list")))?;
             let sha = e["lfs"]["oid"].as_str().map(str::to_string);
             let url = self.url(&format!("/{}/resolve/{tag}/{name}", self.repo));

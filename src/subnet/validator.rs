@@ -368,7 +368,7 @@ impl Validator {
         let members = uids
             .iter()
             .map(|&u| {
-                let n = &nodes[u as usize];
+                let n = nodes.get(u as usize).ok_or_else(|| format!("uid {u} is not in the registry"))?;
                 Ok(Member {
                     id: u.to_string(),
                     addr: n.allreduce_addr,
