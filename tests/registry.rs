@@ -68,3 +68,49 @@ fn damaged_files_are_refused_with_the_reason() {
         assert!(matches!(e, RegistryError::Invalid(_)) && e.to_string().contains(why), "{text}: {e}");
     }
 }
+
+#[test]
+fn a_served_registry_takes_joins_over_the_network() {
+    use dtrain::subnet::registry::{RegistryService, RemoteRegistry};
+    use dtrain::subnet::server::{QueryServer, ServerConfig};
+    use std::sync::Arc;
+    let file: Arc<dyn Registry> = Arc::new(FileRegistry::new(&path("served")));
+    let server_id = Identity::from_seed([50; 32]);
+    let url = format!("dtrain://{}@", server_id.public().to_hex());
+    let server =
+        QueryServer::start("127.0.0.1:0".parse().unwrap(), server_id, Arc::new(RegistryService { registry: file.clone() }), ServerConfig::default())
+            .unwrap();
+    let url = format!("{url}{}", server.addr());
+    // Strangers may join: the signature proves they hold their key.
+    std::thread::scope(|s| {
+        for i in 0..6u8 {
+            let url = &url;
+            s.spawn(move || {
+                let id = Identity::from_seed([60 + i; 32]);
+                let key = id.public();
+                let remote = RemoteRegistry::new(url, id).unwrap();
+                remote.join(&key, &format!("127.0.0.1:{}", 9000 + i as u16), addr(9100 + i as u16), Role::Miner).unwrap()
+            });
+        }
+    });
+    let remote = RemoteRegistry::new(&url, Identity::from_seed([99; 32])).unwrap();
+    let nodes = remote.nodes().unwrap();
+    assert_eq!(nodes, file.nodes().unwrap());
+    assert_eq!(nodes.len(), 6);
+    // One cannot register somebody else's key.
+    assert!(remote.join(&Identity::from_seed([60; 32]).public(), "h:1", addr(1), Role::Validator).is_err());
+    // Bad URLs are clear errors.
+    for bad in ["http://x", "dtrain://nokey", "dtrain://abcd@127.0.0.1:1"] {
+        assert!(RemoteRegistry::new(bad, Identity::from_seed([1; 32])).is_err(), "{bad}");
+    }
+    // The registry serves no other query.
+    let e = dtrain::subnet::client::send(
+        &Identity::from_seed([60; 32]),
+        &Identity::from_seed([50; 32]).public(),
+        &server.addr().to_string(),
+        &dtrain::subnet::protocol::Query::IsAlive(Default::default()),
+        std::time::Duration::from_secs(5),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("unknown caller"), "{e}");
+}

@@ -61,3 +61,22 @@ pub fn fetch_state(caller: &Identity, receiver: &PublicKey, addr: &str, tensor: 
     let body = serde_json::to_vec(&super::protocol::StateRequest { tensor: tensor.to_string() }).expect("plain data serializes");
     signed_post(caller, receiver, addr, "State", &body, timeout, MAX_STATE)
 }
+
+/// Registers `caller` at the registry served by `addr` (key `receiver`).
+pub fn join_registry(
+    caller: &Identity,
+    receiver: &PublicKey,
+    addr: &str,
+    req: &super::protocol::JoinRequest,
+    timeout: Duration,
+) -> Result<u16, QueryError> {
+    let bytes = signed_post(caller, receiver, addr, "Join", &serde_json::to_vec(req).expect("plain data serializes"), timeout, MAX_ANSWER)?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| QueryError::Answer { addr: addr.to_string(), msg: e.to_string() })?;
+    v["uid"].as_u64().and_then(|u| u16::try_from(u).ok()).ok_or_else(|| QueryError::Answer { addr: addr.to_string(), msg: format!("no uid in {v}") })
+}
+
+/// The node list of the registry served by `addr`.
+pub fn fetch_registry(caller: &Identity, receiver: &PublicKey, addr: &str, timeout: Duration) -> Result<Vec<super::registry::Node>, QueryError> {
+    let bytes = signed_post(caller, receiver, addr, "Registry", b"{}", timeout, MAX_ANSWER)?;
+    serde_json::from_slice(&bytes).map_err(|e| QueryError::Answer { addr: addr.to_string(), msg: e.to_string() })
+}

@@ -5,7 +5,7 @@
 
 use super::keyfile;
 use super::miner::{Miner, MinerConfig};
-use super::registry::{FileRegistry, Registry, Role};
+use super::registry::Role;
 use super::server::{QueryServer, ServerConfig};
 use super::validator::{Validator, ValidatorConfig};
 use crate::allreduce::codec::Codec;
@@ -30,9 +30,10 @@ pub struct NodeArgs {
     /// This node's key file (created on first start, mode 0600).
     #[arg(long, env = "DTRAIN_KEY")]
     pub key: PathBuf,
-    /// The registry file shared by the network's nodes.
+    /// The registry: a file shared by the network's nodes, or one served by
+    /// the master validator, `dtrain://KEY@HOST:PORT`.
     #[arg(long, env = "DTRAIN_REGISTRY")]
-    pub registry: PathBuf,
+    pub registry: String,
     /// The model hub: a local store directory…
     #[arg(long, env = "DTRAIN_HUB_STORE", required_unless_present = "hf_repo", conflicts_with = "hf_repo")]
     pub hub_store: Option<PathBuf>,
@@ -110,6 +111,11 @@ pub struct ValidatorArgs {
     /// The miners' weights (JSON), rewritten every epoch.
     #[arg(long, env = "DTRAIN_WEIGHTS")]
     pub weights: Option<PathBuf>,
+    /// Serve this validator's registry to the network on HOST:PORT (port 0
+    /// picks one); its `dtrain://KEY@HOST:PORT` address is logged and
+    /// written to STATE/registry.url.
+    #[arg(long, env = "DTRAIN_SERVE_REGISTRY")]
+    pub serve_registry: Option<String>,
 }
 
 fn model_of(a: &NodeArgs) -> Result<(Gpt<CpuEngine>, Optimizer<CpuEngine>)> {
@@ -133,7 +139,7 @@ pub fn run_miner(a: &MinerArgs) -> Result<()> {
     stop_on_interrupt();
     let n = &a.node;
     let id = keyfile::load_or_create(&n.key)?;
-    let registry: Arc<dyn Registry> = Arc::new(FileRegistry::new(&n.registry));
+    let registry = super::registry::open(&n.registry, &id)?;
     let hub = crate::hub::open(n.hub_store.as_deref(), n.hf_repo.as_deref())?;
     let src = ParquetRows::open_dir(&n.data)?;
     std::fs::create_dir_all(&n.state).with_context(|| format!("creating {}", n.state.display()))?;
@@ -185,9 +191,22 @@ pub fn run_validator(a: &ValidatorArgs) -> Result<()> {
     stop_on_interrupt();
     let n = &a.node;
     let id = keyfile::load_or_create(&n.key)?;
-    let registry: Arc<dyn Registry> = Arc::new(FileRegistry::new(&n.registry));
+    let registry = super::registry::open(&n.registry, &id)?;
     let hub = crate::hub::open(n.hub_store.as_deref(), n.hf_repo.as_deref())?;
     let hub = hub.as_ref();
+    // Serve the registry to the network, if asked.
+    let _registry_server = match &a.serve_registry {
+        Some(host_port) => {
+            let listen: SocketAddr = host_port.parse().with_context(|| format!("--serve-registry {host_port:?}"))?;
+            let service = Arc::new(super::registry::RegistryService { registry: registry.clone() });
+            let server = QueryServer::start(listen, Identity::from_seed_hex(&id.seed_hex())?, service, ServerConfig::default())?;
+            let url = format!("dtrain://{}@{}", id.public().to_hex(), server.addr());
+            write_atomic(&n.state.join("registry.url"), url.as_bytes())?;
+            tracing::info!("serving the registry at {url}");
+            Some(server)
+        }
+        None => None,
+    };
     let src = ParquetRows::open_dir(&n.data)?;
     std::fs::create_dir_all(&n.state)?;
     let (model, opt) = model_of(n)?;
@@ -332,13 +351,13 @@ pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
     }
     std::fs::create_dir_all(out)?;
     let exe = std::env::current_exe()?;
-    let common = |role: &str, i: usize| -> Vec<String> {
+    let common = |role: &str, i: usize, registry: &str| -> Vec<String> {
         let dir = out.join("nodes").join(format!("{role}-{i}"));
         [
             "--key",
             &dir.join("node.key").to_string_lossy(),
             "--registry",
-            &out.join("registry.json").to_string_lossy(),
+            registry,
             "--hub-store",
             &out.join("hub").to_string_lossy(),
             "--state",
@@ -361,7 +380,8 @@ pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
     let log = |name: &str| std::fs::File::create(out.join(format!("{name}.log")));
     let mut validator = std::process::Command::new(&exe)
         .arg("validator")
-        .args(common("validator", 0))
+        .args(common("validator", 0, &out.join("registry.json").to_string_lossy()))
+        .args(["--serve-registry", "127.0.0.1:0"])
         .args(["--epochs", &a.epochs.to_string(), "--global-batch", &(a.miners as u64 * a.rows).to_string()])
         .args(["--min-miners", &a.miners.to_string(), "--lr", &a.lr.to_string()])
         .arg("--metrics")
@@ -371,11 +391,28 @@ pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
         .stderr(log("validator")?)
         .spawn()
         .context("starting the validator")?;
+    // Miners join the registry the validator serves.
+    let url_file = out.join("nodes/validator-0/registry.url");
+    let waiting = Instant::now();
+    let url = loop {
+        if let Ok(url) = std::fs::read_to_string(&url_file) {
+            break url;
+        }
+        if let Some(s) = validator.try_wait()? {
+            bail!("the validator exited ({s}); see {}", out.join("validator.log").display());
+        }
+        if interrupted() || waiting.elapsed() > Duration::from_secs(120) {
+            kill(&mut validator, libc::SIGTERM);
+            let _ = validator.wait();
+            bail!("the validator did not start serving its registry");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let mut miners = Vec::new();
     for i in 0..a.miners {
         let child = std::process::Command::new(&exe)
             .arg("miner")
-            .args(common("miner", i))
+            .args(common("miner", i, &url))
             .args(["--batch", &a.batch.to_string(), "--rows", &a.rows.to_string(), "--shard", &format!("{i}/{}", a.miners)])
             .stderr(log(&format!("miner-{i}"))?)
             .spawn()

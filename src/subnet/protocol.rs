@@ -95,3 +95,14 @@ pub struct StateRequest {
     /// transformers' name of the tensor.
     pub tensor: String,
 }
+
+/// dtrain: `POST /Join` registers the signing caller's key with these
+/// addresses at a registry served by the master validator (any key may
+/// join: the signature proves the caller holds it). The answer is
+/// `{"uid": …}`; `POST /Registry` (any signed caller) answers the node list.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    pub query_addr: String,
+    pub allreduce_addr: std::net::SocketAddr,
+    pub role: super::registry::Role,
+}

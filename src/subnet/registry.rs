@@ -152,3 +152,75 @@ impl Registry for FileRegistry {
         Ok(uid)
     }
 }
+
+/// Serves a registry over the control plane (`POST /Join`, `POST
+/// /Registry`): what the master validator runs so that nodes join over
+/// the network instead of sharing a file.
+pub struct RegistryService {
+    pub registry: std::sync::Arc<dyn Registry>,
+}
+
+impl super::server::Handler for RegistryService {
+    fn known(&self, _caller: &PublicKey) -> bool {
+        false
+    }
+    fn handle(&self, _caller: &PublicKey, q: super::protocol::Query) -> Result<super::protocol::Query, String> {
+        Err(format!("this is a registry: {} is not served here", q.name()))
+    }
+    fn join(&self, caller: &PublicKey, req: super::protocol::JoinRequest) -> Result<Uid, String> {
+        if req.query_addr.is_empty() || req.query_addr.len() > 256 {
+            return Err("query_addr must be 1 to 256 characters".into());
+        }
+        self.registry.join(caller, &req.query_addr, req.allreduce_addr, req.role).map_err(|e| e.to_string())
+    }
+    fn registry(&self) -> Result<Vec<Node>, String> {
+        self.registry.nodes().map_err(|e| e.to_string())
+    }
+}
+
+/// A registry served by another node (see `RegistryService`), reached as
+/// `dtrain://<key hex>@host:port`.
+pub struct RemoteRegistry {
+    identity: crate::allreduce::Identity,
+    server: PublicKey,
+    addr: String,
+    timeout: std::time::Duration,
+}
+
+impl RemoteRegistry {
+    /// Parses `dtrain://<64 hex key>@host:port`; `identity` signs the queries.
+    pub fn new(url: &str, identity: crate::allreduce::Identity) -> Result<RemoteRegistry, RegistryError> {
+        let rest = url.strip_prefix("dtrain://").ok_or_else(|| RegistryError::Invalid(format!("{url}: expected dtrain://KEY@HOST:PORT")))?;
+        let (key, addr) = rest.split_once('@').ok_or_else(|| RegistryError::Invalid(format!("{url}: expected dtrain://KEY@HOST:PORT")))?;
+        let server = PublicKey::from_hex(key).map_err(|e| RegistryError::Invalid(format!("{url}: key: {e}")))?;
+        Ok(RemoteRegistry { identity, server, addr: addr.to_string(), timeout: std::time::Duration::from_secs(10) })
+    }
+}
+
+impl Registry for RemoteRegistry {
+    fn nodes(&self) -> Result<Vec<Node>, RegistryError> {
+        let nodes = super::client::fetch_registry(&self.identity, &self.server, &self.addr, self.timeout)
+            .map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        validate(&nodes)?;
+        Ok(nodes)
+    }
+
+    fn join(&self, key: &PublicKey, query_addr: &str, allreduce_addr: SocketAddr, role: Role) -> Result<Uid, RegistryError> {
+        if *key != self.identity.public() {
+            return Err(RegistryError::Invalid("a remote registry registers the key that signs the request".into()));
+        }
+        let req = super::protocol::JoinRequest { query_addr: query_addr.to_string(), allreduce_addr, role };
+        super::client::join_registry(&self.identity, &self.server, &self.addr, &req, self.timeout).map_err(|e| RegistryError::Invalid(e.to_string()))
+    }
+}
+
+/// A registry from a command line: `dtrain://KEY@HOST:PORT` for a served
+/// one (queries signed by `identity`), anything else a file path.
+pub fn open(spec: &str, identity: &crate::allreduce::Identity) -> Result<std::sync::Arc<dyn Registry>, RegistryError> {
+    if spec.starts_with("dtrain://") {
+        let id = crate::allreduce::Identity::from_seed_hex(&identity.seed_hex()).map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        Ok(std::sync::Arc::new(RemoteRegistry::new(spec, id)?))
+    } else {
+        Ok(std::sync::Arc::new(FileRegistry::new(Path::new(spec))))
+    }
+}

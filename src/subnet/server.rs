@@ -26,7 +26,18 @@ pub trait Handler: Send + Sync + 'static {
     fn state(&self, _caller: &PublicKey, _tensor: &str) -> Result<Vec<u8>, String> {
         Err("this node serves no state".into())
     }
+    /// Serves `POST /Join` (open to any signed caller): registers it.
+    fn join(&self, _caller: &PublicKey, _req: super::protocol::JoinRequest) -> Result<u16, String> {
+        Err("this node serves no registry".into())
+    }
+    /// Serves `POST /Registry` (open to any signed caller): the nodes.
+    fn registry(&self) -> Result<Vec<super::registry::Node>, String> {
+        Err("this node serves no registry".into())
+    }
 }
+
+/// Queries any signed caller may send (the rest need a known caller).
+const OPEN_QUERIES: [&str; 2] = ["Join", "Registry"];
 
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -186,11 +197,11 @@ fn answer(stream: &TcpStream, sh: &Shared) -> Result<(&'static str, Vec<u8>), (u
     }
     let get = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
     if method != "POST" {
-        return Err((405, format!("{method} not allowed: queries are POST /IsAlive, /Train, /AllReduce or /State")));
+        return Err((405, format!("{method} not allowed: queries are POST /IsAlive, /Train, /AllReduce, /State, /Join or /Registry")));
     }
     let name = path.strip_prefix('/').unwrap_or(path);
-    if Query::parse(name, b"{}").is_none() && name != "State" {
-        return Err((404, format!("no query {path:?}: queries are POST /IsAlive, /Train, /AllReduce or /State")));
+    if Query::parse(name, b"{}").is_none() && !["State", "Join", "Registry"].contains(&name) {
+        return Err((404, format!("no query {path:?}: queries are POST /IsAlive, /Train, /AllReduce, /State, /Join or /Registry")));
     }
     let len: usize =
         get("content-length").ok_or((411, "Content-Length required".to_string()))?.parse().map_err(|_| (400, "bad Content-Length".to_string()))?;
@@ -199,10 +210,20 @@ fn answer(stream: &TcpStream, sh: &Shared) -> Result<(&'static str, Vec<u8>), (u
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).map_err(|e| (408, format!("reading the body: {e}")))?;
-    let caller = sh.guard.verify(get, &sh.id.public(), &body, |k| sh.handler.known(k)).map_err(|e| {
+    let open = OPEN_QUERIES.contains(&name);
+    let caller = sh.guard.verify(get, &sh.id.public(), &body, |k| open || sh.handler.known(k)).map_err(|e| {
         let status = if matches!(e, super::auth::AuthError::Unknown(_)) { 403 } else { 401 };
         (status, e.to_string())
     })?;
+    if name == "Join" {
+        let req: super::protocol::JoinRequest = serde_json::from_slice(&body).map_err(|e| (400, format!("malformed Join body: {e}")))?;
+        let uid = sh.handler.join(&caller, req).map_err(|e| (400, e))?;
+        return Ok(("application/json", serde_json::json!({ "uid": uid }).to_string().into_bytes()));
+    }
+    if name == "Registry" {
+        let nodes = sh.handler.registry().map_err(|e| (404, e))?;
+        return Ok(("application/json", serde_json::to_vec(&nodes).expect("plain data serializes")));
+    }
     if name == "State" {
         let req: super::protocol::StateRequest = serde_json::from_slice(&body).map_err(|e| (400, format!("malformed State body: {e}")))?;
         return sh.handler.state(&caller, &req.tensor).map(|b| ("application/octet-stream", b)).map_err(|e| (404, e));
