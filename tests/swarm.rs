@@ -37,6 +37,11 @@ fn a_two_epoch_swarm_learns_and_ends_in_agreement() {
     assert!((weights["1"].as_f64().unwrap() + weights["2"].as_f64().unwrap() - 1.0).abs() < 1e-9, "{weights}");
     assert!(std::fs::read(out.join("loss.png")).unwrap().starts_with(b"\x89PNG\r\n\x1a\n"));
 
+    // The miners joined the registry the validator serves.
+    assert!(std::fs::read_to_string(out.join("nodes/validator-0/registry.url")).unwrap().starts_with("dtrain://"));
+    let registry: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(out.join("registry.json")).unwrap()).unwrap();
+    assert_eq!(registry.len(), 3);
+
     // Every miner holds exactly the published epoch-2 model.
     let hub = LocalStore::open(&out.join("hub")).unwrap();
     assert_eq!(hub.latest_epoch().unwrap(), Some(2));
