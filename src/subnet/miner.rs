@@ -24,6 +24,7 @@ use crate::hub::ModelHub;
 use crate::model::{Gpt, checkpoint};
 use crate::optim::Optimizer;
 use crate::rng::Rng;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -59,7 +60,6 @@ struct State {
     opt: Optimizer<CpuEngine>,
     used: UsedRows,
     rng: Rng,
-    epoch: u64,
     /// The hub epoch last loaded.
     loaded: Option<u64>,
 }
@@ -69,6 +69,9 @@ pub struct Miner {
     /// Where published models come from, and where downloads go.
     hub: Option<(Arc<dyn ModelHub>, std::path::PathBuf)>,
     state: Mutex<State>,
+    /// Outside `state`, so that IsAlive answers at once even while a long
+    /// Train or AllReduce holds the model.
+    epoch: AtomicU64,
     peer: Mutex<Peer>,
     source: Box<dyn RowSource>,
     registry: Arc<dyn Registry>,
@@ -92,8 +95,8 @@ impl Miner {
         registry: Arc<dyn Registry>,
         seed: u64,
     ) -> Miner {
-        let state = State { model, opt, used, rng: Rng::new(seed), epoch: 0, loaded: None };
-        Miner { cfg, hub: None, state: Mutex::new(state), peer: Mutex::new(peer), source, registry }
+        let state = State { model, opt, used, rng: Rng::new(seed), loaded: None };
+        Miner { cfg, hub: None, state: Mutex::new(state), epoch: AtomicU64::new(0), peer: Mutex::new(peer), source, registry }
     }
 
     /// Loads published models from `hub` (downloads under `dir/models`)
@@ -111,7 +114,7 @@ impl Miner {
         let Some((hub, dir)) = &self.hub else { return Ok(None) };
         let Some(latest) = hub.latest_epoch().map_err(|e| e.to_string())? else { return Ok(None) };
         let mut st = self.lock();
-        if st.loaded.is_some_and(|_| latest <= st.epoch) {
+        if st.loaded.is_some() && latest <= self.epoch() {
             return Ok(None);
         }
         let path = dir.join("models").join(format!("epoch-{latest}"));
@@ -123,7 +126,7 @@ impl Miner {
             st.opt = checkpoint::load_optimizer(&path, &st.model).map_err(|e| e.to_string())?;
         }
         st.model.zero_grads();
-        st.epoch = latest;
+        self.epoch.store(latest, Ordering::SeqCst);
         st.loaded = Some(latest);
         tracing::info!("loaded the published model of epoch {latest}");
         Ok(Some(latest))
@@ -134,7 +137,7 @@ impl Miner {
     }
 
     pub fn epoch(&self) -> u64 {
-        self.lock().epoch
+        self.epoch.load(Ordering::SeqCst)
     }
 
     /// The model's parameters (the flat arena).
@@ -205,9 +208,9 @@ impl Miner {
         if after.iter().any(|v| !v.is_finite()) || params_hash(&after) == before {
             return Err("the step left the weights unchanged or non-finite".into());
         }
-        st.epoch += 1;
+        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         if let Some((_, dir)) = &self.hub {
-            let line = serde_json::json!({"epoch": st.epoch, "xxh3": params_hash(&after)}).to_string();
+            let line = serde_json::json!({"epoch": epoch, "xxh3": params_hash(&after)}).to_string();
             if let Err(e) = std::fs::write(dir.join("params.json"), line) {
                 tracing::warn!("{}: {e}", dir.join("params.json").display());
             }
