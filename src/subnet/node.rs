@@ -280,10 +280,15 @@ pub fn run_validator(a: &ValidatorArgs) -> Result<()> {
             write_atomic(path, serde_json::to_string_pretty(&weights)?.as_bytes())?;
         }
         let loss = if losses.is_empty() { f64::NAN } else { losses.iter().sum::<f64>() / losses.len() as f64 };
+        // The validator's scoring cost against the miners' work it checked.
+        let scored: Vec<&super::validator::TrainScore> = rounds.iter().flatten().filter(|o| o.miner_work_s().is_some()).collect();
+        let score_s: f64 = scored.iter().map(|o| o.score_s).sum();
+        let miner_work_s: f64 = scored.iter().filter_map(|o| o.miner_work_s()).sum();
         let last = rounds.last().cloned().unwrap_or_default();
         let line = serde_json::json!({
             "epoch": epoch, "loss": loss, "samples": samples, "train_rounds": rounds.len(),
             "train_s": train_s, "allreduce_s": allreduce_s, "publish_s": publish_s,
+            "score_s": score_s, "miner_work_s": miner_work_s,
             "allreduce_bytes_in": report.bytes_received, "allreduce_failures": report.failures().len(),
             "bandwidth": bandwidth,
             "participation": *v.last_allreduce.lock().unwrap_or_else(|p| p.into_inner()),
@@ -462,14 +467,18 @@ pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
     let metrics = read_metrics();
     let losses: Vec<f64> = metrics.iter().map(|m| m["loss"].as_f64().unwrap_or(f64::NAN)).collect();
     std::fs::write(out.join("loss.png"), crate::plot::line_chart(&losses))?;
-    println!("{:>6} {:>9} {:>8} {:>9} {:>12} {:>10} {:>10}", "epoch", "loss", "samples", "train s", "all-reduce s", "MB in", "publish s");
+    println!(
+        "{:>6} {:>9} {:>8} {:>9} {:>8} {:>12} {:>10} {:>10}",
+        "epoch", "loss", "samples", "train s", "score %", "all-reduce s", "MB in", "publish s"
+    );
     for m in &metrics {
         println!(
-            "{:>6} {:>9.4} {:>8} {:>9.1} {:>12.2} {:>10.1} {:>10.2}",
+            "{:>6} {:>9.4} {:>8} {:>9.1} {:>7.1}% {:>12.2} {:>10.1} {:>10.2}",
             m["epoch"].as_u64().unwrap_or(0),
             m["loss"].as_f64().unwrap_or(f64::NAN),
             m["samples"].as_u64().unwrap_or(0),
             m["train_s"].as_f64().unwrap_or(0.0),
+            100.0 * m["score_s"].as_f64().unwrap_or(0.0) / m["miner_work_s"].as_f64().unwrap_or(f64::NAN),
             m["allreduce_s"].as_f64().unwrap_or(0.0),
             m["allreduce_bytes_in"].as_f64().unwrap_or(0.0) / 1e6,
             m["publish_s"].as_f64().unwrap_or(0.0)

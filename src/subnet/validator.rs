@@ -72,6 +72,31 @@ pub struct TrainScore {
     pub loss: Option<f64>,
     /// Samples the miner accumulated (rows it reported).
     pub samples: u64,
+    /// Batches in the answer, batches replayed, seconds spent scoring the
+    /// answer (fetching its rows, tokenizing, replaying) and replaying.
+    pub batches: usize,
+    pub replayed: usize,
+    pub score_s: f64,
+    pub replay_s: f64,
+}
+
+impl TrainScore {
+    /// The miner's work, estimated as its batch count times this
+    /// validator's measured cost per replayed batch (the same forward and
+    /// backward on the same shapes), in seconds.
+    pub fn miner_work_s(&self) -> Option<f64> {
+        (self.replayed > 0).then(|| self.batches as f64 * self.replay_s / self.replayed as f64)
+    }
+}
+
+/// What scoring one answer found and cost.
+struct Scored {
+    gradient: f64,
+    steps: f64,
+    samples: u64,
+    batches: usize,
+    replayed: usize,
+    replay_s: f64,
 }
 
 pub struct Validator {
@@ -195,7 +220,7 @@ impl Validator {
     }
 
     /// Scores one Train answer by replaying up to `replays` of its batches.
-    fn score_answer(&self, index: usize, a: &Train) -> Result<(f64, f64, u64), String> {
+    fn score_answer(&self, index: usize, a: &Train) -> Result<Scored, String> {
         let rows = a.dataset_indices.as_ref().ok_or("no dataset_indices")?;
         let sums = a.gradient_sums.as_ref().ok_or("no gradient_sums")?;
         let b = a.batch_size.ok_or("no batch_size")? as usize;
@@ -222,8 +247,9 @@ impl Validator {
         }
         let batches = RowBatches::from_texts(&texts, b, self.cfg.seq).map_err(|e| e.to_string())?;
         let steps = steps_score(rows);
+        let samples = rows.len() as u64;
         if batches.len() != sums.len() {
-            return Ok((0.0, steps, rows.len() as u64));
+            return Ok(Scored { gradient: 0.0, steps, samples, batches: batches.len(), replayed: 0, replay_s: 0.0 });
         }
         let picks: Vec<usize> = {
             let mut rng = lock(&self.rng);
@@ -237,13 +263,16 @@ impl Validator {
         let mut guard = lock(&self.model);
         let model = &mut guard.0;
         let test = test_tensor(model, index).map_err(|e| e.to_string())?;
+        let t = Instant::now();
         let replayed = picks
             .into_iter()
             .map(|k| replay_batch(model, &batches, k, b, self.cfg.seq, &test).map(|v| (k, v)))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())?;
+        let replay_s = t.elapsed().as_secs_f64();
         model.zero_grads();
-        Ok((train_gradient_score(batches.len(), sums, &replayed), steps, rows.len() as u64))
+        let gradient = train_gradient_score(batches.len(), sums, &replayed);
+        Ok(Scored { gradient, steps, samples, batches: batches.len(), replayed: replayed.len(), replay_s })
     }
 
     /// One Train round: queries `miners` at once, scores each answer, folds
@@ -278,10 +307,34 @@ impl Validator {
             .iter()
             .zip(answers)
             .map(|(n, a)| {
+                let t = Instant::now();
                 let scored = a.and_then(|a| self.score_answer(index, &a).map(|s| (s, a.loss)));
+                let score_s = t.elapsed().as_secs_f64();
                 match scored {
-                    Ok(((gradient, steps, samples), loss)) => TrainScore { uid: n.uid, error: None, gradient, steps, loss, samples },
-                    Err(e) => TrainScore { uid: n.uid, error: Some(e), gradient: 0.0, steps: 0.0, loss: None, samples: 0 },
+                    Ok((s, loss)) => TrainScore {
+                        uid: n.uid,
+                        error: None,
+                        gradient: s.gradient,
+                        steps: s.steps,
+                        loss,
+                        samples: s.samples,
+                        batches: s.batches,
+                        replayed: s.replayed,
+                        score_s,
+                        replay_s: s.replay_s,
+                    },
+                    Err(e) => TrainScore {
+                        uid: n.uid,
+                        error: Some(e),
+                        gradient: 0.0,
+                        steps: 0.0,
+                        loss: None,
+                        samples: 0,
+                        batches: 0,
+                        replayed: 0,
+                        score_s,
+                        replay_s: 0.0,
+                    },
                 }
             })
             .collect();
