@@ -12,7 +12,7 @@ fn a_two_epoch_swarm_learns_and_ends_in_agreement() {
     let out = std::env::temp_dir().join(format!("dtrain-swarm-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain"))
-        .args(["-q", "swarm", "--miners", "2", "--epochs", "2", "--rows", "3", "--data"])
+        .args(["-q", "swarm", "--miners", "2", "--epochs", "2", "--rows", "3", "--followers", "1", "--data"])
         .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fineweb-sample"))
         .arg("--out")
         .arg(&out)
@@ -29,18 +29,30 @@ fn a_two_epoch_swarm_learns_and_ends_in_agreement() {
     let loss = |i: usize| metrics[i]["loss"].as_f64().unwrap();
     assert!(loss(1) < loss(0), "loss did not fall: {} → {}", loss(0), loss(1));
     for m in &metrics {
-        for uid in ["1", "2"] {
-            assert_eq!(m["participation"][uid], "Success", "{m}");
+        let part = m["participation"].as_object().unwrap();
+        assert_eq!(part.len(), 2, "{m}");
+        assert!(part.values().all(|p| p == "Success"), "{m}");
+    }
+    let weights: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(out.join("weights.json")).unwrap()).unwrap();
+    assert_eq!(weights.len(), 2);
+    assert!((weights.values().map(|w| w.as_f64().unwrap()).sum::<f64>() - 1.0).abs() < 1e-9, "{weights:?}");
+    assert!(std::fs::read(out.join("loss.png")).unwrap().starts_with(b"\x89PNG\r\n\x1a\n"));
+
+    // The follower validator scored the miners with its own replays.
+    let follower: Vec<serde_json::Value> =
+        std::fs::read_to_string(out.join("follower-0.metrics.jsonl")).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(!follower.is_empty(), "the follower scored nothing:\n{}", std::fs::read_to_string(out.join("follower-0.log")).unwrap_or_default());
+    for line in &follower {
+        for r in line["round"].as_array().unwrap() {
+            assert!(r["error"].is_null() && r["gradient"].as_f64().unwrap() > 0.99, "follower scored {r}");
         }
     }
-    let weights: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("weights.json")).unwrap()).unwrap();
-    assert!((weights["1"].as_f64().unwrap() + weights["2"].as_f64().unwrap() - 1.0).abs() < 1e-9, "{weights}");
-    assert!(std::fs::read(out.join("loss.png")).unwrap().starts_with(b"\x89PNG\r\n\x1a\n"));
 
     // The miners joined the registry the validator serves.
     assert!(std::fs::read_to_string(out.join("nodes/validator-0/registry.url")).unwrap().starts_with("dtrain://"));
     let registry: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(out.join("registry.json")).unwrap()).unwrap();
-    assert_eq!(registry.len(), 3);
+    assert_eq!(registry.len(), 4, "validator, two miners, the follower");
 
     // Every miner holds exactly the published epoch-2 model.
     let hub = LocalStore::open(&out.join("hub")).unwrap();

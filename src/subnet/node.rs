@@ -111,6 +111,10 @@ pub struct ValidatorArgs {
     /// The miners' weights (JSON), rewritten every epoch.
     #[arg(long, env = "DTRAIN_WEIGHTS")]
     pub weights: Option<PathBuf>,
+    /// Score miners without running the all-reduce: follow the epochs the
+    /// master publishes to the hub (a second, third… validator).
+    #[arg(long, env = "DTRAIN_FOLLOWER")]
+    pub follower: bool,
     /// Serve this validator's registry to the network on HOST:PORT (port 0
     /// picks one); its `dtrain://KEY@HOST:PORT` address is logged and
     /// written to STATE/registry.url.
@@ -221,6 +225,9 @@ pub fn run_validator(a: &ValidatorArgs) -> Result<()> {
     };
     let v = Validator::new(cfg, Identity::from_seed_hex(&id.seed_hex())?, registry.clone(), Box::new(src), model, opt, peer, n.seed);
     let uid = registry.join(&id.public(), "validator", peer_addr, Role::Validator)?;
+    if a.follower {
+        return follow(a, &v, hub);
+    }
     let mut epoch = match hub.latest_epoch()? {
         Some(e) => {
             v.load(hub, &n.state, e).map_err(anyhow::Error::msg)?;
@@ -306,6 +313,51 @@ pub fn run_validator(a: &ValidatorArgs) -> Result<()> {
     Ok(())
 }
 
+/// A follower validator: loads each epoch the master publishes, scores
+/// the miners that are at that epoch with Train rounds, writes weights and
+/// one metrics line per round. Runs until interrupted or until `epochs`
+/// new epochs were published.
+fn follow(a: &ValidatorArgs, v: &Validator, hub: &dyn crate::hub::ModelHub) -> Result<()> {
+    let n = &a.node;
+    let mut current: Option<u64> = None;
+    let mut first = None;
+    while !interrupted() {
+        let Some(latest) = hub.latest_epoch()? else {
+            std::thread::sleep(Duration::from_millis(300));
+            continue;
+        };
+        if current != Some(latest) {
+            v.load(hub, &n.state, latest).map_err(anyhow::Error::msg)?;
+            current = Some(latest);
+            tracing::info!("following epoch {latest}");
+        }
+        let start = *first.get_or_insert(latest);
+        if a.epochs > 0 && latest >= start + a.epochs {
+            break;
+        }
+        // Only miners at our epoch: the replay needs the same model.
+        let live: Vec<_> = v.live_miners().into_iter().filter(|(_, e)| *e == latest).map(|(n, _)| n).collect();
+        if live.is_empty() {
+            std::thread::sleep(Duration::from_millis(300));
+            continue;
+        }
+        let outcomes = v.train_round(&live);
+        let weights = v.scores.lock().unwrap_or_else(|p| p.into_inner()).weights();
+        if let Some(path) = &a.weights {
+            write_atomic(path, serde_json::to_string_pretty(&weights)?.as_bytes())?;
+        }
+        if let Some(path) = &a.metrics {
+            let line = serde_json::json!({
+                "epoch": latest, "weights": weights,
+                "round": outcomes.iter().map(|o| serde_json::json!({"uid": o.uid, "gradient": o.gradient, "steps": o.steps, "loss": o.loss, "error": o.error})).collect::<Vec<_>>(),
+            });
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
+            writeln!(f, "{line}")?;
+        }
+    }
+    Ok(())
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct SwarmArgs {
     /// Miner processes.
@@ -332,6 +384,9 @@ pub struct SwarmArgs {
     pub lr: f64,
     #[arg(long, default_value = "fp16")]
     pub codec: Codec,
+    /// Follower validators (scoring only) beside the master.
+    #[arg(long, default_value_t = 0)]
+    pub followers: usize,
 }
 
 fn kill(child: &mut std::process::Child, signal: libc::c_int) {
@@ -422,6 +477,20 @@ pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
             .stderr(log(&format!("miner-{i}"))?)
             .spawn()
             .context("starting a miner")?;
+        miners.push(child);
+    }
+    for i in 0..a.followers {
+        let child = std::process::Command::new(&exe)
+            .arg("validator")
+            .args(common("follower", i, &url))
+            .arg("--follower")
+            .arg("--metrics")
+            .arg(out.join(format!("follower-{i}.metrics.jsonl")))
+            .arg("--weights")
+            .arg(out.join(format!("follower-{i}.weights.json")))
+            .stderr(log(&format!("follower-{i}"))?)
+            .spawn()
+            .context("starting a follower validator")?;
         miners.push(child);
     }
     let bar = if progress { indicatif::ProgressBar::new(a.epochs) } else { indicatif::ProgressBar::hidden() };

@@ -186,6 +186,15 @@ impl Validator {
             guard.1 = opt;
         }
         guard.0.zero_grads();
+        drop(guard);
+        // The published participation map is what this validator's
+        // all-reduce scores use when it did not run the all-reduce itself.
+        if let Ok(text) = std::fs::read_to_string(dir.join("dtrain.json"))
+            && let Ok(meta) = serde_json::from_str::<serde_json::Value>(&text)
+            && let Ok(part) = serde_json::from_value::<BTreeMap<Uid, Participation>>(meta["participation"].clone())
+        {
+            *lock(&self.last_allreduce) = part;
+        }
         Ok(())
     }
 
