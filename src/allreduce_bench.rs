@@ -30,13 +30,18 @@ pub fn parse_count(s: &str) -> Result<usize, String> {
 }
 
 fn parse_fault(s: &str) -> Result<Fault, String> {
-    let (what, bytes) = s.split_once(':').ok_or("expected exit-scatter:BYTES, exit-gather:BYTES, stall-scatter:BYTES or stall-gather:BYTES")?;
+    let (what, bytes) = if s == "garbage" {
+        ("garbage", "0")
+    } else {
+        s.split_once(':').ok_or("expected exit-scatter:BYTES, exit-gather:BYTES, stall-scatter:BYTES, stall-gather:BYTES or garbage")?
+    };
     let bytes: u64 = bytes.parse().map_err(|e| format!("{e}"))?;
     Ok(match what {
         "exit-scatter" => Fault::ExitAfter { gather: false, bytes },
         "exit-gather" => Fault::ExitAfter { gather: true, bytes },
         "stall-scatter" => Fault::StallAfter { gather: false, bytes },
         "stall-gather" => Fault::StallAfter { gather: true, bytes },
+        "garbage" => Fault::Garbage,
         _ => return Err(format!("unknown fault {what:?}")),
     })
 }

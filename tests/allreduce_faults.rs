@@ -298,7 +298,19 @@ fn until_closed(s: &mut TcpStream) {
 fn against_rogue(act: impl Fn(&Group, usize) + Send + Sync) -> (Outcome, Vec<Vec<f32>>) {
     let data = inputs(4);
     let roles = [Role::Rogue, Role::Thread, Role::Thread, Role::Thread];
-    let o = run(&roles, &data, |g| (1..4).for_each(|to| act(g, to)), Duration::from_secs(20));
+    let o = run(
+        &roles,
+        &data,
+        |g| {
+            std::thread::scope(|s| {
+                for to in 1..4 {
+                    let act = &act;
+                    s.spawn(move || act(g, to));
+                }
+            })
+        },
+        Duration::from_secs(20),
+    );
     (o, data)
 }
 

@@ -45,6 +45,8 @@ enum Behaviour {
     Replays,
     /// Never takes part in the all-reduce.
     SkipsAllReduce,
+    /// Sends garbage (well-framed NaNs) into the all-reduce.
+    SendsGarbage,
 }
 
 struct Node {
@@ -115,6 +117,7 @@ fn dishonest_miners_end_with_a_small_share_of_the_weight() {
         Behaviour::LiesAboutRows,
         Behaviour::Replays,
         Behaviour::SkipsAllReduce,
+        Behaviour::SendsGarbage,
     ];
     let spied = Arc::new(Mutex::new(None));
     let cfg = MinerConfig { batch: 2, seq: 64, rows_per_train: 4, allreduce: settings(), ..MinerConfig::default() };
@@ -128,11 +131,16 @@ fn dishonest_miners_end_with_a_small_share_of_the_weight() {
         let opt = Optimizer::new(&m, OptimizerConfig::new(OptimizerKind::Adamw)).unwrap();
         let src = source();
         let mut used = UsedRows::open(&dir.join(format!("used{i}.bin")), src.num_rows()).unwrap();
-        // 374 sample rows: give each miner its own 50 so that independent
+        // 374 sample rows: give each miner its own share so that independent
         // random picks do not collide (on fineweb's 519M rows they do not).
-        used.mark(0..50 * i as u64).unwrap();
-        used.mark(50 * (i as u64 + 1)..src.num_rows()).unwrap();
-        let inner = Arc::new(Miner::new(cfg.clone(), m, opt, Box::new(src), used, peer, registry.clone(), 100 + i as u64));
+        let per = src.num_rows() / behaviours.len() as u64;
+        used.mark(0..per * i as u64).unwrap();
+        used.mark(per * (i as u64 + 1)..src.num_rows()).unwrap();
+        let mut cfg = cfg.clone();
+        if behaviour == Behaviour::SendsGarbage {
+            cfg.allreduce.fault = Some(dtrain::allreduce::Fault::Garbage);
+        }
+        let inner = Arc::new(Miner::new(cfg, m, opt, Box::new(src), used, peer, registry.clone(), 100 + i as u64));
         miners.push(inner.clone());
         let node = Arc::new(Node { inner, behaviour, spied: spied.clone(), spy: i == 0 });
         let server = QueryServer::start("127.0.0.1:0".parse().unwrap(), Identity::from_seed(seed), node, ServerConfig::default()).unwrap();
@@ -155,14 +163,19 @@ fn dishonest_miners_end_with_a_small_share_of_the_weight() {
         let bandwidth = validator.bandwidth_round(&live, "transformer.wte.weight", Duration::from_secs(10));
         for (&(uid, score), b) in bandwidth.iter().zip(behaviours) {
             // Whoever stepped with the group holds the validator's model;
-            // the skipper (and the replayer, which never trains) does not.
+            // the skipper does not. (The garbage sender was caught and
+            // ignored as a sender, but still received the average.)
             let holds_model = !matches!(b, Behaviour::SkipsAllReduce);
             assert_eq!(score > 0.0, holds_model, "uid {uid} {b:?}: bandwidth {score}");
         }
         let part = validator.last_allreduce.lock().unwrap().clone();
         for (uid, b) in (1u16..).zip(behaviours) {
             // The replayer never trains, so it has nothing to contribute.
-            let want = if matches!(b, Behaviour::SkipsAllReduce | Behaviour::Replays) { Participation::Fail } else { Participation::Success };
+            let want = if matches!(b, Behaviour::SkipsAllReduce | Behaviour::Replays | Behaviour::SendsGarbage) {
+                Participation::Fail
+            } else {
+                Participation::Success
+            };
             assert_eq!(part[&uid], want, "uid {uid} {b:?}");
         }
     }

@@ -61,6 +61,10 @@ pub enum Fault {
     ExitAfter { gather: bool, bytes: u64 },
     /// Stop reading and writing (sockets stay open) after that many bytes.
     StallAfter { gather: bool, bytes: u64 },
+    /// Send all-ones bytes (NaN in every codec but int8, whose scales then
+    /// are NaN) as its scatter chunks, correctly framed and checksummed:
+    /// the lying sender the owners must catch.
+    Garbage,
 }
 
 impl Default for Settings {

@@ -23,7 +23,7 @@ use super::group::{Fault, Group, Settings};
 use super::handshake::{AUTH_LEN, HELLO_LEN, Hello, sign_auth, verify_auth};
 use super::identity::{Identity, PublicKey, random_bytes};
 use super::plan::{PlanError, chunk_elems, chunks, spans};
-use super::reduce::SpanReducer;
+use super::reduce::{ReduceError, SpanReducer};
 use super::report::{Failure, MemberReport, Report, SpanStatus};
 use super::wire::{Header, Kind, checksum};
 use mio::net::{TcpListener, TcpStream};
@@ -160,6 +160,11 @@ struct MemberState {
     done: Option<(Vec<u8>, u64)>,
     /// Its connection ended after everything due from it had arrived.
     closed_clean: bool,
+    /// It sent an invalid contribution (well framed, bad values): its
+    /// further contributions are ignored, but the connection stays open
+    /// for the averaged chunks both ways — so every peer still gets its
+    /// span and sees the same result, whoever caught it.
+    excluded: Option<String>,
 }
 
 struct Round<'a> {
@@ -333,6 +338,7 @@ impl<'a> Round<'a> {
                 gather_averaged: 0,
                 done: None,
                 closed_clean: false,
+                excluded: None,
             })
             .collect();
         let k = chunks[me].len();
@@ -676,6 +682,7 @@ impl<'a> Round<'a> {
                     (info.bytes.len(), Body::Wire(info.bytes.clone()))
                 };
                 let header = Header { kind: Kind::Scatter, sender: me as u16, round, span: j as u32, chunk: c as u32, len: len as u32, checksum: 0 };
+                let body = if self.settings.fault == Some(Fault::Garbage) { Body::Owned(vec![0xff; len]) } else { body };
                 outs.push(Out::deferred(header, body));
             }
         }
@@ -719,6 +726,9 @@ impl<'a> Round<'a> {
                 if span != self.me || w == 0.0 {
                     return self.fail(j, Failure::Invalid(format!("scatter chunk for span {span} with weight {w}")));
                 }
+                if self.members[j].excluded.is_some() {
+                    return; // already caught: the rest of its contribution is ignored
+                }
                 let own = &self.grad[self.own_span.clone()];
                 // The chunk's last expected contribution goes straight into
                 // the mean (no trip through the accumulator).
@@ -731,6 +741,11 @@ impl<'a> Round<'a> {
                     self.reducer.add(j, c, w, self.codec, payload, own).map(|()| None)
                 };
                 match added {
+                    Err(e @ ReduceError::Codec(_)) => {
+                        tracing::debug!("round {}: member {j} excluded: scatter chunk {c}: {e}", self.round);
+                        self.members[j].excluded = Some(format!("scatter chunk {c}: {e}"));
+                        self.finalize_ready_chunks();
+                    }
                     Err(e) => self.fail(j, Failure::Invalid(format!("scatter chunk {c}: {e}"))),
                     Ok(Some(has_mean)) => {
                         self.members[j].scatter_got += 1;
@@ -784,7 +799,8 @@ impl<'a> Round<'a> {
 
     /// Whether a member is still expected to contribute to this peer's span.
     fn contributes(&self, s: usize) -> bool {
-        s != self.me && self.members[s].failure.is_none() && self.members[s].weight.is_none_or(|w| w > 0.0)
+        let m = &self.members[s];
+        s != self.me && m.failure.is_none() && m.excluded.is_none() && m.weight.is_none_or(|w| w > 0.0)
     }
 
     fn finalize_ready_chunks(&mut self) {
@@ -1026,7 +1042,8 @@ impl<'a> Round<'a> {
                     id: self.group.members[j].id.clone(),
                     span,
                     weight: m.weight,
-                    failure: m.failure.clone(),
+                    // Caught lying is the reason, even if it later also stalled.
+                    failure: m.excluded.clone().map(Failure::Invalid).or_else(|| m.failure.clone()),
                     contributors: pick(2),
                     partial_contributors: pick(1),
                     span_status,

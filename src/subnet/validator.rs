@@ -390,8 +390,10 @@ impl Validator {
     /// The all-reduce round's rewards: each miner's bandwidth, timing a
     /// download of its token embedding in fp16 (one miner at a time, so
     /// they do not share the link), worth 0 unless the bytes equal this
-    /// validator's own copy — a miner must actually hold the model. Returns
-    /// each miner's bandwidth score.
+    /// validator's own copy — a miner must actually hold the model. Only
+    /// miners whose last Train answer verified and who took part
+    /// successfully in the last all-reduce are rewarded. Returns each
+    /// miner's bandwidth score.
     pub fn bandwidth_round(&self, miners: &[Node], tensor: &str, timeout: Duration) -> Vec<(Uid, f64)> {
         let want = match super::miner::tensor_fp16(&lock(&self.model).0, tensor) {
             Ok(w) => w,
@@ -408,8 +410,11 @@ impl Validator {
                 let elapsed = t.elapsed().as_secs_f64();
                 let ok = got.is_some_and(|g| g == want);
                 // As with Train rewards: a miner whose last Train answer
-                // failed verification earns nothing for its bandwidth either.
-                let verified = lock(&self.last_verified).get(&n.uid).copied().unwrap_or(false);
+                // failed verification earns nothing for its bandwidth
+                // either, and neither does one that did not take part
+                // successfully in the all-reduce this round rewards.
+                let verified = lock(&self.last_verified).get(&n.uid).copied().unwrap_or(false)
+                    && lock(&self.last_allreduce).get(&n.uid) == Some(&Participation::Success);
                 (n.uid, verified, bandwidth_score(ok.then_some(elapsed), timeout.as_secs_f64()))
             })
             .collect();
