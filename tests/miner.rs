@@ -4,7 +4,7 @@
 //! copy stepped with the averaged gradient (what it would publish).
 
 use dtrain::allreduce::codec::Codec;
-use dtrain::allreduce::{Group, Identity, Member, Peer, Settings};
+use dtrain::allreduce::{Identity, Peer, Settings};
 use dtrain::data::loader::RowBatches;
 use dtrain::data::source::{ParquetRows, RowSource};
 use dtrain::data::used_rows::UsedRows;
@@ -85,17 +85,7 @@ fn miners_train_and_average_into_identical_weights() {
 
     // AllReduce: the validator joins with weight 0 and steps its own copy.
     let group = vec![0u16, 1, 2];
-    let members: Vec<Member> = registry
-        .nodes()
-        .unwrap()
-        .iter()
-        .map(|n| Member {
-            id: n.uid.to_string(),
-            addr: n.allreduce_addr,
-            key: n.public_key().unwrap(),
-            fraction: if n.role == Role::Miner { 1.0 } else { 0.0 },
-        })
-        .collect();
+    let group_of_all = dtrain::subnet::registry::group_of(&registry.nodes().unwrap(), &group).unwrap();
     let mut mine = model();
     let mut opt = Optimizer::new(&mine, OptimizerConfig::new(OptimizerKind::Adamw)).unwrap();
     let lr = 1e-3;
@@ -115,9 +105,8 @@ fn miners_train_and_average_into_identical_weights() {
             });
         }
         let mut grad = vec![0f32; mine.layout.total];
-        let report = validator_peer
-            .all_reduce(&Group { members }, 1, &mut grad, 0.0, std::time::Instant::now() + Duration::from_secs(60), &settings())
-            .unwrap();
+        let report =
+            validator_peer.all_reduce(&group_of_all, 1, &mut grad, 0.0, std::time::Instant::now() + Duration::from_secs(60), &settings()).unwrap();
         assert!(report.failures().is_empty(), "{}", report.summary());
         assert_eq!(report.members[1].contributors, vec![1, 2]);
         mine.write_grads(&grad);

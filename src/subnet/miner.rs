@@ -15,7 +15,7 @@ use super::protocol::{AllReduce, IsAlive, Query, Train};
 use super::registry::{Registry, Role};
 use super::server::Handler;
 use super::work::{test_tensor, train_batches};
-use crate::allreduce::{Group, Member, Peer, PublicKey, Settings};
+use crate::allreduce::{Group, Peer, PublicKey, Settings};
 use crate::data::loader::RowBatches;
 use crate::data::source::RowSource;
 use crate::data::used_rows::UsedRows;
@@ -160,23 +160,10 @@ impl Miner {
         Ok(Train { dataset_indices: Some(rows.collect()), gradient_sums: Some(sums), loss: Some(loss), batch_size: Some(b as u32), ..q })
     }
 
-    /// The group the validator named, from the registry: miners own equal
-    /// spans, validators none.
+    /// The group the validator named, from the registry.
     fn group(&self, uids: &[u16]) -> Result<Group, String> {
         let nodes = self.registry.nodes().map_err(|e| e.to_string())?;
-        let members = uids
-            .iter()
-            .map(|&uid| {
-                let n = nodes.get(uid as usize).ok_or_else(|| format!("uid {uid} is not registered"))?;
-                Ok(Member {
-                    id: uid.to_string(),
-                    addr: n.allreduce_addr,
-                    key: n.public_key().map_err(|e| e.to_string())?,
-                    fraction: if n.role == Role::Miner { 1.0 } else { 0.0 },
-                })
-            })
-            .collect::<Result<Vec<_>, String>>()?;
-        Ok(Group { members })
+        super::registry::group_of(&nodes, uids).map_err(|e| e.to_string())
     }
 
     fn allreduce(&self, q: AllReduce) -> Result<AllReduce, String> {

@@ -33,6 +33,24 @@ impl Node {
     }
 }
 
+/// The all-reduce group that `uids` name, in that order: miners own equal
+/// spans, validators none (they receive the average only).
+pub fn group_of(nodes: &[Node], uids: &[Uid]) -> Result<crate::allreduce::Group, RegistryError> {
+    let members = uids
+        .iter()
+        .map(|&uid| {
+            let n = nodes.get(uid as usize).ok_or_else(|| RegistryError::Invalid(format!("uid {uid} is not registered")))?;
+            Ok(crate::allreduce::Member {
+                id: uid.to_string(),
+                addr: n.allreduce_addr,
+                key: n.public_key()?,
+                fraction: if n.role == Role::Miner { 1.0 } else { 0.0 },
+            })
+        })
+        .collect::<Result<Vec<_>, RegistryError>>()?;
+    Ok(crate::allreduce::Group { members })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("{path}: {source}")]

@@ -15,7 +15,7 @@ use super::scoring::{
     train_round_rewards,
 };
 use super::work::{replay_batch, test_indices, test_tensor};
-use crate::allreduce::{Group, Identity, Member, Peer, Report, Settings, SpanStatus};
+use crate::allreduce::{Identity, Peer, Report, Settings, SpanStatus};
 use crate::data::loader::RowBatches;
 use crate::data::source::RowSource;
 use crate::engine::cpu::CpuEngine;
@@ -432,18 +432,7 @@ impl Validator {
         let mut uids: Vec<Uid> = miners.iter().map(|n| n.uid).collect();
         uids.push(me.uid);
         uids.sort();
-        let members = uids
-            .iter()
-            .map(|&u| {
-                let n = nodes.get(u as usize).ok_or_else(|| format!("uid {u} is not in the registry"))?;
-                Ok(Member {
-                    id: u.to_string(),
-                    addr: n.allreduce_addr,
-                    key: n.public_key().map_err(|e| e.to_string())?,
-                    fraction: if n.role == Role::Miner { 1.0 } else { 0.0 },
-                })
-            })
-            .collect::<Result<Vec<_>, String>>()?;
+        let group = super::registry::group_of(&nodes, &uids).map_err(|e| e.to_string())?;
         let timeout = self.cfg.allreduce_timeout;
         let q = AllReduce {
             learning_rate: Some(self.cfg.learning_rate),
@@ -469,7 +458,7 @@ impl Validator {
                     }
                 });
             }
-            lock(&self.peer).all_reduce(&Group { members }, round, &mut grad, 0.0, Instant::now() + timeout, &self.cfg.allreduce)
+            lock(&self.peer).all_reduce(&group, round, &mut grad, 0.0, Instant::now() + timeout, &self.cfg.allreduce)
         })
         .map_err(|e| e.to_string())?;
         // Spans nobody averaged are not applied (see Report::unaveraged_spans).
