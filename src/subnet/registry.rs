@@ -203,7 +203,13 @@ pub struct RemoteRegistry {
     server: PublicKey,
     addr: String,
     timeout: std::time::Duration,
+    /// The last answer and when it came: a node asks on every query it
+    /// serves, the registry changes rarely.
+    cache: std::sync::Mutex<Option<(std::time::Instant, Vec<Node>)>>,
 }
+
+/// How long a fetched node list is reused.
+const REMOTE_TTL: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl RemoteRegistry {
     /// Parses `dtrain://<64 hex key>@host:port`; `identity` signs the queries.
@@ -211,15 +217,22 @@ impl RemoteRegistry {
         let rest = url.strip_prefix("dtrain://").ok_or_else(|| RegistryError::Invalid(format!("{url}: expected dtrain://KEY@HOST:PORT")))?;
         let (key, addr) = rest.split_once('@').ok_or_else(|| RegistryError::Invalid(format!("{url}: expected dtrain://KEY@HOST:PORT")))?;
         let server = PublicKey::from_hex(key).map_err(|e| RegistryError::Invalid(format!("{url}: key: {e}")))?;
-        Ok(RemoteRegistry { identity, server, addr: addr.to_string(), timeout: std::time::Duration::from_secs(10) })
+        Ok(RemoteRegistry { identity, server, addr: addr.to_string(), timeout: std::time::Duration::from_secs(10), cache: Default::default() })
     }
 }
 
 impl Registry for RemoteRegistry {
     fn nodes(&self) -> Result<Vec<Node>, RegistryError> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, nodes)) = cache.as_ref()
+            && at.elapsed() < REMOTE_TTL
+        {
+            return Ok(nodes.clone());
+        }
         let nodes = super::client::fetch_registry(&self.identity, &self.server, &self.addr, self.timeout)
             .map_err(|e| RegistryError::Invalid(e.to_string()))?;
         validate(&nodes)?;
+        *cache = Some((std::time::Instant::now(), nodes.clone()));
         Ok(nodes)
     }
 
@@ -228,6 +241,7 @@ impl Registry for RemoteRegistry {
             return Err(RegistryError::Invalid("a remote registry registers the key that signs the request".into()));
         }
         let req = super::protocol::JoinRequest { query_addr: query_addr.to_string(), allreduce_addr, role };
+        *self.cache.lock().unwrap_or_else(|p| p.into_inner()) = None;
         super::client::join_registry(&self.identity, &self.server, &self.addr, &req, self.timeout).map_err(|e| RegistryError::Invalid(e.to_string()))
     }
 }
