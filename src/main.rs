@@ -58,9 +58,10 @@ enum Command {
     Swarm(dtrain::subnet::node::SwarmArgs),
     /// Run a miner: answers IsAlive/Train/AllReduce queries from the registry's validators.
     Miner(dtrain::subnet::node::MinerArgs),
-    /// Run the master validator: Train rounds, scoring, all-reduce, publish, weights.
+    /// Run a validator: the master runs Train rounds, scoring, the all-reduce, publishing and
+    /// weights; `--follower` scores against the master's published epochs.
     Validator(dtrain::subnet::node::ValidatorArgs),
-    /// Publish, list and fetch model versions in a local model store.
+    /// Publish, list and fetch model versions in a local model store or on the Hugging Face Hub.
     #[command(subcommand)]
     Hub(HubCommand),
     /// One all-reduce peer driven over stdin/stdout (used by `bench allreduce` and the tests).

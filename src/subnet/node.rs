@@ -366,22 +366,28 @@ pub struct SwarmArgs {
     /// Epochs (all-reduce + publish) to run.
     #[arg(long, default_value_t = 3)]
     pub epochs: u64,
+    /// Model preset.
     #[arg(long, default_value = "small")]
     pub model: String,
+    /// A directory of fineweb-shaped parquet files.
     #[arg(long, default_value = "data/fineweb-sample")]
     pub data: PathBuf,
     /// Everything the swarm writes: registry, hub, node state, metrics.
     #[arg(long, default_value = "runs/swarm")]
     pub out: PathBuf,
+    /// Sequences per batch.
     #[arg(long, default_value_t = 2)]
     pub batch: usize,
+    /// Tokens per sequence.
     #[arg(long, default_value_t = 64)]
     pub seq: usize,
     /// Rows per Train query.
     #[arg(long, default_value_t = 8)]
     pub rows: u64,
+    /// Learning rate of the step after each all-reduce.
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
+    /// Wire codec of the all-reduce (fp32, fp16, bf16, int8, int8:BLOCK).
     #[arg(long, default_value = "fp16")]
     pub codec: Codec,
     /// Follower validators (scoring only) beside the master.
