@@ -341,7 +341,13 @@ fn follow(a: &ValidatorArgs, v: &Validator, hub: &dyn crate::hub::ModelHub) -> R
             std::thread::sleep(Duration::from_millis(300));
             continue;
         }
-        let outcomes = v.train_round(&live);
+        // The round counts only if no miner moved to another epoch while
+        // it ran (an all-reduce of the master's in between).
+        let still = || hub.latest_epoch().ok().flatten() == Some(latest) && v.live_miners().iter().all(|(_, e)| *e == latest);
+        let outcomes = v.train_round_if(&live, still);
+        if outcomes.is_empty() {
+            continue;
+        }
         let weights = v.scores.lock().unwrap_or_else(|p| p.into_inner()).weights();
         if let Some(path) = &a.weights {
             write_atomic(path, serde_json::to_string_pretty(&weights)?.as_bytes())?;

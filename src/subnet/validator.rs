@@ -287,6 +287,14 @@ impl Validator {
     /// One Train round: queries `miners` at once, scores each answer, folds
     /// the round's rewards into the scores.
     pub fn train_round(&self, miners: &[Node]) -> Vec<TrainScore> {
+        self.train_round_if(miners, || true)
+    }
+
+    /// Like `train_round`, folding the rewards in only if `still_valid()`
+    /// holds once the answers are scored (a follower checks that no new
+    /// epoch began meanwhile: answers trained on another model than the
+    /// one it replayed with would wrongly score 0).
+    pub fn train_round_if(&self, miners: &[Node], still_valid: impl FnOnce() -> bool) -> Vec<TrainScore> {
         let index = {
             let model = &lock(&self.model).0;
             let idx = test_indices(model);
@@ -348,6 +356,9 @@ impl Validator {
             })
             .collect();
         let mut outcomes = outcomes;
+        if !still_valid() {
+            return Vec::new();
+        }
         self.credit_rows(&mut outcomes, &rows_claimed);
         let measures: Vec<TrainMeasure> = outcomes
             .iter()
