@@ -535,6 +535,22 @@ pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     };
+    // Followers score the final model once before everything stops (their
+    // rounds during the run may all have straddled an epoch).
+    if status.success() && a.followers > 0 {
+        let final_epoch = read_metrics().last().and_then(|m| m["epoch"].as_u64());
+        let waiting = Instant::now();
+        let scored = |i: usize| {
+            std::fs::read_to_string(out.join(format!("follower-{i}.metrics.jsonl")))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .any(|l| l["epoch"].as_u64() == final_epoch)
+        };
+        while !(0..a.followers).all(scored) && !interrupted() && waiting.elapsed() < Duration::from_secs(120) {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
     for m in &mut miners {
         kill(m, libc::SIGTERM);
     }

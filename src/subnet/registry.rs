@@ -204,7 +204,8 @@ pub struct RemoteRegistry {
     addr: String,
     timeout: std::time::Duration,
     /// The last answer and when it came: a node asks on every query it
-    /// serves, the registry changes rarely.
+    /// serves, the registry changes rarely, and when the server cannot be
+    /// reached the last list is better than none.
     cache: std::sync::Mutex<Option<(std::time::Instant, Vec<Node>)>>,
 }
 
@@ -229,8 +230,17 @@ impl Registry for RemoteRegistry {
         {
             return Ok(nodes.clone());
         }
-        let nodes = super::client::fetch_registry(&self.identity, &self.server, &self.addr, self.timeout)
-            .map_err(|e| RegistryError::Invalid(e.to_string()))?;
+        let nodes = match super::client::fetch_registry(&self.identity, &self.server, &self.addr, self.timeout) {
+            Ok(nodes) => nodes,
+            // The registry's server is down: the last list it gave stands.
+            Err(e) => match cache.as_ref() {
+                Some((_, nodes)) => {
+                    tracing::warn!("registry {}: {e}; using the list fetched before", self.addr);
+                    return Ok(nodes.clone());
+                }
+                None => return Err(RegistryError::Invalid(e.to_string())),
+            },
+        };
         validate(&nodes)?;
         *cache = Some((std::time::Instant::now(), nodes.clone()));
         Ok(nodes)
