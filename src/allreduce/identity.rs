@@ -62,6 +62,7 @@ impl PublicKey {
 }
 
 /// This peer's signing key.
+#[derive(Clone)]
 pub struct Identity {
     key: SigningKey,
 }

@@ -9,7 +9,7 @@ use super::registry::Role;
 use super::server::{QueryServer, ServerConfig};
 use super::validator::{Validator, ValidatorConfig};
 use crate::allreduce::codec::Codec;
-use crate::allreduce::{Identity, Peer, Settings};
+use crate::allreduce::{Peer, Settings};
 use crate::data::source::{ParquetRows, RowSource};
 use crate::data::used_rows::UsedRows;
 use crate::engine::cpu::CpuEngine;
@@ -156,7 +156,7 @@ pub fn run_miner(a: &MinerArgs) -> Result<()> {
         used.mark(hi..rows)?;
     }
     let (model, opt) = model_of(n)?;
-    let peer = Peer::bind(Identity::from_seed_hex(&id.seed_hex())?, addr(&n.host)?)?;
+    let peer = Peer::bind(id.clone(), addr(&n.host)?)?;
     let peer_addr = peer.local_addr()?;
     let cfg = MinerConfig { batch: a.batch, seq: n.seq, rows_per_train: a.rows, allreduce: settings(n), ..MinerConfig::default() };
     let miner = Arc::new(Miner::new(cfg, model, opt, Box::new(src), used, peer, registry.clone(), n.seed).with_hub(hub, n.state.clone()));
@@ -171,7 +171,7 @@ pub fn run_miner(a: &MinerArgs) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let server = QueryServer::start(addr(&n.host)?, Identity::from_seed_hex(&id.seed_hex())?, miner.clone(), ServerConfig::default())?;
+    let server = QueryServer::start(addr(&n.host)?, id.clone(), miner.clone(), ServerConfig::default())?;
     let uid = registry.join(&id.public(), &server.addr().to_string(), peer_addr, Role::Miner)?;
     tracing::info!("miner uid {uid}: queries on {}, all-reduce on {peer_addr}, epoch {}", server.addr(), miner.epoch());
     while !interrupted() {
@@ -203,7 +203,7 @@ pub fn run_validator(a: &ValidatorArgs) -> Result<()> {
         Some(host_port) => {
             let listen: SocketAddr = host_port.parse().with_context(|| format!("--serve-registry {host_port:?}"))?;
             let service = Arc::new(super::registry::RegistryService { registry: registry.clone() });
-            let server = QueryServer::start(listen, Identity::from_seed_hex(&id.seed_hex())?, service, ServerConfig::default())?;
+            let server = QueryServer::start(listen, id.clone(), service, ServerConfig::default())?;
             let url = format!("dtrain://{}@{}", id.public().to_hex(), server.addr());
             write_atomic(&n.state.join("registry.url"), url.as_bytes())?;
             tracing::info!("serving the registry at {url}");
@@ -214,7 +214,7 @@ pub fn run_validator(a: &ValidatorArgs) -> Result<()> {
     let src = ParquetRows::open_dir(&n.data)?;
     std::fs::create_dir_all(&n.state)?;
     let (model, opt) = model_of(n)?;
-    let peer = Peer::bind(Identity::from_seed_hex(&id.seed_hex())?, addr(&n.host)?)?;
+    let peer = Peer::bind(id.clone(), addr(&n.host)?)?;
     let peer_addr = peer.local_addr()?;
     let cfg = ValidatorConfig {
         seq: n.seq,
@@ -223,7 +223,7 @@ pub fn run_validator(a: &ValidatorArgs) -> Result<()> {
         allreduce_timeout: Duration::from_secs_f64(a.allreduce_timeout),
         ..ValidatorConfig::default()
     };
-    let v = Validator::new(cfg, Identity::from_seed_hex(&id.seed_hex())?, registry.clone(), Box::new(src), model, opt, peer, n.seed);
+    let v = Validator::new(cfg, id.clone(), registry.clone(), Box::new(src), model, opt, peer, n.seed);
     let uid = registry.join(&id.public(), "validator", peer_addr, Role::Validator)?;
     if a.follower {
         return follow(a, &v, hub);

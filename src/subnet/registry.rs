@@ -260,8 +260,7 @@ impl Registry for RemoteRegistry {
 /// one (queries signed by `identity`), anything else a file path.
 pub fn open(spec: &str, identity: &crate::allreduce::Identity) -> Result<std::sync::Arc<dyn Registry>, RegistryError> {
     if spec.starts_with("dtrain://") {
-        let id = crate::allreduce::Identity::from_seed_hex(&identity.seed_hex()).map_err(|e| RegistryError::Invalid(e.to_string()))?;
-        Ok(std::sync::Arc::new(RemoteRegistry::new(spec, id)?))
+        Ok(std::sync::Arc::new(RemoteRegistry::new(spec, identity.clone())?))
     } else {
         Ok(std::sync::Arc::new(FileRegistry::new(Path::new(spec))))
     }
