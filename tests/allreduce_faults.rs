@@ -222,7 +222,12 @@ fn a_stalled_peer_is_dropped_after_the_stall_timeout() {
     let data = inputs(3);
     let roles = [Role::Thread, Role::Thread, Role::Child(vec!["--fault".into(), "stall-scatter:1".into()])];
     let o = run(&roles, &data, |_| {}, Duration::from_secs(20));
-    check(&o, &data, &[0, 1], 2, true, |f| matches!(f, Failure::Stalled(_)));
+    // It stalls after its first scatter frame: a member whose handshake it
+    // had not answered by then sees a handshake that stalled (on a loaded
+    // machine the child may reach its first frame before either answer).
+    check(&o, &data, &[0, 1], 2, true, |f| {
+        matches!(f, Failure::Stalled(_)) || matches!(f, Failure::NeverConnected(Some(why)) if why.contains("stalled"))
+    });
     assert!(o.wall < Duration::from_secs(8), "stall timeout is 1 s, took {:?}", o.wall);
 }
 
