@@ -204,7 +204,7 @@ struct HubArgs {
 }
 
 fn open_hub(a: &HubArgs) -> Result<std::sync::Arc<dyn dtrain::hub::ModelHub>> {
-    Ok(dtrain::hub::open(a.store.as_deref(), a.hf_repo.as_deref())?)
+    Ok(dtrain::hub::open(a.store.as_deref(), a.hf_repo.as_deref(), dtrain::hub::HfHub::default_policy())?)
 }
 
 #[derive(Subcommand)]

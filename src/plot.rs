@@ -4,7 +4,7 @@
 
 const W: usize = 640;
 const H: usize = 400;
-const MARGIN: usize = 40;
+const MARGIN: usize = 52;
 
 fn crc32(data: &[u8]) -> u32 {
     let mut crc = !0u32;
@@ -59,8 +59,66 @@ pub fn png(w: usize, h: usize, rgb: &[u8]) -> Vec<u8> {
     out
 }
 
-/// A 640×400 chart of `ys` against their index: axes, and the points joined.
-pub fn line_chart(ys: &[f64]) -> Vec<u8> {
+/// 3×5 glyphs, one row of three bits per 3 bits, top row first: enough
+/// for the numbers and names of a chart's axes.
+fn glyph(c: char) -> Option<u16> {
+    Some(match c {
+        '0' => 0b111_101_101_101_111,
+        '1' => 0b010_110_010_010_111,
+        '2' => 0b111_001_111_100_111,
+        '3' => 0b111_001_111_001_111,
+        '4' => 0b101_101_111_001_001,
+        '5' => 0b111_100_111_001_111,
+        '6' => 0b111_100_111_101_111,
+        '7' => 0b111_001_001_010_010,
+        '8' => 0b111_101_111_101_111,
+        '9' => 0b111_101_111_001_111,
+        '.' => 0b000_000_000_000_010,
+        '-' => 0b000_000_111_000_000,
+        'c' => 0b000_111_100_100_111,
+        'e' => 0b111_101_111_100_111,
+        'h' => 0b100_100_111_101_101,
+        'l' => 0b100_100_100_100_011,
+        'o' => 0b000_111_101_101_111,
+        'p' => 0b111_101_111_100_100,
+        's' => 0b011_100_010_001_110,
+        ' ' => 0,
+        _ => return None,
+    })
+}
+
+const SCALE: usize = 2;
+
+/// Width in pixels of `text` as `text` draws it.
+fn text_width(text: &str) -> usize {
+    text.chars().count() * 4 * SCALE
+}
+
+/// Draws `text` with its top-left corner at (x, y); unknown characters
+/// are left blank.
+fn text(put: &mut impl FnMut(usize, usize, [u8; 3]), x: usize, y: usize, text: &str) {
+    for (k, c) in text.chars().enumerate() {
+        let bits = glyph(c).unwrap_or(0);
+        for row in 0..5 {
+            for col in 0..3 {
+                if bits >> (14 - (row * 3 + col)) & 1 == 1 {
+                    for (dx, dy) in (0..SCALE * SCALE).map(|d| (d % SCALE, d / SCALE)) {
+                        put(x + (k * 4 + col) * SCALE + dx, y + row * SCALE + dy, [0, 0, 0]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A 640×400 chart of `ys` against x = `first_x`, `first_x + 1`, …: axes
+/// named `x_name` and `y_name`, the ends of both ranges written on them,
+/// and the points joined.
+pub fn line_chart(ys: &[f64], first_x: usize, x_name: &str, y_name: &str) -> Vec<u8> {
+    png(W, H, &chart_pixels(ys, first_x, x_name, y_name))
+}
+
+fn chart_pixels(ys: &[f64], first_x: usize, x_name: &str, y_name: &str) -> Vec<u8> {
     let mut img = vec![255u8; 3 * W * H];
     let mut put = |x: usize, y: usize, c: [u8; 3]| {
         if x < W && y < H {
@@ -73,12 +131,24 @@ pub fn line_chart(ys: &[f64]) -> Vec<u8> {
     for y in MARGIN / 2..H - MARGIN {
         put(MARGIN, y, [0, 0, 0]);
     }
+    text(&mut put, MARGIN + 6, MARGIN / 2 - 12, y_name);
+    text(&mut put, W - MARGIN / 2 - text_width(x_name), H - MARGIN + 18, x_name);
+    if !ys.is_empty() {
+        text(&mut put, MARGIN, H - MARGIN + 6, &first_x.to_string());
+        let last = (first_x + ys.len() - 1).to_string();
+        text(&mut put, W - MARGIN / 2 - text_width(&last), H - MARGIN + 6, &last);
+    }
     let finite: Vec<f64> = ys.iter().copied().filter(|y| y.is_finite()).collect();
     if finite.len() >= 2 {
         let (lo, hi) = finite.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &y| (l.min(y), h.max(y)));
         let span = if hi > lo { hi - lo } else { 1.0 };
         let px = |i: usize| MARGIN as f64 + (i as f64 / (ys.len() - 1) as f64) * (W - MARGIN - MARGIN / 2) as f64;
         let py = |y: f64| (H - MARGIN) as f64 - (y - lo) / span * (H - MARGIN - MARGIN / 2) as f64;
+        // The range's ends, left of the axis, level with where they are drawn.
+        for v in [lo, hi] {
+            let label = format!("{v:.2}");
+            text(&mut put, MARGIN.saturating_sub(4 + text_width(&label)), (py(v) as usize).saturating_sub(5), &label);
+        }
         for i in 1..ys.len() {
             let (a, b) = (ys[i - 1], ys[i]);
             if !(a.is_finite() && b.is_finite()) {
@@ -93,5 +163,42 @@ pub fn line_chart(ys: &[f64]) -> Vec<u8> {
             }
         }
     }
-    png(W, H, &img)
+    img
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dark(img: &[u8], x: usize, y: usize) -> bool {
+        img[3 * (y * W + x)] < 128
+    }
+
+    #[test]
+    fn glyphs_are_drawn_bit_for_bit() {
+        let mut img = vec![255u8; 3 * W * H];
+        let mut put = |x: usize, y: usize, c: [u8; 3]| img[3 * (y * W + x)..3 * (y * W + x) + 3].copy_from_slice(&c);
+        text(&mut put, 10, 10, "7");
+        // 7: a full top row, then one column on the right, then the middle.
+        let want = ["###", "..#", "..#", ".#.", ".#."];
+        for (row, line) in want.iter().enumerate() {
+            for (col, ch) in line.chars().enumerate() {
+                let (x, y) = (10 + col * SCALE, 10 + row * SCALE);
+                assert_eq!(dark(&img, x, y), ch == '#', "row {row} col {col}");
+                assert_eq!(dark(&img, x + 1, y + 1), ch == '#', "row {row} col {col} (scaled)");
+            }
+        }
+        assert!(!dark(&img, 10 + 3 * SCALE, 10), "nothing right of the glyph");
+    }
+
+    #[test]
+    fn a_chart_labels_both_axes() {
+        let img = chart_pixels(&[3.2, 2.5, 2.1], 1, "epoch", "loss");
+        let any_dark = |x0: usize, x1: usize, y0: usize, y1: usize| (y0..y1).any(|y| (x0..x1).any(|x| dark(&img, x, y)));
+        assert!(any_dark(0, MARGIN - 2, MARGIN / 2, H - MARGIN), "y range labels");
+        assert!(any_dark(MARGIN, W, H - MARGIN + 4, H), "x labels");
+        assert!(any_dark(MARGIN + 4, W, 0, MARGIN / 2 - 1), "y axis name");
+        assert!(img.iter().any(|&b| b == 30), "the curve");
+        assert!(line_chart(&[], 1, "x", "y").starts_with(b"\x89PNG\r\n\x1a\n"));
+    }
 }

@@ -1,9 +1,14 @@
 //! `dtrain swarm` end to end: a master validator and two miners as
 //! processes for two epochs — the loss falls, and every miner ends with
-//! weights bit-identical to the model published for the last epoch.
+//! weights bit-identical to the model published for the last epoch; a
+//! hub that fails one epoch's publish does not stop the swarm; Ctrl-C.
+
+mod common;
 
 use dtrain::engine::cpu::CpuEngine;
-use dtrain::hub::{LocalStore, ModelHub};
+use common::hf_server::{self, Fault, REPO, TOKEN};
+use dtrain::data::http::RetryPolicy;
+use dtrain::hub::{HfHub, LocalStore, ModelHub};
 use dtrain::model::checkpoint;
 use dtrain::subnet::miner::params_hash;
 
@@ -105,5 +110,62 @@ fn ctrl_c_stops_every_process_of_the_swarm() {
     }
     let epochs = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().count();
     assert!((1..100).contains(&epochs));
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn a_swarm_publishing_to_a_failing_hugging_face_hub_goes_on() {
+    let server = hf_server::serve();
+    let out = std::env::temp_dir().join(format!("dtrain-swarm-hf-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain"))
+        .args(["-q", "swarm", "--miners", "2", "--epochs", "2", "--rows", "2", "--hf-repo", REPO, "--hub-tries", "2", "--hub-retry-s", "0.1"])
+        .arg("--data")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fineweb-sample"))
+        .arg("--out")
+        .arg(&out)
+        .env("HF_ENDPOINT", &server.base)
+        .env("HF_TOKEN", TOKEN)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once epoch 0 is published, every try of the next commit (epoch 1's) fails.
+    let start = std::time::Instant::now();
+    while !server.state.lock().unwrap().tags.contains_key("0") {
+        assert!(start.elapsed() < std::time::Duration::from_secs(120), "epoch 0 was never published");
+        assert!(child.try_wait().unwrap().is_none(), "the swarm exited early");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    for _ in 0..2 {
+        server.state.lock().unwrap().faults.push_back(("/commit/".into(), Fault::Status(500)));
+    }
+    let run = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let log = std::fs::read_to_string(out.join("validator.log")).unwrap_or_default();
+    assert!(run.status.success(), "{stdout}\n{log}");
+    assert!(server.state.lock().unwrap().faults.is_empty(), "the faults were not hit");
+
+    let metrics: Vec<serde_json::Value> =
+        std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(metrics.len(), 2, "{log}");
+    let err = metrics[0]["publish_error"].as_str().unwrap_or_else(|| panic!("epoch 1 did not fail: {}", metrics[0]));
+    assert!(err.contains("HTTP 500") && err.contains("after 2 tries"), "{err}");
+    assert!(metrics[1]["publish_error"].is_null(), "{}", metrics[1]);
+    assert!(stdout.contains("FAILED"), "{stdout}");
+    // The unpublished epoch's checkpoint is kept for a later `dtrain hub publish`.
+    assert!(out.join("nodes/validator-0/publish-1/model.safetensors").exists());
+
+    let policy = RetryPolicy { tries: 1, delay: std::time::Duration::ZERO, timeout: std::time::Duration::from_secs(10) };
+    let hub = HfHub::new(&server.base, REPO, Some(TOKEN.into()), policy).unwrap();
+    let mut tags = hub.tags().unwrap();
+    tags.sort();
+    assert_eq!(tags, ["0", "2"]);
+    hub.download("2", &out.join("published")).unwrap();
+    let published = params_hash(&checkpoint::load_model(&out.join("published"), CpuEngine::new()).unwrap().read_params());
+    for i in 0..2 {
+        let p: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join(format!("nodes/miner-{i}/params.json"))).unwrap()).unwrap();
+        assert_eq!(p["epoch"], 2);
+        assert_eq!(p["xxh3"].as_u64(), Some(published), "miner {i} differs from the published model");
+    }
     std::fs::remove_dir_all(&out).unwrap();
 }

@@ -31,13 +31,13 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> HubError + '
 
 /// The hub a command line names: a local store directory, or a Hugging
 /// Face repository (endpoint from `HF_ENDPOINT`, default
-/// https://huggingface.co; token from `HF_TOKEN`).
-pub fn open(store: Option<&Path>, hf_repo: Option<&str>) -> Result<std::sync::Arc<dyn ModelHub>, HubError> {
+/// https://huggingface.co; token from `HF_TOKEN`; requests tried by `policy`).
+pub fn open(store: Option<&Path>, hf_repo: Option<&str>, policy: crate::data::http::RetryPolicy) -> Result<std::sync::Arc<dyn ModelHub>, HubError> {
     match (store, hf_repo) {
         (Some(dir), _) => Ok(std::sync::Arc::new(LocalStore::open(dir)?)),
         (None, Some(repo)) => {
             let endpoint = std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into());
-            Ok(std::sync::Arc::new(HfHub::new(&endpoint, repo, std::env::var("HF_TOKEN").ok(), HfHub::default_policy())?))
+            Ok(std::sync::Arc::new(HfHub::new(&endpoint, repo, std::env::var("HF_TOKEN").ok(), policy)?))
         }
         (None, None) => {
             Err(HubError::Name { what: "model hub", value: String::new(), why: "give a local store directory or a Hugging Face repository" })

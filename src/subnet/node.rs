@@ -37,9 +37,16 @@ pub struct NodeArgs {
     /// The model hub: a local store directory…
     #[arg(long, env = "DTRAIN_HUB_STORE", required_unless_present = "hf_repo", conflicts_with = "hf_repo")]
     pub hub_store: Option<PathBuf>,
-    /// …or a Hugging Face model repository `owner/name` (token from HF_TOKEN).
+    /// …or a Hugging Face model repository `owner/name` (endpoint from
+    /// HF_ENDPOINT, token from HF_TOKEN).
     #[arg(long, env = "DTRAIN_HF_REPO")]
     pub hf_repo: Option<String>,
+    /// Tries of each Hugging Face request before a publish or download fails.
+    #[arg(long, env = "DTRAIN_HUB_TRIES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub hub_tries: u32,
+    /// Seconds between those tries.
+    #[arg(long, env = "DTRAIN_HUB_RETRY_S", default_value_t = 10.0)]
+    pub hub_retry_s: f64,
     /// This node's own files (used rows, downloaded models).
     #[arg(long, env = "DTRAIN_STATE")]
     pub state: PathBuf,
@@ -144,7 +151,7 @@ pub fn run_miner(a: &MinerArgs) -> Result<()> {
     let n = &a.node;
     let id = keyfile::load_or_create(&n.key)?;
     let registry = super::registry::open(&n.registry, &id)?;
-    let hub = crate::hub::open(n.hub_store.as_deref(), n.hf_repo.as_deref())?;
+    let hub = hub_of(n)?;
     let src = ParquetRows::open_dir(&n.data)?;
     std::fs::create_dir_all(&n.state).with_context(|| format!("creating {}", n.state.display()))?;
     let mut used = UsedRows::open(&n.state.join("used-rows.bin"), src.num_rows())?;
@@ -189,6 +196,12 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path)).with_context(|| format!("writing {}", path.display()))
 }
 
+fn hub_of(n: &NodeArgs) -> Result<Arc<dyn crate::hub::ModelHub>> {
+    anyhow::ensure!(n.hub_retry_s.is_finite() && (0.0..=3600.0).contains(&n.hub_retry_s), "--hub-retry-s: 0 to 3600");
+    let policy = crate::data::http::RetryPolicy { tries: n.hub_tries, delay: Duration::from_secs_f64(n.hub_retry_s), ..crate::hub::HfHub::default_policy() };
+    Ok(crate::hub::open(n.hub_store.as_deref(), n.hf_repo.as_deref(), policy)?)
+}
+
 /// `dtrain validator` (the master): per epoch, Train rounds until the global
 /// batch is reached, then the all-reduce, the publish and the weights.
 pub fn run_validator(a: &ValidatorArgs) -> Result<()> {
@@ -196,7 +209,7 @@ pub fn run_validator(a: &ValidatorArgs) -> Result<()> {
     let n = &a.node;
     let id = keyfile::load_or_create(&n.key)?;
     let registry = super::registry::open(&n.registry, &id)?;
-    let hub = crate::hub::open(n.hub_store.as_deref(), n.hf_repo.as_deref())?;
+    let hub = hub_of(n)?;
     let hub = hub.as_ref();
     // Serve the registry to the network, if asked.
     let _registry_server = match &a.serve_registry {
@@ -280,7 +293,18 @@ pub fn run_validator(a: &ValidatorArgs) -> Result<()> {
             v.bandwidth_round(&live, "transformer.wte.weight", Duration::from_secs(30)).into_iter().map(|(u, s)| (u.to_string(), s)).collect();
         epoch += 1;
         let t2 = Instant::now();
-        v.publish(hub, &n.state, epoch, samples).map_err(anyhow::Error::msg)?;
+        // The hub has retried already. A hub that stays down must not stop
+        // the network: the miners hold the same averaged model, the next
+        // epoch publishes as usual, and this epoch's checkpoint stays on
+        // disk for `dtrain hub publish`.
+        let publish_error = match v.publish(hub, &n.state, epoch, samples) {
+            Ok(_) => None,
+            Err(e) => {
+                let kept = n.state.join(format!("publish-{epoch}"));
+                tracing::error!("publishing epoch {epoch} failed: {e}; its checkpoint stays in {}; training goes on", kept.display());
+                Some(e)
+            }
+        };
         let publish_s = t2.elapsed().as_secs_f64();
         let weights = v.scores.lock().unwrap_or_else(|p| p.into_inner()).weights();
         if let Some(path) = &a.weights {
@@ -294,7 +318,7 @@ pub fn run_validator(a: &ValidatorArgs) -> Result<()> {
         let last = rounds.last().cloned().unwrap_or_default();
         let line = serde_json::json!({
             "epoch": epoch, "loss": loss, "samples": samples, "train_rounds": rounds.len(),
-            "train_s": train_s, "allreduce_s": allreduce_s, "publish_s": publish_s,
+            "train_s": train_s, "allreduce_s": allreduce_s, "publish_s": publish_s, "publish_error": publish_error,
             "score_s": score_s, "miner_work_s": miner_work_s,
             "allreduce_bytes_in": report.bytes_received, "allreduce_failures": report.failures().len(),
             "bandwidth": bandwidth,
@@ -399,6 +423,16 @@ pub struct SwarmArgs {
     /// Follower validators (scoring only) beside the master.
     #[arg(long, default_value_t = 0)]
     pub followers: usize,
+    /// Publish to this Hugging Face repository (`owner/name`; endpoint from
+    /// HF_ENDPOINT, token from HF_TOKEN) instead of the local store in OUT/hub.
+    #[arg(long)]
+    pub hf_repo: Option<String>,
+    /// Tries of each Hugging Face request (with --hf-repo).
+    #[arg(long, default_value_t = 3)]
+    pub hub_tries: u32,
+    /// Seconds between those tries.
+    #[arg(long, default_value_t = 10.0)]
+    pub hub_retry_s: f64,
 }
 
 fn kill(child: &mut std::process::Child, signal: libc::c_int) {
@@ -425,13 +459,21 @@ pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
     let exe = std::env::current_exe()?;
     let common = |role: &str, i: usize, registry: &str| -> Vec<String> {
         let dir = out.join("nodes").join(format!("{role}-{i}"));
+        let hub = match &a.hf_repo {
+            Some(repo) => ["--hf-repo".to_string(), repo.clone()],
+            None => ["--hub-store".to_string(), out.join("hub").to_string_lossy().into_owned()],
+        };
         [
             "--key",
             &dir.join("node.key").to_string_lossy(),
             "--registry",
             registry,
-            "--hub-store",
-            &out.join("hub").to_string_lossy(),
+            &hub[0],
+            &hub[1],
+            "--hub-tries",
+            &a.hub_tries.to_string(),
+            "--hub-retry-s",
+            &a.hub_retry_s.to_string(),
             "--state",
             &dir.to_string_lossy(),
             "--data",
@@ -563,14 +605,14 @@ pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
     }
     let metrics = read_metrics();
     let losses: Vec<f64> = metrics.iter().map(|m| m["loss"].as_f64().unwrap_or(f64::NAN)).collect();
-    std::fs::write(out.join("loss.png"), crate::plot::line_chart(&losses))?;
+    std::fs::write(out.join("loss.png"), crate::plot::line_chart(&losses, 1, "epoch", "loss"))?;
     println!(
         "{:>6} {:>9} {:>8} {:>9} {:>8} {:>12} {:>10} {:>10}",
         "epoch", "loss", "samples", "train s", "score %", "all-reduce s", "MB in", "publish s"
     );
     for m in &metrics {
         println!(
-            "{:>6} {:>9.4} {:>8} {:>9.1} {:>7.1}% {:>12.2} {:>10.1} {:>10.2}",
+            "{:>6} {:>9.4} {:>8} {:>9.1} {:>7.1}% {:>12.2} {:>10.1} {:>10}",
             m["epoch"].as_u64().unwrap_or(0),
             m["loss"].as_f64().unwrap_or(f64::NAN),
             m["samples"].as_u64().unwrap_or(0),
@@ -578,7 +620,10 @@ pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
             100.0 * m["score_s"].as_f64().unwrap_or(0.0) / m["miner_work_s"].as_f64().unwrap_or(f64::NAN),
             m["allreduce_s"].as_f64().unwrap_or(0.0),
             m["allreduce_bytes_in"].as_f64().unwrap_or(0.0) / 1e6,
-            m["publish_s"].as_f64().unwrap_or(0.0)
+            match m["publish_error"].as_str() {
+                Some(_) => "FAILED".to_string(),
+                None => format!("{:.2}", m["publish_s"].as_f64().unwrap_or(0.0)),
+            }
         );
     }
     if let Some(last) = metrics.last() {
