@@ -1,6 +1,11 @@
 //! Build metadata: the git revision `dtrain --version` reports, so a
-//! checkpoint or a benchmark line can be traced to the code that made it.
-//! (The CUDA engine will compile `kernels/*.cu` here.)
+//! checkpoint or a benchmark line can be traced to the code that made it;
+//! and the CPU emulation of the CUDA kernels (kernels/emu), compiled with
+//! the system's C++ compiler so the tests can run every kernel without a
+//! GPU. Without a C++ compiler the crate still builds; only the emulated
+//! engine is missing (its tests say so).
+
+use std::path::Path;
 
 fn main() {
     let rev = std::process::Command::new("git")
@@ -13,4 +18,66 @@ fn main() {
     println!("cargo:rustc-env=DTRAIN_GIT_REV={rev}");
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/refs/heads");
+    println!("cargo::rustc-check-cfg=cfg(dtrain_emu)");
+    println!("cargo:rerun-if-changed=kernels");
+    let cxx = cc::Build::new().cpp(true).get_compiler();
+    let present = std::process::Command::new(cxx.path()).arg("--version").output().is_ok_and(|o| o.status.success());
+    if !present {
+        println!("cargo:warning=no C++ compiler ({}): the CUDA kernels' CPU emulation is not built; its tests will fail", cxx.path().display());
+        return;
+    }
+    // A kernel that does not compile as C++ is a build error, not a warning.
+    if let Err(e) = build_emulation() {
+        panic!("compiling the CUDA kernels' CPU emulation: {e}");
+    }
+}
+
+/// The kernels: `kernels/*.cu` (and `kernels/emu/*.cu`), and the names of their `extern "C"
+/// __global__` functions, found in the source text.
+fn kernels() -> std::io::Result<(Vec<String>, Vec<String>)> {
+    let mut files = Vec::new();
+    // The emulation's self-test kernels (kernels/emu/*.cu) come along.
+    for dir in ["kernels", "kernels/emu"] {
+        for e in std::fs::read_dir(dir)? {
+            let name = e?.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".cu") {
+                files.push(format!("{dir}/{name}"));
+            }
+        }
+    }
+    files.sort();
+    let mut names = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f)?;
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("extern \"C\" __global__ void ") {
+            rest = &rest[at + "extern \"C\" __global__ void ".len()..];
+            let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            names.push(name);
+        }
+    }
+    Ok((files, names))
+}
+
+fn build_emulation() -> Result<(), String> {
+    let out = std::env::var("OUT_DIR").map_err(|e| e.to_string())?;
+    let (files, names) = kernels().map_err(|e| e.to_string())?;
+    let root = std::env::current_dir().map_err(|e| e.to_string())?;
+    let sources: String = files.iter().map(|f| format!("#include \"{}\"\n", root.join(f).display())).collect();
+    let list: String = names.iter().map(|n| format!("DTRAIN_KERNEL({n})\n")).collect();
+    let (src_inc, list_inc) = (Path::new(&out).join("emu_sources.inc"), Path::new(&out).join("emu_kernels.inc"));
+    std::fs::write(&src_inc, sources).map_err(|e| e.to_string())?;
+    std::fs::write(&list_inc, list).map_err(|e| e.to_string())?;
+    cc::Build::new()
+        .cpp(true)
+        .std("c++17")
+        .opt_level(2)
+        .warnings(false)
+        .define("DTRAIN_EMU_SOURCES", format!("\"{}\"", src_inc.display()).as_str())
+        .define("DTRAIN_EMU_KERNELS", format!("\"{}\"", list_inc.display()).as_str())
+        .file("kernels/emu/launch.cpp")
+        .try_compile("dtrain_emu")
+        .map_err(|e| e.to_string())?;
+    println!("cargo:rustc-cfg=dtrain_emu");
+    Ok(())
 }

@@ -22,6 +22,7 @@
 #![allow(clippy::missing_safety_doc)]
 
 pub mod cpu;
+pub mod cuda;
 pub mod profiled;
 
 /// How a weight matrix of a linear layer is stored.

@@ -1,0 +1,80 @@
+// What every kernel file shares: the CUDA headers (or, under DTRAIN_EMU, the
+// CPU emulation of the subset the kernels use) and the warp and block
+// reductions. Reductions always combine values in the same tree, so a
+// kernel's result does not depend on timing: training is reproducible and
+// the emulated run computes exactly what the GPU computes, up to the
+// rounding of the math library's exp and log.
+#pragma once
+
+#ifdef DTRAIN_EMU
+#include "emu/cuda_emu.h"
+#else
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#endif
+
+#define WARP_SIZE 32
+#define FULL_MASK 0xffffffffu
+
+#ifdef DTRAIN_EMU
+#define NEG_INF (-INFINITY)
+#else
+#define NEG_INF (__int_as_float(0xff800000))
+#endif
+
+// Dynamic shared memory as an array of T named `name`.
+#ifdef DTRAIN_EMU
+#define DYNAMIC_SHARED(T, name) T* name = reinterpret_cast<T*>(emu::dynamic_smem())
+#else
+#define DYNAMIC_SHARED(T, name)                           \
+    extern __shared__ __align__(16) unsigned char name##_bytes[]; \
+    T* name = reinterpret_cast<T*>(name##_bytes)
+#endif
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+
+__device__ __forceinline__ double warp_sum_f64(double v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
+    return v;
+}
+
+// Sum over a 1-D block whose size is a multiple of 32 (at most 1024); every
+// thread gets the result. `scratch` holds 32 floats of shared memory; the
+// leading barrier lets a caller reuse it for consecutive reductions.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+    int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, warps = blockDim.x / WARP_SIZE;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < warps ? scratch[lane] : 0.0f;
+    return warp_sum(v);
+}
+
+__device__ __forceinline__ float block_max(float v, float* scratch) {
+    int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, warps = blockDim.x / WARP_SIZE;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < warps ? scratch[lane] : NEG_INF;
+    return warp_max(v);
+}
+
+__device__ __forceinline__ double block_sum_f64(double v, double* scratch) {
+    int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, warps = blockDim.x / WARP_SIZE;
+    v = warp_sum_f64(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < warps ? scratch[lane] : 0.0;
+    return warp_sum_f64(v);
+}

@@ -1,0 +1,29 @@
+// GELU, tanh approximation as GPT-2 defines it (twin of
+// src/engine/cpu/gelu.rs). Element-wise and memory-bound: one thread per
+// element with a grid-stride loop, the same σ(2u) form as the CPU engine
+// (one exponential instead of tanh). Both kernels may run in place.
+#include "common.cuh"
+
+#define GELU_SQRT_2_OVER_PI 0.7978846f
+#define GELU_K 0.044715f
+
+__device__ __forceinline__ float gelu_sigma(float x) {
+    float u = GELU_SQRT_2_OVER_PI * (x + GELU_K * x * x * x);
+    return 1.0f / (1.0f + expf(-2.0f * u));
+}
+
+extern "C" __global__ void gelu_forward(float* out, const float* inp, long long n) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        float x = inp[i];
+        out[i] = x * gelu_sigma(x);
+    }
+}
+
+// dinp = dout · gelu'(inp); dinp may alias dout.
+extern "C" __global__ void gelu_backward(float* dinp, const float* inp, const float* dout, long long n) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        float x = inp[i], s = gelu_sigma(x);
+        float du = GELU_SQRT_2_OVER_PI * (1.0f + 3.0f * GELU_K * x * x);
+        dinp[i] = dout[i] * (s + 2.0f * x * s * (1.0f - s) * du);
+    }
+}

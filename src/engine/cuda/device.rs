@@ -1,0 +1,99 @@
+//! What the CUDA engine needs from a device: zeroed memory, copies, and
+//! kernel launches by name with `cuLaunchKernel`'s argument convention.
+//!
+//! Two devices implement it: a real GPU through cudarc, and the CPU
+//! emulation of the same kernel sources ([`super::emu::Emu`]). Everything
+//! above this trait — launch shapes, scratch buffers, host-side
+//! preparation — is shared, so the emulated tests prove the code a GPU runs,
+//! not a copy of it.
+
+use std::ffi::c_void;
+
+/// A device address (on the emulated device, a host address).
+pub type DevPtr = u64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("cannot allocate {0} bytes on the device")]
+    Alloc(usize),
+    #[error("kernel launch failed: {0}")]
+    Launch(String),
+}
+
+/// Kernel arguments, each held in 8 bytes (little-endian, so a 4-byte
+/// argument is read from the first 4), passed as an array of pointers.
+#[derive(Debug, Default, Clone)]
+pub struct Args {
+    values: Vec<u64>,
+}
+
+impl Args {
+    pub fn new() -> Args {
+        Args::default()
+    }
+    pub fn ptr(mut self, p: DevPtr) -> Args {
+        self.values.push(p);
+        self
+    }
+    pub fn i32(mut self, v: i32) -> Args {
+        self.values.push(v as u32 as u64);
+        self
+    }
+    /// An `int` dimension; panics past `i32::MAX` (shapes are checked by the model).
+    pub fn dim(self, v: usize) -> Args {
+        self.i32(i32::try_from(v).expect("dimension fits an int"))
+    }
+    pub fn i64(mut self, v: i64) -> Args {
+        self.values.push(v as u64);
+        self
+    }
+    pub fn len(self, v: usize) -> Args {
+        self.i64(i64::try_from(v).expect("length fits a long long"))
+    }
+    pub fn f32(mut self, v: f32) -> Args {
+        self.values.push(v.to_bits() as u64);
+        self
+    }
+    /// Pointers to each value, valid while `self` is neither moved nor changed.
+    pub fn pointers(&mut self) -> Vec<*mut c_void> {
+        self.values.iter_mut().map(|v| v as *mut u64 as *mut c_void).collect()
+    }
+}
+
+/// A launch shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub smem: u32,
+}
+
+impl Shape {
+    pub fn linear(blocks: usize, threads: u32) -> Shape {
+        Shape { grid: [u32::try_from(blocks.max(1)).expect("grid fits"), 1, 1], block: [threads, 1, 1], smem: 0 }
+    }
+    pub fn grid2(x: usize, y: usize, threads: u32) -> Shape {
+        Shape { grid: [u32::try_from(x.max(1)).expect("grid fits"), u32::try_from(y.max(1)).expect("grid fits"), 1], block: [threads, 1, 1], smem: 0 }
+    }
+}
+
+pub trait Device: Send + Sync {
+    /// Owns one allocation; freed on drop.
+    type Buf: Send + Sync;
+
+    fn name(&self) -> String;
+    /// `bytes` of zeroed memory, aligned to 256 bytes.
+    fn alloc(&self, bytes: usize) -> Result<Self::Buf, DeviceError>;
+    fn addr(&self, buf: &Self::Buf) -> DevPtr;
+    /// # Safety
+    /// `dst .. dst + src.len()` lies in a live allocation of this device.
+    unsafe fn copy_in(&self, dst: DevPtr, src: &[u8]);
+    /// # Safety
+    /// `src .. src + dst.len()` lies in a live allocation of this device,
+    /// and every launch that writes it was issued before (copies wait).
+    unsafe fn copy_out(&self, src: DevPtr, dst: &mut [u8]);
+    /// # Safety
+    /// `args` match the kernel's parameters, and every pointer among them
+    /// addresses enough live memory of this device for the shape.
+    unsafe fn launch(&self, kernel: &str, shape: Shape, args: Args) -> Result<(), DeviceError>;
+}

@@ -1,0 +1,101 @@
+//! The emulated device: host memory, and the kernels of `kernels/*.cu`
+//! compiled as C++ by build.rs against `kernels/emu/cuda_emu.h`, each CUDA
+//! thread a coroutine. Slow (every barrier is a context switch), and meant
+//! for small shapes in tests, where it proves the kernels and the engine's
+//! launch code without a GPU.
+
+use super::device::{Args, DevPtr, Device, DeviceError, Shape};
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+
+/// Host memory standing in for device memory.
+pub struct EmuBuf {
+    ptr: *mut u8,
+    layout: Layout,
+}
+
+// SAFETY: the buffer exclusively owns its allocation; kernels synchronise
+// through the engine's calls like device memory does.
+unsafe impl Send for EmuBuf {}
+unsafe impl Sync for EmuBuf {}
+
+impl Drop for EmuBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `alloc` with this layout.
+        unsafe { dealloc(self.ptr, self.layout) }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct Emu;
+
+impl Emu {
+    /// Whether build.rs could compile the emulation (it needs a C++ compiler).
+    pub const AVAILABLE: bool = cfg!(dtrain_emu);
+}
+
+#[cfg(dtrain_emu)]
+unsafe extern "C" {
+    fn dtrain_emu_launch(
+        name: *const std::ffi::c_char,
+        grid: *const u32,
+        block: *const u32,
+        smem: usize,
+        params: *mut *mut std::ffi::c_void,
+        err: *mut std::ffi::c_char,
+        err_len: usize,
+    ) -> i32;
+}
+
+impl Device for Emu {
+    type Buf = EmuBuf;
+
+    fn name(&self) -> String {
+        "cuda-emulated (CPU)".into()
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<EmuBuf, DeviceError> {
+        let layout = Layout::from_size_align(bytes.max(1), 256).map_err(|_| DeviceError::Alloc(bytes))?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { alloc_zeroed(layout) };
+        if ptr.is_null() {
+            return Err(DeviceError::Alloc(bytes));
+        }
+        Ok(EmuBuf { ptr, layout })
+    }
+
+    fn addr(&self, buf: &EmuBuf) -> DevPtr {
+        buf.ptr as DevPtr
+    }
+
+    unsafe fn copy_in(&self, dst: DevPtr, src: &[u8]) {
+        // SAFETY: the caller guarantees the destination range.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst as *mut u8, src.len()) }
+    }
+
+    unsafe fn copy_out(&self, src: DevPtr, dst: &mut [u8]) {
+        // SAFETY: the caller guarantees the source range.
+        unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) }
+    }
+
+    #[cfg(dtrain_emu)]
+    unsafe fn launch(&self, kernel: &str, shape: Shape, mut args: Args) -> Result<(), DeviceError> {
+        let name = std::ffi::CString::new(kernel).map_err(|_| DeviceError::Launch(format!("bad kernel name {kernel:?}")))?;
+        let mut params = args.pointers();
+        let mut err = [0 as std::ffi::c_char; 256];
+        // SAFETY: the caller guarantees the arguments; `params` points into
+        // `args`, which outlives the call; the launch runs to completion.
+        let rc = unsafe {
+            dtrain_emu_launch(name.as_ptr(), shape.grid.as_ptr(), shape.block.as_ptr(), shape.smem as usize, params.as_mut_ptr(), err.as_mut_ptr(), err.len())
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        // SAFETY: the C side wrote a NUL-terminated message into `err`.
+        Err(DeviceError::Launch(unsafe { std::ffi::CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned()))
+    }
+
+    #[cfg(not(dtrain_emu))]
+    unsafe fn launch(&self, kernel: &str, _shape: Shape, _args: Args) -> Result<(), DeviceError> {
+        Err(DeviceError::Launch(format!("{kernel}: the CPU emulation was not built (no C++ compiler when dtrain was built)")))
+    }
+}

@@ -1,0 +1,253 @@
+//! The CUDA engine: the hand-written kernels of `kernels/*.cu` behind the
+//! kernel-set operations, generic over the [`Device`] that runs them — a
+//! GPU, or the CPU emulation used by the tests ([`emu::Emu`]).
+//!
+//! Each method here is the host half of one op: launch shapes, host-side
+//! preparation (such as sorting positions by token for a deterministic
+//! embedding gradient), scratch memory. The device half is the kernel of the
+//! same name in the `.cu` file the method names; the CPU twin is in
+//! `src/engine/cpu/` under the same file name.
+//!
+//! Work in progress (issue 6): the element-wise, normalisation, embedding,
+//! classifier and AdamW ops are here; matrix products (cuBLASLt), attention,
+//! LAMB, the GPU device and the `Engine` trait implementation come next.
+
+pub mod device;
+pub mod emu;
+
+use super::AdamHyper;
+use device::{Args, DevPtr, Device, DeviceError, Shape};
+use std::sync::Mutex;
+
+/// Threads per block of element-wise kernels.
+const ELEM_THREADS: u32 = 256;
+/// Blocks of grid-stride element-wise kernels at most (enough to fill any GPU).
+const ELEM_MAX_BLOCKS: usize = 8192;
+/// Rows per chunk of layernorm's parameter-gradient sums (kernels/layernorm.cu).
+const LN_ROW_CHUNK: usize = 64;
+/// Floats summed per block of `sum_squares_partial` (the CPU's ELEM_CHUNK).
+const SQ_PER_BLOCK: usize = 1 << 14;
+
+/// A zeroed device buffer of `len` floats.
+pub struct CudaArena<D: Device> {
+    buf: D::Buf,
+    len: usize,
+}
+
+pub struct CudaEngine<D: Device> {
+    dev: D,
+    /// Grown on demand; ops that need temporary device memory take it whole.
+    scratch: Mutex<Option<(D::Buf, usize)>>,
+}
+
+fn check(r: Result<(), DeviceError>) {
+    // A failed launch means a broken device or a bug in a launch shape;
+    // neither can be recovered from in the middle of a step.
+    if let Err(e) = r {
+        panic!("{e}");
+    }
+}
+
+fn elementwise(n: usize) -> Shape {
+    Shape::linear(n.div_ceil(ELEM_THREADS as usize).min(ELEM_MAX_BLOCKS), ELEM_THREADS)
+}
+
+fn bytes_of<T: Copy>(v: &[T]) -> &[u8] {
+    // SAFETY: plain integers and floats, viewed as their bytes.
+    unsafe { std::slice::from_raw_parts(v.as_ptr().cast(), std::mem::size_of_val(v)) }
+}
+
+fn bias_corrections(hp: &AdamHyper, step: u64) -> (f32, f32) {
+    let t = step as i32;
+    ((1.0 - (hp.beta1 as f64).powi(t)) as f32, (1.0 - (hp.beta2 as f64).powi(t)) as f32)
+}
+
+impl<D: Device> CudaEngine<D> {
+    pub fn new(dev: D) -> CudaEngine<D> {
+        CudaEngine { dev, scratch: Mutex::new(None) }
+    }
+
+    pub fn device(&self) -> &D {
+        &self.dev
+    }
+
+    pub fn name(&self) -> String {
+        format!("cuda: {}", self.dev.name())
+    }
+
+    pub fn alloc(&self, len: usize) -> Result<CudaArena<D>, DeviceError> {
+        let bytes = len.checked_mul(4).ok_or(DeviceError::Alloc(usize::MAX))?;
+        Ok(CudaArena { buf: self.dev.alloc(bytes)?, len })
+    }
+
+    pub fn arena_len(&self, a: &CudaArena<D>) -> usize {
+        a.len
+    }
+
+    pub fn at(&self, a: &CudaArena<D>, offset: usize) -> DevPtr {
+        assert!(offset <= a.len, "offset {offset} past an arena of {}", a.len);
+        self.dev.addr(&a.buf) + 4 * offset as u64
+    }
+
+    /// Runs `f` with at least `bytes` of device scratch memory.
+    fn with_scratch<R>(&self, bytes: usize, f: impl FnOnce(DevPtr) -> R) -> R {
+        let mut guard = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.as_ref().is_none_or(|(_, have)| *have < bytes) {
+            *guard = None; // free the old one first
+            let buf = self.dev.alloc(bytes.next_power_of_two()).unwrap_or_else(|e| panic!("scratch memory: {e}"));
+            *guard = Some((buf, bytes.next_power_of_two()));
+        }
+        let addr = self.dev.addr(&guard.as_ref().expect("just allocated").0);
+        f(addr)
+    }
+
+    /// # Safety
+    /// As [`crate::engine::Engine::write`].
+    pub unsafe fn write(&self, dst: DevPtr, src: &[f32]) {
+        unsafe { self.dev.copy_in(dst, bytes_of(src)) }
+    }
+
+    /// # Safety
+    /// As [`crate::engine::Engine::read`].
+    pub unsafe fn read(&self, src: DevPtr, dst: &mut [f32]) {
+        let bytes = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u8>(), dst.len() * 4) };
+        unsafe { self.dev.copy_out(src, bytes) }
+    }
+
+    /// kernels/tensor.cu
+    pub unsafe fn fill(&self, dst: DevPtr, len: usize, value: f32) {
+        check(unsafe { self.dev.launch("fill", elementwise(len), Args::new().ptr(dst).len(len).f32(value)) });
+    }
+
+    /// kernels/tensor.cu
+    pub unsafe fn scale(&self, x: DevPtr, len: usize, factor: f32) {
+        check(unsafe { self.dev.launch("scale", elementwise(len), Args::new().ptr(x).len(len).f32(factor)) });
+    }
+
+    /// kernels/tensor.cu: per-block partials on the device, summed here in block order.
+    pub unsafe fn sum_squares(&self, x: DevPtr, len: usize) -> f64 {
+        let blocks = len.div_ceil(SQ_PER_BLOCK);
+        if blocks == 0 {
+            return 0.0;
+        }
+        self.with_scratch(blocks * 8, |partial| {
+            let args = Args::new().ptr(partial).ptr(x).len(len).len(SQ_PER_BLOCK);
+            check(unsafe { self.dev.launch("sum_squares_partial", Shape::linear(blocks, 256), args) });
+            let mut parts = vec![0f64; blocks];
+            let bytes = unsafe { std::slice::from_raw_parts_mut(parts.as_mut_ptr().cast::<u8>(), blocks * 8) };
+            unsafe { self.dev.copy_out(partial, bytes) };
+            parts.iter().sum()
+        })
+    }
+
+    /// kernels/encoder.cu
+    pub unsafe fn encoder_forward(&self, out: DevPtr, tokens: &[u32], wte: DevPtr, wpe: DevPtr, b: usize, t: usize, c: usize) {
+        let n = b * t * c;
+        self.with_scratch(tokens.len() * 4, |tok| {
+            unsafe { self.dev.copy_in(tok, bytes_of(tokens)) };
+            let args = Args::new().ptr(out).ptr(tok).ptr(wte).ptr(wpe).dim(b).dim(t).dim(c);
+            check(unsafe { self.dev.launch("encoder_forward", Shape::linear(n.div_ceil(256), 256), args) });
+        })
+    }
+
+    /// kernels/encoder.cu: positions sorted by token here (stable), then one
+    /// block row per distinct token.
+    pub unsafe fn encoder_backward(&self, dwte: DevPtr, dwpe: DevPtr, dout: DevPtr, tokens: &[u32], b: usize, t: usize, c: usize) {
+        let args = Args::new().ptr(dwpe).ptr(dout).dim(b).dim(t).dim(c);
+        check(unsafe { self.dev.launch("encoder_backward_wpe", Shape::grid2(c.div_ceil(256), t, 256), args) });
+        let mut order: Vec<u32> = (0..tokens.len() as u32).collect();
+        order.sort_by_key(|&p| tokens[p as usize]);
+        let mut starts: Vec<u32> = Vec::new();
+        for (k, &p) in order.iter().enumerate() {
+            if k == 0 || tokens[p as usize] != tokens[order[k - 1] as usize] {
+                starts.push(k as u32);
+            }
+        }
+        let runs = starts.len();
+        starts.push(order.len() as u32);
+        let n = tokens.len();
+        self.with_scratch(4 * (2 * n + runs + 1), |s| {
+            let (tok, ord, st) = (s, s + 4 * n as u64, s + 8 * n as u64);
+            unsafe {
+                self.dev.copy_in(tok, bytes_of(tokens));
+                self.dev.copy_in(ord, bytes_of(&order));
+                self.dev.copy_in(st, bytes_of(&starts));
+            }
+            let args = Args::new().ptr(dwte).ptr(dout).ptr(tok).ptr(ord).ptr(st).dim(c);
+            check(unsafe { self.dev.launch("encoder_backward_wte", Shape::grid2(c.div_ceil(256), runs, 256), args) });
+        })
+    }
+
+    /// kernels/layernorm.cu: one warp per row, 8 rows per block.
+    pub unsafe fn layernorm_forward(&self, out: DevPtr, mean: DevPtr, rstd: DevPtr, inp: DevPtr, w: DevPtr, bias: DevPtr, n: usize, c: usize) {
+        let args = Args::new().ptr(out).ptr(mean).ptr(rstd).ptr(inp).ptr(w).ptr(bias).dim(n).dim(c);
+        check(unsafe { self.dev.launch("layernorm_forward", Shape::linear(n.div_ceil(8), 256), args) });
+    }
+
+    /// kernels/layernorm.cu: the input gradient per row, then the parameter
+    /// gradients as chunk partials summed in chunk order.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn layernorm_backward(
+        &self,
+        dinp: DevPtr,
+        dw: DevPtr,
+        dbias: DevPtr,
+        dout: DevPtr,
+        inp: DevPtr,
+        w: DevPtr,
+        mean: DevPtr,
+        rstd: DevPtr,
+        n: usize,
+        c: usize,
+    ) {
+        let args = Args::new().ptr(dinp).ptr(dout).ptr(inp).ptr(w).ptr(mean).ptr(rstd).dim(n).dim(c);
+        check(unsafe { self.dev.launch("layernorm_backward_input", Shape::linear(n.div_ceil(8), 256), args) });
+        let chunks = n.div_ceil(LN_ROW_CHUNK);
+        self.with_scratch(chunks * 2 * c * 4, |partial| {
+            let args = Args::new().ptr(partial).ptr(dout).ptr(inp).ptr(mean).ptr(rstd).dim(n).dim(c);
+            check(unsafe { self.dev.launch("layernorm_backward_params_partial", Shape::grid2(c.div_ceil(256), chunks, 256), args) });
+            let args = Args::new().ptr(dw).ptr(dbias).ptr(partial).dim(chunks).dim(c);
+            check(unsafe { self.dev.launch("layernorm_backward_params_sum", Shape::linear(c.div_ceil(256), 256), args) });
+        })
+    }
+
+    /// kernels/gelu.cu; `out` may alias `inp`.
+    pub unsafe fn gelu_forward(&self, out: DevPtr, inp: DevPtr, n: usize) {
+        check(unsafe { self.dev.launch("gelu_forward", elementwise(n), Args::new().ptr(out).ptr(inp).len(n)) });
+    }
+
+    /// kernels/gelu.cu; `dinp` may alias `dout`.
+    pub unsafe fn gelu_backward(&self, dinp: DevPtr, inp: DevPtr, dout: DevPtr, n: usize) {
+        check(unsafe { self.dev.launch("gelu_backward", elementwise(n), Args::new().ptr(dinp).ptr(inp).ptr(dout).len(n)) });
+    }
+
+    /// kernels/classifier.cu: one block of 1024 threads per row.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn crossentropy(&self, losses: DevPtr, logits: DevPtr, targets: &[u32], dscale: Option<f32>, n: usize, v: usize, vp: usize) {
+        self.with_scratch(n * 4, |tgt| {
+            unsafe { self.dev.copy_in(tgt, bytes_of(&targets[..n])) };
+            let args = Args::new().ptr(losses).ptr(logits).ptr(tgt).f32(dscale.unwrap_or(0.0)).i32(dscale.is_some() as i32).dim(v).dim(vp);
+            check(unsafe { self.dev.launch("crossentropy", Shape::linear(n, 1024), args) });
+        })
+    }
+
+    /// kernels/adamw.cu
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn adamw(&self, p: DevPtr, g: DevPtr, m: DevPtr, v: DevPtr, len: usize, hp: &AdamHyper, step: u64) {
+        let (bc1, bc2) = bias_corrections(hp, step);
+        let args = Args::new()
+            .ptr(p)
+            .ptr(g)
+            .ptr(m)
+            .ptr(v)
+            .len(len)
+            .f32(hp.beta1)
+            .f32(hp.beta2)
+            .f32(hp.eps)
+            .f32(1.0 - hp.lr * hp.weight_decay)
+            .f32(hp.grad_scale)
+            .f32(hp.lr / bc1)
+            .f32(bc2.sqrt());
+        check(unsafe { self.dev.launch("adamw", elementwise(len), args) });
+    }
+}

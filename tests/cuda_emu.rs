@@ -1,0 +1,242 @@
+//! The CUDA kernels, compiled as C++ with the project's emulation header
+//! (kernels/emu/cuda_emu.h) and launched through the CUDA engine's own
+//! host code, against the CPU engine on small shapes with awkward sizes
+//! (rows and channels that are not multiples of the block or warp size,
+//! repeated tokens, padded vocabulary).
+
+use dtrain::engine::cpu::CpuEngine;
+use dtrain::engine::cuda::CudaEngine;
+use dtrain::engine::cuda::emu::Emu;
+use dtrain::engine::{AdamHyper, Engine};
+use dtrain::rng::Rng;
+
+fn emulated() -> CudaEngine<Emu> {
+    assert!(Emu::AVAILABLE, "the kernels' CPU emulation was not built: build.rs needs a C++ compiler (g++ or clang++)");
+    CudaEngine::new(Emu)
+}
+
+fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut r = Rng::new(seed);
+    (0..n).map(|_| r.normal() * scale).collect()
+}
+
+/// The same buffers on both engines; `run` gets the pointers of each.
+struct Pair {
+    cpu: CpuEngine,
+    gpu: CudaEngine<Emu>,
+    c: Vec<dtrain::engine::cpu::CpuArena>,
+    g: Vec<dtrain::engine::cuda::CudaArena<Emu>>,
+}
+
+impl Pair {
+    fn new(inputs: &[&[f32]]) -> Pair {
+        let (cpu, gpu) = (CpuEngine, emulated());
+        let mut c = Vec::new();
+        let mut g = Vec::new();
+        for x in inputs {
+            let a = cpu.alloc(x.len()).unwrap();
+            let b = gpu.alloc(x.len()).unwrap();
+            unsafe {
+                cpu.write(cpu.at(&a, 0), x);
+                gpu.write(gpu.at(&b, 0), x);
+            }
+            c.push(a);
+            g.push(b);
+        }
+        Pair { cpu, gpu, c, g }
+    }
+    fn cp(&self, i: usize) -> dtrain::engine::cpu::CpuPtr {
+        self.cpu.at(&self.c[i], 0)
+    }
+    fn gp(&self, i: usize) -> u64 {
+        self.gpu.at(&self.g[i], 0)
+    }
+    /// Buffer `i` as (cpu, emulated).
+    fn get(&self, i: usize) -> (Vec<f32>, Vec<f32>) {
+        let n = self.cpu.arena_len(&self.c[i]);
+        let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
+        unsafe {
+            self.cpu.read(self.cp(i), &mut a);
+            self.gpu.read(self.gp(i), &mut b);
+        }
+        (a, b)
+    }
+}
+
+#[track_caller]
+fn close(what: &str, cpu: &[f32], gpu: &[f32], tol: f32) {
+    assert_eq!(cpu.len(), gpu.len());
+    for (i, (&a, &b)) in cpu.iter().zip(gpu).enumerate() {
+        assert!((a - b).abs() <= tol * (1.0 + a.abs()), "{what}[{i}]: cpu {a}, emulated {b}");
+    }
+}
+
+#[track_caller]
+fn identical(what: &str, cpu: &[f32], gpu: &[f32]) {
+    for (i, (&a, &b)) in cpu.iter().zip(gpu).enumerate() {
+        assert!(a.to_bits() == b.to_bits(), "{what}[{i}]: cpu {a}, emulated {b}");
+    }
+}
+
+#[test]
+fn fill_scale_and_sum_squares() {
+    let n = 40_000; // three blocks of sum_squares, the last one partial
+    let x = random(n, 1, 1.0);
+    let p = Pair::new(&[&x, &x]);
+    unsafe {
+        let (a, b) = (p.cpu.sum_squares(p.cp(0), n), p.gpu.sum_squares(p.gp(0), n));
+        assert!((a - b).abs() <= 1e-12 * a, "sum of squares: cpu {a}, emulated {b}");
+        p.cpu.scale(p.cp(0), n - 3, 0.37);
+        p.gpu.scale(p.gp(0), n - 3, 0.37);
+        p.cpu.fill(p.cp(1), 1001, 2.5);
+        p.gpu.fill(p.gp(1), 1001, 2.5);
+    }
+    let (a, b) = p.get(0);
+    identical("scaled", &a, &b);
+    assert_eq!(b[n - 1], x[n - 1], "scale stops at its length");
+    let (a, b) = p.get(1);
+    identical("filled", &a, &b);
+}
+
+#[test]
+fn encoder_forward_and_backward_are_identical() {
+    let (b, t, c, v) = (3, 7, 45, 11);
+    // Few distinct tokens, so most repeat.
+    let tokens: Vec<u32> = (0..b * t).map(|i| ((i * 7) % 5 + (i % 3)) as u32).collect();
+    let wte = random(v * c, 2, 0.1);
+    let wpe = random(t * c, 3, 0.1);
+    let dout = random(b * t * c, 4, 1.0);
+    let dwte = random(v * c, 5, 0.1);
+    let dwpe = random(t * c, 6, 0.1);
+    let out = vec![0f32; b * t * c];
+    let p = Pair::new(&[&wte, &wpe, &out, &dout, &dwte, &dwpe]);
+    unsafe {
+        p.cpu.encoder_forward(p.cp(2), &tokens, p.cp(0), p.cp(1), b, t, c);
+        p.gpu.encoder_forward(p.gp(2), &tokens, p.gp(0), p.gp(1), b, t, c);
+        p.cpu.encoder_backward(p.cp(4), p.cp(5), p.cp(3), &tokens, b, t, c);
+        p.gpu.encoder_backward(p.gp(4), p.gp(5), p.gp(3), &tokens, b, t, c);
+    }
+    for (i, what) in [(2, "out"), (4, "dwte"), (5, "dwpe")] {
+        let (a, g) = p.get(i);
+        identical(what, &a, &g);
+    }
+}
+
+#[test]
+fn layernorm_forward_and_backward() {
+    let (n, c) = (77, 100); // rows not a multiple of 8 (rows per block) or 64 (chunk)
+    let inp: Vec<f32> = random(n * c, 7, 2.0).iter().map(|x| x + 0.5).collect();
+    let w = random(c, 8, 1.0);
+    let bias = random(c, 9, 1.0);
+    let dout = random(n * c, 10, 1.0);
+    let dinp = random(n * c, 11, 1.0); // accumulated into
+    let dw = random(c, 12, 1.0);
+    let db = random(c, 13, 1.0);
+    let zeros = vec![0f32; n * c];
+    let p = Pair::new(&[&inp, &w, &bias, &zeros, &zeros[..n], &zeros[..n], &dout, &dinp, &dw, &db]);
+    unsafe {
+        p.cpu.layernorm_forward(p.cp(3), p.cp(4), p.cp(5), p.cp(0), p.cp(1), p.cp(2), n, c);
+        p.gpu.layernorm_forward(p.gp(3), p.gp(4), p.gp(5), p.gp(0), p.gp(1), p.gp(2), n, c);
+    }
+    close("out", &p.get(3).0, &p.get(3).1, 1e-5);
+    close("mean", &p.get(4).0, &p.get(4).1, 1e-6);
+    close("rstd", &p.get(5).0, &p.get(5).1, 1e-5);
+    // The backward pass from the same statistics on both sides.
+    let (mean, rstd) = (p.get(4).0, p.get(5).0);
+    unsafe {
+        p.gpu.write(p.gp(4), &mean);
+        p.gpu.write(p.gp(5), &rstd);
+        p.cpu.layernorm_backward(p.cp(7), p.cp(8), p.cp(9), p.cp(6), p.cp(0), p.cp(1), p.cp(4), p.cp(5), n, c);
+        p.gpu.layernorm_backward(p.gp(7), p.gp(8), p.gp(9), p.gp(6), p.gp(0), p.gp(1), p.gp(4), p.gp(5), n, c);
+    }
+    close("dinp", &p.get(7).0, &p.get(7).1, 1e-5);
+    // Same summation order as the CPU engine.
+    identical("dw", &p.get(8).0, &p.get(8).1);
+    identical("dbias", &p.get(9).0, &p.get(9).1);
+}
+
+#[test]
+fn gelu_forward_and_backward_in_place() {
+    let n = 3000;
+    let x = random(n, 14, 3.0);
+    let d = random(n, 15, 1.0);
+    let p = Pair::new(&[&x, &x, &d]);
+    unsafe {
+        // Forward in place on copy 1; backward in place on the gradient.
+        p.cpu.gelu_forward(p.cp(1), p.cp(1), n);
+        p.gpu.gelu_forward(p.gp(1), p.gp(1), n);
+        p.cpu.gelu_backward(p.cp(2), p.cp(0), p.cp(2), n);
+        p.gpu.gelu_backward(p.gp(2), p.gp(0), p.gp(2), n);
+    }
+    close("gelu", &p.get(1).0, &p.get(1).1, 1e-6);
+    close("dgelu", &p.get(2).0, &p.get(2).1, 1e-6);
+}
+
+#[test]
+fn crossentropy_loss_and_fused_gradient() {
+    let (n, v, vp) = (5, 1000, 1024);
+    let logits = random(n * vp, 16, 4.0);
+    let targets: Vec<u32> = vec![0, 999, 17, 500, 17];
+    let p = Pair::new(&[&logits, &logits, &[0.0; 5], &[0.0; 5]]);
+    unsafe {
+        p.cpu.crossentropy(p.cp(2), p.cp(0), &targets, None, n, v, vp);
+        p.gpu.crossentropy(p.gp(2), p.gp(0), &targets, None, n, v, vp);
+        p.cpu.crossentropy(p.cp(3), p.cp(1), &targets, Some(0.25), n, v, vp);
+        p.gpu.crossentropy(p.gp(3), p.gp(1), &targets, Some(0.25), n, v, vp);
+    }
+    close("loss", &p.get(2).0, &p.get(2).1, 1e-5);
+    close("loss (training)", &p.get(3).0, &p.get(3).1, 1e-5);
+    identical("untouched logits", &p.get(0).1, &logits);
+    let (a, g) = p.get(1);
+    close("dlogits", &a, &g, 1e-6);
+    for r in 0..n {
+        assert!(g[r * vp + v..(r + 1) * vp].iter().all(|&x| x == 0.0), "padding of row {r} is zeroed");
+    }
+}
+
+#[test]
+fn adamw_is_identical() {
+    let n = 5000;
+    let (w, g, m, v) = (random(n, 17, 1.0), random(n, 18, 0.1), random(n, 19, 0.01), random(n, 20, 0.001).iter().map(|x| x.abs()).collect::<Vec<_>>());
+    let p = Pair::new(&[&w, &g, &m, &v]);
+    let hp = AdamHyper { lr: 6e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, grad_scale: 0.5 };
+    for step in 1..=3 {
+        unsafe {
+            p.cpu.adamw(p.cp(0), p.cp(1), p.cp(2), p.cp(3), n, &hp, step);
+            p.gpu.adamw(p.gp(0), p.gp(1), p.gp(2), p.gp(3), n, &hp, step);
+        }
+    }
+    for (i, what) in [(0, "w"), (2, "m"), (3, "v")] {
+        let (a, b) = p.get(i);
+        identical(what, &a, &b);
+    }
+}
+
+/// The emulation itself: shuffles as CUDA defines them, block reductions,
+/// and a barrier in divergent code reported instead of hanging.
+#[test]
+fn the_emulation_shuffles_and_catches_divergent_barriers() {
+    use dtrain::engine::cuda::device::{Args, Device, Shape};
+    let gpu = emulated();
+    let n = 64usize;
+    let input: Vec<f32> = (0..n).map(|i| i as f32).collect();
+    let inp = gpu.alloc(n).unwrap();
+    let out = gpu.alloc(5 * n).unwrap();
+    unsafe {
+        gpu.write(gpu.at(&inp, 0), &input);
+        gpu.device().launch("emu_selftest_shuffles", Shape::linear(1, n as u32), Args::new().ptr(gpu.at(&out, 0)).ptr(gpu.at(&inp, 0))).unwrap();
+    }
+    let mut got = vec![0f32; 5 * n];
+    unsafe { gpu.read(gpu.at(&out, 0), &mut got) };
+    for i in 0..n {
+        let (lane, warp) = (i % 32, i / 32 * 32);
+        assert_eq!(got[i], (warp + (lane ^ 5)) as f32, "xor, thread {i}");
+        let down = if lane + 3 < 32 { i + 3 } else { i };
+        assert_eq!(got[n + i], down as f32, "down, thread {i}");
+        assert_eq!(got[2 * n + i], (warp + lane / 16 * 16 + 7) as f32, "idx width 16, thread {i}");
+        assert_eq!(got[3 * n + i], (n * (n - 1) / 2) as f32, "block sum, thread {i}");
+        assert_eq!(got[4 * n + i], (32 * warp + 31 * 32 / 2) as f32, "warp sum, thread {i}");
+    }
+    let e = unsafe { gpu.device().launch("emu_selftest_divergent_barrier", Shape::linear(2, 32), Args::new().ptr(gpu.at(&out, 0))) }.unwrap_err();
+    assert!(e.to_string().contains("deadlock"), "{e}");
+}
