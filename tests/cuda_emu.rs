@@ -240,3 +240,28 @@ fn the_emulation_shuffles_and_catches_divergent_barriers() {
     let e = unsafe { gpu.device().launch("emu_selftest_divergent_barrier", Shape::linear(2, 32), Args::new().ptr(gpu.at(&out, 0))) }.unwrap_err();
     assert!(e.to_string().contains("deadlock"), "{e}");
 }
+
+#[test]
+fn flash_attention_forward_and_backward() {
+    // T = 45: a full tile of 32 keys and a partial one; blocks of 8 rows
+    // with a partial last block; heads of 16 (the tiny preset) and 40 (two
+    // dimensions per lane for some lanes, one for others).
+    for (b, t, c, nh) in [(2, 45, 32, 2), (1, 37, 80, 2)] {
+        let qkv = random(b * t * 3 * c, 21, 1.0);
+        let dout = random(b * t * c, 22, 1.0);
+        let out = vec![0f32; b * t * c];
+        let cache = vec![0f32; b * nh * t];
+        let dqkv = random(b * t * 3 * c, 23, 1.0); // overwritten
+        let p = Pair::new(&[&qkv, &dout, &out, &cache, &dqkv]);
+        assert_eq!(p.gpu.attention_cache_len(b, t, nh), p.cpu.attention_cache_len(b, t, nh));
+        unsafe {
+            p.cpu.attention_forward(p.cp(2), p.cp(3), p.cp(0), b, t, c, nh);
+            p.gpu.attention_forward(p.gp(2), p.gp(3), p.gp(0), b, t, c, nh);
+            p.cpu.attention_backward(p.cp(4), p.cp(1), p.cp(0), p.cp(3), b, t, c, nh);
+            p.gpu.attention_backward(p.gp(4), p.gp(1), p.gp(0), p.gp(3), b, t, c, nh);
+        }
+        close("attention out", &p.get(2).0, &p.get(2).1, 2e-5);
+        close("log-sum-exp", &p.get(3).0, &p.get(3).1, 2e-5);
+        close("dqkv", &p.get(4).0, &p.get(4).1, 1e-4);
+    }
+}

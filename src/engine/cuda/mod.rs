@@ -27,6 +27,11 @@ const ELEM_MAX_BLOCKS: usize = 8192;
 const LN_ROW_CHUNK: usize = 64;
 /// Floats summed per block of `sum_squares_partial` (the CPU's ELEM_CHUNK).
 const SQ_PER_BLOCK: usize = 1 << 14;
+/// Rows (warps) per block, rows per shared-memory tile, and the largest
+/// head of kernels/attention.cu.
+const ATT_ROWS: usize = 8;
+const ATT_TILE: usize = 32;
+const ATT_HS_MAX: usize = 128;
 
 /// A zeroed device buffer of `len` floats.
 pub struct CudaArena<D: Device> {
@@ -228,6 +233,41 @@ impl<D: Device> CudaEngine<D> {
             unsafe { self.dev.copy_in(tgt, bytes_of(&targets[..n])) };
             let args = Args::new().ptr(losses).ptr(logits).ptr(tgt).f32(dscale.unwrap_or(0.0)).i32(dscale.is_some() as i32).dim(v).dim(vp);
             check(unsafe { self.dev.launch("crossentropy", Shape::linear(n, 1024), args) });
+        })
+    }
+
+    /// One log-sum-exp per (batch, head, row), like the CPU engine.
+    pub fn attention_cache_len(&self, b: usize, t: usize, nh: usize) -> usize {
+        b * nh * t
+    }
+
+    fn attention_shape(t: usize, b: usize, c: usize, nh: usize, smem_floats: usize) -> Shape {
+        let hs = c / nh;
+        assert!(hs <= ATT_HS_MAX && hs * nh == c, "the CUDA attention kernels take heads of at most {ATT_HS_MAX} (this model: {c}/{nh})");
+        Shape { smem: (smem_floats * 4) as u32, ..Shape::grid2(t.div_ceil(ATT_ROWS), b * nh, 32 * ATT_ROWS as u32) }
+    }
+
+    /// kernels/attention.cu: one warp per query row, tiles of keys in shared memory.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn attention_forward(&self, out: DevPtr, cache: DevPtr, qkv: DevPtr, b: usize, t: usize, c: usize, nh: usize) {
+        let hs = c / nh;
+        let shape = Self::attention_shape(t, b, c, nh, 2 * ATT_TILE * (hs + 1) + ATT_ROWS * hs + ATT_ROWS * ATT_TILE);
+        let args = Args::new().ptr(out).ptr(cache).ptr(qkv).dim(b).dim(t).dim(c).dim(nh);
+        check(unsafe { self.dev.launch("attention_forward", shape, args) });
+    }
+
+    /// kernels/attention.cu: dQ (and each row's Σ P·dP, kept in scratch)
+    /// per query row, then dK and dV per key row.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn attention_backward(&self, dqkv: DevPtr, dout: DevPtr, qkv: DevPtr, cache: DevPtr, b: usize, t: usize, c: usize, nh: usize) {
+        let hs = c / nh;
+        self.with_scratch(b * nh * t * 4, |dsum| {
+            let shape = Self::attention_shape(t, b, c, nh, 2 * ATT_TILE * (hs + 1) + 2 * ATT_ROWS * hs + ATT_ROWS * ATT_TILE);
+            let args = Args::new().ptr(dqkv).ptr(dsum).ptr(dout).ptr(qkv).ptr(cache).dim(b).dim(t).dim(c).dim(nh);
+            check(unsafe { self.dev.launch("attention_backward_query", shape, args) });
+            let shape = Self::attention_shape(t, b, c, nh, 2 * ATT_TILE * (hs + 1) + 2 * ATT_TILE + 2 * ATT_ROWS * hs + 2 * ATT_ROWS * ATT_TILE);
+            let args = Args::new().ptr(dqkv).ptr(dout).ptr(qkv).ptr(cache).ptr(dsum).dim(b).dim(t).dim(c).dim(nh);
+            check(unsafe { self.dev.launch("attention_backward_key", shape, args) });
         })
     }
 
