@@ -5,9 +5,9 @@
 
 mod common;
 
-use dtrain::engine::cpu::CpuEngine;
 use common::hf_server::{self, Fault, REPO, TOKEN};
 use dtrain::data::http::RetryPolicy;
+use dtrain::engine::cpu::CpuEngine;
 use dtrain::hub::{HfHub, LocalStore, ModelHub};
 use dtrain::model::checkpoint;
 use dtrain::subnet::miner::params_hash;

@@ -198,7 +198,8 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 fn hub_of(n: &NodeArgs) -> Result<Arc<dyn crate::hub::ModelHub>> {
     anyhow::ensure!(n.hub_retry_s.is_finite() && (0.0..=3600.0).contains(&n.hub_retry_s), "--hub-retry-s: 0 to 3600");
-    let policy = crate::data::http::RetryPolicy { tries: n.hub_tries, delay: Duration::from_secs_f64(n.hub_retry_s), ..crate::hub::HfHub::default_policy() };
+    let policy =
+        crate::data::http::RetryPolicy { tries: n.hub_tries, delay: Duration::from_secs_f64(n.hub_retry_s), ..crate::hub::HfHub::default_policy() };
     Ok(crate::hub::open(n.hub_store.as_deref(), n.hf_repo.as_deref(), policy)?)
 }
 

@@ -11,7 +11,7 @@ mod classifier;
 mod encoder;
 mod gelu;
 mod layernorm;
-mod matmul;
+pub(crate) mod matmul;
 mod optim;
 pub(crate) mod simd;
 

@@ -77,6 +77,29 @@ impl Shape {
     }
 }
 
+/// A row-major matrix operand of a GEMM: `m × k` logically; stored as is
+/// with leading dimension `ld`, or, with `trans`, stored as its transpose.
+#[derive(Debug, Clone, Copy)]
+pub struct Mat {
+    pub ptr: DevPtr,
+    pub ld: usize,
+    pub trans: bool,
+}
+
+/// `dst(m × n) = a(m × k) · b(k × n)`, or `+=` with `accumulate`; row-major,
+/// `dst` with leading dimension `ldd`. All fp32.
+#[derive(Debug, Clone, Copy)]
+pub struct Gemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub dst: DevPtr,
+    pub ldd: usize,
+    pub a: Mat,
+    pub b: Mat,
+    pub accumulate: bool,
+}
+
 pub trait Device: Send + Sync {
     /// Owns one allocation; freed on drop.
     type Buf: Send + Sync;
@@ -96,4 +119,8 @@ pub trait Device: Send + Sync {
     /// `args` match the kernel's parameters, and every pointer among them
     /// addresses enough live memory of this device for the shape.
     unsafe fn launch(&self, kernel: &str, shape: Shape, args: Args) -> Result<(), DeviceError>;
+    /// A matrix product (cuBLAS on a GPU).
+    /// # Safety
+    /// Every operand lies in live memory of this device; `dst` aliases none.
+    unsafe fn gemm(&self, g: &Gemm) -> Result<(), DeviceError>;
 }

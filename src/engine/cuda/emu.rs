@@ -2,9 +2,11 @@
 //! compiled as C++ by build.rs against `kernels/emu/cuda_emu.h`, each CUDA
 //! thread a coroutine. Slow (every barrier is a context switch), and meant
 //! for small shapes in tests, where it proves the kernels and the engine's
-//! launch code without a GPU.
+//! launch code without a GPU. Matrix products, cuBLAS's job on a GPU, go to
+//! the CPU engine's GEMM.
 
-use super::device::{Args, DevPtr, Device, DeviceError, Shape};
+use super::device::{Args, DevPtr, Device, DeviceError, Gemm, Mat, Shape};
+use crate::engine::cpu::matmul::{Strided, gemm_f32, parallelism};
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 
 /// Host memory standing in for device memory.
@@ -30,7 +32,9 @@ pub struct Emu;
 
 impl Emu {
     /// Whether build.rs could compile the emulation (it needs a C++ compiler).
-    pub const AVAILABLE: bool = cfg!(dtrain_emu);
+    pub fn available() -> bool {
+        cfg!(dtrain_emu)
+    }
 }
 
 #[cfg(dtrain_emu)]
@@ -77,6 +81,16 @@ impl Device for Emu {
         unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) }
     }
 
+    unsafe fn gemm(&self, g: &Gemm) -> Result<(), DeviceError> {
+        let strided = |m: Mat| {
+            let (rs, cs) = if m.trans { (1, m.ld as isize) } else { (m.ld as isize, 1) };
+            Strided { ptr: m.ptr as *const f32, rs, cs }
+        };
+        // SAFETY: the caller guarantees the operands.
+        unsafe { gemm_f32(g.m, g.n, g.k, g.dst as *mut f32, g.ldd as isize, strided(g.a), strided(g.b), g.accumulate, parallelism()) };
+        Ok(())
+    }
+
     #[cfg(dtrain_emu)]
     unsafe fn launch(&self, kernel: &str, shape: Shape, mut args: Args) -> Result<(), DeviceError> {
         let name = std::ffi::CString::new(kernel).map_err(|_| DeviceError::Launch(format!("bad kernel name {kernel:?}")))?;
@@ -85,7 +99,15 @@ impl Device for Emu {
         // SAFETY: the caller guarantees the arguments; `params` points into
         // `args`, which outlives the call; the launch runs to completion.
         let rc = unsafe {
-            dtrain_emu_launch(name.as_ptr(), shape.grid.as_ptr(), shape.block.as_ptr(), shape.smem as usize, params.as_mut_ptr(), err.as_mut_ptr(), err.len())
+            dtrain_emu_launch(
+                name.as_ptr(),
+                shape.grid.as_ptr(),
+                shape.block.as_ptr(),
+                shape.smem as usize,
+                params.as_mut_ptr(),
+                err.as_mut_ptr(),
+                err.len(),
+            )
         };
         if rc == 0 {
             return Ok(());

@@ -8,23 +8,25 @@
 //! same name in the `.cu` file the method names; the CPU twin is in
 //! `src/engine/cpu/` under the same file name.
 //!
-//! Work in progress (issue 6): the element-wise, normalisation, embedding,
-//! classifier and AdamW ops are here; matrix products (cuBLASLt), attention,
-//! LAMB, the GPU device and the `Engine` trait implementation come next.
+//! The fp32 kernel set is complete and runs the model's whole call list;
+//! the GPU device (cudarc: driver, NVRTC, cuBLAS) and the bf16 mode are
+//! issue 6's next steps.
 
 pub mod device;
 pub mod emu;
 
-use super::AdamHyper;
-use device::{Args, DevPtr, Device, DeviceError, Shape};
+use super::{AdamHyper, Engine, EngineError, WeightLayout};
+use device::{Args, DevPtr, Device, DeviceError, Gemm, Mat, Shape};
 use std::sync::Mutex;
 
 /// Threads per block of element-wise kernels.
 const ELEM_THREADS: u32 = 256;
 /// Blocks of grid-stride element-wise kernels at most (enough to fill any GPU).
 const ELEM_MAX_BLOCKS: usize = 8192;
-/// Rows per chunk of layernorm's parameter-gradient sums (kernels/layernorm.cu).
+/// Rows per chunk of layernorm's parameter-gradient sums (kernels/layernorm.cu)
+/// and of the bias gradient's column sums (kernels/matmul.cu).
 const LN_ROW_CHUNK: usize = 64;
+const MM_ROW_CHUNK: usize = 64;
 /// Floats summed per block of `sum_squares_partial` (the CPU's ELEM_CHUNK).
 const SQ_PER_BLOCK: usize = 1 << 14;
 /// Rows (warps) per block, rows per shared-memory tile, and the largest
@@ -76,24 +78,6 @@ impl<D: Device> CudaEngine<D> {
         &self.dev
     }
 
-    pub fn name(&self) -> String {
-        format!("cuda: {}", self.dev.name())
-    }
-
-    pub fn alloc(&self, len: usize) -> Result<CudaArena<D>, DeviceError> {
-        let bytes = len.checked_mul(4).ok_or(DeviceError::Alloc(usize::MAX))?;
-        Ok(CudaArena { buf: self.dev.alloc(bytes)?, len })
-    }
-
-    pub fn arena_len(&self, a: &CudaArena<D>) -> usize {
-        a.len
-    }
-
-    pub fn at(&self, a: &CudaArena<D>, offset: usize) -> DevPtr {
-        assert!(offset <= a.len, "offset {offset} past an arena of {}", a.len);
-        self.dev.addr(&a.buf) + 4 * offset as u64
-    }
-
     /// Runs `f` with at least `bytes` of device scratch memory.
     fn with_scratch<R>(&self, bytes: usize, f: impl FnOnce(DevPtr) -> R) -> R {
         let mut guard = self.scratch.lock().unwrap_or_else(|p| p.into_inner());
@@ -106,31 +90,56 @@ impl<D: Device> CudaEngine<D> {
         f(addr)
     }
 
-    /// # Safety
-    /// As [`crate::engine::Engine::write`].
-    pub unsafe fn write(&self, dst: DevPtr, src: &[f32]) {
+    fn attention_shape(t: usize, b: usize, c: usize, nh: usize, smem_floats: usize) -> Shape {
+        let hs = c / nh;
+        assert!(hs <= ATT_HS_MAX && hs * nh == c, "the CUDA attention kernels take heads of at most {ATT_HS_MAX} (this model: {c}/{nh})");
+        Shape { smem: (smem_floats * 4) as u32, ..Shape::grid2(t.div_ceil(ATT_ROWS), b * nh, 32 * ATT_ROWS as u32) }
+    }
+}
+
+impl<D: Device> Engine for CudaEngine<D> {
+    type Arena = CudaArena<D>;
+    type Ptr = DevPtr;
+
+    fn name(&self) -> String {
+        format!("cuda: {}", self.dev.name())
+    }
+
+    fn alloc(&self, len: usize) -> Result<CudaArena<D>, EngineError> {
+        let bytes = len.checked_mul(4).ok_or(EngineError::Alloc(len))?;
+        Ok(CudaArena { buf: self.dev.alloc(bytes).map_err(|_| EngineError::Alloc(len))?, len })
+    }
+
+    fn arena_len(&self, a: &CudaArena<D>) -> usize {
+        a.len
+    }
+
+    fn at(&self, a: &CudaArena<D>, offset: usize) -> DevPtr {
+        assert!(offset <= a.len, "offset {offset} past an arena of {}", a.len);
+        self.dev.addr(&a.buf) + 4 * offset as u64
+    }
+
+    unsafe fn write(&self, dst: DevPtr, src: &[f32]) {
         unsafe { self.dev.copy_in(dst, bytes_of(src)) }
     }
 
-    /// # Safety
-    /// As [`crate::engine::Engine::read`].
-    pub unsafe fn read(&self, src: DevPtr, dst: &mut [f32]) {
+    unsafe fn read(&self, src: DevPtr, dst: &mut [f32]) {
         let bytes = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u8>(), dst.len() * 4) };
         unsafe { self.dev.copy_out(src, bytes) }
     }
 
     /// kernels/tensor.cu
-    pub unsafe fn fill(&self, dst: DevPtr, len: usize, value: f32) {
+    unsafe fn fill(&self, dst: DevPtr, len: usize, value: f32) {
         check(unsafe { self.dev.launch("fill", elementwise(len), Args::new().ptr(dst).len(len).f32(value)) });
     }
 
     /// kernels/tensor.cu
-    pub unsafe fn scale(&self, x: DevPtr, len: usize, factor: f32) {
+    unsafe fn scale(&self, x: DevPtr, len: usize, factor: f32) {
         check(unsafe { self.dev.launch("scale", elementwise(len), Args::new().ptr(x).len(len).f32(factor)) });
     }
 
     /// kernels/tensor.cu: per-block partials on the device, summed here in block order.
-    pub unsafe fn sum_squares(&self, x: DevPtr, len: usize) -> f64 {
+    unsafe fn sum_squares(&self, x: DevPtr, len: usize) -> f64 {
         let blocks = len.div_ceil(SQ_PER_BLOCK);
         if blocks == 0 {
             return 0.0;
@@ -146,7 +155,7 @@ impl<D: Device> CudaEngine<D> {
     }
 
     /// kernels/encoder.cu
-    pub unsafe fn encoder_forward(&self, out: DevPtr, tokens: &[u32], wte: DevPtr, wpe: DevPtr, b: usize, t: usize, c: usize) {
+    unsafe fn encoder_forward(&self, out: DevPtr, tokens: &[u32], wte: DevPtr, wpe: DevPtr, b: usize, t: usize, c: usize) {
         let n = b * t * c;
         self.with_scratch(tokens.len() * 4, |tok| {
             unsafe { self.dev.copy_in(tok, bytes_of(tokens)) };
@@ -157,7 +166,7 @@ impl<D: Device> CudaEngine<D> {
 
     /// kernels/encoder.cu: positions sorted by token here (stable), then one
     /// block row per distinct token.
-    pub unsafe fn encoder_backward(&self, dwte: DevPtr, dwpe: DevPtr, dout: DevPtr, tokens: &[u32], b: usize, t: usize, c: usize) {
+    unsafe fn encoder_backward(&self, dwte: DevPtr, dwpe: DevPtr, dout: DevPtr, tokens: &[u32], b: usize, t: usize, c: usize) {
         let args = Args::new().ptr(dwpe).ptr(dout).dim(b).dim(t).dim(c);
         check(unsafe { self.dev.launch("encoder_backward_wpe", Shape::grid2(c.div_ceil(256), t, 256), args) });
         let mut order: Vec<u32> = (0..tokens.len() as u32).collect();
@@ -184,15 +193,14 @@ impl<D: Device> CudaEngine<D> {
     }
 
     /// kernels/layernorm.cu: one warp per row, 8 rows per block.
-    pub unsafe fn layernorm_forward(&self, out: DevPtr, mean: DevPtr, rstd: DevPtr, inp: DevPtr, w: DevPtr, bias: DevPtr, n: usize, c: usize) {
+    unsafe fn layernorm_forward(&self, out: DevPtr, mean: DevPtr, rstd: DevPtr, inp: DevPtr, w: DevPtr, bias: DevPtr, n: usize, c: usize) {
         let args = Args::new().ptr(out).ptr(mean).ptr(rstd).ptr(inp).ptr(w).ptr(bias).dim(n).dim(c);
         check(unsafe { self.dev.launch("layernorm_forward", Shape::linear(n.div_ceil(8), 256), args) });
     }
 
     /// kernels/layernorm.cu: the input gradient per row, then the parameter
     /// gradients as chunk partials summed in chunk order.
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn layernorm_backward(
+    unsafe fn layernorm_backward(
         &self,
         dinp: DevPtr,
         dw: DevPtr,
@@ -217,18 +225,17 @@ impl<D: Device> CudaEngine<D> {
     }
 
     /// kernels/gelu.cu; `out` may alias `inp`.
-    pub unsafe fn gelu_forward(&self, out: DevPtr, inp: DevPtr, n: usize) {
+    unsafe fn gelu_forward(&self, out: DevPtr, inp: DevPtr, n: usize) {
         check(unsafe { self.dev.launch("gelu_forward", elementwise(n), Args::new().ptr(out).ptr(inp).len(n)) });
     }
 
     /// kernels/gelu.cu; `dinp` may alias `dout`.
-    pub unsafe fn gelu_backward(&self, dinp: DevPtr, inp: DevPtr, dout: DevPtr, n: usize) {
+    unsafe fn gelu_backward(&self, dinp: DevPtr, inp: DevPtr, dout: DevPtr, n: usize) {
         check(unsafe { self.dev.launch("gelu_backward", elementwise(n), Args::new().ptr(dinp).ptr(inp).ptr(dout).len(n)) });
     }
 
     /// kernels/classifier.cu: one block of 1024 threads per row.
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn crossentropy(&self, losses: DevPtr, logits: DevPtr, targets: &[u32], dscale: Option<f32>, n: usize, v: usize, vp: usize) {
+    unsafe fn crossentropy(&self, losses: DevPtr, logits: DevPtr, targets: &[u32], dscale: Option<f32>, n: usize, v: usize, vp: usize) {
         self.with_scratch(n * 4, |tgt| {
             unsafe { self.dev.copy_in(tgt, bytes_of(&targets[..n])) };
             let args = Args::new().ptr(losses).ptr(logits).ptr(tgt).f32(dscale.unwrap_or(0.0)).i32(dscale.is_some() as i32).dim(v).dim(vp);
@@ -237,19 +244,12 @@ impl<D: Device> CudaEngine<D> {
     }
 
     /// One log-sum-exp per (batch, head, row), like the CPU engine.
-    pub fn attention_cache_len(&self, b: usize, t: usize, nh: usize) -> usize {
+    fn attention_cache_len(&self, b: usize, t: usize, nh: usize) -> usize {
         b * nh * t
     }
 
-    fn attention_shape(t: usize, b: usize, c: usize, nh: usize, smem_floats: usize) -> Shape {
-        let hs = c / nh;
-        assert!(hs <= ATT_HS_MAX && hs * nh == c, "the CUDA attention kernels take heads of at most {ATT_HS_MAX} (this model: {c}/{nh})");
-        Shape { smem: (smem_floats * 4) as u32, ..Shape::grid2(t.div_ceil(ATT_ROWS), b * nh, 32 * ATT_ROWS as u32) }
-    }
-
     /// kernels/attention.cu: one warp per query row, tiles of keys in shared memory.
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn attention_forward(&self, out: DevPtr, cache: DevPtr, qkv: DevPtr, b: usize, t: usize, c: usize, nh: usize) {
+    unsafe fn attention_forward(&self, out: DevPtr, cache: DevPtr, qkv: DevPtr, b: usize, t: usize, c: usize, nh: usize) {
         let hs = c / nh;
         let shape = Self::attention_shape(t, b, c, nh, 2 * ATT_TILE * (hs + 1) + ATT_ROWS * hs + ATT_ROWS * ATT_TILE);
         let args = Args::new().ptr(out).ptr(cache).ptr(qkv).dim(b).dim(t).dim(c).dim(nh);
@@ -258,8 +258,7 @@ impl<D: Device> CudaEngine<D> {
 
     /// kernels/attention.cu: dQ (and each row's Σ P·dP, kept in scratch)
     /// per query row, then dK and dV per key row.
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn attention_backward(&self, dqkv: DevPtr, dout: DevPtr, qkv: DevPtr, cache: DevPtr, b: usize, t: usize, c: usize, nh: usize) {
+    unsafe fn attention_backward(&self, dqkv: DevPtr, dout: DevPtr, qkv: DevPtr, cache: DevPtr, b: usize, t: usize, c: usize, nh: usize) {
         let hs = c / nh;
         self.with_scratch(b * nh * t * 4, |dsum| {
             let shape = Self::attention_shape(t, b, c, nh, 2 * ATT_TILE * (hs + 1) + 2 * ATT_ROWS * hs + ATT_ROWS * ATT_TILE);
@@ -271,9 +270,8 @@ impl<D: Device> CudaEngine<D> {
         })
     }
 
-    /// kernels/adamw.cu
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn adamw(&self, p: DevPtr, g: DevPtr, m: DevPtr, v: DevPtr, len: usize, hp: &AdamHyper, step: u64) {
+    /// kernels/optim.cu
+    unsafe fn adamw(&self, p: DevPtr, g: DevPtr, m: DevPtr, v: DevPtr, len: usize, hp: &AdamHyper, step: u64) {
         let (bc1, bc2) = bias_corrections(hp, step);
         let args = Args::new()
             .ptr(p)
@@ -289,5 +287,123 @@ impl<D: Device> CudaEngine<D> {
             .f32(hp.lr / bc1)
             .f32(bc2.sqrt());
         check(unsafe { self.dev.launch("adamw", elementwise(len), args) });
+    }
+
+    /// kernels/matmul.cu pre-fills bias and residual; the product
+    /// accumulates onto them (the CPU engine's order).
+    unsafe fn matmul_forward(
+        &self,
+        out: DevPtr,
+        inp: DevPtr,
+        w: DevPtr,
+        layout: WeightLayout,
+        bias: Option<DevPtr>,
+        residual: Option<DevPtr>,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) {
+        let prefill = bias.is_some() || residual.is_some();
+        if prefill {
+            let args = Args::new()
+                .ptr(out)
+                .ptr(bias.unwrap_or(0))
+                .ptr(residual.unwrap_or(0))
+                .len(n)
+                .dim(oc)
+                .i32(bias.is_some() as i32)
+                .i32(residual.is_some() as i32);
+            check(unsafe { self.dev.launch("matmul_prefill", elementwise(n * oc), args) });
+        }
+        let w = match layout {
+            WeightLayout::InOut => Mat { ptr: w, ld: oc, trans: false },
+            WeightLayout::OutIn => Mat { ptr: w, ld: c, trans: true },
+        };
+        let g = Gemm { m: n, n: oc, k: c, dst: out, ldd: oc, a: Mat { ptr: inp, ld: c, trans: false }, b: w, accumulate: prefill };
+        check(unsafe { self.dev.gemm(&g) });
+    }
+
+    /// Two products (dinp =, dw +=) and, with a bias, kernels/matmul.cu's
+    /// column sums.
+    unsafe fn matmul_backward(
+        &self,
+        dinp: DevPtr,
+        dw: DevPtr,
+        dbias: Option<DevPtr>,
+        dout: DevPtr,
+        inp: DevPtr,
+        w: DevPtr,
+        layout: WeightLayout,
+        n: usize,
+        c: usize,
+        oc: usize,
+    ) {
+        let dout_m = Mat { ptr: dout, ld: oc, trans: false };
+        let wt = match layout {
+            WeightLayout::InOut => Mat { ptr: w, ld: oc, trans: true },
+            WeightLayout::OutIn => Mat { ptr: w, ld: c, trans: false },
+        };
+        check(unsafe { self.dev.gemm(&Gemm { m: n, n: c, k: oc, dst: dinp, ldd: c, a: dout_m, b: wt, accumulate: false }) });
+        let dw_gemm = match layout {
+            WeightLayout::InOut => Gemm { m: c, n: oc, k: n, dst: dw, ldd: oc, a: Mat { ptr: inp, ld: c, trans: true }, b: dout_m, accumulate: true },
+            WeightLayout::OutIn => Gemm {
+                m: oc,
+                n: c,
+                k: n,
+                dst: dw,
+                ldd: c,
+                a: Mat { ptr: dout, ld: oc, trans: true },
+                b: Mat { ptr: inp, ld: c, trans: false },
+                accumulate: true,
+            },
+        };
+        check(unsafe { self.dev.gemm(&dw_gemm) });
+        if let Some(db) = dbias {
+            let chunks = n.div_ceil(MM_ROW_CHUNK);
+            self.with_scratch(chunks * oc * 4, |partial| {
+                let args = Args::new().ptr(partial).ptr(dout).dim(n).dim(oc);
+                check(unsafe { self.dev.launch("column_sum_partial", Shape::grid2(oc.div_ceil(256), chunks, 256), args) });
+                let args = Args::new().ptr(db).ptr(partial).dim(chunks).dim(oc);
+                check(unsafe { self.dev.launch("column_sum_add", Shape::linear(oc.div_ceil(256), 256), args) });
+            })
+        }
+    }
+
+    /// kernels/optim.cu: moments and per-block partial norms, summed here in block order.
+    unsafe fn lamb_moments(&self, p: DevPtr, g: DevPtr, m: DevPtr, v: DevPtr, len: usize, hp: &AdamHyper, step: u64) -> (f64, f64) {
+        let blocks = len.div_ceil(SQ_PER_BLOCK);
+        if blocks == 0 {
+            return (0.0, 0.0);
+        }
+        let (bc1, bc2) = bias_corrections(hp, step);
+        self.with_scratch(blocks * 16, |partial| {
+            let args = Args::new()
+                .ptr(partial)
+                .ptr(p)
+                .ptr(g)
+                .ptr(m)
+                .ptr(v)
+                .len(len)
+                .len(SQ_PER_BLOCK)
+                .f32(hp.beta1)
+                .f32(hp.beta2)
+                .f32(hp.eps)
+                .f32(hp.weight_decay)
+                .f32(hp.grad_scale)
+                .f32(bc1)
+                .f32(bc2);
+            check(unsafe { self.dev.launch("lamb_moments", Shape::linear(blocks, 256), args) });
+            let mut parts = vec![0f64; 2 * blocks];
+            let bytes = unsafe { std::slice::from_raw_parts_mut(parts.as_mut_ptr().cast::<u8>(), blocks * 16) };
+            unsafe { self.dev.copy_out(partial, bytes) };
+            parts.chunks(2).fold((0.0, 0.0), |(w, u), x| (w + x[0], u + x[1]))
+        })
+    }
+
+    /// kernels/optim.cu
+    unsafe fn lamb_apply(&self, p: DevPtr, m: DevPtr, v: DevPtr, len: usize, hp: &AdamHyper, step: u64, step_size: f32) {
+        let (bc1, bc2) = bias_corrections(hp, step);
+        let args = Args::new().ptr(p).ptr(m).ptr(v).len(len).f32(hp.eps).f32(hp.weight_decay).f32(bc1).f32(bc2).f32(step_size);
+        check(unsafe { self.dev.launch("lamb_apply", elementwise(len), args) });
     }
 }
