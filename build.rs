@@ -1,9 +1,12 @@
-//! Build metadata: the git revision `dtrain --version` reports, so a
-//! checkpoint or a benchmark line can be traced to the code that made it;
-//! and the CPU emulation of the CUDA kernels (kernels/emu), compiled with
-//! the system's C++ compiler so the tests can run every kernel without a
-//! GPU. Without a C++ compiler the crate still builds; only the emulated
-//! engine is missing (its tests say so).
+//! Build metadata and the CUDA kernels:
+//! - the git revision `dtrain --version` reports, so a checkpoint or a
+//!   benchmark line can be traced to the code that made it;
+//! - the kernels of `kernels/*.cu` as one source text for NVRTC (the GPU
+//!   device compiles it at run time for the GPU it finds) and their names;
+//! - the CPU emulation of the same kernels (kernels/emu), compiled with the
+//!   system's C++ compiler so the tests run every kernel without a GPU.
+//!   Without a C++ compiler the crate still builds; only the emulated
+//!   device is missing (its tests say so).
 
 use std::path::Path;
 
@@ -20,6 +23,11 @@ fn main() {
     println!("cargo:rerun-if-changed=.git/refs/heads");
     println!("cargo::rustc-check-cfg=cfg(dtrain_emu)");
     println!("cargo:rerun-if-changed=kernels");
+    println!("cargo:rerun-if-changed=kernels/emu");
+    let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
+    let (files, names) = kernels().expect("reading kernels/");
+    write_gpu_source(Path::new(&out), &files, &names).expect("writing the CUDA source");
+
     let cxx = cc::Build::new().cpp(true).get_compiler();
     let present = std::process::Command::new(cxx.path()).arg("--version").output().is_ok_and(|o| o.status.success());
     if !present {
@@ -27,16 +35,16 @@ fn main() {
         return;
     }
     // A kernel that does not compile as C++ is a build error, not a warning.
-    if let Err(e) = build_emulation() {
+    if let Err(e) = build_emulation(Path::new(&out), &files, &names) {
         panic!("compiling the CUDA kernels' CPU emulation: {e}");
     }
 }
 
-/// The kernels: `kernels/*.cu` (and `kernels/emu/*.cu`), and the names of their `extern "C"
-/// __global__` functions, found in the source text.
+/// The kernel files, `kernels/*.cu` and the emulation's self-tests
+/// `kernels/emu/*.cu`, and the names of their `extern "C" __global__`
+/// functions, found in the source text.
 fn kernels() -> std::io::Result<(Vec<String>, Vec<String>)> {
     let mut files = Vec::new();
-    // The emulation's self-test kernels (kernels/emu/*.cu) come along.
     for dir in ["kernels", "kernels/emu"] {
         for e in std::fs::read_dir(dir)? {
             let name = e?.file_name().to_string_lossy().into_owned();
@@ -49,23 +57,31 @@ fn kernels() -> std::io::Result<(Vec<String>, Vec<String>)> {
     let mut names = Vec::new();
     for f in &files {
         let text = std::fs::read_to_string(f)?;
-        let mut rest = text.as_str();
-        while let Some(at) = rest.find("extern \"C\" __global__ void ") {
-            rest = &rest[at + "extern \"C\" __global__ void ".len()..];
-            let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
-            names.push(name);
+        for part in text.split("extern \"C\" __global__ void ").skip(1) {
+            names.push(part.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect());
         }
     }
     Ok((files, names))
 }
 
-fn build_emulation() -> Result<(), String> {
-    let out = std::env::var("OUT_DIR").map_err(|e| e.to_string())?;
-    let (files, names) = kernels().map_err(|e| e.to_string())?;
+/// One translation unit for NVRTC, which cannot open files: the shared
+/// header, then every kernel file without its include line.
+fn write_gpu_source(out: &Path, files: &[String], names: &[String]) -> std::io::Result<()> {
+    let mut cuda = std::fs::read_to_string("kernels/common.cuh")?.replace("#pragma once", "");
+    for f in files.iter().filter(|f| !f.starts_with("kernels/emu/")) {
+        cuda.push_str(&format!("\n// ---- {f}\n"));
+        cuda.push_str(&std::fs::read_to_string(f)?.replace("#include \"common.cuh\"", ""));
+    }
+    std::fs::write(out.join("cuda_source.cu"), cuda)?;
+    let gpu_names: Vec<&String> = names.iter().filter(|n| !n.starts_with("emu_")).collect();
+    std::fs::write(out.join("kernel_names.rs"), format!("&{gpu_names:?}"))
+}
+
+fn build_emulation(out: &Path, files: &[String], names: &[String]) -> Result<(), String> {
     let root = std::env::current_dir().map_err(|e| e.to_string())?;
     let sources: String = files.iter().map(|f| format!("#include \"{}\"\n", root.join(f).display())).collect();
     let list: String = names.iter().map(|n| format!("DTRAIN_KERNEL({n})\n")).collect();
-    let (src_inc, list_inc) = (Path::new(&out).join("emu_sources.inc"), Path::new(&out).join("emu_kernels.inc"));
+    let (src_inc, list_inc) = (out.join("emu_sources.inc"), out.join("emu_kernels.inc"));
     std::fs::write(&src_inc, sources).map_err(|e| e.to_string())?;
     std::fs::write(&list_inc, list).map_err(|e| e.to_string())?;
     cc::Build::new()

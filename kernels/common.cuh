@@ -1,6 +1,6 @@
-// What every kernel file shares: the CUDA headers (or, under DTRAIN_EMU, the
-// CPU emulation of the subset the kernels use) and the warp and block
-// reductions. Reductions always combine values in the same tree, so a
+// What every kernel file shares: under DTRAIN_EMU, the CPU emulation of the
+// subset of CUDA the kernels use (on a GPU, NVRTC needs no header for it);
+// and the warp and block reductions. Reductions always combine values in the same tree, so a
 // kernel's result does not depend on timing: training is reproducible and
 // the emulated run computes exactly what the GPU computes, up to the
 // rounding of the math library's exp and log.
@@ -8,9 +8,6 @@
 
 #ifdef DTRAIN_EMU
 #include "emu/cuda_emu.h"
-#else
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #endif
 
 #define WARP_SIZE 32

@@ -2,7 +2,12 @@
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
+use dtrain::engine::Engine;
 use dtrain::engine::cpu::CpuEngine;
+use dtrain::engine::cuda::device::Device;
+use dtrain::engine::cuda::emu::Emu;
+use dtrain::engine::cuda::gpu::Gpu;
+use dtrain::engine::cuda::{CudaEngine, DeviceChoice};
 use dtrain::model::GptConfig;
 use dtrain::model::config::PRESET_NAMES;
 use dtrain::optim::OptimizerKind;
@@ -64,6 +69,9 @@ enum Command {
     /// Publish, list and fetch model versions in a local model store or on the Hugging Face Hub.
     #[command(subcommand)]
     Hub(HubCommand),
+    /// Check the CUDA setup: the kernels against the CPU engine, or their compilation.
+    #[command(subcommand)]
+    Check(CheckCommand),
     /// One all-reduce peer driven over stdin/stdout (used by `bench allreduce` and the tests).
     #[command(hide = true)]
     AllreducePeer(dtrain::allreduce_bench::PeerArgs),
@@ -124,6 +132,10 @@ struct TrainArgs {
     /// Seed of the initial weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Where to train: auto (the first GPU if one is found, else the CPU),
+    /// cpu, cuda, cuda:N, or emulated (the CUDA kernels emulated on the CPU).
+    #[arg(long, default_value = "auto")]
+    device: DeviceChoice,
 }
 
 /// Remote sources for `dtrain tokenize` (instead of local files).
@@ -208,6 +220,26 @@ fn open_hub(a: &HubArgs) -> Result<std::sync::Arc<dyn dtrain::hub::ModelHub>> {
 }
 
 #[derive(Subcommand)]
+enum CheckCommand {
+    /// Run every CUDA kernel and training steps of a small GPT on a GPU against the CPU
+    /// engine and print a pass/fail table of relative errors. The first thing to run on a GPU.
+    Gpu {
+        /// cuda, cuda:N, or emulated (the same checks on the CPU emulation of the kernels, small shapes).
+        #[arg(long, default_value = "cuda")]
+        device: DeviceChoice,
+    },
+    /// Compile the kernels with NVRTC for GPU architectures (no GPU needed) and report.
+    Kernels {
+        /// Compute capabilities, e.g. 80 (A100), 90 (H100).
+        #[arg(long, value_delimiter = ',', default_value = "80,90")]
+        arch: Vec<u32>,
+        /// Write each architecture's PTX here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum BenchCommand {
     /// Training-step throughput of the CPU engine, side by side with PyTorch
     /// (when `python3 -c 'import torch, transformers'` works) and with this
@@ -253,6 +285,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Tokenize(a)) => dtrain::bench::tokenize_bench(&a),
         Command::Bench(BenchCommand::Allreduce(a)) => dtrain::allreduce_bench::allreduce_bench(&a),
         Command::Hub(cmd) => hub_cmd(cmd),
+        Command::Check(cmd) => check_cmd(cmd),
         Command::Swarm(a) => dtrain::subnet::node::run_swarm(&a, !cli.quiet),
         Command::Miner(a) => dtrain::subnet::node::run_miner(&a),
         Command::Validator(a) => dtrain::subnet::node::run_validator(&a),
@@ -333,6 +366,48 @@ fn tokenize_cmd(inputs: &[PathBuf], remote: &RemoteArgs, out: &std::path::Path, 
     Ok(())
 }
 
+fn check_cmd(cmd: CheckCommand) -> Result<()> {
+    use dtrain::engine::cuda::check::{Shapes, check_ops, check_training, table};
+    let checks = |device: &str, ops: Result<Vec<_>, String>, training: Result<Vec<_>, String>| -> Result<()> {
+        let mut all = ops.map_err(anyhow::Error::msg)?;
+        all.extend(training.map_err(anyhow::Error::msg)?);
+        print!("{}", table(device, &all));
+        anyhow::ensure!(all.iter().all(|c| c.passed()), "some checks failed");
+        Ok(())
+    };
+    match cmd {
+        CheckCommand::Gpu { device } => match device {
+            DeviceChoice::Cuda(n) => {
+                let gpu = CudaEngine::new(Gpu::open(n).map_err(anyhow::Error::msg)?);
+                let name = gpu.name();
+                let ops = check_ops(&gpu, Shapes::GPU);
+                checks(&name, ops, check_training(gpu, "small", 4, 128, 3))
+            }
+            DeviceChoice::Emulated => {
+                anyhow::ensure!(Emu::available(), "this dtrain was built without the CPU emulation (no C++ compiler)");
+                let emu = CudaEngine::new(Emu);
+                let ops = check_ops(&emu, Shapes::EMULATED);
+                checks(&emu.name(), ops, check_training(emu, "tiny", 2, 40, 2))
+            }
+            other => anyhow::bail!("check gpu runs on cuda, cuda:N or emulated, not {other:?}"),
+        },
+        CheckCommand::Kernels { arch, out } => {
+            for a in arch {
+                anyhow::ensure!((50..=200).contains(&a), "--arch {a}: a compute capability such as 80 or 90");
+                let ptx = dtrain::engine::cuda::gpu::compile_ptx((a as i32 / 10, a as i32 % 10)).map_err(anyhow::Error::msg)?;
+                let entries = ptx.lines().filter(|l| l.contains(".entry")).count();
+                let version = ptx.lines().find(|l| l.starts_with(".version")).unwrap_or("").to_string();
+                println!("sm_{a}: {entries} kernels, {} bytes of PTX ({version})", ptx.len());
+                if let Some(dir) = &out {
+                    std::fs::create_dir_all(dir)?;
+                    std::fs::write(dir.join(format!("kernels.sm_{a}.ptx")), &ptx)?;
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
 fn train_cmd(a: TrainArgs, progress: bool) -> Result<()> {
     let plan = Plan {
         batch: a.batch,
@@ -353,7 +428,20 @@ fn train_cmd(a: TrainArgs, progress: bool) -> Result<()> {
     };
     let opts = RunOptions { data: a.data, out: a.out.clone(), checkpoint_every: a.checkpoint_every, progress };
     train::stop_on_interrupt();
-    let summary = train::run(CpuEngine::new(), start, plan, &opts)?;
+    let summary = match a.device.resolve() {
+        (DeviceChoice::Cuda(n), _) => {
+            let gpu = Gpu::open(n).map_err(anyhow::Error::msg)?;
+            eprintln!("training on {}", gpu.name());
+            train::run(CudaEngine::new(gpu), start, plan, &opts)?
+        }
+        (DeviceChoice::Emulated, _) => train::run(CudaEngine::new(Emu), start, plan, &opts)?,
+        (_, why) => {
+            if let Some(why) = why {
+                eprintln!("training on the CPU ({why})");
+            }
+            train::run(CpuEngine::new(), start, plan, &opts)?
+        }
+    };
     match (summary.losses.first(), summary.losses.last()) {
         (Some(first), Some(last)) => println!(
             "{} steps {}..{}: loss {first:.4} -> {last:.4}, {:.0} tokens/s; checkpoint {}",

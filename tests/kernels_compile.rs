@@ -1,7 +1,11 @@
 //! Every kernel compiles for the GPUs the project targets (sm_80, sm_90)
 //! with the CUDA 13.0 compiler from PyPI, installed by
 //! scripts/cuda-toolchain.sh; ptxas's report lists each kernel for both
-//! architectures, and none spills registers to local memory.
+//! architectures, and none spills registers to local memory. The run-time
+//! path too: `dtrain check kernels` compiles the embedded source with NVRTC
+//! (what a GPU machine does), and ptxas assembles that PTX without spills.
+//! `dtrain check gpu` passes on the emulated device, and on a GPU when the
+//! machine has one.
 
 use std::path::Path;
 
@@ -70,4 +74,66 @@ fn every_kernel_compiles_for_sm80_and_sm90_without_spilling() {
         }
     }
     std::fs::remove_dir_all(&out).unwrap();
+}
+
+fn toolchain_root() -> std::path::PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let run = std::process::Command::new(root.join("scripts/cuda-toolchain.sh")).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    String::from_utf8(run.stdout).unwrap().trim().into()
+}
+
+#[test]
+fn nvrtc_compiles_the_embedded_source_and_ptxas_assembles_it() {
+    let cuda = toolchain_root();
+    let out = std::env::temp_dir().join(format!("dtrain-ptx-{}", std::process::id()));
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain"))
+        .args(["check", "kernels", "--arch", "80,90", "--out"])
+        .arg(&out)
+        .env("LD_LIBRARY_PATH", cuda.join("lib"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout}{}", String::from_utf8_lossy(&run.stderr));
+    let names = kernel_names();
+    assert!(stdout.contains(&format!("sm_90: {} kernels", names.len())), "{stdout}");
+    for arch in ["80", "90"] {
+        let ptx_path = out.join(format!("kernels.sm_{arch}.ptx"));
+        let ptx = std::fs::read_to_string(&ptx_path).unwrap();
+        // PTX ISA 9.0 is CUDA 13.0's: the GPU machines' driver loads it.
+        assert!(ptx.contains(".version 9.0"), "PTX version: {}", ptx.lines().find(|l| l.starts_with(".version")).unwrap_or("none"));
+        for n in &names {
+            assert!(ptx.contains(&format!(".entry {n}(")), "{n} missing from the sm_{arch} PTX");
+        }
+        let asm = std::process::Command::new(cuda.join("bin/ptxas"))
+            .args([&format!("-arch=sm_{arch}"), "-v", "-o"])
+            .arg(out.join(format!("kernels.sm_{arch}.cubin")))
+            .arg(&ptx_path)
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&asm.stderr);
+        assert!(asm.status.success(), "{report}");
+        let found = parse_report(&report);
+        for n in &names {
+            let &(_, stores, loads, _) = found.get(&(n.clone(), format!("sm_{arch}"))).unwrap_or_else(|| panic!("{n} not in the report:\n{report}"));
+            assert_eq!((stores, loads), (0, 0), "{n} spills on sm_{arch} (NVRTC build)");
+        }
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn check_gpu_passes_emulated_and_on_this_machines_gpu_if_any() {
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain")).args(["check", "gpu", "--device", "emulated"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success() && stdout.contains("checks passed") && !stdout.contains("FAIL"), "{stdout}{}", String::from_utf8_lossy(&run.stderr));
+    for op in ["attention backward", "cross-entropy dlogits", "lamb", "training step 2 gradients"] {
+        assert!(stdout.contains(op), "{op} is not checked:\n{stdout}");
+    }
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain")).args(["check", "gpu"]).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
+    match dtrain::engine::cuda::gpu::count() {
+        Ok(n) if n > 0 => assert!(run.status.success(), "on this machine's GPU:\n{stdout}{stderr}"),
+        _ => assert!(!run.status.success() && (stderr.contains("driver") || stderr.contains("GPU")), "without a GPU: {stderr}"),
+    }
 }

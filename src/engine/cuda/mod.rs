@@ -12,12 +12,56 @@
 //! the GPU device (cudarc: driver, NVRTC, cuBLAS) and the bf16 mode are
 //! issue 6's next steps.
 
+pub mod check;
 pub mod device;
 pub mod emu;
+pub mod gpu;
 
 use super::{AdamHyper, Engine, EngineError, WeightLayout};
 use device::{Args, DevPtr, Device, DeviceError, Gemm, Mat, Shape};
 use std::sync::Mutex;
+
+/// Where a command runs: `--device auto|cpu|cuda[:N]|emulated`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// The first GPU if a driver and a GPU are found, else the CPU.
+    Auto,
+    Cpu,
+    Cuda(usize),
+    /// The CUDA kernels on the CPU emulation (slow; for checks and tests).
+    Emulated,
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda(0)),
+            "emulated" => Ok(DeviceChoice::Emulated),
+            _ => match s.strip_prefix("cuda:").map(str::parse) {
+                Some(Ok(n)) => Ok(DeviceChoice::Cuda(n)),
+                _ => Err(format!("{s:?}: expected auto, cpu, cuda, cuda:N or emulated")),
+            },
+        }
+    }
+}
+
+impl DeviceChoice {
+    /// `Auto` made concrete, probing for a driver and a GPU without panicking;
+    /// the reason when it falls back to the CPU.
+    pub fn resolve(self) -> (DeviceChoice, Option<String>) {
+        match self {
+            DeviceChoice::Auto => match gpu::count() {
+                Ok(n) if n > 0 => (DeviceChoice::Cuda(0), None),
+                Ok(_) => (DeviceChoice::Cpu, Some("the CUDA driver reports no GPU".into())),
+                Err(why) => (DeviceChoice::Cpu, Some(why)),
+            },
+            other => (other, None),
+        }
+    }
+}
 
 /// Threads per block of element-wise kernels.
 const ELEM_THREADS: u32 = 256;

@@ -1,0 +1,257 @@
+//! `dtrain check gpu`: every op of the CUDA engine on random inputs against
+//! the CPU engine, then training steps of a small GPT on both; a table of
+//! relative errors, each against its tolerance. The first thing to run on a
+//! GPU, and what proves a user's setup. With the emulated device it runs the
+//! same code on the CPU (small shapes), which is how CI exercises it.
+
+use super::CudaEngine;
+use super::device::Device;
+use crate::engine::cpu::{CpuArena, CpuEngine, CpuPtr};
+use crate::engine::{AdamHyper, Engine, WeightLayout};
+use crate::model::{Gpt, GptConfig};
+use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind};
+use crate::rng::Rng;
+
+/// One line of the table: ‖gpu − cpu‖ / ‖cpu‖ against `tolerance`.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub name: String,
+    pub error: f64,
+    pub tolerance: f64,
+}
+
+impl Check {
+    pub fn passed(&self) -> bool {
+        self.error <= self.tolerance
+    }
+}
+
+fn relative(cpu: &[f32], gpu: &[f32]) -> f64 {
+    let norm = cpu.iter().map(|&a| (a as f64).powi(2)).sum::<f64>().sqrt();
+    let diff = cpu.iter().zip(gpu).map(|(&a, &b)| (a as f64 - b as f64).powi(2)).sum::<f64>().sqrt();
+    if gpu.iter().any(|x| !x.is_finite()) || cpu.len() != gpu.len() {
+        return f64::INFINITY;
+    }
+    if norm == 0.0 { diff } else { diff / norm }
+}
+
+/// The same buffers on both engines.
+struct Both<'a, D: Device> {
+    gpu: &'a CudaEngine<D>,
+    c: Vec<CpuArena>,
+    g: Vec<super::CudaArena<D>>,
+}
+
+impl<'a, D: Device> Both<'a, D> {
+    fn new(gpu: &'a CudaEngine<D>, inputs: &[&[f32]]) -> Result<Self, String> {
+        let mut both = Both { gpu, c: Vec::new(), g: Vec::new() };
+        for x in inputs {
+            let a = CpuEngine.alloc(x.len()).map_err(|e| e.to_string())?;
+            let b = gpu.alloc(x.len()).map_err(|e| e.to_string())?;
+            // SAFETY: both arenas hold x.len() floats.
+            unsafe {
+                CpuEngine.write(CpuEngine.at(&a, 0), x);
+                gpu.write(gpu.at(&b, 0), x);
+            }
+            both.c.push(a);
+            both.g.push(b);
+        }
+        Ok(both)
+    }
+    fn c(&self, i: usize) -> CpuPtr {
+        CpuEngine.at(&self.c[i], 0)
+    }
+    fn g(&self, i: usize) -> u64 {
+        self.gpu.at(&self.g[i], 0)
+    }
+    /// Relative error of buffer `i`.
+    fn error(&self, i: usize) -> f64 {
+        let n = CpuEngine.arena_len(&self.c[i]);
+        let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
+        // SAFETY: both arenas hold n floats.
+        unsafe {
+            CpuEngine.read(self.c(i), &mut a);
+            self.gpu.read(self.g(i), &mut b);
+        }
+        relative(&a, &b)
+    }
+}
+
+fn random(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut r = Rng::new(seed);
+    (0..n).map(|_| r.normal() * scale).collect()
+}
+
+/// Shapes of the op checks: GPT-2 124M's widths on a GPU, small ones when emulated.
+#[derive(Debug, Clone, Copy)]
+pub struct Shapes {
+    pub b: usize,
+    pub t: usize,
+    pub c: usize,
+    pub nh: usize,
+    pub v: usize,
+    pub vp: usize,
+}
+
+impl Shapes {
+    pub const GPU: Shapes = Shapes { b: 4, t: 256, c: 768, nh: 12, v: 50_257, vp: 50_304 };
+    pub const EMULATED: Shapes = Shapes { b: 2, t: 37, c: 48, nh: 3, v: 300, vp: 384 };
+}
+
+const TOL: f64 = 1e-5;
+
+/// Every op, on `s`'s shapes.
+pub fn check_ops<D: Device>(gpu: &CudaEngine<D>, s: Shapes) -> Result<Vec<Check>, String> {
+    let (b, t, c, nh) = (s.b, s.t, s.c, s.nh);
+    let n = b * t;
+    let mut out = Vec::new();
+    let mut push = |name: &str, error: f64, tolerance: f64| out.push(Check { name: name.to_string(), error, tolerance });
+    let cpu = CpuEngine;
+
+    let x = random(n * c, 1, 1.0);
+    let p = Both::new(gpu, &[&x])?;
+    // SAFETY (all blocks below): every view lies inside the arenas just made.
+    let (a, g) = unsafe { (cpu.sum_squares(p.c(0), n * c), gpu.sum_squares(p.g(0), n * c)) };
+    push("sum of squares", (a - g).abs() / a, 1e-9);
+
+    let tokens: Vec<u32> = (0..n).map(|i| ((i * 7919) % s.v) as u32).collect();
+    let (wte, wpe, dout) = (random(s.vp * c, 2, 0.02), random(t * c, 3, 0.01), random(n * c, 4, 1.0));
+    let zeros = vec![0f32; n * c];
+    let p = Both::new(gpu, &[&wte, &wpe, &zeros, &dout, &vec![0.0; s.vp * c], &vec![0.0; t * c]])?;
+    unsafe {
+        cpu.encoder_forward(p.c(2), &tokens, p.c(0), p.c(1), b, t, c);
+        gpu.encoder_forward(p.g(2), &tokens, p.g(0), p.g(1), b, t, c);
+        cpu.encoder_backward(p.c(4), p.c(5), p.c(3), &tokens, b, t, c);
+        gpu.encoder_backward(p.g(4), p.g(5), p.g(3), &tokens, b, t, c);
+    }
+    push("encoder forward", p.error(2), TOL);
+    push("encoder backward (wte)", p.error(4), TOL);
+    push("encoder backward (wpe)", p.error(5), TOL);
+
+    let (w, bias) = (random(c, 5, 1.0), random(c, 6, 1.0));
+    let p = Both::new(gpu, &[&x, &w, &bias, &zeros, &zeros[..n], &zeros[..n], &dout, &zeros, &zeros[..c], &zeros[..c]])?;
+    unsafe {
+        cpu.layernorm_forward(p.c(3), p.c(4), p.c(5), p.c(0), p.c(1), p.c(2), n, c);
+        gpu.layernorm_forward(p.g(3), p.g(4), p.g(5), p.g(0), p.g(1), p.g(2), n, c);
+        cpu.layernorm_backward(p.c(7), p.c(8), p.c(9), p.c(6), p.c(0), p.c(1), p.c(4), p.c(5), n, c);
+        gpu.layernorm_backward(p.g(7), p.g(8), p.g(9), p.g(6), p.g(0), p.g(1), p.g(4), p.g(5), n, c);
+    }
+    push("layernorm forward", p.error(3), TOL);
+    push("layernorm backward (input)", p.error(7), 1e-4);
+    push("layernorm backward (weight, bias)", p.error(8).max(p.error(9)), 1e-4);
+
+    for (layout, oc) in [(WeightLayout::InOut, 3 * c), (WeightLayout::OutIn, s.vp.min(4 * c))] {
+        let (wm, bm, dy) = (random(c * oc, 7, 0.02), random(oc, 8, 0.1), random(n * oc, 9, 1.0));
+        let p = Both::new(gpu, &[&x, &wm, &bm, &vec![0.0; n * oc], &dy, &zeros, &vec![0.0; c * oc], &vec![0.0; oc]])?;
+        unsafe {
+            cpu.matmul_forward(p.c(3), p.c(0), p.c(1), layout, Some(p.c(2)), None, n, c, oc);
+            gpu.matmul_forward(p.g(3), p.g(0), p.g(1), layout, Some(p.g(2)), None, n, c, oc);
+            cpu.matmul_backward(p.c(5), p.c(6), Some(p.c(7)), p.c(4), p.c(0), p.c(1), layout, n, c, oc);
+            gpu.matmul_backward(p.g(5), p.g(6), Some(p.g(7)), p.g(4), p.g(0), p.g(1), layout, n, c, oc);
+        }
+        push(&format!("matmul forward ({layout:?})"), p.error(3), TOL);
+        push(&format!("matmul backward ({layout:?})"), p.error(5).max(p.error(6)).max(p.error(7)), 1e-4);
+    }
+
+    let qkv = random(n * 3 * c, 10, 1.0);
+    let cache = vec![0f32; cpu.attention_cache_len(b, t, nh)];
+    let p = Both::new(gpu, &[&qkv, &zeros, &cache, &dout, &vec![0.0; n * 3 * c]])?;
+    unsafe {
+        cpu.attention_forward(p.c(1), p.c(2), p.c(0), b, t, c, nh);
+        gpu.attention_forward(p.g(1), p.g(2), p.g(0), b, t, c, nh);
+        cpu.attention_backward(p.c(4), p.c(3), p.c(0), p.c(2), b, t, c, nh);
+        gpu.attention_backward(p.g(4), p.g(3), p.g(0), p.g(2), b, t, c, nh);
+    }
+    push("attention forward", p.error(1), 1e-4);
+    push("attention backward", p.error(4), 1e-4);
+
+    let p = Both::new(gpu, &[&x, &zeros, &dout])?;
+    unsafe {
+        cpu.gelu_forward(p.c(1), p.c(0), n * c);
+        gpu.gelu_forward(p.g(1), p.g(0), n * c);
+        cpu.gelu_backward(p.c(2), p.c(0), p.c(2), n * c);
+        gpu.gelu_backward(p.g(2), p.g(0), p.g(2), n * c);
+    }
+    push("gelu forward", p.error(1), TOL);
+    push("gelu backward", p.error(2), TOL);
+
+    let rows = n.min(64);
+    let logits = random(rows * s.vp, 11, 3.0);
+    let targets: Vec<u32> = (0..rows).map(|i| ((i * 31) % s.v) as u32).collect();
+    let p = Both::new(gpu, &[&logits, &vec![0.0; rows]])?;
+    unsafe {
+        cpu.crossentropy(p.c(1), p.c(0), &targets, Some(1.0 / rows as f32), rows, s.v, s.vp);
+        gpu.crossentropy(p.g(1), p.g(0), &targets, Some(1.0 / rows as f32), rows, s.v, s.vp);
+    }
+    push("cross-entropy loss", p.error(1), TOL);
+    push("cross-entropy dlogits", p.error(0), TOL);
+
+    let len = n * c;
+    let (wv, gv, mv, vv) = (random(len, 12, 1.0), random(len, 13, 0.1), random(len, 14, 0.01), random(len, 15, 0.01));
+    let vv: Vec<f32> = vv.iter().map(|x| x.abs()).collect();
+    let hp = AdamHyper { lr: 1e-3, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, grad_scale: 0.5 };
+    let p = Both::new(gpu, &[&wv, &gv, &mv, &vv])?;
+    unsafe {
+        cpu.adamw(p.c(0), p.c(1), p.c(2), p.c(3), len, &hp, 3);
+        gpu.adamw(p.g(0), p.g(1), p.g(2), p.g(3), len, &hp, 3);
+    }
+    push("adamw", p.error(0).max(p.error(2)).max(p.error(3)), TOL);
+    let p = Both::new(gpu, &[&wv, &gv, &mv, &vv])?;
+    let (na, ng) = unsafe {
+        let na = cpu.lamb_moments(p.c(0), p.c(1), p.c(2), p.c(3), len, &hp, 3);
+        let ng = gpu.lamb_moments(p.g(0), p.g(1), p.g(2), p.g(3), len, &hp, 3);
+        cpu.lamb_apply(p.c(0), p.c(2), p.c(3), len, &hp, 3, 1e-3);
+        gpu.lamb_apply(p.g(0), p.g(2), p.g(3), len, &hp, 3, 1e-3);
+        (na, ng)
+    };
+    let norms = ((na.0 - ng.0) / na.0).abs().max(((na.1 - ng.1) / na.1).abs());
+    push("lamb", p.error(0).max(p.error(2)).max(p.error(3)).max(norms), TOL);
+    Ok(out)
+}
+
+/// `steps` AdamW steps of `preset` on both engines from the same weights and
+/// batches: loss, gradients and the weights' total update.
+pub fn check_training<D: Device>(gpu: CudaEngine<D>, preset: &str, b: usize, t: usize, steps: usize) -> Result<Vec<Check>, String> {
+    let cfg = GptConfig::preset(preset).ok_or_else(|| format!("no model preset {preset}"))?;
+    let mut cm = Gpt::new(CpuEngine, cfg).map_err(|e| e.to_string())?;
+    cm.init_random(7);
+    let mut gm = Gpt::new(gpu, cfg).map_err(|e| e.to_string())?;
+    let start = cm.read_params();
+    gm.write_params(&start);
+    let mut co = Optimizer::new(&cm, OptimizerConfig::new(OptimizerKind::Adamw)).map_err(|e| e.to_string())?;
+    let mut go = Optimizer::new(&gm, OptimizerConfig::new(OptimizerKind::Adamw)).map_err(|e| e.to_string())?;
+    let mut rng = Rng::new(99);
+    let mut out = Vec::new();
+    for step in 0..steps {
+        let tokens: Vec<u32> = (0..b * t + 1).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
+        let (x, y) = (&tokens[..b * t], &tokens[1..]);
+        let lc = cm.forward_backward(x, y, b, t, 1.0).map_err(|e| e.to_string())?;
+        let lg = gm.forward_backward(x, y, b, t, 1.0).map_err(|e| e.to_string())?;
+        out.push(Check { name: format!("training step {} loss", step + 1), error: ((lc - lg) / lc).abs() as f64, tolerance: TOL });
+        out.push(Check {
+            name: format!("training step {} gradients", step + 1),
+            error: relative(&cm.read_grads(), &gm.read_grads()),
+            tolerance: 1e-4,
+        });
+        co.clip_and_step(&mut cm, 1e-3, 1.0);
+        go.clip_and_step(&mut gm, 1e-3, 1.0);
+    }
+    let moved = |p: Vec<f32>| p.iter().zip(&start).map(|(a, b)| a - b).collect::<Vec<f32>>();
+    out.push(Check {
+        name: format!("weights after {steps} steps (update)"),
+        error: relative(&moved(cm.read_params()), &moved(gm.read_params())),
+        tolerance: 1e-3,
+    });
+    Ok(out)
+}
+
+/// The table `dtrain check gpu` prints.
+pub fn table(device: &str, checks: &[Check]) -> String {
+    let mut s = format!("{device}\n{:<40} {:>12} {:>12}  result\n", "check", "error", "tolerance");
+    for c in checks {
+        s.push_str(&format!("{:<40} {:>12.3e} {:>12.1e}  {}\n", c.name, c.error, c.tolerance, if c.passed() { "pass" } else { "FAIL" }));
+    }
+    let failed = checks.iter().filter(|c| !c.passed()).count();
+    s.push_str(&if failed == 0 { format!("all {} checks passed\n", checks.len()) } else { format!("{failed} of {} checks FAILED\n", checks.len()) });
+    s
+}
