@@ -8,7 +8,11 @@
 use crate::engine::Engine;
 use crate::engine::cpu::CpuEngine;
 use crate::engine::cpu::matmul_gflops;
-use crate::engine::profiled::Profiled;
+use crate::engine::cuda::device::Device;
+use crate::engine::cuda::emu::Emu;
+use crate::engine::cuda::gpu::Gpu;
+use crate::engine::cuda::{CudaEngine, DeviceChoice};
+use crate::engine::profiled::{OpProfile, Profiled};
 use crate::model::{Gpt, GptConfig};
 use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind};
 use crate::rng::Rng;
@@ -47,6 +51,53 @@ pub struct TrainBenchArgs {
     /// Append the results as one JSON line to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// cpu, cuda or cuda:N (the anchor is then PyTorch on the same GPU,
+    /// benches/anchors/torch_gpu_train.py, in fp32 like dtrain's kernels).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
+    /// The GPU's peak dense TFLOP/s for MFU (default: by its name, bf16
+    /// tensor-core peak: H100/H200 989, A100 312).
+    #[arg(long)]
+    pub peak_tflops: Option<f64>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct KernelsBenchArgs {
+    /// cpu, cuda, cuda:N or emulated.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
+    /// Model preset (default: 124m on a GPU, small elsewhere).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Sequences per step (default: 8 on a GPU, 2 elsewhere).
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Tokens per sequence (default: 1024 on a GPU, 64 elsewhere).
+    #[arg(long)]
+    pub seq: Option<usize>,
+    /// Profiled steps (after one untimed step).
+    #[arg(long, default_value_t = 3)]
+    pub steps: usize,
+}
+
+/// Per step, by kernel: time, share, achieved GB/s and TFLOP/s.
+pub fn print_profile(ops: &[OpProfile], steps: usize) {
+    let total: f64 = ops.iter().map(|o| o.seconds).sum();
+    let steps = steps.max(1) as f64;
+    println!("  per step, by kernel ({steps} steps; GB/s and TFLOP/s from each op's minimum traffic and FLOPs):");
+    println!("    {:24} {:>9} {:>7} {:>7} {:>9} {:>9}", "kernel", "ms", "share", "calls", "GB/s", "TFLOP/s");
+    for o in ops {
+        let rate = |x: f64| if o.seconds > 0.0 { x / o.seconds } else { 0.0 };
+        println!(
+            "    {:24} {:9.3} {:6.1}% {:7} {:9.1} {:9.3}",
+            o.name,
+            o.seconds * 1e3 / steps,
+            100.0 * o.seconds / total,
+            (o.calls as f64 / steps).round(),
+            rate(o.bytes) / 1e9,
+            rate(o.flops) / 1e12
+        );
+    }
 }
 
 pub(crate) fn median(mut v: Vec<f64>) -> f64 {
@@ -86,6 +137,7 @@ fn dtrain_steps<E: Engine>(engine: E, cfg: GptConfig, a: &TrainBenchArgs, log: b
         // Labels = inputs, as the anchor script does.
         let loss = model.forward_backward(&tokens, &tokens, a.batch, a.seq, a.batch as f32)?;
         opt.clip_and_step(&mut model, 3e-4, 1.0);
+        model.engine.synchronize();
         let dt = t0.elapsed().as_secs_f64();
         if log {
             eprintln!("dtrain step {i:2} loss {loss:.4} time {:8.1} ms", dt * 1e3);
@@ -204,7 +256,121 @@ pub fn tokenize_bench(a: &TokenizeBenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// `dtrain bench kernels`: training steps under the profiler on the chosen
+/// device; the table of `print_profile`.
+pub fn kernels_bench(a: &KernelsBenchArgs) -> Result<()> {
+    let (device, why) = a.device.resolve();
+    if let Some(why) = why {
+        eprintln!("benchmarking the CPU engine ({why})");
+    }
+    let gpu = matches!(device, DeviceChoice::Cuda(_));
+    let args = TrainBenchArgs {
+        model: a.model.clone().unwrap_or_else(|| if gpu { "124m" } else { "small" }.into()),
+        batch: a.batch.unwrap_or(if gpu { 8 } else { 2 }),
+        seq: a.seq.unwrap_or(if gpu { 1024 } else { 64 }),
+        steps: a.steps.max(1),
+        warmup: 1,
+        no_torch: true,
+        recompute: false,
+        profile: true,
+        python: String::new(),
+        json: None,
+        device,
+        peak_tflops: None,
+    };
+    let cfg = GptConfig::preset(&args.model).with_context(|| format!("unknown preset {}", args.model))?;
+    anyhow::ensure!(args.seq <= cfg.max_seq_len, "--seq {} exceeds the preset's {}", args.seq, cfg.max_seq_len);
+    fn run<E: Engine>(engine: E, cfg: GptConfig, a: &TrainBenchArgs) -> Result<()> {
+        let (r, model) = dtrain_steps(Profiled::new(engine), cfg, a, false, |e| drop(e.take()))?;
+        println!("dtrain bench kernels: {} preset {} batch {}×{}", model.engine.inner.name(), a.model, a.batch, a.seq);
+        println!("  {:.2} ms per step (profiled, each kernel synchronised)", r.median_s * 1e3);
+        print_profile(&model.engine.take(), a.steps);
+        Ok(())
+    }
+    match device {
+        DeviceChoice::Cuda(n) => run(CudaEngine::new(Gpu::open(n).map_err(anyhow::Error::msg)?), cfg, &args),
+        DeviceChoice::Emulated => run(CudaEngine::new(Emu), cfg, &args),
+        _ => run(CpuEngine::new(), cfg, &args),
+    }
+}
+
+/// The peak dense bf16 TFLOP/s of a GPU by its name, for MFU.
+fn peak_tflops(name: &str) -> Option<f64> {
+    [("H100", 989.4), ("H200", 989.4), ("A100", 312.0), ("L40S", 362.0), ("A10", 125.0)].iter().find(|(k, _)| name.contains(k)).map(|&(_, v)| v)
+}
+
+/// `dtrain bench train --device cuda`: dtrain's fp32 step beside PyTorch's
+/// fp32 step on the same GPU, and MFU against the GPU's bf16 peak.
+fn gpu_train_bench(a: &TrainBenchArgs, ordinal: usize) -> Result<()> {
+    let cfg = GptConfig::preset(&a.model).with_context(|| format!("unknown preset {}", a.model))?;
+    anyhow::ensure!(a.seq <= cfg.max_seq_len && a.steps > 0, "bad sequence length or step count");
+    let gpu = Gpu::open(ordinal).map_err(anyhow::Error::msg)?;
+    let name = gpu.name();
+    let tokens = (a.batch * a.seq) as f64;
+    let flops = cfg.flops_per_token(a.seq) * tokens;
+    let peak = a.peak_tflops.or_else(|| peak_tflops(&name));
+    let (ours, model) = dtrain_steps(CudaEngine::new(gpu), cfg, a, true, |_| {})?;
+    drop(model); // free the GPU for PyTorch
+    let tflops = flops / ours.median_s / 1e12;
+    let mfu = |t: f64| peak.map_or("?".to_string(), |p| format!("{:.1}%", 100.0 * t / p));
+    println!("dtrain bench train: {name} preset {} batch {}×{} (fp32)", a.model, a.batch, a.seq);
+    println!(
+        "  dtrain:  {:8.2} ms/step {:10.0} tokens/s {:7.1} TFLOP/s  MFU {}  loss {:.4} -> {:.4}",
+        ours.median_s * 1e3,
+        tokens / ours.median_s,
+        tflops,
+        mfu(tflops),
+        ours.losses[0],
+        ours.losses[ours.losses.len() - 1]
+    );
+    let mut record = serde_json::json!({
+        "device": name, "preset": a.model, "batch": a.batch, "seq": a.seq, "precision": "fp32",
+        "dtrain_step_s": ours.median_s, "dtrain_tokens_per_s": tokens / ours.median_s, "dtrain_tflops": tflops,
+    });
+    if !a.no_torch {
+        let out = std::env::temp_dir().join(format!("dtrain-torch-gpu-{}.json", std::process::id()));
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/anchors/torch_gpu_train.py");
+        let status = std::process::Command::new(&a.python)
+            .arg(script)
+            .args(["--preset", &a.model, "--batch", &a.batch.to_string(), "--seq", &a.seq.to_string()])
+            .args(["--steps", &a.steps.to_string(), "--warmup", &a.warmup.to_string(), "--precision", "fp32", "--json"])
+            .arg(&out)
+            .env("CUDA_VISIBLE_DEVICES", ordinal.to_string())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .with_context(|| format!("running {}", a.python))?;
+        anyhow::ensure!(status.success(), "the PyTorch anchor failed ({status}); pass --no-torch to skip it");
+        let t: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
+        let _ = std::fs::remove_file(&out);
+        let t_step = t["median_step_s"].as_f64().unwrap_or(f64::NAN);
+        let t_tflops = flops / t_step / 1e12;
+        println!(
+            "  pytorch: {:8.2} ms/step {:10.0} tokens/s {:7.1} TFLOP/s  MFU {}  (torch {})",
+            t_step * 1e3,
+            tokens / t_step,
+            t_tflops,
+            mfu(t_tflops),
+            t["torch"].as_str().unwrap_or("?")
+        );
+        println!("  dtrain / pytorch: {:.2}× tokens/s", t_step / ours.median_s);
+        record["torch_step_s"] = t_step.into();
+        record["speedup_vs_torch"] = (t_step / ours.median_s).into();
+    }
+    if let Some(path) = &a.json {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        writeln!(f, "{record}")?;
+    }
+    Ok(())
+}
+
 pub fn train_bench(a: &TrainBenchArgs) -> Result<()> {
+    match a.device.resolve() {
+        (DeviceChoice::Cuda(n), _) => return gpu_train_bench(a, n),
+        (DeviceChoice::Emulated, _) => anyhow::bail!("bench train measures cpu or cuda; the emulated device is for checks"),
+        (_, Some(why)) => eprintln!("benchmarking the CPU engine ({why})"),
+        _ => {}
+    }
     let cfg = GptConfig::preset(&a.model).with_context(|| format!("unknown preset {}", a.model))?;
     anyhow::ensure!(a.seq <= cfg.max_seq_len && a.steps > 0, "bad sequence length or step count");
     let threads = rayon::current_num_threads();
@@ -262,12 +428,7 @@ pub fn train_bench(a: &TrainBenchArgs) -> Result<()> {
     }
     if a.profile {
         let (_, model) = dtrain_steps(Profiled::new(CpuEngine::new()), cfg, a, false, |e| drop(e.take()))?;
-        let ops = model.engine.take();
-        let total: f64 = ops.iter().map(|o| o.2).sum();
-        println!("  per step, by kernel ({} steps):", a.steps);
-        for (name, calls, secs) in ops {
-            println!("    {name:24} {:8.1} ms {:5.1}%  ({} calls)", secs * 1e3 / a.steps as f64, 100.0 * secs / total, calls / a.steps as u64);
-        }
+        print_profile(&model.engine.take(), a.steps);
     }
     if let Some(path) = &a.json {
         use std::io::Write;

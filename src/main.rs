@@ -250,6 +250,8 @@ enum BenchCommand {
     /// Butterfly all-reduce between N peer processes on 127.0.0.1 (time, algbw, busbw),
     /// beside torch.distributed gloo and a plain TCP pump.
     Allreduce(dtrain::allreduce_bench::AllreduceBenchArgs),
+    /// Per-kernel time, GB/s and TFLOP/s of training steps on a device.
+    Kernels(dtrain::bench::KernelsBenchArgs),
 }
 
 fn main() {
@@ -284,6 +286,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Train(a)) => dtrain::bench::train_bench(&a),
         Command::Bench(BenchCommand::Tokenize(a)) => dtrain::bench::tokenize_bench(&a),
         Command::Bench(BenchCommand::Allreduce(a)) => dtrain::allreduce_bench::allreduce_bench(&a),
+        Command::Bench(BenchCommand::Kernels(a)) => dtrain::bench::kernels_bench(&a),
         Command::Hub(cmd) => hub_cmd(cmd),
         Command::Check(cmd) => check_cmd(cmd),
         Command::Swarm(a) => dtrain::subnet::node::run_swarm(&a, !cli.quiet),

@@ -49,6 +49,10 @@ pub trait Engine: Send + Sync {
 
     fn name(&self) -> String;
 
+    /// Waits until every call so far has finished (a GPU runs them
+    /// asynchronously); the CPU engine's calls are synchronous already.
+    fn synchronize(&self) {}
+
     fn alloc(&self, len: usize) -> Result<Self::Arena, EngineError>;
     fn arena_len(&self, arena: &Self::Arena) -> usize;
     /// Address of element `offset` (may equal the arena's length).

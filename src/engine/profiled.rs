@@ -1,40 +1,61 @@
 //! An engine wrapper that times every kernel call by name: `dtrain bench
-//! train --profile` prints where a training step spends its time. Timing is
-//! wall-clock around each call, which is exact for the CPU engine (calls
-//! are synchronous).
+//! kernels` and `dtrain bench train --profile` print where a training step
+//! spends its time. Timing is wall-clock around each call, with the engine
+//! synchronised before and after (a GPU runs calls asynchronously), so each
+//! call is timed alone. Each call also counts its work — the bytes it must
+//! move at least and its floating-point operations — for achieved GB/s and
+//! TFLOP/s.
 
 use super::{AdamHyper, Engine, EngineError, WeightLayout};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Instant;
 
+/// What one op did over a profile: calls, seconds, bytes, FLOPs.
+#[derive(Debug, Clone, Default)]
+pub struct OpProfile {
+    pub name: &'static str,
+    pub calls: u64,
+    pub seconds: f64,
+    pub bytes: f64,
+    pub flops: f64,
+}
+
 pub struct Profiled<E> {
     pub inner: E,
-    times: Mutex<BTreeMap<&'static str, (u64, f64)>>,
+    times: Mutex<BTreeMap<&'static str, OpProfile>>,
 }
+
+const F: f64 = 4.0; // bytes per float
 
 impl<E> Profiled<E> {
     pub fn new(inner: E) -> Self {
         Profiled { inner, times: Mutex::new(BTreeMap::new()) }
     }
 
-    fn time<R>(&self, name: &'static str, f: impl FnOnce() -> R) -> R {
+    /// Each op's profile since the last take, slowest first.
+    pub fn take(&self) -> Vec<OpProfile> {
+        let mut times = self.times.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<OpProfile> = std::mem::take(&mut *times).into_values().collect();
+        v.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+        v
+    }
+}
+
+impl<E: Engine> Profiled<E> {
+    fn time<R>(&self, name: &'static str, bytes: f64, flops: f64, f: impl FnOnce() -> R) -> R {
+        self.inner.synchronize();
         let t0 = Instant::now();
         let r = f();
+        self.inner.synchronize();
         let dt = t0.elapsed().as_secs_f64();
         let mut times = self.times.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = times.entry(name).or_insert((0, 0.0));
-        entry.0 += 1;
-        entry.1 += dt;
+        let entry = times.entry(name).or_insert_with(|| OpProfile { name, ..OpProfile::default() });
+        entry.calls += 1;
+        entry.seconds += dt;
+        entry.bytes += bytes;
+        entry.flops += flops;
         r
-    }
-
-    /// `(op, calls, seconds)` since the last reset, slowest first.
-    pub fn take(&self) -> Vec<(&'static str, u64, f64)> {
-        let mut times = self.times.lock().unwrap_or_else(|e| e.into_inner());
-        let mut v: Vec<_> = std::mem::take(&mut *times).into_iter().map(|(k, (n, s))| (k, n, s)).collect();
-        v.sort_by(|a, b| b.2.total_cmp(&a.2));
-        v
     }
 }
 
@@ -44,6 +65,9 @@ impl<E: Engine> Engine for Profiled<E> {
 
     fn name(&self) -> String {
         format!("{} (profiled)", self.inner.name())
+    }
+    fn synchronize(&self) {
+        self.inner.synchronize()
     }
     fn alloc(&self, len: usize) -> Result<E::Arena, EngineError> {
         self.inner.alloc(len)
@@ -55,28 +79,34 @@ impl<E: Engine> Engine for Profiled<E> {
         self.inner.at(arena, offset)
     }
     unsafe fn write(&self, dst: E::Ptr, src: &[f32]) {
-        self.time("write", || unsafe { self.inner.write(dst, src) })
+        self.time("write", F * src.len() as f64, 0.0, || unsafe { self.inner.write(dst, src) })
     }
     unsafe fn read(&self, src: E::Ptr, dst: &mut [f32]) {
-        self.time("read", || unsafe { self.inner.read(src, dst) })
+        self.time("read", F * dst.len() as f64, 0.0, || unsafe { self.inner.read(src, dst) })
     }
     unsafe fn fill(&self, dst: E::Ptr, len: usize, value: f32) {
-        self.time("fill", || unsafe { self.inner.fill(dst, len, value) })
+        self.time("fill", F * len as f64, 0.0, || unsafe { self.inner.fill(dst, len, value) })
     }
     unsafe fn scale(&self, x: E::Ptr, len: usize, factor: f32) {
-        self.time("scale", || unsafe { self.inner.scale(x, len, factor) })
+        self.time("scale", 2.0 * F * len as f64, len as f64, || unsafe { self.inner.scale(x, len, factor) })
     }
     unsafe fn sum_squares(&self, x: E::Ptr, len: usize) -> f64 {
-        self.time("sum_squares", || unsafe { self.inner.sum_squares(x, len) })
+        self.time("sum_squares", F * len as f64, 2.0 * len as f64, || unsafe { self.inner.sum_squares(x, len) })
     }
     unsafe fn encoder_forward(&self, out: E::Ptr, tokens: &[u32], wte: E::Ptr, wpe: E::Ptr, b: usize, t: usize, c: usize) {
-        self.time("encoder_forward", || unsafe { self.inner.encoder_forward(out, tokens, wte, wpe, b, t, c) })
+        self.time("encoder_forward", 3.0 * F * (b * t * c) as f64, (b * t * c) as f64, || unsafe {
+            self.inner.encoder_forward(out, tokens, wte, wpe, b, t, c)
+        })
     }
     unsafe fn encoder_backward(&self, dwte: E::Ptr, dwpe: E::Ptr, dout: E::Ptr, tokens: &[u32], b: usize, t: usize, c: usize) {
-        self.time("encoder_backward", || unsafe { self.inner.encoder_backward(dwte, dwpe, dout, tokens, b, t, c) })
+        self.time("encoder_backward", 4.0 * F * (b * t * c) as f64, 2.0 * (b * t * c) as f64, || unsafe {
+            self.inner.encoder_backward(dwte, dwpe, dout, tokens, b, t, c)
+        })
     }
     unsafe fn layernorm_forward(&self, out: E::Ptr, mean: E::Ptr, rstd: E::Ptr, inp: E::Ptr, w: E::Ptr, bias: E::Ptr, n: usize, c: usize) {
-        self.time("layernorm_forward", || unsafe { self.inner.layernorm_forward(out, mean, rstd, inp, w, bias, n, c) })
+        self.time("layernorm_forward", 2.0 * F * (n * c) as f64, 8.0 * (n * c) as f64, || unsafe {
+            self.inner.layernorm_forward(out, mean, rstd, inp, w, bias, n, c)
+        })
     }
     unsafe fn layernorm_backward(
         &self,
@@ -91,7 +121,9 @@ impl<E: Engine> Engine for Profiled<E> {
         n: usize,
         c: usize,
     ) {
-        self.time("layernorm_backward", || unsafe { self.inner.layernorm_backward(dinp, dw, dbias, dout, inp, w, mean, rstd, n, c) })
+        self.time("layernorm_backward", 4.0 * F * (n * c) as f64, 12.0 * (n * c) as f64, || unsafe {
+            self.inner.layernorm_backward(dinp, dw, dbias, dout, inp, w, mean, rstd, n, c)
+        })
     }
     unsafe fn matmul_forward(
         &self,
@@ -106,7 +138,9 @@ impl<E: Engine> Engine for Profiled<E> {
         oc: usize,
     ) {
         let name = if layout == WeightLayout::OutIn { "matmul_forward (head)" } else { "matmul_forward" };
-        self.time(name, || unsafe { self.inner.matmul_forward(out, inp, w, layout, bias, residual, n, c, oc) })
+        self.time(name, F * (n * c + c * oc + n * oc) as f64, 2.0 * (n * c * oc) as f64, || unsafe {
+            self.inner.matmul_forward(out, inp, w, layout, bias, residual, n, c, oc)
+        })
     }
     unsafe fn matmul_backward(
         &self,
@@ -122,33 +156,41 @@ impl<E: Engine> Engine for Profiled<E> {
         oc: usize,
     ) {
         let name = if layout == WeightLayout::OutIn { "matmul_backward (head)" } else { "matmul_backward" };
-        self.time(name, || unsafe { self.inner.matmul_backward(dinp, dw, dbias, dout, inp, w, layout, n, c, oc) })
+        self.time(name, F * (2 * n * c + 2 * c * oc + n * oc) as f64, 4.0 * (n * c * oc) as f64, || unsafe {
+            self.inner.matmul_backward(dinp, dw, dbias, dout, inp, w, layout, n, c, oc)
+        })
     }
     fn attention_cache_len(&self, b: usize, t: usize, nh: usize) -> usize {
         self.inner.attention_cache_len(b, t, nh)
     }
     unsafe fn attention_forward(&self, out: E::Ptr, cache: E::Ptr, qkv: E::Ptr, b: usize, t: usize, c: usize, nh: usize) {
-        self.time("attention_forward", || unsafe { self.inner.attention_forward(out, cache, qkv, b, t, c, nh) })
+        self.time("attention_forward", F * (4 * b * t * c) as f64, 2.0 * (b * t * t * c) as f64, || unsafe {
+            self.inner.attention_forward(out, cache, qkv, b, t, c, nh)
+        })
     }
     unsafe fn attention_backward(&self, dqkv: E::Ptr, dout: E::Ptr, qkv: E::Ptr, cache: E::Ptr, b: usize, t: usize, c: usize, nh: usize) {
-        self.time("attention_backward", || unsafe { self.inner.attention_backward(dqkv, dout, qkv, cache, b, t, c, nh) })
+        self.time("attention_backward", F * (8 * b * t * c) as f64, 4.0 * (b * t * t * c) as f64, || unsafe {
+            self.inner.attention_backward(dqkv, dout, qkv, cache, b, t, c, nh)
+        })
     }
     unsafe fn gelu_forward(&self, out: E::Ptr, inp: E::Ptr, n: usize) {
-        self.time("gelu_forward", || unsafe { self.inner.gelu_forward(out, inp, n) })
+        self.time("gelu_forward", 2.0 * F * n as f64, 10.0 * n as f64, || unsafe { self.inner.gelu_forward(out, inp, n) })
     }
     unsafe fn gelu_backward(&self, dinp: E::Ptr, inp: E::Ptr, dout: E::Ptr, n: usize) {
-        self.time("gelu_backward", || unsafe { self.inner.gelu_backward(dinp, inp, dout, n) })
+        self.time("gelu_backward", 3.0 * F * n as f64, 16.0 * n as f64, || unsafe { self.inner.gelu_backward(dinp, inp, dout, n) })
     }
     unsafe fn crossentropy(&self, losses: E::Ptr, logits: E::Ptr, targets: &[u32], dscale: Option<f32>, n: usize, v: usize, vp: usize) {
-        self.time("crossentropy", || unsafe { self.inner.crossentropy(losses, logits, targets, dscale, n, v, vp) })
+        self.time("crossentropy", F * (if dscale.is_some() { 2 } else { 1 } * n * vp) as f64, 5.0 * (n * v) as f64, || unsafe {
+            self.inner.crossentropy(losses, logits, targets, dscale, n, v, vp)
+        })
     }
     unsafe fn adamw(&self, p: E::Ptr, g: E::Ptr, m: E::Ptr, v: E::Ptr, len: usize, hp: &AdamHyper, step: u64) {
-        self.time("adamw", || unsafe { self.inner.adamw(p, g, m, v, len, hp, step) })
+        self.time("adamw", 7.0 * F * len as f64, 12.0 * len as f64, || unsafe { self.inner.adamw(p, g, m, v, len, hp, step) })
     }
     unsafe fn lamb_moments(&self, p: E::Ptr, g: E::Ptr, m: E::Ptr, v: E::Ptr, len: usize, hp: &AdamHyper, step: u64) -> (f64, f64) {
-        self.time("lamb_moments", || unsafe { self.inner.lamb_moments(p, g, m, v, len, hp, step) })
+        self.time("lamb_moments", 6.0 * F * len as f64, 14.0 * len as f64, || unsafe { self.inner.lamb_moments(p, g, m, v, len, hp, step) })
     }
     unsafe fn lamb_apply(&self, p: E::Ptr, m: E::Ptr, v: E::Ptr, len: usize, hp: &AdamHyper, step: u64, step_size: f32) {
-        self.time("lamb_apply", || unsafe { self.inner.lamb_apply(p, m, v, len, hp, step, step_size) })
+        self.time("lamb_apply", 4.0 * F * len as f64, 8.0 * len as f64, || unsafe { self.inner.lamb_apply(p, m, v, len, hp, step, step_size) })
     }
 }

@@ -119,6 +119,10 @@ pub trait Device: Send + Sync {
     /// `args` match the kernel's parameters, and every pointer among them
     /// addresses enough live memory of this device for the shape.
     unsafe fn launch(&self, kernel: &str, shape: Shape, args: Args) -> Result<(), DeviceError>;
+    /// Waits for every launch so far; reports a kernel's failure.
+    fn synchronize(&self) -> Result<(), DeviceError> {
+        Ok(())
+    }
     /// A matrix product (cuBLAS on a GPU).
     /// # Safety
     /// Every operand lies in live memory of this device; `dst` aliases none.

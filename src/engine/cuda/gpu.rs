@@ -160,12 +160,6 @@ impl Gpu {
         // SAFETY: the context was retained in `open` and lives as long as self.
         unsafe { drv::ctx::set_current(self.ctx) }.map_err(err("binding the context"))
     }
-
-    /// Waits for every launch so far; reports a kernel's failure.
-    pub fn synchronize(&self) -> Result<(), DeviceError> {
-        self.bind()?;
-        drv::ctx::synchronize().map_err(err("synchronize"))
-    }
 }
 
 impl Device for Gpu {
@@ -184,6 +178,11 @@ impl Device for Gpu {
             drv::memset_d8_sync(ptr, 0, bytes.max(1)).map_err(err("zeroing new memory"))?;
             Ok(buf)
         }
+    }
+
+    fn synchronize(&self) -> Result<(), DeviceError> {
+        self.bind()?;
+        drv::ctx::synchronize().map_err(err("synchronize"))
     }
 
     fn addr(&self, buf: &GpuBuf) -> DevPtr {

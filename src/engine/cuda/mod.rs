@@ -149,6 +149,10 @@ impl<D: Device> Engine for CudaEngine<D> {
         format!("cuda: {}", self.dev.name())
     }
 
+    fn synchronize(&self) {
+        check(self.dev.synchronize());
+    }
+
     fn alloc(&self, len: usize) -> Result<CudaArena<D>, EngineError> {
         let bytes = len.checked_mul(4).ok_or(EngineError::Alloc(len))?;
         Ok(CudaArena { buf: self.dev.alloc(bytes).map_err(|_| EngineError::Alloc(len))?, len })

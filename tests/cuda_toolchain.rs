@@ -5,7 +5,7 @@
 //! path too: `dtrain check kernels` compiles the embedded source with NVRTC
 //! (what a GPU machine does), and ptxas assembles that PTX without spills.
 //! `dtrain check gpu` passes on the emulated device, and on a GPU when the
-//! machine has one.
+//! machine has one; `dtrain bench kernels` profiles every op of a step.
 
 use std::path::Path;
 
@@ -135,5 +135,28 @@ fn check_gpu_passes_emulated_and_on_this_machines_gpu_if_any() {
     match dtrain::engine::cuda::gpu::count() {
         Ok(n) if n > 0 => assert!(run.status.success(), "on this machine's GPU:\n{stdout}{stderr}"),
         _ => assert!(!run.status.success() && (stderr.contains("driver") || stderr.contains("GPU")), "without a GPU: {stderr}"),
+    }
+}
+
+#[test]
+fn bench_kernels_profiles_every_op_of_a_step() {
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain"))
+        .args(["bench", "kernels", "--device", "emulated", "--model", "tiny", "--batch", "1", "--seq", "32", "--steps", "1"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{stdout}{}", String::from_utf8_lossy(&run.stderr));
+    for op in [
+        "matmul_forward",
+        "matmul_backward",
+        "attention_forward",
+        "attention_backward",
+        "layernorm_backward",
+        "crossentropy",
+        "adamw",
+        "GB/s",
+        "TFLOP/s",
+    ] {
+        assert!(stdout.contains(op), "{op} missing:\n{stdout}");
     }
 }
