@@ -28,6 +28,33 @@
     T* name = reinterpret_cast<T*>(name##_bytes)
 #endif
 
+// fp16 and bf16 as raw bits, round to nearest even. On a GPU one PTX
+// conversion each (no CUDA header needed, which keeps NVRTC self-contained);
+// in the emulation, its bit-exact C++ conversions.
+#ifdef DTRAIN_EMU
+__device__ __forceinline__ unsigned short f16_bits(float v) { return __float2half_rn(v).x; }
+__device__ __forceinline__ float f16_value(unsigned short h) { return __half2float(__half{h}); }
+__device__ __forceinline__ unsigned short bf16_bits(float v) { return __float2bfloat16_rn(v).x; }
+__device__ __forceinline__ float bf16_value(unsigned short h) { return __bfloat162float(__nv_bfloat16{h}); }
+#else
+__device__ __forceinline__ unsigned short f16_bits(float v) {
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
+    return h;
+}
+__device__ __forceinline__ float f16_value(unsigned short h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+__device__ __forceinline__ unsigned short bf16_bits(float v) {
+    unsigned short h;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(v));
+    return h;
+}
+__device__ __forceinline__ float bf16_value(unsigned short h) { return __uint_as_float((unsigned)h << 16); }
+#endif
+
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
     return v;

@@ -367,3 +367,49 @@ fn training_steps_of_a_tiny_gpt_agree_with_the_cpu_engine() {
     let moved = |m: Vec<f32>| m.iter().zip(&start).map(|(a, b)| a - b).collect::<Vec<f32>>();
     relative("updates of three steps", &moved(cpu.read_params()), &moved(gpu.read_params()), 1e-4);
 }
+
+/// The all-reduce's codecs on the device: the encoded bytes are the CPU
+/// codec's, bit for bit (saturation, rounding ties, int8 scales with a
+/// partial last block), and decoding gives the CPU codec's values; bytes
+/// that fail the codec's checks are refused without writing anything.
+#[test]
+fn gradient_codecs_match_the_cpu_codec_bit_for_bit() {
+    use dtrain::allreduce::codec::Codec;
+    let gpu = emulated();
+    let n = 10_000 + 37;
+    let mut x = random(n, 40, 3.0);
+    // Saturation, fp16 subnormals and exact ties for both half formats.
+    x[0] = 70_000.0;
+    x[1] = -1e9;
+    x[2] = 3e-6;
+    x[3] = 1.0 + 2f32.powi(-11); // fp16 tie → even
+    x[4] = 1.0 + 2f32.powi(-8); // bf16 tie → even
+    x[5] = 0.0;
+    let src = gpu.alloc(n).unwrap();
+    let dst = gpu.alloc(n).unwrap();
+    unsafe { gpu.write(gpu.at(&src, 0), &x) };
+    for codec in [Codec::F32, Codec::F16, Codec::Bf16, Codec::Int8 { block: 256 }, Codec::Int8 { block: 100 }, Codec::Int8 { block: 1 }] {
+        let mut want = vec![0u8; codec.encoded_len(n)];
+        codec.encode(&x, &mut want);
+        let mut got = vec![0u8; codec.encoded_len(n)];
+        gpu.encode(codec, gpu.at(&src, 0), n, &mut got);
+        assert!(got == want, "{codec}: encoded bytes differ from the CPU codec's (first at {:?})", got.iter().zip(&want).position(|(a, b)| a != b));
+        let mut cpu_values = vec![0f32; n];
+        codec.decode(&want, &mut cpu_values).unwrap();
+        gpu.decode(codec, &want, n, gpu.at(&dst, 0)).unwrap();
+        let mut gpu_values = vec![0f32; n];
+        unsafe { gpu.read(gpu.at(&dst, 0), &mut gpu_values) };
+        identical(&format!("{codec} decoded"), &cpu_values, &gpu_values);
+    }
+    // A NaN in fp16 bytes from a peer: refused, the destination untouched.
+    let mut bad = vec![0u8; 2 * n];
+    Codec::F16.encode(&x, &mut bad);
+    bad[20] = 0xff;
+    bad[21] = 0x7f;
+    unsafe { gpu.write(gpu.at(&dst, 0), &vec![1.5; n]) };
+    assert!(gpu.decode(Codec::F16, &bad, n, gpu.at(&dst, 0)).is_err());
+    assert!(gpu.decode(Codec::F16, &bad[1..], n, gpu.at(&dst, 0)).is_err(), "a short chunk is refused");
+    let mut after = vec![0f32; n];
+    unsafe { gpu.read(gpu.at(&dst, 0), &mut after) };
+    assert!(after.iter().all(|&v| v == 1.5), "a refused chunk wrote nothing");
+}

@@ -92,8 +92,9 @@ impl Codec {
         }
     }
 
-    /// Checks a chunk of `n` encoded values without decoding it.
-    fn validate(&self, src: &[u8], n: usize) -> Result<(), CodecError> {
+    /// Checks a chunk of `n` encoded values without decoding it: the length,
+    /// every value finite, every int8 scale valid.
+    pub fn validate(&self, src: &[u8], n: usize) -> Result<(), CodecError> {
         let want = self.encoded_len(n);
         if src.len() != want {
             return Err(CodecError::Length { got: src.len(), want, n });

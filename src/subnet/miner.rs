@@ -19,6 +19,7 @@ use crate::allreduce::{Group, Peer, PublicKey, Settings};
 use crate::data::loader::RowBatches;
 use crate::data::source::RowSource;
 use crate::data::used_rows::UsedRows;
+use crate::engine::Engine;
 use crate::engine::cpu::CpuEngine;
 use crate::hub::ModelHub;
 use crate::model::{Gpt, checkpoint};
@@ -55,20 +56,21 @@ impl Default for MinerConfig {
     }
 }
 
-struct State {
-    model: Gpt<CpuEngine>,
-    opt: Optimizer<CpuEngine>,
+struct State<E: Engine> {
+    model: Gpt<E>,
+    opt: Optimizer<E>,
     used: UsedRows,
     rng: Rng,
     /// The hub epoch last loaded.
     loaded: Option<u64>,
 }
 
-pub struct Miner {
+/// A miner on engine `E` (the CPU by default, a GPU with `CudaEngine`).
+pub struct Miner<E: Engine = CpuEngine> {
     cfg: MinerConfig,
     /// Where published models come from, and where downloads go.
     hub: Option<(Arc<dyn ModelHub>, std::path::PathBuf)>,
-    state: Mutex<State>,
+    state: Mutex<State<E>>,
     /// Outside `state`, so that IsAlive answers at once even while a long
     /// Train or AllReduce holds the model.
     epoch: AtomicU64,
@@ -83,18 +85,18 @@ pub fn params_hash(params: &[f32]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(unsafe { std::slice::from_raw_parts(params.as_ptr() as *const u8, 4 * params.len()) })
 }
 
-impl Miner {
+impl<E: Engine> Miner<E> {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: MinerConfig,
-        model: Gpt<CpuEngine>,
-        opt: Optimizer<CpuEngine>,
+        model: Gpt<E>,
+        opt: Optimizer<E>,
         source: Box<dyn RowSource>,
         used: UsedRows,
         peer: Peer,
         registry: Arc<dyn Registry>,
         seed: u64,
-    ) -> Miner {
+    ) -> Miner<E> {
         let state = State { model, opt, used, rng: Rng::new(seed), loaded: None };
         Miner { cfg, hub: None, state: Mutex::new(state), epoch: AtomicU64::new(0), peer: Mutex::new(peer), source, registry }
     }
@@ -103,7 +105,7 @@ impl Miner {
     /// whenever the hub's epoch is ahead of this miner's, and records the
     /// XXH3 of its weights after every step in `dir/params.json` (what a
     /// person or a test compares with the published model).
-    pub fn with_hub(mut self, hub: Arc<dyn ModelHub>, dir: std::path::PathBuf) -> Miner {
+    pub fn with_hub(mut self, hub: Arc<dyn ModelHub>, dir: std::path::PathBuf) -> Miner<E> {
         self.hub = Some((hub, dir));
         self
     }
@@ -132,7 +134,7 @@ impl Miner {
         Ok(Some(latest))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<E>> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -207,7 +209,7 @@ impl Miner {
 }
 
 /// One parameter tensor of `model` in fp16 (little-endian).
-pub fn tensor_fp16(model: &Gpt<CpuEngine>, name: &str) -> Result<Vec<u8>, String> {
+pub fn tensor_fp16<E: Engine>(model: &Gpt<E>, name: &str) -> Result<Vec<u8>, String> {
     let t = model.layout.tensor(name).ok_or_else(|| format!("no tensor {name:?}"))?;
     let params = model.read_params();
     let values = &params[t.offset..t.offset + t.numel()];
@@ -217,7 +219,7 @@ pub fn tensor_fp16(model: &Gpt<CpuEngine>, name: &str) -> Result<Vec<u8>, String
     Ok(out)
 }
 
-impl Handler for Miner {
+impl<E: Engine + 'static> Handler for Miner<E> {
     fn state(&self, _caller: &PublicKey, tensor: &str) -> Result<Vec<u8>, String> {
         tensor_fp16(&self.lock().model, tensor)
     }

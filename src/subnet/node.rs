@@ -12,7 +12,12 @@ use crate::allreduce::codec::Codec;
 use crate::allreduce::{Peer, Settings};
 use crate::data::source::{ParquetRows, RowSource};
 use crate::data::used_rows::UsedRows;
+use crate::engine::Engine;
 use crate::engine::cpu::CpuEngine;
+use crate::engine::cuda::device::Device;
+use crate::engine::cuda::emu::Emu;
+use crate::engine::cuda::gpu::Gpu;
+use crate::engine::cuda::{CudaEngine, DeviceChoice};
 use crate::model::{Gpt, GptConfig};
 use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind};
 use crate::train::{interrupted, stop_on_interrupt};
@@ -69,6 +74,10 @@ pub struct NodeArgs {
     /// this node's random choices.
     #[arg(long, env = "DTRAIN_SEED", default_value_t = 1)]
     pub seed: u64,
+    /// Where to train and score: auto (the first GPU if one is found, else
+    /// the CPU), cpu, cuda, cuda:N, or emulated.
+    #[arg(long, env = "DTRAIN_DEVICE", default_value = "auto")]
+    pub device: DeviceChoice,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -129,9 +138,9 @@ pub struct ValidatorArgs {
     pub serve_registry: Option<String>,
 }
 
-fn model_of(a: &NodeArgs) -> Result<(Gpt<CpuEngine>, Optimizer<CpuEngine>)> {
+fn model_of<E: Engine>(a: &NodeArgs, engine: E) -> Result<(Gpt<E>, Optimizer<E>)> {
     let cfg = GptConfig::preset(&a.model).with_context(|| format!("unknown model preset {:?}", a.model))?;
-    let mut model = Gpt::new(CpuEngine::new(), cfg)?;
+    let mut model = Gpt::new(engine, cfg)?;
     model.init_random(a.seed);
     let opt = Optimizer::new(&model, OptimizerConfig::new(OptimizerKind::Adamw))?;
     Ok((model, opt))
@@ -145,8 +154,33 @@ fn addr(host: &str) -> Result<SocketAddr> {
     format!("{host}:0").parse().with_context(|| format!("listen address {host:?}"))
 }
 
+/// Runs `$body` (a generic function taking the args and an engine) on the
+/// engine `--device` names.
+macro_rules! on_device {
+    ($node:expr, $f:ident, $a:expr) => {
+        match $node.device.resolve() {
+            (DeviceChoice::Cuda(i), _) => {
+                let gpu = Gpu::open(i).map_err(anyhow::Error::msg)?;
+                tracing::info!("engine: {}", gpu.name());
+                $f($a, CudaEngine::new(gpu))
+            }
+            (DeviceChoice::Emulated, _) => $f($a, CudaEngine::new(Emu)),
+            (_, why) => {
+                if let Some(why) = why {
+                    tracing::info!("engine: the CPU ({why})");
+                }
+                $f($a, CpuEngine::new())
+            }
+        }
+    };
+}
+
 /// `dtrain miner`: serves queries until SIGINT/SIGTERM.
 pub fn run_miner(a: &MinerArgs) -> Result<()> {
+    on_device!(a.node, miner_on, a)
+}
+
+fn miner_on<E: Engine + 'static>(a: &MinerArgs, engine: E) -> Result<()> {
     stop_on_interrupt();
     let n = &a.node;
     let id = keyfile::load_or_create(&n.key)?;
@@ -162,7 +196,7 @@ pub fn run_miner(a: &MinerArgs) -> Result<()> {
         used.mark(0..lo)?;
         used.mark(hi..rows)?;
     }
-    let (model, opt) = model_of(n)?;
+    let (model, opt) = model_of(n, engine)?;
     let peer = Peer::bind(id.clone(), addr(&n.host)?)?;
     let peer_addr = peer.local_addr()?;
     let cfg = MinerConfig { batch: a.batch, seq: n.seq, rows_per_train: a.rows, allreduce: settings(n), ..MinerConfig::default() };
@@ -206,6 +240,10 @@ fn hub_of(n: &NodeArgs) -> Result<Arc<dyn crate::hub::ModelHub>> {
 /// `dtrain validator` (the master): per epoch, Train rounds until the global
 /// batch is reached, then the all-reduce, the publish and the weights.
 pub fn run_validator(a: &ValidatorArgs) -> Result<()> {
+    on_device!(a.node, validator_on, a)
+}
+
+fn validator_on<E: Engine>(a: &ValidatorArgs, engine: E) -> Result<()> {
     stop_on_interrupt();
     let n = &a.node;
     let id = keyfile::load_or_create(&n.key)?;
@@ -227,7 +265,7 @@ pub fn run_validator(a: &ValidatorArgs) -> Result<()> {
     };
     let src = ParquetRows::open_dir(&n.data)?;
     std::fs::create_dir_all(&n.state)?;
-    let (model, opt) = model_of(n)?;
+    let (model, opt) = model_of(n, engine)?;
     let peer = Peer::bind(id.clone(), addr(&n.host)?)?;
     let peer_addr = peer.local_addr()?;
     let cfg = ValidatorConfig {
@@ -342,7 +380,7 @@ pub fn run_validator(a: &ValidatorArgs) -> Result<()> {
 /// the miners that are at that epoch with Train rounds, writes weights and
 /// one metrics line per round. Runs until interrupted or until `epochs`
 /// new epochs were published.
-fn follow(a: &ValidatorArgs, v: &Validator, hub: &dyn crate::hub::ModelHub) -> Result<()> {
+fn follow<E: Engine>(a: &ValidatorArgs, v: &Validator<E>, hub: &dyn crate::hub::ModelHub) -> Result<()> {
     let n = &a.node;
     let mut current: Option<u64> = None;
     let mut first = None;
@@ -434,6 +472,10 @@ pub struct SwarmArgs {
     /// Seconds between those tries.
     #[arg(long, default_value_t = 10.0)]
     pub hub_retry_s: f64,
+    /// Where the nodes train and score: auto (a GPU if one is found, else
+    /// the CPU), cpu, cuda, cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceChoice,
 }
 
 fn kill(child: &mut std::process::Child, signal: libc::c_int) {
@@ -475,6 +517,8 @@ pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
             &a.hub_tries.to_string(),
             "--hub-retry-s",
             &a.hub_retry_s.to_string(),
+            "--device",
+            &a.device.to_string(),
             "--state",
             &dir.to_string_lossy(),
             "--data",

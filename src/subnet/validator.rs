@@ -18,6 +18,7 @@ use super::work::{replay_batch, test_indices, test_tensor};
 use crate::allreduce::{Identity, Peer, Report, Settings, SpanStatus};
 use crate::data::loader::RowBatches;
 use crate::data::source::RowSource;
+use crate::engine::Engine;
 use crate::engine::cpu::CpuEngine;
 use crate::hub::{ModelHub, Published, commit_message};
 use crate::model::{Gpt, checkpoint};
@@ -99,12 +100,13 @@ struct Scored {
     replay_s: f64,
 }
 
-pub struct Validator {
+/// A validator on engine `E` (the CPU by default, a GPU with `CudaEngine`).
+pub struct Validator<E: Engine = CpuEngine> {
     pub cfg: ValidatorConfig,
     identity: Identity,
     registry: Arc<dyn Registry>,
     source: Box<dyn RowSource>,
-    model: Mutex<(Gpt<CpuEngine>, Optimizer<CpuEngine>)>,
+    model: Mutex<(Gpt<E>, Optimizer<E>)>,
     peer: Mutex<Peer>,
     rng: Mutex<Rng>,
     pub scores: Mutex<Scores>,
@@ -121,18 +123,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-impl Validator {
+impl<E: Engine> Validator<E> {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: ValidatorConfig,
         identity: Identity,
         registry: Arc<dyn Registry>,
         source: Box<dyn RowSource>,
-        model: Gpt<CpuEngine>,
-        opt: Optimizer<CpuEngine>,
+        model: Gpt<E>,
+        opt: Optimizer<E>,
         peer: Peer,
         seed: u64,
-    ) -> Validator {
+    ) -> Validator<E> {
         Validator {
             cfg,
             identity,

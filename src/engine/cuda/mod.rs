@@ -18,6 +18,7 @@ pub mod emu;
 pub mod gpu;
 
 use super::{AdamHyper, Engine, EngineError, WeightLayout};
+use crate::allreduce::codec::{Codec, CodecError};
 use device::{Args, DevPtr, Device, DeviceError, Gemm, Mat, Shape};
 use std::sync::Mutex;
 
@@ -44,6 +45,17 @@ impl std::str::FromStr for DeviceChoice {
                 Some(Ok(n)) => Ok(DeviceChoice::Cuda(n)),
                 _ => Err(format!("{s:?}: expected auto, cpu, cuda, cuda:N or emulated")),
             },
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceChoice::Auto => write!(f, "auto"),
+            DeviceChoice::Cpu => write!(f, "cpu"),
+            DeviceChoice::Cuda(n) => write!(f, "cuda:{n}"),
+            DeviceChoice::Emulated => write!(f, "emulated"),
         }
     }
 }
@@ -132,6 +144,65 @@ impl<D: Device> CudaEngine<D> {
         }
         let addr = self.dev.addr(&guard.as_ref().expect("just allocated").0);
         f(addr)
+    }
+
+    /// Encodes `n` floats at `src` with `codec` on the device
+    /// (kernels/codec.cu); only the encoded bytes are copied to `out`
+    /// (`codec.encoded_len(n)` bytes), bit-identical to `codec.encode`.
+    pub fn encode(&self, codec: Codec, src: DevPtr, n: usize, out: &mut [u8]) {
+        assert_eq!(out.len(), codec.encoded_len(n), "output sized by encoded_len");
+        if n == 0 {
+            return;
+        }
+        let kernel = match codec {
+            Codec::F32 => {
+                unsafe { self.dev.copy_out(src, out) };
+                return;
+            }
+            Codec::F16 => "codec_encode_f16",
+            Codec::Bf16 => "codec_encode_bf16",
+            Codec::Int8 { .. } => "codec_encode_int8",
+        };
+        self.with_scratch(out.len(), |enc| {
+            let shape = match codec {
+                Codec::Int8 { block } => Shape::linear(n.div_ceil(block.max(1)).div_ceil(8), 256),
+                _ => elementwise(n),
+            };
+            let mut args = Args::new().ptr(enc).ptr(src).len(n);
+            if let Codec::Int8 { block } = codec {
+                args = args.dim(block.max(1));
+            }
+            check(unsafe { self.dev.launch(kernel, shape, args) });
+            unsafe { self.dev.copy_out(enc, out) };
+        })
+    }
+
+    /// Checks `bytes` (from a peer: untrusted) as `codec.decode` does, then
+    /// copies them to the device and decodes them into the `n` floats at
+    /// `dst`; nothing is written when the check fails.
+    pub fn decode(&self, codec: Codec, bytes: &[u8], n: usize, dst: DevPtr) -> Result<(), CodecError> {
+        codec.validate(bytes, n)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let kernel = match codec {
+            Codec::F32 => {
+                unsafe { self.dev.copy_in(dst, bytes) };
+                return Ok(());
+            }
+            Codec::F16 => "codec_decode_f16",
+            Codec::Bf16 => "codec_decode_bf16",
+            Codec::Int8 { .. } => "codec_decode_int8",
+        };
+        self.with_scratch(bytes.len(), |enc| {
+            unsafe { self.dev.copy_in(enc, bytes) };
+            let mut args = Args::new().ptr(dst).ptr(enc).len(n);
+            if let Codec::Int8 { block } = codec {
+                args = args.dim(block.max(1));
+            }
+            check(unsafe { self.dev.launch(kernel, elementwise(n), args) });
+        });
+        Ok(())
     }
 
     fn attention_shape(t: usize, b: usize, c: usize, nh: usize, smem_floats: usize) -> Shape {
