@@ -3,6 +3,9 @@
 //!   benchmark line can be traced to the code that made it;
 //! - the kernels of `kernels/*.cu` as one source text for NVRTC (the GPU
 //!   device compiles it at run time for the GPU it finds) and their names;
+//!   when nvcc is present (`DTRAIN_NVCC`, `$CUDA_HOME/bin/nvcc` or `nvcc` on
+//!   the PATH), also cubins for sm_80 and sm_90, embedded so that those
+//!   GPUs load the kernels without compiling anything;
 //! - the CPU emulation of the same kernels (kernels/emu), compiled with the
 //!   system's C++ compiler so the tests run every kernel without a GPU.
 //!   Without a C++ compiler the crate still builds; only the emulated
@@ -27,6 +30,7 @@ fn main() {
     let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
     let (files, names) = kernels().expect("reading kernels/");
     write_gpu_source(Path::new(&out), &files, &names).expect("writing the CUDA source");
+    write_cubins(Path::new(&out));
 
     let cxx = cc::Build::new().cpp(true).get_compiler();
     let present = std::process::Command::new(cxx.path()).arg("--version").output().is_ok_and(|o| o.status.success());
@@ -75,6 +79,35 @@ fn write_gpu_source(out: &Path, files: &[String], names: &[String]) -> std::io::
     std::fs::write(out.join("cuda_source.cu"), cuda)?;
     let gpu_names: Vec<&String> = names.iter().filter(|n| !n.starts_with("emu_")).collect();
     std::fs::write(out.join("kernel_names.rs"), format!("&{gpu_names:?}"))
+}
+
+/// `cubins.rs`: `&[(compute capability, cubin bytes)]`, empty without nvcc.
+fn write_cubins(out: &Path) {
+    println!("cargo:rerun-if-env-changed=DTRAIN_NVCC");
+    println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    let candidates: Vec<std::path::PathBuf> =
+        [std::env::var_os("DTRAIN_NVCC").map(Into::into), std::env::var_os("CUDA_HOME").map(|h| Path::new(&h).join("bin/nvcc")), Some("nvcc".into())]
+            .into_iter()
+            .flatten()
+            .collect();
+    let nvcc = candidates.into_iter().find(|c| std::process::Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()));
+    let mut entries = Vec::new();
+    if let Some(nvcc) = nvcc {
+        for arch in [80, 90] {
+            let cubin = out.join(format!("kernels.sm_{arch}.cubin"));
+            let run = std::process::Command::new(&nvcc)
+                .args(["-cubin", &format!("-arch=sm_{arch}"), "-O3", "-std=c++17", "-o"])
+                .arg(&cubin)
+                .arg(out.join("cuda_source.cu"))
+                .output();
+            match run {
+                Ok(o) if o.status.success() => entries.push(format!("({arch}, include_bytes!({:?}).as_slice())", cubin.display().to_string())),
+                Ok(o) => panic!("nvcc ({}) failed on the kernels for sm_{arch}:\n{}", nvcc.display(), String::from_utf8_lossy(&o.stderr)),
+                Err(e) => panic!("running nvcc ({}): {e}", nvcc.display()),
+            }
+        }
+    }
+    std::fs::write(out.join("cubins.rs"), format!("&[{}]", entries.join(", "))).expect("writing cubins.rs");
 }
 
 fn build_emulation(out: &Path, files: &[String], names: &[String]) -> Result<(), String> {

@@ -395,6 +395,8 @@ fn check_cmd(cmd: CheckCommand) -> Result<()> {
             other => anyhow::bail!("check gpu runs on cuda, cuda:N or emulated, not {other:?}"),
         },
         CheckCommand::Kernels { arch, out } => {
+            let embedded: Vec<String> = dtrain::engine::cuda::gpu::CUBINS.iter().map(|(c, b)| format!("sm_{c} ({} bytes)", b.len())).collect();
+            println!("embedded cubins: {}", if embedded.is_empty() { "none (built without nvcc)".to_string() } else { embedded.join(", ") });
             for a in arch {
                 anyhow::ensure!((50..=200).contains(&a), "--arch {a}: a compute capability such as 80 or 90");
                 let ptx = dtrain::engine::cuda::gpu::compile_ptx((a as i32 / 10, a as i32 % 10)).map_err(anyhow::Error::msg)?;
