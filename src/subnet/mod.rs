@@ -3,6 +3,7 @@
 //! keys), the registry (trait and file) and the validator's scoring rules.
 
 pub mod auth;
+pub mod bittensor;
 pub mod client;
 pub mod keyfile;
 pub mod miner;

@@ -1,0 +1,5 @@
+//! Bittensor compatibility (issue 7): sr25519 hotkeys and the axon wire
+//! convention of the `bittensor` Python SDK 10.x, so the Python tooling
+//! and dtrain can query each other.
+
+pub mod hotkey;
