@@ -1,10 +1,23 @@
 //! dtrain against the Bittensor Python SDK (bittensor 10.5.0, installed by
 //! scripts/bittensor-env.sh into a virtual environment under target/):
 //! hotkeys and signatures made by either side verify on the other; a
-//! wallet's hotkey file loads; tampered messages and wrong keys fail.
+//! wallet's hotkey file loads; tampered messages and wrong keys fail. A
+//! stock `bittensor.Dendrite` queries a dtrain miner (IsAlive, Train) and
+//! gets answers that deserialize into dtrain's Python synapse classes; a
+//! tampered body, a stale nonce, a replay and an unknown hotkey are refused.
 
+use dtrain::allreduce::{Identity, Peer};
+use dtrain::data::source::{ParquetRows, RowSource};
+use dtrain::data::used_rows::UsedRows;
+use dtrain::engine::cpu::CpuEngine;
+use dtrain::model::{Gpt, GptConfig};
+use dtrain::optim::{Optimizer, OptimizerConfig, OptimizerKind};
 use dtrain::subnet::bittensor::hotkey::{Hotkey, verify};
+use dtrain::subnet::miner::{Miner, MinerConfig};
+use dtrain::subnet::registry::{FileRegistry, Registry, Role};
+use dtrain::subnet::server::{QueryServer, ServerConfig};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 fn python() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -44,5 +57,79 @@ fn hotkeys_and_signatures_agree_with_the_python_sdk() {
     assert_eq!(bt(&py, &["verify", &ours.ss58(), msg, &sig])["valid"], true);
     assert_eq!(bt(&py, &["verify", &key.ss58(), msg, &sig])["valid"], false);
     assert_eq!(bt(&py, &["verify", &ours.ss58(), &format!("{msg}x"), &sig])["valid"], false);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn dendrite(py: &Path, hotkey_file: &str, axon: &str, port: u16, case: &str) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/bt_dendrite.py");
+    let run = std::process::Command::new(py).arg(script).args([hotkey_file, axon, &port.to_string(), case]).output().unwrap();
+    assert!(run.status.success(), "bt_dendrite.py {case}: {}", String::from_utf8_lossy(&run.stderr));
+    serde_json::from_slice(run.stdout.trim_ascii()).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&run.stdout)))
+}
+
+#[test]
+fn a_python_dendrite_queries_a_dtrain_miner() {
+    let py = python();
+    let dir = std::env::temp_dir().join(format!("dtrain-bt-axon-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // The Python validator's wallet, registered as a validator by hotkey.
+    let made = bt(&py, &["new-hotkey", dir.join("wallets").to_str().unwrap()]);
+    let validator_hotkey = made["ss58"].as_str().unwrap().to_string();
+    let hotkey_file = made["path"].as_str().unwrap().to_string();
+    let registry_path = dir.join("registry.json");
+    let registry: Arc<dyn Registry> = Arc::new(FileRegistry::new(&registry_path));
+    registry.join(&Identity::from_seed([1; 32]).public(), "127.0.0.1:1", "127.0.0.1:2".parse().unwrap(), Role::Validator).unwrap();
+    let mut nodes: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&registry_path).unwrap()).unwrap();
+    nodes[0]["hotkey"] = validator_hotkey.clone().into();
+    std::fs::write(&registry_path, serde_json::to_string(&nodes).unwrap()).unwrap();
+
+    // A dtrain miner with its own hotkey.
+    let mut model = Gpt::new(CpuEngine::new(), GptConfig::preset("small").unwrap()).unwrap();
+    model.init_random(5);
+    let opt = Optimizer::new(&model, OptimizerConfig::new(OptimizerKind::Adamw)).unwrap();
+    let src = ParquetRows::open_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fineweb-sample")).unwrap();
+    let used = UsedRows::open(&dir.join("used.bin"), src.num_rows()).unwrap();
+    let peer = Peer::bind(Identity::from_seed([9; 32]), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let cfg = MinerConfig { batch: 2, seq: 64, rows_per_train: 4, ..MinerConfig::default() };
+    let miner = Arc::new(Miner::new(cfg, model, opt, Box::new(src), used, peer, registry.clone(), 3));
+    let me = Hotkey::generate();
+    let server_cfg = ServerConfig { hotkey: Some(me.clone()), ..ServerConfig::default() };
+    let server = QueryServer::start("127.0.0.1:0".parse().unwrap(), Identity::from_seed([9; 32]), miner, server_cfg).unwrap();
+    let port = server.addr().port();
+
+    let alive = dendrite(&py, &hotkey_file, &me.ss58(), port, "isalive");
+    assert_eq!(alive["status_code"], 200, "{alive}");
+    assert_eq!(alive["fields"]["completion"], "True", "{alive}");
+    assert_eq!(alive["fields"]["epoch"], 0, "{alive}");
+    assert_eq!(alive["axon_hotkey"], me.ss58().as_str(), "{alive}");
+
+    let train = dendrite(&py, &hotkey_file, &me.ss58(), port, "train");
+    assert_eq!(train["status_code"], 200, "{train}");
+    let f = &train["fields"];
+    assert_eq!(f["dataset_indices"].as_array().map(|a| a.len()), Some(4), "{train}");
+    // One sum per batch of 2×64 tokens cut from the 4 rows' text.
+    assert!(f["gradient_sums"].as_array().is_some_and(|a| !a.is_empty()), "{train}");
+    assert!(f["gradient_sums"].as_array().unwrap().iter().all(|v| v.as_f64().unwrap() > 0.0), "{train}");
+    assert!(f["loss"].as_f64().is_some_and(|l| l > 5.0 && l < 12.0), "{train}");
+    assert_eq!(f["batch_size"], 2, "{train}");
+
+    // A body changed after signing, an hour-old nonce, a replay: refused.
+    let tampered = dendrite(&py, &hotkey_file, &me.ss58(), port, "tampered");
+    assert_eq!(tampered["status_code"], 401, "{tampered}");
+    assert!(tampered["body"].as_str().unwrap().contains("computed_body_hash"), "{tampered}");
+    let stale = dendrite(&py, &hotkey_file, &me.ss58(), port, "stale");
+    assert_eq!(stale["status_code"], 401, "{stale}");
+    assert!(stale["body"].as_str().unwrap().contains("stale"), "{stale}");
+    let replayed = dendrite(&py, &hotkey_file, &me.ss58(), port, "replayed");
+    assert_eq!(replayed["first"], 200, "{replayed}");
+    assert_eq!(replayed["status_code"], 401, "{replayed}");
+    assert!(replayed["body"].as_str().unwrap().contains("replayed"), "{replayed}");
+
+    // A hotkey that is not a registered validator: refused.
+    let stranger = bt(&py, &["new-hotkey", dir.join("strangers").to_str().unwrap()]);
+    let refused = dendrite(&py, stranger["path"].as_str().unwrap(), &me.ss58(), port, "isalive");
+    assert_eq!(refused["status_code"], 403, "{refused}");
+    drop(server);
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -96,15 +96,28 @@ impl ReplayGuard {
         if !known(&caller) {
             return Err(AuthError::Unknown(caller.to_hex()));
         }
-        let now = now_ns();
-        let skew = now.abs_diff(nonce);
-        if skew > self.window.as_nanos() as u64 {
-            return Err(AuthError::Stale { skew_s: skew as f64 / 1e9, window_s: self.window.as_secs() });
-        }
+        let now = self.fresh(nonce, Duration::ZERO)?;
         if !caller.verify(message(nonce, &caller.to_hex(), &receiver.to_hex(), &uuid, body).as_bytes(), &sig) {
             return Err(AuthError::Signature);
         }
-        let key = (caller.to_hex(), nonce, uuid);
+        self.remember((caller.to_hex(), nonce, uuid), now)?;
+        Ok(caller)
+    }
+
+    /// The current time, if `nonce` (ns since the epoch) lies within the
+    /// clock window (widened by `extra`) of it.
+    pub fn fresh(&self, nonce: u64, extra: Duration) -> Result<u64, AuthError> {
+        let now = now_ns();
+        let window = self.window + extra;
+        let skew = now.abs_diff(nonce);
+        if skew > window.as_nanos() as u64 {
+            return Err(AuthError::Stale { skew_s: skew as f64 / 1e9, window_s: window.as_secs() });
+        }
+        Ok(now)
+    }
+
+    /// Records a signed query's (caller, nonce, uuid); refuses one seen before.
+    pub fn remember(&self, key: (String, u64, String), now: u64) -> Result<(), AuthError> {
         let mut guard = self.seen.lock().unwrap_or_else(|p| p.into_inner());
         let (seen, order) = &mut *guard;
         let horizon = now.saturating_sub(2 * self.window.as_nanos() as u64);
@@ -118,7 +131,7 @@ impl ReplayGuard {
         }
         seen.insert(key.clone(), now);
         order.push_back((now, key));
-        Ok(caller)
+        Ok(())
     }
 }
 

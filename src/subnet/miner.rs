@@ -228,7 +228,22 @@ impl<E: Engine + 'static> Handler for Miner<E> {
         matches!(self.registry.by_key(caller), Ok(Some(n)) if n.role == Role::Validator)
     }
 
+    fn known_hotkey(&self, ss58: &str) -> bool {
+        self.registry.nodes().is_ok_and(|nodes| nodes.iter().any(|n| n.role == Role::Validator && n.hotkey.as_deref() == Some(ss58)))
+    }
+
+    fn handle_hotkey(&self, _ss58: &str, query: Query) -> Result<Query, String> {
+        self.answer(query)
+    }
+
     fn handle(&self, _caller: &PublicKey, query: Query) -> Result<Query, String> {
+        self.answer(query)
+    }
+}
+
+impl<E: Engine> Miner<E> {
+    /// A query's answer, whoever asked (a dtrain node or a Bittensor hotkey).
+    fn answer(&self, query: Query) -> Result<Query, String> {
         match query {
             Query::IsAlive(_) => Ok(Query::IsAlive(IsAlive { completion: Some("True".into()), epoch: Some(self.epoch()) })),
             Query::Train(q) => self.train(q).map(Query::Train),

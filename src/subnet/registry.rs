@@ -25,6 +25,9 @@ pub struct Node {
     pub query_addr: String,
     pub allreduce_addr: SocketAddr,
     pub role: Role,
+    /// Its Bittensor hotkey (SS58), for queries in the axon convention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hotkey: Option<String>,
 }
 
 impl Node {
@@ -158,7 +161,7 @@ impl Registry for FileRegistry {
                     return Err(RegistryError::Full(nodes.len()));
                 }
                 let uid = nodes.len() as Uid;
-                nodes.push(Node { uid, key: hex, query_addr: query_addr.to_string(), allreduce_addr, role });
+                nodes.push(Node { uid, key: hex, query_addr: query_addr.to_string(), allreduce_addr, role, hotkey: None });
                 uid
             }
         };

@@ -7,6 +7,8 @@
 //! server keeps serving whatever arrives.
 
 use super::auth::ReplayGuard;
+use super::bittensor::axon;
+use super::bittensor::hotkey::Hotkey;
 use super::protocol::Query;
 use crate::allreduce::{Identity, PublicKey};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -34,6 +36,15 @@ pub trait Handler: Send + Sync + 'static {
     fn registry(&self) -> Result<Vec<super::registry::Node>, String> {
         Err("this node serves no registry".into())
     }
+    /// Whether a Bittensor hotkey (SS58) may query this node in the axon
+    /// convention (see `bittensor::axon`).
+    fn known_hotkey(&self, _ss58: &str) -> bool {
+        false
+    }
+    /// Answers a query from a Bittensor hotkey.
+    fn handle_hotkey(&self, _ss58: &str, _query: Query) -> Result<Query, String> {
+        Err("this node answers no Bittensor callers".into())
+    }
 }
 
 /// Queries any signed caller may send (the rest need a known caller).
@@ -47,11 +58,20 @@ pub struct ServerConfig {
     pub io_timeout: Duration,
     /// Accepted clock difference of a query's nonce.
     pub clock_window: Duration,
+    /// This node's Bittensor hotkey: with one, queries in the axon
+    /// convention (`bt_header_*` headers) are answered too.
+    pub hotkey: Option<Hotkey>,
 }
 
 impl Default for ServerConfig {
     fn default() -> ServerConfig {
-        ServerConfig { max_body: 1 << 20, max_concurrent: 64, io_timeout: Duration::from_secs(10), clock_window: Duration::from_secs(60) }
+        ServerConfig {
+            max_body: 1 << 20,
+            max_concurrent: 64,
+            io_timeout: Duration::from_secs(10),
+            clock_window: Duration::from_secs(60),
+            hotkey: None,
+        }
     }
 }
 
@@ -134,6 +154,10 @@ fn reply(s: &mut TcpStream, status: u16, body: &[u8]) {
 }
 
 fn reply_typed(s: &mut TcpStream, status: u16, content_type: &str, body: &[u8]) {
+    reply_with(s, status, content_type, &[], body)
+}
+
+fn reply_with(s: &mut TcpStream, status: u16, content_type: &str, headers: &[(String, String)], body: &[u8]) {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
@@ -148,7 +172,9 @@ fn reply_typed(s: &mut TcpStream, status: u16, content_type: &str, body: &[u8]) 
         503 => "Service Unavailable",
         _ => "Internal Server Error",
     };
-    let head = format!("HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    let head =
+        format!("HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n", body.len());
     let _ = s.write_all(head.as_bytes()).and_then(|_| s.write_all(body)).and_then(|_| s.flush());
 }
 
@@ -168,17 +194,34 @@ fn read_line(r: &mut impl BufRead) -> Result<String, (u16, String)> {
 fn serve_one(mut stream: TcpStream, sh: &Shared) {
     let _ = stream.set_read_timeout(Some(sh.cfg.io_timeout));
     let _ = stream.set_write_timeout(Some(sh.cfg.io_timeout));
-    let (status, content_type, body) = match answer(&stream, sh) {
+    let started = std::time::Instant::now();
+    let mut axon_reply = None;
+    let (status, content_type, body) = match answer(&stream, sh, &mut axon_reply) {
         Ok((content_type, body)) => (200, content_type, body),
         Err((status, msg)) => {
             tracing::debug!("query refused ({status}): {msg}");
-            (status, "application/json", error_json(&msg))
+            match &axon_reply {
+                // The axon convention's error shape: {"message": ...}.
+                Some(_) => (status, "application/json", serde_json::json!({ "message": msg }).to_string().into_bytes()),
+                None => (status, "application/json", error_json(&msg)),
+            }
         }
     };
-    reply_typed(&mut stream, status, content_type, &body);
+    let headers = match (&axon_reply, &sh.cfg.hotkey) {
+        (Some((name, dendrite)), Some(me)) => {
+            let message = if status == 200 { "Success".to_string() } else { String::from_utf8_lossy(&body).into_owned() };
+            axon::response_headers(me, name, dendrite.as_ref(), status, &message, started.elapsed().as_secs_f64())
+        }
+        _ => Vec::new(),
+    };
+    reply_with(&mut stream, status, content_type, &headers, &body);
 }
 
-fn answer(stream: &TcpStream, sh: &Shared) -> Result<(&'static str, Vec<u8>), (u16, String)> {
+/// Set once a request is known to follow the axon convention: its synapse
+/// name and, once verified, its dendrite.
+type AxonReply = Option<(String, Option<axon::Dendrite>)>;
+
+fn answer(stream: &TcpStream, sh: &Shared, axon_reply: &mut AxonReply) -> Result<(&'static str, Vec<u8>), (u16, String)> {
     let mut r = BufReader::new(stream);
     let request = read_line(&mut r)?;
     let mut parts = request.split(' ');
@@ -210,6 +253,24 @@ fn answer(stream: &TcpStream, sh: &Shared) -> Result<(&'static str, Vec<u8>), (u
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).map_err(|e| (408, format!("reading the body: {e}")))?;
+    if axon::is_axon_request(get) {
+        let Some(me) = &sh.cfg.hotkey else {
+            return Err((400, "this node has no Bittensor hotkey: sign with dtrain's x-dtrain-* headers".into()));
+        };
+        *axon_reply = Some((name.to_string(), None));
+        let query = match Query::parse(name, &body) {
+            Some(q) => q.map_err(|e| (400, format!("malformed {name} body: {e}")))?,
+            None => return Err((404, format!("no synapse {name:?} here: IsAlive, Train or AllReduce"))),
+        };
+        let dendrite = axon::verify(get, &query, me, &sh.guard, |k| sh.handler.known_hotkey(k)).map_err(|e| {
+            let status = if matches!(e, super::auth::AuthError::Unknown(_)) { 403 } else { 401 };
+            (status, e.to_string())
+        })?;
+        let hotkey = dendrite.hotkey.clone();
+        *axon_reply = Some((name.to_string(), Some(dendrite)));
+        let answer = sh.handler.handle_hotkey(&hotkey, query).map_err(|e| (500, e))?;
+        return Ok(("application/json", answer.to_json()));
+    }
     let open = OPEN_QUERIES.contains(&name);
     let caller = sh.guard.verify(get, &sh.id.public(), &body, |k| open || sh.handler.known(k)).map_err(|e| {
         let status = if matches!(e, super::auth::AuthError::Unknown(_)) { 403 } else { 401 };

@@ -2,4 +2,5 @@
 //! convention of the `bittensor` Python SDK 10.x, so the Python tooling
 //! and dtrain can query each other.
 
+pub mod axon;
 pub mod hotkey;
