@@ -83,6 +83,12 @@ fn a_python_dendrite_queries_a_dtrain_miner() {
     let mut nodes: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&registry_path).unwrap()).unwrap();
     nodes[0]["hotkey"] = validator_hotkey.clone().into();
     std::fs::write(&registry_path, serde_json::to_string(&nodes).unwrap()).unwrap();
+    // A second validator, dtrain's own dendrite with a hotkey.
+    let rust_validator = Hotkey::generate();
+    registry.join(&Identity::from_seed([2; 32]).public(), "127.0.0.1:3", "127.0.0.1:4".parse().unwrap(), Role::Validator).unwrap();
+    let mut nodes: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&registry_path).unwrap()).unwrap();
+    nodes[1]["hotkey"] = rust_validator.ss58().into();
+    std::fs::write(&registry_path, serde_json::to_string(&nodes).unwrap()).unwrap();
 
     // A dtrain miner with its own hotkey.
     let mut model = Gpt::new(CpuEngine::new(), GptConfig::preset("small").unwrap()).unwrap();
@@ -126,10 +132,74 @@ fn a_python_dendrite_queries_a_dtrain_miner() {
     assert_eq!(replayed["status_code"], 401, "{replayed}");
     assert!(replayed["body"].as_str().unwrap().contains("replayed"), "{replayed}");
 
+    // dtrain's dendrite: the answer is signed by the miner's hotkey.
+    {
+        use dtrain::subnet::bittensor::dendrite;
+        use dtrain::subnet::protocol::{IsAlive, Query};
+        let t = std::time::Duration::from_secs(10);
+        let addr = server.addr().to_string();
+        let got = dendrite::call(&rust_validator, &me.ss58(), &addr, &Query::IsAlive(IsAlive::default()), t).unwrap();
+        assert_eq!(got, Query::IsAlive(IsAlive { completion: Some("True".into()), epoch: Some(0) }));
+        let e = dendrite::call(&rust_validator, &Hotkey::generate().ss58(), &addr, &Query::IsAlive(IsAlive::default()), t).unwrap_err();
+        assert!(matches!(e, dtrain::subnet::client::QueryError::Refused { status: 401, .. }), "signed for another axon: {e}");
+    }
+
     // A hotkey that is not a registered validator: refused.
     let stranger = bt(&py, &["new-hotkey", dir.join("strangers").to_str().unwrap()]);
     let refused = dendrite(&py, stranger["path"].as_str().unwrap(), &me.ss58(), port, "isalive");
     assert_eq!(refused["status_code"], 403, "{refused}");
     drop(server);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn dtrains_dendrite_queries_a_python_axon() {
+    use dtrain::subnet::bittensor::dendrite;
+    use dtrain::subnet::protocol::{IsAlive, Query, Train};
+    use std::io::BufRead;
+    let py = python();
+    let dir = std::env::temp_dir().join(format!("dtrain-bt-dendrite-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let me = Hotkey::generate();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/bt_axon.py");
+    let mut child = std::process::Command::new(&py)
+        .arg(script)
+        .arg(&dir)
+        .arg(me.ss58())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let info: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
+    let (axon, addr) = (info["ss58"].as_str().unwrap().to_string(), format!("127.0.0.1:{}", info["port"]));
+    let t = std::time::Duration::from_secs(30);
+    // uvicorn may take a moment to accept.
+    let start = std::time::Instant::now();
+    let alive = loop {
+        match dendrite::call(&me, &axon, &addr, &Query::IsAlive(IsAlive::default()), t) {
+            Err(dtrain::subnet::client::QueryError::Transport { .. }) if start.elapsed() < t => {
+                std::thread::sleep(std::time::Duration::from_millis(200))
+            }
+            other => break other.unwrap(),
+        }
+    };
+    assert_eq!(alive, Query::IsAlive(IsAlive { completion: Some("True".into()), epoch: Some(7) }));
+    let q = Query::Train(Train { gradient_test_index: Some(3), model_name: Some("dtrain".into()), ..Train::default() });
+    let Query::Train(a) = dendrite::call(&me, &axon, &addr, &q, t).unwrap() else { panic!() };
+    assert_eq!(a.dataset_indices, Some(vec![10, 11, 12]));
+    assert_eq!(a.gradient_sums, Some(vec![0.25, 0.5]));
+    assert_eq!((a.loss, a.batch_size), (Some(3.5), Some(3)));
+    // The SDK's axon refuses a hotkey it does not allow, and a request
+    // signed for another axon hotkey.
+    let stranger = Hotkey::generate();
+    let e = dendrite::call(&stranger, &axon, &addr, &Query::IsAlive(IsAlive::default()), t).unwrap_err();
+    assert!(matches!(e, dtrain::subnet::client::QueryError::Refused { status: 403, .. }), "{e}");
+    let e = dendrite::call(&me, &Hotkey::generate().ss58(), &addr, &Query::IsAlive(IsAlive::default()), t).unwrap_err();
+    assert!(matches!(e, dtrain::subnet::client::QueryError::Refused { .. }), "{e}");
+    drop(child.stdin.take());
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,4 +3,5 @@
 //! and dtrain can query each other.
 
 pub mod axon;
+pub mod dendrite;
 pub mod hotkey;
