@@ -5,6 +5,10 @@
 //! stock `bittensor.Dendrite` queries a dtrain miner (IsAlive, Train) and
 //! gets answers that deserialize into dtrain's Python synapse classes; a
 //! tampered body, a stale nonce, a replay and an unknown hotkey are refused.
+//! dtrain's dendrite queries a stock Python Axon. With bittensor 11.3.0's
+//! `http_auth` (btauth/1): SDK-signed requests reach a dtrain miner (stale,
+//! replayed, misaddressed ones do not), and dtrain's signatures verify in
+//! the SDK.
 
 use dtrain::allreduce::{Identity, Peer};
 use dtrain::data::source::{ParquetRows, RowSource};
@@ -20,8 +24,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 fn python() -> PathBuf {
+    python_of("10.5.0")
+}
+
+fn python_of(version: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let run = std::process::Command::new(root.join("scripts/bittensor-env.sh")).output().unwrap();
+    let run = std::process::Command::new(root.join("scripts/bittensor-env.sh")).arg(version).output().unwrap();
     assert!(run.status.success(), "installing bittensor: {}", String::from_utf8_lossy(&run.stderr));
     String::from_utf8(run.stdout).unwrap().trim().into()
 }
@@ -202,4 +210,74 @@ fn dtrains_dendrite_queries_a_python_axon() {
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn http_auth(py: &Path, args: &[&str]) -> serde_json::Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/bt_http_auth.py");
+    let run = std::process::Command::new(py).arg(script).args(args).output().unwrap();
+    assert!(run.status.success(), "bt_http_auth.py {:?}: {}", &args[..1], String::from_utf8_lossy(&run.stderr));
+    serde_json::from_slice(run.stdout.trim_ascii()).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&run.stdout)))
+}
+
+#[test]
+fn btauth_requests_from_the_sdk_11_reach_a_dtrain_miner_and_back() {
+    use dtrain::subnet::bittensor::btauth;
+    let py = python_of("11.3.0");
+    let dir = std::env::temp_dir().join(format!("dtrain-btauth-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    // The Python caller's key from a seed both sides know: same address.
+    let seed = [0x5au8; 32];
+    let seed_hex = format!("0x{}", seed.iter().map(|b| format!("{b:02x}")).collect::<String>());
+    let caller = Hotkey::from_seed(seed);
+    assert_eq!(http_auth(&py, &["address", &seed_hex])["ss58"], caller.ss58().as_str());
+
+    let registry_path = dir.join("registry.json");
+    let registry: Arc<dyn Registry> = Arc::new(FileRegistry::new(&registry_path));
+    registry.join(&Identity::from_seed([1; 32]).public(), "127.0.0.1:1", "127.0.0.1:2".parse().unwrap(), Role::Validator).unwrap();
+    let mut nodes: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&registry_path).unwrap()).unwrap();
+    nodes[0]["hotkey"] = caller.ss58().into();
+    std::fs::write(&registry_path, serde_json::to_string(&nodes).unwrap()).unwrap();
+    let mut model = Gpt::new(CpuEngine::new(), GptConfig::preset("tiny").unwrap()).unwrap();
+    model.init_random(5);
+    let opt = Optimizer::new(&model, OptimizerConfig::new(OptimizerKind::Adamw)).unwrap();
+    let src = ParquetRows::open_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fineweb-sample")).unwrap();
+    let used = UsedRows::open(&dir.join("used.bin"), src.num_rows()).unwrap();
+    let peer = Peer::bind(Identity::from_seed([9; 32]), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let miner = Arc::new(Miner::new(MinerConfig::default(), model, opt, Box::new(src), used, peer, registry, 3));
+    let me = Hotkey::generate();
+    let server = QueryServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Identity::from_seed([9; 32]),
+        miner,
+        ServerConfig { hotkey: Some(me.clone()), ..ServerConfig::default() },
+    )
+    .unwrap();
+    let url = format!("http://{}", server.addr());
+
+    let ok = http_auth(&py, &["call", &seed_hex, &url, "/IsAlive", "{}", &me.ss58()]);
+    assert_eq!(ok["status"], 200, "{ok}");
+    let answer: serde_json::Value = serde_json::from_str(ok["body"].as_str().unwrap()).unwrap();
+    assert_eq!(answer["completion"], "True", "{ok}");
+    let stale = http_auth(&py, &["call", &seed_hex, &url, "/IsAlive", "{}", &me.ss58(), "stale"]);
+    assert_eq!(stale["status"], 401, "{stale}");
+    let replay = http_auth(&py, &["call", &seed_hex, &url, "/IsAlive", "{}", &me.ss58(), "replay"]);
+    assert_eq!((replay["first"].as_u64(), replay["status"].as_u64()), (Some(200), Some(401)), "{replay}");
+    let elsewhere = http_auth(&py, &["call", &seed_hex, &url, "/IsAlive", "{}", &Hotkey::generate().ss58()]);
+    assert_eq!(elsewhere["status"], 401, "{elsewhere}");
+    let stranger = format!("0x{}", "77".repeat(32));
+    let unknown = http_auth(&py, &["call", &stranger, &url, "/IsAlive", "{}", &me.ss58()]);
+    assert_eq!(unknown["status"], 403, "{unknown}");
+
+    // dtrain signs; the SDK verifies (and refuses a changed body).
+    let receiver = Hotkey::generate().ss58();
+    let headers: serde_json::Map<String, serde_json::Value> =
+        btauth::sign(&me, "POST", "/Train", br#"{"gradient_test_index":3}"#, &receiver).into_iter().map(|(k, v)| (k.to_string(), v.into())).collect();
+    let headers = serde_json::Value::Object(headers).to_string();
+    let v = http_auth(&py, &["verify", &headers, r#"{"gradient_test_index":3}"#, "POST", "/Train", &receiver]);
+    assert_eq!(v["caller"], me.ss58().as_str(), "{v}");
+    let v = http_auth(&py, &["verify", &headers, r#"{"gradient_test_index":4}"#, "POST", "/Train", &receiver]);
+    assert_eq!(v["error"], "BadSignature", "{v}");
+    drop(server);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -7,8 +7,8 @@
 //! server keeps serving whatever arrives.
 
 use super::auth::ReplayGuard;
-use super::bittensor::axon;
 use super::bittensor::hotkey::Hotkey;
+use super::bittensor::{axon, btauth};
 use super::protocol::Query;
 use crate::allreduce::{Identity, PublicKey};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -253,6 +253,21 @@ fn answer(stream: &TcpStream, sh: &Shared, axon_reply: &mut AxonReply) -> Result
     }
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).map_err(|e| (408, format!("reading the body: {e}")))?;
+    if btauth::is_btauth_request(get) {
+        let Some(me) = &sh.cfg.hotkey else {
+            return Err((400, "this node has no Bittensor hotkey: sign with dtrain's x-dtrain-* headers".into()));
+        };
+        let caller = btauth::verify(get, &body, method, path, &me.ss58(), &sh.guard, |k| sh.handler.known_hotkey(k)).map_err(|e| {
+            let status = if matches!(e, super::auth::AuthError::Unknown(_)) { 403 } else { 401 };
+            (status, e.to_string())
+        })?;
+        let query = match Query::parse(name, &body) {
+            Some(q) => q.map_err(|e| (400, format!("malformed {name} body: {e}")))?,
+            None => return Err((404, format!("no query {name:?} for Bittensor callers: IsAlive, Train or AllReduce"))),
+        };
+        let answer = sh.handler.handle_hotkey(&caller, query).map_err(|e| (500, e))?;
+        return Ok(("application/json", answer.to_json()));
+    }
     if axon::is_axon_request(get) {
         let Some(me) = &sh.cfg.hotkey else {
             return Err((400, "this node has no Bittensor hotkey: sign with dtrain's x-dtrain-* headers".into()));

@@ -3,5 +3,6 @@
 //! and dtrain can query each other.
 
 pub mod axon;
+pub mod btauth;
 pub mod dendrite;
 pub mod hotkey;
