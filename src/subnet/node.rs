@@ -3,6 +3,7 @@
 //! start-up (keys, registry, hub, model), the master validator's epoch
 //! loop, and the swarm that runs them all on 127.0.0.1.
 
+use super::bittensor::hotkey::Hotkey;
 use super::keyfile;
 use super::miner::{Miner, MinerConfig};
 use super::registry::Role;
@@ -35,6 +36,12 @@ pub struct NodeArgs {
     /// This node's key file (created on first start, mode 0600).
     #[arg(long, env = "DTRAIN_KEY")]
     pub key: PathBuf,
+    /// A Bittensor hotkey file (a wallet's `hotkeys/<name>`; created when
+    /// missing): with it, a miner also answers queries from the registry's
+    /// validator hotkeys in the Bittensor axon convention (SDK 10.x) and
+    /// signed with btauth/1 (SDK 11.x).
+    #[arg(long, env = "DTRAIN_BT_HOTKEY")]
+    pub bt_hotkey: Option<PathBuf>,
     /// The registry: a file shared by the network's nodes, or one served by
     /// the master validator, `dtrain://KEY@HOST:PORT`.
     #[arg(long, env = "DTRAIN_REGISTRY")]
@@ -212,7 +219,20 @@ fn miner_on<E: Engine + 'static>(a: &MinerArgs, engine: E) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let server = QueryServer::start(addr(&n.host)?, id.clone(), miner.clone(), ServerConfig::default())?;
+    let hotkey = match &n.bt_hotkey {
+        Some(path) if path.exists() => Some(Hotkey::load(path)?),
+        Some(path) => {
+            let k = Hotkey::generate();
+            k.save(path)?;
+            tracing::info!("created Bittensor hotkey {} in {}", k.ss58(), path.display());
+            Some(k)
+        }
+        None => None,
+    };
+    if let Some(k) = &hotkey {
+        tracing::info!("Bittensor hotkey {}: answering the axon convention and btauth/1", k.ss58());
+    }
+    let server = QueryServer::start(addr(&n.host)?, id.clone(), miner.clone(), ServerConfig { hotkey, ..ServerConfig::default() })?;
     let uid = registry.join(&id.public(), &server.addr().to_string(), peer_addr, Role::Miner)?;
     tracing::info!("miner uid {uid}: queries on {}, all-reduce on {peer_addr}, epoch {}", server.addr(), miner.epoch());
     while !interrupted() {
