@@ -5,7 +5,8 @@
 //! stock `bittensor.Dendrite` queries a dtrain miner (IsAlive, Train) and
 //! gets answers that deserialize into dtrain's Python synapse classes; a
 //! tampered body, a stale nonce, a replay and an unknown hotkey are refused.
-//! dtrain's dendrite queries a stock Python Axon. With bittensor 11.3.0's
+//! dtrain's dendrite (and dtrain's validator through it) queries a stock
+//! Python Axon. With bittensor 11.3.0's
 //! `http_auth` (btauth/1): SDK-signed requests reach a dtrain miner (stale,
 //! replayed, misaddressed ones do not), and dtrain's signatures verify in
 //! the SDK.
@@ -179,7 +180,9 @@ fn dtrains_dendrite_queries_a_python_axon() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    // Kept open to the end: the axon logs to it.
+    let mut axon_out = std::io::BufReader::new(child.stdout.take().unwrap());
+    axon_out.read_line(&mut line).unwrap();
     let info: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"));
     let (axon, addr) = (info["ss58"].as_str().unwrap().to_string(), format!("127.0.0.1:{}", info["port"]));
     let t = std::time::Duration::from_secs(30);
@@ -206,9 +209,35 @@ fn dtrains_dendrite_queries_a_python_axon() {
     assert!(matches!(e, dtrain::subnet::client::QueryError::Refused { status: 403, .. }), "{e}");
     let e = dendrite::call(&me, &Hotkey::generate().ss58(), &addr, &Query::IsAlive(IsAlive::default()), t).unwrap_err();
     assert!(matches!(e, dtrain::subnet::client::QueryError::Refused { .. }), "{e}");
+
+    // dtrain's validator, with a hotkey, finds the Python miner (registered
+    // by its hotkey alone) alive and scores its (canned, unverifiable) work.
+    let registry_path = dir.join("registry.json");
+    let registry: Arc<dyn Registry> = Arc::new(FileRegistry::new(&registry_path));
+    let vpeer = Peer::bind(Identity::from_seed([1; 32]), "127.0.0.1:0".parse().unwrap()).unwrap();
+    registry.join(&Identity::from_seed([1; 32]).public(), "127.0.0.1:1", vpeer.local_addr().unwrap(), Role::Validator).unwrap();
+    registry.join(&Identity::from_seed([3; 32]).public(), &addr, "127.0.0.1:9".parse().unwrap(), Role::Miner).unwrap();
+    let mut nodes: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&registry_path).unwrap()).unwrap();
+    nodes[1]["key"] = "".into();
+    nodes[1]["hotkey"] = axon.clone().into();
+    std::fs::write(&registry_path, serde_json::to_string(&nodes).unwrap()).unwrap();
+    let mut vm = Gpt::new(CpuEngine::new(), GptConfig::preset("tiny").unwrap()).unwrap();
+    vm.init_random(1);
+    let vopt = Optimizer::new(&vm, OptimizerConfig::new(OptimizerKind::Adamw)).unwrap();
+    let src = ParquetRows::open_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fineweb-sample")).unwrap();
+    let cfg = dtrain::subnet::validator::ValidatorConfig { seq: 32, ..Default::default() };
+    let v = dtrain::subnet::validator::Validator::new(cfg, Identity::from_seed([1; 32]), registry, Box::new(src), vm, vopt, vpeer, 4)
+        .with_hotkey(me.clone());
+    let live = v.live_miners();
+    assert_eq!(live.iter().map(|(n, e)| (n.uid, *e)).collect::<Vec<_>>(), vec![(1, 7)], "the Python miner answers IsAlive");
+    let outcomes = v.train_round(&live.into_iter().map(|(n, _)| n).collect::<Vec<_>>());
+    assert_eq!(outcomes[0].loss, Some(3.5), "its Train answer arrived: {:?}", outcomes[0]);
+    assert!(outcomes[0].gradient < 0.5, "canned gradient sums do not replay: {:?}", outcomes[0]);
+
     drop(child.stdin.take());
     let _ = child.kill();
     let _ = child.wait();
+    drop(axon_out);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -39,7 +39,8 @@ pub struct NodeArgs {
     /// A Bittensor hotkey file (a wallet's `hotkeys/<name>`; created when
     /// missing): with it, a miner also answers queries from the registry's
     /// validator hotkeys in the Bittensor axon convention (SDK 10.x) and
-    /// signed with btauth/1 (SDK 11.x).
+    /// signed with btauth/1 (SDK 11.x), and a validator also queries miners
+    /// registered by hotkey alone (Python miners) in the axon convention.
     #[arg(long, env = "DTRAIN_BT_HOTKEY")]
     pub bt_hotkey: Option<PathBuf>,
     /// The registry: a file shared by the network's nodes, or one served by
@@ -219,16 +220,7 @@ fn miner_on<E: Engine + 'static>(a: &MinerArgs, engine: E) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let hotkey = match &n.bt_hotkey {
-        Some(path) if path.exists() => Some(Hotkey::load(path)?),
-        Some(path) => {
-            let k = Hotkey::generate();
-            k.save(path)?;
-            tracing::info!("created Bittensor hotkey {} in {}", k.ss58(), path.display());
-            Some(k)
-        }
-        None => None,
-    };
+    let hotkey = bt_hotkey_of(n)?;
     if let Some(k) = &hotkey {
         tracing::info!("Bittensor hotkey {}: answering the axon convention and btauth/1", k.ss58());
     }
@@ -255,6 +247,20 @@ fn hub_of(n: &NodeArgs) -> Result<Arc<dyn crate::hub::ModelHub>> {
     let policy =
         crate::data::http::RetryPolicy { tries: n.hub_tries, delay: Duration::from_secs_f64(n.hub_retry_s), ..crate::hub::HfHub::default_policy() };
     Ok(crate::hub::open(n.hub_store.as_deref(), n.hf_repo.as_deref(), policy)?)
+}
+
+/// The node's Bittensor hotkey (`--bt-hotkey`), created when the file is missing.
+fn bt_hotkey_of(n: &NodeArgs) -> Result<Option<Hotkey>> {
+    Ok(match &n.bt_hotkey {
+        Some(path) if path.exists() => Some(Hotkey::load(path)?),
+        Some(path) => {
+            let k = Hotkey::generate();
+            k.save(path)?;
+            tracing::info!("created Bittensor hotkey {} in {}", k.ss58(), path.display());
+            Some(k)
+        }
+        None => None,
+    })
 }
 
 /// `dtrain validator` (the master): per epoch, Train rounds until the global
@@ -295,7 +301,11 @@ fn validator_on<E: Engine>(a: &ValidatorArgs, engine: E) -> Result<()> {
         allreduce_timeout: Duration::from_secs_f64(a.allreduce_timeout),
         ..ValidatorConfig::default()
     };
-    let v = Validator::new(cfg, id.clone(), registry.clone(), Box::new(src), model, opt, peer, n.seed);
+    let mut v = Validator::new(cfg, id.clone(), registry.clone(), Box::new(src), model, opt, peer, n.seed);
+    if let Some(k) = bt_hotkey_of(n)? {
+        tracing::info!("Bittensor hotkey {}: querying hotkey-only miners in the axon convention", k.ss58());
+        v = v.with_hotkey(k);
+    }
     let uid = registry.join(&id.public(), "validator", peer_addr, Role::Validator)?;
     if a.follower {
         return follow(a, &v, hub);

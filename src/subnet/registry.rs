@@ -96,9 +96,23 @@ fn validate(nodes: &[Node]) -> Result<(), RegistryError> {
         if n.uid as usize != i {
             return Err(RegistryError::Invalid(format!("entry {i} has uid {} (uids are 0, 1, 2, … in order)", n.uid)));
         }
-        n.public_key()?;
-        if !keys.insert(&n.key) {
+        // A dtrain node has an ed25519 key; a node of the Bittensor tooling
+        // may be known by its hotkey alone (the key left empty).
+        match (&n.key[..], &n.hotkey) {
+            ("", Some(h)) => {
+                super::bittensor::hotkey::ss58_decode(h).map_err(|e| RegistryError::Invalid(format!("uid {}: hotkey: {e}", n.uid)))?;
+            }
+            _ => {
+                n.public_key()?;
+            }
+        }
+        if !n.key.is_empty() && !keys.insert(n.key.clone()) {
             return Err(RegistryError::Invalid(format!("key {} is registered twice", n.key)));
+        }
+        if let Some(h) = &n.hotkey
+            && !keys.insert(h.clone())
+        {
+            return Err(RegistryError::Invalid(format!("hotkey {h} is registered twice")));
         }
         if n.query_addr.is_empty() || n.query_addr.len() > 256 {
             return Err(RegistryError::Invalid(format!("uid {}: bad query address", n.uid)));

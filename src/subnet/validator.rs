@@ -7,6 +7,7 @@
 //! anything: the master keeps it in step by joining every all-reduce (with
 //! weight 0, receiving only) and applying the same optimizer step.
 
+use super::bittensor::hotkey::Hotkey;
 use super::client::send;
 use super::protocol::{AllReduce, IsAlive, Query, Train};
 use super::registry::{Node, Registry, Role};
@@ -116,6 +117,7 @@ pub struct Validator<E: Engine = CpuEngine> {
     /// Rows some miner was already credited with (one bit per dataset
     /// row): a row counts for steps once, so replaying another miner's
     /// answer earns nothing.
+    hotkey: Option<Hotkey>,
     credited: Mutex<Vec<u64>>,
 }
 
@@ -147,6 +149,7 @@ impl<E: Engine> Validator<E> {
             last_allreduce: Mutex::new(BTreeMap::new()),
             last_verified: Mutex::new(BTreeMap::new()),
             credited: Mutex::new(Vec::new()),
+            hotkey: None,
         }
     }
 
@@ -200,6 +203,28 @@ impl<E: Engine> Validator<E> {
         Ok(())
     }
 
+    /// Lets the validator query miners known only by a Bittensor hotkey
+    /// (Python miners), in the SDK's axon convention.
+    pub fn with_hotkey(mut self, hotkey: Hotkey) -> Self {
+        self.hotkey = Some(hotkey);
+        self
+    }
+
+    /// Sends `q` to node `n`: dtrain's signed protocol to a node with a
+    /// dtrain key, the Bittensor axon convention to one registered by its
+    /// hotkey alone (the key left empty), when this validator has a hotkey.
+    fn ask(&self, n: &Node, q: &Query, timeout: Duration) -> Result<Query, String> {
+        match (n.key.is_empty(), &n.hotkey, &self.hotkey) {
+            (false, _, _) => {
+                let key = n.public_key().map_err(|e| e.to_string())?;
+                send(&self.identity, &key, &n.query_addr, q, timeout).map_err(|e| e.to_string())
+            }
+            (true, Some(axon), Some(me)) => super::bittensor::dendrite::call(me, axon, &n.query_addr, q, timeout).map_err(|e| e.to_string()),
+            (true, Some(_), None) => Err(format!("uid {} speaks only the Bittensor convention: give this validator --bt-hotkey", n.uid)),
+            (true, None, _) => Err(format!("uid {} has neither a dtrain key nor a hotkey", n.uid)),
+        }
+    }
+
     /// Registered miners that answer IsAlive (failures are counted in the
     /// scores), with their epochs.
     pub fn live_miners(&self) -> Vec<(Node, u64)> {
@@ -208,12 +233,9 @@ impl<E: Engine> Validator<E> {
             let hs: Vec<_> = nodes
                 .iter()
                 .map(|n| {
-                    s.spawn(move || {
-                        let key = n.public_key().ok()?;
-                        match send(&self.identity, &key, &n.query_addr, &Query::IsAlive(IsAlive::default()), self.cfg.isalive_timeout) {
-                            Ok(Query::IsAlive(a)) if a.completion.as_deref() == Some("True") => Some(a.epoch.unwrap_or(0)),
-                            _ => None,
-                        }
+                    s.spawn(move || match self.ask(n, &Query::IsAlive(IsAlive::default()), self.cfg.isalive_timeout) {
+                        Ok(Query::IsAlive(a)) if a.completion.as_deref() == Some("True") => Some(a.epoch.unwrap_or(0)),
+                        _ => None,
                     })
                 })
                 .collect();
@@ -307,12 +329,11 @@ impl<E: Engine> Validator<E> {
                 .iter()
                 .map(|n| {
                     s.spawn(move || {
-                        let key = n.public_key().map_err(|e| e.to_string())?;
                         let q = Query::Train(Train { gradient_test_index: Some(index as u32), model_name: Some("gpt2".into()), ..Train::default() });
-                        match send(&self.identity, &key, &n.query_addr, &q, self.cfg.train_timeout) {
+                        match self.ask(n, &q, self.cfg.train_timeout) {
                             Ok(Query::Train(a)) => Ok(a),
                             Ok(other) => Err(format!("answered {} to Train", other.name())),
-                            Err(e) => Err(e.to_string()),
+                            Err(e) => Err(e),
                         }
                     })
                 })
@@ -460,14 +481,11 @@ impl<E: Engine> Validator<E> {
         let report = std::thread::scope(|s| {
             for n in miners {
                 let q = Query::AllReduce(q.clone());
-                s.spawn(move || {
-                    let key = n.public_key().ok()?;
-                    match send(&self.identity, &key, &n.query_addr, &q, timeout + Duration::from_secs(30)) {
-                        Ok(_) => Some(()),
-                        Err(e) => {
-                            tracing::warn!("AllReduce to uid {}: {e}", n.uid);
-                            None
-                        }
+                s.spawn(move || match self.ask(n, &q, timeout + Duration::from_secs(30)) {
+                    Ok(_) => Some(()),
+                    Err(e) => {
+                        tracing::warn!("AllReduce to uid {}: {e}", n.uid);
+                        None
                     }
                 });
             }
