@@ -206,6 +206,26 @@ pub fn check_ops<D: Device>(gpu: &CudaEngine<D>, s: Shapes) -> Result<Vec<Check>
     };
     let norms = ((na.0 - ng.0) / na.0).abs().max(((na.1 - ng.1) / na.1).abs());
     push("lamb", p.error(0).max(p.error(2)).max(p.error(3)).max(norms), TOL);
+
+    // The all-reduce's codecs: the device's bytes must be the CPU codec's.
+    use crate::allreduce::codec::Codec;
+    let p = Both::new(gpu, &[&gv])?;
+    for codec in [Codec::F16, Codec::Bf16, Codec::Int8 { block: 256 }] {
+        let mut want = vec![0u8; codec.encoded_len(len)];
+        codec.encode(&gv, &mut want);
+        let mut got = vec![0u8; want.len()];
+        gpu.encode(codec, p.g(0), len, &mut got);
+        let differing = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+        push(&format!("codec {codec} encode (bytes differing)"), differing as f64, 0.0);
+        let mut cpu_values = vec![0f32; len];
+        codec.decode(&want, &mut cpu_values).map_err(|e| e.to_string())?;
+        let dst = gpu.alloc(len).map_err(|e| e.to_string())?;
+        gpu.decode(codec, &want, len, gpu.at(&dst, 0)).map_err(|e| e.to_string())?;
+        let mut values = vec![0f32; len];
+        // SAFETY: `dst` holds len floats.
+        unsafe { gpu.read(gpu.at(&dst, 0), &mut values) };
+        push(&format!("codec {codec} decode"), relative(&cpu_values, &values), 0.0);
+    }
     Ok(out)
 }
 
