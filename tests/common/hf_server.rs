@@ -93,7 +93,14 @@ fn handle(mut s: TcpStream, base: &str, state: &Mutex<State>) {
         i.and_then(|i| st.faults.remove(i)).map(|(_, f)| f)
     };
     match fault {
-        Some(Fault::Status(code)) => return respond(&mut s, code, b"{\"error\":\"injected\"}"),
+        Some(Fault::Status(code)) => {
+            // Read the request first, as a server does: answering before
+            // the client has sent its body can reset the connection under
+            // it, and the client sees a disconnect instead of the status.
+            let mut body = vec![0u8; len];
+            let _ = r.read_exact(&mut body);
+            return respond(&mut s, code, b"{\"error\":\"injected\"}");
+        }
         Some(Fault::Hang(d)) => return std::thread::sleep(d),
         Some(Fault::DropMidBody) => {
             let mut half = vec![0u8; len / 2];
