@@ -23,6 +23,7 @@ use dtrain::subnet::registry::{FileRegistry, Registry, Role};
 use dtrain::subnet::server::{QueryServer, ServerConfig};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 fn python() -> PathBuf {
     python_of("10.5.0")
@@ -225,7 +226,8 @@ fn dtrains_dendrite_queries_a_python_axon() {
     vm.init_random(1);
     let vopt = Optimizer::new(&vm, OptimizerConfig::new(OptimizerKind::Adamw)).unwrap();
     let src = ParquetRows::open_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fineweb-sample")).unwrap();
-    let cfg = dtrain::subnet::validator::ValidatorConfig { seq: 32, ..Default::default() };
+    // Generous timeouts: the Python axon is slow on a loaded machine.
+    let cfg = dtrain::subnet::validator::ValidatorConfig { seq: 32, isalive_timeout: Duration::from_secs(30), ..Default::default() };
     let v = dtrain::subnet::validator::Validator::new(cfg, Identity::from_seed([1; 32]), registry, Box::new(src), vm, vopt, vpeer, 4)
         .with_hotkey(me.clone());
     let live = v.live_miners();
