@@ -36,6 +36,33 @@ fn python_of(version: &str) -> PathBuf {
     String::from_utf8(run.stdout).unwrap().trim().into()
 }
 
+/// Sets registry entry `uid`'s Bittensor hotkey (and, with `hotkey_only`,
+/// drops its dtrain key: a node of the Python tooling).
+fn set_hotkey(registry_path: &Path, uid: usize, hotkey: &str, hotkey_only: bool) {
+    let mut nodes: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(registry_path).unwrap()).unwrap();
+    nodes[uid]["hotkey"] = hotkey.into();
+    if hotkey_only {
+        nodes[uid]["key"] = "".into();
+    }
+    std::fs::write(registry_path, serde_json::to_string(&nodes).unwrap()).unwrap();
+}
+
+/// A dtrain miner (small model, 4 rows per Train, batches of 2×64) behind a
+/// query server with its own Bittensor hotkey.
+fn miner_with_hotkey(dir: &Path, registry: Arc<dyn Registry>) -> (QueryServer, Hotkey) {
+    let mut model = Gpt::new(CpuEngine::new(), GptConfig::preset("small").unwrap()).unwrap();
+    model.init_random(5);
+    let opt = Optimizer::new(&model, OptimizerConfig::new(OptimizerKind::Adamw)).unwrap();
+    let src = ParquetRows::open_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fineweb-sample")).unwrap();
+    let used = UsedRows::open(&dir.join("used.bin"), src.num_rows()).unwrap();
+    let peer = Peer::bind(Identity::from_seed([9; 32]), "127.0.0.1:0".parse().unwrap()).unwrap();
+    let cfg = MinerConfig { batch: 2, seq: 64, rows_per_train: 4, ..MinerConfig::default() };
+    let miner = Arc::new(Miner::new(cfg, model, opt, Box::new(src), used, peer, registry, 3));
+    let me = Hotkey::generate();
+    let server_cfg = ServerConfig { hotkey: Some(me.clone()), ..ServerConfig::default() };
+    (QueryServer::start("127.0.0.1:0".parse().unwrap(), Identity::from_seed([9; 32]), miner, server_cfg).unwrap(), me)
+}
+
 fn bt(py: &Path, args: &[&str]) -> serde_json::Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop/bt_keys.py");
     let run = std::process::Command::new(py).arg(script).args(args).output().unwrap();
@@ -90,28 +117,14 @@ fn a_python_dendrite_queries_a_dtrain_miner() {
     let registry_path = dir.join("registry.json");
     let registry: Arc<dyn Registry> = Arc::new(FileRegistry::new(&registry_path));
     registry.join(&Identity::from_seed([1; 32]).public(), "127.0.0.1:1", "127.0.0.1:2".parse().unwrap(), Role::Validator).unwrap();
-    let mut nodes: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&registry_path).unwrap()).unwrap();
-    nodes[0]["hotkey"] = validator_hotkey.clone().into();
-    std::fs::write(&registry_path, serde_json::to_string(&nodes).unwrap()).unwrap();
+    set_hotkey(&registry_path, 0, &validator_hotkey, false);
     // A second validator, dtrain's own dendrite with a hotkey.
     let rust_validator = Hotkey::generate();
     registry.join(&Identity::from_seed([2; 32]).public(), "127.0.0.1:3", "127.0.0.1:4".parse().unwrap(), Role::Validator).unwrap();
-    let mut nodes: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&registry_path).unwrap()).unwrap();
-    nodes[1]["hotkey"] = rust_validator.ss58().into();
-    std::fs::write(&registry_path, serde_json::to_string(&nodes).unwrap()).unwrap();
+    set_hotkey(&registry_path, 1, &rust_validator.ss58(), false);
 
     // A dtrain miner with its own hotkey.
-    let mut model = Gpt::new(CpuEngine::new(), GptConfig::preset("small").unwrap()).unwrap();
-    model.init_random(5);
-    let opt = Optimizer::new(&model, OptimizerConfig::new(OptimizerKind::Adamw)).unwrap();
-    let src = ParquetRows::open_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fineweb-sample")).unwrap();
-    let used = UsedRows::open(&dir.join("used.bin"), src.num_rows()).unwrap();
-    let peer = Peer::bind(Identity::from_seed([9; 32]), "127.0.0.1:0".parse().unwrap()).unwrap();
-    let cfg = MinerConfig { batch: 2, seq: 64, rows_per_train: 4, ..MinerConfig::default() };
-    let miner = Arc::new(Miner::new(cfg, model, opt, Box::new(src), used, peer, registry.clone(), 3));
-    let me = Hotkey::generate();
-    let server_cfg = ServerConfig { hotkey: Some(me.clone()), ..ServerConfig::default() };
-    let server = QueryServer::start("127.0.0.1:0".parse().unwrap(), Identity::from_seed([9; 32]), miner, server_cfg).unwrap();
+    let (server, me) = miner_with_hotkey(&dir, registry.clone());
     let port = server.addr().port();
 
     let alive = dendrite(&py, &hotkey_file, &me.ss58(), port, "isalive");
@@ -218,10 +231,7 @@ fn dtrains_dendrite_queries_a_python_axon() {
     let vpeer = Peer::bind(Identity::from_seed([1; 32]), "127.0.0.1:0".parse().unwrap()).unwrap();
     registry.join(&Identity::from_seed([1; 32]).public(), "127.0.0.1:1", vpeer.local_addr().unwrap(), Role::Validator).unwrap();
     registry.join(&Identity::from_seed([3; 32]).public(), &addr, "127.0.0.1:9".parse().unwrap(), Role::Miner).unwrap();
-    let mut nodes: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&registry_path).unwrap()).unwrap();
-    nodes[1]["key"] = "".into();
-    nodes[1]["hotkey"] = axon.clone().into();
-    std::fs::write(&registry_path, serde_json::to_string(&nodes).unwrap()).unwrap();
+    set_hotkey(&registry_path, 1, &axon, true);
     let mut vm = Gpt::new(CpuEngine::new(), GptConfig::preset("tiny").unwrap()).unwrap();
     vm.init_random(1);
     let vopt = Optimizer::new(&vm, OptimizerConfig::new(OptimizerKind::Adamw)).unwrap();
@@ -266,24 +276,8 @@ fn btauth_requests_from_the_sdk_11_reach_a_dtrain_miner_and_back() {
     let registry_path = dir.join("registry.json");
     let registry: Arc<dyn Registry> = Arc::new(FileRegistry::new(&registry_path));
     registry.join(&Identity::from_seed([1; 32]).public(), "127.0.0.1:1", "127.0.0.1:2".parse().unwrap(), Role::Validator).unwrap();
-    let mut nodes: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(&registry_path).unwrap()).unwrap();
-    nodes[0]["hotkey"] = caller.ss58().into();
-    std::fs::write(&registry_path, serde_json::to_string(&nodes).unwrap()).unwrap();
-    let mut model = Gpt::new(CpuEngine::new(), GptConfig::preset("tiny").unwrap()).unwrap();
-    model.init_random(5);
-    let opt = Optimizer::new(&model, OptimizerConfig::new(OptimizerKind::Adamw)).unwrap();
-    let src = ParquetRows::open_dir(&Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fineweb-sample")).unwrap();
-    let used = UsedRows::open(&dir.join("used.bin"), src.num_rows()).unwrap();
-    let peer = Peer::bind(Identity::from_seed([9; 32]), "127.0.0.1:0".parse().unwrap()).unwrap();
-    let miner = Arc::new(Miner::new(MinerConfig::default(), model, opt, Box::new(src), used, peer, registry, 3));
-    let me = Hotkey::generate();
-    let server = QueryServer::start(
-        "127.0.0.1:0".parse().unwrap(),
-        Identity::from_seed([9; 32]),
-        miner,
-        ServerConfig { hotkey: Some(me.clone()), ..ServerConfig::default() },
-    )
-    .unwrap();
+    set_hotkey(&registry_path, 0, &caller.ss58(), false);
+    let (server, me) = miner_with_hotkey(&dir, registry);
     let url = format!("http://{}", server.addr());
 
     let ok = http_auth(&py, &["call", &seed_hex, &url, "/IsAlive", "{}", &me.ss58()]);

@@ -12,6 +12,18 @@ use dtrain::hub::{HfHub, LocalStore, ModelHub};
 use dtrain::model::checkpoint;
 use dtrain::subnet::miner::params_hash;
 
+/// Each of the swarm's `miners` reports epoch `epoch` and weights
+/// bit-identical to the model the hub holds for that epoch.
+fn miners_hold_the_published_model(hub: &dyn ModelHub, out: &std::path::Path, epoch: u64, miners: usize) {
+    hub.download(&epoch.to_string(), &out.join("published")).unwrap();
+    let published = params_hash(&checkpoint::load_model(&out.join("published"), CpuEngine::new()).unwrap().read_params());
+    for i in 0..miners {
+        let p: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join(format!("nodes/miner-{i}/params.json"))).unwrap()).unwrap();
+        assert_eq!(p["epoch"], epoch);
+        assert_eq!(p["xxh3"].as_u64(), Some(published), "miner {i} differs from the published model");
+    }
+}
+
 #[test]
 fn a_two_epoch_swarm_learns_and_ends_in_agreement() {
     let out = std::env::temp_dir().join(format!("dtrain-swarm-{}", std::process::id()));
@@ -64,13 +76,7 @@ fn a_two_epoch_swarm_learns_and_ends_in_agreement() {
     // Every miner holds exactly the published epoch-2 model.
     let hub = LocalStore::open(&out.join("hub")).unwrap();
     assert_eq!(hub.latest_epoch().unwrap(), Some(2));
-    hub.download("2", &out.join("published")).unwrap();
-    let published = params_hash(&checkpoint::load_model(&out.join("published"), CpuEngine::new()).unwrap().read_params());
-    for i in 0..2 {
-        let p: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join(format!("nodes/miner-{i}/params.json"))).unwrap()).unwrap();
-        assert_eq!(p["epoch"], 2);
-        assert_eq!(p["xxh3"].as_u64(), Some(published), "miner {i} differs from the published model");
-    }
+    miners_hold_the_published_model(&hub, &out, 2, 2);
     std::fs::remove_dir_all(&out).unwrap();
 }
 
@@ -160,12 +166,6 @@ fn a_swarm_publishing_to_a_failing_hugging_face_hub_goes_on() {
     let mut tags = hub.tags().unwrap();
     tags.sort();
     assert_eq!(tags, ["0", "2"]);
-    hub.download("2", &out.join("published")).unwrap();
-    let published = params_hash(&checkpoint::load_model(&out.join("published"), CpuEngine::new()).unwrap().read_params());
-    for i in 0..2 {
-        let p: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join(format!("nodes/miner-{i}/params.json"))).unwrap()).unwrap();
-        assert_eq!(p["epoch"], 2);
-        assert_eq!(p["xxh3"].as_u64(), Some(published), "miner {i} differs from the published model");
-    }
+    miners_hold_the_published_model(&hub, &out, 2, 2);
     std::fs::remove_dir_all(&out).unwrap();
 }
