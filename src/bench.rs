@@ -8,7 +8,7 @@
 use crate::engine::Engine;
 use crate::engine::cpu::CpuEngine;
 use crate::engine::cpu::matmul_gflops;
-use crate::engine::cuda::device::Device;
+use crate::engine::cuda::device::{Device, GemmMath};
 use crate::engine::cuda::emu::Emu;
 use crate::engine::cuda::gpu::Gpu;
 use crate::engine::cuda::{CudaEngine, DeviceChoice};
@@ -59,6 +59,9 @@ pub struct TrainBenchArgs {
     /// tensor-core peak: H100/H200 989, A100 312).
     #[arg(long)]
     pub peak_tflops: Option<f64>,
+    /// On a GPU, the arithmetic of the matrix products: fp32, tf32 or bf16.
+    #[arg(long, default_value = "fp32")]
+    pub gemm_math: GemmMath,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -78,6 +81,9 @@ pub struct KernelsBenchArgs {
     /// Profiled steps (after one untimed step).
     #[arg(long, default_value_t = 3)]
     pub steps: usize,
+    /// On a GPU, the arithmetic of the matrix products: fp32, tf32 or bf16.
+    #[arg(long, default_value = "fp32")]
+    pub gemm_math: GemmMath,
 }
 
 /// Per step, by kernel: time, share, achieved GB/s and TFLOP/s.
@@ -277,6 +283,7 @@ pub fn kernels_bench(a: &KernelsBenchArgs) -> Result<()> {
         json: None,
         device,
         peak_tflops: None,
+        gemm_math: a.gemm_math,
     };
     let cfg = GptConfig::preset(&args.model).with_context(|| format!("unknown preset {}", args.model))?;
     anyhow::ensure!(args.seq <= cfg.max_seq_len, "--seq {} exceeds the preset's {}", args.seq, cfg.max_seq_len);
@@ -288,8 +295,8 @@ pub fn kernels_bench(a: &KernelsBenchArgs) -> Result<()> {
         Ok(())
     }
     match device {
-        DeviceChoice::Cuda(n) => run(CudaEngine::new(Gpu::open(n).map_err(anyhow::Error::msg)?), cfg, &args),
-        DeviceChoice::Emulated => run(CudaEngine::new(Emu), cfg, &args),
+        DeviceChoice::Cuda(n) => run(CudaEngine::new(Gpu::open(n).map_err(anyhow::Error::msg)?).with_gemm_math(a.gemm_math), cfg, &args),
+        DeviceChoice::Emulated => run(CudaEngine::new(Emu).with_gemm_math(a.gemm_math), cfg, &args),
         _ => run(CpuEngine::new(), cfg, &args),
     }
 }
@@ -309,11 +316,11 @@ fn gpu_train_bench(a: &TrainBenchArgs, ordinal: usize) -> Result<()> {
     let tokens = (a.batch * a.seq) as f64;
     let flops = cfg.flops_per_token(a.seq) * tokens;
     let peak = a.peak_tflops.or_else(|| peak_tflops(&name));
-    let (ours, model) = dtrain_steps(CudaEngine::new(gpu), cfg, a, true, |_| {})?;
+    let (ours, model) = dtrain_steps(CudaEngine::new(gpu).with_gemm_math(a.gemm_math), cfg, a, true, |_| {})?;
     drop(model); // free the GPU for PyTorch
     let tflops = flops / ours.median_s / 1e12;
     let mfu = |t: f64| peak.map_or("?".to_string(), |p| format!("{:.1}%", 100.0 * t / p));
-    println!("dtrain bench train: {name} preset {} batch {}×{} (fp32)", a.model, a.batch, a.seq);
+    println!("dtrain bench train: {name} preset {} batch {}×{} ({} GEMMs, fp32 storage)", a.model, a.batch, a.seq, a.gemm_math);
     println!(
         "  dtrain:  {:8.2} ms/step {:10.0} tokens/s {:7.1} TFLOP/s  MFU {}  loss {:.4} -> {:.4}",
         ours.median_s * 1e3,
@@ -324,7 +331,7 @@ fn gpu_train_bench(a: &TrainBenchArgs, ordinal: usize) -> Result<()> {
         ours.losses[ours.losses.len() - 1]
     );
     let mut record = serde_json::json!({
-        "device": name, "preset": a.model, "batch": a.batch, "seq": a.seq, "precision": "fp32",
+        "device": name, "preset": a.model, "batch": a.batch, "seq": a.seq, "gemm_math": a.gemm_math.to_string(),
         "dtrain_step_s": ours.median_s, "dtrain_tokens_per_s": tokens / ours.median_s, "dtrain_tflops": tflops,
     });
     if !a.no_torch {

@@ -4,7 +4,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use dtrain::engine::Engine;
 use dtrain::engine::cpu::CpuEngine;
-use dtrain::engine::cuda::device::Device;
+use dtrain::engine::cuda::device::{Device, GemmMath};
 use dtrain::engine::cuda::emu::Emu;
 use dtrain::engine::cuda::gpu::Gpu;
 use dtrain::engine::cuda::{CudaEngine, DeviceChoice};
@@ -136,6 +136,10 @@ struct TrainArgs {
     /// cpu, cuda, cuda:N, or emulated (the CUDA kernels emulated on the CPU).
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
+    /// On a GPU, the arithmetic of the matrix products: fp32, tf32 or bf16
+    /// (tensor cores, fp32 storage and accumulation).
+    #[arg(long, default_value = "fp32")]
+    gemm_math: GemmMath,
 }
 
 /// Remote sources for `dtrain tokenize` (instead of local files).
@@ -227,6 +231,9 @@ enum CheckCommand {
         /// cuda, cuda:N, or emulated (the same checks on the CPU emulation of the kernels, small shapes).
         #[arg(long, default_value = "cuda")]
         device: DeviceChoice,
+        /// Arithmetic of the matrix products: fp32, tf32 or bf16 (tensor cores; fp32 storage).
+        #[arg(long, default_value = "fp32")]
+        gemm_math: GemmMath,
     },
     /// Compile the kernels with NVRTC for GPU architectures (no GPU needed) and report.
     Kernels {
@@ -379,16 +386,16 @@ fn check_cmd(cmd: CheckCommand) -> Result<()> {
         Ok(())
     };
     match cmd {
-        CheckCommand::Gpu { device } => match device {
+        CheckCommand::Gpu { device, gemm_math } => match device {
             DeviceChoice::Cuda(n) => {
-                let gpu = CudaEngine::new(Gpu::open(n).map_err(anyhow::Error::msg)?);
+                let gpu = CudaEngine::new(Gpu::open(n).map_err(anyhow::Error::msg)?).with_gemm_math(gemm_math);
                 let name = gpu.name();
                 let ops = check_ops(&gpu, Shapes::GPU);
                 checks(&name, ops, check_training(gpu, "small", 4, 128, 3))
             }
             DeviceChoice::Emulated => {
                 anyhow::ensure!(Emu::available(), "this dtrain was built without the CPU emulation (no C++ compiler)");
-                let emu = CudaEngine::new(Emu);
+                let emu = CudaEngine::new(Emu).with_gemm_math(gemm_math);
                 let ops = check_ops(&emu, Shapes::EMULATED);
                 checks(&emu.name(), ops, check_training(emu, "tiny", 2, 40, 2))
             }
@@ -437,9 +444,9 @@ fn train_cmd(a: TrainArgs, progress: bool) -> Result<()> {
         (DeviceChoice::Cuda(n), _) => {
             let gpu = Gpu::open(n).map_err(anyhow::Error::msg)?;
             eprintln!("training on {}", gpu.name());
-            train::run(CudaEngine::new(gpu), start, plan, &opts)?
+            train::run(CudaEngine::new(gpu).with_gemm_math(a.gemm_math), start, plan, &opts)?
         }
-        (DeviceChoice::Emulated, _) => train::run(CudaEngine::new(Emu), start, plan, &opts)?,
+        (DeviceChoice::Emulated, _) => train::run(CudaEngine::new(Emu).with_gemm_math(a.gemm_math), start, plan, &opts)?,
         (_, why) => {
             if let Some(why) = why {
                 eprintln!("training on the CPU ({why})");

@@ -413,3 +413,44 @@ fn gradient_codecs_match_the_cpu_codec_bit_for_bit() {
     unsafe { gpu.read(gpu.at(&dst, 0), &mut after) };
     assert!(after.iter().all(|&v| v == 1.5), "a refused chunk wrote nothing");
 }
+
+/// bf16 GEMM math on fp32 storage: the emulated device rounds both operands
+/// to bf16 (to nearest even) and accumulates in fp32, which must equal the
+/// CPU engine's product of operands rounded by the `half` crate.
+#[test]
+fn bf16_gemm_math_rounds_the_operands_like_the_half_crate() {
+    use dtrain::engine::cuda::device::GemmMath;
+    let (n, c, oc) = (33, 40, 24);
+    let inp = random(n * c, 50, 1.0);
+    let w = random(c * oc, 51, 0.3);
+    let round = |v: &[f32]| v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect::<Vec<f32>>();
+    let gpu = emulated().with_gemm_math(GemmMath::Bf16);
+    let cpu = CpuEngine;
+    let (gi, gw, go) = (gpu.alloc(n * c).unwrap(), gpu.alloc(c * oc).unwrap(), gpu.alloc(n * oc).unwrap());
+    let (ci, cw, co) = (cpu.alloc(n * c).unwrap(), cpu.alloc(c * oc).unwrap(), cpu.alloc(n * oc).unwrap());
+    unsafe {
+        gpu.write(gpu.at(&gi, 0), &inp);
+        gpu.write(gpu.at(&gw, 0), &w);
+        cpu.write(cpu.at(&ci, 0), &round(&inp));
+        cpu.write(cpu.at(&cw, 0), &round(&w));
+        gpu.matmul_forward(gpu.at(&go, 0), gpu.at(&gi, 0), gpu.at(&gw, 0), WeightLayout::InOut, None, None, n, c, oc);
+        cpu.matmul_forward(cpu.at(&co, 0), cpu.at(&ci, 0), cpu.at(&cw, 0), WeightLayout::InOut, None, None, n, c, oc);
+    }
+    let (mut a, mut b) = (vec![0f32; n * oc], vec![0f32; n * oc]);
+    unsafe {
+        cpu.read(cpu.at(&co, 0), &mut a);
+        gpu.read(gpu.at(&go, 0), &mut b);
+    }
+    identical("bf16-math product", &a, &b);
+    // And it is not the fp32 product.
+    let exact = emulated();
+    let (ei, ew, eo) = (exact.alloc(n * c).unwrap(), exact.alloc(c * oc).unwrap(), exact.alloc(n * oc).unwrap());
+    let mut e = vec![0f32; n * oc];
+    unsafe {
+        exact.write(exact.at(&ei, 0), &inp);
+        exact.write(exact.at(&ew, 0), &w);
+        exact.matmul_forward(exact.at(&eo, 0), exact.at(&ei, 0), exact.at(&ew, 0), WeightLayout::InOut, None, None, n, c, oc);
+        exact.read(exact.at(&eo, 0), &mut e);
+    }
+    assert!(e != b, "bf16 math changed nothing");
+}

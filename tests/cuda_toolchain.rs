@@ -130,6 +130,13 @@ fn check_gpu_passes_emulated_and_on_this_machines_gpu_if_any() {
     for op in ["attention backward", "cross-entropy dlogits", "lamb", "training step 2 gradients"] {
         assert!(stdout.contains(op), "{op} is not checked:\n{stdout}");
     }
+    // The tensor-core GEMM modes, emulated, within their tolerances.
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain"))
+        .args(["check", "gpu", "--device", "emulated", "--gemm-math", "bf16"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success() && stdout.contains("(InOut, bf16)"), "{stdout}{}", String::from_utf8_lossy(&run.stderr));
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain")).args(["check", "gpu"]).output().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&run.stdout), String::from_utf8_lossy(&run.stderr));
     match dtrain::engine::cuda::gpu::count() {

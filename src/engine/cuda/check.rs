@@ -5,7 +5,7 @@
 //! same code on the CPU (small shapes), which is how CI exercises it.
 
 use super::CudaEngine;
-use super::device::Device;
+use super::device::{Device, GemmMath};
 use crate::engine::cpu::{CpuArena, CpuEngine, CpuPtr};
 use crate::engine::{AdamHyper, Engine, WeightLayout};
 use crate::model::{Gpt, GptConfig};
@@ -100,8 +100,19 @@ impl Shapes {
 
 const TOL: f64 = 1e-5;
 
+/// Tolerance of what goes through the GEMMs: exact-ish in fp32, the
+/// operands' rounding otherwise (TF32 keeps 10 mantissa bits, bf16 7).
+fn gemm_tol(math: GemmMath, fp32: f64) -> f64 {
+    match math {
+        GemmMath::Fp32 => fp32,
+        GemmMath::Tf32 => fp32.max(2e-3),
+        GemmMath::Bf16 => fp32.max(2e-2),
+    }
+}
+
 /// Every op, on `s`'s shapes.
 pub fn check_ops<D: Device>(gpu: &CudaEngine<D>, s: Shapes) -> Result<Vec<Check>, String> {
+    let math = gpu.gemm_math();
     let (b, t, c, nh) = (s.b, s.t, s.c, s.nh);
     let n = b * t;
     let mut out = Vec::new();
@@ -149,8 +160,8 @@ pub fn check_ops<D: Device>(gpu: &CudaEngine<D>, s: Shapes) -> Result<Vec<Check>
             cpu.matmul_backward(p.c(5), p.c(6), Some(p.c(7)), p.c(4), p.c(0), p.c(1), layout, n, c, oc);
             gpu.matmul_backward(p.g(5), p.g(6), Some(p.g(7)), p.g(4), p.g(0), p.g(1), layout, n, c, oc);
         }
-        push(&format!("matmul forward ({layout:?})"), p.error(3), TOL);
-        push(&format!("matmul backward ({layout:?})"), p.error(5).max(p.error(6)).max(p.error(7)), 1e-4);
+        push(&format!("matmul forward ({layout:?}, {math})"), p.error(3), gemm_tol(math, TOL));
+        push(&format!("matmul backward ({layout:?}, {math})"), p.error(5).max(p.error(6)).max(p.error(7)), gemm_tol(math, 1e-4));
     }
 
     let qkv = random(n * 3 * c, 10, 1.0);
@@ -232,6 +243,7 @@ pub fn check_ops<D: Device>(gpu: &CudaEngine<D>, s: Shapes) -> Result<Vec<Check>
 /// `steps` AdamW steps of `preset` on both engines from the same weights and
 /// batches: loss, gradients and the weights' total update.
 pub fn check_training<D: Device>(gpu: CudaEngine<D>, preset: &str, b: usize, t: usize, steps: usize) -> Result<Vec<Check>, String> {
+    let math = gpu.gemm_math();
     let cfg = GptConfig::preset(preset).ok_or_else(|| format!("no model preset {preset}"))?;
     let mut cm = Gpt::new(CpuEngine, cfg).map_err(|e| e.to_string())?;
     cm.init_random(7);
@@ -247,21 +259,18 @@ pub fn check_training<D: Device>(gpu: CudaEngine<D>, preset: &str, b: usize, t: 
         let (x, y) = (&tokens[..b * t], &tokens[1..]);
         let lc = cm.forward_backward(x, y, b, t, 1.0).map_err(|e| e.to_string())?;
         let lg = gm.forward_backward(x, y, b, t, 1.0).map_err(|e| e.to_string())?;
-        out.push(Check { name: format!("training step {} loss", step + 1), error: ((lc - lg) / lc).abs() as f64, tolerance: TOL });
-        out.push(Check {
-            name: format!("training step {} gradients", step + 1),
-            error: relative(&cm.read_grads(), &gm.read_grads()),
-            tolerance: 1e-4,
-        });
+        let loss_error = ((lc - lg) / lc).abs() as f64;
+        out.push(Check { name: format!("training step {} loss", step + 1), error: loss_error, tolerance: gemm_tol(math, TOL) });
+        let error = relative(&cm.read_grads(), &gm.read_grads());
+        out.push(Check { name: format!("training step {} gradients", step + 1), error, tolerance: gemm_tol(math, 1e-4) * 5.0 });
         co.clip_and_step(&mut cm, 1e-3, 1.0);
         go.clip_and_step(&mut gm, 1e-3, 1.0);
     }
     let moved = |p: Vec<f32>| p.iter().zip(&start).map(|(a, b)| a - b).collect::<Vec<f32>>();
-    out.push(Check {
-        name: format!("weights after {steps} steps (update)"),
-        error: relative(&moved(cm.read_params()), &moved(gm.read_params())),
-        tolerance: 1e-3,
-    });
+    // Adam's update is nearly a sign for small second moments, so gradient
+    // differences grow in it: a loose bound; the update must still agree.
+    let error = relative(&moved(cm.read_params()), &moved(gm.read_params()));
+    out.push(Check { name: format!("weights after {steps} steps (update)"), error, tolerance: gemm_tol(math, 1e-3) * 10.0 });
     Ok(out)
 }
 

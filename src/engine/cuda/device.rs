@@ -86,8 +86,44 @@ pub struct Mat {
     pub trans: bool,
 }
 
+/// The arithmetic of a GEMM whose operands and result are fp32 in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GemmMath {
+    /// fp32 multiply-adds (no tensor cores): the exact mode, for tests.
+    #[default]
+    Fp32,
+    /// Operands rounded to TF32 (10-bit mantissa) for the tensor cores, fp32 accumulation.
+    Tf32,
+    /// Operands rounded to bf16 (7-bit mantissa) for the tensor cores,
+    /// fp32 accumulation: bf16 arithmetic on fp32 storage, the first step of
+    /// the bf16 mode.
+    Bf16,
+}
+
+impl std::str::FromStr for GemmMath {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fp32" => Ok(GemmMath::Fp32),
+            "tf32" => Ok(GemmMath::Tf32),
+            "bf16" => Ok(GemmMath::Bf16),
+            _ => Err(format!("{s:?}: expected fp32, tf32 or bf16")),
+        }
+    }
+}
+
+impl std::fmt::Display for GemmMath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            GemmMath::Fp32 => "fp32",
+            GemmMath::Tf32 => "tf32",
+            GemmMath::Bf16 => "bf16",
+        })
+    }
+}
+
 /// `dst(m × n) = a(m × k) · b(k × n)`, or `+=` with `accumulate`; row-major,
-/// `dst` with leading dimension `ldd`. All fp32.
+/// `dst` with leading dimension `ldd`; fp32 in memory, `math` inside.
 #[derive(Debug, Clone, Copy)]
 pub struct Gemm {
     pub m: usize,
@@ -98,6 +134,7 @@ pub struct Gemm {
     pub a: Mat,
     pub b: Mat,
     pub accumulate: bool,
+    pub math: GemmMath,
 }
 
 pub trait Device: Send + Sync {

@@ -5,7 +5,7 @@
 //! launch code without a GPU. Matrix products, cuBLAS's job on a GPU, go to
 //! the CPU engine's GEMM.
 
-use super::device::{Args, DevPtr, Device, DeviceError, Gemm, Mat, Shape};
+use super::device::{Args, DevPtr, Device, DeviceError, Gemm, GemmMath, Mat, Shape};
 use crate::engine::cpu::matmul::{Strided, gemm_f32, parallelism};
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 
@@ -25,6 +25,32 @@ impl Drop for EmuBuf {
         // SAFETY: allocated in `alloc` with this layout.
         unsafe { dealloc(self.ptr, self.layout) }
     }
+}
+
+/// A dense row-major copy of the `rows × cols` matrix `m`, each value
+/// rounded to nearest even to `keep` mantissa bits.
+///
+/// # Safety
+/// `m` must be valid for `rows × cols` elements at its strides.
+unsafe fn rounded(m: Strided, rows: usize, cols: usize, keep: u32) -> Vec<f32> {
+    let drop = 23 - keep;
+    let round = |x: f32| {
+        let u = x.to_bits();
+        if !x.is_finite() {
+            return x;
+        }
+        let half = 1u32 << (drop - 1);
+        let r = u + (half - 1) + ((u >> drop) & 1);
+        f32::from_bits(r & !((1u32 << drop) - 1))
+    };
+    let mut out = Vec::with_capacity(rows * cols);
+    for i in 0..rows {
+        for j in 0..cols {
+            // SAFETY: inside the matrix, as the caller guarantees.
+            out.push(round(unsafe { *m.ptr.offset(i as isize * m.rs + j as isize * m.cs) }));
+        }
+    }
+    out
 }
 
 #[derive(Debug, Default, Clone)]
@@ -81,13 +107,26 @@ impl Device for Emu {
         unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) }
     }
 
+    /// fp32 on the CPU engine's GEMM; for tf32/bf16 math, the operands are
+    /// first rounded (to nearest even) as the tensor cores round them, and
+    /// the products accumulate in fp32.
     unsafe fn gemm(&self, g: &Gemm) -> Result<(), DeviceError> {
         let strided = |m: Mat| {
             let (rs, cs) = if m.trans { (1, m.ld as isize) } else { (m.ld as isize, 1) };
             Strided { ptr: m.ptr as *const f32, rs, cs }
         };
-        // SAFETY: the caller guarantees the operands.
-        unsafe { gemm_f32(g.m, g.n, g.k, g.dst as *mut f32, g.ldd as isize, strided(g.a), strided(g.b), g.accumulate, parallelism()) };
+        let (a, b) = (strided(g.a), strided(g.b));
+        if g.math == GemmMath::Fp32 {
+            // SAFETY: the caller guarantees the operands.
+            unsafe { gemm_f32(g.m, g.n, g.k, g.dst as *mut f32, g.ldd as isize, a, b, g.accumulate, parallelism()) };
+            return Ok(());
+        }
+        let keep = if g.math == GemmMath::Tf32 { 10 } else { 7 };
+        // SAFETY: the caller guarantees the operands' extents.
+        let (ra, rb) = unsafe { (rounded(a, g.m, g.k, keep), rounded(b, g.k, g.n, keep)) };
+        let dense = |v: &Vec<f32>, cols: usize| Strided { ptr: v.as_ptr(), rs: cols as isize, cs: 1 };
+        // SAFETY: dense copies of the operands; `dst` as the caller guarantees.
+        unsafe { gemm_f32(g.m, g.n, g.k, g.dst as *mut f32, g.ldd as isize, dense(&ra, g.k), dense(&rb, g.n), g.accumulate, parallelism()) };
         Ok(())
     }
 

@@ -16,7 +16,7 @@
 //! `~/.cache/dtrain/kernels`), so later runs load in milliseconds. PTX is
 //! compiled by the NVRTC beside the driver, so its version always suits it.
 
-use super::device::{Args, DevPtr, Device, DeviceError, Gemm, Shape};
+use super::device::{Args, DevPtr, Device, DeviceError, Gemm, GemmMath, Shape};
 use cudarc::cublas::{result as blas, sys as blas_sys};
 use cudarc::driver::{result as drv, sys};
 use std::collections::HashMap;
@@ -249,25 +249,36 @@ impl Device for Gpu {
         let op = |t: bool| if t { blas_sys::cublasOperation_t::CUBLAS_OP_T } else { blas_sys::cublasOperation_t::CUBLAS_OP_N };
         let dim = |v: usize| i32::try_from(v).map_err(|_| DeviceError::Launch(format!("GEMM dimension {v} exceeds cuBLAS's int")));
         let (alpha, beta) = (1.0f32, if g.accumulate { 1.0f32 } else { 0.0 });
+        let compute = match g.math {
+            GemmMath::Fp32 => blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_PEDANTIC,
+            GemmMath::Tf32 => blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
+            GemmMath::Bf16 => blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF,
+        };
+        let f32t = blas_sys::cudaDataType::CUDA_R_32F;
         // SAFETY: the caller guarantees the operands.
         unsafe {
-            blas::sgemm(
+            blas::gemm_ex(
                 self.blas,
                 op(g.b.trans),
                 op(g.a.trans),
                 dim(g.n)?,
                 dim(g.m)?,
                 dim(g.k)?,
-                &alpha,
-                g.b.ptr as *const f32,
+                (&alpha as *const f32).cast(),
+                g.b.ptr as *const std::ffi::c_void,
+                f32t,
                 dim(g.b.ld)?,
-                g.a.ptr as *const f32,
+                g.a.ptr as *const std::ffi::c_void,
+                f32t,
                 dim(g.a.ld)?,
-                &beta,
-                g.dst as *mut f32,
+                (&beta as *const f32).cast(),
+                g.dst as *mut std::ffi::c_void,
+                f32t,
                 dim(g.ldd)?,
+                compute,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
             )
         }
-        .map_err(|e| DeviceError::Launch(format!("cuBLAS sgemm: {e:?}")))
+        .map_err(|e| DeviceError::Launch(format!("cuBLAS GemmEx ({} math): {e:?}", g.math)))
     }
 }

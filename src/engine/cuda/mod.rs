@@ -19,7 +19,7 @@ pub mod gpu;
 
 use super::{AdamHyper, Engine, EngineError, WeightLayout};
 use crate::allreduce::codec::{Codec, CodecError};
-use device::{Args, DevPtr, Device, DeviceError, Gemm, Mat, Shape};
+use device::{Args, DevPtr, Device, DeviceError, Gemm, GemmMath, Mat, Shape};
 use std::sync::Mutex;
 
 /// Where a command runs: `--device auto|cpu|cuda[:N]|emulated`.
@@ -99,6 +99,8 @@ pub struct CudaArena<D: Device> {
 
 pub struct CudaEngine<D: Device> {
     dev: D,
+    /// The arithmetic of the matrix products (fp32 storage either way).
+    math: GemmMath,
     /// Grown on demand; ops that need temporary device memory take it whole.
     scratch: Mutex<Option<(D::Buf, usize)>>,
 }
@@ -127,7 +129,17 @@ fn bias_corrections(hp: &AdamHyper, step: u64) -> (f32, f32) {
 
 impl<D: Device> CudaEngine<D> {
     pub fn new(dev: D) -> CudaEngine<D> {
-        CudaEngine { dev, scratch: Mutex::new(None) }
+        CudaEngine { dev, math: GemmMath::Fp32, scratch: Mutex::new(None) }
+    }
+
+    pub fn gemm_math(&self) -> GemmMath {
+        self.math
+    }
+
+    /// Matrix products in `math` (tf32/bf16: tensor cores on a GPU).
+    pub fn with_gemm_math(mut self, math: GemmMath) -> Self {
+        self.math = math;
+        self
     }
 
     pub fn device(&self) -> &D {
@@ -217,7 +229,10 @@ impl<D: Device> Engine for CudaEngine<D> {
     type Ptr = DevPtr;
 
     fn name(&self) -> String {
-        format!("cuda: {}", self.dev.name())
+        match self.math {
+            GemmMath::Fp32 => format!("cuda: {}", self.dev.name()),
+            m => format!("cuda: {} ({m} GEMMs)", self.dev.name()),
+        }
     }
 
     fn synchronize(&self) {
@@ -438,7 +453,7 @@ impl<D: Device> Engine for CudaEngine<D> {
             WeightLayout::InOut => Mat { ptr: w, ld: oc, trans: false },
             WeightLayout::OutIn => Mat { ptr: w, ld: c, trans: true },
         };
-        let g = Gemm { m: n, n: oc, k: c, dst: out, ldd: oc, a: Mat { ptr: inp, ld: c, trans: false }, b: w, accumulate: prefill };
+        let g = Gemm { m: n, n: oc, k: c, dst: out, ldd: oc, a: Mat { ptr: inp, ld: c, trans: false }, b: w, accumulate: prefill, math: self.math };
         check(unsafe { self.dev.gemm(&g) });
     }
 
@@ -462,9 +477,11 @@ impl<D: Device> Engine for CudaEngine<D> {
             WeightLayout::InOut => Mat { ptr: w, ld: oc, trans: true },
             WeightLayout::OutIn => Mat { ptr: w, ld: c, trans: false },
         };
-        check(unsafe { self.dev.gemm(&Gemm { m: n, n: c, k: oc, dst: dinp, ldd: c, a: dout_m, b: wt, accumulate: false }) });
+        check(unsafe { self.dev.gemm(&Gemm { m: n, n: c, k: oc, dst: dinp, ldd: c, a: dout_m, b: wt, accumulate: false, math: self.math }) });
         let dw_gemm = match layout {
-            WeightLayout::InOut => Gemm { m: c, n: oc, k: n, dst: dw, ldd: oc, a: Mat { ptr: inp, ld: c, trans: true }, b: dout_m, accumulate: true },
+            WeightLayout::InOut => {
+                Gemm { m: c, n: oc, k: n, dst: dw, ldd: oc, a: Mat { ptr: inp, ld: c, trans: true }, b: dout_m, accumulate: true, math: self.math }
+            }
             WeightLayout::OutIn => Gemm {
                 m: oc,
                 n: c,
@@ -474,6 +491,7 @@ impl<D: Device> Engine for CudaEngine<D> {
                 a: Mat { ptr: dout, ld: oc, trans: true },
                 b: Mat { ptr: inp, ld: c, trans: false },
                 accumulate: true,
+                math: self.math,
             },
         };
         check(unsafe { self.dev.gemm(&dw_gemm) });
