@@ -66,7 +66,7 @@ pub struct TrainBenchArgs {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct KernelsBenchArgs {
-    /// cpu, cuda, cuda:N or emulated.
+    /// auto (a GPU if one is found, else the CPU), cpu, cuda, cuda:N or emulated.
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
     /// Model preset (default: 124m on a GPU, small elsewhere).

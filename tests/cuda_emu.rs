@@ -249,6 +249,12 @@ fn the_emulation_shuffles_and_catches_divergent_barriers() {
         assert_eq!(got[3 * n + i], (n * (n - 1) / 2) as f32, "block sum, thread {i}");
         assert_eq!(got[4 * n + i], (32 * warp + 31 * 32 / 2) as f32, "warp sum, thread {i}");
     }
+    // A missing barrier shows in one of the two thread orders.
+    unsafe { gpu.device().launch("emu_selftest_missing_barrier", Shape::linear(2, 64), Args::new().ptr(gpu.at(&out, 0))).unwrap() };
+    let mut raced = vec![0f32; 128];
+    unsafe { gpu.read(gpu.at(&out, 0), &mut raced) };
+    assert!(raced[..64].iter().enumerate().all(|(i, &v)| v == i.saturating_sub(1) as f32), "forward order: {:?}", &raced[..64]);
+    assert!(raced[65..].iter().all(|v| v.is_nan()), "the reverse order exposes the race: {:?}", &raced[64..]);
     let e = unsafe { gpu.device().launch("emu_selftest_divergent_barrier", Shape::linear(2, 32), Args::new().ptr(gpu.at(&out, 0))) }.unwrap_err();
     assert!(e.to_string().contains("deadlock"), "{e}");
 }

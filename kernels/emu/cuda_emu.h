@@ -16,11 +16,12 @@
 // warp at __syncthreads, half in a shuffle) would hang a GPU: here it is
 // reported as an error. Blocks
 // run one after another; a thread runs as far as it can before the next
-// starts, the least synchronised legal order, which exposes missing
-// barriers. Since only one coroutine runs at a time, atomics are plain
-// read-modify-writes, and `__shared__` variables are `static thread_local`
-// (one per launching OS thread, so tests may launch concurrently). Shared
-// memory is filled with NaN bytes at every block start: a kernel that reads
+// starts, the least synchronised legal order, and the order flips from
+// block to block, so a missing barrier shows in one order or the other.
+// Since only one coroutine runs at a time, atomics are plain
+// read-modify-writes. `__shared__` variables are statics in one linker
+// section and launches are serialised, so every block start can fill all
+// shared memory, static and dynamic, with NaN bytes: a kernel that reads
 // shared memory before writing it computes NaN.
 //
 // Not emulated: tensor cores, inline PTX, cp.async, and memory-model
@@ -34,6 +35,7 @@
 #include <string.h>
 #include <ucontext.h>
 
+#include <mutex>
 #include <type_traits>
 #include <vector>
 
@@ -42,7 +44,12 @@
 #define __host__
 #define __forceinline__ inline __attribute__((always_inline))
 #define __launch_bounds__(...)
-#define __shared__ static thread_local
+// Static shared memory goes to one linker section, so that every block
+// start can fill all of it with NaN bytes (see run_block); launches are
+// serialised by a mutex, so the section is never shared by two launches.
+#define __shared__ static __attribute__((section("dtrain_emu_shared"), used))
+extern "C" char __start_dtrain_emu_shared[] __attribute__((weak));
+extern "C" char __stop_dtrain_emu_shared[] __attribute__((weak));
 #define __align__(n) __attribute__((aligned(n)))
 
 struct dim3 {
@@ -116,8 +123,9 @@ inline T exchange(T v, int src, bool valid) {
     return out;
 }
 
-// Runs one block to completion; returns an error message or nullptr.
-inline const char* run_block(Launch& l) {
+// Runs one block to completion, its threads in order (`reverse`: last
+// first); returns an error message or nullptr.
+inline const char* run_block(Launch& l, bool reverse) {
     for (unsigned i = 0; i < l.nthreads; i++) {
         Thread& t = l.threads[i];
         getcontext(&t.ctx);
@@ -128,8 +136,11 @@ inline const char* run_block(Launch& l) {
         t.wait = Wait::Runnable;
     }
     memset(l.smem.data(), 0xff, l.smem.size());
+    if (__start_dtrain_emu_shared && __stop_dtrain_emu_shared)
+        memset(__start_dtrain_emu_shared, 0xff, (size_t)(__stop_dtrain_emu_shared - __start_dtrain_emu_shared));
     for (;;) {
-        for (unsigned i = 0; i < l.nthreads; i++) {
+        for (unsigned k = 0; k < l.nthreads; k++) {
+            unsigned i = reverse ? l.nthreads - 1 - k : k;
             if (l.threads[i].wait != Wait::Runnable) continue;
             l.current = i;
             thread_idx.x = i % l.block.x;
@@ -166,7 +177,10 @@ inline const char* run_block(Launch& l) {
 }
 
 // Runs `run(params)` as kernel threads over the grid; nullptr or an error.
+inline std::mutex launch_lock;
+
 inline const char* launch(void (*run)(void**), void** params, dim3 grid, dim3 block, size_t smem) {
+    std::lock_guard<std::mutex> serialised(launch_lock);
     Launch l;
     l.grid = grid;
     l.block = block;
@@ -193,7 +207,10 @@ inline const char* launch(void (*run)(void**), void** params, dim3 grid, dim3 bl
                 block_idx.x = x;
                 block_idx.y = y;
                 block_idx.z = z;
-                err = run_block(l);
+                // Alternate the thread order from block to block: a read
+                // that lacks a barrier before it sees unwritten data in one
+                // order or the other.
+                err = run_block(l, (x + y + z) % 2 == 1);
             }
     current_launch = outer;
     free(l.stacks);

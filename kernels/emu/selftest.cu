@@ -24,3 +24,12 @@ extern "C" __global__ void emu_selftest_divergent_barrier(float* out) {
     else v = warp_sum(v);
     out[threadIdx.x] = v;
 }
+
+// A race: each thread reads what its left neighbour wrote, with no barrier
+// in between. Run first to last, the value is there by luck; run last to
+// first (odd blocks), it is not, and the NaN fill shows it.
+extern "C" __global__ void emu_selftest_missing_barrier(float* out) {
+    __shared__ float s[64];
+    s[threadIdx.x] = (float)threadIdx.x;
+    out[blockIdx.x * blockDim.x + threadIdx.x] = threadIdx.x > 0 ? s[threadIdx.x - 1] : 0.0f;
+}
