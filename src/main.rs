@@ -404,6 +404,7 @@ fn check_cmd(cmd: CheckCommand) -> Result<()> {
         CheckCommand::Kernels { arch, out } => {
             let embedded: Vec<String> = dtrain::engine::cuda::gpu::CUBINS.iter().map(|(c, b)| format!("sm_{c} ({} bytes)", b.len())).collect();
             println!("embedded cubins: {}", if embedded.is_empty() { "none (built without nvcc)".to_string() } else { embedded.join(", ") });
+            println!("NVRTC: {}", dtrain::engine::cuda::gpu::nvrtc_version().unwrap_or_else(|| "not found".into()));
             for a in arch {
                 anyhow::ensure!((50..=200).contains(&a), "--arch {a}: a compute capability such as 80 or 90");
                 let ptx = dtrain::engine::cuda::gpu::compile_ptx((a as i32 / 10, a as i32 % 10)).map_err(anyhow::Error::msg)?;

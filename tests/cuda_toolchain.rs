@@ -97,6 +97,7 @@ fn nvrtc_compiles_the_embedded_source_and_ptxas_assembles_it() {
     assert!(run.status.success(), "{stdout}{}", String::from_utf8_lossy(&run.stderr));
     let names = kernel_names();
     assert!(stdout.contains(&format!("sm_90: {} kernels", names.len())), "{stdout}");
+    assert!(stdout.contains("NVRTC: 13.0"), "the NVRTC found is the toolchain's: {stdout}");
     for arch in ["80", "90"] {
         let ptx_path = out.join(format!("kernels.sm_{arch}.ptx"));
         let ptx = std::fs::read_to_string(&ptx_path).unwrap();

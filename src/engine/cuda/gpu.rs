@@ -45,11 +45,24 @@ pub fn count() -> Result<usize, String> {
     Ok(n.max(0) as usize)
 }
 
+/// The NVRTC version, `major.minor`, when the library can be loaded.
+pub fn nvrtc_version() -> Option<String> {
+    // SAFETY: only tries to open the library, then asks its version.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return None;
+    }
+    let (mut major, mut minor) = (0, 0);
+    let ok = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) } == cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS;
+    ok.then(|| format!("{major}.{minor}"))
+}
+
 /// One GPU with the kernels loaded.
 pub struct Gpu {
     ordinal: usize,
     name: String,
     arch: (i32, i32),
+    /// Driver version and where the kernels came from, for `name()`.
+    origin: String,
     ctx: sys::CUcontext,
     functions: HashMap<&'static str, sys::CUfunction>,
     blas: blas_sys::cublasHandle_t,
@@ -153,6 +166,12 @@ impl Gpu {
             // SAFETY: a cubin image made by nvcc; the driver validates it.
             unsafe { drv::module::load_data(bytes.as_ptr().cast()) }.ok()
         });
+        let mut driver = 0;
+        // SAFETY: an out-parameter the driver fills.
+        unsafe { sys::cuDriverGetVersion(&mut driver) };
+        let from =
+            if cubin.is_some() { "embedded cubin".to_string() } else { format!("NVRTC {} PTX", nvrtc_version().unwrap_or_else(|| "?".into())) };
+        let origin = format!("driver {}.{}, kernels from {from}", driver / 1000, driver % 1000 / 10);
         let module = match cubin {
             Some(m) => m,
             None => {
@@ -170,7 +189,7 @@ impl Gpu {
             functions.insert(k, f);
         }
         let handle = blas::create_handle().map_err(|e| format!("cuBLAS (libcublas.so): {e:?}"))?;
-        Ok(Gpu { ordinal, name, arch, ctx, functions, blas: handle })
+        Ok(Gpu { ordinal, name, arch, origin, ctx, functions, blas: handle })
     }
 
     fn bind(&self) -> Result<(), DeviceError> {
@@ -183,7 +202,7 @@ impl Device for Gpu {
     type Buf = GpuBuf;
 
     fn name(&self) -> String {
-        format!("GPU {}: {} (sm_{}{})", self.ordinal, self.name, self.arch.0, self.arch.1)
+        format!("GPU {}: {} (sm_{}{}; {})", self.ordinal, self.name, self.arch.0, self.arch.1, self.origin)
     }
 
     fn alloc(&self, bytes: usize) -> Result<GpuBuf, DeviceError> {
