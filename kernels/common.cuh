@@ -55,50 +55,37 @@ __device__ __forceinline__ unsigned short bf16_bits(float v) {
 __device__ __forceinline__ float bf16_value(unsigned short h) { return __uint_as_float((unsigned)h << 16); }
 #endif
 
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+// Reductions by a combining operation: a warp by xor-shuffles (every lane
+// gets the result), a 1-D block (size a multiple of 32, at most 1024)
+// through `scratch`, 32 values of shared memory; the block reduction's
+// leading barrier lets a caller reuse `scratch` for consecutive reductions.
+struct SumOp {
+    template <typename T>
+    __device__ __forceinline__ static T apply(T a, T b) { return a + b; }
+};
+struct MaxOp {
+    __device__ __forceinline__ static float apply(float a, float b) { return fmaxf(a, b); }
+};
+
+template <typename Op, typename T>
+__device__ __forceinline__ T warp_reduce(T v) {
+    for (int o = 16; o > 0; o >>= 1) v = Op::apply(v, __shfl_xor_sync(FULL_MASK, v, o));
     return v;
 }
 
-__device__ __forceinline__ double warp_sum_f64(double v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
-    return v;
-}
-
-__device__ __forceinline__ float warp_max(float v) {
-    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL_MASK, v, o));
-    return v;
-}
-
-// Sum over a 1-D block whose size is a multiple of 32 (at most 1024); every
-// thread gets the result. `scratch` holds 32 floats of shared memory; the
-// leading barrier lets a caller reuse it for consecutive reductions.
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
+template <typename Op, typename T>
+__device__ __forceinline__ T block_reduce(T v, T* scratch, T identity) {
     int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, warps = blockDim.x / WARP_SIZE;
-    v = warp_sum(v);
+    v = warp_reduce<Op>(v);
     __syncthreads();
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
-    v = lane < warps ? scratch[lane] : 0.0f;
-    return warp_sum(v);
+    v = lane < warps ? scratch[lane] : identity;
+    return warp_reduce<Op>(v);
 }
 
-__device__ __forceinline__ float block_max(float v, float* scratch) {
-    int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, warps = blockDim.x / WARP_SIZE;
-    v = warp_max(v);
-    __syncthreads();
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    v = lane < warps ? scratch[lane] : NEG_INF;
-    return warp_max(v);
-}
-
-__device__ __forceinline__ double block_sum_f64(double v, double* scratch) {
-    int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE, warps = blockDim.x / WARP_SIZE;
-    v = warp_sum_f64(v);
-    __syncthreads();
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    v = lane < warps ? scratch[lane] : 0.0;
-    return warp_sum_f64(v);
-}
+__device__ __forceinline__ float warp_sum(float v) { return warp_reduce<SumOp>(v); }
+__device__ __forceinline__ float warp_max(float v) { return warp_reduce<MaxOp>(v); }
+__device__ __forceinline__ float block_sum(float v, float* scratch) { return block_reduce<SumOp>(v, scratch, 0.0f); }
+__device__ __forceinline__ float block_max(float v, float* scratch) { return block_reduce<MaxOp>(v, scratch, NEG_INF); }
+__device__ __forceinline__ double block_sum_f64(double v, double* scratch) { return block_reduce<SumOp>(v, scratch, 0.0); }

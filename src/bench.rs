@@ -156,26 +156,46 @@ fn dtrain_steps<E: Engine>(engine: E, cfg: GptConfig, a: &TrainBenchArgs, log: b
     Ok((StepResult { median_s: median(times), losses, peak_mb: peak_rss_mb() }, model))
 }
 
-fn anchor_script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/anchors/torch_cpu_train.py")
-}
-
-fn torch_steps(a: &TrainBenchArgs) -> Result<serde_json::Value> {
-    let out = std::env::temp_dir().join(format!("dtrain-torch-bench-{}.json", std::process::id()));
-    let threads = rayon::current_num_threads().to_string();
-    let status = std::process::Command::new(&a.python)
-        .arg(anchor_script())
-        .args(["--preset", &a.model, "--batch", &a.batch.to_string(), "--seq", &a.seq.to_string()])
-        .args(["--steps", &a.steps.to_string(), "--warmup", &a.warmup.to_string(), "--threads", &threads])
+/// Runs a PyTorch anchor script (its stdout discarded) with `args` and
+/// `--json FILE`; returns what it wrote there.
+fn run_anchor(python: &str, script: &str, args: &[String], env: &[(&str, String)]) -> Result<serde_json::Value> {
+    let out = std::env::temp_dir().join(format!("dtrain-anchor-{}.json", std::process::id()));
+    let status = std::process::Command::new(python)
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/anchors").join(script))
+        .args(args)
         .arg("--json")
         .arg(&out)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(std::process::Stdio::null())
         .status()
-        .with_context(|| format!("running {}", a.python))?;
-    anyhow::ensure!(status.success(), "the PyTorch anchor failed ({status}); pass --no-torch to skip it");
+        .with_context(|| format!("running {python}"))?;
+    anyhow::ensure!(status.success(), "the PyTorch anchor {script} failed ({status}); pass --no-torch to skip it");
     let v = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
     let _ = std::fs::remove_file(&out);
     Ok(v)
+}
+
+/// The anchor's arguments for the run `a` describes.
+fn anchor_args(a: &TrainBenchArgs) -> Vec<String> {
+    let mut v: Vec<String> = ["--preset", &a.model, "--batch", &a.batch.to_string(), "--seq", &a.seq.to_string()].map(String::from).to_vec();
+    v.extend(["--steps".into(), a.steps.to_string(), "--warmup".into(), a.warmup.to_string()]);
+    v
+}
+
+fn torch_steps(a: &TrainBenchArgs) -> Result<serde_json::Value> {
+    let mut args = anchor_args(a);
+    args.extend(["--threads".into(), rayon::current_num_threads().to_string()]);
+    run_anchor(&a.python, "torch_cpu_train.py", &args, &[])
+}
+
+/// Appends `record` as one JSON line to `--json`, when given.
+fn append_record(path: &Option<PathBuf>, record: &serde_json::Value) -> Result<()> {
+    if let Some(path) = path {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        writeln!(f, "{record}")?;
+    }
+    Ok(())
 }
 
 /// PyTorch's own fp32 GEMM rate on the same product (its BLAS), for context.
@@ -335,20 +355,9 @@ fn gpu_train_bench(a: &TrainBenchArgs, ordinal: usize) -> Result<()> {
         "dtrain_step_s": ours.median_s, "dtrain_tokens_per_s": tokens / ours.median_s, "dtrain_tflops": tflops,
     });
     if !a.no_torch {
-        let out = std::env::temp_dir().join(format!("dtrain-torch-gpu-{}.json", std::process::id()));
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/anchors/torch_gpu_train.py");
-        let status = std::process::Command::new(&a.python)
-            .arg(script)
-            .args(["--preset", &a.model, "--batch", &a.batch.to_string(), "--seq", &a.seq.to_string()])
-            .args(["--steps", &a.steps.to_string(), "--warmup", &a.warmup.to_string(), "--precision", "fp32", "--json"])
-            .arg(&out)
-            .env("CUDA_VISIBLE_DEVICES", ordinal.to_string())
-            .stdout(std::process::Stdio::null())
-            .status()
-            .with_context(|| format!("running {}", a.python))?;
-        anyhow::ensure!(status.success(), "the PyTorch anchor failed ({status}); pass --no-torch to skip it");
-        let t: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
-        let _ = std::fs::remove_file(&out);
+        let mut args = anchor_args(a);
+        args.extend(["--precision".into(), "fp32".into()]);
+        let t = run_anchor(&a.python, "torch_gpu_train.py", &args, &[("CUDA_VISIBLE_DEVICES", ordinal.to_string())])?;
         let t_step = t["median_step_s"].as_f64().unwrap_or(f64::NAN);
         let t_tflops = flops / t_step / 1e12;
         println!(
@@ -363,12 +372,7 @@ fn gpu_train_bench(a: &TrainBenchArgs, ordinal: usize) -> Result<()> {
         record["torch_step_s"] = t_step.into();
         record["speedup_vs_torch"] = (t_step / ours.median_s).into();
     }
-    if let Some(path) = &a.json {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-        writeln!(f, "{record}")?;
-    }
-    Ok(())
+    append_record(&a.json, &record)
 }
 
 pub fn train_bench(a: &TrainBenchArgs) -> Result<()> {
@@ -437,10 +441,5 @@ pub fn train_bench(a: &TrainBenchArgs) -> Result<()> {
         let (_, model) = dtrain_steps(Profiled::new(CpuEngine::new()), cfg, a, false, |e| drop(e.take()))?;
         print_profile(&model.engine.take(), a.steps);
     }
-    if let Some(path) = &a.json {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-        writeln!(f, "{record}")?;
-    }
-    Ok(())
+    append_record(&a.json, &record)
 }
