@@ -46,7 +46,8 @@ fn main() {
 
 /// The kernel files, `kernels/*.cu` and the emulation's self-tests
 /// `kernels/emu/*.cu`, and the names of their `extern "C" __global__`
-/// functions, found in the source text.
+/// functions, found in the source text (with the two instances of each
+/// storage-type template, see kernels/common.cuh).
 fn kernels() -> std::io::Result<(Vec<String>, Vec<String>)> {
     let mut files = Vec::new();
     for dir in ["kernels", "kernels/emu"] {
@@ -61,8 +62,15 @@ fn kernels() -> std::io::Result<(Vec<String>, Vec<String>)> {
     let mut names = Vec::new();
     for f in &files {
         let text = std::fs::read_to_string(f)?;
+        let name = |part: &str| -> String { part.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect() };
         for part in text.split("extern \"C\" __global__ void ").skip(1) {
-            names.push(part.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect());
+            names.push(name(part));
+        }
+        // kernels/common.cuh's F32_AND_BF16(name, …) makes name_f32 and name_bf16.
+        for part in text.split("\nF32_AND_BF16(").skip(1) {
+            let base = name(part);
+            names.push(format!("{base}_f32"));
+            names.push(format!("{base}_bf16"));
         }
     }
     Ok((files, names))

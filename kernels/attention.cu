@@ -3,9 +3,10 @@
 //
 // No T×T matrix is ever stored: the forward pass keeps only each query
 // row's log-sum-exp (B·NH·T floats a layer), and the backward pass
-// recomputes the probabilities from it. This is the fp32 kernel set, shaped
-// for clarity and exactness against the CPU engine rather than for tensor
-// cores:
+// recomputes the probabilities from it. Shaped for clarity and exactness
+// against the CPU engine rather than for tensor cores; in the bf16 mode
+// Q, K, V, dY are read as bf16 and widened to fp32 in shared memory, so the
+// arithmetic is the fp32 kernel's:
 //
 // - One warp per query row (forward, dQ) or key row (dK, dV), 8 rows per
 //   block. The block walks tiles of 32 keys (or queries), loaded once into
@@ -30,18 +31,20 @@
 #define ATT_PER_LANE (ATT_HS_MAX / WARP_SIZE)
 
 // Tile row `r` of part `which` (0 = Q, 1 = K, 2 = V) into `dst[r * (hs+1) + d]`.
-__device__ __forceinline__ void load_tile(float* dst, const float* qkv_b, int first, int T, int C, int h, int hs,
+template <typename floatX>
+__device__ __forceinline__ void load_tile(float* dst, const floatX* qkv_b, int first, int T, int C, int h, int hs,
                                           int which) {
     for (int idx = threadIdx.x; idx < ATT_TILE * hs; idx += blockDim.x) {
         int r = idx / hs, d = idx % hs, row = first + r;
-        dst[r * (hs + 1) + d] = row < T ? qkv_b[(long long)row * 3 * C + which * C + h * hs + d] : 0.0f;
+        dst[r * (hs + 1) + d] = row < T ? to_float(qkv_b[(long long)row * 3 * C + which * C + h * hs + d]) : 0.0f;
     }
 }
 
 // Block: ATT_ROWS warps. Grid: (ceil(T / ATT_ROWS), B·NH).
 // Shared: (2·ATT_TILE·(hs+1) + ATT_ROWS·hs + ATT_ROWS·ATT_TILE) floats.
-extern "C" __global__ void attention_forward(float* __restrict__ out, float* __restrict__ lse,
-                                             const float* __restrict__ qkv, int B, int T, int C, int NH) {
+template <typename floatX>
+__device__ __forceinline__ void attention_forward(floatX* __restrict__ out, float* __restrict__ lse,
+                                                  const floatX* __restrict__ qkv, int B, int T, int C, int NH) {
     int hs = C / NH, b = blockIdx.y / NH, h = blockIdx.y % NH;
     int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE;
     int i = blockIdx.x * ATT_ROWS + warp, last = min((int)(blockIdx.x + 1) * ATT_ROWS, T) - 1;
@@ -51,10 +54,10 @@ extern "C" __global__ void attention_forward(float* __restrict__ out, float* __r
     float* vs = ks + ATT_TILE * (hs + 1);
     float* q = vs + ATT_TILE * (hs + 1) + warp * hs;
     float* p = smem + 2 * ATT_TILE * (hs + 1) + ATT_ROWS * hs + warp * ATT_TILE;
-    const float* qkv_b = qkv + (long long)b * T * 3 * C;
+    const floatX* qkv_b = qkv + (long long)b * T * 3 * C;
     float scale = 1.0f / sqrtf((float)hs);
     if (live)
-        for (int d = lane; d < hs; d += WARP_SIZE) q[d] = qkv_b[(long long)i * 3 * C + h * hs + d] * scale;
+        for (int d = lane; d < hs; d += WARP_SIZE) q[d] = to_float(qkv_b[(long long)i * 3 * C + h * hs + d]) * scale;
     __syncwarp();
     float m = NEG_INF, l = 0.0f, acc[ATT_PER_LANE];
 #pragma unroll
@@ -91,21 +94,27 @@ extern "C" __global__ void attention_forward(float* __restrict__ out, float* __r
         m = m_new;
     }
     if (!live) return;
-    float* o = out + ((long long)b * T + i) * C + h * hs;
+    floatX* o = out + ((long long)b * T + i) * C + h * hs;
 #pragma unroll
     for (int r = 0; r < ATT_PER_LANE; r++) {
         int d = lane + r * WARP_SIZE;
-        if (d < hs) o[d] = acc[r] / l;
+        if (d < hs) o[d] = from_float<floatX>(acc[r] / l);
     }
     if (lane == 0) lse[(long long)blockIdx.y * T + i] = m + logf(l);
 }
+F32_AND_BF16(attention_forward,
+             (floatX* __restrict__ out, float* __restrict__ lse, const floatX* __restrict__ qkv, int B, int T, int C,
+              int NH),
+             (out, lse, qkv, B, T, C, NH))
 
 // dQ, and D_i = Σ_j P_ij·dP_ij into `dsum` for the key kernel. One warp per
 // query row; two sweeps over the keys (D is needed before any dS).
 // Shared: (2·ATT_TILE·(hs+1) + 2·ATT_ROWS·hs + ATT_ROWS·ATT_TILE) floats.
-extern "C" __global__ void attention_backward_query(float* __restrict__ dqkv, float* __restrict__ dsum,
-                                                    const float* __restrict__ dout, const float* __restrict__ qkv,
-                                                    const float* __restrict__ lse, int B, int T, int C, int NH) {
+template <typename floatX>
+__device__ __forceinline__ void attention_backward_query(floatX* __restrict__ dqkv, float* __restrict__ dsum,
+                                                         const floatX* __restrict__ dout,
+                                                         const floatX* __restrict__ qkv, const float* __restrict__ lse,
+                                                         int B, int T, int C, int NH) {
     int hs = C / NH, b = blockIdx.y / NH, h = blockIdx.y % NH;
     int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE;
     int i = blockIdx.x * ATT_ROWS + warp, last = min((int)(blockIdx.x + 1) * ATT_ROWS, T) - 1;
@@ -116,13 +125,13 @@ extern "C" __global__ void attention_backward_query(float* __restrict__ dqkv, fl
     float* q = vs + ATT_TILE * (hs + 1) + warp * hs;
     float* dy = vs + ATT_TILE * (hs + 1) + ATT_ROWS * hs + warp * hs;
     float* ds = smem + 2 * ATT_TILE * (hs + 1) + 2 * ATT_ROWS * hs + warp * ATT_TILE;
-    const float* qkv_b = qkv + (long long)b * T * 3 * C;
+    const floatX* qkv_b = qkv + (long long)b * T * 3 * C;
     float scale = 1.0f / sqrtf((float)hs);
     float row_lse = live ? lse[(long long)blockIdx.y * T + i] : 0.0f;
     if (live)
         for (int d = lane; d < hs; d += WARP_SIZE) {
-            q[d] = qkv_b[(long long)i * 3 * C + h * hs + d] * scale;
-            dy[d] = dout[((long long)b * T + i) * C + h * hs + d];
+            q[d] = to_float(qkv_b[(long long)i * 3 * C + h * hs + d]) * scale;
+            dy[d] = to_float(dout[((long long)b * T + i) * C + h * hs + d]);
         }
     __syncwarp();
     float d_partial = 0.0f, D = 0.0f, dq[ATT_PER_LANE];
@@ -166,19 +175,24 @@ extern "C" __global__ void attention_backward_query(float* __restrict__ dqkv, fl
         }
     }
     if (!live) return;
-    float* dqi = dqkv + ((long long)b * T + i) * 3 * C + h * hs;
+    floatX* dqi = dqkv + ((long long)b * T + i) * 3 * C + h * hs;
 #pragma unroll
     for (int r = 0; r < ATT_PER_LANE; r++) {
         int d = lane + r * WARP_SIZE;
-        if (d < hs) dqi[d] = dq[r];
+        if (d < hs) dqi[d] = from_float<floatX>(dq[r]);
     }
 }
+F32_AND_BF16(attention_backward_query,
+             (floatX* __restrict__ dqkv, float* __restrict__ dsum, const floatX* __restrict__ dout,
+              const floatX* __restrict__ qkv, const float* __restrict__ lse, int B, int T, int C, int NH),
+             (dqkv, dsum, dout, qkv, lse, B, T, C, NH))
 
 // dK and dV, one warp per key row j, sweeping the queries i ≥ j.
 // Shared: (2·ATT_TILE·(hs+1) + 2·ATT_TILE + 2·ATT_ROWS·hs + 2·ATT_ROWS·ATT_TILE) floats.
-extern "C" __global__ void attention_backward_key(float* __restrict__ dqkv, const float* __restrict__ dout,
-                                                  const float* __restrict__ qkv, const float* __restrict__ lse,
-                                                  const float* __restrict__ dsum, int B, int T, int C, int NH) {
+template <typename floatX>
+__device__ __forceinline__ void attention_backward_key(floatX* __restrict__ dqkv, const floatX* __restrict__ dout,
+                                                       const floatX* __restrict__ qkv, const float* __restrict__ lse,
+                                                       const float* __restrict__ dsum, int B, int T, int C, int NH) {
     int hs = C / NH, b = blockIdx.y / NH, h = blockIdx.y % NH;
     int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE;
     int first = blockIdx.x * ATT_ROWS, j = first + warp;
@@ -192,12 +206,12 @@ extern "C" __global__ void attention_backward_key(float* __restrict__ dqkv, cons
     float* v = d_t + ATT_TILE + ATT_ROWS * hs + warp * hs;
     float* pw = d_t + ATT_TILE + 2 * ATT_ROWS * hs + warp * ATT_TILE;
     float* dsw = pw + ATT_ROWS * ATT_TILE;
-    const float* qkv_b = qkv + (long long)b * T * 3 * C;
+    const floatX* qkv_b = qkv + (long long)b * T * 3 * C;
     float scale = 1.0f / sqrtf((float)hs);
     if (live)
         for (int d = lane; d < hs; d += WARP_SIZE) {
-            k[d] = qkv_b[(long long)j * 3 * C + C + h * hs + d] * scale;
-            v[d] = qkv_b[(long long)j * 3 * C + 2 * C + h * hs + d];
+            k[d] = to_float(qkv_b[(long long)j * 3 * C + C + h * hs + d]) * scale;
+            v[d] = to_float(qkv_b[(long long)j * 3 * C + 2 * C + h * hs + d]);
         }
     __syncwarp();
     float dk[ATT_PER_LANE], dv[ATT_PER_LANE];
@@ -208,7 +222,7 @@ extern "C" __global__ void attention_backward_key(float* __restrict__ dqkv, cons
         load_tile(qs, qkv_b, i0, T, C, h, hs, 0);
         for (int idx = threadIdx.x; idx < ATT_TILE * hs; idx += blockDim.x) {
             int r = idx / hs, d = idx % hs, row = i0 + r;
-            dys[r * (hs + 1) + d] = row < T ? dout[((long long)b * T + row) * C + h * hs + d] : 0.0f;
+            dys[r * (hs + 1) + d] = row < T ? to_float(dout[((long long)b * T + row) * C + h * hs + d]) : 0.0f;
         }
         for (int r = threadIdx.x; r < ATT_TILE; r += blockDim.x) {
             int row = i0 + r;
@@ -243,13 +257,17 @@ extern "C" __global__ void attention_backward_key(float* __restrict__ dqkv, cons
         __syncwarp();
     }
     if (!live) return;
-    float* dkj = dqkv + ((long long)b * T + j) * 3 * C + C + h * hs;
+    floatX* dkj = dqkv + ((long long)b * T + j) * 3 * C + C + h * hs;
 #pragma unroll
     for (int r = 0; r < ATT_PER_LANE; r++) {
         int d = lane + r * WARP_SIZE;
         if (d < hs) {
-            dkj[d] = dk[r];
-            dkj[C + d] = dv[r];
+            dkj[d] = from_float<floatX>(dk[r]);
+            dkj[C + d] = from_float<floatX>(dv[r]);
         }
     }
 }
+F32_AND_BF16(attention_backward_key,
+             (floatX* __restrict__ dqkv, const floatX* __restrict__ dout, const floatX* __restrict__ qkv,
+              const float* __restrict__ lse, const float* __restrict__ dsum, int B, int T, int C, int NH),
+             (dqkv, dout, qkv, lse, dsum, B, T, C, NH))

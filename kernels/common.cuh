@@ -55,6 +55,49 @@ __device__ __forceinline__ unsigned short bf16_bits(float v) {
 __device__ __forceinline__ float bf16_value(unsigned short h) { return __uint_as_float((unsigned)h << 16); }
 #endif
 
+// Storage types. Kernels compute in fp32; activations and parameters are
+// stored as fp32 (the exact mode the CPU engine checks) or as bf16 (the
+// mixed-precision mode). Such a kernel is a template over its storage type
+// floatX (llm.c's name), written once, loading with to_float and storing
+// with from_float<floatX>;
+// F32_AND_BF16 makes its two entry points `name_f32` and `name_bf16` (plain
+// C names: cuModuleGetFunction and the emulation's table find kernels by
+// name, and build.rs lists both). Statistics, gradients of parameters and
+// optimizer state are fp32 in both modes and keep plain fp32 kernels.
+struct bf16 {
+    unsigned short bits;
+};
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(bf16 x) { return bf16_value(x.bits); }
+template <typename floatX>
+__device__ __forceinline__ floatX from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) {
+    return v;
+}
+template <>
+__device__ __forceinline__ bf16 from_float<bf16>(float v) {
+    return bf16{bf16_bits(v)};
+}
+
+// `params` and `args` are parenthesised lists; `params` names the storage
+// type floatX, which each namespace binds.
+#define F32_AND_BF16(name, params, args)                 \
+    namespace storage_f32 {                              \
+    typedef float floatX;                                     \
+    extern "C" __global__ void name##_f32 params {       \
+        name<floatX> args;                                    \
+    }                                                    \
+    }                                                    \
+    namespace storage_bf16 {                             \
+    typedef bf16 floatX;                                      \
+    extern "C" __global__ void name##_bf16 params {      \
+        name<floatX> args;                                    \
+    }                                                    \
+    }                                                    \
+    using storage_f32::name##_f32;                       \
+    using storage_bf16::name##_bf16;
+
 // Reductions by a combining operation: a warp by xor-shuffles (every lane
 // gets the result), a 1-D block (size a multiple of 32, at most 1024)
 // through `scratch`, 32 values of shared memory; the block reduction's

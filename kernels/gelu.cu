@@ -4,26 +4,30 @@
 // (one exponential instead of tanh). Both kernels may run in place.
 #include "common.cuh"
 
-#define GELU_SQRT_2_OVER_PI 0.7978846f
+#define GELU_SQRT2_OVER_PI 0.7978846f
 #define GELU_K 0.044715f
 
 __device__ __forceinline__ float gelu_sigma(float x) {
-    float u = GELU_SQRT_2_OVER_PI * (x + GELU_K * x * x * x);
+    float u = GELU_SQRT2_OVER_PI * (x + GELU_K * x * x * x);
     return 1.0f / (1.0f + expf(-2.0f * u));
 }
 
-extern "C" __global__ void gelu_forward(float* out, const float* inp, long long n) {
+template <typename floatX>
+__device__ __forceinline__ void gelu_forward(floatX* out, const floatX* inp, long long n) {
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
-        float x = inp[i];
-        out[i] = x * gelu_sigma(x);
+        float x = to_float(inp[i]);
+        out[i] = from_float<floatX>(x * gelu_sigma(x));
     }
 }
+F32_AND_BF16(gelu_forward, (floatX* out, const floatX* inp, long long n), (out, inp, n))
 
 // dinp = dout · gelu'(inp); dinp may alias dout.
-extern "C" __global__ void gelu_backward(float* dinp, const float* inp, const float* dout, long long n) {
+template <typename floatX>
+__device__ __forceinline__ void gelu_backward(floatX* dinp, const floatX* inp, const floatX* dout, long long n) {
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
-        float x = inp[i], s = gelu_sigma(x);
-        float du = GELU_SQRT_2_OVER_PI * (1.0f + 3.0f * GELU_K * x * x);
-        dinp[i] = dout[i] * (s + 2.0f * x * s * (1.0f - s) * du);
+        float x = to_float(inp[i]), s = gelu_sigma(x);
+        float du = GELU_SQRT2_OVER_PI * (1.0f + 3.0f * GELU_K * x * x);
+        dinp[i] = from_float<floatX>(to_float(dout[i]) * (s + 2.0f * x * s * (1.0f - s) * du));
     }
 }
+F32_AND_BF16(gelu_backward, (floatX* dinp, const floatX* inp, const floatX* dout, long long n), (dinp, inp, dout, n))

@@ -12,10 +12,14 @@
 // LAMB needs each tensor's ‖w‖ and ‖u‖ before it can step, so it runs in
 // two phases: the moments (with per-block partial sums of squares in f64,
 // added on the host in block order: deterministic), then the update.
+//
+// `p` is always fp32: the weights themselves, or in the bf16 mode the fp32
+// master copy, with `p16` the bf16 weights the other kernels read, written
+// from the new master value in the same pass (null in the fp32 mode).
 #include "common.cuh"
 
-extern "C" __global__ void adamw(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m,
-                                 float* __restrict__ v, long long n, float beta1, float beta2, float eps,
+extern "C" __global__ void adamw(float* __restrict__ p, unsigned short* __restrict__ p16, const float* __restrict__ g,
+                                 float* __restrict__ m, float* __restrict__ v, long long n, float beta1, float beta2, float eps,
                                  float decay, float grad_scale, float step_size, float bc2_sqrt) {
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
         float w = p[i] * decay;
@@ -23,7 +27,9 @@ extern "C" __global__ void adamw(float* __restrict__ p, const float* __restrict_
         float mi = m[i] + (gi - m[i]) * (1.0f - beta1);
         float vi = v[i] * beta2 + (1.0f - beta2) * gi * gi;
         float denom = sqrtf(vi) / bc2_sqrt + eps;
-        p[i] = w - step_size * mi / denom;
+        float w_new = w - step_size * mi / denom;
+        p[i] = w_new;
+        if (p16) p16[i] = bf16_bits(w_new);
         m[i] = mi;
         v[i] = vi;
     }
@@ -60,8 +66,12 @@ extern "C" __global__ void lamb_moments(double* __restrict__ partial, const floa
     }
 }
 
-extern "C" __global__ void lamb_apply(float* __restrict__ p, const float* __restrict__ m, const float* __restrict__ v,
-                                      long long n, float eps, float wd, float bc1, float bc2, float step_size) {
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
-        p[i] -= step_size * lamb_update(p[i], m[i], v[i], bc1, bc2, eps, wd);
+extern "C" __global__ void lamb_apply(float* __restrict__ p, unsigned short* __restrict__ p16,
+                                      const float* __restrict__ m, const float* __restrict__ v, long long n, float eps,
+                                      float wd, float bc1, float bc2, float step_size) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
+        float w = p[i] - step_size * lamb_update(p[i], m[i], v[i], bc1, bc2, eps, wd);
+        p[i] = w;
+        if (p16) p16[i] = bf16_bits(w);
+    }
 }

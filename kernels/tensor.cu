@@ -1,6 +1,7 @@
 // Whole-buffer helpers (twins of the element loops in
 // src/engine/cpu/mod.rs): fill, scale, and the sum of squares behind the
-// global gradient norm.
+// global gradient norm. Only fill runs on activations (of either storage
+// type); scale and the sum of squares run on the fp32 gradients.
 //
 // The sum of squares must be deterministic (every miner clips the same way
 // given the same gradients), so it has no atomics: each block sums a fixed
@@ -9,10 +10,13 @@
 // the result does not depend on the GPU.
 #include "common.cuh"
 
-extern "C" __global__ void fill(float* x, long long n, float value) {
+template <typename floatX>
+__device__ __forceinline__ void fill(floatX* x, long long n, float value) {
+    floatX v = from_float<floatX>(value);
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
-        x[i] = value;
+        x[i] = v;
 }
+F32_AND_BF16(fill, (floatX* x, long long n, float value), (x, n, value))
 
 extern "C" __global__ void scale(float* x, long long n, float factor) {
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)

@@ -8,10 +8,10 @@
 use crate::engine::Engine;
 use crate::engine::cpu::CpuEngine;
 use crate::engine::cpu::matmul_gflops;
-use crate::engine::cuda::device::{Device, GemmMath};
+use crate::engine::cuda::device::Device;
 use crate::engine::cuda::emu::Emu;
 use crate::engine::cuda::gpu::Gpu;
-use crate::engine::cuda::{CudaEngine, DeviceChoice};
+use crate::engine::cuda::{CudaOptions, DeviceChoice, Precision};
 use crate::engine::profiled::{OpProfile, Profiled};
 use crate::model::{Gpt, GptConfig};
 use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind};
@@ -52,16 +52,16 @@ pub struct TrainBenchArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// cpu, cuda or cuda:N (the anchor is then PyTorch on the same GPU,
-    /// benches/anchors/torch_gpu_train.py, in fp32 like dtrain's kernels).
+    /// benches/anchors/torch_gpu_train.py, in dtrain's precision: bf16
+    /// autocast or fp32).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
     /// The GPU's peak dense TFLOP/s for MFU (default: by its name, bf16
     /// tensor-core peak: H100/H200 989, A100 312).
     #[arg(long)]
     pub peak_tflops: Option<f64>,
-    /// On a GPU, the arithmetic of the matrix products: fp32, tf32 or bf16.
-    #[arg(long, default_value = "fp32")]
-    pub gemm_math: GemmMath,
+    #[command(flatten)]
+    pub cuda: CudaOptions,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -81,9 +81,8 @@ pub struct KernelsBenchArgs {
     /// Profiled steps (after one untimed step).
     #[arg(long, default_value_t = 3)]
     pub steps: usize,
-    /// On a GPU, the arithmetic of the matrix products: fp32, tf32 or bf16.
-    #[arg(long, default_value = "fp32")]
-    pub gemm_math: GemmMath,
+    #[command(flatten)]
+    pub cuda: CudaOptions,
 }
 
 /// Per step, by kernel: time, share, achieved GB/s and TFLOP/s.
@@ -303,7 +302,7 @@ pub fn kernels_bench(a: &KernelsBenchArgs) -> Result<()> {
         json: None,
         device,
         peak_tflops: None,
-        gemm_math: a.gemm_math,
+        cuda: a.cuda,
     };
     let cfg = GptConfig::preset(&args.model).with_context(|| format!("unknown preset {}", args.model))?;
     anyhow::ensure!(args.seq <= cfg.max_seq_len, "--seq {} exceeds the preset's {}", args.seq, cfg.max_seq_len);
@@ -315,9 +314,12 @@ pub fn kernels_bench(a: &KernelsBenchArgs) -> Result<()> {
         Ok(())
     }
     match device {
-        DeviceChoice::Cuda(n) => run(CudaEngine::new(Gpu::open(n).map_err(anyhow::Error::msg)?).with_gemm_math(a.gemm_math), cfg, &args),
-        DeviceChoice::Emulated => run(CudaEngine::new(Emu).with_gemm_math(a.gemm_math), cfg, &args),
-        _ => run(CpuEngine::new(), cfg, &args),
+        DeviceChoice::Cuda(n) => run(a.cuda.engine(Gpu::open(n).map_err(anyhow::Error::msg)?, Precision::Bf16), cfg, &args),
+        DeviceChoice::Emulated => run(a.cuda.engine(Emu, Precision::Fp32), cfg, &args),
+        _ => {
+            a.cuda.check_cpu().map_err(anyhow::Error::msg)?;
+            run(CpuEngine::new(), cfg, &args)
+        }
     }
 }
 
@@ -326,8 +328,8 @@ fn peak_tflops(name: &str) -> Option<f64> {
     [("H100", 989.4), ("H200", 989.4), ("A100", 312.0), ("L40S", 362.0), ("A10", 125.0)].iter().find(|(k, _)| name.contains(k)).map(|&(_, v)| v)
 }
 
-/// `dtrain bench train --device cuda`: dtrain's fp32 step beside PyTorch's
-/// fp32 step on the same GPU, and MFU against the GPU's bf16 peak.
+/// `dtrain bench train --device cuda`: dtrain's step beside PyTorch's in
+/// the same precision on the same GPU, and MFU against the GPU's bf16 peak.
 fn gpu_train_bench(a: &TrainBenchArgs, ordinal: usize) -> Result<()> {
     let cfg = GptConfig::preset(&a.model).with_context(|| format!("unknown preset {}", a.model))?;
     anyhow::ensure!(a.seq <= cfg.max_seq_len && a.steps > 0, "bad sequence length or step count");
@@ -336,11 +338,13 @@ fn gpu_train_bench(a: &TrainBenchArgs, ordinal: usize) -> Result<()> {
     let tokens = (a.batch * a.seq) as f64;
     let flops = cfg.flops_per_token(a.seq) * tokens;
     let peak = a.peak_tflops.or_else(|| peak_tflops(&name));
-    let (ours, model) = dtrain_steps(CudaEngine::new(gpu).with_gemm_math(a.gemm_math), cfg, a, true, |_| {})?;
+    let engine = a.cuda.engine(gpu, Precision::Bf16);
+    let (precision, math) = (engine.precision(), engine.gemm_math());
+    let (ours, model) = dtrain_steps(engine, cfg, a, true, |_| {})?;
     drop(model); // free the GPU for PyTorch
     let tflops = flops / ours.median_s / 1e12;
     let mfu = |t: f64| peak.map_or("?".to_string(), |p| format!("{:.1}%", 100.0 * t / p));
-    println!("dtrain bench train: {name} preset {} batch {}×{} ({} GEMMs, fp32 storage)", a.model, a.batch, a.seq, a.gemm_math);
+    println!("dtrain bench train: {name} preset {} batch {}×{} ({precision} storage, {math} GEMMs)", a.model, a.batch, a.seq);
     println!(
         "  dtrain:  {:8.2} ms/step {:10.0} tokens/s {:7.1} TFLOP/s  MFU {}  loss {:.4} -> {:.4}",
         ours.median_s * 1e3,
@@ -351,12 +355,12 @@ fn gpu_train_bench(a: &TrainBenchArgs, ordinal: usize) -> Result<()> {
         ours.losses[ours.losses.len() - 1]
     );
     let mut record = serde_json::json!({
-        "device": name, "preset": a.model, "batch": a.batch, "seq": a.seq, "gemm_math": a.gemm_math.to_string(),
+        "device": name, "preset": a.model, "batch": a.batch, "seq": a.seq, "precision": precision.to_string(), "gemm_math": math.to_string(),
         "dtrain_step_s": ours.median_s, "dtrain_tokens_per_s": tokens / ours.median_s, "dtrain_tflops": tflops,
     });
     if !a.no_torch {
         let mut args = anchor_args(a);
-        args.extend(["--precision".into(), "fp32".into()]);
+        args.extend(["--precision".into(), precision.to_string()]);
         let t = run_anchor(&a.python, "torch_gpu_train.py", &args, &[("CUDA_VISIBLE_DEVICES", ordinal.to_string())])?;
         let t_step = t["median_step_s"].as_f64().unwrap_or(f64::NAN);
         let t_tflops = flops / t_step / 1e12;

@@ -4,10 +4,10 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use dtrain::engine::Engine;
 use dtrain::engine::cpu::CpuEngine;
-use dtrain::engine::cuda::device::{Device, GemmMath};
+use dtrain::engine::cuda::device::GemmMath;
 use dtrain::engine::cuda::emu::Emu;
 use dtrain::engine::cuda::gpu::Gpu;
-use dtrain::engine::cuda::{CudaEngine, DeviceChoice};
+use dtrain::engine::cuda::{CudaOptions, DeviceChoice, Precision};
 use dtrain::model::GptConfig;
 use dtrain::model::config::PRESET_NAMES;
 use dtrain::optim::OptimizerKind;
@@ -136,10 +136,8 @@ struct TrainArgs {
     /// cpu, cuda, cuda:N, or emulated (the CUDA kernels emulated on the CPU).
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
-    /// On a GPU, the arithmetic of the matrix products: fp32, tf32 or bf16
-    /// (tensor cores, fp32 storage and accumulation).
-    #[arg(long, default_value = "fp32")]
-    gemm_math: GemmMath,
+    #[command(flatten)]
+    cuda: CudaOptions,
 }
 
 /// Remote sources for `dtrain tokenize` (instead of local files).
@@ -231,7 +229,10 @@ enum CheckCommand {
         /// cuda, cuda:N, or emulated (the same checks on the CPU emulation of the kernels, small shapes).
         #[arg(long, default_value = "cuda")]
         device: DeviceChoice,
-        /// Arithmetic of the matrix products: fp32, tf32 or bf16 (tensor cores; fp32 storage).
+        /// Check only this precision (fp32 or bf16); by default both, fp32 first.
+        #[arg(long)]
+        precision: Option<Precision>,
+        /// Arithmetic of the matrix products in fp32 precision: fp32, tf32 or bf16 (tensor cores; fp32 storage).
         #[arg(long, default_value = "fp32")]
         gemm_math: GemmMath,
     },
@@ -378,29 +379,39 @@ fn tokenize_cmd(inputs: &[PathBuf], remote: &RemoteArgs, out: &std::path::Path, 
 
 fn check_cmd(cmd: CheckCommand) -> Result<()> {
     use dtrain::engine::cuda::check::{Shapes, check_ops, check_training, table};
-    let checks = |device: &str, ops: Result<Vec<_>, String>, training: Result<Vec<_>, String>| -> Result<()> {
+    // Prints the table; whether every check passed.
+    let checks = |device: &str, ops: Result<Vec<_>, String>, training: Result<Vec<_>, String>| -> Result<bool> {
         let mut all = ops.map_err(anyhow::Error::msg)?;
         all.extend(training.map_err(anyhow::Error::msg)?);
         print!("{}", table(device, &all));
-        anyhow::ensure!(all.iter().all(|c| c.passed()), "some checks failed");
-        Ok(())
+        Ok(all.iter().all(|c| c.passed()))
     };
     match cmd {
-        CheckCommand::Gpu { device, gemm_math } => match device {
-            DeviceChoice::Cuda(n) => {
-                let gpu = CudaEngine::new(Gpu::open(n).map_err(anyhow::Error::msg)?).with_gemm_math(gemm_math);
-                let name = gpu.name();
-                let ops = check_ops(&gpu, Shapes::GPU);
-                checks(&name, ops, check_training(gpu, "small", 4, 128, 3))
+        CheckCommand::Gpu { device, precision, gemm_math } => {
+            let precisions = precision.map_or(vec![Precision::Fp32, Precision::Bf16], |p| vec![p]);
+            let mut failed = false;
+            for p in precisions {
+                let opts = CudaOptions { precision: Some(p), gemm_math };
+                let passed = match device {
+                    DeviceChoice::Cuda(n) => {
+                        let gpu = opts.engine(Gpu::open(n).map_err(anyhow::Error::msg)?, p);
+                        let name = gpu.name();
+                        let ops = check_ops(&gpu, Shapes::GPU);
+                        checks(&name, ops, check_training(gpu, "small", 4, 128, 3))?
+                    }
+                    DeviceChoice::Emulated => {
+                        anyhow::ensure!(Emu::available(), "this dtrain was built without the CPU emulation (no C++ compiler)");
+                        let emu = opts.engine(Emu, p);
+                        let ops = check_ops(&emu, Shapes::EMULATED);
+                        checks(&emu.name(), ops, check_training(emu, "tiny", 2, 40, 2))?
+                    }
+                    other => anyhow::bail!("check gpu runs on cuda, cuda:N or emulated, not {other:?}"),
+                };
+                failed |= !passed;
             }
-            DeviceChoice::Emulated => {
-                anyhow::ensure!(Emu::available(), "this dtrain was built without the CPU emulation (no C++ compiler)");
-                let emu = CudaEngine::new(Emu).with_gemm_math(gemm_math);
-                let ops = check_ops(&emu, Shapes::EMULATED);
-                checks(&emu.name(), ops, check_training(emu, "tiny", 2, 40, 2))
-            }
-            other => anyhow::bail!("check gpu runs on cuda, cuda:N or emulated, not {other:?}"),
-        },
+            anyhow::ensure!(!failed, "some checks failed");
+            Ok(())
+        }
         CheckCommand::Kernels { arch, out } => {
             let embedded: Vec<String> = dtrain::engine::cuda::gpu::CUBINS.iter().map(|(c, b)| format!("sm_{c} ({} bytes)", b.len())).collect();
             println!("embedded cubins: {}", if embedded.is_empty() { "none (built without nvcc)".to_string() } else { embedded.join(", ") });
@@ -443,12 +454,13 @@ fn train_cmd(a: TrainArgs, progress: bool) -> Result<()> {
     train::stop_on_interrupt();
     let summary = match a.device.resolve() {
         (DeviceChoice::Cuda(n), _) => {
-            let gpu = Gpu::open(n).map_err(anyhow::Error::msg)?;
+            let gpu = a.cuda.engine(Gpu::open(n).map_err(anyhow::Error::msg)?, Precision::Bf16);
             eprintln!("training on {}", gpu.name());
-            train::run(CudaEngine::new(gpu).with_gemm_math(a.gemm_math), start, plan, &opts)?
+            train::run(gpu, start, plan, &opts)?
         }
-        (DeviceChoice::Emulated, _) => train::run(CudaEngine::new(Emu).with_gemm_math(a.gemm_math), start, plan, &opts)?,
+        (DeviceChoice::Emulated, _) => train::run(a.cuda.engine(Emu, Precision::Fp32), start, plan, &opts)?,
         (_, why) => {
+            a.cuda.check_cpu().map_err(anyhow::Error::msg)?;
             if let Some(why) = why {
                 eprintln!("training on the CPU ({why})");
             }

@@ -2,7 +2,7 @@
 //! clipping. The learning rate is an argument of every step because in the
 //! network the validator decides it.
 
-use crate::engine::{AdamHyper, Engine, EngineError};
+use crate::engine::{AdamHyper, ArenaKind, Engine, EngineError};
 use crate::model::Gpt;
 use serde::{Deserialize, Serialize};
 
@@ -41,7 +41,8 @@ pub struct Optimizer<E: Engine> {
 
 impl<E: Engine> Optimizer<E> {
     pub fn new(model: &Gpt<E>, config: OptimizerConfig) -> Result<Self, EngineError> {
-        Ok(Optimizer { config, m: model.engine.alloc(model.layout.total)?, v: model.engine.alloc(model.layout.total)?, step: 0 })
+        let state = || model.engine.alloc(ArenaKind::State, model.layout.total);
+        Ok(Optimizer { config, m: state()?, v: state()?, step: 0 })
     }
 
     fn hyper(&self, lr: f32, decays: bool, grad_scale: f32) -> AdamHyper {

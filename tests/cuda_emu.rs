@@ -6,9 +6,9 @@
 //! steps of a tiny GPT-2 on the emulated engine against the CPU engine.
 
 use dtrain::engine::cpu::CpuEngine;
-use dtrain::engine::cuda::CudaEngine;
 use dtrain::engine::cuda::emu::Emu;
-use dtrain::engine::{AdamHyper, Engine, WeightLayout};
+use dtrain::engine::cuda::{CudaEngine, Precision, View};
+use dtrain::engine::{AdamHyper, ArenaKind, Engine, WeightLayout};
 use dtrain::model::{Gpt, GptConfig};
 use dtrain::optim::{Optimizer, OptimizerConfig, OptimizerKind};
 use dtrain::rng::Rng;
@@ -37,8 +37,8 @@ impl Pair {
         let mut c = Vec::new();
         let mut g = Vec::new();
         for x in inputs {
-            let a = cpu.alloc(x.len()).unwrap();
-            let b = gpu.alloc(x.len()).unwrap();
+            let a = cpu.alloc(ArenaKind::Acts, x.len()).unwrap();
+            let b = gpu.alloc(ArenaKind::Acts, x.len()).unwrap();
             unsafe {
                 cpu.write(cpu.at(&a, 0), x);
                 gpu.write(gpu.at(&b, 0), x);
@@ -51,7 +51,7 @@ impl Pair {
     fn cp(&self, i: usize) -> dtrain::engine::cpu::CpuPtr {
         self.cpu.at(&self.c[i], 0)
     }
-    fn gp(&self, i: usize) -> u64 {
+    fn gp(&self, i: usize) -> View {
         self.gpu.at(&self.g[i], 0)
     }
     /// Buffer `i` as (cpu, emulated).
@@ -232,11 +232,13 @@ fn the_emulation_shuffles_and_catches_divergent_barriers() {
     let gpu = emulated();
     let n = 64usize;
     let input: Vec<f32> = (0..n).map(|i| i as f32).collect();
-    let inp = gpu.alloc(n).unwrap();
-    let out = gpu.alloc(5 * n).unwrap();
+    let inp = gpu.alloc(ArenaKind::Acts, n).unwrap();
+    let out = gpu.alloc(ArenaKind::Acts, 5 * n).unwrap();
     unsafe {
         gpu.write(gpu.at(&inp, 0), &input);
-        gpu.device().launch("emu_selftest_shuffles", Shape::linear(1, n as u32), Args::new().ptr(gpu.at(&out, 0)).ptr(gpu.at(&inp, 0))).unwrap();
+        gpu.device()
+            .launch("emu_selftest_shuffles", Shape::linear(1, n as u32), Args::new().ptr(gpu.at(&out, 0).addr).ptr(gpu.at(&inp, 0).addr))
+            .unwrap();
     }
     let mut got = vec![0f32; 5 * n];
     unsafe { gpu.read(gpu.at(&out, 0), &mut got) };
@@ -250,12 +252,13 @@ fn the_emulation_shuffles_and_catches_divergent_barriers() {
         assert_eq!(got[4 * n + i], (32 * warp + 31 * 32 / 2) as f32, "warp sum, thread {i}");
     }
     // A missing barrier shows in one of the two thread orders.
-    unsafe { gpu.device().launch("emu_selftest_missing_barrier", Shape::linear(2, 64), Args::new().ptr(gpu.at(&out, 0))).unwrap() };
+    unsafe { gpu.device().launch("emu_selftest_missing_barrier", Shape::linear(2, 64), Args::new().ptr(gpu.at(&out, 0).addr)).unwrap() };
     let mut raced = vec![0f32; 128];
     unsafe { gpu.read(gpu.at(&out, 0), &mut raced) };
     assert!(raced[..64].iter().enumerate().all(|(i, &v)| v == i.saturating_sub(1) as f32), "forward order: {:?}", &raced[..64]);
     assert!(raced[65..].iter().all(|v| v.is_nan()), "the reverse order exposes the race: {:?}", &raced[64..]);
-    let e = unsafe { gpu.device().launch("emu_selftest_divergent_barrier", Shape::linear(2, 32), Args::new().ptr(gpu.at(&out, 0))) }.unwrap_err();
+    let e =
+        unsafe { gpu.device().launch("emu_selftest_divergent_barrier", Shape::linear(2, 32), Args::new().ptr(gpu.at(&out, 0).addr)) }.unwrap_err();
     assert!(e.to_string().contains("deadlock"), "{e}");
 }
 
@@ -374,6 +377,47 @@ fn training_steps_of_a_tiny_gpt_agree_with_the_cpu_engine() {
     relative("updates of three steps", &moved(cpu.read_params()), &moved(gpu.read_params()), 1e-4);
 }
 
+/// The bf16 mode: parameters and activations stored in bf16, an fp32
+/// master copy of the weights. Training the tiny preset on one repeated
+/// batch for 30 AdamW steps tracks the CPU engine's fp32 training (the
+/// losses within bf16's rounding, both falling by the same amount), and
+/// the weights read back are the fp32 master's, not their bf16 rounding.
+#[test]
+fn bf16_training_tracks_fp32_training() {
+    let cfg = GptConfig::preset("tiny").unwrap();
+    let mut cpu = Gpt::new(CpuEngine, cfg).unwrap();
+    cpu.init_random(3);
+    let gpu_engine = emulated().with_precision(Precision::Bf16);
+    assert_eq!((gpu_engine.elem_bytes(ArenaKind::Params), gpu_engine.elem_bytes(ArenaKind::Acts)), (2, 2));
+    assert_eq!((gpu_engine.elem_bytes(ArenaKind::Grads), gpu_engine.elem_bytes(ArenaKind::Stats)), (4, 4));
+    let mut gpu = Gpt::new(gpu_engine, cfg).unwrap();
+    let start = cpu.read_params();
+    gpu.write_params(&start);
+    assert!(gpu.read_params() == start, "parameters read back from the fp32 master exactly");
+    let mut cpu_opt = Optimizer::new(&cpu, OptimizerConfig::new(OptimizerKind::Adamw)).unwrap();
+    let mut gpu_opt = Optimizer::new(&gpu, OptimizerConfig::new(OptimizerKind::Adamw)).unwrap();
+    let (b, t) = (2, 32);
+    let mut rng = Rng::new(5);
+    let tokens: Vec<u32> = (0..b * t + 1).map(|_| rng.below(cfg.vocab_size as u64) as u32).collect();
+    let (x, y) = (&tokens[..b * t], &tokens[1..]);
+    let mut losses = Vec::new();
+    for step in 0..30 {
+        let lc = cpu.forward_backward(x, y, b, t, 1.0).unwrap();
+        let lg = gpu.forward_backward(x, y, b, t, 1.0).unwrap();
+        assert!((lc - lg).abs() < 3e-3 * lc, "step {step}: loss fp32 {lc}, bf16 {lg}");
+        if step == 0 {
+            relative("first gradients", &cpu.read_grads(), &gpu.read_grads(), 3e-2);
+        }
+        cpu_opt.clip_and_step(&mut cpu, 3e-3, 1.0);
+        gpu_opt.clip_and_step(&mut gpu, 3e-3, 1.0);
+        losses.push((lc, lg));
+    }
+    let ((c0, g0), (c1, g1)) = (losses[0], losses[losses.len() - 1]);
+    assert!(c1 < 0.7 * c0, "fp32 training learns the batch: {c0} -> {c1}");
+    assert!(g1 < 0.7 * g0, "bf16 training learns the batch: {g0} -> {g1}");
+    assert!(((c0 - c1) - (g0 - g1)).abs() < 0.02 * (c0 - c1), "the losses fall alike: fp32 {c0} -> {c1}, bf16 {g0} -> {g1}");
+}
+
 /// The all-reduce's codecs on the device: the encoded bytes are the CPU
 /// codec's, bit for bit (saturation, rounding ties, int8 scales with a
 /// partial last block), and decoding gives the CPU codec's values; bytes
@@ -391,8 +435,8 @@ fn gradient_codecs_match_the_cpu_codec_bit_for_bit() {
     x[3] = 1.0 + 2f32.powi(-11); // fp16 tie → even
     x[4] = 1.0 + 2f32.powi(-8); // bf16 tie → even
     x[5] = 0.0;
-    let src = gpu.alloc(n).unwrap();
-    let dst = gpu.alloc(n).unwrap();
+    let src = gpu.alloc(ArenaKind::Acts, n).unwrap();
+    let dst = gpu.alloc(ArenaKind::Acts, n).unwrap();
     unsafe { gpu.write(gpu.at(&src, 0), &x) };
     for codec in [Codec::F32, Codec::F16, Codec::Bf16, Codec::Int8 { block: 256 }, Codec::Int8 { block: 100 }, Codec::Int8 { block: 1 }] {
         let mut want = vec![0u8; codec.encoded_len(n)];
@@ -432,8 +476,10 @@ fn bf16_gemm_math_rounds_the_operands_like_the_half_crate() {
     let round = |v: &[f32]| v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect::<Vec<f32>>();
     let gpu = emulated().with_gemm_math(GemmMath::Bf16);
     let cpu = CpuEngine;
-    let (gi, gw, go) = (gpu.alloc(n * c).unwrap(), gpu.alloc(c * oc).unwrap(), gpu.alloc(n * oc).unwrap());
-    let (ci, cw, co) = (cpu.alloc(n * c).unwrap(), cpu.alloc(c * oc).unwrap(), cpu.alloc(n * oc).unwrap());
+    let (gi, gw, go) =
+        (gpu.alloc(ArenaKind::Acts, n * c).unwrap(), gpu.alloc(ArenaKind::Acts, c * oc).unwrap(), gpu.alloc(ArenaKind::Acts, n * oc).unwrap());
+    let (ci, cw, co) =
+        (cpu.alloc(ArenaKind::Acts, n * c).unwrap(), cpu.alloc(ArenaKind::Acts, c * oc).unwrap(), cpu.alloc(ArenaKind::Acts, n * oc).unwrap());
     unsafe {
         gpu.write(gpu.at(&gi, 0), &inp);
         gpu.write(gpu.at(&gw, 0), &w);
@@ -450,7 +496,8 @@ fn bf16_gemm_math_rounds_the_operands_like_the_half_crate() {
     identical("bf16-math product", &a, &b);
     // And it is not the fp32 product.
     let exact = emulated();
-    let (ei, ew, eo) = (exact.alloc(n * c).unwrap(), exact.alloc(c * oc).unwrap(), exact.alloc(n * oc).unwrap());
+    let (ei, ew, eo) =
+        (exact.alloc(ArenaKind::Acts, n * c).unwrap(), exact.alloc(ArenaKind::Acts, c * oc).unwrap(), exact.alloc(ArenaKind::Acts, n * oc).unwrap());
     let mut e = vec![0f32; n * oc];
     unsafe {
         exact.write(exact.at(&ei, 0), &inp);

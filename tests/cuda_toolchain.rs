@@ -9,20 +9,10 @@
 
 use std::path::Path;
 
-/// `extern "C" __global__` kernel names in kernels/*.cu.
+/// Every kernel a GPU loads by name (build.rs's list: each `extern "C"
+/// __global__` function and both instances of each storage-type template).
 fn kernel_names() -> Vec<String> {
-    let mut names = Vec::new();
-    for e in std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels")).unwrap() {
-        let path = e.unwrap().path();
-        if path.extension().is_some_and(|x| x == "cu") {
-            let text = std::fs::read_to_string(&path).unwrap();
-            for part in text.split("extern \"C\" __global__ void ").skip(1) {
-                names.push(part.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect());
-            }
-        }
-    }
-    names.sort();
-    names
+    dtrain::engine::cuda::gpu::KERNELS.iter().map(|k| k.to_string()).collect()
 }
 
 /// (kernel, arch) → (registers, spill store bytes, spill load bytes, stack bytes).
@@ -128,12 +118,13 @@ fn check_gpu_passes_emulated_and_on_this_machines_gpu_if_any() {
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain")).args(["check", "gpu", "--device", "emulated"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success() && stdout.contains("checks passed") && !stdout.contains("FAIL"), "{stdout}{}", String::from_utf8_lossy(&run.stderr));
-    for op in ["attention backward", "cross-entropy dlogits", "lamb", "training step 2 gradients"] {
+    for op in ["attention backward", "cross-entropy dlogits", "lamb", "training step 2 gradients", "adamw (bf16 copy of the weights)"] {
         assert!(stdout.contains(op), "{op} is not checked:\n{stdout}");
     }
+    assert_eq!(stdout.matches("checks passed").count(), 2, "both precisions, fp32 and bf16, are checked:\n{stdout}");
     // The tensor-core GEMM modes, emulated, within their tolerances.
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain"))
-        .args(["check", "gpu", "--device", "emulated", "--gemm-math", "bf16"])
+        .args(["check", "gpu", "--device", "emulated", "--precision", "fp32", "--gemm-math", "bf16"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);

@@ -40,9 +40,29 @@ pub enum EngineError {
     Alloc(usize),
 }
 
-/// A kernel set. `Arena` owns a flat zero-initialised `f32` buffer; `Ptr` is
-/// the address of an element inside one (a raw pointer on the CPU, a device
-/// address on a GPU).
+/// What an arena holds. An engine may store each kind in its own precision
+/// — the CUDA engine's bf16 mode keeps parameters and activations in bf16
+/// and the rest in fp32 — while values always cross to and from the host
+/// as `f32`. The CPU engine stores everything in fp32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ArenaKind {
+    /// Model parameters (optimizers update an fp32 master copy of them when
+    /// they are stored in lower precision).
+    Params,
+    /// Parameter gradients: the flat fp32 vector the all-reduce averages.
+    Grads,
+    /// Activations and activation gradients.
+    Acts,
+    /// Per-row statistics kept for backward (layernorm means and inverse
+    /// deviations, the attention cache) and losses: always fp32.
+    Stats,
+    /// Optimizer state (moments): always fp32.
+    State,
+}
+
+/// A kernel set. `Arena` owns a flat zero-initialised buffer of one
+/// [`ArenaKind`]; `Ptr` is the address of an element inside one (a raw
+/// pointer on the CPU, a typed device address on a GPU).
 pub trait Engine: Send + Sync {
     type Arena: Send;
     type Ptr: Copy + Send + Sync;
@@ -53,14 +73,20 @@ pub trait Engine: Send + Sync {
     /// asynchronously); the CPU engine's calls are synchronous already.
     fn synchronize(&self) {}
 
-    fn alloc(&self, len: usize) -> Result<Self::Arena, EngineError>;
+    fn alloc(&self, kind: ArenaKind, len: usize) -> Result<Self::Arena, EngineError>;
+    /// Bytes per element of arenas of `kind` (what the profiler counts).
+    fn elem_bytes(&self, _kind: ArenaKind) -> usize {
+        4
+    }
     fn arena_len(&self, arena: &Self::Arena) -> usize;
     /// Address of element `offset` (may equal the arena's length).
     fn at(&self, arena: &Self::Arena, offset: usize) -> Self::Ptr;
 
-    /// Copies host data into `len = src.len()` floats at `dst`.
+    /// Copies host data into `len = src.len()` elements at `dst` (rounded to
+    /// the arena's precision; parameters' master copy gets them exactly).
     unsafe fn write(&self, dst: Self::Ptr, src: &[f32]);
-    /// Copies `dst.len()` floats at `src` to the host.
+    /// Copies `dst.len()` elements at `src` to the host (parameters from
+    /// their master copy).
     unsafe fn read(&self, src: Self::Ptr, dst: &mut [f32]);
     unsafe fn fill(&self, dst: Self::Ptr, len: usize, value: f32);
     unsafe fn scale(&self, x: Self::Ptr, len: usize, factor: f32);

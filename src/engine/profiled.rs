@@ -6,7 +6,7 @@
 //! move at least and its floating-point operations — for achieved GB/s and
 //! TFLOP/s.
 
-use super::{AdamHyper, Engine, EngineError, WeightLayout};
+use super::{AdamHyper, ArenaKind, Engine, EngineError, WeightLayout};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -43,6 +43,11 @@ impl<E> Profiled<E> {
 }
 
 impl<E: Engine> Profiled<E> {
+    /// Bytes per activation (and parameter) element: 2 in a bf16 mode.
+    fn act_bytes(&self) -> f64 {
+        self.inner.elem_bytes(ArenaKind::Acts) as f64
+    }
+
     fn time<R>(&self, name: &'static str, bytes: f64, flops: f64, f: impl FnOnce() -> R) -> R {
         self.inner.synchronize();
         let t0 = Instant::now();
@@ -69,8 +74,11 @@ impl<E: Engine> Engine for Profiled<E> {
     fn synchronize(&self) {
         self.inner.synchronize()
     }
-    fn alloc(&self, len: usize) -> Result<E::Arena, EngineError> {
-        self.inner.alloc(len)
+    fn alloc(&self, kind: ArenaKind, len: usize) -> Result<E::Arena, EngineError> {
+        self.inner.alloc(kind, len)
+    }
+    fn elem_bytes(&self, kind: ArenaKind) -> usize {
+        self.inner.elem_bytes(kind)
     }
     fn arena_len(&self, arena: &E::Arena) -> usize {
         self.inner.arena_len(arena)
@@ -94,17 +102,17 @@ impl<E: Engine> Engine for Profiled<E> {
         self.time("sum_squares", F * len as f64, 2.0 * len as f64, || unsafe { self.inner.sum_squares(x, len) })
     }
     unsafe fn encoder_forward(&self, out: E::Ptr, tokens: &[u32], wte: E::Ptr, wpe: E::Ptr, b: usize, t: usize, c: usize) {
-        self.time("encoder_forward", 3.0 * F * (b * t * c) as f64, (b * t * c) as f64, || unsafe {
+        self.time("encoder_forward", 3.0 * self.act_bytes() * (b * t * c) as f64, (b * t * c) as f64, || unsafe {
             self.inner.encoder_forward(out, tokens, wte, wpe, b, t, c)
         })
     }
     unsafe fn encoder_backward(&self, dwte: E::Ptr, dwpe: E::Ptr, dout: E::Ptr, tokens: &[u32], b: usize, t: usize, c: usize) {
-        self.time("encoder_backward", 4.0 * F * (b * t * c) as f64, 2.0 * (b * t * c) as f64, || unsafe {
+        self.time("encoder_backward", 4.0 * self.act_bytes() * (b * t * c) as f64, 2.0 * (b * t * c) as f64, || unsafe {
             self.inner.encoder_backward(dwte, dwpe, dout, tokens, b, t, c)
         })
     }
     unsafe fn layernorm_forward(&self, out: E::Ptr, mean: E::Ptr, rstd: E::Ptr, inp: E::Ptr, w: E::Ptr, bias: E::Ptr, n: usize, c: usize) {
-        self.time("layernorm_forward", 2.0 * F * (n * c) as f64, 8.0 * (n * c) as f64, || unsafe {
+        self.time("layernorm_forward", 2.0 * self.act_bytes() * (n * c) as f64, 8.0 * (n * c) as f64, || unsafe {
             self.inner.layernorm_forward(out, mean, rstd, inp, w, bias, n, c)
         })
     }
@@ -121,7 +129,7 @@ impl<E: Engine> Engine for Profiled<E> {
         n: usize,
         c: usize,
     ) {
-        self.time("layernorm_backward", 4.0 * F * (n * c) as f64, 12.0 * (n * c) as f64, || unsafe {
+        self.time("layernorm_backward", 4.0 * self.act_bytes() * (n * c) as f64, 12.0 * (n * c) as f64, || unsafe {
             self.inner.layernorm_backward(dinp, dw, dbias, dout, inp, w, mean, rstd, n, c)
         })
     }
@@ -138,7 +146,7 @@ impl<E: Engine> Engine for Profiled<E> {
         oc: usize,
     ) {
         let name = if layout == WeightLayout::OutIn { "matmul_forward (head)" } else { "matmul_forward" };
-        self.time(name, F * (n * c + c * oc + n * oc) as f64, 2.0 * (n * c * oc) as f64, || unsafe {
+        self.time(name, self.act_bytes() * (n * c + c * oc + n * oc) as f64, 2.0 * (n * c * oc) as f64, || unsafe {
             self.inner.matmul_forward(out, inp, w, layout, bias, residual, n, c, oc)
         })
     }
@@ -156,7 +164,7 @@ impl<E: Engine> Engine for Profiled<E> {
         oc: usize,
     ) {
         let name = if layout == WeightLayout::OutIn { "matmul_backward (head)" } else { "matmul_backward" };
-        self.time(name, F * (2 * n * c + 2 * c * oc + n * oc) as f64, 4.0 * (n * c * oc) as f64, || unsafe {
+        self.time(name, self.act_bytes() * (2 * n * c + 2 * c * oc + n * oc) as f64, 4.0 * (n * c * oc) as f64, || unsafe {
             self.inner.matmul_backward(dinp, dw, dbias, dout, inp, w, layout, n, c, oc)
         })
     }
@@ -164,23 +172,23 @@ impl<E: Engine> Engine for Profiled<E> {
         self.inner.attention_cache_len(b, t, nh)
     }
     unsafe fn attention_forward(&self, out: E::Ptr, cache: E::Ptr, qkv: E::Ptr, b: usize, t: usize, c: usize, nh: usize) {
-        self.time("attention_forward", F * (4 * b * t * c) as f64, 2.0 * (b * t * t * c) as f64, || unsafe {
+        self.time("attention_forward", self.act_bytes() * (4 * b * t * c) as f64, 2.0 * (b * t * t * c) as f64, || unsafe {
             self.inner.attention_forward(out, cache, qkv, b, t, c, nh)
         })
     }
     unsafe fn attention_backward(&self, dqkv: E::Ptr, dout: E::Ptr, qkv: E::Ptr, cache: E::Ptr, b: usize, t: usize, c: usize, nh: usize) {
-        self.time("attention_backward", F * (8 * b * t * c) as f64, 4.0 * (b * t * t * c) as f64, || unsafe {
+        self.time("attention_backward", self.act_bytes() * (8 * b * t * c) as f64, 4.0 * (b * t * t * c) as f64, || unsafe {
             self.inner.attention_backward(dqkv, dout, qkv, cache, b, t, c, nh)
         })
     }
     unsafe fn gelu_forward(&self, out: E::Ptr, inp: E::Ptr, n: usize) {
-        self.time("gelu_forward", 2.0 * F * n as f64, 10.0 * n as f64, || unsafe { self.inner.gelu_forward(out, inp, n) })
+        self.time("gelu_forward", 2.0 * self.act_bytes() * n as f64, 10.0 * n as f64, || unsafe { self.inner.gelu_forward(out, inp, n) })
     }
     unsafe fn gelu_backward(&self, dinp: E::Ptr, inp: E::Ptr, dout: E::Ptr, n: usize) {
-        self.time("gelu_backward", 3.0 * F * n as f64, 16.0 * n as f64, || unsafe { self.inner.gelu_backward(dinp, inp, dout, n) })
+        self.time("gelu_backward", 3.0 * self.act_bytes() * n as f64, 16.0 * n as f64, || unsafe { self.inner.gelu_backward(dinp, inp, dout, n) })
     }
     unsafe fn crossentropy(&self, losses: E::Ptr, logits: E::Ptr, targets: &[u32], dscale: Option<f32>, n: usize, v: usize, vp: usize) {
-        self.time("crossentropy", F * (if dscale.is_some() { 2 } else { 1 } * n * vp) as f64, 5.0 * (n * v) as f64, || unsafe {
+        self.time("crossentropy", self.act_bytes() * (if dscale.is_some() { 2 } else { 1 } * n * vp) as f64, 5.0 * (n * v) as f64, || unsafe {
             self.inner.crossentropy(losses, logits, targets, dscale, n, v, vp)
         })
     }

@@ -165,7 +165,10 @@ impl ParamLayout {
     }
 }
 
-/// Offsets into the activation arena for a batch of `b × t` tokens.
+/// Offsets into the activation arenas for a batch of `b × t` tokens: the
+/// activations, their gradients, and the statistics (layernorm means and
+/// inverse deviations, the attention cache, the losses), which stay fp32
+/// when an engine stores activations in bf16.
 ///
 /// Kept per layer: what backward cannot cheaply recompute (the residual
 /// stream, `qkv`, the attention output and cache, the MLP pre-activation,
@@ -211,6 +214,8 @@ pub struct ActLayout {
     pub cls_rows: usize,
     pub losses: usize,
     pub total: usize,
+    /// Floats of the statistics arena.
+    pub stats_total: usize,
     // Gradient buffers, in a second arena, reused by every layer.
     pub dres: usize,
     pub dbtc: usize,
@@ -219,7 +224,8 @@ pub struct ActLayout {
     pub grad_total: usize,
 }
 
-/// Offsets of one layer's activations.
+/// Offsets of one layer's activations (`*_mean`, `*_rstd` and `att` in the
+/// statistics arena).
 #[derive(Debug, Clone, Copy)]
 pub struct LayerActs {
     /// The layer's input: the embeddings or the previous layer's `res3`.
@@ -248,34 +254,36 @@ impl ActLayout {
         let kept = |per_layer: usize| if recompute { per_layer } else { l * per_layer };
         let mut a = Bump(0);
         let mut g = Bump(0);
+        let mut st = Bump(0);
         let mut s = ActLayout {
             b,
             t,
             c,
             encoded: a.take(n * c),
-            ln1_mean: a.take(l * n),
-            ln1_rstd: a.take(l * n),
+            ln1_mean: st.take(l * n),
+            ln1_rstd: st.take(l * n),
             qkv: a.take(l * n * 3 * c),
             atty: a.take(kept(n * c)),
             atty_stride,
             fch_stride,
             recompute,
-            att: a.take(l * att_len),
+            att: st.take(l * att_len),
             att_len,
             res2: a.take(l * n * c),
-            ln2_mean: a.take(l * n),
-            ln2_rstd: a.take(l * n),
+            ln2_mean: st.take(l * n),
+            ln2_rstd: st.take(l * n),
             fch: a.take(kept(n * 4 * c)),
             res3: a.take(l * n * c),
             ln: a.take(n * c),
             gelu: a.take(n * 4 * c),
             lnf: a.take(n * c),
-            lnf_mean: a.take(n),
-            lnf_rstd: a.take(n),
+            lnf_mean: st.take(n),
+            lnf_rstd: st.take(n),
             logits: a.take(cls_rows * vp),
             cls_rows,
-            losses: a.take(n),
+            losses: st.take(n),
             total: 0,
+            stats_total: 0,
             dres: g.take(n * c),
             dbtc: g.take(n * c),
             dqkv: g.take(n * 3 * c),
@@ -284,6 +292,7 @@ impl ActLayout {
         };
         s.total = a.0;
         s.grad_total = g.0;
+        s.stats_total = st.0;
         s
     }
 

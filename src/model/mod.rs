@@ -8,7 +8,7 @@ pub mod layout;
 pub use config::GptConfig;
 pub use layout::{ActLayout, LayerActs, LayerParams, ParamLayout, ParamTensor};
 
-use crate::engine::{Engine, EngineError, WeightLayout};
+use crate::engine::{ArenaKind, Engine, EngineError, WeightLayout};
 use crate::rng::Rng;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +27,7 @@ struct Activations<E: Engine> {
     lay: ActLayout,
     acts: E::Arena,
     dacts: E::Arena,
+    stats: E::Arena,
     inputs: Vec<u32>,
     targets: Vec<u32>,
     losses: Vec<f32>,
@@ -64,8 +65,8 @@ impl<E: Engine> Gpt<E> {
     pub fn new(engine: E, config: GptConfig) -> Result<Self, ModelError> {
         config.validate().map_err(ModelError::Config)?;
         let layout = ParamLayout::new(&config);
-        let params = engine.alloc(layout.total)?;
-        let grads = engine.alloc(layout.total)?;
+        let params = engine.alloc(ArenaKind::Params, layout.total)?;
+        let grads = engine.alloc(ArenaKind::Grads, layout.total)?;
         Ok(Gpt { config, layout, engine, params, grads, grad_weight: 0.0, acts: None, recompute: false })
     }
 
@@ -175,10 +176,19 @@ impl<E: Engine> Gpt<E> {
         self.acts = None; // free the old shape first
         let att_len = self.engine.attention_cache_len(b, t, self.config.n_head);
         let lay = ActLayout::new(&self.config, b, t, att_len, self.recompute);
-        let acts = self.engine.alloc(lay.total)?;
-        let dacts = self.engine.alloc(lay.grad_total)?;
-        self.acts =
-            Some(Activations { lay, acts, dacts, inputs: vec![0; b * t], targets: vec![0; b * t], losses: vec![0.0; b * t], head_done: false });
+        let acts = self.engine.alloc(ArenaKind::Acts, lay.total)?;
+        let dacts = self.engine.alloc(ArenaKind::Acts, lay.grad_total)?;
+        let stats = self.engine.alloc(ArenaKind::Stats, lay.stats_total)?;
+        self.acts = Some(Activations {
+            lay,
+            acts,
+            dacts,
+            stats,
+            inputs: vec![0; b * t],
+            targets: vec![0; b * t],
+            losses: vec![0.0; b * t],
+            head_done: false,
+        });
         Ok(())
     }
 
@@ -229,26 +239,27 @@ impl<E: Engine> Gpt<E> {
         let g = |off: usize| e.at(&self.grads, off);
         let x = |off: usize| e.at(&a.acts, off);
         let d = |off: usize| e.at(&a.dacts, off);
+        let st = |off: usize| e.at(&a.stats, off);
         let (ln, gelu) = (x(lay.ln), x(lay.gelu));
         let dscale = if let Head::Grad(s) = head { Some(s) } else { None };
         // SAFETY: every view below is a disjoint region of `self.params`,
-        // `self.grads`, `a.acts` or `a.dacts`, each sized by the layout the
+        // `self.grads`, `a.acts`, `a.dacts` or `a.stats`, each sized by the layout the
         // offsets come from.
         unsafe {
             e.encoder_forward(x(lay.encoded), &a.inputs, p(pl.wte), p(pl.wpe), b, t, c);
             for l in 0..cfg.n_layer {
                 let (w, y) = (pl.layer(l, c), lay.layer(l));
-                e.layernorm_forward(ln, x(y.ln1_mean), x(y.ln1_rstd), x(y.residual), p(w.ln1w), p(w.ln1b), n, c);
+                e.layernorm_forward(ln, st(y.ln1_mean), st(y.ln1_rstd), x(y.residual), p(w.ln1w), p(w.ln1b), n, c);
                 e.matmul_forward(x(y.qkv), ln, p(w.qkvw), InOut, Some(p(w.qkvb)), None, n, c, 3 * c);
-                e.attention_forward(x(y.atty), x(y.att), x(y.qkv), b, t, c, nh);
+                e.attention_forward(x(y.atty), st(y.att), x(y.qkv), b, t, c, nh);
                 e.matmul_forward(x(y.res2), x(y.atty), p(w.attprojw), InOut, Some(p(w.attprojb)), Some(x(y.residual)), n, c, c);
-                e.layernorm_forward(ln, x(y.ln2_mean), x(y.ln2_rstd), x(y.res2), p(w.ln2w), p(w.ln2b), n, c);
+                e.layernorm_forward(ln, st(y.ln2_mean), st(y.ln2_rstd), x(y.res2), p(w.ln2w), p(w.ln2b), n, c);
                 e.matmul_forward(x(y.fch), ln, p(w.fcw), InOut, Some(p(w.fcb)), None, n, c, 4 * c);
                 e.gelu_forward(gelu, x(y.fch), n * 4 * c);
                 e.matmul_forward(x(y.res3), gelu, p(w.fcprojw), InOut, Some(p(w.fcprojb)), Some(x(y.res2)), n, 4 * c, c);
             }
             let last = x(lay.layer(cfg.n_layer - 1).res3);
-            e.layernorm_forward(x(lay.lnf), x(lay.lnf_mean), x(lay.lnf_rstd), last, p(pl.lnfw), p(pl.lnfb), n, c);
+            e.layernorm_forward(x(lay.lnf), st(lay.lnf_mean), st(lay.lnf_rstd), last, p(pl.lnfw), p(pl.lnfb), n, c);
             let logits = x(lay.logits);
             for r0 in (0..n).step_by(lay.cls_rows) {
                 let (r, lnf) = (lay.cls_rows.min(n - r0), x(lay.lnf + r0 * c));
@@ -258,12 +269,12 @@ impl<E: Engine> Gpt<E> {
                     e.read(logits, &mut rows);
                     out.extend(rows.chunks(vp).flat_map(|row| &row[..v]));
                 }
-                e.crossentropy(x(lay.losses + r0), logits, &a.targets[r0..r0 + r], dscale, r, v, vp);
+                e.crossentropy(st(lay.losses + r0), logits, &a.targets[r0..r0 + r], dscale, r, v, vp);
                 if dscale.is_some() {
                     e.matmul_backward(d(lay.dbtc + r0 * c), g(pl.wte), None, logits, lnf, p(pl.wte), OutIn, r, c, vp);
                 }
             }
-            e.read(x(lay.losses), &mut a.losses);
+            e.read(st(lay.losses), &mut a.losses);
         }
         a.head_done = dscale.is_some();
         let sum: f64 = a.losses.iter().map(|&l| l as f64).sum();
@@ -287,20 +298,21 @@ impl<E: Engine> Gpt<E> {
         let g = |off: usize| e.at(&self.grads, off);
         let x = |off: usize| e.at(&a.acts, off);
         let d = |off: usize| e.at(&a.dacts, off);
+        let st = |off: usize| e.at(&a.stats, off);
         let (ln, gelu) = (x(lay.ln), x(lay.gelu));
         let (dres, dbtc, dqkv, dfch) = (d(lay.dres), d(lay.dbtc), d(lay.dqkv), d(lay.dfch));
         // SAFETY: as in the forward pass, plus `self.grads` and `a.dacts`.
         unsafe {
             e.fill(dres, n * c, 0.0);
             let last = x(lay.layer(cfg.n_layer - 1).res3);
-            e.layernorm_backward(dres, g(pl.lnfw), g(pl.lnfb), dbtc, last, p(pl.lnfw), x(lay.lnf_mean), x(lay.lnf_rstd), n, c);
+            e.layernorm_backward(dres, g(pl.lnfw), g(pl.lnfb), dbtc, last, p(pl.lnfw), st(lay.lnf_mean), st(lay.lnf_rstd), n, c);
             for l in (0..cfg.n_layer).rev() {
                 let (w, y) = (pl.layer(l, c), lay.layer(l));
                 // With `recompute`, the shared fch/atty buffers still hold the
                 // last layer's values from the forward pass.
                 let recompute = lay.recompute && l + 1 != cfg.n_layer;
                 // res3 = res2 + fc_proj(gelu(fc(ln2(res2)))); dres holds d(res3), which is also d(res2) so far.
-                e.layernorm_forward(ln, x(y.ln2_mean), x(y.ln2_rstd), x(y.res2), p(w.ln2w), p(w.ln2b), n, c);
+                e.layernorm_forward(ln, st(y.ln2_mean), st(y.ln2_rstd), x(y.res2), p(w.ln2w), p(w.ln2b), n, c);
                 if recompute {
                     e.matmul_forward(x(y.fch), ln, p(w.fcw), InOut, Some(p(w.fcb)), None, n, c, 4 * c);
                 }
@@ -308,16 +320,16 @@ impl<E: Engine> Gpt<E> {
                 e.matmul_backward(dfch, g(w.fcprojw), Some(g(w.fcprojb)), dres, gelu, p(w.fcprojw), InOut, n, 4 * c, c);
                 e.gelu_backward(dfch, x(y.fch), dfch, n * 4 * c);
                 e.matmul_backward(dbtc, g(w.fcw), Some(g(w.fcb)), dfch, ln, p(w.fcw), InOut, n, c, 4 * c);
-                e.layernorm_backward(dres, g(w.ln2w), g(w.ln2b), dbtc, x(y.res2), p(w.ln2w), x(y.ln2_mean), x(y.ln2_rstd), n, c);
+                e.layernorm_backward(dres, g(w.ln2w), g(w.ln2b), dbtc, x(y.res2), p(w.ln2w), st(y.ln2_mean), st(y.ln2_rstd), n, c);
                 // res2 = residual + attn_proj(attention(qkv(ln1(residual))))
                 if recompute {
-                    e.attention_forward(x(y.atty), x(y.att), x(y.qkv), b, t, c, nh);
+                    e.attention_forward(x(y.atty), st(y.att), x(y.qkv), b, t, c, nh);
                 }
                 e.matmul_backward(dbtc, g(w.attprojw), Some(g(w.attprojb)), dres, x(y.atty), p(w.attprojw), InOut, n, c, c);
-                e.attention_backward(dqkv, dbtc, x(y.qkv), x(y.att), b, t, c, nh);
-                e.layernorm_forward(ln, x(y.ln1_mean), x(y.ln1_rstd), x(y.residual), p(w.ln1w), p(w.ln1b), n, c);
+                e.attention_backward(dqkv, dbtc, x(y.qkv), st(y.att), b, t, c, nh);
+                e.layernorm_forward(ln, st(y.ln1_mean), st(y.ln1_rstd), x(y.residual), p(w.ln1w), p(w.ln1b), n, c);
                 e.matmul_backward(dbtc, g(w.qkvw), Some(g(w.qkvb)), dqkv, ln, p(w.qkvw), InOut, n, c, 3 * c);
-                e.layernorm_backward(dres, g(w.ln1w), g(w.ln1b), dbtc, x(y.residual), p(w.ln1w), x(y.ln1_mean), x(y.ln1_rstd), n, c);
+                e.layernorm_backward(dres, g(w.ln1w), g(w.ln1b), dbtc, x(y.residual), p(w.ln1w), st(y.ln1_mean), st(y.ln1_rstd), n, c);
             }
             e.encoder_backward(g(pl.wte), g(pl.wpe), dres, &a.inputs, b, t, c);
         }

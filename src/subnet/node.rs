@@ -15,10 +15,9 @@ use crate::data::source::{ParquetRows, RowSource};
 use crate::data::used_rows::UsedRows;
 use crate::engine::Engine;
 use crate::engine::cpu::CpuEngine;
-use crate::engine::cuda::device::Device;
 use crate::engine::cuda::emu::Emu;
 use crate::engine::cuda::gpu::Gpu;
-use crate::engine::cuda::{CudaEngine, DeviceChoice};
+use crate::engine::cuda::{CudaEngine, DeviceChoice, Precision};
 use crate::model::{Gpt, GptConfig};
 use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind};
 use crate::train::{interrupted, stop_on_interrupt};
@@ -86,6 +85,10 @@ pub struct NodeArgs {
     /// the CPU), cpu, cuda, cuda:N, or emulated.
     #[arg(long, env = "DTRAIN_DEVICE", default_value = "auto")]
     pub device: DeviceChoice,
+    /// On the CUDA engine: bf16 (mixed precision; the default on a GPU) or
+    /// fp32 (the default of the emulated device). The CPU engine is fp32.
+    #[arg(long, env = "DTRAIN_PRECISION")]
+    pub precision: Option<Precision>,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -168,12 +171,16 @@ macro_rules! on_device {
     ($node:expr, $f:ident, $a:expr) => {
         match $node.device.resolve() {
             (DeviceChoice::Cuda(i), _) => {
-                let gpu = Gpu::open(i).map_err(anyhow::Error::msg)?;
+                let gpu = CudaEngine::new(Gpu::open(i).map_err(anyhow::Error::msg)?).with_precision($node.precision.unwrap_or(Precision::Bf16));
                 tracing::info!("engine: {}", gpu.name());
-                $f($a, CudaEngine::new(gpu))
+                $f($a, gpu)
             }
-            (DeviceChoice::Emulated, _) => $f($a, CudaEngine::new(Emu)),
+            (DeviceChoice::Emulated, _) => $f($a, CudaEngine::new(Emu).with_precision($node.precision.unwrap_or(Precision::Fp32))),
             (_, why) => {
+                anyhow::ensure!(
+                    $node.precision != Some(Precision::Bf16),
+                    "the CPU engine computes in fp32 only: --precision bf16 needs --device cuda or emulated"
+                );
                 if let Some(why) = why {
                     tracing::info!("engine: the CPU ({why})");
                 }
@@ -506,6 +513,10 @@ pub struct SwarmArgs {
     /// the CPU), cpu, cuda, cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: DeviceChoice,
+    /// The nodes' precision on the CUDA engine (fp32 or bf16; default bf16
+    /// on a GPU).
+    #[arg(long)]
+    pub precision: Option<Precision>,
 }
 
 fn kill(child: &mut std::process::Child, signal: libc::c_int) {
@@ -564,6 +575,7 @@ pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
         ]
         .iter()
         .map(|s| s.to_string())
+        .chain(a.precision.iter().flat_map(|p| ["--precision".to_string(), p.to_string()]))
         .collect()
     };
     let log = |name: &str| std::fs::File::create(out.join(format!("{name}.log")));

@@ -15,7 +15,7 @@ pub(crate) mod matmul;
 mod optim;
 pub(crate) mod simd;
 
-use super::{AdamHyper, Engine, EngineError, WeightLayout};
+use super::{AdamHyper, ArenaKind, Engine, EngineError, WeightLayout};
 use rayon::prelude::*;
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::ptr::NonNull;
@@ -99,7 +99,7 @@ impl Engine for CpuEngine {
         format!("cpu ({} threads)", rayon::current_num_threads())
     }
 
-    fn alloc(&self, len: usize) -> Result<CpuArena, EngineError> {
+    fn alloc(&self, _kind: ArenaKind, len: usize) -> Result<CpuArena, EngineError> {
         if len > isize::MAX as usize / 8 {
             return Err(EngineError::Alloc(len));
         }

@@ -77,6 +77,23 @@ impl Shape {
     }
 }
 
+/// How the elements of a buffer are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    /// bfloat16: fp32's exponent, 7 mantissa bits.
+    Bf16,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::Bf16 => 2,
+        }
+    }
+}
+
 /// A row-major matrix operand of a GEMM: `m × k` logically; stored as is
 /// with leading dimension `ld`, or, with `trans`, stored as its transpose.
 #[derive(Debug, Clone, Copy)]
@@ -84,9 +101,11 @@ pub struct Mat {
     pub ptr: DevPtr,
     pub ld: usize,
     pub trans: bool,
+    pub dtype: DType,
 }
 
-/// The arithmetic of a GEMM whose operands and result are fp32 in memory.
+/// The arithmetic of a GEMM whose operands are fp32 in memory (bf16
+/// operands always multiply as bf16, accumulating in fp32).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GemmMath {
     /// fp32 multiply-adds (no tensor cores): the exact mode, for tests.
@@ -123,7 +142,8 @@ impl std::fmt::Display for GemmMath {
 }
 
 /// `dst(m × n) = a(m × k) · b(k × n)`, or `+=` with `accumulate`; row-major,
-/// `dst` with leading dimension `ldd`; fp32 in memory, `math` inside.
+/// `dst` with leading dimension `ldd`; both operands of one dtype, the
+/// result of either; `math` for fp32 operands; accumulation in fp32.
 #[derive(Debug, Clone, Copy)]
 pub struct Gemm {
     pub m: usize,
@@ -131,6 +151,7 @@ pub struct Gemm {
     pub k: usize,
     pub dst: DevPtr,
     pub ldd: usize,
+    pub dst_dtype: DType,
     pub a: Mat,
     pub b: Mat,
     pub accumulate: bool,

@@ -5,7 +5,7 @@
 //! launch code without a GPU. Matrix products, cuBLAS's job on a GPU, go to
 //! the CPU engine's GEMM.
 
-use super::device::{Args, DevPtr, Device, DeviceError, Gemm, GemmMath, Mat, Shape};
+use super::device::{Args, DType, DevPtr, Device, DeviceError, Gemm, GemmMath, Mat, Shape};
 use crate::engine::cpu::matmul::{Strided, gemm_f32, parallelism};
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 
@@ -27,27 +27,35 @@ impl Drop for EmuBuf {
     }
 }
 
-/// A dense row-major copy of the `rows × cols` matrix `m`, each value
-/// rounded to nearest even to `keep` mantissa bits.
+/// A dense row-major fp32 copy of the `rows × cols` matrix `m` (fp32 or
+/// bf16), each value rounded to nearest even to `keep` mantissa bits when
+/// given (what the tensor cores do to fp32 operands in tf32/bf16 math).
 ///
 /// # Safety
 /// `m` must be valid for `rows × cols` elements at its strides.
-unsafe fn rounded(m: Strided, rows: usize, cols: usize, keep: u32) -> Vec<f32> {
-    let drop = 23 - keep;
-    let round = |x: f32| {
-        let u = x.to_bits();
-        if !x.is_finite() {
-            return x;
+unsafe fn dense(m: Mat, rows: usize, cols: usize, keep: Option<u32>) -> Vec<f32> {
+    let round = |x: f32| match keep {
+        Some(keep) if x.is_finite() => {
+            let (u, drop) = (x.to_bits(), 23 - keep);
+            let half = 1u32 << (drop - 1);
+            let r = u + (half - 1) + ((u >> drop) & 1);
+            f32::from_bits(r & !((1u32 << drop) - 1))
         }
-        let half = 1u32 << (drop - 1);
-        let r = u + (half - 1) + ((u >> drop) & 1);
-        f32::from_bits(r & !((1u32 << drop) - 1))
+        _ => x,
     };
+    let (rs, cs) = if m.trans { (1, m.ld) } else { (m.ld, 1) };
     let mut out = Vec::with_capacity(rows * cols);
     for i in 0..rows {
         for j in 0..cols {
+            let at = i * rs + j * cs;
             // SAFETY: inside the matrix, as the caller guarantees.
-            out.push(round(unsafe { *m.ptr.offset(i as isize * m.rs + j as isize * m.cs) }));
+            let x = unsafe {
+                match m.dtype {
+                    DType::F32 => *(m.ptr as *const f32).add(at),
+                    DType::Bf16 => f32::from_bits((*(m.ptr as *const u16).add(at) as u32) << 16),
+                }
+            };
+            out.push(round(x));
         }
     }
     out
@@ -107,26 +115,46 @@ impl Device for Emu {
         unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), dst.len()) }
     }
 
-    /// fp32 on the CPU engine's GEMM; for tf32/bf16 math, the operands are
-    /// first rounded (to nearest even) as the tensor cores round them, and
-    /// the products accumulate in fp32.
+    /// fp32 on the CPU engine's GEMM. bf16 operands are widened exactly;
+    /// fp32 operands in tf32/bf16 math are first rounded (to nearest even)
+    /// as the tensor cores round them; products accumulate in fp32, and a
+    /// bf16 result is rounded once at the end, as cuBLAS does.
     unsafe fn gemm(&self, g: &Gemm) -> Result<(), DeviceError> {
+        assert_eq!(g.a.dtype, g.b.dtype, "the operands of a GEMM have one dtype");
+        let keep = match (g.a.dtype, g.math) {
+            (DType::F32, GemmMath::Tf32) => Some(10),
+            (DType::F32, GemmMath::Bf16) => Some(7),
+            _ => None,
+        };
+        let direct = g.a.dtype == DType::F32 && keep.is_none();
         let strided = |m: Mat| {
             let (rs, cs) = if m.trans { (1, m.ld as isize) } else { (m.ld as isize, 1) };
             Strided { ptr: m.ptr as *const f32, rs, cs }
         };
-        let (a, b) = (strided(g.a), strided(g.b));
-        if g.math == GemmMath::Fp32 {
-            // SAFETY: the caller guarantees the operands.
-            unsafe { gemm_f32(g.m, g.n, g.k, g.dst as *mut f32, g.ldd as isize, a, b, g.accumulate, parallelism()) };
-            return Ok(());
-        }
-        let keep = if g.math == GemmMath::Tf32 { 10 } else { 7 };
         // SAFETY: the caller guarantees the operands' extents.
-        let (ra, rb) = unsafe { (rounded(a, g.m, g.k, keep), rounded(b, g.k, g.n, keep)) };
-        let dense = |v: &Vec<f32>, cols: usize| Strided { ptr: v.as_ptr(), rs: cols as isize, cs: 1 };
-        // SAFETY: dense copies of the operands; `dst` as the caller guarantees.
-        unsafe { gemm_f32(g.m, g.n, g.k, g.dst as *mut f32, g.ldd as isize, dense(&ra, g.k), dense(&rb, g.n), g.accumulate, parallelism()) };
+        let (ra, rb) = if direct { (Vec::new(), Vec::new()) } else { unsafe { (dense(g.a, g.m, g.k, keep), dense(g.b, g.k, g.n, keep)) } };
+        let packed = |v: &Vec<f32>, cols: usize| Strided { ptr: v.as_ptr(), rs: cols as isize, cs: 1 };
+        let (a, b) = if direct { (strided(g.a), strided(g.b)) } else { (packed(&ra, g.k), packed(&rb, g.n)) };
+        match g.dst_dtype {
+            // SAFETY: operands as above; `dst` as the caller guarantees.
+            DType::F32 => unsafe { gemm_f32(g.m, g.n, g.k, g.dst as *mut f32, g.ldd as isize, a, b, g.accumulate, parallelism()) },
+            DType::Bf16 => {
+                let at = |i: usize, j: usize| (g.dst as *mut u16).wrapping_add(i * g.ldd + j);
+                let mut out = vec![0f32; g.m * g.n];
+                if g.accumulate {
+                    for (k, o) in out.iter_mut().enumerate() {
+                        // SAFETY: inside `dst`, as the caller guarantees.
+                        *o = f32::from_bits((unsafe { *at(k / g.n, k % g.n) } as u32) << 16);
+                    }
+                }
+                // SAFETY: operands as above; `out` is dense m × n.
+                unsafe { gemm_f32(g.m, g.n, g.k, out.as_mut_ptr(), g.n as isize, a, b, g.accumulate, parallelism()) };
+                for (k, o) in out.iter().enumerate() {
+                    // SAFETY: inside `dst`, as the caller guarantees.
+                    unsafe { *at(k / g.n, k % g.n) = half::bf16::from_f32(*o).to_bits() };
+                }
+            }
+        }
         Ok(())
     }
 

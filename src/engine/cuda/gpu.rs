@@ -16,7 +16,7 @@
 //! `~/.cache/dtrain/kernels`), so later runs load in milliseconds. PTX is
 //! compiled by the NVRTC beside the driver, so its version always suits it.
 
-use super::device::{Args, DevPtr, Device, DeviceError, Gemm, GemmMath, Shape};
+use super::device::{Args, DType, DevPtr, Device, DeviceError, Gemm, GemmMath, Shape};
 use cudarc::cublas::{result as blas, sys as blas_sys};
 use cudarc::driver::{result as drv, sys};
 use std::collections::HashMap;
@@ -268,12 +268,18 @@ impl Device for Gpu {
         let op = |t: bool| if t { blas_sys::cublasOperation_t::CUBLAS_OP_T } else { blas_sys::cublasOperation_t::CUBLAS_OP_N };
         let dim = |v: usize| i32::try_from(v).map_err(|_| DeviceError::Launch(format!("GEMM dimension {v} exceeds cuBLAS's int")));
         let (alpha, beta) = (1.0f32, if g.accumulate { 1.0f32 } else { 0.0 });
-        let compute = match g.math {
-            GemmMath::Fp32 => blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_PEDANTIC,
-            GemmMath::Tf32 => blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
-            GemmMath::Bf16 => blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF,
+        // bf16 operands multiply as bf16 on the tensor cores whatever the
+        // math; fp32 operands in the chosen math. fp32 accumulation always.
+        let compute = match (g.a.dtype, g.math) {
+            (DType::Bf16, _) => blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            (DType::F32, GemmMath::Fp32) => blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_PEDANTIC,
+            (DType::F32, GemmMath::Tf32) => blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
+            (DType::F32, GemmMath::Bf16) => blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF,
         };
-        let f32t = blas_sys::cudaDataType::CUDA_R_32F;
+        let ty = |d: DType| match d {
+            DType::F32 => blas_sys::cudaDataType::CUDA_R_32F,
+            DType::Bf16 => blas_sys::cudaDataType::CUDA_R_16BF,
+        };
         // SAFETY: the caller guarantees the operands.
         unsafe {
             blas::gemm_ex(
@@ -285,14 +291,14 @@ impl Device for Gpu {
                 dim(g.k)?,
                 (&alpha as *const f32).cast(),
                 g.b.ptr as *const std::ffi::c_void,
-                f32t,
+                ty(g.b.dtype),
                 dim(g.b.ld)?,
                 g.a.ptr as *const std::ffi::c_void,
-                f32t,
+                ty(g.a.dtype),
                 dim(g.a.ld)?,
                 (&beta as *const f32).cast(),
                 g.dst as *mut std::ffi::c_void,
-                f32t,
+                ty(g.dst_dtype),
                 dim(g.ldd)?,
                 compute,
                 blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,

@@ -8,18 +8,22 @@
 //! same name in the `.cu` file the method names; the CPU twin is in
 //! `src/engine/cpu/` under the same file name.
 //!
-//! The fp32 kernel set is complete and runs the model's whole call list;
-//! the GPU device (cudarc: driver, NVRTC, cuBLAS) and the bf16 mode are
-//! issue 6's next steps.
+//! Two precisions ([`Precision`]): fp32 everywhere (the exact mode, checked
+//! against the CPU engine), and bf16 mixed precision — parameters and
+//! activations stored in bf16, statistics, parameter gradients and optimizer
+//! state in fp32, with an fp32 master copy of the parameters that the
+//! optimizer updates (writing the bf16 copy in the same pass). Each arena's
+//! kind decides its dtype, and a view ([`View`]) carries it, so every op
+//! checks that it got the storage it was written for.
 
 pub mod check;
 pub mod device;
 pub mod emu;
 pub mod gpu;
 
-use super::{AdamHyper, Engine, EngineError, WeightLayout};
+use super::{AdamHyper, ArenaKind, Engine, EngineError, WeightLayout};
 use crate::allreduce::codec::{Codec, CodecError};
-use device::{Args, DevPtr, Device, DeviceError, Gemm, GemmMath, Mat, Shape};
+use device::{Args, DType, DevPtr, Device, DeviceError, Gemm, GemmMath, Mat, Shape};
 use std::sync::Mutex;
 
 /// Where a command runs: `--device auto|cpu|cuda[:N]|emulated`.
@@ -91,15 +95,110 @@ const ATT_ROWS: usize = 8;
 const ATT_TILE: usize = 32;
 const ATT_HS_MAX: usize = 128;
 
-/// A zeroed device buffer of `len` floats.
+/// How parameters and activations are stored: `--precision fp32|bf16`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// Everything in fp32: the exact mode, for checks against the CPU engine.
+    #[default]
+    Fp32,
+    /// Parameters and activations in bf16 (with an fp32 master copy of the
+    /// parameters), statistics, gradients and optimizer state in fp32.
+    Bf16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "fp32" => Ok(Precision::Fp32),
+            "bf16" => Ok(Precision::Bf16),
+            _ => Err(format!("{s:?}: expected fp32 or bf16")),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
+/// How the CUDA engine computes: `--precision` and `--gemm-math`, shared
+/// by the commands that train on it.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct CudaOptions {
+    /// On the CUDA engine, how parameters and activations are stored: bf16
+    /// (mixed precision, with fp32 master weights, gradients, optimizer
+    /// state and statistics; the default on a GPU) or fp32 (the exact mode;
+    /// the default of the emulated device). The CPU engine is fp32 only.
+    #[arg(long, env = "DTRAIN_PRECISION")]
+    pub precision: Option<Precision>,
+    /// In fp32 precision, the arithmetic of the matrix products: fp32, tf32
+    /// or bf16 (tensor cores on fp32 storage, fp32 accumulation).
+    #[arg(long, default_value = "fp32")]
+    pub gemm_math: GemmMath,
+}
+
+impl CudaOptions {
+    /// The engine on `dev`, in `--precision` or else `default`.
+    pub fn engine<D: Device>(&self, dev: D, default: Precision) -> CudaEngine<D> {
+        CudaEngine::new(dev).with_precision(self.precision.unwrap_or(default)).with_gemm_math(self.gemm_math)
+    }
+
+    /// Refuses what the CPU engine cannot do rather than ignoring it.
+    pub fn check_cpu(&self) -> Result<(), String> {
+        match self.precision {
+            Some(Precision::Bf16) => Err("the CPU engine computes in fp32 only: --precision bf16 needs --device cuda or emulated".into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A zeroed device buffer of `len` elements of `dtype`; bf16 parameters
+/// also have their fp32 master copy.
 pub struct CudaArena<D: Device> {
     buf: D::Buf,
     len: usize,
+    dtype: DType,
+    master: Option<D::Buf>,
+}
+
+/// The engine's pointer: a device address with the dtype of its arena and,
+/// for bf16 parameters, the address of the same element's fp32 master copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct View {
+    pub addr: DevPtr,
+    pub dtype: DType,
+    /// 0 when there is no master copy.
+    pub master: DevPtr,
+}
+
+impl View {
+    /// The fp32 weights an optimizer updates, and the bf16 copy it must
+    /// also write (0 when the view is fp32 itself).
+    fn weights(self) -> (DevPtr, DevPtr) {
+        match self.dtype {
+            DType::F32 => (self.addr, 0),
+            DType::Bf16 => {
+                assert_ne!(self.master, 0, "an optimizer step on bf16 values without an fp32 master copy");
+                (self.master, self.addr)
+            }
+        }
+    }
+}
+
+fn fp32(v: View) -> DevPtr {
+    assert_eq!(v.dtype, DType::F32, "this operand is always fp32 (statistics, gradients, optimizer state)");
+    v.addr
 }
 
 pub struct CudaEngine<D: Device> {
     dev: D,
-    /// The arithmetic of the matrix products (fp32 storage either way).
+    precision: Precision,
+    /// The arithmetic of the matrix products in the fp32 precision.
     math: GemmMath,
     /// Grown on demand; ops that need temporary device memory take it whole.
     scratch: Mutex<Option<(D::Buf, usize)>>,
@@ -129,11 +228,60 @@ fn bias_corrections(hp: &AdamHyper, step: u64) -> (f32, f32) {
 
 impl<D: Device> CudaEngine<D> {
     pub fn new(dev: D) -> CudaEngine<D> {
-        CudaEngine { dev, math: GemmMath::Fp32, scratch: Mutex::new(None) }
+        CudaEngine { dev, precision: Precision::Fp32, math: GemmMath::Fp32, scratch: Mutex::new(None) }
     }
 
+    /// Parameters and activations stored in `precision`.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
+        self
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The dtype of parameters and activations.
+    fn storage(&self) -> DType {
+        match self.precision {
+            Precision::Fp32 => DType::F32,
+            Precision::Bf16 => DType::Bf16,
+        }
+    }
+
+    fn dtype_of(&self, kind: ArenaKind) -> DType {
+        match kind {
+            ArenaKind::Params | ArenaKind::Acts => self.storage(),
+            ArenaKind::Grads | ArenaKind::Stats | ArenaKind::State => DType::F32,
+        }
+    }
+
+    /// The address of an operand of the storage type (an activation or a parameter).
+    fn act(&self, v: View) -> DevPtr {
+        assert_eq!(v.dtype, self.storage(), "an activation or parameter operand of the wrong precision");
+        v.addr
+    }
+
+    /// The instance of a storage-type kernel for this precision (kernels/common.cuh's F32_AND_BF16).
+    fn kernel(&self, base: &str) -> String {
+        match self.storage() {
+            DType::F32 => format!("{base}_f32"),
+            DType::Bf16 => format!("{base}_bf16"),
+        }
+    }
+
+    /// A matrix operand of the storage type.
+    fn mat(&self, v: View, ld: usize, trans: bool) -> Mat {
+        Mat { ptr: self.act(v), ld, trans, dtype: self.storage() }
+    }
+
+    /// The arithmetic of the matrix products: `math` for fp32 storage;
+    /// bf16 storage always multiplies in bf16.
     pub fn gemm_math(&self) -> GemmMath {
-        self.math
+        match self.precision {
+            Precision::Fp32 => self.math,
+            Precision::Bf16 => GemmMath::Bf16,
+        }
     }
 
     /// Matrix products in `math` (tf32/bf16: tensor cores on a GPU).
@@ -161,8 +309,9 @@ impl<D: Device> CudaEngine<D> {
     /// Encodes `n` floats at `src` with `codec` on the device
     /// (kernels/codec.cu); only the encoded bytes are copied to `out`
     /// (`codec.encoded_len(n)` bytes), bit-identical to `codec.encode`.
-    pub fn encode(&self, codec: Codec, src: DevPtr, n: usize, out: &mut [u8]) {
+    pub fn encode(&self, codec: Codec, src: View, n: usize, out: &mut [u8]) {
         assert_eq!(out.len(), codec.encoded_len(n), "output sized by encoded_len");
+        let src = fp32(src);
         if n == 0 {
             return;
         }
@@ -192,8 +341,9 @@ impl<D: Device> CudaEngine<D> {
     /// Checks `bytes` (from a peer: untrusted) as `codec.decode` does, then
     /// copies them to the device and decodes them into the `n` floats at
     /// `dst`; nothing is written when the check fails.
-    pub fn decode(&self, codec: Codec, bytes: &[u8], n: usize, dst: DevPtr) -> Result<(), CodecError> {
+    pub fn decode(&self, codec: Codec, bytes: &[u8], n: usize, dst: View) -> Result<(), CodecError> {
         codec.validate(bytes, n)?;
+        let dst = fp32(dst);
         if n == 0 {
             return Ok(());
         }
@@ -226,12 +376,13 @@ impl<D: Device> CudaEngine<D> {
 
 impl<D: Device> Engine for CudaEngine<D> {
     type Arena = CudaArena<D>;
-    type Ptr = DevPtr;
+    type Ptr = View;
 
     fn name(&self) -> String {
-        match self.math {
-            GemmMath::Fp32 => format!("cuda: {}", self.dev.name()),
-            m => format!("cuda: {} ({m} GEMMs)", self.dev.name()),
+        match (self.precision, self.math) {
+            (Precision::Bf16, _) => format!("cuda: {} (bf16)", self.dev.name()),
+            (Precision::Fp32, GemmMath::Fp32) => format!("cuda: {}", self.dev.name()),
+            (Precision::Fp32, m) => format!("cuda: {} ({m} GEMMs)", self.dev.name()),
         }
     }
 
@@ -239,41 +390,74 @@ impl<D: Device> Engine for CudaEngine<D> {
         check(self.dev.synchronize());
     }
 
-    fn alloc(&self, len: usize) -> Result<CudaArena<D>, EngineError> {
-        let bytes = len.checked_mul(4).ok_or(EngineError::Alloc(len))?;
-        Ok(CudaArena { buf: self.dev.alloc(bytes).map_err(|_| EngineError::Alloc(len))?, len })
+    fn alloc(&self, kind: ArenaKind, len: usize) -> Result<CudaArena<D>, EngineError> {
+        let dtype = self.dtype_of(kind);
+        let buf = |size: usize| {
+            let bytes = len.checked_mul(size).ok_or(EngineError::Alloc(len))?;
+            self.dev.alloc(bytes).map_err(|_| EngineError::Alloc(len))
+        };
+        let master = if kind == ArenaKind::Params && dtype != DType::F32 { Some(buf(4)?) } else { None };
+        Ok(CudaArena { buf: buf(dtype.size())?, len, dtype, master })
+    }
+
+    fn elem_bytes(&self, kind: ArenaKind) -> usize {
+        self.dtype_of(kind).size()
     }
 
     fn arena_len(&self, a: &CudaArena<D>) -> usize {
         a.len
     }
 
-    fn at(&self, a: &CudaArena<D>, offset: usize) -> DevPtr {
+    fn at(&self, a: &CudaArena<D>, offset: usize) -> View {
         assert!(offset <= a.len, "offset {offset} past an arena of {}", a.len);
-        self.dev.addr(&a.buf) + 4 * offset as u64
+        let master = a.master.as_ref().map_or(0, |m| self.dev.addr(m) + 4 * offset as u64);
+        View { addr: self.dev.addr(&a.buf) + (a.dtype.size() * offset) as u64, dtype: a.dtype, master }
     }
 
-    unsafe fn write(&self, dst: DevPtr, src: &[f32]) {
-        unsafe { self.dev.copy_in(dst, bytes_of(src)) }
+    unsafe fn write(&self, dst: View, src: &[f32]) {
+        match dst.dtype {
+            DType::F32 => unsafe { self.dev.copy_in(dst.addr, bytes_of(src)) },
+            DType::Bf16 => {
+                let bits: Vec<u16> = src.iter().map(|&x| half::bf16::from_f32(x).to_bits()).collect();
+                unsafe { self.dev.copy_in(dst.addr, bytes_of(&bits)) };
+                if dst.master != 0 {
+                    unsafe { self.dev.copy_in(dst.master, bytes_of(src)) };
+                }
+            }
+        }
     }
 
-    unsafe fn read(&self, src: DevPtr, dst: &mut [f32]) {
-        let bytes = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u8>(), dst.len() * 4) };
-        unsafe { self.dev.copy_out(src, bytes) }
+    unsafe fn read(&self, src: View, dst: &mut [f32]) {
+        let from = if src.master != 0 { src.master } else { src.addr };
+        if src.dtype == DType::F32 || src.master != 0 {
+            let bytes = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u8>(), dst.len() * 4) };
+            return unsafe { self.dev.copy_out(from, bytes) };
+        }
+        let mut bits = vec![0u16; dst.len()];
+        let bytes = unsafe { std::slice::from_raw_parts_mut(bits.as_mut_ptr().cast::<u8>(), bits.len() * 2) };
+        unsafe { self.dev.copy_out(from, bytes) };
+        for (d, b) in dst.iter_mut().zip(&bits) {
+            *d = half::bf16::from_bits(*b).to_f32();
+        }
+    }
+
+    /// kernels/tensor.cu, in the view's own dtype (and its master copy's).
+    unsafe fn fill(&self, dst: View, len: usize, value: f32) {
+        let kernel = if dst.dtype == DType::F32 { "fill_f32" } else { "fill_bf16" };
+        check(unsafe { self.dev.launch(kernel, elementwise(len), Args::new().ptr(dst.addr).len(len).f32(value)) });
+        if dst.master != 0 {
+            check(unsafe { self.dev.launch("fill_f32", elementwise(len), Args::new().ptr(dst.master).len(len).f32(value)) });
+        }
     }
 
     /// kernels/tensor.cu
-    unsafe fn fill(&self, dst: DevPtr, len: usize, value: f32) {
-        check(unsafe { self.dev.launch("fill", elementwise(len), Args::new().ptr(dst).len(len).f32(value)) });
-    }
-
-    /// kernels/tensor.cu
-    unsafe fn scale(&self, x: DevPtr, len: usize, factor: f32) {
-        check(unsafe { self.dev.launch("scale", elementwise(len), Args::new().ptr(x).len(len).f32(factor)) });
+    unsafe fn scale(&self, x: View, len: usize, factor: f32) {
+        check(unsafe { self.dev.launch("scale", elementwise(len), Args::new().ptr(fp32(x)).len(len).f32(factor)) });
     }
 
     /// kernels/tensor.cu: per-block partials on the device, summed here in block order.
-    unsafe fn sum_squares(&self, x: DevPtr, len: usize) -> f64 {
+    unsafe fn sum_squares(&self, x: View, len: usize) -> f64 {
+        let x = fp32(x);
         let blocks = len.div_ceil(SQ_PER_BLOCK);
         if blocks == 0 {
             return 0.0;
@@ -289,20 +473,21 @@ impl<D: Device> Engine for CudaEngine<D> {
     }
 
     /// kernels/encoder.cu
-    unsafe fn encoder_forward(&self, out: DevPtr, tokens: &[u32], wte: DevPtr, wpe: DevPtr, b: usize, t: usize, c: usize) {
+    unsafe fn encoder_forward(&self, out: View, tokens: &[u32], wte: View, wpe: View, b: usize, t: usize, c: usize) {
         let n = b * t * c;
         self.with_scratch(tokens.len() * 4, |tok| {
             unsafe { self.dev.copy_in(tok, bytes_of(tokens)) };
-            let args = Args::new().ptr(out).ptr(tok).ptr(wte).ptr(wpe).dim(b).dim(t).dim(c);
-            check(unsafe { self.dev.launch("encoder_forward", Shape::linear(n.div_ceil(256), 256), args) });
+            let args = Args::new().ptr(self.act(out)).ptr(tok).ptr(self.act(wte)).ptr(self.act(wpe)).dim(b).dim(t).dim(c);
+            check(unsafe { self.dev.launch(&self.kernel("encoder_forward"), Shape::linear(n.div_ceil(256), 256), args) });
         })
     }
 
     /// kernels/encoder.cu: positions sorted by token here (stable), then one
     /// block row per distinct token.
-    unsafe fn encoder_backward(&self, dwte: DevPtr, dwpe: DevPtr, dout: DevPtr, tokens: &[u32], b: usize, t: usize, c: usize) {
-        let args = Args::new().ptr(dwpe).ptr(dout).dim(b).dim(t).dim(c);
-        check(unsafe { self.dev.launch("encoder_backward_wpe", Shape::grid2(c.div_ceil(256), t, 256), args) });
+    unsafe fn encoder_backward(&self, dwte: View, dwpe: View, dout: View, tokens: &[u32], b: usize, t: usize, c: usize) {
+        let dout = self.act(dout);
+        let args = Args::new().ptr(fp32(dwpe)).ptr(dout).dim(b).dim(t).dim(c);
+        check(unsafe { self.dev.launch(&self.kernel("encoder_backward_wpe"), Shape::grid2(c.div_ceil(256), t, 256), args) });
         let mut order: Vec<u32> = (0..tokens.len() as u32).collect();
         order.sort_by_key(|&p| tokens[p as usize]);
         let mut starts: Vec<u32> = Vec::new();
@@ -321,59 +506,66 @@ impl<D: Device> Engine for CudaEngine<D> {
                 self.dev.copy_in(ord, bytes_of(&order));
                 self.dev.copy_in(st, bytes_of(&starts));
             }
-            let args = Args::new().ptr(dwte).ptr(dout).ptr(tok).ptr(ord).ptr(st).dim(c);
-            check(unsafe { self.dev.launch("encoder_backward_wte", Shape::grid2(c.div_ceil(256), runs, 256), args) });
+            let args = Args::new().ptr(fp32(dwte)).ptr(dout).ptr(tok).ptr(ord).ptr(st).dim(c);
+            check(unsafe { self.dev.launch(&self.kernel("encoder_backward_wte"), Shape::grid2(c.div_ceil(256), runs, 256), args) });
         })
     }
 
     /// kernels/layernorm.cu: one warp per row, 8 rows per block.
-    unsafe fn layernorm_forward(&self, out: DevPtr, mean: DevPtr, rstd: DevPtr, inp: DevPtr, w: DevPtr, bias: DevPtr, n: usize, c: usize) {
-        let args = Args::new().ptr(out).ptr(mean).ptr(rstd).ptr(inp).ptr(w).ptr(bias).dim(n).dim(c);
-        check(unsafe { self.dev.launch("layernorm_forward", Shape::linear(n.div_ceil(8), 256), args) });
+    unsafe fn layernorm_forward(&self, out: View, mean: View, rstd: View, inp: View, w: View, bias: View, n: usize, c: usize) {
+        let args =
+            Args::new().ptr(self.act(out)).ptr(fp32(mean)).ptr(fp32(rstd)).ptr(self.act(inp)).ptr(self.act(w)).ptr(self.act(bias)).dim(n).dim(c);
+        check(unsafe { self.dev.launch(&self.kernel("layernorm_forward"), Shape::linear(n.div_ceil(8), 256), args) });
     }
 
     /// kernels/layernorm.cu: the input gradient per row, then the parameter
     /// gradients as chunk partials summed in chunk order.
     unsafe fn layernorm_backward(
         &self,
-        dinp: DevPtr,
-        dw: DevPtr,
-        dbias: DevPtr,
-        dout: DevPtr,
-        inp: DevPtr,
-        w: DevPtr,
-        mean: DevPtr,
-        rstd: DevPtr,
+        dinp: View,
+        dw: View,
+        dbias: View,
+        dout: View,
+        inp: View,
+        w: View,
+        mean: View,
+        rstd: View,
         n: usize,
         c: usize,
     ) {
-        let args = Args::new().ptr(dinp).ptr(dout).ptr(inp).ptr(w).ptr(mean).ptr(rstd).dim(n).dim(c);
-        check(unsafe { self.dev.launch("layernorm_backward_input", Shape::linear(n.div_ceil(8), 256), args) });
+        let (dout, inp, mean, rstd) = (self.act(dout), self.act(inp), fp32(mean), fp32(rstd));
+        let args = Args::new().ptr(self.act(dinp)).ptr(dout).ptr(inp).ptr(self.act(w)).ptr(mean).ptr(rstd).dim(n).dim(c);
+        check(unsafe { self.dev.launch(&self.kernel("layernorm_backward_input"), Shape::linear(n.div_ceil(8), 256), args) });
         let chunks = n.div_ceil(LN_ROW_CHUNK);
         self.with_scratch(chunks * 2 * c * 4, |partial| {
             let args = Args::new().ptr(partial).ptr(dout).ptr(inp).ptr(mean).ptr(rstd).dim(n).dim(c);
-            check(unsafe { self.dev.launch("layernorm_backward_params_partial", Shape::grid2(c.div_ceil(256), chunks, 256), args) });
-            let args = Args::new().ptr(dw).ptr(dbias).ptr(partial).dim(chunks).dim(c);
+            let shape = Shape::grid2(c.div_ceil(256), chunks, 256);
+            check(unsafe { self.dev.launch(&self.kernel("layernorm_backward_params_partial"), shape, args) });
+            let args = Args::new().ptr(fp32(dw)).ptr(fp32(dbias)).ptr(partial).dim(chunks).dim(c);
             check(unsafe { self.dev.launch("layernorm_backward_params_sum", Shape::linear(c.div_ceil(256), 256), args) });
         })
     }
 
     /// kernels/gelu.cu; `out` may alias `inp`.
-    unsafe fn gelu_forward(&self, out: DevPtr, inp: DevPtr, n: usize) {
-        check(unsafe { self.dev.launch("gelu_forward", elementwise(n), Args::new().ptr(out).ptr(inp).len(n)) });
+    unsafe fn gelu_forward(&self, out: View, inp: View, n: usize) {
+        let args = Args::new().ptr(self.act(out)).ptr(self.act(inp)).len(n);
+        check(unsafe { self.dev.launch(&self.kernel("gelu_forward"), elementwise(n), args) });
     }
 
     /// kernels/gelu.cu; `dinp` may alias `dout`.
-    unsafe fn gelu_backward(&self, dinp: DevPtr, inp: DevPtr, dout: DevPtr, n: usize) {
-        check(unsafe { self.dev.launch("gelu_backward", elementwise(n), Args::new().ptr(dinp).ptr(inp).ptr(dout).len(n)) });
+    unsafe fn gelu_backward(&self, dinp: View, inp: View, dout: View, n: usize) {
+        let args = Args::new().ptr(self.act(dinp)).ptr(self.act(inp)).ptr(self.act(dout)).len(n);
+        check(unsafe { self.dev.launch(&self.kernel("gelu_backward"), elementwise(n), args) });
     }
 
     /// kernels/classifier.cu: one block of 1024 threads per row.
-    unsafe fn crossentropy(&self, losses: DevPtr, logits: DevPtr, targets: &[u32], dscale: Option<f32>, n: usize, v: usize, vp: usize) {
+    unsafe fn crossentropy(&self, losses: View, logits: View, targets: &[u32], dscale: Option<f32>, n: usize, v: usize, vp: usize) {
+        let (losses, logits) = (fp32(losses), self.act(logits));
         self.with_scratch(n * 4, |tgt| {
             unsafe { self.dev.copy_in(tgt, bytes_of(&targets[..n])) };
             let args = Args::new().ptr(losses).ptr(logits).ptr(tgt).f32(dscale.unwrap_or(0.0)).i32(dscale.is_some() as i32).dim(v).dim(vp);
-            check(unsafe { self.dev.launch("crossentropy", Shape::linear(n, 1024), args) });
+            let shape = Shape { smem: 32 * 4, ..Shape::linear(n, 1024) };
+            check(unsafe { self.dev.launch(&self.kernel("crossentropy"), shape, args) });
         })
     }
 
@@ -383,35 +575,38 @@ impl<D: Device> Engine for CudaEngine<D> {
     }
 
     /// kernels/attention.cu: one warp per query row, tiles of keys in shared memory.
-    unsafe fn attention_forward(&self, out: DevPtr, cache: DevPtr, qkv: DevPtr, b: usize, t: usize, c: usize, nh: usize) {
+    unsafe fn attention_forward(&self, out: View, cache: View, qkv: View, b: usize, t: usize, c: usize, nh: usize) {
         let hs = c / nh;
         let shape = Self::attention_shape(t, b, c, nh, 2 * ATT_TILE * (hs + 1) + ATT_ROWS * hs + ATT_ROWS * ATT_TILE);
-        let args = Args::new().ptr(out).ptr(cache).ptr(qkv).dim(b).dim(t).dim(c).dim(nh);
-        check(unsafe { self.dev.launch("attention_forward", shape, args) });
+        let args = Args::new().ptr(self.act(out)).ptr(fp32(cache)).ptr(self.act(qkv)).dim(b).dim(t).dim(c).dim(nh);
+        check(unsafe { self.dev.launch(&self.kernel("attention_forward"), shape, args) });
     }
 
     /// kernels/attention.cu: dQ (and each row's Σ P·dP, kept in scratch)
     /// per query row, then dK and dV per key row.
-    unsafe fn attention_backward(&self, dqkv: DevPtr, dout: DevPtr, qkv: DevPtr, cache: DevPtr, b: usize, t: usize, c: usize, nh: usize) {
+    unsafe fn attention_backward(&self, dqkv: View, dout: View, qkv: View, cache: View, b: usize, t: usize, c: usize, nh: usize) {
         let hs = c / nh;
+        let (dqkv, dout, qkv, cache) = (self.act(dqkv), self.act(dout), self.act(qkv), fp32(cache));
         self.with_scratch(b * nh * t * 4, |dsum| {
             let shape = Self::attention_shape(t, b, c, nh, 2 * ATT_TILE * (hs + 1) + 2 * ATT_ROWS * hs + ATT_ROWS * ATT_TILE);
             let args = Args::new().ptr(dqkv).ptr(dsum).ptr(dout).ptr(qkv).ptr(cache).dim(b).dim(t).dim(c).dim(nh);
-            check(unsafe { self.dev.launch("attention_backward_query", shape, args) });
+            check(unsafe { self.dev.launch(&self.kernel("attention_backward_query"), shape, args) });
             let shape = Self::attention_shape(t, b, c, nh, 2 * ATT_TILE * (hs + 1) + 2 * ATT_TILE + 2 * ATT_ROWS * hs + 2 * ATT_ROWS * ATT_TILE);
             let args = Args::new().ptr(dqkv).ptr(dout).ptr(qkv).ptr(cache).ptr(dsum).dim(b).dim(t).dim(c).dim(nh);
-            check(unsafe { self.dev.launch("attention_backward_key", shape, args) });
+            check(unsafe { self.dev.launch(&self.kernel("attention_backward_key"), shape, args) });
         })
     }
 
-    /// kernels/optim.cu
-    unsafe fn adamw(&self, p: DevPtr, g: DevPtr, m: DevPtr, v: DevPtr, len: usize, hp: &AdamHyper, step: u64) {
+    /// kernels/optim.cu (on the fp32 master copy of bf16 parameters, writing both).
+    unsafe fn adamw(&self, p: View, g: View, m: View, v: View, len: usize, hp: &AdamHyper, step: u64) {
         let (bc1, bc2) = bias_corrections(hp, step);
+        let (w, w16) = p.weights();
         let args = Args::new()
-            .ptr(p)
-            .ptr(g)
-            .ptr(m)
-            .ptr(v)
+            .ptr(w)
+            .ptr(w16)
+            .ptr(fp32(g))
+            .ptr(fp32(m))
+            .ptr(fp32(v))
             .len(len)
             .f32(hp.beta1)
             .f32(hp.beta2)
@@ -427,12 +622,12 @@ impl<D: Device> Engine for CudaEngine<D> {
     /// accumulates onto them (the CPU engine's order).
     unsafe fn matmul_forward(
         &self,
-        out: DevPtr,
-        inp: DevPtr,
-        w: DevPtr,
+        out: View,
+        inp: View,
+        w: View,
         layout: WeightLayout,
-        bias: Option<DevPtr>,
-        residual: Option<DevPtr>,
+        bias: Option<View>,
+        residual: Option<View>,
         n: usize,
         c: usize,
         oc: usize,
@@ -440,74 +635,99 @@ impl<D: Device> Engine for CudaEngine<D> {
         let prefill = bias.is_some() || residual.is_some();
         if prefill {
             let args = Args::new()
-                .ptr(out)
-                .ptr(bias.unwrap_or(0))
-                .ptr(residual.unwrap_or(0))
+                .ptr(self.act(out))
+                .ptr(bias.map_or(0, |b| self.act(b)))
+                .ptr(residual.map_or(0, |r| self.act(r)))
                 .len(n)
                 .dim(oc)
                 .i32(bias.is_some() as i32)
                 .i32(residual.is_some() as i32);
-            check(unsafe { self.dev.launch("matmul_prefill", elementwise(n * oc), args) });
+            check(unsafe { self.dev.launch(&self.kernel("matmul_prefill"), elementwise(n * oc), args) });
         }
         let w = match layout {
-            WeightLayout::InOut => Mat { ptr: w, ld: oc, trans: false },
-            WeightLayout::OutIn => Mat { ptr: w, ld: c, trans: true },
+            WeightLayout::InOut => self.mat(w, oc, false),
+            WeightLayout::OutIn => self.mat(w, c, true),
         };
-        let g = Gemm { m: n, n: oc, k: c, dst: out, ldd: oc, a: Mat { ptr: inp, ld: c, trans: false }, b: w, accumulate: prefill, math: self.math };
+        let g = Gemm {
+            m: n,
+            n: oc,
+            k: c,
+            dst: self.act(out),
+            ldd: oc,
+            dst_dtype: self.storage(),
+            a: self.mat(inp, c, false),
+            b: w,
+            accumulate: prefill,
+            math: self.gemm_math(),
+        };
         check(unsafe { self.dev.gemm(&g) });
     }
 
-    /// Two products (dinp =, dw +=) and, with a bias, kernels/matmul.cu's
-    /// column sums.
+    /// Two products (dinp =, dw += in fp32) and, with a bias,
+    /// kernels/matmul.cu's column sums.
     unsafe fn matmul_backward(
         &self,
-        dinp: DevPtr,
-        dw: DevPtr,
-        dbias: Option<DevPtr>,
-        dout: DevPtr,
-        inp: DevPtr,
-        w: DevPtr,
+        dinp: View,
+        dw: View,
+        dbias: Option<View>,
+        dout: View,
+        inp: View,
+        w: View,
         layout: WeightLayout,
         n: usize,
         c: usize,
         oc: usize,
     ) {
-        let dout_m = Mat { ptr: dout, ld: oc, trans: false };
+        let math = self.gemm_math();
+        let dout_m = self.mat(dout, oc, false);
         let wt = match layout {
-            WeightLayout::InOut => Mat { ptr: w, ld: oc, trans: true },
-            WeightLayout::OutIn => Mat { ptr: w, ld: c, trans: false },
+            WeightLayout::InOut => self.mat(w, oc, true),
+            WeightLayout::OutIn => self.mat(w, c, false),
         };
-        check(unsafe { self.dev.gemm(&Gemm { m: n, n: c, k: oc, dst: dinp, ldd: c, a: dout_m, b: wt, accumulate: false, math: self.math }) });
+        let dinp_gemm = Gemm { m: n, n: c, k: oc, dst: self.act(dinp), ldd: c, dst_dtype: self.storage(), a: dout_m, b: wt, accumulate: false, math };
+        check(unsafe { self.dev.gemm(&dinp_gemm) });
         let dw_gemm = match layout {
-            WeightLayout::InOut => {
-                Gemm { m: c, n: oc, k: n, dst: dw, ldd: oc, a: Mat { ptr: inp, ld: c, trans: true }, b: dout_m, accumulate: true, math: self.math }
-            }
+            WeightLayout::InOut => Gemm {
+                m: c,
+                n: oc,
+                k: n,
+                dst: fp32(dw),
+                ldd: oc,
+                dst_dtype: DType::F32,
+                a: self.mat(inp, c, true),
+                b: dout_m,
+                accumulate: true,
+                math,
+            },
             WeightLayout::OutIn => Gemm {
                 m: oc,
                 n: c,
                 k: n,
-                dst: dw,
+                dst: fp32(dw),
                 ldd: c,
-                a: Mat { ptr: dout, ld: oc, trans: true },
-                b: Mat { ptr: inp, ld: c, trans: false },
+                dst_dtype: DType::F32,
+                a: self.mat(dout, oc, true),
+                b: self.mat(inp, c, false),
                 accumulate: true,
-                math: self.math,
+                math,
             },
         };
         check(unsafe { self.dev.gemm(&dw_gemm) });
         if let Some(db) = dbias {
             let chunks = n.div_ceil(MM_ROW_CHUNK);
             self.with_scratch(chunks * oc * 4, |partial| {
-                let args = Args::new().ptr(partial).ptr(dout).dim(n).dim(oc);
-                check(unsafe { self.dev.launch("column_sum_partial", Shape::grid2(oc.div_ceil(256), chunks, 256), args) });
-                let args = Args::new().ptr(db).ptr(partial).dim(chunks).dim(oc);
+                let args = Args::new().ptr(partial).ptr(self.act(dout)).dim(n).dim(oc);
+                let shape = Shape::grid2(oc.div_ceil(256), chunks, 256);
+                check(unsafe { self.dev.launch(&self.kernel("column_sum_partial"), shape, args) });
+                let args = Args::new().ptr(fp32(db)).ptr(partial).dim(chunks).dim(oc);
                 check(unsafe { self.dev.launch("column_sum_add", Shape::linear(oc.div_ceil(256), 256), args) });
             })
         }
     }
 
-    /// kernels/optim.cu: moments and per-block partial norms, summed here in block order.
-    unsafe fn lamb_moments(&self, p: DevPtr, g: DevPtr, m: DevPtr, v: DevPtr, len: usize, hp: &AdamHyper, step: u64) -> (f64, f64) {
+    /// kernels/optim.cu: moments and per-block partial norms (of the fp32
+    /// weights), summed here in block order.
+    unsafe fn lamb_moments(&self, p: View, g: View, m: View, v: View, len: usize, hp: &AdamHyper, step: u64) -> (f64, f64) {
         let blocks = len.div_ceil(SQ_PER_BLOCK);
         if blocks == 0 {
             return (0.0, 0.0);
@@ -516,10 +736,10 @@ impl<D: Device> Engine for CudaEngine<D> {
         self.with_scratch(blocks * 16, |partial| {
             let args = Args::new()
                 .ptr(partial)
-                .ptr(p)
-                .ptr(g)
-                .ptr(m)
-                .ptr(v)
+                .ptr(p.weights().0)
+                .ptr(fp32(g))
+                .ptr(fp32(m))
+                .ptr(fp32(v))
                 .len(len)
                 .len(SQ_PER_BLOCK)
                 .f32(hp.beta1)
@@ -537,10 +757,11 @@ impl<D: Device> Engine for CudaEngine<D> {
         })
     }
 
-    /// kernels/optim.cu
-    unsafe fn lamb_apply(&self, p: DevPtr, m: DevPtr, v: DevPtr, len: usize, hp: &AdamHyper, step: u64, step_size: f32) {
+    /// kernels/optim.cu (on the fp32 master copy of bf16 parameters, writing both).
+    unsafe fn lamb_apply(&self, p: View, m: View, v: View, len: usize, hp: &AdamHyper, step: u64, step_size: f32) {
         let (bc1, bc2) = bias_corrections(hp, step);
-        let args = Args::new().ptr(p).ptr(m).ptr(v).len(len).f32(hp.eps).f32(hp.weight_decay).f32(bc1).f32(bc2).f32(step_size);
+        let (w, w16) = p.weights();
+        let args = Args::new().ptr(w).ptr(w16).ptr(fp32(m)).ptr(fp32(v)).len(len).f32(hp.eps).f32(hp.weight_decay).f32(bc1).f32(bc2).f32(step_size);
         check(unsafe { self.dev.launch("lamb_apply", elementwise(len), args) });
     }
 }
