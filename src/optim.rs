@@ -68,7 +68,7 @@ impl<E: Engine> Optimizer<E> {
     pub fn clip_and_step(&mut self, model: &mut Gpt<E>, lr: f32, max_norm: f32) -> f32 {
         let w = model.grad_weight();
         let mean = if w > 0.0 { 1.0 / w } else { 1.0 };
-        let norm = (grad_sum_squares(model).sqrt() * mean) as f32;
+        let norm = (model.grad_sum_squares().sqrt() * mean) as f32;
         self.step_scaled(model, lr, mean as f32 * clip_coef(norm, max_norm));
         norm
     }
@@ -122,7 +122,7 @@ impl<E: Engine> Optimizer<E> {
 /// computes it; scales them down to `max_norm` when above. Returns the norm
 /// before clipping.
 pub fn clip_grad_norm<E: Engine>(model: &mut Gpt<E>, max_norm: f32) -> f32 {
-    let norm = grad_sum_squares(model).sqrt() as f32;
+    let norm = model.grad_sum_squares().sqrt() as f32;
     let coef = clip_coef(norm, max_norm);
     if coef < 1.0 {
         let e = &model.engine;
@@ -135,12 +135,6 @@ pub fn clip_grad_norm<E: Engine>(model: &mut Gpt<E>, max_norm: f32) -> f32 {
 /// PyTorch's clipping factor: `max_norm / (norm + 1e-6)`, at most 1.
 fn clip_coef(norm: f32, max_norm: f32) -> f32 {
     (max_norm / (norm + 1e-6)).min(1.0)
-}
-
-fn grad_sum_squares<E: Engine>(model: &Gpt<E>) -> f64 {
-    let e = &model.engine;
-    // SAFETY: the whole gradient arena.
-    unsafe { e.sum_squares(e.at(&model.grads, 0), model.layout.total) }
 }
 
 /// Learning rate at `step` (0-based) of `total`: linear warm-up to `max` over

@@ -442,11 +442,11 @@ fn gradient_codecs_match_the_cpu_codec_bit_for_bit() {
         let mut want = vec![0u8; codec.encoded_len(n)];
         codec.encode(&x, &mut want);
         let mut got = vec![0u8; codec.encoded_len(n)];
-        gpu.encode(codec, gpu.at(&src, 0), n, &mut got);
+        unsafe { gpu.read_encoded(codec, gpu.at(&src, 0), n, &mut got) };
         assert!(got == want, "{codec}: encoded bytes differ from the CPU codec's (first at {:?})", got.iter().zip(&want).position(|(a, b)| a != b));
         let mut cpu_values = vec![0f32; n];
         codec.decode(&want, &mut cpu_values).unwrap();
-        gpu.decode(codec, &want, n, gpu.at(&dst, 0)).unwrap();
+        unsafe { gpu.write_decoded(codec, &want, n, gpu.at(&dst, 0)) }.unwrap();
         let mut gpu_values = vec![0f32; n];
         unsafe { gpu.read(gpu.at(&dst, 0), &mut gpu_values) };
         identical(&format!("{codec} decoded"), &cpu_values, &gpu_values);
@@ -457,8 +457,8 @@ fn gradient_codecs_match_the_cpu_codec_bit_for_bit() {
     bad[20] = 0xff;
     bad[21] = 0x7f;
     unsafe { gpu.write(gpu.at(&dst, 0), &vec![1.5; n]) };
-    assert!(gpu.decode(Codec::F16, &bad, n, gpu.at(&dst, 0)).is_err());
-    assert!(gpu.decode(Codec::F16, &bad[1..], n, gpu.at(&dst, 0)).is_err(), "a short chunk is refused");
+    assert!(unsafe { gpu.write_decoded(Codec::F16, &bad, n, gpu.at(&dst, 0)) }.is_err());
+    assert!(unsafe { gpu.write_decoded(Codec::F16, &bad[1..], n, gpu.at(&dst, 0)) }.is_err(), "a short chunk is refused");
     let mut after = vec![0f32; n];
     unsafe { gpu.read(gpu.at(&dst, 0), &mut after) };
     assert!(after.iter().all(|&v| v == 1.5), "a refused chunk wrote nothing");
@@ -506,4 +506,83 @@ fn bf16_gemm_math_rounds_the_operands_like_the_half_crate() {
         exact.read(exact.at(&eo, 0), &mut e);
     }
     assert!(e != b, "bf16 math changed nothing");
+}
+
+/// One all-reduce round of two peers on loopback: the second on the host
+/// with `theirs` (weight 3), the first running `first` (weight 1); returns
+/// the second's result.
+fn pair_round(
+    codec: dtrain::allreduce::codec::Codec,
+    round: u64,
+    theirs: &[f32],
+    first: impl FnOnce(&mut dtrain::allreduce::Peer, &dtrain::allreduce::Group, &dtrain::allreduce::Settings, std::time::Instant) + Send,
+) -> Vec<f32> {
+    use dtrain::allreduce::{Group, Identity, Member, Peer, Settings};
+    use std::time::{Duration, Instant};
+    let peers: Vec<Peer> = (0..2).map(|i| Peer::bind(Identity::from_seed([i + 60; 32]), "127.0.0.1:0".parse().unwrap()).unwrap()).collect();
+    let group = Group {
+        members: peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Member { id: format!("p{i}"), addr: p.local_addr().unwrap(), key: p.public_key(), fraction: 1.0 + i as f64 })
+            .collect(),
+    };
+    let settings = Settings { codec, chunk_bytes: 4096, ..Settings::default() };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let [mut mine, mut other]: [Peer; 2] = peers.try_into().ok().unwrap();
+    std::thread::scope(|s| {
+        let host = s.spawn(|| {
+            let mut x = theirs.to_vec();
+            other.all_reduce(&group, round, &mut x, 3.0, deadline, &settings).unwrap();
+            x
+        });
+        first(&mut mine, &group, &settings, deadline);
+        host.join().unwrap()
+    })
+}
+
+/// A GPU miner's gradient path: the device encodes (fp16/bf16) everything
+/// but its own span, the host round runs on the decoded values, and the
+/// result goes back encoded and is decoded on the device. The device ends
+/// with the very bits the plain fp32 path gives (the same round with the
+/// gradient read as fp32), which are also the other peer's — for every
+/// codec, encoded or not — and a non-finite gradient still takes the fp32
+/// path, where the round refuses it.
+#[test]
+fn a_device_miners_encoded_gradients_reduce_to_the_same_bits() {
+    use dtrain::allreduce::codec::Codec;
+    use dtrain::allreduce::plan::spans;
+    use dtrain::subnet::grad_transfer::GradTransfer;
+    let cfg = GptConfig::preset("tiny").unwrap();
+    let mut model = Gpt::new(emulated(), cfg).unwrap();
+    let total = model.layout.total;
+    let own = spans(total, &[1.0, 2.0]).unwrap().swap_remove(0);
+    let mut rng = Rng::new(77);
+    let mut transfer = GradTransfer::new();
+    for (round, codec) in [Codec::F16, Codec::Bf16, Codec::F32, Codec::Int8 { block: 64 }].into_iter().enumerate() {
+        let mine: Vec<f32> = (0..total).map(|_| rng.normal() * 0.01).collect();
+        let theirs: Vec<f32> = (0..total).map(|_| rng.normal() * 0.01).collect();
+        let mut plain = mine.clone();
+        pair_round(codec, 2 * round as u64, &theirs, |peer, group, settings, deadline| {
+            peer.all_reduce(group, 2 * round as u64, &mut plain, 1.0, deadline, settings).unwrap();
+        });
+        model.write_grads(&mine);
+        let other = pair_round(codec, 2 * round as u64 + 1, &theirs, |peer, group, settings, deadline| {
+            let grad = transfer.download(&model, codec, own.clone());
+            let report = peer.all_reduce(group, 2 * round as u64 + 1, grad, 1.0, deadline, settings).unwrap();
+            assert!(report.unaveraged_spans().is_empty(), "{codec}: {}", report.summary());
+            transfer.upload(&mut model, &[]);
+        });
+        let expect_encoded = matches!(codec, Codec::F16 | Codec::Bf16).then_some(codec);
+        assert_eq!(transfer.encoded(), expect_encoded, "{codec}: the path taken");
+        identical(&format!("{codec}: the device's result against the fp32 path's"), &plain, &model.read_grads());
+        identical(&format!("{codec}: the device's result against the other peer's"), &other, &model.read_grads());
+    }
+    // An inf on the device: the fp32 path, so the round itself refuses it.
+    let mut bad: Vec<f32> = (0..total).map(|_| rng.normal()).collect();
+    bad[17] = f32::INFINITY;
+    model.write_grads(&bad);
+    let inf = transfer.download(&model, Codec::F16, own)[17];
+    assert_eq!(transfer.encoded(), None, "non-finite gradients are not encoded on the device");
+    assert!(inf.is_infinite());
 }

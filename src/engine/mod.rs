@@ -25,6 +25,8 @@ pub mod cpu;
 pub mod cuda;
 pub mod profiled;
 
+use crate::allreduce::codec::{Codec, CodecError};
+
 /// How a weight matrix of a linear layer is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightLayout {
@@ -88,6 +90,29 @@ pub trait Engine: Send + Sync {
     /// Copies `dst.len()` elements at `src` to the host (parameters from
     /// their master copy).
     unsafe fn read(&self, src: Self::Ptr, dst: &mut [f32]);
+
+    /// The arenas live across a bus from the host (a GPU's memory): moving
+    /// gradients to and from the all-reduce in encoded form pays.
+    fn behind_bus(&self) -> bool {
+        false
+    }
+    /// `n` fp32 values at `src` (gradients) to the host encoded with
+    /// `codec` into `out` (`codec.encoded_len(n)` bytes), bit-identical to
+    /// `codec.encode`; on a GPU only the encoded bytes cross the bus.
+    unsafe fn read_encoded(&self, codec: Codec, src: Self::Ptr, n: usize, out: &mut [u8]) {
+        let mut host = vec![0f32; n];
+        unsafe { self.read(src, &mut host) };
+        codec.encode(&host, out);
+    }
+    /// Checks `bytes` (possibly from a peer) as `codec.decode` does and
+    /// decodes them into the `n` fp32 values at `dst`; writes nothing when
+    /// the check fails.
+    unsafe fn write_decoded(&self, codec: Codec, bytes: &[u8], n: usize, dst: Self::Ptr) -> Result<(), CodecError> {
+        let mut host = vec![0f32; n];
+        codec.decode(bytes, &mut host)?;
+        unsafe { self.write(dst, &host) };
+        Ok(())
+    }
     unsafe fn fill(&self, dst: Self::Ptr, len: usize, value: f32);
     unsafe fn scale(&self, x: Self::Ptr, len: usize, factor: f32);
     /// Σ x², accumulated in f64 in a fixed order (deterministic).

@@ -7,6 +7,7 @@
 //! TFLOP/s.
 
 use super::{AdamHyper, ArenaKind, Engine, EngineError, WeightLayout};
+use crate::allreduce::codec::{Codec, CodecError};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -91,6 +92,15 @@ impl<E: Engine> Engine for Profiled<E> {
     }
     unsafe fn read(&self, src: E::Ptr, dst: &mut [f32]) {
         self.time("read", F * dst.len() as f64, 0.0, || unsafe { self.inner.read(src, dst) })
+    }
+    fn behind_bus(&self) -> bool {
+        self.inner.behind_bus()
+    }
+    unsafe fn read_encoded(&self, codec: Codec, src: E::Ptr, n: usize, out: &mut [u8]) {
+        self.time("read_encoded", out.len() as f64, 0.0, || unsafe { self.inner.read_encoded(codec, src, n, out) })
+    }
+    unsafe fn write_decoded(&self, codec: Codec, bytes: &[u8], n: usize, dst: E::Ptr) -> Result<(), CodecError> {
+        self.time("write_decoded", bytes.len() as f64, 0.0, || unsafe { self.inner.write_decoded(codec, bytes, n, dst) })
     }
     unsafe fn fill(&self, dst: E::Ptr, len: usize, value: f32) {
         self.time("fill", F * len as f64, 0.0, || unsafe { self.inner.fill(dst, len, value) })

@@ -8,8 +8,10 @@ pub mod layout;
 pub use config::GptConfig;
 pub use layout::{ActLayout, LayerActs, LayerParams, ParamLayout, ParamTensor};
 
+use crate::allreduce::codec::{Codec, CodecError};
 use crate::engine::{ArenaKind, Engine, EngineError, WeightLayout};
 use crate::rng::Rng;
+use std::ops::Range;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -119,11 +121,37 @@ impl<E: Engine> Gpt<E> {
 
     /// `len` gradients from `offset` of the arena (one tensor's, say).
     pub fn read_grad_range(&self, offset: usize, len: usize) -> Vec<f32> {
-        assert!(offset + len <= self.layout.total, "range inside the arena");
         let mut host = vec![0f32; len];
-        // SAFETY: bounds checked above.
-        unsafe { self.engine.read(self.engine.at(&self.grads, offset), &mut host) };
+        self.read_grad_range_into(offset, &mut host);
         host
+    }
+
+    /// `out.len()` gradients from `offset` into `out`.
+    pub fn read_grad_range_into(&self, offset: usize, out: &mut [f32]) {
+        assert!(offset + out.len() <= self.layout.total, "range inside the arena");
+        // SAFETY: bounds checked above.
+        unsafe { self.engine.read(self.engine.at(&self.grads, offset), out) };
+    }
+
+    /// Gradients `range` encoded with `codec` into `out` (on a GPU only the
+    /// encoded bytes cross the bus).
+    pub fn read_grads_encoded(&self, codec: Codec, range: Range<usize>, out: &mut [u8]) {
+        assert!(range.end <= self.layout.total, "range inside the arena");
+        // SAFETY: bounds checked above; `read_encoded` checks `out`'s length.
+        unsafe { self.engine.read_encoded(codec, self.engine.at(&self.grads, range.start), range.len(), out) }
+    }
+
+    /// All gradients from `bytes` encoded with `codec` (checked first;
+    /// nothing is written when they do not decode).
+    pub fn write_grads_decoded(&mut self, codec: Codec, bytes: &[u8]) -> Result<(), CodecError> {
+        // SAFETY: the whole arena; the length is checked against `bytes`.
+        unsafe { self.engine.write_decoded(codec, bytes, self.layout.total, self.engine.at(&self.grads, 0)) }
+    }
+
+    /// Σ g² over the gradients, in f64 (infinite or NaN when one is).
+    pub fn grad_sum_squares(&self) -> f64 {
+        // SAFETY: the whole gradient arena.
+        unsafe { self.engine.sum_squares(self.engine.at(&self.grads, 0), self.layout.total) }
     }
 
     pub fn write_grads(&mut self, host: &[f32]) {

@@ -11,10 +11,12 @@
 //!   accumulators, checks that the weights changed and are finite, and
 //!   advances its epoch.
 
+use super::grad_transfer::GradTransfer;
 use super::protocol::{AllReduce, IsAlive, Query, Train};
 use super::registry::{Registry, Role};
 use super::server::Handler;
 use super::work::{test_tensor, train_batches};
+use crate::allreduce::plan::spans;
 use crate::allreduce::{Group, Peer, PublicKey, Settings};
 use crate::data::loader::RowBatches;
 use crate::data::source::RowSource;
@@ -63,6 +65,7 @@ struct State<E: Engine> {
     rng: Rng,
     /// The hub epoch last loaded.
     loaded: Option<u64>,
+    transfer: GradTransfer,
 }
 
 /// A miner on engine `E` (the CPU by default, a GPU with `CudaEngine`).
@@ -97,7 +100,7 @@ impl<E: Engine> Miner<E> {
         registry: Arc<dyn Registry>,
         seed: u64,
     ) -> Miner<E> {
-        let state = State { model, opt, used, rng: Rng::new(seed), loaded: None };
+        let state = State { model, opt, used, rng: Rng::new(seed), loaded: None, transfer: GradTransfer::new() };
         Miner { cfg, hub: None, state: Mutex::new(state), epoch: AtomicU64::new(0), peer: Mutex::new(peer), source, registry }
     }
 
@@ -178,19 +181,18 @@ impl<E: Engine> Miner<E> {
             settings.stall_timeout = Duration::from_secs_f64(t);
         }
         let mut st = self.lock();
-        let weight = st.model.finish_accumulation() as f32;
-        let mut grad = st.model.read_grads();
-        let before = params_hash(&st.model.read_params());
-        let report =
-            self.peer.lock().unwrap_or_else(|p| p.into_inner()).all_reduce(&group, round, &mut grad, weight, Instant::now() + timeout, &settings);
-        let report = report.map_err(|e| e.to_string())?;
+        let mut peer = self.peer.lock().unwrap_or_else(|p| p.into_inner());
+        let me = group.index_of(&peer.public_key()).ok_or("this miner is not in the group")?;
+        let State { model, opt, transfer, .. } = &mut *st;
+        let weight = model.finish_accumulation() as f32;
+        let own = spans(model.layout.total, &group.fractions()).map_err(|e| e.to_string())?.swap_remove(me);
+        let before = params_hash(&model.read_params());
+        let grad = transfer.download(model, settings.codec, own);
+        let report = peer.all_reduce(&group, round, grad, weight, Instant::now() + timeout, &settings).map_err(|e| e.to_string())?;
+        drop(peer);
         tracing::info!("{}", report.summary());
         // Spans nobody averaged are not applied (see Report::unaveraged_spans).
-        for r in report.unaveraged_spans() {
-            grad[r].fill(0.0);
-        }
-        st.model.write_grads(&grad);
-        let State { model, opt, .. } = &mut *st;
+        transfer.upload(model, &report.unaveraged_spans());
         opt.clip_and_step(model, lr, self.cfg.max_grad_norm);
         model.zero_grads();
         let after = model.read_params();

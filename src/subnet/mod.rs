@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod bittensor;
 pub mod client;
+pub mod grad_transfer;
 pub mod keyfile;
 pub mod miner;
 pub mod node;

@@ -18,6 +18,7 @@ use crate::engine::cpu::CpuEngine;
 use crate::engine::cuda::emu::Emu;
 use crate::engine::cuda::gpu::Gpu;
 use crate::engine::cuda::{CudaEngine, DeviceChoice, Precision};
+use crate::model::config::GPT2_VOCAB;
 use crate::model::{Gpt, GptConfig};
 use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind};
 use crate::train::{interrupted, stop_on_interrupt};
@@ -149,8 +150,20 @@ pub struct ValidatorArgs {
     pub serve_registry: Option<String>,
 }
 
+/// A preset nodes can train: they read GPT-2 tokens, so its vocabulary
+/// must hold them (the `tiny` test preset does not).
+fn node_preset(name: &str) -> Result<GptConfig> {
+    let cfg = GptConfig::preset(name).with_context(|| format!("unknown model preset {name:?}"))?;
+    anyhow::ensure!(
+        cfg.vocab_size >= GPT2_VOCAB,
+        "model preset {name:?} has a vocabulary of {} tokens, but nodes train on GPT-2's {GPT2_VOCAB}: use small or a larger preset",
+        cfg.vocab_size
+    );
+    Ok(cfg)
+}
+
 fn model_of<E: Engine>(a: &NodeArgs, engine: E) -> Result<(Gpt<E>, Optimizer<E>)> {
-    let cfg = GptConfig::preset(&a.model).with_context(|| format!("unknown model preset {:?}", a.model))?;
+    let cfg = node_preset(&a.model)?;
     let mut model = Gpt::new(engine, cfg)?;
     model.init_random(a.seed);
     let opt = Optimizer::new(&model, OptimizerConfig::new(OptimizerKind::Adamw))?;
@@ -341,7 +354,14 @@ fn validator_on<E: Engine>(a: &ValidatorArgs, engine: E) -> Result<()> {
         }
         let t0 = Instant::now();
         let (mut samples, mut losses, mut rounds) = (0u64, Vec::new(), Vec::new());
+        // Rounds in which no miner delivered work back off (up to 10 s), so
+        // refusing miners — an exhausted dataset, say — are not hammered.
+        let mut idle = Duration::ZERO;
         while samples < a.global_batch && !interrupted() {
+            if !idle.is_zero() {
+                std::thread::sleep(idle);
+            }
+            let before = samples;
             let outcomes = v.train_round(&live);
             for o in &outcomes {
                 if o.error.is_none() && o.gradient > 0.0 {
@@ -353,6 +373,7 @@ fn validator_on<E: Engine>(a: &ValidatorArgs, engine: E) -> Result<()> {
                 }
             }
             rounds.push(outcomes);
+            idle = if samples > before { Duration::ZERO } else { (idle * 2).clamp(Duration::from_millis(500), Duration::from_secs(10)) };
             live = live_nodes();
             if live.is_empty() {
                 break;
@@ -529,6 +550,7 @@ fn kill(child: &mut std::process::Child, signal: libc::c_int) {
 pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
     stop_on_interrupt();
     anyhow::ensure!(a.miners >= 1 && a.miners <= 64, "--miners: 1 to 64");
+    node_preset(&a.model)?;
     let out = &a.out;
     for sub in ["hub", "nodes"] {
         let p = out.join(sub);

@@ -275,13 +275,13 @@ pub fn check_ops<D: Device>(gpu: &CudaEngine<D>, s: Shapes) -> Result<Vec<Check>
         let mut want = vec![0u8; codec.encoded_len(len)];
         codec.encode(&gv, &mut want);
         let mut got = vec![0u8; want.len()];
-        gpu.encode(codec, p.g(0), len, &mut got);
+        unsafe { gpu.read_encoded(codec, p.g(0), len, &mut got) };
         let differing = got.iter().zip(&want).filter(|(a, b)| a != b).count();
         push(&format!("codec {codec} encode (bytes differing)"), differing as f64, 0.0);
         let mut cpu_values = vec![0f32; len];
         codec.decode(&want, &mut cpu_values).map_err(|e| e.to_string())?;
         let dst = gpu.alloc(G, len).map_err(|e| e.to_string())?;
-        gpu.decode(codec, &want, len, gpu.at(&dst, 0)).map_err(|e| e.to_string())?;
+        unsafe { gpu.write_decoded(codec, &want, len, gpu.at(&dst, 0)) }.map_err(|e| e.to_string())?;
         let mut values = vec![0f32; len];
         // SAFETY: `dst` holds len floats.
         unsafe { gpu.read(gpu.at(&dst, 0), &mut values) };

@@ -161,11 +161,16 @@ pub struct Gemm {
 pub trait Device: Send + Sync {
     /// Owns one allocation; freed on drop.
     type Buf: Send + Sync;
+    /// Page-locked host memory, which a GPU reads and writes by DMA at the
+    /// bus's full speed; freed on drop.
+    type Pinned: Send + std::ops::DerefMut<Target = [u8]>;
 
     fn name(&self) -> String;
     /// `bytes` of zeroed memory, aligned to 256 bytes.
     fn alloc(&self, bytes: usize) -> Result<Self::Buf, DeviceError>;
     fn addr(&self, buf: &Self::Buf) -> DevPtr;
+    /// `bytes` of zeroed pinned host memory.
+    fn alloc_pinned(&self, bytes: usize) -> Result<Self::Pinned, DeviceError>;
     /// # Safety
     /// `dst .. dst + src.len()` lies in a live allocation of this device.
     unsafe fn copy_in(&self, dst: DevPtr, src: &[u8]);

@@ -86,6 +86,8 @@ unsafe extern "C" {
 
 impl Device for Emu {
     type Buf = EmuBuf;
+    /// Host memory is all there is.
+    type Pinned = Vec<u8>;
 
     fn name(&self) -> String {
         "cuda-emulated (CPU)".into()
@@ -103,6 +105,10 @@ impl Device for Emu {
 
     fn addr(&self, buf: &EmuBuf) -> DevPtr {
         buf.ptr as DevPtr
+    }
+
+    fn alloc_pinned(&self, bytes: usize) -> Result<Vec<u8>, DeviceError> {
+        Ok(vec![0; bytes])
     }
 
     unsafe fn copy_in(&self, dst: DevPtr, src: &[u8]) {

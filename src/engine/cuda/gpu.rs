@@ -93,6 +93,41 @@ impl Drop for GpuBuf {
     }
 }
 
+/// Page-locked host memory (cuMemHostAlloc); freed on drop.
+pub struct PinnedBuf {
+    ptr: *mut u8,
+    len: usize,
+    ctx: sys::CUcontext,
+}
+
+// SAFETY: exclusively owned host memory.
+unsafe impl Send for PinnedBuf {}
+
+impl Drop for PinnedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated by `alloc_pinned` in this context, freed once.
+        unsafe {
+            let _ = drv::ctx::set_current(self.ctx);
+            let _ = drv::free_host(self.ptr.cast());
+        }
+    }
+}
+
+impl std::ops::Deref for PinnedBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: `len` bytes allocated and zeroed in `alloc_pinned`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl std::ops::DerefMut for PinnedBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`; `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
 fn cache_dir() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
     Some(base.join("dtrain").join("kernels"))
@@ -200,6 +235,7 @@ impl Gpu {
 
 impl Device for Gpu {
     type Buf = GpuBuf;
+    type Pinned = PinnedBuf;
 
     fn name(&self) -> String {
         format!("GPU {}: {} (sm_{}{}; {})", self.ordinal, self.name, self.arch.0, self.arch.1, self.origin)
@@ -223,6 +259,16 @@ impl Device for Gpu {
 
     fn addr(&self, buf: &GpuBuf) -> DevPtr {
         buf.ptr
+    }
+
+    fn alloc_pinned(&self, bytes: usize) -> Result<PinnedBuf, DeviceError> {
+        self.bind()?;
+        // SAFETY: a plain page-locked allocation, zeroed before use.
+        unsafe {
+            let ptr = drv::malloc_host(bytes.max(1), 0).map_err(|_| DeviceError::Alloc(bytes))?.cast::<u8>();
+            std::ptr::write_bytes(ptr, 0, bytes);
+            Ok(PinnedBuf { ptr, len: bytes, ctx: self.ctx })
+        }
     }
 
     unsafe fn copy_in(&self, dst: DevPtr, src: &[u8]) {

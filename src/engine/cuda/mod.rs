@@ -202,6 +202,8 @@ pub struct CudaEngine<D: Device> {
     math: GemmMath,
     /// Grown on demand; ops that need temporary device memory take it whole.
     scratch: Mutex<Option<(D::Buf, usize)>>,
+    /// Pinned host memory that encoded gradients cross the bus through.
+    staging: Mutex<Option<D::Pinned>>,
 }
 
 fn check(r: Result<(), DeviceError>) {
@@ -228,7 +230,7 @@ fn bias_corrections(hp: &AdamHyper, step: u64) -> (f32, f32) {
 
 impl<D: Device> CudaEngine<D> {
     pub fn new(dev: D) -> CudaEngine<D> {
-        CudaEngine { dev, precision: Precision::Fp32, math: GemmMath::Fp32, scratch: Mutex::new(None) }
+        CudaEngine { dev, precision: Precision::Fp32, math: GemmMath::Fp32, scratch: Mutex::new(None), staging: Mutex::new(None) }
     }
 
     /// Parameters and activations stored in `precision`.
@@ -306,65 +308,14 @@ impl<D: Device> CudaEngine<D> {
         f(addr)
     }
 
-    /// Encodes `n` floats at `src` with `codec` on the device
-    /// (kernels/codec.cu); only the encoded bytes are copied to `out`
-    /// (`codec.encoded_len(n)` bytes), bit-identical to `codec.encode`.
-    pub fn encode(&self, codec: Codec, src: View, n: usize, out: &mut [u8]) {
-        assert_eq!(out.len(), codec.encoded_len(n), "output sized by encoded_len");
-        let src = fp32(src);
-        if n == 0 {
-            return;
+    /// Runs `f` with at least `bytes` of the pinned staging buffer.
+    fn with_staging<R>(&self, bytes: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+        let mut guard = self.staging.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.as_ref().is_none_or(|b| b.len() < bytes) {
+            *guard = None;
+            *guard = Some(self.dev.alloc_pinned(bytes.next_power_of_two()).unwrap_or_else(|e| panic!("pinned staging memory: {e}")));
         }
-        let kernel = match codec {
-            Codec::F32 => {
-                unsafe { self.dev.copy_out(src, out) };
-                return;
-            }
-            Codec::F16 => "codec_encode_f16",
-            Codec::Bf16 => "codec_encode_bf16",
-            Codec::Int8 { .. } => "codec_encode_int8",
-        };
-        self.with_scratch(out.len(), |enc| {
-            let shape = match codec {
-                Codec::Int8 { block } => Shape::linear(n.div_ceil(block.max(1)).div_ceil(8), 256),
-                _ => elementwise(n),
-            };
-            let mut args = Args::new().ptr(enc).ptr(src).len(n);
-            if let Codec::Int8 { block } = codec {
-                args = args.dim(block.max(1));
-            }
-            check(unsafe { self.dev.launch(kernel, shape, args) });
-            unsafe { self.dev.copy_out(enc, out) };
-        })
-    }
-
-    /// Checks `bytes` (from a peer: untrusted) as `codec.decode` does, then
-    /// copies them to the device and decodes them into the `n` floats at
-    /// `dst`; nothing is written when the check fails.
-    pub fn decode(&self, codec: Codec, bytes: &[u8], n: usize, dst: View) -> Result<(), CodecError> {
-        codec.validate(bytes, n)?;
-        let dst = fp32(dst);
-        if n == 0 {
-            return Ok(());
-        }
-        let kernel = match codec {
-            Codec::F32 => {
-                unsafe { self.dev.copy_in(dst, bytes) };
-                return Ok(());
-            }
-            Codec::F16 => "codec_decode_f16",
-            Codec::Bf16 => "codec_decode_bf16",
-            Codec::Int8 { .. } => "codec_decode_int8",
-        };
-        self.with_scratch(bytes.len(), |enc| {
-            unsafe { self.dev.copy_in(enc, bytes) };
-            let mut args = Args::new().ptr(dst).ptr(enc).len(n);
-            if let Codec::Int8 { block } = codec {
-                args = args.dim(block.max(1));
-            }
-            check(unsafe { self.dev.launch(kernel, elementwise(n), args) });
-        });
-        Ok(())
+        f(&mut guard.as_mut().expect("just allocated")[..bytes])
     }
 
     fn attention_shape(t: usize, b: usize, c: usize, nh: usize, smem_floats: usize) -> Shape {
@@ -439,6 +390,81 @@ impl<D: Device> Engine for CudaEngine<D> {
         for (d, b) in dst.iter_mut().zip(&bits) {
             *d = half::bf16::from_bits(*b).to_f32();
         }
+    }
+
+    fn behind_bus(&self) -> bool {
+        true
+    }
+
+    /// kernels/codec.cu encodes on the device; only the encoded bytes cross
+    /// the bus, by DMA into the pinned staging buffer.
+    unsafe fn read_encoded(&self, codec: Codec, src: View, n: usize, out: &mut [u8]) {
+        assert_eq!(out.len(), codec.encoded_len(n), "output sized by encoded_len");
+        let src = fp32(src);
+        if n == 0 {
+            return;
+        }
+        let kernel = match codec {
+            Codec::F32 => {
+                return self.with_staging(out.len(), |st| {
+                    unsafe { self.dev.copy_out(src, st) };
+                    out.copy_from_slice(st);
+                });
+            }
+            Codec::F16 => "codec_encode_f16",
+            Codec::Bf16 => "codec_encode_bf16",
+            Codec::Int8 { .. } => "codec_encode_int8",
+        };
+        self.with_scratch(out.len(), |enc| {
+            let shape = match codec {
+                Codec::Int8 { block } => Shape::linear(n.div_ceil(block.max(1)).div_ceil(8), 256),
+                _ => elementwise(n),
+            };
+            let mut args = Args::new().ptr(enc).ptr(src).len(n);
+            if let Codec::Int8 { block } = codec {
+                args = args.dim(block.max(1));
+            }
+            check(unsafe { self.dev.launch(kernel, shape, args) });
+            self.with_staging(out.len(), |st| {
+                unsafe { self.dev.copy_out(enc, st) };
+                out.copy_from_slice(st);
+            })
+        })
+    }
+
+    /// Checks `bytes` on the host (they may come from a peer), then they
+    /// cross the bus through the pinned staging buffer and kernels/codec.cu
+    /// decodes them on the device; nothing is written when the check fails.
+    unsafe fn write_decoded(&self, codec: Codec, bytes: &[u8], n: usize, dst: View) -> Result<(), CodecError> {
+        codec.validate(bytes, n)?;
+        let dst = fp32(dst);
+        if n == 0 {
+            return Ok(());
+        }
+        let kernel = match codec {
+            Codec::F32 => {
+                self.with_staging(bytes.len(), |st| {
+                    st.copy_from_slice(bytes);
+                    unsafe { self.dev.copy_in(dst, st) };
+                });
+                return Ok(());
+            }
+            Codec::F16 => "codec_decode_f16",
+            Codec::Bf16 => "codec_decode_bf16",
+            Codec::Int8 { .. } => "codec_decode_int8",
+        };
+        self.with_scratch(bytes.len(), |enc| {
+            self.with_staging(bytes.len(), |st| {
+                st.copy_from_slice(bytes);
+                unsafe { self.dev.copy_in(enc, st) };
+            });
+            let mut args = Args::new().ptr(dst).ptr(enc).len(n);
+            if let Codec::Int8 { block } = codec {
+                args = args.dim(block.max(1));
+            }
+            check(unsafe { self.dev.launch(kernel, elementwise(n), args) });
+        });
+        Ok(())
     }
 
     /// kernels/tensor.cu, in the view's own dtype (and its master copy's).
