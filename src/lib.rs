@@ -18,6 +18,7 @@ pub mod engine;
 pub mod hub;
 pub mod model;
 pub mod optim;
+pub mod parallel;
 pub mod plot;
 pub mod rng;
 pub mod subnet;

@@ -7,6 +7,7 @@ use dtrain::engine::cpu::CpuEngine;
 use dtrain::engine::cuda::device::GemmMath;
 use dtrain::engine::cuda::emu::Emu;
 use dtrain::engine::cuda::gpu::Gpu;
+use dtrain::engine::cuda::nccl::Nccl;
 use dtrain::engine::cuda::{CudaOptions, DeviceChoice, Precision};
 use dtrain::model::GptConfig;
 use dtrain::model::config::PRESET_NAMES;
@@ -136,6 +137,12 @@ struct TrainArgs {
     /// cpu, cuda, cuda:N, or emulated (the CUDA kernels emulated on the CPU).
     #[arg(long, default_value = "auto")]
     device: DeviceChoice,
+    /// Train on several GPUs of this machine at once, e.g. --gpus 0,1,2,3:
+    /// a replica on each, gradients summed by NCCL (data parallel). Each
+    /// step's --grad-accum micro-batches are shared among them, so it must
+    /// be a multiple of their number.
+    #[arg(long, value_delimiter = ',', conflicts_with = "device")]
+    gpus: Vec<usize>,
     #[command(flatten)]
     cuda: CudaOptions,
 }
@@ -396,7 +403,13 @@ fn check_cmd(cmd: CheckCommand) -> Result<()> {
                     DeviceChoice::Cuda(n) => {
                         let gpu = opts.engine(Gpu::open(n).map_err(anyhow::Error::msg)?, p);
                         let name = gpu.name();
-                        let ops = check_ops(&gpu, Shapes::GPU);
+                        let mut ops = check_ops(&gpu, Shapes::GPU);
+                        if let Ok(ops) = &mut ops {
+                            match dtrain::engine::cuda::nccl::check_one_rank(n) {
+                                Ok(c) => ops.push(c),
+                                Err(why) => println!("NCCL not checked: {why}"),
+                            }
+                        }
                         checks(&name, ops, check_training(gpu, "small", 4, 128, 3))?
                     }
                     DeviceChoice::Emulated => {
@@ -452,7 +465,15 @@ fn train_cmd(a: TrainArgs, progress: bool) -> Result<()> {
     };
     let opts = RunOptions { data: a.data, out: a.out.clone(), checkpoint_every: a.checkpoint_every, progress };
     train::stop_on_interrupt();
-    let summary = match a.device.resolve() {
+    let device = if a.gpus.len() == 1 { DeviceChoice::Cuda(a.gpus[0]) } else { a.device };
+    let summary = match device.resolve() {
+        _ if a.gpus.len() > 1 => {
+            let nccl = Nccl::new(&a.gpus).map_err(anyhow::Error::msg)?;
+            let engines =
+                a.gpus.iter().map(|&g| Ok(a.cuda.engine(Gpu::open(g).map_err(anyhow::Error::msg)?, Precision::Bf16))).collect::<Result<Vec<_>>>()?;
+            eprintln!("training on {} GPUs: {}", engines.len(), engines.iter().map(|e| e.name()).collect::<Vec<_>>().join("; "));
+            train::run_replicated(engines, Box::new(nccl), start, plan, &opts)?
+        }
         (DeviceChoice::Cuda(n), _) => {
             let gpu = a.cuda.engine(Gpu::open(n).map_err(anyhow::Error::msg)?, Precision::Bf16);
             eprintln!("training on {}", gpu.name());

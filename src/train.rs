@@ -12,6 +12,7 @@ use crate::engine::Engine;
 use crate::model::checkpoint::{self, CheckpointError};
 use crate::model::{Gpt, GptConfig, ModelError};
 use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind, lr_schedule};
+use crate::parallel::{Collective, HostSum, MicroBatch, Replicas};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -143,39 +144,80 @@ fn read_trainer_state(dir: &Path) -> Result<TrainerState, TrainError> {
 /// Trains on `engine` following `plan` (ignored when resuming: the
 /// checkpoint's plan continues).
 pub fn run<E: Engine>(engine: E, start: Start, plan: Plan, opts: &RunOptions) -> Result<RunSummary, TrainError> {
-    let (mut model, mut opt, plan, step0, loader_state) = match start {
+    run_replicated(vec![engine], Box::new(HostSum), start, plan, opts)
+}
+
+/// A model, its optimizer, the plan, the step and the data position to start from.
+type Started<E> = (Gpt<E>, Optimizer<E>, Plan, u64, LoaderState);
+
+fn start_on<E: Engine>(engine: E, start: &Start, plan: &Plan) -> Result<Started<E>, TrainError> {
+    Ok(match start {
         Start::Fresh { config, seed } => {
-            let mut model = Gpt::new(engine, config)?;
-            model.init_random(seed);
+            let mut model = Gpt::new(engine, *config)?;
+            model.init_random(*seed);
             let opt = Optimizer::new(&model, OptimizerConfig::new(plan.optimizer)).map_err(ModelError::from)?;
-            (model, opt, plan, 0, LoaderState::default())
+            (model, opt, plan.clone(), 0, LoaderState::default())
         }
         Start::Init(dir) => {
-            let model = checkpoint::load_model(&dir, engine)?;
+            let model = checkpoint::load_model(dir, engine)?;
             let opt = Optimizer::new(&model, OptimizerConfig::new(plan.optimizer)).map_err(ModelError::from)?;
-            (model, opt, plan, 0, LoaderState::default())
+            (model, opt, plan.clone(), 0, LoaderState::default())
         }
         Start::Resume(path) => {
-            let dir = resolve_checkpoint(&path)?;
+            let dir = resolve_checkpoint(path)?;
             let state = read_trainer_state(&dir)?;
             let model = checkpoint::load_model(&dir, engine)?;
             let opt = checkpoint::load_optimizer(&dir, &model)?;
             if opt.step != state.step {
                 return Err(TrainError::Invalid(format!("{}: optimizer is at step {}, trainer at {}", dir.display(), opt.step, state.step)));
             }
-            tracing::info!("resuming {} at step {}", dir.display(), state.step);
-            if state.data != opts.data {
-                tracing::warn!(
-                    "the run trained on {} and continues on {}: its data position may not mean the same",
-                    state.data.display(),
-                    opts.data.display()
-                );
-            }
             (model, opt, state.plan, state.step, state.loader)
         }
-    };
+    })
+}
+
+/// Trains one replica per engine (data parallel; `collective` sums their
+/// gradients, see [`crate::parallel`]); each step's `grad_accum`
+/// micro-batches are shared out among the replicas.
+pub fn run_replicated<E: Engine>(
+    engines: Vec<E>,
+    collective: Box<dyn Collective<E>>,
+    start: Start,
+    plan: Plan,
+    opts: &RunOptions,
+) -> Result<RunSummary, TrainError> {
+    let n = engines.len();
+    let mut models = Vec::with_capacity(n);
+    let mut optimizers = Vec::with_capacity(n);
+    let mut first = None;
+    for engine in engines {
+        let (model, opt, plan, step, loader) = start_on(engine, &start, &plan)?;
+        first.get_or_insert((plan, step, loader));
+        models.push(model);
+        optimizers.push(opt);
+    }
+    let (plan, step0, loader_state) = first.ok_or_else(|| TrainError::Invalid("no device to train on".into()))?;
+    if let Start::Resume(path) = &start {
+        tracing::info!("resuming {} at step {step0}", path.display());
+        let state = read_trainer_state(&resolve_checkpoint(path)?)?;
+        if state.data != opts.data {
+            tracing::warn!(
+                "the run trained on {} and continues on {}: its data position may not mean the same",
+                state.data.display(),
+                opts.data.display()
+            );
+        }
+    }
+    if !plan.grad_accum.is_multiple_of(n) {
+        return Err(TrainError::Invalid(format!(
+            "--grad-accum {} must be a multiple of the {n} replicas (each takes an equal share)",
+            plan.grad_accum
+        )));
+    }
+    let model = &models[0];
     validate_plan(&plan, &model.config)?;
-    model.set_recompute(plan.recompute);
+    models.iter_mut().for_each(|m| m.set_recompute(plan.recompute));
+    let model = &models[0];
     let tokens = Tokens::open(&opts.data)?;
     let mut loader = BatchLoader::new(tokens, plan.batch, plan.seq_len, &opts.data)?;
     loader.set_state(loader_state);
@@ -185,10 +227,10 @@ pub fn run<E: Engine>(engine: E, start: Start, plan: Plan, opts: &RunOptions) ->
     let mut metrics = std::fs::OpenOptions::new().create(true).append(true).open(&metrics_path).map_err(io_err(&metrics_path))?;
 
     let tokens_per_step = (plan.batch * plan.seq_len * plan.grad_accum) as f64;
+    let on = if n == 1 { model.engine.name() } else { format!("{n} × {} ({})", model.engine.name(), collective.name()) };
     tracing::info!(
-        "model {} params on {} | {} tokens of data | {}×{}×{} tokens per step | {} steps",
+        "model {} params on {on} | {} tokens of data | {}×{}×{} tokens per step | {} steps",
         model.num_params(),
-        model.engine.name(),
         loader.total_tokens(),
         plan.grad_accum,
         plan.batch,
@@ -198,23 +240,23 @@ pub fn run<E: Engine>(engine: E, start: Start, plan: Plan, opts: &RunOptions) ->
     let bar = progress_bar(opts.progress, plan.steps, step0);
     let mut summary = RunSummary { losses: Vec::new(), first_step: step0, tokens_per_s: 0.0, last_checkpoint: None, interrupted: false };
     let run_start = Instant::now();
+    let mut replicas = Replicas::new(models, optimizers, collective);
     for step in step0..plan.steps {
         let t0 = Instant::now();
-        model.zero_grads();
-        let mut loss_sum = 0f64;
-        for _ in 0..plan.grad_accum {
-            let (inputs, targets) = loader.next_batch();
-            loss_sum += model.forward_backward(inputs, targets, plan.batch, plan.seq_len, plan.batch as f32)? as f64;
-        }
-        let loss = (loss_sum / plan.grad_accum as f64) as f32;
+        let batches: Vec<MicroBatch> = (0..plan.grad_accum)
+            .map(|_| {
+                let (inputs, targets) = loader.next_batch();
+                (inputs.to_vec(), targets.to_vec())
+            })
+            .collect();
+        let lr = lr_schedule(step, plan.warmup, plan.steps, plan.lr, plan.min_lr);
+        let (loss, norm) = replicas.step(&batches, plan.batch, plan.seq_len, lr, plan.clip)?;
         if !loss.is_finite() {
             return Err(TrainError::Invalid(format!(
                 "loss became {loss} at step {step}; the last checkpoint is {}",
                 summary.last_checkpoint.as_ref().map_or("none".into(), |p| p.display().to_string())
             )));
         }
-        let lr = lr_schedule(step, plan.warmup, plan.steps, plan.lr, plan.min_lr);
-        let norm = opt.clip_and_step(&mut model, lr, plan.clip);
         let dt = t0.elapsed().as_secs_f64();
         let tps = tokens_per_step / dt;
         summary.losses.push(loss);
@@ -229,7 +271,7 @@ pub fn run<E: Engine>(engine: E, start: Start, plan: Plan, opts: &RunOptions) ->
         summary.interrupted = INTERRUPTED.load(Ordering::SeqCst);
         if done == plan.steps || summary.interrupted || (opts.checkpoint_every > 0 && done % opts.checkpoint_every == 0) {
             let state = TrainerState { plan: plan.clone(), step: done, loader: loader.state(), data: opts.data.clone() };
-            summary.last_checkpoint = Some(save_checkpoint(&opts.out, &model, &opt, &state)?);
+            summary.last_checkpoint = Some(save_checkpoint(&opts.out, &replicas.models[0], &replicas.opts[0], &state)?);
         }
         if summary.interrupted {
             bar.abandon();

@@ -171,6 +171,12 @@ impl<E: Engine> Gpt<E> {
         self.grad_weight
     }
 
+    /// After the gradients were replaced by a sum over replicas: the weight
+    /// of everything summed.
+    pub fn set_grad_weight(&mut self, weight: f64) {
+        self.grad_weight = weight;
+    }
+
     /// Turns the accumulated `Σ wᵢ·∇Lᵢ` into the weighted mean gradient and
     /// returns the total weight (the sample count an all-reduce weighs by).
     pub fn finish_accumulation(&mut self) -> f64 {

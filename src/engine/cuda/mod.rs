@@ -20,6 +20,7 @@ pub mod check;
 pub mod device;
 pub mod emu;
 pub mod gpu;
+pub mod nccl;
 
 use super::{AdamHyper, ArenaKind, Engine, EngineError, WeightLayout};
 use crate::allreduce::codec::{Codec, CodecError};

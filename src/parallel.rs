@@ -1,0 +1,116 @@
+//! Data parallelism inside one machine: a replica of the model on each
+//! device, each running its share of a step's micro-batches on a thread of
+//! its own; the replicas' gradients summed across devices (NCCL between
+//! GPUs, [`HostSum`] elsewhere); then every replica takes the same
+//! optimizer step from the same summed gradients, so they stay identical
+//! and replica 0 stands for the model (checkpoints, metrics). Between
+//! machines, the butterfly all-reduce averages what replica 0 holds.
+//!
+//! The result is single-device training on the same micro-batches up to
+//! the order of additions: one device adds each micro-batch's products into
+//! the gradient as it goes, replicas sum whole gradients ([`HostSum`] in
+//! rank order, NCCL in its own — the same on every rank, so the replicas
+//! never drift apart).
+
+use crate::engine::Engine;
+use crate::model::{Gpt, ModelError};
+use crate::optim::Optimizer;
+
+/// Sums gradients across replicas of one model.
+pub trait Collective<E: Engine>: Send + Sync {
+    fn name(&self) -> String;
+    /// Replaces each replica's gradient arena by the sum over the replicas.
+    fn sum_grads(&self, models: &mut [Gpt<E>]) -> Result<(), String>;
+}
+
+/// Through the host, adding in rank order: any engine (the CPU's, the
+/// emulated device's), and the reference the NCCL path is checked against.
+pub struct HostSum;
+
+impl<E: Engine> Collective<E> for HostSum {
+    fn name(&self) -> String {
+        "host sum".into()
+    }
+
+    fn sum_grads(&self, models: &mut [Gpt<E>]) -> Result<(), String> {
+        let Some((first, rest)) = models.split_first() else { return Ok(()) };
+        let mut acc = first.read_grads();
+        for m in rest {
+            acc.iter_mut().zip(m.read_grads()).for_each(|(a, g)| *a += g);
+        }
+        models.iter_mut().for_each(|m| m.write_grads(&acc));
+        Ok(())
+    }
+}
+
+/// One model on several devices.
+pub struct Replicas<E: Engine> {
+    pub models: Vec<Gpt<E>>,
+    pub opts: Vec<Optimizer<E>>,
+    collective: Box<dyn Collective<E>>,
+}
+
+/// One micro-batch: inputs and targets of `b × t` tokens.
+pub type MicroBatch = (Vec<u32>, Vec<u32>);
+
+impl<E: Engine> Replicas<E> {
+    /// Replicas that must start identical (the same weights and optimizer
+    /// state); `collective` sums their gradients.
+    pub fn new(models: Vec<Gpt<E>>, opts: Vec<Optimizer<E>>, collective: Box<dyn Collective<E>>) -> Replicas<E> {
+        assert!(!models.is_empty() && models.len() == opts.len(), "one optimizer per replica, at least one replica");
+        Replicas { models, opts, collective }
+    }
+
+    pub fn len(&self) -> usize {
+        self.models.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.models.is_empty()
+    }
+
+    /// What sums the gradients, for logs.
+    pub fn collective_name(&self) -> String {
+        self.collective.name()
+    }
+
+    /// One optimizer step over `batches` (a multiple of the replica count,
+    /// dealt out in contiguous runs: replica r gets the r-th run), each
+    /// weighted by its `b` sequences. Returns the mean loss and the
+    /// gradient norm before clipping.
+    pub fn step(&mut self, batches: &[MicroBatch], b: usize, t: usize, lr: f32, clip: f32) -> Result<(f32, f32), ModelError> {
+        let r = self.models.len();
+        if batches.is_empty() || !batches.len().is_multiple_of(r) {
+            return Err(ModelError::Batch(format!("{} micro-batches cannot be shared evenly by {r} replicas", batches.len())));
+        }
+        let per = batches.len() / r;
+        let losses: Vec<Result<f64, ModelError>> = std::thread::scope(|s| {
+            let runs: Vec<_> = self
+                .models
+                .iter_mut()
+                .zip(batches.chunks(per))
+                .map(|(model, run)| {
+                    s.spawn(move || {
+                        model.zero_grads();
+                        run.iter().try_fold(0f64, |sum, (x, y)| Ok(sum + model.forward_backward(x, y, b, t, b as f32)? as f64))
+                    })
+                })
+                .collect();
+            runs.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+        });
+        let mut loss = 0f64;
+        for l in losses {
+            loss += l?;
+        }
+        if r > 1 {
+            self.collective.sum_grads(&mut self.models).map_err(|e| ModelError::Batch(format!("summing gradients across replicas: {e}")))?;
+            let total = self.models.iter().map(|m| m.grad_weight()).sum::<f64>();
+            self.models.iter_mut().for_each(|m| m.set_grad_weight(total));
+        }
+        let mut norm = 0f32;
+        for (model, opt) in self.models.iter_mut().zip(&mut self.opts) {
+            norm = opt.clip_and_step(model, lr, clip);
+        }
+        Ok(((loss / batches.len() as f64) as f32, norm))
+    }
+}
