@@ -1,6 +1,6 @@
 // Whole-buffer helpers (twins of the element loops in
-// src/engine/cpu/mod.rs): fill, scale, and the sum of squares behind the
-// global gradient norm. Only fill runs on activations (of either storage
+// src/engine/cpu/mod.rs): fill, scale, the sum of squares behind the
+// global gradient norm, and the fp32 → bf16 cast. Only fill runs on activations (of either storage
 // type); scale and the sum of squares run on the fp32 gradients.
 //
 // The sum of squares must be deterministic (every miner clips the same way
@@ -17,6 +17,15 @@ __device__ __forceinline__ void fill(floatX* x, long long n, float value) {
         x[i] = v;
 }
 F32_AND_BF16(fill, (floatX* x, long long n, float value), (x, n, value))
+
+// The bf16 copy of fp32 values (round to nearest even): parameters written
+// from the host land in their fp32 master copy and are cast here, on the
+// device, rather than converted on the host and copied a second time.
+extern "C" __global__ void cast_f32_to_bf16(unsigned short* __restrict__ dst, const float* __restrict__ src,
+                                            long long n) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+        dst[i] = bf16_bits(src[i]);
+}
 
 extern "C" __global__ void scale(float* x, long long n, float factor) {
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)

@@ -366,15 +366,20 @@ impl<D: Device> Engine for CudaEngine<D> {
         View { addr: self.dev.addr(&a.buf) + (a.dtype.size() * offset) as u64, dtype: a.dtype, master }
     }
 
+    /// bf16 parameters: into the fp32 master, then kernels/tensor.cu casts
+    /// on the device; other bf16 values are rounded on the host, so only
+    /// two bytes a value cross the bus.
     unsafe fn write(&self, dst: View, src: &[f32]) {
         match dst.dtype {
             DType::F32 => unsafe { self.dev.copy_in(dst.addr, bytes_of(src)) },
+            DType::Bf16 if dst.master != 0 => {
+                unsafe { self.dev.copy_in(dst.master, bytes_of(src)) };
+                let args = Args::new().ptr(dst.addr).ptr(dst.master).len(src.len());
+                check(unsafe { self.dev.launch("cast_f32_to_bf16", elementwise(src.len()), args) });
+            }
             DType::Bf16 => {
                 let bits: Vec<u16> = src.iter().map(|&x| half::bf16::from_f32(x).to_bits()).collect();
                 unsafe { self.dev.copy_in(dst.addr, bytes_of(&bits)) };
-                if dst.master != 0 {
-                    unsafe { self.dev.copy_in(dst.master, bytes_of(src)) };
-                }
             }
         }
     }
