@@ -15,6 +15,7 @@
 use crate::engine::Engine;
 use crate::model::{Gpt, ModelError};
 use crate::optim::Optimizer;
+use std::ops::Range;
 
 /// Sums gradients across replicas of one model.
 pub trait Collective<E: Engine>: Send + Sync {
@@ -74,6 +75,33 @@ impl<E: Engine> Replicas<E> {
         self.collective.name()
     }
 
+    /// Runs `f` on each replica with its share of `0..n` — contiguous runs
+    /// in replica order, as even as can be — in parallel; the results in
+    /// replica order.
+    pub fn map_shared<R: Send>(&mut self, n: usize, f: impl Fn(&mut Gpt<E>, Range<usize>) -> R + Sync) -> Vec<R> {
+        let r = self.models.len();
+        let share = |i: usize| n * i / r..n * (i + 1) / r;
+        if r == 1 {
+            return vec![f(&mut self.models[0], 0..n)];
+        }
+        let f = &f;
+        std::thread::scope(|s| {
+            let runs: Vec<_> = self.models.iter_mut().enumerate().map(|(i, model)| s.spawn(move || f(model, share(i)))).collect();
+            runs.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+        })
+    }
+
+    /// Replaces every replica's accumulated gradients, and their weight, by
+    /// the sums over the replicas.
+    pub fn sum_grads(&mut self) -> Result<(), String> {
+        if self.models.len() > 1 {
+            self.collective.sum_grads(&mut self.models)?;
+            let total = self.models.iter().map(|m| m.grad_weight()).sum::<f64>();
+            self.models.iter_mut().for_each(|m| m.set_grad_weight(total));
+        }
+        Ok(())
+    }
+
     /// One optimizer step over `batches` (a multiple of the replica count,
     /// dealt out in contiguous runs: replica r gets the r-th run), each
     /// weighted by its `b` sequences. Returns the mean loss and the
@@ -83,30 +111,15 @@ impl<E: Engine> Replicas<E> {
         if batches.is_empty() || !batches.len().is_multiple_of(r) {
             return Err(ModelError::Batch(format!("{} micro-batches cannot be shared evenly by {r} replicas", batches.len())));
         }
-        let per = batches.len() / r;
-        let losses: Vec<Result<f64, ModelError>> = std::thread::scope(|s| {
-            let runs: Vec<_> = self
-                .models
-                .iter_mut()
-                .zip(batches.chunks(per))
-                .map(|(model, run)| {
-                    s.spawn(move || {
-                        model.zero_grads();
-                        run.iter().try_fold(0f64, |sum, (x, y)| Ok(sum + model.forward_backward(x, y, b, t, b as f32)? as f64))
-                    })
-                })
-                .collect();
-            runs.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+        let losses = self.map_shared(batches.len(), |model, run| {
+            model.zero_grads();
+            batches[run].iter().try_fold(0f64, |sum, (x, y)| Ok::<f64, ModelError>(sum + model.forward_backward(x, y, b, t, b as f32)? as f64))
         });
         let mut loss = 0f64;
         for l in losses {
             loss += l?;
         }
-        if r > 1 {
-            self.collective.sum_grads(&mut self.models).map_err(|e| ModelError::Batch(format!("summing gradients across replicas: {e}")))?;
-            let total = self.models.iter().map(|m| m.grad_weight()).sum::<f64>();
-            self.models.iter_mut().for_each(|m| m.set_grad_weight(total));
-        }
+        self.sum_grads().map_err(|e| ModelError::Batch(format!("summing gradients across replicas: {e}")))?;
         let mut norm = 0f32;
         for (model, opt) in self.models.iter_mut().zip(&mut self.opts) {
             norm = opt.clip_and_step(model, lr, clip);

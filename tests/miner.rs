@@ -1,7 +1,9 @@
 //! Two miners behind their query servers and a validator, in one process:
 //! Train answers check out against the validator's replay, and after an
 //! AllReduce both miners hold weights bit-identical to the validator's own
-//! copy stepped with the averaged gradient (what it would publish).
+//! copy stepped with the averaged gradient (what it would publish). The
+//! second miner trains on two replicas (a node with two devices), sharing
+//! each query's batches and summing their gradients before the all-reduce.
 
 use dtrain::allreduce::codec::Codec;
 use dtrain::allreduce::{Identity, Peer, Settings};
@@ -11,6 +13,7 @@ use dtrain::data::used_rows::UsedRows;
 use dtrain::engine::cpu::CpuEngine;
 use dtrain::model::{Gpt, GptConfig};
 use dtrain::optim::{Optimizer, OptimizerConfig, OptimizerKind};
+use dtrain::parallel::HostSum;
 use dtrain::subnet::client::send;
 use dtrain::subnet::miner::{Miner, MinerConfig};
 use dtrain::subnet::protocol::{AllReduce, IsAlive, Query, Train};
@@ -56,7 +59,13 @@ fn miners_train_and_average_into_identical_weights() {
         let opt = Optimizer::new(&m, OptimizerConfig::new(OptimizerKind::Adamw)).unwrap();
         let src = source();
         let used = UsedRows::open(&dir.join(format!("used{i}.bin")), src.num_rows()).unwrap();
-        let miner = Arc::new(Miner::new(cfg.clone(), m, opt, Box::new(src), used, peer, registry.clone(), i as u64));
+        let mut miner = Miner::new(cfg.clone(), m, opt, Box::new(src), used, peer, registry.clone(), i as u64);
+        if i == 1 {
+            let m2 = model();
+            let opt2 = Optimizer::new(&m2, OptimizerConfig::new(OptimizerKind::Adamw)).unwrap();
+            miner = miner.with_replicas(vec![(m2, opt2)], Box::new(HostSum));
+        }
+        let miner = Arc::new(miner);
         let server = QueryServer::start("127.0.0.1:0".parse().unwrap(), Identity::from_seed(seed), miner.clone(), ServerConfig::default()).unwrap();
         let key = Identity::from_seed(seed).public();
         let uid = registry.join(&key, &server.addr().to_string(), peer_addr, Role::Miner).unwrap();
@@ -115,6 +124,7 @@ fn miners_train_and_average_into_identical_weights() {
     let want = mine.read_params();
     for (i, (miner, server, key)) in miners.iter().enumerate() {
         assert!(miner.read_params() == want, "miner {i} differs from the validator's stepped copy");
+        assert!(miner.replicas_agree(), "miner {i}'s replicas differ");
         let Query::IsAlive(a) = send(&validator, key, &server.addr().to_string(), &Query::IsAlive(IsAlive::default()), t).unwrap() else { panic!() };
         assert_eq!(a.epoch, Some(1));
     }

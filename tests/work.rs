@@ -24,7 +24,7 @@ fn honest_sums_match_the_replay_and_invented_ones_do_not() {
     let mut miner = model();
     let idx = test_indices(&miner)[5];
     let test = test_tensor(&miner, idx).unwrap();
-    let (sums, loss) = train_batches(&mut miner, &batches, b, t, &test).unwrap();
+    let (sums, loss) = train_batches(&mut miner, &batches, 0..batches.len(), b, t, &test).unwrap();
     assert_eq!(sums.len(), batches.len());
     assert!(loss > 5.0 && loss < 20.0, "loss {loss}");
     assert_eq!(miner.grad_weight(), (b * batches.len()) as f64);

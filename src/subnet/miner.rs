@@ -26,6 +26,7 @@ use crate::engine::cpu::CpuEngine;
 use crate::hub::ModelHub;
 use crate::model::{Gpt, checkpoint};
 use crate::optim::Optimizer;
+use crate::parallel::{Collective, HostSum, Replicas};
 use crate::rng::Rng;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -59,8 +60,9 @@ impl Default for MinerConfig {
 }
 
 struct State<E: Engine> {
-    model: Gpt<E>,
-    opt: Optimizer<E>,
+    /// The model on each device of this node (one, or several summed by
+    /// NCCL); replica 0 stands for it.
+    replicas: Replicas<E>,
     used: UsedRows,
     rng: Rng,
     /// The hub epoch last loaded.
@@ -100,7 +102,8 @@ impl<E: Engine> Miner<E> {
         registry: Arc<dyn Registry>,
         seed: u64,
     ) -> Miner<E> {
-        let state = State { model, opt, used, rng: Rng::new(seed), loaded: None, transfer: GradTransfer::new() };
+        let replicas = Replicas::new(vec![model], vec![opt], Box::new(HostSum));
+        let state = State { replicas, used, rng: Rng::new(seed), loaded: None, transfer: GradTransfer::new() };
         Miner { cfg, hub: None, state: Mutex::new(state), epoch: AtomicU64::new(0), peer: Mutex::new(peer), source, registry }
     }
 
@@ -110,6 +113,23 @@ impl<E: Engine> Miner<E> {
     /// person or a test compares with the published model).
     pub fn with_hub(mut self, hub: Arc<dyn ModelHub>, dir: std::path::PathBuf) -> Miner<E> {
         self.hub = Some((hub, dir));
+        self
+    }
+
+    /// Trains on more devices of this node: `extra` replicas (started like
+    /// the first; the hub's model is loaded into all), each Train query's
+    /// batches shared among them, their gradients summed by `collective`
+    /// before the all-reduce.
+    pub fn with_replicas(self, extra: Vec<(Gpt<E>, Optimizer<E>)>, collective: Box<dyn Collective<E>>) -> Miner<E> {
+        {
+            let mut st = self.lock();
+            let (mut models, mut opts) = (std::mem::take(&mut st.replicas.models), std::mem::take(&mut st.replicas.opts));
+            for (m, o) in extra {
+                models.push(m);
+                opts.push(o);
+            }
+            st.replicas = Replicas::new(models, opts, collective);
+        }
         self
     }
 
@@ -126,11 +146,14 @@ impl<E: Engine> Miner<E> {
         if !path.exists() {
             hub.download(&latest.to_string(), &path).map_err(|e| e.to_string())?;
         }
-        checkpoint::load_params_into(&path, &mut st.model).map_err(|e| e.to_string())?;
-        if checkpoint::has_optimizer(&path) {
-            st.opt = checkpoint::load_optimizer(&path, &st.model).map_err(|e| e.to_string())?;
+        let r = &mut st.replicas;
+        for (model, opt) in r.models.iter_mut().zip(r.opts.iter_mut()) {
+            checkpoint::load_params_into(&path, model).map_err(|e| e.to_string())?;
+            if checkpoint::has_optimizer(&path) {
+                *opt = checkpoint::load_optimizer(&path, model).map_err(|e| e.to_string())?;
+            }
+            model.zero_grads();
         }
-        st.model.zero_grads();
         self.epoch.store(latest, Ordering::SeqCst);
         st.loaded = Some(latest);
         tracing::info!("loaded the published model of epoch {latest}");
@@ -145,9 +168,17 @@ impl<E: Engine> Miner<E> {
         self.epoch.load(Ordering::SeqCst)
     }
 
+    /// Whether every replica of the model holds the same weights (they
+    /// must: each takes the same step from the same gradients).
+    pub fn replicas_agree(&self) -> bool {
+        let st = self.lock();
+        let first = st.replicas.models[0].read_params();
+        st.replicas.models[1..].iter().all(|m| m.read_params() == first)
+    }
+
     /// The model's parameters (the flat arena).
     pub fn read_params(&self) -> Vec<f32> {
-        self.lock().model.read_params()
+        self.lock().replicas.models[0].read_params()
     }
 
     fn train(&self, q: Train) -> Result<Train, String> {
@@ -157,11 +188,23 @@ impl<E: Engine> Miner<E> {
         let index = q.gradient_test_index.ok_or("Train needs gradient_test_index")? as usize;
         let (b, t) = (self.cfg.batch, self.cfg.seq);
         let mut st = self.lock();
-        let test = test_tensor(&st.model, index).map_err(|e| e.to_string())?;
-        let State { used, rng, .. } = &mut *st;
+        let test = test_tensor(&st.replicas.models[0], index).map_err(|e| e.to_string())?;
+        let State { used, rng, replicas, .. } = &mut *st;
         let rows = used.take_run(rng, self.cfg.rows_per_train).map_err(|e| e.to_string())?;
         let batches = RowBatches::from_source(self.source.as_ref(), rows.clone(), b, t).map_err(|e| e.to_string())?;
-        let (sums, loss) = train_batches(&mut st.model, &batches, b, t, &test).map_err(|e| e.to_string())?;
+        // Each replica trains a contiguous run of the batches; their
+        // per-batch sums, in order, are the answer.
+        let shares = replicas.map_shared(batches.len(), |model, ks| {
+            let n = ks.len();
+            train_batches(model, &batches, ks, b, t, &test).map(|(sums, loss)| (sums, loss * n as f64))
+        });
+        let (mut sums, mut loss) = (Vec::with_capacity(batches.len()), 0f64);
+        for share in shares {
+            let (s, l) = share.map_err(|e| e.to_string())?;
+            sums.extend(s);
+            loss += l;
+        }
+        let loss = if batches.is_empty() { 0.0 } else { loss / batches.len() as f64 };
         Ok(Train { dataset_indices: Some(rows.collect()), gradient_sums: Some(sums), loss: Some(loss), batch_size: Some(b as u32), ..q })
     }
 
@@ -183,7 +226,9 @@ impl<E: Engine> Miner<E> {
         let mut st = self.lock();
         let mut peer = self.peer.lock().unwrap_or_else(|p| p.into_inner());
         let me = group.index_of(&peer.public_key()).ok_or("this miner is not in the group")?;
-        let State { model, opt, transfer, .. } = &mut *st;
+        let State { replicas, transfer, .. } = &mut *st;
+        replicas.sum_grads()?;
+        let model = &mut replicas.models[0];
         let weight = model.finish_accumulation() as f32;
         let own = spans(model.layout.total, &group.fractions()).map_err(|e| e.to_string())?.swap_remove(me);
         let before = params_hash(&model.read_params());
@@ -192,10 +237,16 @@ impl<E: Engine> Miner<E> {
         drop(peer);
         tracing::info!("{}", report.summary());
         // Spans nobody averaged are not applied (see Report::unaveraged_spans).
-        transfer.upload(model, &report.unaveraged_spans());
-        opt.clip_and_step(model, lr, self.cfg.max_grad_norm);
-        model.zero_grads();
-        let after = model.read_params();
+        // Every replica gets the same averaged gradient and takes the same step.
+        let unaveraged = report.unaveraged_spans();
+        let grad_weight = model.grad_weight();
+        for (model, opt) in replicas.models.iter_mut().zip(replicas.opts.iter_mut()) {
+            transfer.upload(model, &unaveraged);
+            model.set_grad_weight(grad_weight);
+            opt.clip_and_step(model, lr, self.cfg.max_grad_norm);
+            model.zero_grads();
+        }
+        let after = replicas.models[0].read_params();
         if after.iter().any(|v| !v.is_finite()) || params_hash(&after) == before {
             return Err("the step left the weights unchanged or non-finite".into());
         }
@@ -223,7 +274,7 @@ pub fn tensor_fp16<E: Engine>(model: &Gpt<E>, name: &str) -> Result<Vec<u8>, Str
 
 impl<E: Engine + 'static> Handler for Miner<E> {
     fn state(&self, _caller: &PublicKey, tensor: &str) -> Result<Vec<u8>, String> {
-        tensor_fp16(&self.lock().model, tensor)
+        tensor_fp16(&self.lock().replicas.models[0], tensor)
     }
 
     fn known(&self, caller: &PublicKey) -> bool {

@@ -17,10 +17,12 @@ use crate::engine::Engine;
 use crate::engine::cpu::CpuEngine;
 use crate::engine::cuda::emu::Emu;
 use crate::engine::cuda::gpu::Gpu;
+use crate::engine::cuda::nccl::Nccl;
 use crate::engine::cuda::{CudaEngine, DeviceChoice, Precision};
 use crate::model::config::GPT2_VOCAB;
 use crate::model::{Gpt, GptConfig};
 use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind};
+use crate::parallel::{Collective, HostSum};
 use crate::train::{interrupted, stop_on_interrupt};
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
@@ -107,6 +109,11 @@ pub struct MinerArgs {
     /// the same rows, which the validator credits to nobody.
     #[arg(long, env = "DTRAIN_SHARD", value_parser = parse_shard)]
     pub shard: Option<(u64, u64)>,
+    /// Train on several GPUs of this machine, e.g. --gpus 0,1: a replica
+    /// on each sharing every Train query's batches, their gradients summed
+    /// by NCCL before the butterfly all-reduce with the other miners.
+    #[arg(long, env = "DTRAIN_GPUS", value_delimiter = ',', conflicts_with = "device")]
+    pub gpus: Vec<usize>,
 }
 
 fn parse_shard(s: &str) -> std::result::Result<(u64, u64), String> {
@@ -205,10 +212,26 @@ macro_rules! on_device {
 
 /// `dtrain miner`: serves queries until SIGINT/SIGTERM.
 pub fn run_miner(a: &MinerArgs) -> Result<()> {
-    on_device!(a.node, miner_on, a)
+    match a.gpus.as_slice() {
+        [] => on_device!(a.node, miner_on, a),
+        &[g] => miner_on(a, CudaEngine::new(Gpu::open(g).map_err(anyhow::Error::msg)?).with_precision(a.node.precision.unwrap_or(Precision::Bf16))),
+        gpus => {
+            let nccl = Nccl::new(gpus).map_err(anyhow::Error::msg)?;
+            let engines = gpus
+                .iter()
+                .map(|&g| Ok(CudaEngine::new(Gpu::open(g).map_err(anyhow::Error::msg)?).with_precision(a.node.precision.unwrap_or(Precision::Bf16))))
+                .collect::<Result<Vec<_>>>()?;
+            tracing::info!("engines: {}; gradients summed by {}", engines.iter().map(|e| e.name()).collect::<Vec<_>>().join("; "), nccl.name());
+            miner_on_replicas(a, engines, Box::new(nccl))
+        }
+    }
 }
 
 fn miner_on<E: Engine + 'static>(a: &MinerArgs, engine: E) -> Result<()> {
+    miner_on_replicas(a, vec![engine], Box::new(HostSum))
+}
+
+fn miner_on_replicas<E: Engine + 'static>(a: &MinerArgs, engines: Vec<E>, collective: Box<dyn Collective<E>>) -> Result<()> {
     stop_on_interrupt();
     let n = &a.node;
     let id = keyfile::load_or_create(&n.key)?;
@@ -224,11 +247,16 @@ fn miner_on<E: Engine + 'static>(a: &MinerArgs, engine: E) -> Result<()> {
         used.mark(0..lo)?;
         used.mark(hi..rows)?;
     }
-    let (model, opt) = model_of(n, engine)?;
+    let mut replicas = engines.into_iter().map(|e| model_of(n, e)).collect::<Result<Vec<_>>>()?;
+    let (model, opt) = replicas.remove(0);
     let peer = Peer::bind(id.clone(), addr(&n.host)?)?;
     let peer_addr = peer.local_addr()?;
     let cfg = MinerConfig { batch: a.batch, seq: n.seq, rows_per_train: a.rows, allreduce: settings(n), ..MinerConfig::default() };
-    let miner = Arc::new(Miner::new(cfg, model, opt, Box::new(src), used, peer, registry.clone(), n.seed).with_hub(hub, n.state.clone()));
+    let mut miner = Miner::new(cfg, model, opt, Box::new(src), used, peer, registry.clone(), n.seed).with_hub(hub, n.state.clone());
+    if !replicas.is_empty() {
+        miner = miner.with_replicas(replicas, collective);
+    }
+    let miner = Arc::new(miner);
     // Every node starts from the published model (epoch 0 at least).
     let start = Instant::now();
     while miner.sync_from_hub().map_err(anyhow::Error::msg)?.is_none() && miner.epoch() == 0 {

@@ -43,20 +43,22 @@ fn abs_sum(x: &[f32]) -> f64 {
     x.iter().map(|&v| v.abs() as f64).sum()
 }
 
-/// Trains on every batch (gradients accumulate, weighted by the batch's
+/// Trains on batches `ks` (gradients accumulate, weighted by the batch's
 /// `b` sequences; no weight update) and returns Σ|∇L| of `test` for each
 /// batch alone, and the mean loss.
 pub fn train_batches<E: Engine>(
     model: &mut Gpt<E>,
     batches: &RowBatches,
+    ks: std::ops::Range<usize>,
     b: usize,
     t: usize,
     test: &ParamTensor,
 ) -> Result<(Vec<f64>, f64), WorkError> {
     let weight = b as f32;
-    let (mut sums, mut loss) = (Vec::with_capacity(batches.len()), 0f64);
+    let n = ks.len();
+    let (mut sums, mut loss) = (Vec::with_capacity(n), 0f64);
     let mut before = model.read_grad_range(test.offset, test.len);
-    for k in 0..batches.len() {
+    for k in ks {
         let (inputs, targets) = batches.batch(k);
         loss += model.forward_backward(inputs, targets, b, t, weight)? as f64;
         let after = model.read_grad_range(test.offset, test.len);
@@ -64,7 +66,7 @@ pub fn train_batches<E: Engine>(
         sums.push(delta / weight as f64);
         before = after;
     }
-    Ok((sums, if batches.is_empty() { 0.0 } else { loss / batches.len() as f64 }))
+    Ok((sums, if n == 0 { 0.0 } else { loss / n as f64 }))
 }
 
 /// The validator's replay of batch `k`: Σ|∇L| of `test` for that batch
