@@ -1,32 +1,16 @@
 // What surrounds the matrix products of the linear layers (twin of
-// src/engine/cpu/matmul.rs); the products themselves go to cuBLAS(Lt).
+// src/engine/cpu/matmul.rs); the products themselves go to cuBLAS(Lt),
+// which also adds the bias and the residual in the forward pass (its bias
+// epilogue and separate C matrix), so no kernel here touches the output.
 //
-// Forward pre-fills the output with bias (+ residual) and lets the GEMM
-// accumulate onto it, as the CPU engine does: one pass over the output
-// fewer than adding them afterwards, and the same rounding order. The bias
-// gradient is a column sum over all rows, done without atomics like
-// layernorm's: per chunk of 64 rows into scratch, then the chunks added in
-// order — the CPU engine's order exactly. Outputs and inputs are of the
-// storage type; the bias gradient is fp32.
+// The bias gradient is a column sum over all rows, done without atomics
+// like layernorm's: per chunk of 64 rows into scratch, then the chunks
+// added in order — the CPU engine's order exactly (cuBLASLt's bias-gradient
+// epilogue would be neither deterministic in that way nor accumulating).
+// Inputs are of the storage type; the bias gradient is fp32.
 #include "common.cuh"
 
 #define MM_ROW_CHUNK 64
-
-// out[r, :] = bias (if any) + residual[r, :] (if any). Grid-stride over n·oc.
-template <typename floatX>
-__device__ __forceinline__ void matmul_prefill(floatX* __restrict__ out, const floatX* __restrict__ bias,
-                                               const floatX* __restrict__ residual, long long rows, int oc, int has_bias,
-                                               int has_residual) {
-    long long n = rows * oc;
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x) {
-        float v = has_bias ? to_float(bias[i % oc]) : 0.0f;
-        out[i] = from_float<floatX>(has_residual ? (has_bias ? v + to_float(residual[i]) : to_float(residual[i])) : v);
-    }
-}
-F32_AND_BF16(matmul_prefill,
-             (floatX* __restrict__ out, const floatX* __restrict__ bias, const floatX* __restrict__ residual, long long rows, int oc,
-              int has_bias, int has_residual),
-             (out, bias, residual, rows, oc, has_bias, has_residual))
 
 // partial[chunk, c] = Σ x[r, c] over the chunk's rows. Grid: (ceil(C/block), chunks).
 template <typename floatX>

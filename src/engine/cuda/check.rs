@@ -192,17 +192,33 @@ pub fn check_ops<D: Device>(gpu: &CudaEngine<D>, s: Shapes) -> Result<Vec<Check>
 
     for (layout, oc) in [(WeightLayout::InOut, 3 * c), (WeightLayout::OutIn, s.vp.min(4 * c))] {
         let (wm, bm, dy) = (random(c * oc, 7, 0.02), random(oc, 8, 0.1), random(n * oc, 9, 1.0));
+        let res = random(n * oc, 16, 1.0);
         let p = Both::new(
             gpu,
-            &[(A, &x), (P, &wm), (P, &bm), (A, &vec![0.0; n * oc]), (A, &dy), (A, &zeros), (G, &vec![0.0; c * oc]), (G, &vec![0.0; oc])],
+            &[
+                (A, &x),
+                (P, &wm),
+                (P, &bm),
+                (A, &vec![0.0; n * oc]),
+                (A, &dy),
+                (A, &zeros),
+                (G, &vec![0.0; c * oc]),
+                (G, &vec![0.0; oc]),
+                (A, &res),
+                (A, &vec![0.0; n * oc]),
+            ],
         )?;
         unsafe {
             cpu.matmul_forward(p.c(3), p.c(0), p.c(1), layout, Some(p.c(2)), None, n, c, oc);
             gpu.matmul_forward(p.g(3), p.g(0), p.g(1), layout, Some(p.g(2)), None, n, c, oc);
+            cpu.matmul_forward(p.c(9), p.c(0), p.c(1), layout, Some(p.c(2)), Some(p.c(8)), n, c, oc);
+            gpu.matmul_forward(p.g(9), p.g(0), p.g(1), layout, Some(p.g(2)), Some(p.g(8)), n, c, oc);
             cpu.matmul_backward(p.c(5), p.c(6), Some(p.c(7)), p.c(4), p.c(0), p.c(1), layout, n, c, oc);
             gpu.matmul_backward(p.g(5), p.g(6), Some(p.g(7)), p.g(4), p.g(0), p.g(1), layout, n, c, oc);
         }
         push(&format!("matmul forward ({layout:?}, {what})"), p.error(3), stored(gpu, gemm_tol(gpu, TOL)));
+        // The residual must come through untouched, and be added.
+        push(&format!("matmul forward + residual ({layout:?}, {what})"), p.error(9).max(p.error(8)), stored(gpu, gemm_tol(gpu, TOL)));
         push(&format!("matmul backward input ({layout:?}, {what})"), p.error(5), stored(gpu, gemm_tol(gpu, 1e-4)));
         push(&format!("matmul backward weight, bias ({layout:?}, {what})"), p.error(6).max(p.error(7)), gemm_tol(gpu, 1e-4));
     }

@@ -141,9 +141,11 @@ impl std::fmt::Display for GemmMath {
     }
 }
 
-/// `dst(m × n) = a(m × k) · b(k × n)`, or `+=` with `accumulate`; row-major,
-/// `dst` with leading dimension `ldd`; both operands of one dtype, the
-/// result of either; `math` for fp32 operands; accumulation in fp32.
+/// `dst(m × n) = a(m × k) · b(k × n) [+ c] [+ bias]`; row-major, `dst`
+/// with leading dimension `ldd`; both operands of one dtype, the result of
+/// either; `math` for fp32 operands; accumulation in fp32. With
+/// `accumulate` the product is added to `c`, or to `dst` itself when `c` is
+/// `None`; `bias` (n values of the result's dtype) is added to every row.
 #[derive(Debug, Clone, Copy)]
 pub struct Gemm {
     pub m: usize,
@@ -155,6 +157,10 @@ pub struct Gemm {
     pub a: Mat,
     pub b: Mat,
     pub accumulate: bool,
+    /// The matrix to accumulate onto when it is not `dst` (same dtype and
+    /// leading dimension as `dst`).
+    pub c: Option<DevPtr>,
+    pub bias: Option<DevPtr>,
     pub math: GemmMath,
 }
 

@@ -124,7 +124,9 @@ impl Device for Emu {
     /// fp32 on the CPU engine's GEMM. bf16 operands are widened exactly;
     /// fp32 operands in tf32/bf16 math are first rounded (to nearest even)
     /// as the tensor cores round them; products accumulate in fp32, and a
-    /// bf16 result is rounded once at the end, as cuBLAS does.
+    /// bf16 result is rounded once at the end, as cuBLAS does. A separate
+    /// `c` and a bias (cuBLASLt's epilogue on a GPU) are added up first, in
+    /// the CPU engine's pre-fill order.
     unsafe fn gemm(&self, g: &Gemm) -> Result<(), DeviceError> {
         assert_eq!(g.a.dtype, g.b.dtype, "the operands of a GEMM have one dtype");
         let keep = match (g.a.dtype, g.math) {
@@ -141,23 +143,64 @@ impl Device for Emu {
         let (ra, rb) = if direct { (Vec::new(), Vec::new()) } else { unsafe { (dense(g.a, g.m, g.k, keep), dense(g.b, g.k, g.n, keep)) } };
         let packed = |v: &Vec<f32>, cols: usize| Strided { ptr: v.as_ptr(), rs: cols as isize, cs: 1 };
         let (a, b) = if direct { (strided(g.a), strided(g.b)) } else { (packed(&ra, g.k), packed(&rb, g.n)) };
+        // What the product is added to, formed as cuBLASLt's epilogue would
+        // and in the CPU engine's pre-fill order: bias + c (or dst), stored
+        // in the result's dtype; `None` when the product stands alone.
+        let width = g.dst_dtype.size();
+        let load = |base: DevPtr, i: usize, j: usize| -> f32 {
+            let at = base as usize + (i * g.ldd + j) * width;
+            // SAFETY: inside `dst`/`c`/`bias`, as the caller guarantees.
+            unsafe {
+                match g.dst_dtype {
+                    DType::F32 => *(at as *const f32),
+                    DType::Bf16 => f32::from_bits((*(at as *const u16) as u32) << 16),
+                }
+            }
+        };
+        let start = (g.accumulate || g.bias.is_some()).then(|| {
+            let mut v = vec![0f32; g.m * g.n];
+            for (k, x) in v.iter_mut().enumerate() {
+                let (i, j) = (k / g.n, k % g.n);
+                let base = g.accumulate.then(|| load(g.c.unwrap_or(g.dst), i, j));
+                let bias = g.bias.map(|b| {
+                    // SAFETY: n values, as the caller guarantees.
+                    unsafe {
+                        match g.dst_dtype {
+                            DType::F32 => *(b as *const f32).add(j),
+                            DType::Bf16 => f32::from_bits((*(b as *const u16).add(j) as u32) << 16),
+                        }
+                    }
+                });
+                let sum = match (bias, base) {
+                    (Some(b), Some(r)) => b + r,
+                    (Some(b), None) => b,
+                    (None, Some(r)) => r,
+                    (None, None) => 0.0,
+                };
+                *x = if g.dst_dtype == DType::Bf16 { half::bf16::from_f32(sum).to_f32() } else { sum };
+            }
+            v
+        });
+        let at = |i: usize, j: usize| (g.dst as usize + (i * g.ldd + j) * width) as *mut u8;
         match g.dst_dtype {
-            // SAFETY: operands as above; `dst` as the caller guarantees.
-            DType::F32 => unsafe { gemm_f32(g.m, g.n, g.k, g.dst as *mut f32, g.ldd as isize, a, b, g.accumulate, parallelism()) },
-            DType::Bf16 => {
-                let at = |i: usize, j: usize| (g.dst as *mut u16).wrapping_add(i * g.ldd + j);
-                let mut out = vec![0f32; g.m * g.n];
-                if g.accumulate {
-                    for (k, o) in out.iter_mut().enumerate() {
+            DType::F32 => {
+                if let Some(v) = &start {
+                    for (k, x) in v.iter().enumerate() {
                         // SAFETY: inside `dst`, as the caller guarantees.
-                        *o = f32::from_bits((unsafe { *at(k / g.n, k % g.n) } as u32) << 16);
+                        unsafe { *(at(k / g.n, k % g.n) as *mut f32) = *x };
                     }
                 }
+                // SAFETY: operands as above; `dst` as the caller guarantees.
+                unsafe { gemm_f32(g.m, g.n, g.k, g.dst as *mut f32, g.ldd as isize, a, b, start.is_some(), parallelism()) }
+            }
+            DType::Bf16 => {
+                let accumulate = start.is_some();
+                let mut out = start.unwrap_or_else(|| vec![0f32; g.m * g.n]);
                 // SAFETY: operands as above; `out` is dense m × n.
-                unsafe { gemm_f32(g.m, g.n, g.k, out.as_mut_ptr(), g.n as isize, a, b, g.accumulate, parallelism()) };
+                unsafe { gemm_f32(g.m, g.n, g.k, out.as_mut_ptr(), g.n as isize, a, b, accumulate, parallelism()) };
                 for (k, o) in out.iter().enumerate() {
                     // SAFETY: inside `dst`, as the caller guarantees.
-                    unsafe { *at(k / g.n, k % g.n) = half::bf16::from_f32(*o).to_bits() };
+                    unsafe { *(at(k / g.n, k % g.n) as *mut u16) = half::bf16::from_f32(*o).to_bits() };
                 }
             }
         }

@@ -18,6 +18,7 @@
 
 use super::device::{Args, DType, DevPtr, Device, DeviceError, Gemm, GemmMath, Shape};
 use cudarc::cublas::{result as blas, sys as blas_sys};
+use cudarc::cublaslt::{result as lt, sys as lt_sys};
 use cudarc::driver::{result as drv, sys};
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -66,7 +67,13 @@ pub struct Gpu {
     ctx: sys::CUcontext,
     functions: HashMap<&'static str, sys::CUfunction>,
     blas: blas_sys::cublasHandle_t,
+    lt: lt_sys::cublasLtHandle_t,
+    /// cuBLASLt's workspace.
+    lt_workspace: GpuBuf,
 }
+
+/// cuBLASLt's workspace (what it recommends for Hopper).
+const LT_WORKSPACE: usize = 32 << 20;
 
 // SAFETY: the handles are plain driver objects usable from any thread once
 // the context is current there (every call makes it current first).
@@ -223,8 +230,107 @@ impl Gpu {
                 .map_err(|e| format!("kernel {k}: {e:?}"))?;
             functions.insert(k, f);
         }
+        // SAFETY: only try to open the libraries (cudarc panics on a missing one).
+        if !unsafe { blas_sys::is_culib_present() } || !unsafe { lt_sys::is_culib_present() } {
+            return Err("cuBLAS (libcublas.so, libcublasLt.so) was not found: install the CUDA toolkit or the nvidia-cublas package".into());
+        }
         let handle = blas::create_handle().map_err(|e| format!("cuBLAS (libcublas.so): {e:?}"))?;
-        Ok(Gpu { ordinal, name, arch, origin, ctx, functions, blas: handle })
+        let lt = lt::create_handle().map_err(|e| format!("cuBLASLt (libcublasLt.so): {e:?}"))?;
+        // SAFETY: a plain allocation in the current context.
+        let ptr = unsafe { drv::malloc_sync(LT_WORKSPACE) }.map_err(|e| format!("cuBLASLt workspace: {e:?}"))?;
+        let lt_workspace = GpuBuf { ptr, ctx };
+        Ok(Gpu { ordinal, name, arch, origin, ctx, functions, blas: handle, lt, lt_workspace })
+    }
+
+    /// `dst = a·b (+ c) (+ bias)` in one cuBLASLt call: the bias epilogue
+    /// and a C distinct from D, so the linear layers' forward writes its
+    /// output once. Row-major operands are passed, as for GemmEx, as the
+    /// column-major transposed problem `dstᵀ = bᵀ·aᵀ`, where the bias runs
+    /// down the rows of `dstᵀ`, which is what the epilogue adds.
+    ///
+    /// # Safety
+    /// As [`Device::gemm`].
+    unsafe fn gemm_lt(&self, g: &Gemm) -> Result<(), DeviceError> {
+        fn fail(what: String) -> impl Fn(lt::CublasError) -> DeviceError {
+            move |e| DeviceError::Launch(format!("cuBLASLt {what}: {e:?}"))
+        }
+        let ty = |d: DType| match d {
+            DType::F32 => lt_sys::cudaDataType::CUDA_R_32F,
+            DType::Bf16 => lt_sys::cudaDataType::CUDA_R_16BF,
+        };
+        let compute = match (g.a.dtype, g.math) {
+            (DType::Bf16, _) => lt_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            (DType::F32, GemmMath::Fp32) => lt_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_PEDANTIC,
+            (DType::F32, GemmMath::Tf32) => lt_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32,
+            (DType::F32, GemmMath::Bf16) => lt_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF,
+        };
+        // Column-major shapes: A' = bᵀ (n × k), B' = aᵀ (k × m), C = D = dstᵀ (n × m).
+        let layout = |dtype: DType, trans: bool, rows: usize, cols: usize, ld: usize| {
+            let (r, c) = if trans { (cols, rows) } else { (rows, cols) };
+            lt::create_matrix_layout(ty(dtype), r as u64, c as u64, ld as i64)
+        };
+        let a_l = layout(g.b.dtype, g.b.trans, g.n, g.k, g.b.ld).map_err(fail("layout".into()))?;
+        let b_l = layout(g.a.dtype, g.a.trans, g.k, g.m, g.a.ld).map_err(fail("layout".into()))?;
+        let d_l = layout(g.dst_dtype, false, g.n, g.m, g.ldd).map_err(fail("layout".into()))?;
+        let desc = lt::create_matmul_desc(compute, lt_sys::cudaDataType::CUDA_R_32F).map_err(fail("descriptor".into()))?;
+        let pref = lt::create_matmul_pref().map_err(fail("preference".into()))?;
+        let set = |attr, value: &[u8]| unsafe { lt::set_matmul_desc_attribute(desc, attr, value.as_ptr().cast(), value.len()) };
+        let op = |t: bool| (t as i32).to_ne_bytes(); // CUBLAS_OP_N = 0, CUBLAS_OP_T = 1
+        let run = (|| {
+            set(lt_sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA, &op(g.b.trans))?;
+            set(lt_sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB, &op(g.a.trans))?;
+            if let Some(bias) = g.bias {
+                let epilogue = (lt_sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS as u32).to_ne_bytes();
+                set(lt_sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue)?;
+                set(lt_sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias.to_ne_bytes())?;
+                let bias_type = (ty(g.dst_dtype) as u32).to_ne_bytes();
+                set(lt_sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_type)?;
+            }
+            let workspace = (LT_WORKSPACE as u64).to_ne_bytes();
+            // SAFETY: a valid preference and an 8-byte value.
+            unsafe {
+                lt::set_matmul_pref_attribute(
+                    pref,
+                    lt_sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                    workspace.as_ptr().cast(),
+                    workspace.len(),
+                )
+            }?;
+            // SAFETY: descriptors and layouts made above.
+            let heuristic = unsafe { lt::get_matmul_algo_heuristic(self.lt, desc, a_l, b_l, d_l, d_l, pref) }?;
+            let (alpha, beta) = (1.0f32, if g.accumulate { 1.0f32 } else { 0.0 });
+            let c = if g.accumulate { g.c.unwrap_or(g.dst) } else { g.dst };
+            // SAFETY: the caller guarantees the operands; the workspace is ours.
+            unsafe {
+                lt::matmul(
+                    self.lt,
+                    desc,
+                    (&alpha as *const f32).cast(),
+                    (&beta as *const f32).cast(),
+                    g.b.ptr as *const std::ffi::c_void,
+                    a_l,
+                    g.a.ptr as *const std::ffi::c_void,
+                    b_l,
+                    c as *const std::ffi::c_void,
+                    d_l,
+                    g.dst as *mut std::ffi::c_void,
+                    d_l,
+                    &heuristic.algo,
+                    self.lt_workspace.ptr as *mut std::ffi::c_void,
+                    LT_WORKSPACE,
+                    std::ptr::null_mut(),
+                )
+            }
+        })();
+        // SAFETY: made above, destroyed once.
+        unsafe {
+            let _ = lt::destroy_matmul_pref(pref);
+            let _ = lt::destroy_matmul_desc(desc);
+            for l in [a_l, b_l, d_l] {
+                let _ = lt::destroy_matrix_layout(l);
+            }
+        }
+        run.map_err(fail(format!("matmul ({} math)", g.math)))
     }
 
     fn bind(&self) -> Result<(), DeviceError> {
@@ -309,8 +415,14 @@ impl Device for Gpu {
     /// Row-major `dst = a·b` as cuBLAS's column-major `dstᵀ = bᵀ·aᵀ`: a
     /// row-major matrix read column-major is its transpose, so the operands
     /// swap and keep their own transposition flags.
+    /// cuBLAS GemmEx for a plain product (accumulating onto `dst` itself);
+    /// cuBLASLt when a bias or a separate C goes in (see `gemm_lt`).
     unsafe fn gemm(&self, g: &Gemm) -> Result<(), DeviceError> {
         self.bind()?;
+        if g.bias.is_some() || g.c.is_some() {
+            // SAFETY: as for this call.
+            return unsafe { self.gemm_lt(g) };
+        }
         let op = |t: bool| if t { blas_sys::cublasOperation_t::CUBLAS_OP_T } else { blas_sys::cublasOperation_t::CUBLAS_OP_N };
         let dim = |v: usize| i32::try_from(v).map_err(|_| DeviceError::Launch(format!("GEMM dimension {v} exceeds cuBLAS's int")));
         let (alpha, beta) = (1.0f32, if g.accumulate { 1.0f32 } else { 0.0 });

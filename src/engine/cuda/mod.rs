@@ -650,8 +650,8 @@ impl<D: Device> Engine for CudaEngine<D> {
         check(unsafe { self.dev.launch("adamw", elementwise(len), args) });
     }
 
-    /// kernels/matmul.cu pre-fills bias and residual; the product
-    /// accumulates onto them (the CPU engine's order).
+    /// One GEMM: the bias and the residual go in as cuBLASLt's bias
+    /// epilogue and its separate C matrix, so the output is written once.
     unsafe fn matmul_forward(
         &self,
         out: View,
@@ -664,18 +664,6 @@ impl<D: Device> Engine for CudaEngine<D> {
         c: usize,
         oc: usize,
     ) {
-        let prefill = bias.is_some() || residual.is_some();
-        if prefill {
-            let args = Args::new()
-                .ptr(self.act(out))
-                .ptr(bias.map_or(0, |b| self.act(b)))
-                .ptr(residual.map_or(0, |r| self.act(r)))
-                .len(n)
-                .dim(oc)
-                .i32(bias.is_some() as i32)
-                .i32(residual.is_some() as i32);
-            check(unsafe { self.dev.launch(&self.kernel("matmul_prefill"), elementwise(n * oc), args) });
-        }
         let w = match layout {
             WeightLayout::InOut => self.mat(w, oc, false),
             WeightLayout::OutIn => self.mat(w, c, true),
@@ -689,7 +677,9 @@ impl<D: Device> Engine for CudaEngine<D> {
             dst_dtype: self.storage(),
             a: self.mat(inp, c, false),
             b: w,
-            accumulate: prefill,
+            accumulate: residual.is_some(),
+            c: residual.map(|r| self.act(r)),
+            bias: bias.map(|b| self.act(b)),
             math: self.gemm_math(),
         };
         check(unsafe { self.dev.gemm(&g) });
@@ -716,7 +706,20 @@ impl<D: Device> Engine for CudaEngine<D> {
             WeightLayout::InOut => self.mat(w, oc, true),
             WeightLayout::OutIn => self.mat(w, c, false),
         };
-        let dinp_gemm = Gemm { m: n, n: c, k: oc, dst: self.act(dinp), ldd: c, dst_dtype: self.storage(), a: dout_m, b: wt, accumulate: false, math };
+        let dinp_gemm = Gemm {
+            m: n,
+            n: c,
+            k: oc,
+            dst: self.act(dinp),
+            ldd: c,
+            dst_dtype: self.storage(),
+            a: dout_m,
+            b: wt,
+            accumulate: false,
+            c: None,
+            bias: None,
+            math,
+        };
         check(unsafe { self.dev.gemm(&dinp_gemm) });
         let dw_gemm = match layout {
             WeightLayout::InOut => Gemm {
@@ -729,6 +732,8 @@ impl<D: Device> Engine for CudaEngine<D> {
                 a: self.mat(inp, c, true),
                 b: dout_m,
                 accumulate: true,
+                c: None,
+                bias: None,
                 math,
             },
             WeightLayout::OutIn => Gemm {
@@ -741,6 +746,8 @@ impl<D: Device> Engine for CudaEngine<D> {
                 a: self.mat(dout, oc, true),
                 b: self.mat(inp, c, false),
                 accumulate: true,
+                c: None,
+                bias: None,
                 math,
             },
         };
