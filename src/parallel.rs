@@ -102,6 +102,16 @@ impl<E: Engine> Replicas<E> {
         Ok(())
     }
 
+    /// The replicas' accumulated gradients summed into replica 0 (with
+    /// their total weight), the others' reset: what a miner hands to the
+    /// all-reduce. Kept in one place only, so a round that fails and is
+    /// followed by more training does not count them twice.
+    pub fn sum_into_first(&mut self) -> Result<(), String> {
+        self.sum_grads()?;
+        self.models[1..].iter_mut().for_each(|m| m.zero_grads());
+        Ok(())
+    }
+
     /// One optimizer step over `batches` (a multiple of the replica count,
     /// dealt out in contiguous runs: replica r gets the r-th run), each
     /// weighted by its `b` sequences. Returns the mean loss and the

@@ -249,6 +249,21 @@ fn replicas_stay_identical() {
     }
     let p0 = r.models[0].read_params();
     assert!(r.models.iter().all(|m| m.read_params() == p0), "replicas diverged");
+    // A miner's hand-over: each replica's share accumulated, summed into
+    // replica 0 alone (the others reset, so nothing is counted twice).
+    let t: Vec<u32> = (0..3 * 33).map(|_| rng.below(300) as u32).collect();
+    r.map_shared(3, |m, ks| {
+        m.zero_grads();
+        for k in ks {
+            m.forward_backward(&t[33 * k..33 * k + 32], &t[33 * k + 1..33 * k + 33], 1, 32, 1.0).unwrap();
+        }
+    });
+    let each: Vec<Vec<f32>> = r.models.iter().map(|m| m.read_grads()).collect();
+    r.sum_into_first().unwrap();
+    let want: Vec<f32> = (0..each[0].len()).map(|i| each[0][i] + each[1][i] + each[2][i]).collect();
+    assert_eq!(r.models[0].read_grads(), want);
+    assert_eq!(r.models[0].grad_weight(), 3.0);
+    assert!(r.models[1..].iter().all(|m| m.grad_weight() == 0.0 && m.read_grads().iter().all(|&g| g == 0.0)));
     assert_ne!(
         p0,
         {

@@ -227,7 +227,7 @@ impl<E: Engine> Miner<E> {
         let mut peer = self.peer.lock().unwrap_or_else(|p| p.into_inner());
         let me = group.index_of(&peer.public_key()).ok_or("this miner is not in the group")?;
         let State { replicas, transfer, .. } = &mut *st;
-        replicas.sum_grads()?;
+        replicas.sum_into_first()?;
         let model = &mut replicas.models[0];
         let weight = model.finish_accumulation() as f32;
         let own = spans(model.layout.total, &group.fractions()).map_err(|e| e.to_string())?.swap_remove(me);
