@@ -80,6 +80,95 @@ __device__ __forceinline__ bf16 from_float<bf16>(float v) {
     return bf16{bf16_bits(v)};
 }
 
+// Tensor cores: one warp-wide mma.sync.m16n8k16, D = A·B + C with bf16
+// A and B and fp32 C and D, operands in registers as the PTX ISA lays them
+// out; lane = 4·g + t:
+//   A (16×16, row-major), 4 registers of two bf16 (the lower index in the
+//     low half): {A[g][2t,2t+1], A[g+8][2t,2t+1], A[g][2t+8,2t+9], A[g+8][2t+8,2t+9]}
+//   B (16×8, k × n), 2 registers: {B[2t,2t+1][g], B[2t+8,2t+9][g]}
+//   C, D (16×8): {C[g][2t], C[g][2t+1], C[g+8][2t], C[g+8][2t+1]}
+// mma_16816_shuffled computes the same from those registers with warp
+// shuffles and fp32 multiply-adds: it is the emulation's tensor core (the
+// emulation cannot run PTX), and the reference `dtrain check gpu` holds the
+// real one to, which also proves this layout on the hardware.
+__device__ __forceinline__ float bf16_half(unsigned r, int high) {
+    return bf16_value((unsigned short)(high ? r >> 16 : r & 0xffffu));
+}
+
+__device__ __forceinline__ void mma_16816_shuffled(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
+    int lane = threadIdx.x % WARP_SIZE, g = lane / 4, t = lane % 4;
+    float acc[4] = {c[0], c[1], c[2], c[3]};
+#pragma unroll
+    for (int k = 0; k < 16; k++) {
+        int hi = k >= 8, q = (k % 8) / 2, half = k & 1;
+        unsigned a_top = __shfl_sync(FULL_MASK, a[hi ? 2 : 0], 4 * g + q);
+        unsigned a_bot = __shfl_sync(FULL_MASK, a[hi ? 3 : 1], 4 * g + q);
+        unsigned b_0 = __shfl_sync(FULL_MASK, b[hi], 8 * t + q);
+        unsigned b_1 = __shfl_sync(FULL_MASK, b[hi], 8 * t + 4 + q);
+        float x0 = bf16_half(a_top, half), x1 = bf16_half(a_bot, half);
+        float y0 = bf16_half(b_0, half), y1 = bf16_half(b_1, half);
+        acc[0] += x0 * y0;
+        acc[1] += x0 * y1;
+        acc[2] += x1 * y0;
+        acc[3] += x1 * y1;
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++) d[i] = acc[i];
+}
+
+#ifdef DTRAIN_EMU
+__device__ __forceinline__ void mma_16816(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
+    mma_16816_shuffled(d, a, b, c);
+}
+#else
+__device__ __forceinline__ void mma_16816(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%11,%12,%13};"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
+          "f"(c[3]));
+}
+#endif
+
+// Fragments from memory (row strides in elements).
+__device__ __forceinline__ unsigned pack_bf16(bf16 lo, bf16 hi) { return (unsigned)lo.bits | ((unsigned)hi.bits << 16); }
+// A: a 16×16 row-major tile.
+__device__ __forceinline__ void load_a_16x16(unsigned r[4], const bf16* a, int ld) {
+    int lane = threadIdx.x % WARP_SIZE, g = lane / 4, t = lane % 4;
+    r[0] = pack_bf16(a[g * ld + 2 * t], a[g * ld + 2 * t + 1]);
+    r[1] = pack_bf16(a[(g + 8) * ld + 2 * t], a[(g + 8) * ld + 2 * t + 1]);
+    r[2] = pack_bf16(a[g * ld + 2 * t + 8], a[g * ld + 2 * t + 9]);
+    r[3] = pack_bf16(a[(g + 8) * ld + 2 * t + 8], a[(g + 8) * ld + 2 * t + 9]);
+}
+// B from a row-major k × n tile (16×8), e.g. values for P·V.
+__device__ __forceinline__ void load_b_16x8(unsigned r[2], const bf16* b, int ld) {
+    int lane = threadIdx.x % WARP_SIZE, g = lane / 4, t = lane % 4;
+    r[0] = pack_bf16(b[2 * t * ld + g], b[(2 * t + 1) * ld + g]);
+    r[1] = pack_bf16(b[(2 * t + 8) * ld + g], b[(2 * t + 9) * ld + g]);
+}
+// B from its transpose, a row-major n × k tile (8×16), e.g. keys for Q·Kᵀ.
+__device__ __forceinline__ void load_bt_8x16(unsigned r[2], const bf16* bt, int ld) {
+    int lane = threadIdx.x % WARP_SIZE, g = lane / 4, t = lane % 4;
+    r[0] = pack_bf16(bt[g * ld + 2 * t], bt[g * ld + 2 * t + 1]);
+    r[1] = pack_bf16(bt[g * ld + 2 * t + 8], bt[g * ld + 2 * t + 9]);
+}
+// C or D: a row-major 16×8 fp32 tile.
+__device__ __forceinline__ void load_c_16x8(float r[4], const float* c, int ld) {
+    int lane = threadIdx.x % WARP_SIZE, g = lane / 4, t = lane % 4;
+    r[0] = c[g * ld + 2 * t];
+    r[1] = c[g * ld + 2 * t + 1];
+    r[2] = c[(g + 8) * ld + 2 * t];
+    r[3] = c[(g + 8) * ld + 2 * t + 1];
+}
+__device__ __forceinline__ void store_c_16x8(float* c, const float r[4], int ld) {
+    int lane = threadIdx.x % WARP_SIZE, g = lane / 4, t = lane % 4;
+    c[g * ld + 2 * t] = r[0];
+    c[g * ld + 2 * t + 1] = r[1];
+    c[(g + 8) * ld + 2 * t] = r[2];
+    c[(g + 8) * ld + 2 * t + 1] = r[3];
+}
+
 // `params` and `args` are parenthesised lists; `params` names the storage
 // type floatX, which each namespace binds.
 #define F32_AND_BF16(name, params, args)                 \

@@ -346,6 +346,16 @@ fn lamb_phases() {
     }
 }
 
+/// The tensor-core building block: the m16n8k16 product's warp-shuffle
+/// twin (what the emulation runs for the PTX instruction) through the
+/// fragment loaders equals the host's product.
+#[test]
+fn the_tensor_core_twin_multiplies_like_the_host() {
+    let checks = dtrain::engine::cuda::check::check_mma(&emulated(), false).unwrap();
+    assert_eq!(checks.len(), 1);
+    assert!(checks[0].passed(), "{checks:?}");
+}
+
 /// The model's whole call list on the emulated CUDA engine: three AdamW
 /// steps of the tiny preset from the same weights and batches as the CPU
 /// engine — losses, gradients and weights agree.

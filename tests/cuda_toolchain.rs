@@ -118,7 +118,8 @@ fn check_gpu_passes_emulated_and_on_this_machines_gpu_if_any() {
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain")).args(["check", "gpu", "--device", "emulated"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success() && stdout.contains("checks passed") && !stdout.contains("FAIL"), "{stdout}{}", String::from_utf8_lossy(&run.stderr));
-    for op in ["attention backward", "cross-entropy dlogits", "lamb", "training step 2 gradients", "adamw (bf16 copy of the weights)"] {
+    for op in ["attention backward", "cross-entropy dlogits", "lamb", "training step 2 gradients", "adamw (bf16 copy of the weights)", "mma m16n8k16"]
+    {
         assert!(stdout.contains(op), "{op} is not checked:\n{stdout}");
     }
     assert_eq!(stdout.matches("checks passed").count(), 2, "both precisions, fp32 and bf16, are checked:\n{stdout}");

@@ -255,6 +255,9 @@ pub fn check_ops<D: Device>(gpu: &CudaEngine<D>, s: Shapes) -> Result<Vec<Check>
     }
     push("cross-entropy loss", p.error(1), TOL);
     push("cross-entropy dlogits", p.error(0), stored(gpu, TOL));
+    for c in check_mma(gpu, !gpu.device().is_emulated())? {
+        push(&c.name, c.error, c.tolerance);
+    }
 
     let len = n * c;
     let (wv, gv, mv, vv) = (random(len, 12, 1.0), random(len, 13, 0.1), random(len, 14, 0.01), random(len, 15, 0.01));
@@ -302,6 +305,48 @@ pub fn check_ops<D: Device>(gpu: &CudaEngine<D>, s: Shapes) -> Result<Vec<Check>
         // SAFETY: `dst` holds len floats.
         unsafe { gpu.read(gpu.at(&dst, 0), &mut values) };
         push(&format!("codec {codec} decode"), relative(&cpu_values, &values), 0.0);
+    }
+    Ok(out)
+}
+
+/// The tensor-core building block (kernels/mma.cu): one m16n8k16 bf16
+/// product through the fragment loaders, against the product on the host;
+/// on a GPU both the hardware instruction and its shuffle twin (which is
+/// what the emulation runs), so a wrong fragment layout shows on either.
+pub fn check_mma<D: Device>(gpu: &CudaEngine<D>, hardware: bool) -> Result<Vec<Check>, String> {
+    use super::device::{Args, Shape};
+    let round = |v: Vec<f32>| -> Vec<f32> { v.into_iter().map(|x| half::bf16::from_f32(x).to_f32()).collect() };
+    let (a, b, bt, c) = (round(random(256, 21, 1.0)), round(random(128, 22, 1.0)), round(random(128, 23, 1.0)), random(128, 24, 1.0));
+    let mut want = vec![0f32; 256];
+    for i in 0..16 {
+        for j in 0..8 {
+            let dot = |f: &dyn Fn(usize) -> f32| (0..16).map(|k| a[i * 16 + k] as f64 * f(k) as f64).sum::<f64>();
+            want[i * 8 + j] = (c[i * 8 + j] as f64 + dot(&|k| b[k * 8 + j])) as f32;
+            want[128 + i * 8 + j] = dot(&|k| bt[j * 16 + k]) as f32;
+        }
+    }
+    let bits = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|&x| half::bf16::from_f32(x).to_bits().to_le_bytes()).collect() };
+    let floats = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    let dev = gpu.device();
+    let buf = |bytes: usize| dev.alloc(bytes).map_err(|e| e.to_string());
+    let (da, db, dbt, dc, dd) = (buf(512)?, buf(256)?, buf(256)?, buf(512)?, buf(1024)?);
+    let mut out = Vec::new();
+    for shuffled in if hardware { vec![false, true] } else { vec![true] } {
+        let mut got = vec![0u8; 1024];
+        // SAFETY: every buffer is sized for the kernel's one warp.
+        unsafe {
+            dev.copy_in(dev.addr(&da), &bits(&a));
+            dev.copy_in(dev.addr(&db), &bits(&b));
+            dev.copy_in(dev.addr(&dbt), &bits(&bt));
+            dev.copy_in(dev.addr(&dc), &floats(&c));
+            let args =
+                Args::new().ptr(dev.addr(&dd)).ptr(dev.addr(&da)).ptr(dev.addr(&db)).ptr(dev.addr(&dbt)).ptr(dev.addr(&dc)).i32(shuffled as i32);
+            dev.launch("mma_selftest", Shape::linear(1, 32), args).map_err(|e| e.to_string())?;
+            dev.copy_out(dev.addr(&dd), &mut got);
+        }
+        let got: Vec<f32> = got.chunks(4).map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes"))).collect();
+        let what = if shuffled { "warp-shuffle twin" } else { "tensor core" };
+        out.push(Check { name: format!("mma m16n8k16 bf16 ({what})"), error: relative(&want, &got), tolerance: TOL });
     }
     Ok(out)
 }

@@ -172,6 +172,10 @@ pub trait Device: Send + Sync {
     type Pinned: Send + std::ops::DerefMut<Target = [u8]>;
 
     fn name(&self) -> String;
+    /// The CPU emulation, which cannot run PTX (tensor-core instructions).
+    fn is_emulated(&self) -> bool {
+        false
+    }
     /// `bytes` of zeroed memory, aligned to 256 bytes.
     fn alloc(&self, bytes: usize) -> Result<Self::Buf, DeviceError>;
     fn addr(&self, buf: &Self::Buf) -> DevPtr;

@@ -93,6 +93,10 @@ impl Device for Emu {
         "cuda-emulated (CPU)".into()
     }
 
+    fn is_emulated(&self) -> bool {
+        true
+    }
+
     fn alloc(&self, bytes: usize) -> Result<EmuBuf, DeviceError> {
         let layout = Layout::from_size_align(bytes.max(1), 256).map_err(|_| DeviceError::Alloc(bytes))?;
         // SAFETY: the layout has a non-zero size.
