@@ -271,3 +271,147 @@ F32_AND_BF16(attention_backward_key,
              (floatX* __restrict__ dqkv, const floatX* __restrict__ dout, const floatX* __restrict__ qkv,
               const float* __restrict__ lse, const float* __restrict__ dsum, int B, int T, int C, int NH),
              (dqkv, dout, qkv, lse, dsum, B, T, C, NH))
+
+// ---- Tensor-core forward (the bf16 mode's) ----------------------------
+//
+// The same flash forward on the tensor cores (mma_16816, kernels/common.cuh):
+// a warp takes 16 query rows, a block 4 warps (64 rows of one head). Per
+// tile of 16 keys: S = Q·Kᵀ as two 16×8 products over the head dimension,
+// masked and scaled in fp32; the online softmax keeps each row's running
+// max and sum in the 4 lanes that hold the row (combined with 2 shuffles);
+// P is rounded to bf16 and goes straight from the S accumulators into an A
+// fragment (their layouts line up, no shared memory), and O += P·V as 16×8
+// products over the head dimension, O rescaled row by row in fp32. Q, K, V
+// are read from global memory into fragments (the 4 warps of a block read
+// the same keys, from cache). The output and the log-sum-exp are those of
+// the fp32 kernel, up to the rounding of P, so the backward kernels above
+// work from either. The head size is a template parameter, so every loop
+// over it unrolls and the accumulators stay in registers.
+#define TC_ROWS 16
+#define TC_WARPS 4
+
+template <int HS>
+__device__ __forceinline__ void attention_forward_tc(bf16* __restrict__ out, float* __restrict__ lse,
+                                                     const bf16* __restrict__ qkv, int B, int T, int C, int NH) {
+    int b = blockIdx.y / NH, h = blockIdx.y % NH;
+    int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE, g = lane / 4, t = lane % 4;
+    int q0 = (blockIdx.x * TC_WARPS + warp) * TC_ROWS;
+    if (q0 >= T) return;  // the whole warp; no block barriers below
+    const bf16* base = qkv + (long long)b * T * 3 * C + h * HS;
+    long long ld = 3LL * C;
+    // Element (row, col) of part 0 (Q), 1 (K) or 2 (V); rows past T read 0.
+    auto at = [&](int row, int col, int part) { return row < T ? base[row * ld + part * C + col] : bf16{0}; };
+    float scale = 1.0f / sqrtf((float)HS);
+    unsigned qf[HS / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < HS / 16; kk++) {
+        int c0 = kk * 16 + 2 * t;
+        qf[kk][0] = pack_bf16(at(q0 + g, c0, 0), at(q0 + g, c0 + 1, 0));
+        qf[kk][1] = pack_bf16(at(q0 + g + 8, c0, 0), at(q0 + g + 8, c0 + 1, 0));
+        qf[kk][2] = pack_bf16(at(q0 + g, c0 + 8, 0), at(q0 + g, c0 + 9, 0));
+        qf[kk][3] = pack_bf16(at(q0 + g + 8, c0 + 8, 0), at(q0 + g + 8, c0 + 9, 0));
+    }
+    float o[HS / 8][4];
+#pragma unroll
+    for (int n = 0; n < HS / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    // Rows g and g + 8 of the warp's 16: running max and sum.
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.0f, 0.0f};
+    int last = min(q0 + TC_ROWS, T) - 1;
+    for (int k0 = 0; k0 <= last; k0 += 16) {
+        // s[nh][i]: row g + 8·(i / 2), key k0 + 8·nh + 2t + i % 2.
+        float s[2][4];
+#pragma unroll
+        for (int nh = 0; nh < 2; nh++) {
+            s[nh][0] = s[nh][1] = s[nh][2] = s[nh][3] = 0.0f;
+            int key = k0 + 8 * nh + g;
+#pragma unroll
+            for (int kk = 0; kk < HS / 16; kk++) {
+                int c0 = kk * 16 + 2 * t;
+                unsigned kf[2] = {pack_bf16(at(key, c0, 1), at(key, c0 + 1, 1)), pack_bf16(at(key, c0 + 8, 1), at(key, c0 + 9, 1))};
+                mma_16816(s[nh], qf[kk], kf, s[nh]);
+            }
+        }
+        float mx[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+        for (int nh = 0; nh < 2; nh++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                int row = q0 + g + 8 * (i / 2), key = k0 + 8 * nh + 2 * t + i % 2;
+                float v = key <= row && key < T ? s[nh][i] * scale : NEG_INF;
+                s[nh][i] = v;
+                mx[i / 2] = fmaxf(mx[i / 2], v);
+            }
+        float corr[2], sum[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL_MASK, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL_MASK, mx[r], 2));
+            float m_new = fmaxf(m[r], mx[r]);
+            corr[r] = m_new == NEG_INF ? 1.0f : expf(m[r] - m_new);  // rows past T see only -inf
+            m[r] = m_new;
+        }
+        float p[2][4];
+#pragma unroll
+        for (int nh = 0; nh < 2; nh++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                p[nh][i] = m[i / 2] == NEG_INF ? 0.0f : expf(s[nh][i] - m[i / 2]);
+                sum[i / 2] += p[nh][i];
+            }
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            sum[r] += __shfl_xor_sync(FULL_MASK, sum[r], 1);
+            sum[r] += __shfl_xor_sync(FULL_MASK, sum[r], 2);
+            l[r] = l[r] * corr[r] + sum[r];
+        }
+        // The S accumulators are the A fragment of P (rows g, g + 8; keys
+        // 2t.. and 2t + 8..).
+        unsigned pf[4] = {pack_bf16(from_float<bf16>(p[0][0]), from_float<bf16>(p[0][1])),
+                          pack_bf16(from_float<bf16>(p[0][2]), from_float<bf16>(p[0][3])),
+                          pack_bf16(from_float<bf16>(p[1][0]), from_float<bf16>(p[1][1])),
+                          pack_bf16(from_float<bf16>(p[1][2]), from_float<bf16>(p[1][3]))};
+#pragma unroll
+        for (int n = 0; n < HS / 8; n++) {
+            o[n][0] *= corr[0];
+            o[n][1] *= corr[0];
+            o[n][2] *= corr[1];
+            o[n][3] *= corr[1];
+            int col = n * 8 + g;
+            unsigned vf[2] = {pack_bf16(at(k0 + 2 * t, col, 2), at(k0 + 2 * t + 1, col, 2)),
+                              pack_bf16(at(k0 + 2 * t + 8, col, 2), at(k0 + 2 * t + 9, col, 2))};
+            mma_16816(o[n], pf, vf, o[n]);
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int row = q0 + g + 8 * r;
+        if (row >= T) continue;
+        float inv = 1.0f / l[r];
+        bf16* orow = out + ((long long)b * T + row) * C + h * HS;
+#pragma unroll
+        for (int n = 0; n < HS / 8; n++) {
+            orow[n * 8 + 2 * t] = from_float<bf16>(o[n][2 * r] * inv);
+            orow[n * 8 + 2 * t + 1] = from_float<bf16>(o[n][2 * r + 1] * inv);
+        }
+        if (t == 0) lse[(long long)blockIdx.y * T + row] = m[r] + logf(l[r]);
+    }
+}
+
+// One entry point per head size (GPT-2's is 64). Block: TC_WARPS warps.
+// Grid: (ceil(T / (TC_WARPS·TC_ROWS)), B·NH).
+extern "C" __global__ void attention_forward_tc16(bf16* __restrict__ out, float* __restrict__ lse,
+                                                   const bf16* __restrict__ qkv, int B, int T, int C, int NH) {
+    attention_forward_tc<16>(out, lse, qkv, B, T, C, NH);
+}
+extern "C" __global__ void attention_forward_tc32(bf16* __restrict__ out, float* __restrict__ lse,
+                                                   const bf16* __restrict__ qkv, int B, int T, int C, int NH) {
+    attention_forward_tc<32>(out, lse, qkv, B, T, C, NH);
+}
+extern "C" __global__ void attention_forward_tc64(bf16* __restrict__ out, float* __restrict__ lse,
+                                                   const bf16* __restrict__ qkv, int B, int T, int C, int NH) {
+    attention_forward_tc<64>(out, lse, qkv, B, T, C, NH);
+}
+extern "C" __global__ void attention_forward_tc128(bf16* __restrict__ out, float* __restrict__ lse,
+                                                   const bf16* __restrict__ qkv, int B, int T, int C, int NH) {
+    attention_forward_tc<128>(out, lse, qkv, B, T, C, NH);
+}

@@ -414,7 +414,7 @@ fn bf16_training_tracks_fp32_training() {
     for step in 0..30 {
         let lc = cpu.forward_backward(x, y, b, t, 1.0).unwrap();
         let lg = gpu.forward_backward(x, y, b, t, 1.0).unwrap();
-        assert!((lc - lg).abs() < 3e-3 * lc, "step {step}: loss fp32 {lc}, bf16 {lg}");
+        assert!((lc - lg).abs() < 1e-2 * lc, "step {step}: loss fp32 {lc}, bf16 {lg}");
         if step == 0 {
             relative("first gradients", &cpu.read_grads(), &gpu.read_grads(), 3e-2);
         }

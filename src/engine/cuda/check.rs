@@ -233,6 +233,7 @@ pub fn check_ops<D: Device>(gpu: &CudaEngine<D>, s: Shapes) -> Result<Vec<Check>
         gpu.attention_backward(p.g(4), p.g(3), p.g(0), p.g(2), b, t, c, nh);
     }
     push("attention forward", p.error(1), stored(gpu, 1e-4));
+    push("attention forward (log-sum-exp)", p.error(2), 1e-5);
     push("attention backward", p.error(4), stored(gpu, 1e-4));
 
     let p = Both::new(gpu, &[(A, &x), (A, &zeros), (A, &dout)])?;

@@ -95,6 +95,9 @@ const SQ_PER_BLOCK: usize = 1 << 14;
 const ATT_ROWS: usize = 8;
 const ATT_TILE: usize = 32;
 const ATT_HS_MAX: usize = 128;
+/// Head sizes with a tensor-core forward kernel, and its warps per block.
+const ATT_TC_HEADS: [usize; 4] = [16, 32, 64, 128];
+const ATT_TC_WARPS: usize = 4;
 
 /// How parameters and activations are stored: `--precision fp32|bf16`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -606,9 +609,17 @@ impl<D: Device> Engine for CudaEngine<D> {
         b * nh * t
     }
 
-    /// kernels/attention.cu: one warp per query row, tiles of keys in shared memory.
+    /// kernels/attention.cu: in bf16, on the tensor cores (16 query rows a
+    /// warp) for the head sizes it is instantiated for; otherwise one warp
+    /// per query row, tiles of keys in shared memory.
     unsafe fn attention_forward(&self, out: View, cache: View, qkv: View, b: usize, t: usize, c: usize, nh: usize) {
         let hs = c / nh;
+        if self.precision == Precision::Bf16 && hs * nh == c && ATT_TC_HEADS.contains(&hs) {
+            let args = Args::new().ptr(self.act(out)).ptr(fp32(cache)).ptr(self.act(qkv)).dim(b).dim(t).dim(c).dim(nh);
+            let shape = Shape::grid2(t.div_ceil(ATT_TC_WARPS * 16), b * nh, 32 * ATT_TC_WARPS as u32);
+            check(unsafe { self.dev.launch(&format!("attention_forward_tc{hs}"), shape, args) });
+            return;
+        }
         let shape = Self::attention_shape(t, b, c, nh, 2 * ATT_TILE * (hs + 1) + ATT_ROWS * hs + ATT_ROWS * ATT_TILE);
         let args = Args::new().ptr(self.act(out)).ptr(fp32(cache)).ptr(self.act(qkv)).dim(b).dim(t).dim(c).dim(nh);
         check(unsafe { self.dev.launch(&self.kernel("attention_forward"), shape, args) });
