@@ -3,10 +3,11 @@
 //
 // No T×T matrix is ever stored: the forward pass keeps only each query
 // row's log-sum-exp (B·NH·T floats a layer), and the backward pass
-// recomputes the probabilities from it. Shaped for clarity and exactness
-// against the CPU engine rather than for tensor cores; in the bf16 mode
-// Q, K, V, dY are read as bf16 and widened to fp32 in shared memory, so the
-// arithmetic is the fp32 kernel's:
+// recomputes the probabilities from it. Two sets: the CUDA-core kernels
+// first, shaped for clarity and exactness against the CPU engine (the fp32
+// mode's; in bf16 they read bf16 and widen it to fp32 in shared memory, for
+// head sizes the tensor-core set lacks); then the tensor-core set, the bf16
+// mode's (see its own comments below). The CUDA-core kernels:
 //
 // - One warp per query row (forward, dQ) or key row (dK, dV), 8 rows per
 //   block. The block walks tiles of 32 keys (or queries), loaded once into
@@ -411,7 +412,241 @@ extern "C" __global__ void attention_forward_tc64(bf16* __restrict__ out, float*
                                                    const bf16* __restrict__ qkv, int B, int T, int C, int NH) {
     attention_forward_tc<64>(out, lse, qkv, B, T, C, NH);
 }
-extern "C" __global__ void attention_forward_tc128(bf16* __restrict__ out, float* __restrict__ lse,
-                                                   const bf16* __restrict__ qkv, int B, int T, int C, int NH) {
-    attention_forward_tc<128>(out, lse, qkv, B, T, C, NH);
+
+// ---- Tensor-core backward (the bf16 mode's) ---------------------------
+//
+// The fp32 backward's split, on the tensor cores: a query kernel (a warp
+// per 16 query rows: D_i = Σ_j P_ij·dP_ij in a first sweep over the keys,
+// then dS and dQ += dS·K) and a key kernel (a warp per 16 key rows, over
+// the query tiles at or after them: dV += Pᵀ·dO and dK += dSᵀ·Q, computing
+// Sᵀ = K·Qᵀ and dPᵀ = V·dOᵀ directly, with the log-sum-exp and D of each
+// query). P, dS and their transposes go from the accumulators into A
+// fragments as in the forward; every gradient is written once, no atomics.
+template <int HS>
+__device__ __forceinline__ void attention_backward_query_tc(bf16* __restrict__ dqkv, float* __restrict__ dsum,
+                                                            const bf16* __restrict__ dout,
+                                                            const bf16* __restrict__ qkv,
+                                                            const float* __restrict__ lse, int B, int T, int C,
+                                                            int NH) {
+    int b = blockIdx.y / NH, h = blockIdx.y % NH;
+    int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE, g = lane / 4, t = lane % 4;
+    int q0 = (blockIdx.x * TC_WARPS + warp) * TC_ROWS;
+    if (q0 >= T) return;
+    const bf16* base = qkv + (long long)b * T * 3 * C + h * HS;
+    const bf16* dbase = dout + (long long)b * T * C + h * HS;
+    long long ld = 3LL * C;
+    auto at = [&](int row, int col, int part) { return row < T ? base[row * ld + part * C + col] : bf16{0}; };
+    auto dat = [&](int row, int col) { return row < T ? dbase[(long long)row * C + col] : bf16{0}; };
+    float scale = 1.0f / sqrtf((float)HS);
+    unsigned qf[HS / 16][4], df[HS / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < HS / 16; kk++) {
+        int c0 = kk * 16 + 2 * t;
+        qf[kk][0] = pack_bf16(at(q0 + g, c0, 0), at(q0 + g, c0 + 1, 0));
+        qf[kk][1] = pack_bf16(at(q0 + g + 8, c0, 0), at(q0 + g + 8, c0 + 1, 0));
+        qf[kk][2] = pack_bf16(at(q0 + g, c0 + 8, 0), at(q0 + g, c0 + 9, 0));
+        qf[kk][3] = pack_bf16(at(q0 + g + 8, c0 + 8, 0), at(q0 + g + 8, c0 + 9, 0));
+        df[kk][0] = pack_bf16(dat(q0 + g, c0), dat(q0 + g, c0 + 1));
+        df[kk][1] = pack_bf16(dat(q0 + g + 8, c0), dat(q0 + g + 8, c0 + 1));
+        df[kk][2] = pack_bf16(dat(q0 + g, c0 + 8), dat(q0 + g, c0 + 9));
+        df[kk][3] = pack_bf16(dat(q0 + g + 8, c0 + 8), dat(q0 + g + 8, c0 + 9));
+    }
+    float row_lse[2], D[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int r = 0; r < 2; r++) row_lse[r] = q0 + g + 8 * r < T ? lse[(long long)blockIdx.y * T + q0 + g + 8 * r] : 0.0f;
+    float dq[HS / 8][4];
+#pragma unroll
+    for (int n = 0; n < HS / 8; n++) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
+    int last = min(q0 + TC_ROWS, T) - 1;
+    for (int sweep = 0; sweep < 2; sweep++) {
+        float part[2] = {0.0f, 0.0f};
+        for (int k0 = 0; k0 <= last; k0 += 16) {
+            float s[2][4], dp[2][4];
+#pragma unroll
+            for (int nh = 0; nh < 2; nh++) {
+                s[nh][0] = s[nh][1] = s[nh][2] = s[nh][3] = 0.0f;
+                dp[nh][0] = dp[nh][1] = dp[nh][2] = dp[nh][3] = 0.0f;
+                int key = k0 + 8 * nh + g;
+#pragma unroll
+                for (int kk = 0; kk < HS / 16; kk++) {
+                    int c0 = kk * 16 + 2 * t;
+                    unsigned kf[2] = {pack_bf16(at(key, c0, 1), at(key, c0 + 1, 1)), pack_bf16(at(key, c0 + 8, 1), at(key, c0 + 9, 1))};
+                    unsigned vf[2] = {pack_bf16(at(key, c0, 2), at(key, c0 + 1, 2)), pack_bf16(at(key, c0 + 8, 2), at(key, c0 + 9, 2))};
+                    mma_16816(s[nh], qf[kk], kf, s[nh]);
+                    mma_16816(dp[nh], df[kk], vf, dp[nh]);
+                }
+            }
+            float ds[2][4];
+#pragma unroll
+            for (int nh = 0; nh < 2; nh++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    int row = q0 + g + 8 * (i / 2), key = k0 + 8 * nh + 2 * t + i % 2;
+                    float p = key <= row && key < T && row < T ? expf(s[nh][i] * scale - row_lse[i / 2]) : 0.0f;
+                    part[i / 2] += p * dp[nh][i];
+                    ds[nh][i] = p * (dp[nh][i] - D[i / 2]) * scale;
+                }
+            if (sweep == 0) continue;
+            unsigned af[4] = {pack_bf16(from_float<bf16>(ds[0][0]), from_float<bf16>(ds[0][1])),
+                              pack_bf16(from_float<bf16>(ds[0][2]), from_float<bf16>(ds[0][3])),
+                              pack_bf16(from_float<bf16>(ds[1][0]), from_float<bf16>(ds[1][1])),
+                              pack_bf16(from_float<bf16>(ds[1][2]), from_float<bf16>(ds[1][3]))};
+#pragma unroll
+            for (int n = 0; n < HS / 8; n++) {
+                int col = n * 8 + g;
+                unsigned kb[2] = {pack_bf16(at(k0 + 2 * t, col, 1), at(k0 + 2 * t + 1, col, 1)),
+                                  pack_bf16(at(k0 + 2 * t + 8, col, 1), at(k0 + 2 * t + 9, col, 1))};
+                mma_16816(dq[n], af, kb, dq[n]);
+            }
+        }
+        if (sweep == 0) {
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                part[r] += __shfl_xor_sync(FULL_MASK, part[r], 1);
+                part[r] += __shfl_xor_sync(FULL_MASK, part[r], 2);
+                D[r] = part[r];
+                int row = q0 + g + 8 * r;
+                if (t == 0 && row < T) dsum[(long long)blockIdx.y * T + row] = D[r];
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int row = q0 + g + 8 * r;
+        if (row >= T) continue;
+        bf16* dqi = dqkv + ((long long)b * T + row) * 3 * C + h * HS;
+#pragma unroll
+        for (int n = 0; n < HS / 8; n++) {
+            dqi[n * 8 + 2 * t] = from_float<bf16>(dq[n][2 * r]);
+            dqi[n * 8 + 2 * t + 1] = from_float<bf16>(dq[n][2 * r + 1]);
+        }
+    }
+}
+
+template <int HS>
+__device__ __forceinline__ void attention_backward_key_tc(bf16* __restrict__ dqkv, const bf16* __restrict__ dout,
+                                                          const bf16* __restrict__ qkv, const float* __restrict__ lse,
+                                                          const float* __restrict__ dsum, int B, int T, int C,
+                                                          int NH) {
+    int b = blockIdx.y / NH, h = blockIdx.y % NH;
+    int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE, g = lane / 4, t = lane % 4;
+    int j0 = (blockIdx.x * TC_WARPS + warp) * TC_ROWS;
+    if (j0 >= T) return;
+    const bf16* base = qkv + (long long)b * T * 3 * C + h * HS;
+    const bf16* dbase = dout + (long long)b * T * C + h * HS;
+    long long ld = 3LL * C;
+    auto at = [&](int row, int col, int part) { return row < T ? base[row * ld + part * C + col] : bf16{0}; };
+    auto dat = [&](int row, int col) { return row < T ? dbase[(long long)row * C + col] : bf16{0}; };
+    float scale = 1.0f / sqrtf((float)HS);
+    unsigned kf[HS / 16][4], vf[HS / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < HS / 16; kk++) {
+        int c0 = kk * 16 + 2 * t;
+#pragma unroll
+        for (int part = 1; part <= 2; part++) {
+            unsigned* f = part == 1 ? kf[kk] : vf[kk];
+            f[0] = pack_bf16(at(j0 + g, c0, part), at(j0 + g, c0 + 1, part));
+            f[1] = pack_bf16(at(j0 + g + 8, c0, part), at(j0 + g + 8, c0 + 1, part));
+            f[2] = pack_bf16(at(j0 + g, c0 + 8, part), at(j0 + g, c0 + 9, part));
+            f[3] = pack_bf16(at(j0 + g + 8, c0 + 8, part), at(j0 + g + 8, c0 + 9, part));
+        }
+    }
+    float dk[HS / 8][4], dv[HS / 8][4];
+#pragma unroll
+    for (int n = 0; n < HS / 8; n++) dk[n][0] = dk[n][1] = dk[n][2] = dk[n][3] = dv[n][0] = dv[n][1] = dv[n][2] = dv[n][3] = 0.0f;
+    for (int i0 = j0; i0 < T; i0 += 16) {
+        // st[nh][i]: key j0 + g + 8·(i / 2), query i0 + 8·nh + 2t + i % 2.
+        float st[2][4], dpt[2][4];
+#pragma unroll
+        for (int nh = 0; nh < 2; nh++) {
+            st[nh][0] = st[nh][1] = st[nh][2] = st[nh][3] = 0.0f;
+            dpt[nh][0] = dpt[nh][1] = dpt[nh][2] = dpt[nh][3] = 0.0f;
+            int query = i0 + 8 * nh + g;
+#pragma unroll
+            for (int kk = 0; kk < HS / 16; kk++) {
+                int c0 = kk * 16 + 2 * t;
+                unsigned qb[2] = {pack_bf16(at(query, c0, 0), at(query, c0 + 1, 0)), pack_bf16(at(query, c0 + 8, 0), at(query, c0 + 9, 0))};
+                unsigned ob[2] = {pack_bf16(dat(query, c0), dat(query, c0 + 1)), pack_bf16(dat(query, c0 + 8), dat(query, c0 + 9))};
+                mma_16816(st[nh], kf[kk], qb, st[nh]);
+                mma_16816(dpt[nh], vf[kk], ob, dpt[nh]);
+            }
+        }
+        float pt[2][4], dst[2][4];
+#pragma unroll
+        for (int nh = 0; nh < 2; nh++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                int key = j0 + g + 8 * (i / 2), query = i0 + 8 * nh + 2 * t + i % 2;
+                bool valid = key <= query && query < T && key < T;
+                long long at_q = (long long)blockIdx.y * T + query;
+                float p = valid ? expf(st[nh][i] * scale - lse[at_q]) : 0.0f;
+                pt[nh][i] = p;
+                dst[nh][i] = valid ? p * (dpt[nh][i] - dsum[at_q]) * scale : 0.0f;
+            }
+        unsigned pa[4] = {pack_bf16(from_float<bf16>(pt[0][0]), from_float<bf16>(pt[0][1])),
+                          pack_bf16(from_float<bf16>(pt[0][2]), from_float<bf16>(pt[0][3])),
+                          pack_bf16(from_float<bf16>(pt[1][0]), from_float<bf16>(pt[1][1])),
+                          pack_bf16(from_float<bf16>(pt[1][2]), from_float<bf16>(pt[1][3]))};
+        unsigned sa[4] = {pack_bf16(from_float<bf16>(dst[0][0]), from_float<bf16>(dst[0][1])),
+                          pack_bf16(from_float<bf16>(dst[0][2]), from_float<bf16>(dst[0][3])),
+                          pack_bf16(from_float<bf16>(dst[1][0]), from_float<bf16>(dst[1][1])),
+                          pack_bf16(from_float<bf16>(dst[1][2]), from_float<bf16>(dst[1][3]))};
+#pragma unroll
+        for (int n = 0; n < HS / 8; n++) {
+            int col = n * 8 + g;
+            unsigned ob[2] = {pack_bf16(dat(i0 + 2 * t, col), dat(i0 + 2 * t + 1, col)),
+                              pack_bf16(dat(i0 + 2 * t + 8, col), dat(i0 + 2 * t + 9, col))};
+            unsigned qb[2] = {pack_bf16(at(i0 + 2 * t, col, 0), at(i0 + 2 * t + 1, col, 0)),
+                              pack_bf16(at(i0 + 2 * t + 8, col, 0), at(i0 + 2 * t + 9, col, 0))};
+            mma_16816(dv[n], pa, ob, dv[n]);
+            mma_16816(dk[n], sa, qb, dk[n]);
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        int row = j0 + g + 8 * r;
+        if (row >= T) continue;
+        bf16* dkj = dqkv + ((long long)b * T + row) * 3 * C + C + h * HS;
+#pragma unroll
+        for (int n = 0; n < HS / 8; n++) {
+            dkj[n * 8 + 2 * t] = from_float<bf16>(dk[n][2 * r]);
+            dkj[n * 8 + 2 * t + 1] = from_float<bf16>(dk[n][2 * r + 1]);
+            dkj[C + n * 8 + 2 * t] = from_float<bf16>(dv[n][2 * r]);
+            dkj[C + n * 8 + 2 * t + 1] = from_float<bf16>(dv[n][2 * r + 1]);
+        }
+    }
+}
+
+// One pair of entry points per head size (at 128 the key kernel would
+// spill registers; such heads use the CUDA-core kernels). Block: TC_WARPS
+// warps. Grid: (ceil(T / (TC_WARPS·TC_ROWS)), B·NH).
+extern "C" __global__ void attention_backward_query_tc16(bf16* __restrict__ dqkv, float* __restrict__ dsum,
+                                                          const bf16* __restrict__ dout, const bf16* __restrict__ qkv,
+                                                          const float* __restrict__ lse, int B, int T, int C, int NH) {
+    attention_backward_query_tc<16>(dqkv, dsum, dout, qkv, lse, B, T, C, NH);
+}
+extern "C" __global__ void attention_backward_key_tc16(bf16* __restrict__ dqkv, const bf16* __restrict__ dout,
+                                                        const bf16* __restrict__ qkv, const float* __restrict__ lse,
+                                                        const float* __restrict__ dsum, int B, int T, int C, int NH) {
+    attention_backward_key_tc<16>(dqkv, dout, qkv, lse, dsum, B, T, C, NH);
+}
+extern "C" __global__ void attention_backward_query_tc32(bf16* __restrict__ dqkv, float* __restrict__ dsum,
+                                                          const bf16* __restrict__ dout, const bf16* __restrict__ qkv,
+                                                          const float* __restrict__ lse, int B, int T, int C, int NH) {
+    attention_backward_query_tc<32>(dqkv, dsum, dout, qkv, lse, B, T, C, NH);
+}
+extern "C" __global__ void attention_backward_key_tc32(bf16* __restrict__ dqkv, const bf16* __restrict__ dout,
+                                                        const bf16* __restrict__ qkv, const float* __restrict__ lse,
+                                                        const float* __restrict__ dsum, int B, int T, int C, int NH) {
+    attention_backward_key_tc<32>(dqkv, dout, qkv, lse, dsum, B, T, C, NH);
+}
+extern "C" __global__ void attention_backward_query_tc64(bf16* __restrict__ dqkv, float* __restrict__ dsum,
+                                                          const bf16* __restrict__ dout, const bf16* __restrict__ qkv,
+                                                          const float* __restrict__ lse, int B, int T, int C, int NH) {
+    attention_backward_query_tc<64>(dqkv, dsum, dout, qkv, lse, B, T, C, NH);
+}
+extern "C" __global__ void attention_backward_key_tc64(bf16* __restrict__ dqkv, const bf16* __restrict__ dout,
+                                                        const bf16* __restrict__ qkv, const float* __restrict__ lse,
+                                                        const float* __restrict__ dsum, int B, int T, int C, int NH) {
+    attention_backward_key_tc<64>(dqkv, dout, qkv, lse, dsum, B, T, C, NH);
 }

@@ -96,7 +96,7 @@ const ATT_ROWS: usize = 8;
 const ATT_TILE: usize = 32;
 const ATT_HS_MAX: usize = 128;
 /// Head sizes with a tensor-core forward kernel, and its warps per block.
-const ATT_TC_HEADS: [usize; 4] = [16, 32, 64, 128];
+const ATT_TC_HEADS: [usize; 3] = [16, 32, 64];
 const ATT_TC_WARPS: usize = 4;
 
 /// How parameters and activations are stored: `--precision fp32|bf16`.
@@ -630,6 +630,15 @@ impl<D: Device> Engine for CudaEngine<D> {
     unsafe fn attention_backward(&self, dqkv: View, dout: View, qkv: View, cache: View, b: usize, t: usize, c: usize, nh: usize) {
         let hs = c / nh;
         let (dqkv, dout, qkv, cache) = (self.act(dqkv), self.act(dout), self.act(qkv), fp32(cache));
+        if self.precision == Precision::Bf16 && hs * nh == c && ATT_TC_HEADS.contains(&hs) {
+            return self.with_scratch(b * nh * t * 4, |dsum| {
+                let shape = Shape::grid2(t.div_ceil(ATT_TC_WARPS * 16), b * nh, 32 * ATT_TC_WARPS as u32);
+                let args = Args::new().ptr(dqkv).ptr(dsum).ptr(dout).ptr(qkv).ptr(cache).dim(b).dim(t).dim(c).dim(nh);
+                check(unsafe { self.dev.launch(&format!("attention_backward_query_tc{hs}"), shape, args) });
+                let args = Args::new().ptr(dqkv).ptr(dout).ptr(qkv).ptr(cache).ptr(dsum).dim(b).dim(t).dim(c).dim(nh);
+                check(unsafe { self.dev.launch(&format!("attention_backward_key_tc{hs}"), shape, args) });
+            });
+        }
         self.with_scratch(b * nh * t * 4, |dsum| {
             let shape = Self::attention_shape(t, b, c, nh, 2 * ATT_TILE * (hs + 1) + 2 * ATT_ROWS * hs + ATT_ROWS * ATT_TILE);
             let args = Args::new().ptr(dqkv).ptr(dsum).ptr(dout).ptr(qkv).ptr(cache).dim(b).dim(t).dim(c).dim(nh);
