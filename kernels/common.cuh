@@ -48,9 +48,15 @@ __device__ __forceinline__ float f16_value(unsigned short h) {
     return f;
 }
 __device__ __forceinline__ unsigned short bf16_bits(float v) {
+#if __CUDA_ARCH__ >= 800
     unsigned short h;
     asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(v));
     return h;
+#else  // no bf16 conversion before sm_80: round to nearest even by hand
+    unsigned u = __float_as_uint(v);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);  // NaN stays NaN
+    return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+#endif
 }
 __device__ __forceinline__ float bf16_value(unsigned short h) { return __uint_as_float((unsigned)h << 16); }
 #endif
@@ -121,13 +127,18 @@ __device__ __forceinline__ void mma_16816(float d[4], const unsigned a[4], const
     mma_16816_shuffled(d, a, b, c);
 }
 #else
+// Before sm_80 (no bf16 mma) the twin stands in, so the kernels still load.
 __device__ __forceinline__ void mma_16816(float d[4], const unsigned a[4], const unsigned b[2], const float c[4]) {
+#if __CUDA_ARCH__ >= 800
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%10,%11,%12,%13};"
         : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]),
           "f"(c[3]));
+#else
+    mma_16816_shuffled(d, a, b, c);
+#endif
 }
 #endif
 

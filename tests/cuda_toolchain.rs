@@ -78,7 +78,7 @@ fn nvrtc_compiles_the_embedded_source_and_ptxas_assembles_it() {
     let cuda = toolchain_root();
     let out = std::env::temp_dir().join(format!("dtrain-ptx-{}", std::process::id()));
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain"))
-        .args(["check", "kernels", "--arch", "80,90", "--out"])
+        .args(["check", "kernels", "--arch", "75,80,90", "--out"])
         .arg(&out)
         .env("LD_LIBRARY_PATH", cuda.join("lib"))
         .output()
@@ -88,7 +88,10 @@ fn nvrtc_compiles_the_embedded_source_and_ptxas_assembles_it() {
     let names = kernel_names();
     assert!(stdout.contains(&format!("sm_90: {} kernels", names.len())), "{stdout}");
     assert!(stdout.contains("NVRTC: 13.0"), "the NVRTC found is the toolchain's: {stdout}");
-    for arch in ["80", "90"] {
+    // sm_75 (Turing) has no bf16 instructions: the kernels must still load
+    // there (software bf16 rounding, the mma's shuffle twin); the targets
+    // sm_80 and sm_90 must also not spill.
+    for arch in ["75", "80", "90"] {
         let ptx_path = out.join(format!("kernels.sm_{arch}.ptx"));
         let ptx = std::fs::read_to_string(&ptx_path).unwrap();
         // PTX ISA 9.0 is CUDA 13.0's: the GPU machines' driver loads it.
@@ -107,7 +110,9 @@ fn nvrtc_compiles_the_embedded_source_and_ptxas_assembles_it() {
         let found = parse_report(&report);
         for n in &names {
             let &(_, stores, loads, _) = found.get(&(n.clone(), format!("sm_{arch}"))).unwrap_or_else(|| panic!("{n} not in the report:\n{report}"));
-            assert_eq!((stores, loads), (0, 0), "{n} spills on sm_{arch} (NVRTC build)");
+            if arch != "75" {
+                assert_eq!((stores, loads), (0, 0), "{n} spills on sm_{arch} (NVRTC build)");
+            }
         }
     }
     std::fs::remove_dir_all(&out).unwrap();
