@@ -303,15 +303,12 @@ __device__ __forceinline__ void attention_forward_tc(bf16* __restrict__ out, flo
     // Element (row, col) of part 0 (Q), 1 (K) or 2 (V); rows past T read 0.
     auto at = [&](int row, int col, int part) { return row < T ? base[row * ld + part * C + col] : bf16{0}; };
     float scale = 1.0f / sqrtf((float)HS);
+    auto Q = [&](int row, int col) { return at(row, col, 0); };
+    auto K = [&](int row, int col) { return at(row, col, 1); };
+    auto V = [&](int row, int col) { return at(row, col, 2); };
     unsigned qf[HS / 16][4];
 #pragma unroll
-    for (int kk = 0; kk < HS / 16; kk++) {
-        int c0 = kk * 16 + 2 * t;
-        qf[kk][0] = pack_bf16(at(q0 + g, c0, 0), at(q0 + g, c0 + 1, 0));
-        qf[kk][1] = pack_bf16(at(q0 + g + 8, c0, 0), at(q0 + g + 8, c0 + 1, 0));
-        qf[kk][2] = pack_bf16(at(q0 + g, c0 + 8, 0), at(q0 + g, c0 + 9, 0));
-        qf[kk][3] = pack_bf16(at(q0 + g + 8, c0 + 8, 0), at(q0 + g + 8, c0 + 9, 0));
-    }
+    for (int kk = 0; kk < HS / 16; kk++) frag_a(qf[kk], Q, q0, kk * 16);
     float o[HS / 8][4];
 #pragma unroll
     for (int n = 0; n < HS / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
@@ -324,11 +321,10 @@ __device__ __forceinline__ void attention_forward_tc(bf16* __restrict__ out, flo
 #pragma unroll
         for (int nh = 0; nh < 2; nh++) {
             s[nh][0] = s[nh][1] = s[nh][2] = s[nh][3] = 0.0f;
-            int key = k0 + 8 * nh + g;
 #pragma unroll
             for (int kk = 0; kk < HS / 16; kk++) {
-                int c0 = kk * 16 + 2 * t;
-                unsigned kf[2] = {pack_bf16(at(key, c0, 1), at(key, c0 + 1, 1)), pack_bf16(at(key, c0 + 8, 1), at(key, c0 + 9, 1))};
+                unsigned kf[2];
+                frag_bt(kf, K, k0 + 8 * nh, kk * 16);
                 mma_16816(s[nh], qf[kk], kf, s[nh]);
             }
         }
@@ -365,21 +361,16 @@ __device__ __forceinline__ void attention_forward_tc(bf16* __restrict__ out, flo
             sum[r] += __shfl_xor_sync(FULL_MASK, sum[r], 2);
             l[r] = l[r] * corr[r] + sum[r];
         }
-        // The S accumulators are the A fragment of P (rows g, g + 8; keys
-        // 2t.. and 2t + 8..).
-        unsigned pf[4] = {pack_bf16(from_float<bf16>(p[0][0]), from_float<bf16>(p[0][1])),
-                          pack_bf16(from_float<bf16>(p[0][2]), from_float<bf16>(p[0][3])),
-                          pack_bf16(from_float<bf16>(p[1][0]), from_float<bf16>(p[1][1])),
-                          pack_bf16(from_float<bf16>(p[1][2]), from_float<bf16>(p[1][3]))};
+        unsigned pf[4];
+        frag_a_from_acc(pf, p);
 #pragma unroll
         for (int n = 0; n < HS / 8; n++) {
             o[n][0] *= corr[0];
             o[n][1] *= corr[0];
             o[n][2] *= corr[1];
             o[n][3] *= corr[1];
-            int col = n * 8 + g;
-            unsigned vf[2] = {pack_bf16(at(k0 + 2 * t, col, 2), at(k0 + 2 * t + 1, col, 2)),
-                              pack_bf16(at(k0 + 2 * t + 8, col, 2), at(k0 + 2 * t + 9, col, 2))};
+            unsigned vf[2];
+            frag_b(vf, V, k0, n * 8);
             mma_16816(o[n], pf, vf, o[n]);
         }
     }
@@ -438,18 +429,14 @@ __device__ __forceinline__ void attention_backward_query_tc(bf16* __restrict__ d
     auto at = [&](int row, int col, int part) { return row < T ? base[row * ld + part * C + col] : bf16{0}; };
     auto dat = [&](int row, int col) { return row < T ? dbase[(long long)row * C + col] : bf16{0}; };
     float scale = 1.0f / sqrtf((float)HS);
+    auto Q = [&](int row, int col) { return at(row, col, 0); };
+    auto K = [&](int row, int col) { return at(row, col, 1); };
+    auto V = [&](int row, int col) { return at(row, col, 2); };
     unsigned qf[HS / 16][4], df[HS / 16][4];
 #pragma unroll
     for (int kk = 0; kk < HS / 16; kk++) {
-        int c0 = kk * 16 + 2 * t;
-        qf[kk][0] = pack_bf16(at(q0 + g, c0, 0), at(q0 + g, c0 + 1, 0));
-        qf[kk][1] = pack_bf16(at(q0 + g + 8, c0, 0), at(q0 + g + 8, c0 + 1, 0));
-        qf[kk][2] = pack_bf16(at(q0 + g, c0 + 8, 0), at(q0 + g, c0 + 9, 0));
-        qf[kk][3] = pack_bf16(at(q0 + g + 8, c0 + 8, 0), at(q0 + g + 8, c0 + 9, 0));
-        df[kk][0] = pack_bf16(dat(q0 + g, c0), dat(q0 + g, c0 + 1));
-        df[kk][1] = pack_bf16(dat(q0 + g + 8, c0), dat(q0 + g + 8, c0 + 1));
-        df[kk][2] = pack_bf16(dat(q0 + g, c0 + 8), dat(q0 + g, c0 + 9));
-        df[kk][3] = pack_bf16(dat(q0 + g + 8, c0 + 8), dat(q0 + g + 8, c0 + 9));
+        frag_a(qf[kk], Q, q0, kk * 16);
+        frag_a(df[kk], dat, q0, kk * 16);
     }
     float row_lse[2], D[2] = {0.0f, 0.0f};
 #pragma unroll
@@ -466,12 +453,11 @@ __device__ __forceinline__ void attention_backward_query_tc(bf16* __restrict__ d
             for (int nh = 0; nh < 2; nh++) {
                 s[nh][0] = s[nh][1] = s[nh][2] = s[nh][3] = 0.0f;
                 dp[nh][0] = dp[nh][1] = dp[nh][2] = dp[nh][3] = 0.0f;
-                int key = k0 + 8 * nh + g;
 #pragma unroll
                 for (int kk = 0; kk < HS / 16; kk++) {
-                    int c0 = kk * 16 + 2 * t;
-                    unsigned kf[2] = {pack_bf16(at(key, c0, 1), at(key, c0 + 1, 1)), pack_bf16(at(key, c0 + 8, 1), at(key, c0 + 9, 1))};
-                    unsigned vf[2] = {pack_bf16(at(key, c0, 2), at(key, c0 + 1, 2)), pack_bf16(at(key, c0 + 8, 2), at(key, c0 + 9, 2))};
+                    unsigned kf[2], vf[2];
+                    frag_bt(kf, K, k0 + 8 * nh, kk * 16);
+                    frag_bt(vf, V, k0 + 8 * nh, kk * 16);
                     mma_16816(s[nh], qf[kk], kf, s[nh]);
                     mma_16816(dp[nh], df[kk], vf, dp[nh]);
                 }
@@ -487,15 +473,12 @@ __device__ __forceinline__ void attention_backward_query_tc(bf16* __restrict__ d
                     ds[nh][i] = p * (dp[nh][i] - D[i / 2]) * scale;
                 }
             if (sweep == 0) continue;
-            unsigned af[4] = {pack_bf16(from_float<bf16>(ds[0][0]), from_float<bf16>(ds[0][1])),
-                              pack_bf16(from_float<bf16>(ds[0][2]), from_float<bf16>(ds[0][3])),
-                              pack_bf16(from_float<bf16>(ds[1][0]), from_float<bf16>(ds[1][1])),
-                              pack_bf16(from_float<bf16>(ds[1][2]), from_float<bf16>(ds[1][3]))};
+            unsigned af[4];
+            frag_a_from_acc(af, ds);
 #pragma unroll
             for (int n = 0; n < HS / 8; n++) {
-                int col = n * 8 + g;
-                unsigned kb[2] = {pack_bf16(at(k0 + 2 * t, col, 1), at(k0 + 2 * t + 1, col, 1)),
-                                  pack_bf16(at(k0 + 2 * t + 8, col, 1), at(k0 + 2 * t + 9, col, 1))};
+                unsigned kb[2];
+                frag_b(kb, K, k0, n * 8);
                 mma_16816(dq[n], af, kb, dq[n]);
             }
         }
@@ -538,18 +521,14 @@ __device__ __forceinline__ void attention_backward_key_tc(bf16* __restrict__ dqk
     auto at = [&](int row, int col, int part) { return row < T ? base[row * ld + part * C + col] : bf16{0}; };
     auto dat = [&](int row, int col) { return row < T ? dbase[(long long)row * C + col] : bf16{0}; };
     float scale = 1.0f / sqrtf((float)HS);
+    auto Q = [&](int row, int col) { return at(row, col, 0); };
+    auto K = [&](int row, int col) { return at(row, col, 1); };
+    auto V = [&](int row, int col) { return at(row, col, 2); };
     unsigned kf[HS / 16][4], vf[HS / 16][4];
 #pragma unroll
     for (int kk = 0; kk < HS / 16; kk++) {
-        int c0 = kk * 16 + 2 * t;
-#pragma unroll
-        for (int part = 1; part <= 2; part++) {
-            unsigned* f = part == 1 ? kf[kk] : vf[kk];
-            f[0] = pack_bf16(at(j0 + g, c0, part), at(j0 + g, c0 + 1, part));
-            f[1] = pack_bf16(at(j0 + g + 8, c0, part), at(j0 + g + 8, c0 + 1, part));
-            f[2] = pack_bf16(at(j0 + g, c0 + 8, part), at(j0 + g, c0 + 9, part));
-            f[3] = pack_bf16(at(j0 + g + 8, c0 + 8, part), at(j0 + g + 8, c0 + 9, part));
-        }
+        frag_a(kf[kk], K, j0, kk * 16);
+        frag_a(vf[kk], V, j0, kk * 16);
     }
     float dk[HS / 8][4], dv[HS / 8][4];
 #pragma unroll
@@ -561,12 +540,11 @@ __device__ __forceinline__ void attention_backward_key_tc(bf16* __restrict__ dqk
         for (int nh = 0; nh < 2; nh++) {
             st[nh][0] = st[nh][1] = st[nh][2] = st[nh][3] = 0.0f;
             dpt[nh][0] = dpt[nh][1] = dpt[nh][2] = dpt[nh][3] = 0.0f;
-            int query = i0 + 8 * nh + g;
 #pragma unroll
             for (int kk = 0; kk < HS / 16; kk++) {
-                int c0 = kk * 16 + 2 * t;
-                unsigned qb[2] = {pack_bf16(at(query, c0, 0), at(query, c0 + 1, 0)), pack_bf16(at(query, c0 + 8, 0), at(query, c0 + 9, 0))};
-                unsigned ob[2] = {pack_bf16(dat(query, c0), dat(query, c0 + 1)), pack_bf16(dat(query, c0 + 8), dat(query, c0 + 9))};
+                unsigned qb[2], ob[2];
+                frag_bt(qb, Q, i0 + 8 * nh, kk * 16);
+                frag_bt(ob, dat, i0 + 8 * nh, kk * 16);
                 mma_16816(st[nh], kf[kk], qb, st[nh]);
                 mma_16816(dpt[nh], vf[kk], ob, dpt[nh]);
             }
@@ -583,21 +561,14 @@ __device__ __forceinline__ void attention_backward_key_tc(bf16* __restrict__ dqk
                 pt[nh][i] = p;
                 dst[nh][i] = valid ? p * (dpt[nh][i] - dsum[at_q]) * scale : 0.0f;
             }
-        unsigned pa[4] = {pack_bf16(from_float<bf16>(pt[0][0]), from_float<bf16>(pt[0][1])),
-                          pack_bf16(from_float<bf16>(pt[0][2]), from_float<bf16>(pt[0][3])),
-                          pack_bf16(from_float<bf16>(pt[1][0]), from_float<bf16>(pt[1][1])),
-                          pack_bf16(from_float<bf16>(pt[1][2]), from_float<bf16>(pt[1][3]))};
-        unsigned sa[4] = {pack_bf16(from_float<bf16>(dst[0][0]), from_float<bf16>(dst[0][1])),
-                          pack_bf16(from_float<bf16>(dst[0][2]), from_float<bf16>(dst[0][3])),
-                          pack_bf16(from_float<bf16>(dst[1][0]), from_float<bf16>(dst[1][1])),
-                          pack_bf16(from_float<bf16>(dst[1][2]), from_float<bf16>(dst[1][3]))};
+        unsigned pa[4], sa[4];
+        frag_a_from_acc(pa, pt);
+        frag_a_from_acc(sa, dst);
 #pragma unroll
         for (int n = 0; n < HS / 8; n++) {
-            int col = n * 8 + g;
-            unsigned ob[2] = {pack_bf16(dat(i0 + 2 * t, col), dat(i0 + 2 * t + 1, col)),
-                              pack_bf16(dat(i0 + 2 * t + 8, col), dat(i0 + 2 * t + 9, col))};
-            unsigned qb[2] = {pack_bf16(at(i0 + 2 * t, col, 0), at(i0 + 2 * t + 1, col, 0)),
-                              pack_bf16(at(i0 + 2 * t + 8, col, 0), at(i0 + 2 * t + 9, col, 0))};
+            unsigned ob[2], qb[2];
+            frag_b(ob, dat, i0, n * 8);
+            frag_b(qb, Q, i0, n * 8);
             mma_16816(dv[n], pa, ob, dv[n]);
             mma_16816(dk[n], sa, qb, dk[n]);
         }

@@ -142,27 +142,42 @@ __device__ __forceinline__ void mma_16816(float d[4], const unsigned a[4], const
 }
 #endif
 
-// Fragments from memory (row strides in elements).
+// Fragments, from an element accessor `at(row, col)` (a lambda: it can
+// bound-check rows, or reach into interleaved Q/K/V). For A the rows are
+// M, for B from a k × n tile the rows are K, for B from its transpose
+// (an n × k tile) the rows are N.
 __device__ __forceinline__ unsigned pack_bf16(bf16 lo, bf16 hi) { return (unsigned)lo.bits | ((unsigned)hi.bits << 16); }
-// A: a 16×16 row-major tile.
-__device__ __forceinline__ void load_a_16x16(unsigned r[4], const bf16* a, int ld) {
-    int lane = threadIdx.x % WARP_SIZE, g = lane / 4, t = lane % 4;
-    r[0] = pack_bf16(a[g * ld + 2 * t], a[g * ld + 2 * t + 1]);
-    r[1] = pack_bf16(a[(g + 8) * ld + 2 * t], a[(g + 8) * ld + 2 * t + 1]);
-    r[2] = pack_bf16(a[g * ld + 2 * t + 8], a[g * ld + 2 * t + 9]);
-    r[3] = pack_bf16(a[(g + 8) * ld + 2 * t + 8], a[(g + 8) * ld + 2 * t + 9]);
+// A: rows row0 .. row0+15, columns col0 .. col0+15.
+template <typename At>
+__device__ __forceinline__ void frag_a(unsigned r[4], At at, int row0, int col0) {
+    int lane = threadIdx.x % WARP_SIZE, g = lane / 4, c = col0 + 2 * (lane % 4);
+    r[0] = pack_bf16(at(row0 + g, c), at(row0 + g, c + 1));
+    r[1] = pack_bf16(at(row0 + g + 8, c), at(row0 + g + 8, c + 1));
+    r[2] = pack_bf16(at(row0 + g, c + 8), at(row0 + g, c + 9));
+    r[3] = pack_bf16(at(row0 + g + 8, c + 8), at(row0 + g + 8, c + 9));
 }
-// B from a row-major k × n tile (16×8), e.g. values for P·V.
-__device__ __forceinline__ void load_b_16x8(unsigned r[2], const bf16* b, int ld) {
-    int lane = threadIdx.x % WARP_SIZE, g = lane / 4, t = lane % 4;
-    r[0] = pack_bf16(b[2 * t * ld + g], b[(2 * t + 1) * ld + g]);
-    r[1] = pack_bf16(b[(2 * t + 8) * ld + g], b[(2 * t + 9) * ld + g]);
+// B from a k × n tile: rows (k) row0 .. row0+15, columns (n) col0 .. col0+7.
+template <typename At>
+__device__ __forceinline__ void frag_b(unsigned r[2], At at, int row0, int col0) {
+    int lane = threadIdx.x % WARP_SIZE, n = col0 + lane / 4, k = row0 + 2 * (lane % 4);
+    r[0] = pack_bf16(at(k, n), at(k + 1, n));
+    r[1] = pack_bf16(at(k + 8, n), at(k + 9, n));
 }
-// B from its transpose, a row-major n × k tile (8×16), e.g. keys for Q·Kᵀ.
-__device__ __forceinline__ void load_bt_8x16(unsigned r[2], const bf16* bt, int ld) {
-    int lane = threadIdx.x % WARP_SIZE, g = lane / 4, t = lane % 4;
-    r[0] = pack_bf16(bt[g * ld + 2 * t], bt[g * ld + 2 * t + 1]);
-    r[1] = pack_bf16(bt[g * ld + 2 * t + 8], bt[g * ld + 2 * t + 9]);
+// B from its transpose, an n × k tile: rows (n) row0 .. row0+7, columns (k) col0 .. col0+15.
+template <typename At>
+__device__ __forceinline__ void frag_bt(unsigned r[2], At at, int row0, int col0) {
+    int lane = threadIdx.x % WARP_SIZE, n = row0 + lane / 4, k = col0 + 2 * (lane % 4);
+    r[0] = pack_bf16(at(n, k), at(n, k + 1));
+    r[1] = pack_bf16(at(n, k + 8), at(n, k + 9));
+}
+// The A fragment of a 16×16 tile held as two 16×8 accumulators (columns
+// 0..7 and 8..15), rounded to bf16: their layouts line up, so no data
+// moves between lanes (flash attention's P and dS).
+__device__ __forceinline__ void frag_a_from_acc(unsigned r[4], const float acc[2][4]) {
+    r[0] = pack_bf16(from_float<bf16>(acc[0][0]), from_float<bf16>(acc[0][1]));
+    r[1] = pack_bf16(from_float<bf16>(acc[0][2]), from_float<bf16>(acc[0][3]));
+    r[2] = pack_bf16(from_float<bf16>(acc[1][0]), from_float<bf16>(acc[1][1]));
+    r[3] = pack_bf16(from_float<bf16>(acc[1][2]), from_float<bf16>(acc[1][3]));
 }
 // C or D: a row-major 16×8 fp32 tile.
 __device__ __forceinline__ void load_c_16x8(float r[4], const float* c, int ld) {

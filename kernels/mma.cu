@@ -16,9 +16,9 @@ extern "C" __global__ void mma_selftest(float* __restrict__ d, const bf16* __res
                                         const float* __restrict__ c, int shuffled) {
     unsigned ra[4], rb[2], rbt[2];
     float rc[4], rd[4], zero[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    load_a_16x16(ra, a, 16);
-    load_b_16x8(rb, b, 8);
-    load_bt_8x16(rbt, bt, 16);
+    frag_a(ra, [&](int r, int c) { return a[r * 16 + c]; }, 0, 0);
+    frag_b(rb, [&](int r, int c) { return b[r * 8 + c]; }, 0, 0);
+    frag_bt(rbt, [&](int r, int c) { return bt[r * 16 + c]; }, 0, 0);
     load_c_16x8(rc, c, 8);
     if (shuffled)
         mma_16816_shuffled(rd, ra, rb, rc);
