@@ -169,3 +169,15 @@ fn a_swarm_publishing_to_a_failing_hugging_face_hub_goes_on() {
     miners_hold_the_published_model(&hub, &out, 2, 2);
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+/// Nodes read GPT-2 tokens: a preset whose vocabulary cannot hold them is
+/// refused up front with the reason, not trained on until the data runs out.
+#[test]
+fn a_preset_too_small_for_gpt2_tokens_is_refused() {
+    let out = std::env::temp_dir().join(format!("dtrain-swarm-tiny-{}", std::process::id()));
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain")).args(["-q", "swarm", "--model", "tiny", "--out"]).arg(&out).output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success() && stderr.contains("vocabulary of 300") && stderr.contains("50257"), "{stderr}");
+    assert!(!out.join("nodes").exists(), "no node was started");
+    let _ = std::fs::remove_dir_all(&out);
+}
