@@ -291,6 +291,27 @@ F32_AND_BF16(attention_backward_key,
 #define TC_ROWS 16
 #define TC_WARPS 4
 
+// The rows of one head of one sequence (blockIdx.y = b·NH + h) as the
+// fragment loaders' element accessor; rows past T read 0.
+struct HeadRows {
+    const bf16* base;
+    long long ld;
+    int T;
+    __device__ __forceinline__ bf16 operator()(int row, int col) const { return row < T ? base[row * ld + col] : bf16{0}; }
+};
+// Part 0 (Q), 1 (K) or 2 (V) of the interleaved QKV.
+template <int HS>
+__device__ __forceinline__ HeadRows qkv_rows(const bf16* qkv, int part, int T, int C, int NH) {
+    int b = blockIdx.y / NH, h = blockIdx.y % NH;
+    return HeadRows{qkv + (long long)b * T * 3 * C + part * C + h * HS, 3LL * C, T};
+}
+// The output's gradient dY (B, T, C).
+template <int HS>
+__device__ __forceinline__ HeadRows dout_rows(const bf16* dout, int T, int C, int NH) {
+    int b = blockIdx.y / NH, h = blockIdx.y % NH;
+    return HeadRows{dout + (long long)b * T * C + h * HS, C, T};
+}
+
 template <int HS>
 __device__ __forceinline__ void attention_forward_tc(bf16* __restrict__ out, float* __restrict__ lse,
                                                      const bf16* __restrict__ qkv, int B, int T, int C, int NH) {
@@ -298,14 +319,8 @@ __device__ __forceinline__ void attention_forward_tc(bf16* __restrict__ out, flo
     int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE, g = lane / 4, t = lane % 4;
     int q0 = (blockIdx.x * TC_WARPS + warp) * TC_ROWS;
     if (q0 >= T) return;  // the whole warp; no block barriers below
-    const bf16* base = qkv + (long long)b * T * 3 * C + h * HS;
-    long long ld = 3LL * C;
-    // Element (row, col) of part 0 (Q), 1 (K) or 2 (V); rows past T read 0.
-    auto at = [&](int row, int col, int part) { return row < T ? base[row * ld + part * C + col] : bf16{0}; };
+    HeadRows Q = qkv_rows<HS>(qkv, 0, T, C, NH), K = qkv_rows<HS>(qkv, 1, T, C, NH), V = qkv_rows<HS>(qkv, 2, T, C, NH);
     float scale = 1.0f / sqrtf((float)HS);
-    auto Q = [&](int row, int col) { return at(row, col, 0); };
-    auto K = [&](int row, int col) { return at(row, col, 1); };
-    auto V = [&](int row, int col) { return at(row, col, 2); };
     unsigned qf[HS / 16][4];
 #pragma unroll
     for (int kk = 0; kk < HS / 16; kk++) frag_a(qf[kk], Q, q0, kk * 16);
@@ -423,20 +438,14 @@ __device__ __forceinline__ void attention_backward_query_tc(bf16* __restrict__ d
     int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE, g = lane / 4, t = lane % 4;
     int q0 = (blockIdx.x * TC_WARPS + warp) * TC_ROWS;
     if (q0 >= T) return;
-    const bf16* base = qkv + (long long)b * T * 3 * C + h * HS;
-    const bf16* dbase = dout + (long long)b * T * C + h * HS;
-    long long ld = 3LL * C;
-    auto at = [&](int row, int col, int part) { return row < T ? base[row * ld + part * C + col] : bf16{0}; };
-    auto dat = [&](int row, int col) { return row < T ? dbase[(long long)row * C + col] : bf16{0}; };
+    HeadRows Q = qkv_rows<HS>(qkv, 0, T, C, NH), K = qkv_rows<HS>(qkv, 1, T, C, NH), V = qkv_rows<HS>(qkv, 2, T, C, NH);
+    HeadRows dY = dout_rows<HS>(dout, T, C, NH);
     float scale = 1.0f / sqrtf((float)HS);
-    auto Q = [&](int row, int col) { return at(row, col, 0); };
-    auto K = [&](int row, int col) { return at(row, col, 1); };
-    auto V = [&](int row, int col) { return at(row, col, 2); };
     unsigned qf[HS / 16][4], df[HS / 16][4];
 #pragma unroll
     for (int kk = 0; kk < HS / 16; kk++) {
         frag_a(qf[kk], Q, q0, kk * 16);
-        frag_a(df[kk], dat, q0, kk * 16);
+        frag_a(df[kk], dY, q0, kk * 16);
     }
     float row_lse[2], D[2] = {0.0f, 0.0f};
 #pragma unroll
@@ -515,15 +524,9 @@ __device__ __forceinline__ void attention_backward_key_tc(bf16* __restrict__ dqk
     int warp = threadIdx.x / WARP_SIZE, lane = threadIdx.x % WARP_SIZE, g = lane / 4, t = lane % 4;
     int j0 = (blockIdx.x * TC_WARPS + warp) * TC_ROWS;
     if (j0 >= T) return;
-    const bf16* base = qkv + (long long)b * T * 3 * C + h * HS;
-    const bf16* dbase = dout + (long long)b * T * C + h * HS;
-    long long ld = 3LL * C;
-    auto at = [&](int row, int col, int part) { return row < T ? base[row * ld + part * C + col] : bf16{0}; };
-    auto dat = [&](int row, int col) { return row < T ? dbase[(long long)row * C + col] : bf16{0}; };
+    HeadRows Q = qkv_rows<HS>(qkv, 0, T, C, NH), K = qkv_rows<HS>(qkv, 1, T, C, NH), V = qkv_rows<HS>(qkv, 2, T, C, NH);
+    HeadRows dY = dout_rows<HS>(dout, T, C, NH);
     float scale = 1.0f / sqrtf((float)HS);
-    auto Q = [&](int row, int col) { return at(row, col, 0); };
-    auto K = [&](int row, int col) { return at(row, col, 1); };
-    auto V = [&](int row, int col) { return at(row, col, 2); };
     unsigned kf[HS / 16][4], vf[HS / 16][4];
 #pragma unroll
     for (int kk = 0; kk < HS / 16; kk++) {
@@ -544,7 +547,7 @@ __device__ __forceinline__ void attention_backward_key_tc(bf16* __restrict__ dqk
             for (int kk = 0; kk < HS / 16; kk++) {
                 unsigned qb[2], ob[2];
                 frag_bt(qb, Q, i0 + 8 * nh, kk * 16);
-                frag_bt(ob, dat, i0 + 8 * nh, kk * 16);
+                frag_bt(ob, dY, i0 + 8 * nh, kk * 16);
                 mma_16816(st[nh], kf[kk], qb, st[nh]);
                 mma_16816(dpt[nh], vf[kk], ob, dpt[nh]);
             }
@@ -567,7 +570,7 @@ __device__ __forceinline__ void attention_backward_key_tc(bf16* __restrict__ dqk
 #pragma unroll
         for (int n = 0; n < HS / 8; n++) {
             unsigned ob[2], qb[2];
-            frag_b(ob, dat, i0, n * 8);
+            frag_b(ob, dY, i0, n * 8);
             frag_b(qb, Q, i0, n * 8);
             mma_16816(dv[n], pa, ob, dv[n]);
             mma_16816(dk[n], sa, qb, dk[n]);
