@@ -118,3 +118,25 @@ fn non_finite_values_from_a_peer_are_refused_before_anything_is_added() {
         assert!(acc.iter().all(|&a| a == 2.0), "{codec:?}: a rejected chunk was partly added");
     }
 }
+
+#[test]
+fn encoding_names_the_first_non_finite_input() {
+    for codec in [Codec::F32, Codec::F16, Codec::Bf16, Codec::Int8 { block: 256 }, Codec::Int8 { block: 7 }] {
+        let x = values(3001, 6);
+        let mut bytes = vec![0u8; codec.encoded_len(x.len())];
+        assert_eq!(codec.encode_checked(&x, &mut bytes), None, "{codec}");
+        let mut plain = vec![0u8; bytes.len()];
+        codec.encode(&x, &mut plain);
+        assert_eq!(bytes, plain, "{codec}: the checked encoding is the plain one");
+        for at in [0, 15, 16, 1000, 3000] {
+            for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+                let mut y = x.clone();
+                y[at] = bad;
+                let second = (at + 7) % y.len();
+                y[second] = bad; // a second one, after or before it
+                let first = y.iter().position(|v| !v.is_finite());
+                assert_eq!(codec.encode_checked(&y, &mut bytes), first, "{codec}: {bad} at {at}");
+            }
+        }
+    }
+}

@@ -15,9 +15,8 @@
 //! then writes anything, so bytes from a peer can
 //! neither produce non-finite values nor leave a half-added chunk behind.
 
+use super::convert;
 use crate::engine::cpu::simd::multiversion;
-use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
-use half::{bf16, f16};
 
 /// Largest finite f16.
 pub const F16_MAX: f32 = 65504.0;
@@ -66,30 +65,29 @@ impl Codec {
                 None => dst.chunks_exact_mut(4).zip(src).for_each(|(d, v)| d.copy_from_slice(&v.to_le_bytes())),
             },
             Codec::F16 => {
-                let mut clamped = [0f32; STEP];
-                let mut bits = [0u16; STEP];
-                for (s, d) in src.chunks(STEP).zip(dst.chunks_mut(2 * STEP)) {
-                    let n = s.len();
-                    clamp_f16(s, &mut clamped[..n]);
-                    match words_mut::<u16>(d) {
-                        Some(d) => d.reinterpret_cast_mut::<f16>().convert_from_f32_slice(&clamped[..n]),
-                        None => {
-                            bits[..n].reinterpret_cast_mut::<f16>().convert_from_f32_slice(&clamped[..n]);
-                            put_u16(&bits[..n], d);
-                        }
-                    }
-                }
+                convert::f32_to_f16(src, dst);
             }
-            Codec::Bf16 => {
-                let mut bits = [0u16; STEP];
-                for (s, d) in src.chunks(STEP).zip(dst.chunks_mut(2 * STEP)) {
-                    let n = s.len();
-                    bits[..n].reinterpret_cast_mut::<bf16>().convert_from_f32_slice(s);
-                    put_u16(&bits[..n], d);
-                }
+            Codec::Bf16 => convert::f32_to_bf16(src, dst),
+            Codec::Int8 { block } => {
+                int8_encode(src, dst, block.max(1));
             }
-            Codec::Int8 { block } => int8_encode(src, dst, block.max(1)),
         }
+    }
+
+    /// Like `encode`, and returns the index of the first NaN or inf in
+    /// `src` (checked in the same pass where the codec allows, while `src`
+    /// is in cache otherwise).
+    pub fn encode_checked(&self, src: &[f32], dst: &mut [u8]) -> Option<usize> {
+        assert_eq!(dst.len(), self.encoded_len(src.len()), "destination sized by encoded_len");
+        let bad = match *self {
+            Codec::F16 => convert::f32_to_f16(src, dst),
+            Codec::Int8 { block } => int8_encode(src, dst, block.max(1)),
+            _ => {
+                self.encode(src, dst);
+                return first_nonfinite(src);
+            }
+        };
+        if bad { first_nonfinite(src) } else { None }
     }
 
     /// Checks a chunk of `n` encoded values without decoding it: the length,
@@ -136,22 +134,14 @@ impl Codec {
                 }
             },
             Codec::F16 | Codec::Bf16 => {
-                let mut bits = [0u16; STEP];
                 for (k, b) in src.chunks(2 * STEP).enumerate() {
-                    let m = b.len() / 2;
-                    let words = match words::<u16>(b) {
-                        Some(w) => w,
-                        None => {
-                            bits[..m].iter_mut().zip(b.chunks_exact(2)).for_each(|(w, b)| *w = u16::from_le_bytes([b[0], b[1]]));
-                            &bits[..m]
-                        }
-                    };
+                    let out = &mut out[..b.len() / 2];
                     if *self == Codec::F16 {
-                        words.reinterpret_cast::<f16>().convert_to_f32_slice(&mut out[..m]);
+                        convert::f16_to_f32(b, out);
                     } else {
-                        words.reinterpret_cast::<bf16>().convert_to_f32_slice(&mut out[..m]);
+                        convert::bf16_to_f32(b, out);
                     }
-                    f(k * STEP, &out[..m]);
+                    f(k * STEP, out);
                 }
             }
             Codec::Int8 { block } => {
@@ -174,18 +164,23 @@ impl Codec {
         let n = dst.len();
         // Straight into place where possible, without the bounce through a
         // stack buffer.
-        match (self, words::<u16>(src), words::<f32>(src)) {
-            (Codec::F16, Some(words), _) => {
+        match (self, words::<f32>(src)) {
+            (Codec::F16, _) => {
                 self.validate(src, n)?;
-                words.reinterpret_cast::<f16>().convert_to_f32_slice(dst);
+                convert::f16_to_f32(src, dst);
                 return Ok(());
             }
-            (Codec::F32, _, Some(values)) => {
+            (Codec::Bf16, _) => {
+                self.validate(src, n)?;
+                convert::bf16_to_f32(src, dst);
+                return Ok(());
+            }
+            (Codec::F32, Some(values)) => {
                 self.validate(src, n)?;
                 dst.copy_from_slice(values);
                 return Ok(());
             }
-            (Codec::Int8 { block }, _, _) => {
+            (Codec::Int8 { block }, _) => {
                 self.validate(src, n)?;
                 let block = (*block).max(1);
                 let (scales, values) = src.split_at(4 * n.div_ceil(block));
@@ -264,10 +259,6 @@ mod bytemuck_free {
     impl Word for f32 {}
 }
 
-fn put_u16(src: &[u16], dst: &mut [u8]) {
-    dst.chunks_exact_mut(2).zip(src).for_each(|(d, w)| d.copy_from_slice(&w.to_le_bytes()));
-}
-
 /// Index of the first 16-bit little-endian word whose `mask` bits are all
 /// set. Scans in branch-free runs so the common (clean) case vectorizes.
 fn first_all_ones_u16(b: &[u8], mask: u16) -> Option<usize> {
@@ -315,12 +306,6 @@ multiversion! {
 }
 
 multiversion! {
-    fn clamp_f16(src: &[f32], dst: &mut [f32]) {
-        dst.iter_mut().zip(src).for_each(|(d, &v)| *d = v.clamp(-F16_MAX, F16_MAX));
-    }
-}
-
-multiversion! {
     fn scale_into(acc: &mut [f32], w: f32, v: &[f32]) {
         acc.iter_mut().zip(v).for_each(|(a, &v)| *a = w * v);
     }
@@ -351,30 +336,42 @@ multiversion! {
 }
 
 multiversion! {
-    /// Scales first (all of them), then the values: `block` values share a scale.
-    fn int8_encode(src: &[f32], dst: &mut [u8], block: usize) {
+    /// Scales first (all of them), then the values: `block` values share a
+    /// scale. Returns whether any input was NaN or inf (checked in the same
+    /// pass; the encoding is meaningless then, but still well-defined).
+    fn int8_encode(src: &[f32], dst: &mut [u8], block: usize) -> bool {
         let (scales, values) = dst.split_at_mut(4 * src.len().div_ceil(block));
+        let mut bad = false;
         for ((s, sc), q) in src.chunks(block).zip(scales.chunks_exact_mut(4)).zip(values.chunks_mut(block)) {
             // max |x| over 16 independent lanes, so that it vectorizes.
             let mut lanes = [0f32; 16];
+            let mut inf_nan = [false; 16];
             let mut runs = s.chunks_exact(16);
-            // (A plain comparison, not f32::max: inputs are finite, and
-            // max's NaN rules cost a fix-up per vector.)
+            // (A plain comparison, not f32::max: max's NaN rules cost a
+            // fix-up per vector; NaN and inf are flagged on their own.)
             let bigger = |m: f32, v: f32| if v > m { v } else { m };
+            let nonfinite = |v: f32| v.to_bits() & 0x7f80_0000 == 0x7f80_0000;
             for run in &mut runs {
-                for (m, &v) in lanes.iter_mut().zip(run) {
+                for ((m, b), &v) in lanes.iter_mut().zip(&mut inf_nan).zip(run) {
                     *m = bigger(*m, v.abs());
+                    *b |= nonfinite(v);
                 }
             }
+            bad |= inf_nan.iter().any(|&b| b) || runs.remainder().iter().any(|&v| nonfinite(v));
             let max = runs.remainder().iter().chain(&lanes).fold(0f32, |m, &v| bigger(m, v.abs()));
             let scale = max / 127.0;
             sc.copy_from_slice(&scale.to_le_bytes());
-            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            let inv = if scale > 0.0 && scale.is_finite() { 1.0 / scale } else { 0.0 };
             for (q, &v) in q.iter_mut().zip(s) {
-                // Ties to even: one instruction, within the same bound; |v·inv| ≤ 127.
-                *q = (v * inv).round_ties_even() as i8 as u8;
+                // Ties to even; |v·inv| ≤ 127 for finite input, and the
+                // clamp (whose max drops NaN) keeps any input in range, so
+                // the unchecked conversion is sound and vectorizes.
+                let r = (v * inv).round_ties_even().max(-127.0).min(127.0);
+                // SAFETY: r is finite and within i32's range.
+                *q = unsafe { r.to_int_unchecked::<i32>() } as i8 as u8;
             }
         }
+        bad
     }
 }
 

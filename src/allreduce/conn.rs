@@ -219,7 +219,15 @@ impl Conn {
             // Time without write progress counts only while something waits.
             self.last_write = now;
         }
-        self.out.push_back(out);
+        // Averaged chunks (and the summary after them) go ahead of scatter
+        // frames not yet begun: their bytes were just encoded and are still
+        // in cache for the kernel's copy, and the far end can finish its
+        // copy of our span while our scatter frames still flow.
+        let at = match out.kind {
+            Kind::Gather | Kind::Done => self.out.iter().position(|o| o.kind == Kind::Scatter && o.sent == 0).unwrap_or(self.out.len()),
+            _ => self.out.len(),
+        };
+        self.out.insert(at, out);
     }
 
     pub fn has_output(&self) -> bool {

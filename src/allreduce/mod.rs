@@ -5,6 +5,7 @@
 
 pub mod codec;
 mod conn;
+mod convert;
 pub mod group;
 pub mod handshake;
 pub mod identity;

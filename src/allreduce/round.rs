@@ -300,15 +300,7 @@ impl<'a> Round<'a> {
                 }
             }
             let src: &[f32] = grad;
-            bad = jobs
-                .into_par_iter()
-                .filter_map(|(elems, dst)| {
-                    let x = &src[elems.clone()];
-                    let bad = first_nonfinite(x).map(|i| elems.start + i);
-                    codec.encode(x, dst);
-                    bad
-                })
-                .min();
+            bad = jobs.into_par_iter().filter_map(|(elems, dst)| codec.encode_checked(&src[elems.clone()], dst).map(|i| elems.start + i)).min();
         }
         let (mut weight, mut local_rejected) = (weight, None);
         if let Some(i) = bad {
@@ -829,16 +821,14 @@ impl<'a> Round<'a> {
         let mean = &self.scratch[..info.elems.len()];
         // Huge (finite) contributions can still overflow the sum: such a
         // chunk is not averaged rather than sent as inf.
-        if has_mean && first_nonfinite(mean).is_none() {
-            if self.zero_copy {
-                self.my_sums[c] = checksum(f32_bytes(mean));
-                self.grad[info.elems.clone()].copy_from_slice(mean);
-            } else {
-                let enc = &mut self.wire[info.bytes.clone()];
-                self.codec.encode(mean, enc);
-                self.my_sums[c] = checksum(enc);
-                self.codec.decode(enc, &mut self.grad[info.elems.clone()]).expect("own encoding decodes");
-            }
+        if has_mean && self.zero_copy && first_nonfinite(mean).is_none() {
+            self.my_sums[c] = checksum(f32_bytes(mean));
+            self.grad[info.elems.clone()].copy_from_slice(mean);
+            self.averaged[c] = true;
+        } else if has_mean && !self.zero_copy && self.codec.encode_checked(mean, &mut self.wire[info.bytes.clone()]).is_none() {
+            let enc = &self.wire[info.bytes.clone()];
+            self.my_sums[c] = checksum(enc);
+            self.codec.decode(enc, &mut self.grad[info.elems.clone()]).expect("own encoding decodes");
             self.averaged[c] = true;
         } else {
             self.my_sums[c] = checksum(&[]);
