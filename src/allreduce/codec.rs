@@ -255,49 +255,41 @@ fn words_mut<T: bytemuck_free::Word>(b: &mut [u8]) -> Option<&mut [T]> {
 mod bytemuck_free {
     /// Types whose every bit pattern is a value.
     pub trait Word: Copy {}
-    impl Word for u16 {}
     impl Word for f32 {}
 }
 
 /// Index of the first 16-bit little-endian word whose `mask` bits are all
-/// set. Scans in branch-free runs so the common (clean) case vectorizes.
+/// set. One branch-free pass over the whole chunk (the clean case, which
+/// is the common one, vectorizes); the position only when there is a hit.
 fn first_all_ones_u16(b: &[u8], mask: u16) -> Option<usize> {
-    let hit = |w: u16| w & mask == mask;
-    for (k, run) in b.chunks(2 * 256).enumerate() {
-        let any = match words::<u16>(run) {
-            Some(w) => w.iter().fold(false, |a, &w| a | hit(w)),
-            None => run.chunks_exact(2).fold(false, |a, x| a | hit(u16::from_le_bytes([x[0], x[1]]))),
-        };
-        if any {
-            return run.chunks_exact(2).position(|x| hit(u16::from_le_bytes([x[0], x[1]]))).map(|i| k * 256 + i);
-        }
-    }
-    None
+    let hit = |x: &[u8]| u16::from_le_bytes([x[0], x[1]]) & mask == mask;
+    if any_all_ones_u16(b, mask) { b.chunks_exact(2).position(hit) } else { None }
 }
 
 fn first_all_ones_u32(b: &[u8], mask: u32) -> Option<usize> {
-    let hit = |w: u32| w & mask == mask;
-    let word = |x: &[u8]| u32::from_le_bytes([x[0], x[1], x[2], x[3]]);
-    for (k, run) in b.chunks(4 * 256).enumerate() {
-        if run.chunks_exact(4).fold(false, |a, x| a | hit(word(x))) {
-            return run.chunks_exact(4).position(|x| hit(word(x))).map(|i| k * 256 + i);
-        }
-    }
-    None
+    let hit = |x: &[u8]| u32::from_le_bytes([x[0], x[1], x[2], x[3]]) & mask == mask;
+    if any_all_ones_u32(b, mask) { b.chunks_exact(4).position(hit) } else { None }
 }
 
-/// Index of the first NaN or infinity in `x`, scanning branch-free runs.
+/// Index of the first NaN or infinity in `x` (as `first_all_ones_u32`).
 pub fn first_nonfinite(x: &[f32]) -> Option<usize> {
-    for (k, run) in x.chunks(256).enumerate() {
-        if any_nonfinite(run) {
-            return run.iter().position(|v| !v.is_finite()).map(|i| k * 256 + i);
-        }
-    }
-    None
+    if any_nonfinite(x) { x.iter().position(|v| !v.is_finite()) } else { None }
 }
 
 // The element-wise loops, each compiled for AVX-512, AVX2 and the baseline
 // (see `engine::cpu::simd`): branch-free so that they vectorize.
+
+multiversion! {
+    fn any_all_ones_u16(b: &[u8], mask: u16) -> bool {
+        b.chunks_exact(2).fold(false, |a, x| a | (u16::from_le_bytes([x[0], x[1]]) & mask == mask))
+    }
+}
+
+multiversion! {
+    fn any_all_ones_u32(b: &[u8], mask: u32) -> bool {
+        b.chunks_exact(4).fold(false, |a, x| a | (u32::from_le_bytes([x[0], x[1], x[2], x[3]]) & mask == mask))
+    }
+}
 
 multiversion! {
     fn any_nonfinite(x: &[f32]) -> bool {

@@ -87,7 +87,7 @@ pub struct Miner<E: Engine = CpuEngine> {
 /// XXH3-64 of the weights' bytes.
 pub fn params_hash(params: &[f32]) -> u64 {
     // SAFETY: any f32 is 4 readable bytes.
-    xxhash_rust::xxh3::xxh3_64(unsafe { std::slice::from_raw_parts(params.as_ptr() as *const u8, 4 * params.len()) })
+    xxh3::hash64_with_seed(unsafe { std::slice::from_raw_parts(params.as_ptr() as *const u8, 4 * params.len()) }, 0)
 }
 
 impl<E: Engine> Miner<E> {

@@ -152,7 +152,7 @@ pub fn compile_ptx(arch: (i32, i32)) -> Result<String, String> {
 
 fn ptx_cached(arch: (i32, i32), use_cache: bool) -> Result<String, String> {
     let opts = [format!("--gpu-architecture=compute_{}{}", arch.0, arch.1), "--std=c++17".into(), "-default-device".into()];
-    let key = xxhash_rust::xxh3::xxh3_64(format!("{SOURCE}\n{opts:?}").as_bytes());
+    let key = xxh3::hash64_with_seed(format!("{SOURCE}\n{opts:?}").as_bytes(), 0);
     let cached = cache_dir().filter(|_| use_cache).map(|d| d.join(format!("{key:016x}-sm_{}{}.ptx", arch.0, arch.1)));
     if let Some(text) = cached.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
         return Ok(text);
