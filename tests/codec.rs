@@ -140,3 +140,30 @@ fn encoding_names_the_first_non_finite_input() {
         }
     }
 }
+
+#[test]
+fn streaming_decoding_writes_the_same_values() {
+    for codec in [Codec::F32, Codec::F16, Codec::Bf16, Codec::Int8 { block: 256 }, Codec::Int8 { block: 7 }] {
+        let x = values(4099, 7);
+        let mut bytes = vec![0u8; codec.encoded_len(x.len())];
+        codec.encode(&x, &mut bytes);
+        let mut plain = vec![0f32; x.len()];
+        codec.decode(&bytes, &mut plain).unwrap();
+        // Destinations at every alignment within a vector register.
+        let mut big = vec![f32::NAN; x.len() + 8];
+        for skip in 0..8 {
+            let dst = &mut big[skip..skip + x.len()];
+            codec.decode_into(&bytes, dst, true).unwrap();
+            assert!(dst.iter().zip(&plain).all(|(a, b)| a.to_bits() == b.to_bits()), "{codec} at offset {skip}");
+        }
+        let mut bad = bytes.clone();
+        if let Codec::F32 | Codec::F16 | Codec::Bf16 = codec {
+            // A NaN as the first value.
+            let nan: &[u8] = if codec == Codec::F32 { &[0xff, 0xff, 0xff, 0x7f] } else { &[0xff, 0x7f] };
+            bad[..nan.len()].copy_from_slice(nan);
+            let mut dst = vec![1.5f32; x.len()];
+            assert!(codec.decode_into(&bad, &mut dst, true).is_err(), "{codec}");
+            assert!(dst.iter().all(|&v| v == 1.5), "{codec}: untouched on error");
+        }
+    }
+}

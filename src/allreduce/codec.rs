@@ -161,13 +161,24 @@ impl Codec {
 
     /// Decodes `src` into `dst` (`dst.len()` values); on error `dst` is untouched.
     pub fn decode(&self, src: &[u8], dst: &mut [f32]) -> Result<(), CodecError> {
+        self.decode_into(src, dst, false)
+    }
+
+    /// Like `decode`; `streaming` writes past the cache where the codec can
+    /// (for a destination far larger than the cache whose old values are
+    /// not needed: the all-gather's copies of other members' spans).
+    pub fn decode_into(&self, src: &[u8], dst: &mut [f32], streaming: bool) -> Result<(), CodecError> {
         let n = dst.len();
         // Straight into place where possible, without the bounce through a
         // stack buffer.
         match (self, words::<f32>(src)) {
             (Codec::F16, _) => {
                 self.validate(src, n)?;
-                convert::f16_to_f32(src, dst);
+                if streaming {
+                    convert::f16_to_f32_streaming(src, dst);
+                } else {
+                    convert::f16_to_f32(src, dst);
+                }
                 return Ok(());
             }
             (Codec::Bf16, _) => {
@@ -177,13 +188,21 @@ impl Codec {
             }
             (Codec::F32, Some(values)) => {
                 self.validate(src, n)?;
-                dst.copy_from_slice(values);
+                if streaming {
+                    convert::copy_streaming(values, dst);
+                } else {
+                    dst.copy_from_slice(values);
+                }
                 return Ok(());
             }
             (Codec::Int8 { block }, _) => {
                 self.validate(src, n)?;
                 let block = (*block).max(1);
                 let (scales, values) = src.split_at(4 * n.div_ceil(block));
+                if streaming {
+                    convert::int8_to_f32_streaming(scales, values, block, dst);
+                    return Ok(());
+                }
                 for ((sc, q), out) in scales.chunks_exact(4).zip(values.chunks(block)).zip(dst.chunks_mut(block)) {
                     int8_decode(q, f32::from_le_bytes([sc[0], sc[1], sc[2], sc[3]]), out);
                 }

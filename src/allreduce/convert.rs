@@ -36,9 +36,63 @@ pub fn f16_to_f32(src: &[u8], dst: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if has_f16c() {
         // SAFETY: the CPU has AVX2 and F16C; lengths checked above.
-        return unsafe { x86::f16_to_f32(src, dst) };
+        return unsafe { x86::f16_to_f32::<false>(src, dst) };
     }
     f16_tail(src, dst)
+}
+
+/// Like [`f16_to_f32`], writing with non-temporal stores where the CPU has
+/// them: for a destination far larger than the cache whose old contents
+/// are not needed, it saves reading every line before overwriting it.
+pub fn f16_to_f32_streaming(src: &[u8], dst: &mut [f32]) {
+    assert_eq!(src.len(), 2 * dst.len(), "two bytes per value");
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c() {
+        // Plain stores up to the first 32-byte boundary, then aligned streaming ones.
+        let head = dst.as_ptr().align_offset(32).min(dst.len());
+        f16_tail(&src[..2 * head], &mut dst[..head]);
+        // SAFETY: the CPU has AVX2 and F16C; lengths checked above; the
+        // rest of `dst` starts 32-byte aligned.
+        return unsafe { x86::f16_to_f32::<true>(&src[2 * head..], &mut dst[head..]) };
+    }
+    f16_tail(src, dst)
+}
+
+/// `dst = src` (as [`f16_to_f32_streaming`], for fp32 on the wire).
+pub fn copy_streaming(src: &[f32], dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len(), "same length");
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c() {
+        let head = dst.as_ptr().align_offset(32).min(dst.len());
+        dst[..head].copy_from_slice(&src[..head]);
+        // SAFETY: the CPU has AVX2; lengths checked; aligned as required.
+        return unsafe { x86::copy_streaming(&src[head..], &mut dst[head..]) };
+    }
+    dst.copy_from_slice(src)
+}
+
+/// Decodes int8 values (one f32 scale per `block`) into `dst` with
+/// streaming stores (as [`f16_to_f32_streaming`]).
+pub fn int8_to_f32_streaming(scales: &[u8], values: &[u8], block: usize, dst: &mut [f32]) {
+    assert!(values.len() == dst.len() && scales.len() == 4 * dst.len().div_ceil(block), "int8 layout");
+    let scalar = |q: &[u8], scale: f32, out: &mut [f32]| out.iter_mut().zip(q).for_each(|(o, &q)| *o = q as i8 as f32 * scale);
+    for ((sc, q), out) in scales.chunks_exact(4).zip(values.chunks(block)).zip(dst.chunks_mut(block)) {
+        let scale = f32::from_le_bytes([sc[0], sc[1], sc[2], sc[3]]);
+        #[cfg(target_arch = "x86_64")]
+        if has_f16c() {
+            let head = out.as_ptr().align_offset(32).min(out.len());
+            scalar(&q[..head], scale, &mut out[..head]);
+            // SAFETY: the CPU has AVX2; lengths match; aligned as required.
+            unsafe { x86::int8_to_f32_nt(&q[head..], scale, &mut out[head..]) };
+            continue;
+        }
+        scalar(q, scale, out);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c() {
+        // SAFETY: the CPU has SSE (every x86-64 does).
+        unsafe { std::arch::x86_64::_mm_sfence() };
+    }
 }
 
 /// Encodes `src` as fp16 into `dst` (2 bytes each, little-endian),
@@ -81,8 +135,9 @@ mod x86 {
     use super::F16_MAX;
     use std::arch::x86_64::*;
 
+    /// `STREAM`: non-temporal stores; `dst` must then be 32-byte aligned.
     #[target_feature(enable = "avx2,f16c")]
-    pub unsafe fn f16_to_f32(src: &[u8], dst: &mut [f32]) {
+    pub unsafe fn f16_to_f32<const STREAM: bool>(src: &[u8], dst: &mut [f32]) {
         let n = dst.len();
         let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
         let mut i = 0;
@@ -91,12 +146,57 @@ mod x86 {
             while i + 16 <= n {
                 let a = _mm_loadu_si128(s.add(2 * i) as *const __m128i);
                 let b = _mm_loadu_si128(s.add(2 * i + 16) as *const __m128i);
-                _mm256_storeu_ps(d.add(i), _mm256_cvtph_ps(a));
-                _mm256_storeu_ps(d.add(i + 8), _mm256_cvtph_ps(b));
+                if STREAM {
+                    _mm256_stream_ps(d.add(i), _mm256_cvtph_ps(a));
+                    _mm256_stream_ps(d.add(i + 8), _mm256_cvtph_ps(b));
+                } else {
+                    _mm256_storeu_ps(d.add(i), _mm256_cvtph_ps(a));
+                    _mm256_storeu_ps(d.add(i + 8), _mm256_cvtph_ps(b));
+                }
                 i += 16;
+            }
+            if STREAM {
+                // Streaming stores are weakly ordered: fence before anyone reads.
+                _mm_sfence();
             }
         }
         super::f16_tail(&src[2 * i..], &mut dst[i..]);
+    }
+
+    /// `dst` must be 32-byte aligned.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn copy_streaming(src: &[f32], dst: &mut [f32]) {
+        let n = dst.len();
+        let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+        let mut i = 0;
+        // SAFETY (all pointer accesses): i + 16 ≤ n; d + i stays aligned.
+        unsafe {
+            while i + 16 <= n {
+                _mm256_stream_ps(d.add(i), _mm256_loadu_ps(s.add(i)));
+                _mm256_stream_ps(d.add(i + 8), _mm256_loadu_ps(s.add(i + 8)));
+                i += 16;
+            }
+            _mm_sfence();
+        }
+        dst[i..].copy_from_slice(&src[i..]);
+    }
+
+    /// `dst` must be 32-byte aligned; the caller fences once after all blocks.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn int8_to_f32_nt(q: &[u8], scale: f32, dst: &mut [f32]) {
+        let n = dst.len();
+        let (s, d) = (q.as_ptr(), dst.as_mut_ptr());
+        let k = _mm256_set1_ps(scale);
+        let mut i = 0;
+        // SAFETY (all pointer accesses): i + 8 ≤ n; d + i stays aligned.
+        unsafe {
+            while i + 8 <= n {
+                let v = _mm256_cvtepi8_epi32(_mm_loadl_epi64(s.add(i) as *const __m128i));
+                _mm256_stream_ps(d.add(i), _mm256_mul_ps(_mm256_cvtepi32_ps(v), k));
+                i += 8;
+            }
+        }
+        dst[i..].iter_mut().zip(&q[i..]).for_each(|(o, &q)| *o = q as i8 as f32 * scale);
     }
 
     #[target_feature(enable = "avx2,f16c")]

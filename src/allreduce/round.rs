@@ -49,6 +49,11 @@ const MAX_REFUSED: usize = 64;
 /// Frames read from one connection before the others (and the writes)
 /// get a turn: a fast sender must not starve our own sending.
 const FRAMES_PER_TURN: usize = 4;
+/// Vectors from this size on (f32 bytes) get the all-gather's values with
+/// streaming stores: measured 5–7% faster at 256 MB (fp16, fp32; int8
+/// even), and far beyond any cache the optimizer reads them from memory
+/// anyway. Smaller vectors keep them in cache for the next step.
+const STREAMING_BYTES: usize = 64 << 20;
 const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const DIAL_BACKOFF_MAX: Duration = Duration::from_millis(500);
 
@@ -192,6 +197,9 @@ struct Round<'a> {
     scratch: Vec<f32>,
     /// fp32 on a little-endian host: frames are sent from `grad` itself.
     zero_copy: bool,
+    /// The vector is far larger than a cache: other members' averaged
+    /// chunks are written past it (see `Codec::decode_into`).
+    streaming: bool,
     finalized: Vec<bool>,
     averaged: Vec<bool>,
     my_sums: Vec<u64>,
@@ -334,6 +342,7 @@ impl<'a> Round<'a> {
             })
             .collect();
         let k = chunks[me].len();
+        let streaming = 4 * grad.len() >= STREAMING_BYTES;
         Ok(Round {
             id,
             listener,
@@ -353,6 +362,7 @@ impl<'a> Round<'a> {
             own_span,
             scratch: vec![0.0; per_chunk],
             zero_copy,
+            streaming,
             finalized: vec![false; k],
             averaged: vec![false; k],
             my_sums: vec![0; k],
@@ -759,7 +769,7 @@ impl<'a> Round<'a> {
                     return self.fail(j, Failure::Invalid(format!("averaged chunk {c} sent twice or after the summary")));
                 }
                 if !payload.is_empty()
-                    && let Err(e) = self.codec.decode(payload, &mut self.grad[info.elems.clone()])
+                    && let Err(e) = self.codec.decode_into(payload, &mut self.grad[info.elems.clone()], self.streaming)
                 {
                     return self.fail(j, Failure::Invalid(format!("averaged chunk {c}: {e}")));
                 }
