@@ -226,11 +226,15 @@ fn groups_and_codecs_parse_with_clear_errors() {
 
 #[test]
 fn a_sum_that_overflows_is_not_averaged_but_kept_local() {
-    let c = case(2, 3000, Codec::F32, 4000);
-    let inputs = vec![vec![3e38f32; 3000], vec![3e38f32; 3000]];
-    for (i, (x, r)) in run(&c, &inputs, 5).into_iter().enumerate() {
-        assert!(r.failures().is_empty(), "{}", r.summary());
-        assert!(x.iter().all(|v| v.is_finite()), "peer {i}");
-        assert_eq!(r.members[i].span_status, SpanStatus::KeptLocal, "peer {i}");
+    // fp16 saturates at 65504 before anything is summed; the others keep
+    // the range of f32 (and int8's last run is partial: 3000 = 11·256 + 184).
+    for codec in [Codec::F32, Codec::Bf16, Codec::Int8 { block: 256 }] {
+        let c = case(2, 3000, codec, 4000);
+        let inputs = vec![vec![3e38f32; 3000], vec![3e38f32; 3000]];
+        for (i, (x, r)) in run(&c, &inputs, 5).into_iter().enumerate() {
+            assert!(r.failures().is_empty(), "{codec}: {}", r.summary());
+            assert!(x.iter().zip(&inputs[i]).all(|(v, w)| v == w), "{codec}: peer {i} keeps its values");
+            assert_eq!(r.members[i].span_status, SpanStatus::KeptLocal, "{codec}: peer {i}");
+        }
     }
 }

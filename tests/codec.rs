@@ -167,3 +167,23 @@ fn streaming_decoding_writes_the_same_values() {
         }
     }
 }
+
+#[test]
+fn the_fused_mean_encodes_as_the_mean_then_the_encoder() {
+    for codec in [Codec::F32, Codec::F16, Codec::Bf16, Codec::Int8 { block: 256 }, Codec::Int8 { block: 7 }, Codec::Int8 { block: 1024 }] {
+        assert!(codec.encodes_mean_in_runs(), "{codec}");
+        let (x, base) = (values(5003, 8), values(5003, 9));
+        let mut bytes = vec![0u8; codec.encoded_len(x.len())];
+        codec.encode(&x, &mut bytes);
+        for (bw, base) in [(0.0, &[][..]), (2.5, &base[..])] {
+            let mut mean = vec![0f32; x.len()];
+            codec.decode_mean(&bytes, 1.5, bw, base, 0.25, &mut mean).unwrap();
+            let mut want = vec![0u8; bytes.len()];
+            codec.encode(&mean, &mut want);
+            let mut got = vec![0u8; bytes.len()];
+            assert_eq!(codec.decode_mean_encode(&bytes, x.len(), 1.5, bw, base, 0.25, &mut got), Ok(true), "{codec}");
+            assert_eq!(got, want, "{codec} with base weight {bw}");
+        }
+    }
+    assert!(!Codec::Int8 { block: 4096 }.encodes_mean_in_runs(), "a block longer than a run needs the whole block");
+}

@@ -243,6 +243,67 @@ impl Codec {
         })
     }
 
+    /// Whether `decode_mean_encode` handles this codec: every one whose
+    /// encoding can be written a decoded run at a time (int8 blocks longer
+    /// than a run cannot: their scale needs the whole block).
+    pub fn encodes_mean_in_runs(&self) -> bool {
+        !matches!(*self, Codec::Int8 { block } if block > STEP)
+    }
+
+    /// `enc = encode((base_weight · base + weight · decode(src)) · inv)`
+    /// for `n` values, one run at a time: the mean stays in a
+    /// stack buffer between the two, so a chunk's working set is its input,
+    /// its encoding and nothing else. Returns whether every mean value was
+    /// finite (otherwise `enc` must not be used). On a `src` error nothing
+    /// is written.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decode_mean_encode(
+        &self,
+        src: &[u8],
+        n: usize,
+        weight: f32,
+        base_weight: f32,
+        base: &[f32],
+        inv: f32,
+        enc: &mut [u8],
+    ) -> Result<bool, CodecError> {
+        assert!(self.encodes_mean_in_runs(), "{self} encodes whole blocks");
+        assert_eq!(enc.len(), self.encoded_len(n), "destination sized by encoded_len");
+        assert!(base_weight == 0.0 || base.len() == n, "base covers the chunk");
+        let codec = *self;
+        let mut mean = [0f32; STEP];
+        let mut bad = false;
+        // (Runs of fp32 can be the whole chunk: cut them to the buffer.)
+        let mut run = |i: usize, v: &[f32]| {
+            let m = &mut mean[..v.len()];
+            if base_weight == 0.0 {
+                mean_into(m, 0.0, v, weight, v, inv)
+            } else {
+                mean_into(m, base_weight, &base[i..i + v.len()], weight, v, inv)
+            }
+            let end = i + m.len();
+            bad |= match codec {
+                Codec::F32 => {
+                    enc[4 * i..4 * end].chunks_exact_mut(4).zip(m.iter()).for_each(|(d, x)| d.copy_from_slice(&x.to_le_bytes()));
+                    any_nonfinite(m)
+                }
+                Codec::F16 => convert::f32_to_f16(m, &mut enc[2 * i..2 * end]),
+                Codec::Bf16 => {
+                    convert::f32_to_bf16(m, &mut enc[2 * i..2 * end]);
+                    any_nonfinite(m)
+                }
+                Codec::Int8 { block } => {
+                    // A run is a whole block here (block ≤ STEP), starting at i.
+                    let (scales, values) = enc.split_at_mut(4 * n.div_ceil(block));
+                    let b = i / block;
+                    int8_encode_block(m, &mut scales[4 * b..4 * b + 4], &mut values[i..end])
+                }
+            };
+        };
+        self.decode_runs(src, n, |i, v| v.chunks(STEP).enumerate().for_each(|(k, v)| run(i + k * STEP, v)))?;
+        Ok(!bad)
+    }
+
     /// `acc += weight · decode(src)`: how an owner accumulates a sender's
     /// chunk; on error `acc` is untouched.
     pub fn decode_add(&self, src: &[u8], weight: f32, acc: &mut [f32]) -> Result<(), CodecError> {
@@ -354,36 +415,51 @@ multiversion! {
         let (scales, values) = dst.split_at_mut(4 * src.len().div_ceil(block));
         let mut bad = false;
         for ((s, sc), q) in src.chunks(block).zip(scales.chunks_exact_mut(4)).zip(values.chunks_mut(block)) {
-            // max |x| over 16 independent lanes, so that it vectorizes.
-            let mut lanes = [0f32; 16];
-            let mut inf_nan = [false; 16];
-            let mut runs = s.chunks_exact(16);
-            // (A plain comparison, not f32::max: max's NaN rules cost a
-            // fix-up per vector; NaN and inf are flagged on their own.)
-            let bigger = |m: f32, v: f32| if v > m { v } else { m };
-            let nonfinite = |v: f32| v.to_bits() & 0x7f80_0000 == 0x7f80_0000;
-            for run in &mut runs {
-                for ((m, b), &v) in lanes.iter_mut().zip(&mut inf_nan).zip(run) {
-                    *m = bigger(*m, v.abs());
-                    *b |= nonfinite(v);
-                }
-            }
-            bad |= inf_nan.iter().any(|&b| b) || runs.remainder().iter().any(|&v| nonfinite(v));
-            let max = runs.remainder().iter().chain(&lanes).fold(0f32, |m, &v| bigger(m, v.abs()));
-            let scale = max / 127.0;
-            sc.copy_from_slice(&scale.to_le_bytes());
-            let inv = if scale > 0.0 && scale.is_finite() { 1.0 / scale } else { 0.0 };
-            for (q, &v) in q.iter_mut().zip(s) {
-                // Ties to even; |v·inv| ≤ 127 for finite input, and the
-                // clamp (whose max drops NaN) keeps any input in range, so
-                // the unchecked conversion is sound and vectorizes.
-                let r = (v * inv).round_ties_even().max(-127.0).min(127.0);
-                // SAFETY: r is finite and within i32's range.
-                *q = unsafe { r.to_int_unchecked::<i32>() } as i8 as u8;
-            }
+            bad |= int8_block(s, sc, q);
         }
         bad
     }
+}
+
+multiversion! {
+    /// One block of `int8_encode`, its scale and values written apart.
+    fn int8_encode_block(src: &[f32], scale: &mut [u8], values: &mut [u8]) -> bool {
+        int8_block(src, scale, values)
+    }
+}
+
+/// Encodes one block: its scale (max |x| / 127) into `sc`, the values
+/// into `q`. Returns whether any input was NaN or inf.
+#[inline(always)]
+fn int8_block(s: &[f32], sc: &mut [u8], q: &mut [u8]) -> bool {
+    // max |x| over 16 independent lanes, so that it vectorizes.
+    let mut lanes = [0f32; 16];
+    let mut inf_nan = [false; 16];
+    let mut runs = s.chunks_exact(16);
+    // (A plain comparison, not f32::max: max's NaN rules cost a
+    // fix-up per vector; NaN and inf are flagged on their own.)
+    let bigger = |m: f32, v: f32| if v > m { v } else { m };
+    let nonfinite = |v: f32| v.to_bits() & 0x7f80_0000 == 0x7f80_0000;
+    for run in &mut runs {
+        for ((m, b), &v) in lanes.iter_mut().zip(&mut inf_nan).zip(run) {
+            *m = bigger(*m, v.abs());
+            *b |= nonfinite(v);
+        }
+    }
+    let bad = inf_nan.iter().any(|&b| b) || runs.remainder().iter().any(|&v| nonfinite(v));
+    let max = runs.remainder().iter().chain(&lanes).fold(0f32, |m, &v| bigger(m, v.abs()));
+    let scale = max / 127.0;
+    sc.copy_from_slice(&scale.to_le_bytes());
+    let inv = if scale > 0.0 && scale.is_finite() { 1.0 / scale } else { 0.0 };
+    for (q, &v) in q.iter_mut().zip(s) {
+        // Ties to even; |v·inv| ≤ 127 for finite input, and the clamp
+        // (whose max drops NaN) keeps any input in range, so the unchecked
+        // conversion is sound and vectorizes.
+        let r = (v * inv).round_ties_even().max(-127.0).min(127.0);
+        // SAFETY: r is finite and within i32's range.
+        *q = unsafe { r.to_int_unchecked::<i32>() } as i8 as u8;
+    }
+    bad
 }
 
 /// Int8 block size when none is given: 4 scale bytes per 256 values keep

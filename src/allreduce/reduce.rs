@@ -28,6 +28,16 @@ pub enum ReduceError {
     Codec(#[from] CodecError),
 }
 
+/// What a chunk's last contribution is added to.
+enum Base {
+    /// The accumulator (other contributions arrived before).
+    Acc,
+    /// The owner's own values, with their weight (nothing arrived before).
+    Own(f32),
+    /// Nothing: the last contribution is the only one.
+    Nothing,
+}
+
 pub struct SpanReducer {
     chunks: Vec<Range<usize>>,
     senders: usize,
@@ -129,16 +139,53 @@ impl SpanReducer {
         own: &[f32],
         out: &mut [f32],
     ) -> Result<bool, ReduceError> {
+        let (range, base, inv) = self.final_terms(sender, chunk, weight)?;
+        match base {
+            Base::Acc => codec.decode_mean(bytes, weight, 1.0, &self.acc[range], inv, out)?,
+            Base::Own(w_own) => codec.decode_mean(bytes, weight, w_own, &own[range], inv, out)?,
+            Base::Nothing => codec.decode_mean(bytes, weight, 0.0, &[], inv, out)?,
+        }
+        self.mark(sender, chunk, weight);
+        Ok(inv > 0.0)
+    }
+
+    /// Like `add_final`, writing the mean's encoding into `enc` (see
+    /// `Codec::decode_mean_encode`). Returns `Some(finite)` when there is
+    /// a mean: whether all of it is finite (else `enc` is not to be sent).
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_final_encoded(
+        &mut self,
+        sender: usize,
+        chunk: usize,
+        weight: f32,
+        codec: Codec,
+        bytes: &[u8],
+        own: &[f32],
+        enc: &mut [u8],
+    ) -> Result<Option<bool>, ReduceError> {
+        let (range, base, inv) = self.final_terms(sender, chunk, weight)?;
+        let n = range.len();
+        let finite = match base {
+            Base::Acc => codec.decode_mean_encode(bytes, n, weight, 1.0, &self.acc[range], inv, enc)?,
+            Base::Own(w_own) => codec.decode_mean_encode(bytes, n, weight, w_own, &own[range], inv, enc)?,
+            Base::Nothing => codec.decode_mean_encode(bytes, n, weight, 0.0, &[], inv, enc)?,
+        };
+        self.mark(sender, chunk, weight);
+        Ok((inv > 0.0).then_some(finite))
+    }
+
+    /// A chunk's last contribution checked: its elements, what the
+    /// incoming values join, and 1 / the total weight (0 when there is none).
+    fn final_terms(&self, sender: usize, chunk: usize, weight: f32) -> Result<(Range<usize>, Base, f32), ReduceError> {
         let range = self.admit(sender, chunk, weight)?;
         let total = self.weight[chunk] + weight as f64;
         let inv = if total > 0.0 { (1.0 / total) as f32 } else { 0.0 };
-        match (self.started[chunk], self.own) {
-            (true, _) => codec.decode_mean(bytes, weight, 1.0, &self.acc[range], inv, out)?,
-            (false, Some((_, w_own))) => codec.decode_mean(bytes, weight, w_own, &own[range], inv, out)?,
-            (false, None) => codec.decode_mean(bytes, weight, 0.0, &[], inv, out)?,
-        }
-        self.mark(sender, chunk, weight);
-        Ok(total > 0.0)
+        let base = match (self.started[chunk], self.own) {
+            (true, _) => Base::Acc,
+            (false, Some((_, w_own))) => Base::Own(w_own),
+            (false, None) => Base::Nothing,
+        };
+        Ok((range, base, inv))
     }
 
     /// Whether every sender has delivered every chunk.

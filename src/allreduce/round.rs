@@ -135,6 +135,16 @@ impl Peer {
     }
 }
 
+/// Where a chunk's mean is when it is published.
+enum Mean {
+    /// No contribution at all, or the mean overflowed: not averaged.
+    Nothing,
+    /// In `scratch`, as f32.
+    Scratch,
+    /// Already encoded in the chunk's place in `wire` (and finite).
+    Encoded,
+}
+
 struct ChunkInfo {
     /// Elements of the vector.
     elems: Range<usize>,
@@ -736,9 +746,15 @@ impl<'a> Round<'a> {
                 // the mean (no trip through the accumulator).
                 let last =
                     c < self.finalized.len() && !self.finalized[c] && (0..self.n()).all(|s| s == j || !self.contributes(s) || self.reducer.has(c, s));
-                let added = if last {
+                let added = if last && !self.zero_copy && self.codec.encodes_mean_in_runs() {
+                    // Averaged and encoded in one pass, straight into the wire.
+                    let enc = &mut self.wire[self.chunks[self.me][c].bytes.clone()];
+                    let finite = self.reducer.add_final_encoded(j, c, w, self.codec, payload, own, enc);
+                    finite.map(|f| Some(if f == Some(true) { Mean::Encoded } else { Mean::Nothing }))
+                } else if last {
                     let mean = &mut self.scratch[..self.reducer.chunk_range(c).len()];
-                    self.reducer.add_final(j, c, w, self.codec, payload, own, mean).map(Some)
+                    let has_mean = self.reducer.add_final(j, c, w, self.codec, payload, own, mean);
+                    has_mean.map(|m| Some(if m { Mean::Scratch } else { Mean::Nothing }))
                 } else {
                     self.reducer.add(j, c, w, self.codec, payload, own).map(|()| None)
                 };
@@ -749,10 +765,10 @@ impl<'a> Round<'a> {
                         self.finalize_ready_chunks();
                     }
                     Err(e) => self.fail(j, Failure::Invalid(format!("scatter chunk {c}: {e}"))),
-                    Ok(Some(has_mean)) => {
+                    Ok(Some(mean)) => {
                         self.members[j].scatter_got += 1;
                         self.finalized[c] = true;
-                        self.publish(c, has_mean);
+                        self.publish(c, mean);
                     }
                     Ok(None) => {
                         self.members[j].scatter_got += 1;
@@ -821,28 +837,36 @@ impl<'a> Round<'a> {
         // it is encoded; the encoding is decoded back into `grad`.
         let mean = &mut self.scratch[..self.reducer.chunk_range(c).len()];
         let has_mean = self.reducer.mean_into(c, &self.grad[self.own_span.clone()], mean);
-        self.publish(c, has_mean);
+        self.publish(c, if has_mean { Mean::Scratch } else { Mean::Nothing });
     }
 
-    /// Sends chunk `c`'s mean (in `scratch`, if `has_mean`) to everyone.
-    fn publish(&mut self, c: usize, has_mean: bool) {
+    /// Sends chunk `c`'s mean to everyone.
+    fn publish(&mut self, c: usize, mean: Mean) {
         let info = &self.chunks[self.me][c];
         let now = Instant::now();
-        let mean = &self.scratch[..info.elems.len()];
+        let elems = info.elems.clone();
+        let scratch = &self.scratch[..elems.len()];
         // Huge (finite) contributions can still overflow the sum: such a
         // chunk is not averaged rather than sent as inf.
-        if has_mean && self.zero_copy && first_nonfinite(mean).is_none() {
-            self.my_sums[c] = checksum(f32_bytes(mean));
-            self.grad[info.elems.clone()].copy_from_slice(mean);
-            self.averaged[c] = true;
-        } else if has_mean && !self.zero_copy && self.codec.encode_checked(mean, &mut self.wire[info.bytes.clone()]).is_none() {
-            let enc = &self.wire[info.bytes.clone()];
-            self.my_sums[c] = checksum(enc);
-            self.codec.decode(enc, &mut self.grad[info.elems.clone()]).expect("own encoding decodes");
-            self.averaged[c] = true;
-        } else {
-            self.my_sums[c] = checksum(&[]);
-        }
+        let sum = match mean {
+            Mean::Scratch if self.zero_copy => first_nonfinite(scratch).is_none().then(|| {
+                self.grad[elems.clone()].copy_from_slice(scratch);
+                checksum(f32_bytes(scratch))
+            }),
+            Mean::Scratch => self.codec.encode_checked(scratch, &mut self.wire[info.bytes.clone()]).is_none().then(|| {
+                let enc = &self.wire[info.bytes.clone()];
+                self.codec.decode(enc, &mut self.grad[elems.clone()]).expect("own encoding decodes");
+                checksum(enc)
+            }),
+            Mean::Encoded => {
+                let enc = &self.wire[info.bytes.clone()];
+                self.codec.decode(enc, &mut self.grad[elems.clone()]).expect("own encoding decodes");
+                Some(checksum(enc))
+            }
+            Mean::Nothing => None,
+        };
+        self.averaged[c] = sum.is_some();
+        self.my_sums[c] = sum.unwrap_or_else(|| checksum(&[]));
         let complete = self.finalized.iter().all(|&f| f);
         if complete {
             self.reduced_s = Some(self.start.elapsed().as_secs_f64());
