@@ -220,11 +220,18 @@ impl Conn {
             self.last_write = now;
         }
         // Averaged chunks (and the summary after them) go ahead of scatter
-        // frames not yet begun: their bytes were just encoded and are still
-        // in cache for the kernel's copy, and the far end can finish its
-        // copy of our span while our scatter frames still flow.
+        // frames not yet begun, one scatter frame between two of them:
+        // their bytes were just encoded and are still in cache for the
+        // kernel's copy, the far end can finish its copy of our span while
+        // our scatter frames still flow, and neither direction starves.
         let at = match out.kind {
-            Kind::Gather | Kind::Done => self.out.iter().position(|o| o.kind == Kind::Scatter && o.sent == 0).unwrap_or(self.out.len()),
+            Kind::Gather | Kind::Done => {
+                let after_last = self.out.iter().rposition(|o| matches!(o.kind, Kind::Gather | Kind::Done)).map(|i| i + 1);
+                // (Never ahead of the handshake's frames, which may still wait.)
+                let first_scatter = || self.out.iter().position(|o| o.kind == Kind::Scatter && o.sent == 0);
+                let start = after_last.or_else(first_scatter).unwrap_or(self.out.len());
+                start + usize::from(self.out.get(start).is_some_and(|o| o.kind == Kind::Scatter))
+            }
             _ => self.out.len(),
         };
         self.out.insert(at, out);
@@ -288,5 +295,38 @@ impl Conn {
             }
         }
         Ok(done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn() -> Conn {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _far = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (near, _) = listener.accept().unwrap();
+        let hello = Hello { digest: [0; 32], nonce: [0; 32], weight: 1.0 };
+        Conn::new(TcpStream::from_std(near), None, hello, 64, Instant::now())
+    }
+
+    fn frame(kind: Kind, chunk: u32) -> Out {
+        let header = Header::for_payload(kind, 0, 1, 0, chunk, &[]);
+        Out::new(&header, Body::Owned(Vec::new()))
+    }
+
+    #[test]
+    fn averaged_chunks_interleave_with_scatter_frames_after_the_handshake() {
+        let mut c = conn();
+        let now = Instant::now();
+        for (kind, chunk) in [(Kind::Hello, 0), (Kind::Auth, 0), (Kind::Scatter, 0), (Kind::Scatter, 1), (Kind::Scatter, 2)] {
+            c.queue(frame(kind, chunk), now);
+        }
+        for (kind, chunk) in [(Kind::Gather, 0), (Kind::Gather, 1), (Kind::Done, 0), (Kind::Abort, 0)] {
+            c.queue(frame(kind, chunk), now);
+        }
+        let order: Vec<(Kind, usize)> = c.out.iter().map(|o| (o.kind, u32::from_le_bytes(o.hdr[20..24].try_into().unwrap()) as usize)).collect();
+        use Kind::*;
+        assert_eq!(order, [(Hello, 0), (Auth, 0), (Scatter, 0), (Gather, 0), (Scatter, 1), (Gather, 1), (Scatter, 2), (Done, 0), (Abort, 0)]);
     }
 }
