@@ -350,6 +350,106 @@ pub fn tcp_pump_gbps(bytes: usize) -> Result<f64> {
     Ok(bytes as f64 / t.elapsed().as_secs_f64() / 1e9)
 }
 
+/// The wire floor of a round: the time for `n` peers on 127.0.0.1 to
+/// exchange exactly an all-reduce's wire bytes (every peer sends
+/// `2·bytes/n` to each other peer: its part of their spans, then its
+/// averaged span) over a full TCP mesh, with no computation at all. The
+/// bytes go from and to buffers of their full size, as a round's do (a
+/// reused cache-sized buffer would hide the memory traffic of the
+/// kernel's copies). The kernel's share of a round, which no
+/// implementation moving these bytes can undercut; median of `iters`.
+pub fn wire_floor_s(n: usize, bytes: usize, iters: usize) -> Result<f64> {
+    use std::sync::Arc;
+    let per_pair = 2 * bytes / n.max(1);
+    // One source per peer (the same bytes go to each destination, as an
+    // averaged span does) and one destination per connection, touched once
+    // up front so that no round pays for page faults.
+    let sources: Vec<Arc<Vec<u8>>> = (0..n).map(|_| Arc::new(vec![1u8; per_pair])).collect();
+    let mut sinks: Vec<Vec<u8>> = (0..n * (n - 1)).map(|_| vec![0u8; per_pair]).collect();
+    let mut times = Vec::new();
+    for _ in 0..iters {
+        // Connection i→j for every ordered pair: one writer thread per
+        // peer sending to all its destinations in turn, one reader thread
+        // per incoming connection.
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let mut outgoing: Vec<Vec<TcpStream>> = (0..n).map(|_| Vec::new()).collect();
+        let mut incoming = Vec::new();
+        for out in outgoing.iter_mut() {
+            for _ in 1..n {
+                let s = TcpStream::connect(addr)?;
+                s.set_nodelay(true)?;
+                out.push(s);
+                incoming.push(listener.accept()?.0);
+            }
+        }
+        let t = Instant::now();
+        let readers: Vec<_> = incoming
+            .into_iter()
+            .zip(std::mem::take(&mut sinks))
+            .map(|(mut s, mut sink)| {
+                std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+                    let mut total = 0;
+                    while total < per_pair {
+                        let end = (total + (512 << 10)).min(per_pair);
+                        match s.read(&mut sink[total..end])? {
+                            0 => break,
+                            k => total += k,
+                        }
+                    }
+                    if total < per_pair {
+                        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("{total} of {per_pair} bytes")));
+                    }
+                    Ok(sink)
+                })
+            })
+            .collect();
+        let writers: Vec<_> = outgoing
+            .into_iter()
+            .zip(&sources)
+            .map(|(mut socks, src)| {
+                let src = Arc::clone(src);
+                std::thread::spawn(move || -> std::io::Result<()> {
+                    for start in (0..per_pair).step_by(512 << 10) {
+                        let piece = &src[start..(start + (512 << 10)).min(per_pair)];
+                        for s in &mut socks {
+                            s.write_all(piece)?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().map_err(|_| anyhow::anyhow!("floor writer panicked"))??;
+        }
+        for r in readers {
+            sinks.push(r.join().map_err(|_| anyhow::anyhow!("floor reader panicked"))??);
+        }
+        times.push(t.elapsed().as_secs_f64());
+    }
+    Ok(median(times))
+}
+
+/// The memory floor of a round: the time for `n` peers to read their
+/// whole vector once and write it once (a plain copy between two
+/// buffers of `elems` f32, all peers at once), which any all-reduce must
+/// do on top of moving the wire bytes; median of `iters`.
+pub fn memory_floor_s(n: usize, elems: usize, iters: usize) -> Result<f64> {
+    let mut bufs: Vec<(Vec<f32>, Vec<f32>)> = (0..n).map(|_| (vec![1.0f32; elems], vec![0.0f32; elems])).collect();
+    let mut times = Vec::new();
+    for _ in 0..iters {
+        let t = Instant::now();
+        std::thread::scope(|scope| {
+            for (src, dst) in bufs.iter_mut() {
+                scope.spawn(move || dst.copy_from_slice(src));
+            }
+        });
+        times.push(t.elapsed().as_secs_f64());
+    }
+    Ok(median(times))
+}
+
 /// gloo's median times by (N, elems), from the anchor script.
 fn gloo_times(a: &AllreduceBenchArgs) -> Result<Vec<(usize, usize, f64)>> {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/anchors/gloo_bench.py");
@@ -396,8 +496,8 @@ pub fn allreduce_bench(a: &AllreduceBenchArgs) -> Result<()> {
         }
     };
     println!(
-        "{:>3} {:>9} {:>8} {:>10} {:>12} {:>12} {:>14} {:>10} {:>9} {:>9}",
-        "N", "elems", "codec", "time ms", "algbw GB/s", "busbw GB/s", "wire busbw", "% of pump", "gloo ms", "vs gloo"
+        "{:>3} {:>9} {:>8} {:>10} {:>12} {:>12} {:>14} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "N", "elems", "codec", "time ms", "algbw GB/s", "busbw GB/s", "wire busbw", "% of pump", "wire ms", "memory ms", "gloo ms", "vs gloo"
     );
     for &n in &a.peers {
         for &elems in &a.elems {
@@ -407,11 +507,15 @@ pub fn allreduce_bench(a: &AllreduceBenchArgs) -> Result<()> {
                 let factor = if n > 1 { 2.0 * (n - 1) as f64 / n as f64 } else { 0.0 };
                 let wire = codec.encoded_len(elems) as f64 / t / 1e9 * factor;
                 let g = gloo.iter().find(|&&(gn, ge, _)| gn == n && ge == elems).map(|g| g.2);
+                let floor = if n > 1 { wire_floor_s(n, codec.encoded_len(elems), a.iters)? } else { 0.0 };
+                let memory = memory_floor_s(n, elems, a.iters)?;
                 println!(
-                    "{n:>3} {elems:>9} {codec:>8} {:>10.1} {algbw:>12.2} {:>12.2} {wire:>14.2} {:>9.0}% {:>9} {:>9}",
+                    "{n:>3} {elems:>9} {codec:>8} {:>10.1} {algbw:>12.2} {:>12.2} {wire:>14.2} {:>9.0}% {:>9.1} {:>9.1} {:>9} {:>9}",
                     t * 1e3,
                     algbw * factor,
                     100.0 * wire / pump,
+                    floor * 1e3,
+                    memory * 1e3,
                     g.map_or("-".into(), |g| format!("{:.1}", g * 1e3)),
                     g.map_or("-".into(), |g| format!("{:.2}x", t / g)),
                 );
@@ -419,7 +523,7 @@ pub fn allreduce_bench(a: &AllreduceBenchArgs) -> Result<()> {
                     let line = serde_json::json!({
                         "bench": "allreduce", "peers": n, "elems": elems, "codec": codec.to_string(), "time_s": t,
                         "algbw_gbps": algbw, "busbw_gbps": algbw * factor, "wire_busbw_gbps": wire, "pump_gbps": pump,
-                        "gloo_s": g, "max_err": max_err, "chunk_bytes": a.chunk_bytes,
+                        "gloo_s": g, "wire_floor_s": floor, "memory_floor_s": memory, "max_err": max_err, "chunk_bytes": a.chunk_bytes,
                     });
                     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
                     writeln!(f, "{line}")?;
@@ -430,7 +534,9 @@ pub fn allreduce_bench(a: &AllreduceBenchArgs) -> Result<()> {
             }
         }
     }
-    println!("time: slowest peer, median of {} rounds; algbw = 4·elems/time; busbw = algbw·2(N-1)/N; wire busbw counts encoded bytes.", a.iters);
+    println!("time: slowest peer, median of {} rounds; algbw = 4·elems/time; busbw = algbw·2(N-1)/N; wire busbw counts encoded bytes;", a.iters);
+    println!("wire: the same wire bytes exchanged over a TCP mesh with no computation; memory: every peer copying its vector once");
+    println!("(the two floors under any round on this machine, see wire_floor_s and memory_floor_s).");
     Ok(())
 }
 
