@@ -455,6 +455,8 @@ fn int8_block(s: &[f32], sc: &mut [u8], q: &mut [u8]) -> bool {
         // Ties to even; |v·inv| ≤ 127 for finite input, and the clamp
         // (whose max drops NaN) keeps any input in range, so the unchecked
         // conversion is sound and vectorizes.
+        // (Not `clamp`: it keeps NaN, which the conversion must never see.)
+        #[allow(clippy::manual_clamp)]
         let r = (v * inv).round_ties_even().max(-127.0).min(127.0);
         // SAFETY: r is finite and within i32's range.
         *q = unsafe { r.to_int_unchecked::<i32>() } as i8 as u8;

@@ -139,13 +139,8 @@ impl SpanReducer {
         own: &[f32],
         out: &mut [f32],
     ) -> Result<bool, ReduceError> {
-        let (range, base, inv) = self.final_terms(sender, chunk, weight)?;
-        match base {
-            Base::Acc => codec.decode_mean(bytes, weight, 1.0, &self.acc[range], inv, out)?,
-            Base::Own(w_own) => codec.decode_mean(bytes, weight, w_own, &own[range], inv, out)?,
-            Base::Nothing => codec.decode_mean(bytes, weight, 0.0, &[], inv, out)?,
-        }
-        self.mark(sender, chunk, weight);
+        let ((), inv) =
+            self.take_last(sender, chunk, weight, own, |base_weight, base, inv| codec.decode_mean(bytes, weight, base_weight, base, inv, out))?;
         Ok(inv > 0.0)
     }
 
@@ -163,15 +158,33 @@ impl SpanReducer {
         own: &[f32],
         enc: &mut [u8],
     ) -> Result<Option<bool>, ReduceError> {
+        let n = self.chunks.get(chunk).map_or(0, |r| r.len());
+        let (finite, inv) = self.take_last(sender, chunk, weight, own, |base_weight, base, inv| {
+            codec.decode_mean_encode(bytes, n, weight, base_weight, base, inv, enc)
+        })?;
+        Ok((inv > 0.0).then_some(finite))
+    }
+
+    /// Takes a chunk's last contribution: `mean(base_weight, base, inv)`
+    /// computes the mean from what it joins (the accumulator, the owner's
+    /// own values, or nothing) and 1 / the total weight (0 when there is
+    /// none); only once it succeeded is the sender counted.
+    fn take_last<T>(
+        &mut self,
+        sender: usize,
+        chunk: usize,
+        weight: f32,
+        own: &[f32],
+        mean: impl FnOnce(f32, &[f32], f32) -> Result<T, CodecError>,
+    ) -> Result<(T, f32), ReduceError> {
         let (range, base, inv) = self.final_terms(sender, chunk, weight)?;
-        let n = range.len();
-        let finite = match base {
-            Base::Acc => codec.decode_mean_encode(bytes, n, weight, 1.0, &self.acc[range], inv, enc)?,
-            Base::Own(w_own) => codec.decode_mean_encode(bytes, n, weight, w_own, &own[range], inv, enc)?,
-            Base::Nothing => codec.decode_mean_encode(bytes, n, weight, 0.0, &[], inv, enc)?,
+        let out = match base {
+            Base::Acc => mean(1.0, &self.acc[range], inv)?,
+            Base::Own(w_own) => mean(w_own, &own[range], inv)?,
+            Base::Nothing => mean(0.0, &[], inv)?,
         };
         self.mark(sender, chunk, weight);
-        Ok((inv > 0.0).then_some(finite))
+        Ok((out, inv))
     }
 
     /// A chunk's last contribution checked: its elements, what the
