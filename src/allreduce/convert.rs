@@ -1,5 +1,6 @@
 //! The codecs' conversion loops: f32 ⇄ 16-bit floats straight between f32
-//! slices and little-endian wire bytes.
+//! slices and little-endian wire bytes, and the streaming-store decoders
+//! (fp16, fp32, int8) for destinations far larger than the cache.
 //!
 //! Why not `half`'s slice conversions: they convert 8 values per call of a
 //! function that is not inlined into the caller, and only when the crate
@@ -12,7 +13,8 @@
 //! vectorises under [`multiversion!`].
 //!
 //! Results are bit-identical to `half`'s scalar conversions (round to
-//! nearest even), which the tests use as the reference.
+//! nearest even), which the tests use as the reference; the streaming
+//! decoders write exactly what the plain ones do (tests/codec.rs, fuzz).
 
 use super::codec::F16_MAX;
 use crate::engine::cpu::simd::multiversion;
