@@ -54,7 +54,7 @@ pub struct Settings {
 }
 
 /// A failure this peer inflicts on itself, to test how the others cope.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Fault {
     /// Exit the process (as if killed) once this many bytes of scatter
     /// (`gather == false`) or gather payload have been written.
@@ -65,6 +65,18 @@ pub enum Fault {
     /// are NaN) as its scatter chunks, correctly framed and checksummed:
     /// the lying sender the owners must catch.
     Garbage,
+    /// Contribute the gradient times this factor (−100: poison; −1: sign
+    /// flipped at the honest norm; 0: a zero vector).
+    Scale(f32),
+    /// Contribute the gradient plus Gaussian noise of the same norm.
+    Noise,
+    /// Declare this weight in every Hello instead of the real one.
+    DeclareWeight(f32),
+    /// As a span owner: send the negated average of the span (while
+    /// reporting the parts honestly).
+    WrongAverage,
+    /// As a span owner: report member `member`'s part scaled by `scale`.
+    MisreportPart { member: u16, scale: f32 },
 }
 
 impl Default for Settings {

@@ -3,6 +3,7 @@
 //! averages them and sends the average back to all (all-gather), over one
 //! mio event loop of raw TCP connections. `Peer::all_reduce` is the call.
 
+pub mod audit;
 pub mod codec;
 mod conn;
 mod convert;
@@ -10,6 +11,7 @@ pub mod group;
 pub mod handshake;
 pub mod identity;
 pub mod plan;
+pub mod projection;
 pub mod reduce;
 pub mod report;
 pub mod round;

@@ -21,6 +21,9 @@ pub enum Failure {
     Aborted(String),
     /// The round's deadline passed while data from it was still due.
     Deadline,
+    /// Its signed Hello declared a weight other than 0 and the one the
+    /// validator credited it with (an audited round).
+    FalseWeight { declared: f32, credited: f32 },
 }
 
 impl std::fmt::Display for Failure {
@@ -33,6 +36,7 @@ impl std::fmt::Display for Failure {
             Failure::Invalid(why) => write!(f, "sent invalid data: {why}"),
             Failure::Aborted(why) => write!(f, "aborted: {why}"),
             Failure::Deadline => write!(f, "round deadline passed"),
+            Failure::FalseWeight { declared, credited } => write!(f, "declared weight {declared}, the validator credited {credited}"),
         }
     }
 }
@@ -90,6 +94,8 @@ pub struct Report {
     /// Seconds from the call until this peer's own span was averaged.
     pub reduced_s: Option<f64>,
     pub elapsed_s: f64,
+    /// An audited round's measurements (see `audit::verdict`).
+    pub audit: Option<super::audit::AuditData>,
 }
 
 impl Report {

@@ -17,12 +17,14 @@
 //! - *Encode once, everyone decodes*: the owner decodes its own encoded
 //!   average too, so every peer holding a span holds the same bits.
 
+use super::audit::{Audit, AuditData, Part};
 use super::codec::{Codec, first_nonfinite};
 use super::conn::{Body, Conn, Got, Out, Sources};
 use super::group::{Fault, Group, Settings};
 use super::handshake::{AUTH_LEN, HELLO_LEN, Hello, sign_auth, verify_auth};
 use super::identity::{Identity, PublicKey, random_bytes};
 use super::plan::{PlanError, chunk_elems, chunks, spans};
+use super::projection::{Projector, sum_squares};
 use super::reduce::{ReduceError, SpanReducer};
 use super::report::{Failure, MemberReport, Report, SpanStatus};
 use super::wire::{Header, Kind, checksum};
@@ -65,6 +67,10 @@ pub enum SetupError {
     TooManyMembers(usize),
     #[error("weight {0} is not a finite number between 0 and the maximum {1}")]
     Weight(f32, f32),
+    #[error("weight {0}: the validator credited {1} (a member joins with that or 0)")]
+    NotCredited(f32, f32),
+    #[error("audit: {0}")]
+    Audit(String),
     #[error(transparent)]
     Plan(#[from] PlanError),
     #[error("setting up the event loop: {0}")]
@@ -116,7 +122,30 @@ impl Peer {
         deadline: Instant,
         settings: &Settings,
     ) -> Result<Report, SetupError> {
+        self.all_reduce_audited(group, round, grad, weight, deadline, settings, None)
+    }
+
+    /// [`Peer::all_reduce`] with the validator's credit (see `audit`):
+    /// `weight` must be 0 or the credited weight, every other member's
+    /// likewise, and the report carries what `audit::verdict` checks.
+    #[allow(clippy::too_many_arguments)]
+    pub fn all_reduce_audited(
+        &mut self,
+        group: &Group,
+        round: u64,
+        grad: &mut [f32],
+        weight: f32,
+        deadline: Instant,
+        settings: &Settings,
+        audit: Option<&Audit>,
+    ) -> Result<Report, SetupError> {
         let me = group.index_of(&self.identity.public()).ok_or(SetupError::NotMember)?;
+        if let Some(a) = audit {
+            a.check(group.len()).map_err(SetupError::Audit)?;
+            if weight != 0.0 && weight != a.weights[me] {
+                return Err(SetupError::NotCredited(weight, a.weights[me]));
+            }
+        }
         if group.len() > MAX_MEMBERS {
             return Err(SetupError::TooManyMembers(group.len()));
         }
@@ -127,7 +156,7 @@ impl Peer {
         let poll = Poll::new()?;
         poll.registry().register(&mut self.listener, LISTENER, Interest::READABLE)?;
         let bufs = (std::mem::take(&mut self.wire), std::mem::take(&mut self.acc));
-        let r = Round::new(&self.identity, &mut self.listener, poll, group, me, round, grad, weight, settings, bufs, start)?;
+        let r = Round::new(&self.identity, &mut self.listener, poll, group, me, round, grad, weight, settings, audit, bufs, start)?;
         let (report, wire, acc) = r.run(deadline);
         (self.wire, self.acc) = (wire, acc);
         tracing::debug!("{}", report.summary());
@@ -173,6 +202,8 @@ struct MemberState {
     gather_averaged: usize,
     /// The owner's summary: contributor status per member, span hash.
     done: Option<(Vec<u8>, u64)>,
+    /// In an audited round, the summary's report of every member's part.
+    done_parts: Option<Vec<Part>>,
     /// Its connection ended after everything due from it had arrived.
     closed_clean: bool,
     /// It sent an invalid contribution (well framed, bad values): its
@@ -188,6 +219,13 @@ struct Round<'a> {
     poll: Poll,
     group: &'a Group,
     settings: &'a Settings,
+    audit: Option<&'a Audit>,
+    projector: Option<Projector>,
+    /// Audited: every sender's part of this peer's span, as decoded.
+    parts: Vec<Part>,
+    /// Audited: this peer's contribution per span, as sent.
+    sent: Vec<Part>,
+    proj_scratch: Vec<f32>,
     me: usize,
     round: u64,
     digest: [u8; 32],
@@ -240,6 +278,19 @@ fn span_hash(sums: &[u64]) -> u64 {
     checksum(&bytes)
 }
 
+/// Fault injection on this peer's own contribution (see `Fault`).
+fn inflict_on_contribution(fault: Option<Fault>, grad: &mut [f32]) {
+    match fault {
+        Some(Fault::Scale(f)) => grad.iter_mut().for_each(|v| *v *= f),
+        Some(Fault::Noise) => {
+            let rms = (super::projection::sum_squares(grad) / grad.len().max(1) as f64).sqrt() as f32;
+            let mut rng = crate::rng::Rng::new(0x6e6f_6973_65);
+            grad.iter_mut().for_each(|v| *v += rms * rng.normal());
+        }
+        _ => {}
+    }
+}
+
 fn set_buffers(stream: &TcpStream, size: Option<usize>) {
     use std::os::fd::AsRawFd;
     let _ = stream.set_nodelay(true);
@@ -272,12 +323,14 @@ impl<'a> Round<'a> {
         grad: &'a mut [f32],
         weight: f32,
         settings: &'a Settings,
+        audit: Option<&'a Audit>,
         (mut wire, acc): (Vec<u8>, Vec<f32>),
         start: Instant,
     ) -> Result<Round<'a>, SetupError> {
         let n = group.len();
         let codec = settings.codec;
         let spans = spans(grad.len(), &group.fractions())?;
+        inflict_on_contribution(settings.fault, grad);
         let per_chunk = chunk_elems(codec, settings.chunk_bytes)?;
         let mut offset = 0;
         let chunks: Vec<Vec<ChunkInfo>> = spans
@@ -292,7 +345,8 @@ impl<'a> Round<'a> {
                     .collect()
             })
             .collect();
-        let data_max_len = chunks.iter().flatten().map(|c| c.bytes.len()).max().unwrap_or(0).max(n + 8).max(ABORT_MAX) as u32;
+        let summary_len = n + 8 + if audit.is_some() { n * Part::BYTES } else { 0 };
+        let data_max_len = chunks.iter().flatten().map(|c| c.bytes.len()).max().unwrap_or(0).max(summary_len).max(ABORT_MAX) as u32;
 
         // Encode what the other owners need, in parallel, checking each
         // chunk for NaN/inf while it is in cache (the own span and fp32,
@@ -326,6 +380,32 @@ impl<'a> Round<'a> {
             weight = 0.0;
         }
 
+        // Audited: what this peer sends, per span, as the owners will decode
+        // it (its own span enters its average undecoded).
+        let projector = audit.map(Audit::projector);
+        let mut sent = vec![Part::default(); n];
+        let mut proj_scratch = Vec::new();
+        if let Some(p) = &projector
+            && weight > 0.0
+        {
+            proj_scratch.resize(per_chunk, 0.0);
+            for (i, span_chunks) in chunks.iter().enumerate() {
+                for c in span_chunks {
+                    let x: &[f32] = if i == me || zero_copy {
+                        &grad[c.elems.clone()]
+                    } else {
+                        let x = &mut proj_scratch[..c.elems.len()];
+                        codec.decode(&wire[c.bytes.clone()], x).expect("own encoding decodes");
+                        x
+                    };
+                    super::projection::axpy(&mut sent[i].proj, 1.0, &p.project(x, c.elems.start));
+                    sent[i].sum_squares += sum_squares(x);
+                }
+            }
+        }
+        let mut parts = vec![Part::default(); n];
+        parts[me] = sent[me];
+
         let own_span = spans[me].clone();
         let mut reducer = SpanReducer::reusing(acc, own_span.len(), per_chunk, n);
         if weight > 0.0 {
@@ -347,6 +427,7 @@ impl<'a> Round<'a> {
                 gather_count: 0,
                 gather_averaged: 0,
                 done: None,
+                done_parts: None,
                 closed_clean: false,
                 excluded: None,
             })
@@ -359,9 +440,17 @@ impl<'a> Round<'a> {
             poll,
             group,
             settings,
+            audit,
+            projector,
+            parts,
+            sent,
+            proj_scratch,
             me,
             round,
-            digest: group.digest(grad.len(), settings),
+            digest: match audit {
+                Some(a) => a.digest(&group.digest(grad.len(), settings)),
+                None => group.digest(grad.len(), settings),
+            },
             codec,
             grad,
             weight,
@@ -444,7 +533,8 @@ impl<'a> Round<'a> {
     // ---- connections ------------------------------------------------------
 
     fn new_hello(&self) -> Hello {
-        Hello { digest: self.digest, nonce: random_bytes(), weight: self.weight }
+        let weight = if let Some(Fault::DeclareWeight(w)) = self.settings.fault { w } else { self.weight };
+        Hello { digest: self.digest, nonce: random_bytes(), weight }
     }
 
     fn add_conn(&mut self, mut stream: TcpStream, dialed: Option<usize>, now: Instant) -> Option<usize> {
@@ -673,6 +763,17 @@ impl<'a> Round<'a> {
                 if let Err(e) = verify_auth(&key, round, j as u16, me as u16, &peer_hello, &my_hello.nonce, payload) {
                     return self.refuse(id, e.to_string());
                 }
+                // Signed, so it is the member's own claim (an unsigned Hello
+                // could be anyone's): a weight other than 0 or its credit
+                // is a lie, and the member is out of the round.
+                if let Some(a) = self.audit
+                    && peer_hello.weight != 0.0
+                    && peer_hello.weight != a.weights[j]
+                {
+                    let failure = Failure::FalseWeight { declared: peer_hello.weight, credited: a.weights[j] };
+                    self.refuse(id, failure.to_string());
+                    return self.fail(j, failure);
+                }
                 if self.members[j].conn.is_some() || self.members[j].failure.is_some() {
                     return self.refuse(id, "member already connected or already dropped this round".into());
                 }
@@ -746,7 +847,8 @@ impl<'a> Round<'a> {
                 // the mean (no trip through the accumulator).
                 let last =
                     c < self.finalized.len() && !self.finalized[c] && (0..self.n()).all(|s| s == j || !self.contributes(s) || self.reducer.has(c, s));
-                let added = if last && !self.zero_copy && self.codec.encodes_mean_in_runs() {
+                let lies = self.settings.fault == Some(Fault::WrongAverage);
+                let added = if last && !self.zero_copy && self.codec.encodes_mean_in_runs() && !lies {
                     // Averaged and encoded in one pass, straight into the wire.
                     let enc = &mut self.wire[self.chunks[self.me][c].bytes.clone()];
                     let finite = self.reducer.add_final_encoded(j, c, w, self.codec, payload, own, enc);
@@ -766,11 +868,13 @@ impl<'a> Round<'a> {
                     }
                     Err(e) => self.fail(j, Failure::Invalid(format!("scatter chunk {c}: {e}"))),
                     Ok(Some(mean)) => {
+                        self.note_part(j, c, payload);
                         self.members[j].scatter_got += 1;
                         self.finalized[c] = true;
                         self.publish(c, mean);
                     }
                     Ok(None) => {
+                        self.note_part(j, c, payload);
                         self.members[j].scatter_got += 1;
                         self.finalize_ready_chunks();
                     }
@@ -798,12 +902,20 @@ impl<'a> Round<'a> {
             Kind::Done => {
                 let n = self.n();
                 let m = &self.members[j];
-                if m.done.is_some() || m.gather_count != m.gather_got.len() || payload.len() != n + 8 || payload[..n].iter().any(|&s| s > 2) {
+                let len = n + 8 + if self.audit.is_some() { n * Part::BYTES } else { 0 };
+                if m.done.is_some() || m.gather_count != m.gather_got.len() || payload.len() != len || payload[..n].iter().any(|&s| s > 2) {
                     return self.fail(j, Failure::Invalid("malformed or early span summary".into()));
                 }
-                let hash = u64::from_le_bytes(payload[n..].try_into().expect("8 bytes"));
+                let hash = u64::from_le_bytes(payload[n..n + 8].try_into().expect("8 bytes"));
                 if hash != span_hash(&m.gather_sums) {
                     return self.fail(j, Failure::Invalid("span hash differs from the chunks received".into()));
+                }
+                if self.audit.is_some() {
+                    let parts: Option<Vec<Part>> = payload[n + 8..].chunks_exact(Part::BYTES).map(Part::parse).collect();
+                    let Some(parts) = parts else {
+                        return self.fail(j, Failure::Invalid("span summary reports a non-finite part".into()));
+                    };
+                    self.members[j].done_parts = Some(parts);
                 }
                 self.members[j].done = Some((payload[..n].to_vec(), hash));
             }
@@ -812,6 +924,19 @@ impl<'a> Round<'a> {
                 self.fail(j, Failure::Aborted(why));
             }
             Kind::Hello | Kind::Auth => self.fail(j, Failure::Invalid("handshake frame after the handshake".into())),
+        }
+    }
+
+    /// Audited: adds sender `j`'s chunk `c` (accepted, so it decodes) to its
+    /// part's projections, as it entered the average.
+    fn note_part(&mut self, j: usize, c: usize, payload: &[u8]) {
+        let Some(p) = &self.projector else { return };
+        let elems = self.chunks[self.me][c].elems.clone();
+        self.proj_scratch.resize(self.proj_scratch.len().max(elems.len()), 0.0);
+        let x = &mut self.proj_scratch[..elems.len()];
+        if self.codec.decode(payload, x).is_ok() {
+            super::projection::axpy(&mut self.parts[j].proj, 1.0, &p.project(x, elems.start));
+            self.parts[j].sum_squares += sum_squares(x);
         }
     }
 
@@ -845,6 +970,9 @@ impl<'a> Round<'a> {
         let info = &self.chunks[self.me][c];
         let now = Instant::now();
         let elems = info.elems.clone();
+        if self.settings.fault == Some(Fault::WrongAverage) && matches!(mean, Mean::Scratch) {
+            self.scratch[..elems.len()].iter_mut().for_each(|v| *v = -*v);
+        }
         let scratch = &self.scratch[..elems.len()];
         // Huge (finite) contributions can still overflow the sum: such a
         // chunk is not averaged rather than sent as inf.
@@ -920,6 +1048,19 @@ impl<'a> Round<'a> {
     fn done_out(&self) -> Out {
         let mut payload = self.contributor_status();
         payload.extend_from_slice(&span_hash(&self.my_sums).to_le_bytes());
+        if self.audit.is_some() {
+            // Parts of members that contributed nothing are reported as 0.
+            let status = self.contributor_status();
+            for (s, part) in self.parts.iter().enumerate() {
+                let mut part = if status[s] == 0 { Part::default() } else { *part };
+                if let Some(Fault::MisreportPart { member, scale }) = self.settings.fault
+                    && member as usize == s
+                {
+                    part.proj.iter_mut().for_each(|v| *v *= scale as f64);
+                }
+                part.encode(&mut payload);
+            }
+        }
         let header = Header::for_payload(Kind::Done, self.me as u16, self.round, self.me as u32, 0, &payload);
         Out::new(&header, Body::Owned(payload))
     }
@@ -1075,9 +1216,25 @@ impl<'a> Round<'a> {
                 }
             })
             .collect();
+        let audit = self.projector.map(|p| {
+            let spans: Vec<Range<usize>> =
+                self.chunks.iter().map(|c| c.first().map_or(0..0, |f| f.elems.start..c.last().expect("nonempty").elems.end)).collect();
+            AuditData {
+                parts: (0..n).map(|j| if j == self.me { Some(self.parts.clone()) } else { self.members[j].done_parts.clone() }).collect(),
+                sent: self.sent.clone(),
+                averaged: spans
+                    .into_iter()
+                    .map(|r| {
+                        let x = &self.grad[r.clone()];
+                        Part { proj: p.project(x, r.start), sum_squares: sum_squares(x) }
+                    })
+                    .collect(),
+            }
+        });
         Report {
             round: self.round,
             me: self.me,
+            audit,
             members,
             local_rejected: self.local_rejected.clone(),
             refused: self.refused.clone(),

@@ -22,6 +22,26 @@ pub trait RowSource: Send + Sync {
     fn rows(&self, offset: u64, count: usize) -> Result<Vec<String>, DataError>;
 }
 
+/// Texts of rows `rows` (any order, checked against the source's size),
+/// one request per contiguous run.
+pub fn fetch_rows(src: &dyn RowSource, rows: &[u64]) -> Result<Vec<String>, DataError> {
+    let n = src.num_rows();
+    if let Some(bad) = rows.iter().find(|&&r| r >= n) {
+        return Err(DataError::Shape(format!("row {bad} beyond the dataset's {n} rows")));
+    }
+    let mut texts = Vec::with_capacity(rows.len());
+    let mut i = 0;
+    while i < rows.len() {
+        let mut j = i + 1;
+        while j < rows.len() && rows[j] == rows[j - 1] + 1 {
+            j += 1;
+        }
+        texts.extend(src.rows(rows[i], j - i)?);
+        i = j;
+    }
+    Ok(texts)
+}
+
 struct ParquetFile {
     /// The file's path, or its URL.
     path: PathBuf,

@@ -15,7 +15,11 @@ use super::grad_transfer::GradTransfer;
 use super::protocol::{AllReduce, IsAlive, Query, Train};
 use super::registry::{Registry, Role};
 use super::server::Handler;
-use super::work::{test_tensor, train_batches};
+use super::protocol::parse_hex32;
+use super::work::{BatchWork, test_tensor, train_batches};
+use crate::allreduce::audit::{Audit, run_verified};
+use crate::allreduce::projection::Projector;
+use crate::data::source::fetch_rows;
 use crate::allreduce::plan::spans;
 use crate::allreduce::{Group, Peer, PublicKey, Settings};
 use crate::data::loader::RowBatches;
@@ -31,6 +35,9 @@ use crate::rng::Rng;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Most rows a validator may assign in one Train query.
+pub const MAX_ASSIGNED_ROWS: usize = 100_000;
 
 #[derive(Debug, Clone)]
 pub struct MinerConfig {
@@ -186,26 +193,57 @@ impl<E: Engine> Miner<E> {
             tracing::warn!("model hub: {e}");
         }
         let index = q.gradient_test_index.ok_or("Train needs gradient_test_index")? as usize;
+        let projector = q.challenge.as_deref().map(parse_hex32).transpose().map_err(|e| format!("challenge: {e}"))?.map(|c| Projector::new(&c));
         let (b, t) = (self.cfg.batch, self.cfg.seq);
         let mut st = self.lock();
         let test = test_tensor(&st.replicas.models[0], index).map_err(|e| e.to_string())?;
         let State { used, rng, replicas, .. } = &mut *st;
-        let rows = used.take_run(rng, self.cfg.rows_per_train).map_err(|e| e.to_string())?;
-        let batches = RowBatches::from_source(self.source.as_ref(), rows.clone(), b, t).map_err(|e| e.to_string())?;
+        let rows: Vec<u64> = match q.rows.as_deref() {
+            // The validator's rows (still recorded as used here).
+            Some(rows) => {
+                if rows.is_empty() || rows.len() > MAX_ASSIGNED_ROWS {
+                    return Err(format!("{} rows assigned (1..={MAX_ASSIGNED_ROWS} accepted)", rows.len()));
+                }
+                if let Some(bad) = rows.iter().find(|&&r| r >= used.rows()) {
+                    return Err(format!("row {bad} assigned, the dataset has {}", used.rows()));
+                }
+                for &r in rows {
+                    used.mark(r..r + 1).map_err(|e| e.to_string())?;
+                }
+                rows.to_vec()
+            }
+            None => used.take_run(rng, self.cfg.rows_per_train).map_err(|e| e.to_string())?.collect(),
+        };
+        let texts = fetch_rows(self.source.as_ref(), &rows).map_err(|e| e.to_string())?;
+        let batches = RowBatches::from_texts(&texts, b, t).map_err(|e| e.to_string())?;
+        // Scoring only: the accumulators are put back afterwards.
+        let saved: Option<Vec<(Vec<f32>, f64)>> =
+            (q.accumulate == Some(false)).then(|| replicas.models.iter().map(|m| (m.read_grads(), m.grad_weight())).collect());
         // Each replica trains a contiguous run of the batches; their
-        // per-batch sums, in order, are the answer.
-        let shares = replicas.map_shared(batches.len(), |model, ks| {
-            let n = ks.len();
-            train_batches(model, &batches, ks, b, t, &test).map(|(sums, loss)| (sums, loss * n as f64))
-        });
-        let (mut sums, mut loss) = (Vec::with_capacity(batches.len()), 0f64);
-        for share in shares {
-            let (s, l) = share.map_err(|e| e.to_string())?;
-            sums.extend(s);
-            loss += l;
+        // per-batch reports, in order, are the answer.
+        let shares = replicas.map_shared(batches.len(), |model, ks| train_batches(model, &batches, ks, b, t, &test, projector.as_ref()));
+        if let Some(saved) = saved {
+            for (model, (grads, weight)) in replicas.models.iter_mut().zip(saved) {
+                model.write_grads(&grads);
+                model.set_grad_weight(weight);
+            }
         }
-        let loss = if batches.is_empty() { 0.0 } else { loss / batches.len() as f64 };
-        Ok(Train { dataset_indices: Some(rows.collect()), gradient_sums: Some(sums), loss: Some(loss), batch_size: Some(b as u32), ..q })
+        let mut work = BatchWork::default();
+        for share in shares {
+            let w = share.map_err(|e| e.to_string())?;
+            work.sums.extend(w.sums);
+            work.projections.extend(w.projections);
+            work.loss_sum += w.loss_sum;
+        }
+        let loss = if batches.is_empty() { 0.0 } else { work.loss_sum / batches.len() as f64 };
+        Ok(Train {
+            dataset_indices: Some(rows),
+            gradient_sums: Some(work.sums),
+            projections: projector.is_some().then_some(work.projections),
+            loss: Some(loss),
+            batch_size: Some(b as u32),
+            ..q
+        })
     }
 
     /// The group the validator named, from the registry.
@@ -223,17 +261,45 @@ impl<E: Engine> Miner<E> {
         if let Some(t) = q.next_chunk_timeout.filter(|t| t.is_finite() && *t > 0.0) {
             settings.stall_timeout = Duration::from_secs_f64(t);
         }
+        let audit = audit_of(&q, group.len())?;
         let mut st = self.lock();
         let mut peer = self.peer.lock().unwrap_or_else(|p| p.into_inner());
         let me = group.index_of(&peer.public_key()).ok_or("this miner is not in the group")?;
         let State { replicas, transfer, .. } = &mut *st;
         replicas.sum_into_first()?;
         let model = &mut replicas.models[0];
-        let weight = model.finish_accumulation() as f32;
-        let own = spans(model.layout.total, &group.fractions()).map_err(|e| e.to_string())?.swap_remove(me);
+        let mut weight = model.finish_accumulation() as f32;
+        if let Some(a) = &audit
+            && weight != a.weights[me]
+        {
+            // Work the validator did not credit (an answer it never got,
+            // say) is in the accumulator: this miner can only receive.
+            tracing::warn!("accumulated weight {weight}, the validator credited {}: receiving only this round", a.weights[me]);
+            weight = 0.0;
+        }
         let before = params_hash(&model.read_params());
-        let grad = transfer.download(model, settings.codec, own);
-        let report = peer.all_reduce(&group, round, grad, weight, Instant::now() + timeout, &settings).map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + timeout;
+        let report = match &audit {
+            None => {
+                let own = spans(model.layout.total, &group.fractions()).map_err(|e| e.to_string())?.swap_remove(me);
+                let grad = transfer.download(model, settings.codec, own);
+                peer.all_reduce(&group, round, grad, weight, deadline, &settings).map_err(|e| e.to_string())?
+            }
+            Some(a) => {
+                // Every attempt starts again from this miner's own gradient.
+                let v = run_verified(&group, a, settings.codec, VERIFY_ATTEMPTS, |g, a| {
+                    let me = g.index_of(&peer.public_key()).ok_or("this miner is not in the group")?;
+                    let own = spans(model.layout.total, &g.fractions()).map_err(|e| e.to_string())?.swap_remove(me);
+                    let grad = transfer.download(model, settings.codec, own);
+                    peer.all_reduce_audited(g, round, grad, weight, deadline, &settings, Some(a)).map_err(|e| e.to_string())
+                })?;
+                if !v.clean {
+                    let named: Vec<String> = v.accused.iter().map(|(id, why)| format!("{id}: {why}")).collect();
+                    return Err(format!("the all-reduce did not verify, not stepping: {}", named.join("; ")));
+                }
+                v.report
+            }
+        };
         drop(peer);
         tracing::info!("{}", report.summary());
         // Spans nobody averaged are not applied (see Report::unaveraged_spans).
@@ -258,6 +324,22 @@ impl<E: Engine> Miner<E> {
             }
         }
         Ok(AllReduce { completion: Some("True".into()), ..q })
+    }
+}
+
+/// Rounds an audited all-reduce may take (the first and two reruns).
+pub const VERIFY_ATTEMPTS: usize = 3;
+
+/// The validator's credit in an AllReduce query, if it sent one.
+pub fn audit_of(q: &AllReduce, n: usize) -> Result<Option<Audit>, String> {
+    match (&q.challenge, &q.weights, &q.expected) {
+        (None, None, None) => Ok(None),
+        (Some(c), Some(w), Some(e)) => {
+            let a = Audit { challenge: parse_hex32(c).map_err(|e| format!("challenge: {e}"))?, weights: w.clone(), expected: e.clone() };
+            a.check(n)?;
+            Ok(Some(a))
+        }
+        _ => Err("AllReduce needs all of challenge, weights and expected, or none".into()),
     }
 }
 

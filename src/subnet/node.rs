@@ -147,9 +147,26 @@ pub struct ValidatorArgs {
     #[arg(long, env = "DTRAIN_WEIGHTS")]
     pub weights: Option<PathBuf>,
     /// Score miners without running the all-reduce: follow the epochs the
-    /// master publishes to the hub (a second, third… validator).
+    /// master publishes to the hub (a second, third… validator). Its Train
+    /// queries are for scoring only: miners do not add that work to what
+    /// they contribute.
     #[arg(long, env = "DTRAIN_FOLLOWER")]
     pub follower: bool,
+    /// Rows each Train query names for the miner to train on (0: miners
+    /// choose their own, the reference's mode, whose answers can be copied).
+    #[arg(long, env = "DTRAIN_ROWS", default_value_t = 500)]
+    pub rows: u64,
+    /// A replayed batch's gradient projections must agree with the miner's
+    /// within this fraction of the gradient's norm. The default suits
+    /// miners on the validator's engine and precision (they agree to
+    /// ~2e-5); miners in bf16 on a GPU checked by an fp32
+    /// validator need more, not yet measured.
+    #[arg(long, env = "DTRAIN_PROJECTION_TOLERANCE", default_value_t = crate::subnet::scoring::PROJECTION_TOLERANCE)]
+    pub projection_tolerance: f64,
+    /// Seconds the slower half of the miners get to answer a Train query
+    /// once the faster half has (or twice the time taken so far, if more).
+    #[arg(long, env = "DTRAIN_TRAIN_GRACE", default_value_t = 30.0)]
+    pub train_grace: f64,
     /// Serve this validator's registry to the network on HOST:PORT (port 0
     /// picks one); its `dtrain://KEY@HOST:PORT` address is logged and
     /// written to STATE/registry.url.
@@ -347,8 +364,15 @@ fn validator_on<E: Engine>(a: &ValidatorArgs, engine: E) -> Result<()> {
         learning_rate: a.lr,
         allreduce: settings(n),
         allreduce_timeout: Duration::from_secs_f64(a.allreduce_timeout),
+        rows_per_train: a.rows,
+        projection_tolerance: a.projection_tolerance,
+        train_grace: Duration::from_secs_f64(a.train_grace),
+        accumulate: !a.follower,
         ..ValidatorConfig::default()
     };
+    if !(a.projection_tolerance.is_finite() && a.projection_tolerance > 0.0) {
+        bail!("--projection-tolerance {} must be a positive number", a.projection_tolerance);
+    }
     let mut v = Validator::new(cfg, id.clone(), registry.clone(), Box::new(src), model, opt, peer, n.seed);
     if let Some(k) = bt_hotkey_of(n)? {
         tracing::info!("Bittensor hotkey {}: querying hotkey-only miners in the axon convention", k.ss58());
@@ -633,7 +657,7 @@ pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
         .arg("validator")
         .args(common("validator", 0, &out.join("registry.json").to_string_lossy()))
         .args(["--serve-registry", "127.0.0.1:0"])
-        .args(["--epochs", &a.epochs.to_string(), "--global-batch", &(a.miners as u64 * a.rows).to_string()])
+        .args(["--epochs", &a.epochs.to_string(), "--global-batch", &(a.miners as u64 * a.rows).to_string(), "--rows", &a.rows.to_string()])
         .args(["--min-miners", &a.miners.to_string(), "--lr", &a.lr.to_string()])
         .arg("--metrics")
         .arg(out.join("metrics.jsonl"))
@@ -675,6 +699,7 @@ pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
             .arg("validator")
             .args(common("follower", i, &url))
             .arg("--follower")
+            .args(["--rows", &a.rows.to_string()])
             .arg("--metrics")
             .arg(out.join(format!("follower-{i}.metrics.jsonl")))
             .arg("--weights")

@@ -22,6 +22,16 @@ pub struct Train {
     pub gradient_test_index: Option<u32>,
     /// Request: the model's name.
     pub model_name: Option<String>,
+    /// dtrain request: the epoch's projection challenge (64 hex digits);
+    /// the answer then carries `projections`.
+    pub challenge: Option<String>,
+    /// dtrain request: the rows to train on, named by the validator (the
+    /// reference let the miner choose; that mode remains when absent).
+    pub rows: Option<Vec<u64>>,
+    /// dtrain request: `false` asks the miner to train for scoring only and
+    /// leave its accumulated gradient as it was (a follower validator's
+    /// queries: the master credits only its own).
+    pub accumulate: Option<bool>,
     /// Response: the dataset rows trained on.
     pub dataset_indices: Option<Vec<u64>>,
     /// Response: Σ|grad| of the test parameter after each batch's backward.
@@ -30,6 +40,9 @@ pub struct Train {
     pub loss: Option<f64>,
     /// Response: rows per batch.
     pub batch_size: Option<u32>,
+    /// dtrain response: per batch, the projections of the batch's whole
+    /// gradient on the challenge's vectors (`allreduce::projection`).
+    pub projections: Option<Vec<crate::allreduce::projection::Proj>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -48,6 +61,30 @@ pub struct AllReduce {
     /// dtrain: the group, as registry uids in order (the reference found
     /// its group through hivemind's DHT instead).
     pub group: Option<Vec<u16>>,
+    /// dtrain: the verified all-reduce (`allreduce::audit`): the epoch's
+    /// challenge (64 hex digits) and, per group member, the weight the
+    /// validator credited and the projections of the credited gradient.
+    pub challenge: Option<String>,
+    pub weights: Option<Vec<f32>>,
+    pub expected: Option<Vec<crate::allreduce::projection::Proj>>,
+}
+
+/// 32 bytes as 64 lowercase hex digits.
+pub fn hex32(b: &[u8; 32]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The inverse of [`hex32`].
+pub fn parse_hex32(s: &str) -> Result<[u8; 32], String> {
+    let bad = || format!("expected 64 hex digits, got {:?}", s.chars().take(80).collect::<String>());
+    if s.len() != 64 || !s.is_ascii() {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(out)
 }
 
 /// One query, as routed by its path (`POST /IsAlive`, `/Train`, `/AllReduce`).

@@ -6,6 +6,7 @@
 //! participation is looked up by uid in a map keyed by uid (the reference
 //! looked uids up in a set of peer ids, so nobody was ever marked failed).
 
+use crate::allreduce::projection::Proj;
 use std::collections::{BTreeMap, HashSet};
 
 /// A miner's index in the registry.
@@ -18,6 +19,17 @@ pub const GRADIENT_FLOOR: f64 = 0.75;
 pub const EMA_ALPHA: f64 = 0.05;
 /// Consecutive IsAlive failures after which a miner's score drops to 0.
 pub const MAX_ISALIVE_FAILURES: u32 = 10;
+/// What a failed check leaves of a miner's moving score, on top of the
+/// round's zero reward: three failures cost 87.5% of it, not the EMA's
+/// 14% (a cheater must not live off its past for dozens of rounds).
+pub const FAILURE_KEEP: f64 = 0.5;
+/// Default relative tolerance of a replayed batch's projections, as a
+/// fraction of the replayed gradient's norm: on the same engine and
+/// precision the miner's and the validator's projections differ by
+/// ~2e-5 (measured in tests/work.rs: the miner's come from differences
+/// of an f32 accumulator), 50× below it; another model state, other rows,
+/// a scaled or partial gradient differ by 1e-2 and more.
+pub const PROJECTION_TOLERANCE: f64 = 1e-3;
 
 /// How well the miner's reported Σ|grad| agree with the validator's replay:
 /// pairs of (miner's value, validator's value) for the replayed batches.
@@ -45,6 +57,21 @@ pub fn train_gradient_score(batches: usize, sums: &[f64], replayed: &[(usize, f6
     gradient_score(&replayed.iter().map(|&(k, v)| (sums[k], v)).collect::<Vec<_>>())
 }
 
+/// Whether a Train answer's per-batch projections agree with the
+/// validator's replays: `claimed` has one entry per batch, `replayed` holds
+/// (batch index, the replay's projections, its gradient's norm). Every
+/// replayed batch must agree within `tolerance × norm` in every
+/// projection; none replayed, a missing batch or a non-finite number fail.
+pub fn projections_agree(batches: usize, claimed: &[Proj], replayed: &[(usize, Proj, f64)], tolerance: f64) -> bool {
+    batches > 0
+        && claimed.len() == batches
+        && !replayed.is_empty()
+        && claimed.iter().flatten().all(|v| v.is_finite())
+        && replayed.iter().all(|&(k, ref v, norm)| {
+            k < claimed.len() && norm.is_finite() && v.iter().zip(&claimed[k]).all(|(a, b)| (a - b).abs() <= tolerance * norm)
+        })
+}
+
 /// Steps: distinct rows trained on.
 pub fn steps_score(dataset_indices: &[u64]) -> f64 {
     dataset_indices.iter().collect::<HashSet<_>>().len() as f64
@@ -56,6 +83,10 @@ pub enum Participation {
     Success,
     Fail,
     NonParticipating,
+    /// A check of the all-reduce named it (a contribution other than its
+    /// verified work, a dishonest average or report, a false weight): it
+    /// earns nothing in the next epoch's Train rounds either.
+    Caught,
 }
 
 /// 1 if the miner took part successfully in the last all-reduce.
@@ -127,6 +158,11 @@ impl Scores {
         for (uid, s) in self.score.iter_mut() {
             *s = EMA_ALPHA * this.get(uid).copied().unwrap_or(0.0) + (1.0 - EMA_ALPHA) * *s;
         }
+    }
+
+    /// A failed check: the miner keeps [`FAILURE_KEEP`] of its score.
+    pub fn penalize(&mut self, uid: Uid) {
+        *self.score.entry(uid).or_default() *= FAILURE_KEEP;
     }
 
     /// Records an IsAlive answer; more than [`MAX_ISALIVE_FAILURES`]

@@ -6,19 +6,30 @@
 //! The validator's model must be the miners' model for the replay to mean
 //! anything: the master keeps it in step by joining every all-reduce (with
 //! weight 0, receiving only) and applying the same optimizer step.
+//!
+//! What it checks (docs/SECURITY.md): each Train query names the rows to
+//! train on and carries the epoch's projection challenge; the answer's
+//! per-batch projections of the whole gradient must agree with replays of
+//! sampled batches; what verified answers add up to (weight, projections)
+//! is the credit the AllReduce query hands every member, so that the
+//! all-reduce admits exactly the verified work (`allreduce::audit`).
 
 use super::bittensor::hotkey::Hotkey;
 use super::client::send;
 use super::protocol::{AllReduce, IsAlive, Query, Train};
 use super::registry::{Node, Registry, Role};
+use super::protocol::hex32;
 use super::scoring::{
-    Participation, Scores, TrainMeasure, Uid, allreduce_round_rewards, allreduce_score, bandwidth_score, steps_score, train_gradient_score,
-    train_round_rewards,
+    PROJECTION_TOLERANCE, Participation, Scores, TrainMeasure, Uid, allreduce_round_rewards, allreduce_score, bandwidth_score, projections_agree,
+    steps_score, train_gradient_score, train_round_rewards,
 };
 use super::work::{replay_batch, test_indices, test_tensor};
+use crate::allreduce::audit::{Audit, run_verified};
+use crate::allreduce::identity::random_bytes;
+use crate::allreduce::projection::{K, Proj, Projector, axpy};
 use crate::allreduce::{Identity, Peer, Report, Settings, SpanStatus};
 use crate::data::loader::RowBatches;
-use crate::data::source::RowSource;
+use crate::data::source::{RowSource, fetch_rows};
 use crate::engine::Engine;
 use crate::engine::cpu::CpuEngine;
 use crate::hub::{ModelHub, Published, commit_message};
@@ -45,6 +56,19 @@ pub struct ValidatorConfig {
     pub allreduce: Settings,
     pub allreduce_timeout: Duration,
     pub max_grad_norm: f32,
+    /// Rows named in each Train query; 0 lets miners choose (the
+    /// reference's mode, whose answers can be copied).
+    pub rows_per_train: u64,
+    /// A replayed batch's projections must agree within this fraction of
+    /// its gradient's norm (see `scoring::PROJECTION_TOLERANCE`).
+    pub projection_tolerance: f64,
+    /// Once half the miners answered a Train query, the rest get this
+    /// long or twice the time taken so far, whichever is more (never past
+    /// `train_timeout`): a silent miner holds nobody up.
+    pub train_grace: Duration,
+    /// Whether miners add this validator's Train work to what they
+    /// contribute (the master's); a follower's queries are for scoring only.
+    pub accumulate: bool,
 }
 
 impl Default for ValidatorConfig {
@@ -59,6 +83,10 @@ impl Default for ValidatorConfig {
             allreduce: Settings::default(),
             allreduce_timeout: Duration::from_secs(420),
             max_grad_norm: 1.0,
+            rows_per_train: 500,
+            projection_tolerance: PROJECTION_TOLERANCE,
+            train_grace: Duration::from_secs(30),
+            accumulate: true,
         }
     }
 }
@@ -80,9 +108,17 @@ pub struct TrainScore {
     pub replayed: usize,
     pub score_s: f64,
     pub replay_s: f64,
+    /// Why the answer failed verification, if it did (a query that failed
+    /// is in `error` instead).
+    pub check: Option<String>,
 }
 
 impl TrainScore {
+    /// Answered, and the answer verified.
+    pub fn verified(&self) -> bool {
+        self.error.is_none() && self.check.is_none() && self.gradient > 0.0
+    }
+
     /// The miner's work, estimated as its batch count times this
     /// validator's measured cost per replayed batch (the same forward and
     /// backward on the same shapes), in seconds.
@@ -99,6 +135,19 @@ struct Scored {
     batches: usize,
     replayed: usize,
     replay_s: f64,
+    check: Option<String>,
+    /// The answer's weight (batches × batch size) and Σ weight·projections.
+    weight: f64,
+    proj_sum: Proj,
+}
+
+/// What a miner's verified answers since the last all-reduce add up to.
+#[derive(Debug, Clone, Copy, Default)]
+struct Credit {
+    weight: f64,
+    proj_sum: Proj,
+    /// An answer failed a check: nothing of this epoch is credited.
+    failed: bool,
 }
 
 /// A validator on engine `E` (the CPU by default, a GPU with `CudaEngine`).
@@ -119,10 +168,55 @@ pub struct Validator<E: Engine = CpuEngine> {
     /// answer earns nothing.
     hotkey: Option<Hotkey>,
     credited: Mutex<Vec<u64>>,
+    /// Rows named in a Train query already (one bit per dataset row).
+    handed_out: Mutex<Vec<u64>>,
+    /// The projection challenge of this epoch's Train queries.
+    challenge: Mutex<[u8; 32]>,
+    credit: Mutex<BTreeMap<Uid, Credit>>,
+    seed: u64,
+    train_rounds: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Sends `q` to node `n`: dtrain's signed protocol to a node with a dtrain
+/// key, the Bittensor axon convention to one registered by its hotkey
+/// alone (the key left empty), when the validator has a hotkey.
+fn ask_node(identity: &Identity, hotkey: Option<&Hotkey>, n: &Node, q: &Query, timeout: Duration) -> Result<Query, String> {
+    match (n.key.is_empty(), &n.hotkey, hotkey) {
+        (false, _, _) => {
+            let key = n.public_key().map_err(|e| e.to_string())?;
+            send(identity, &key, &n.query_addr, q, timeout).map_err(|e| e.to_string())
+        }
+        (true, Some(axon), Some(me)) => super::bittensor::dendrite::call(me, axon, &n.query_addr, q, timeout).map_err(|e| e.to_string()),
+        (true, Some(_), None) => Err(format!("uid {} speaks only the Bittensor convention: give this validator --bt-hotkey", n.uid)),
+        (true, None, _) => Err(format!("uid {} has neither a dtrain key nor a hotkey", n.uid)),
+    }
+}
+
+/// The first run of `len` clear bits of `bits` (over `rows`) at or after
+/// `start`, wrapping around once (whole used words are skipped, so a
+/// mostly used bitmap of fineweb's 519M rows is scanned in milliseconds).
+fn free_run(bits: &[u64], rows: u64, start: u64, len: u64) -> Option<u64> {
+    let scan = |from: u64, to: u64| {
+        let (mut r, mut run) = (from, 0u64);
+        while r < to {
+            let word = bits[(r / 64) as usize];
+            if r % 64 == 0 && word == !0 {
+                (r, run) = (r + 64, 0);
+                continue;
+            }
+            run = if word >> (r % 64) & 1 == 1 { 0 } else { run + 1 };
+            r += 1;
+            if run == len {
+                return Some(r - len);
+            }
+        }
+        None
+    };
+    scan(start, rows).or_else(|| scan(0, (start + len).min(rows)))
 }
 
 impl<E: Engine> Validator<E> {
@@ -150,6 +244,11 @@ impl<E: Engine> Validator<E> {
             last_verified: Mutex::new(BTreeMap::new()),
             credited: Mutex::new(Vec::new()),
             hotkey: None,
+            handed_out: Mutex::new(Vec::new()),
+            challenge: Mutex::new(random_bytes()),
+            credit: Mutex::new(BTreeMap::new()),
+            seed,
+            train_rounds: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -214,15 +313,7 @@ impl<E: Engine> Validator<E> {
     /// dtrain key, the Bittensor axon convention to one registered by its
     /// hotkey alone (the key left empty), when this validator has a hotkey.
     fn ask(&self, n: &Node, q: &Query, timeout: Duration) -> Result<Query, String> {
-        match (n.key.is_empty(), &n.hotkey, &self.hotkey) {
-            (false, _, _) => {
-                let key = n.public_key().map_err(|e| e.to_string())?;
-                send(&self.identity, &key, &n.query_addr, q, timeout).map_err(|e| e.to_string())
-            }
-            (true, Some(axon), Some(me)) => super::bittensor::dendrite::call(me, axon, &n.query_addr, q, timeout).map_err(|e| e.to_string()),
-            (true, Some(_), None) => Err(format!("uid {} speaks only the Bittensor convention: give this validator --bt-hotkey", n.uid)),
-            (true, None, _) => Err(format!("uid {} has neither a dtrain key nor a hotkey", n.uid)),
-        }
+        ask_node(&self.identity, self.hotkey.as_ref(), n, q, timeout)
     }
 
     /// Registered miners that answer IsAlive (failures are counted in the
@@ -252,8 +343,11 @@ impl<E: Engine> Validator<E> {
             .collect()
     }
 
-    /// Scores one Train answer by replaying up to `replays` of its batches.
-    fn score_answer(&self, index: usize, a: &Train) -> Result<Scored, String> {
+    /// Scores one Train answer by replaying up to `replays` of its batches:
+    /// the rows must be the ones assigned (when rows were assigned), and
+    /// with a projector the answer's per-batch projections must agree with
+    /// every replay.
+    fn score_answer(&self, index: usize, a: &Train, assigned: Option<&[u64]>, projector: &Projector) -> Result<Scored, String> {
         let rows = a.dataset_indices.as_ref().ok_or("no dataset_indices")?;
         let sums = a.gradient_sums.as_ref().ok_or("no gradient_sums")?;
         let b = a.batch_size.ok_or("no batch_size")? as usize;
@@ -263,26 +357,32 @@ impl<E: Engine> Validator<E> {
         if b == 0 || b > 1024 {
             return Err(format!("batch_size {b}"));
         }
-        let n = self.source.num_rows();
-        if let Some(bad) = rows.iter().find(|&&r| r >= n) {
-            return Err(format!("row {bad} beyond the dataset's {n}"));
-        }
-        // Fetch the rows, a contiguous run per request.
-        let mut texts = Vec::with_capacity(rows.len());
-        let mut i = 0;
-        while i < rows.len() {
-            let mut j = i + 1;
-            while j < rows.len() && rows[j] == rows[j - 1] + 1 {
-                j += 1;
-            }
-            texts.extend(self.source.rows(rows[i], j - i).map_err(|e| e.to_string())?);
-            i = j;
-        }
-        let batches = RowBatches::from_texts(&texts, b, self.cfg.seq).map_err(|e| e.to_string())?;
         let steps = steps_score(rows);
         let samples = rows.len() as u64;
+        let failed = |batches: usize, why: String| Scored {
+            gradient: 0.0,
+            steps,
+            samples,
+            batches,
+            replayed: 0,
+            replay_s: 0.0,
+            check: Some(why),
+            weight: 0.0,
+            proj_sum: [0.0; K],
+        };
+        if let Some(want) = assigned
+            && want != rows.as_slice()
+        {
+            return Ok(failed(0, "reported rows other than the ones it was assigned".into()));
+        }
+        let texts = fetch_rows(self.source.as_ref(), rows).map_err(|e| e.to_string())?;
+        let batches = RowBatches::from_texts(&texts, b, self.cfg.seq).map_err(|e| e.to_string())?;
         if batches.len() != sums.len() {
-            return Ok(Scored { gradient: 0.0, steps, samples, batches: batches.len(), replayed: 0, replay_s: 0.0 });
+            return Ok(failed(batches.len(), format!("{} gradient sums for {} batches", sums.len(), batches.len())));
+        }
+        let claimed = a.projections.as_deref().unwrap_or_default();
+        if claimed.len() != batches.len() {
+            return Ok(failed(batches.len(), format!("{} projections for {} batches", claimed.len(), batches.len())));
         }
         let picks: Vec<usize> = {
             let mut rng = lock(&self.rng);
@@ -297,15 +397,94 @@ impl<E: Engine> Validator<E> {
         let model = &mut guard.0;
         let test = test_tensor(model, index).map_err(|e| e.to_string())?;
         let t = Instant::now();
-        let replayed = picks
+        let replays = picks
             .into_iter()
-            .map(|k| replay_batch(model, &batches, k, b, self.cfg.seq, &test).map(|v| (k, v)))
+            .map(|k| replay_batch(model, &batches, k, b, self.cfg.seq, &test, Some(projector)).map(|r| (k, r)))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| e.to_string())?;
         let replay_s = t.elapsed().as_secs_f64();
         model.zero_grads();
-        let gradient = train_gradient_score(batches.len(), sums, &replayed);
-        Ok(Scored { gradient, steps, samples, batches: batches.len(), replayed: replayed.len(), replay_s })
+        let replayed_sums: Vec<(usize, f64)> = replays.iter().map(|(k, r)| (*k, r.sum)).collect();
+        let replayed_proj: Vec<(usize, Proj, f64)> =
+            replays.iter().filter_map(|(k, r)| r.projection.map(|(p, norm)| (*k, p, norm))).collect();
+        let mut gradient = train_gradient_score(batches.len(), sums, &replayed_sums);
+        let mut check = None;
+        if !projections_agree(batches.len(), claimed, &replayed_proj, self.cfg.projection_tolerance) {
+            check = Some("its gradient projections do not match the replayed batches".to_string());
+            gradient = 0.0;
+        } else if gradient == 0.0 {
+            check = Some("its gradient sums do not match the replayed batches".to_string());
+        }
+        let weight = (batches.len() * b) as f64;
+        let mut proj_sum = [0f64; K];
+        for p in claimed {
+            axpy(&mut proj_sum, b as f64, p);
+        }
+        Ok(Scored { gradient, steps, samples, batches: batches.len(), replayed: replays.len(), replay_s, check, weight, proj_sum })
+    }
+
+    /// The rows miner `uid` is to train on in Train round `round`: a run of
+    /// `rows_per_train` rows nobody was handed yet, after a start derived
+    /// from this validator's seed, the uid and the round. When every row
+    /// was handed out, a new pass over the dataset begins.
+    fn assign_rows(&self, uid: Uid, round: u64) -> Vec<u64> {
+        let n = self.source.num_rows();
+        let len = self.cfg.rows_per_train.min(n);
+        let mut bits = lock(&self.handed_out);
+        bits.resize(n.div_ceil(64) as usize, 0);
+        let mut rng = Rng::new(self.seed ^ ((uid as u64) << 48) ^ round.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let start = rng.below(n.max(1));
+        let first = free_run(&bits, n, start, len).or_else(|| {
+            tracing::info!("every row of the dataset was handed out: starting a new pass");
+            bits.iter_mut().for_each(|w| *w = 0);
+            free_run(&bits, n, start, len)
+        });
+        let Some(first) = first else { return Vec::new() };
+        for r in first..first + len {
+            bits[(r / 64) as usize] |= 1 << (r % 64);
+        }
+        (first..first + len).collect()
+    }
+
+    /// Sends every miner its query at once and collects the answers until
+    /// all arrived or the round's deadline: `train_timeout` at most, and
+    /// once half the miners answered, `train_grace` or twice the time
+    /// taken so far, whichever is more. Late answers are dropped.
+    fn ask_all(&self, miners: &[Node], queries: Vec<Query>) -> Vec<Result<Train, String>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for (i, (n, q)) in miners.iter().zip(queries).enumerate() {
+            let (tx, n, identity, hotkey, timeout) = (tx.clone(), n.clone(), self.identity.clone(), self.hotkey.clone(), self.cfg.train_timeout);
+            // Detached: a miner that never answers must not hold the round.
+            std::thread::spawn(move || {
+                let a = match ask_node(&identity, hotkey.as_ref(), &n, &q, timeout) {
+                    Ok(Query::Train(a)) => Ok(a),
+                    Ok(other) => Err(format!("answered {} to Train", other.name())),
+                    Err(e) => Err(e),
+                };
+                let _ = tx.send((i, a));
+            });
+        }
+        drop(tx);
+        let start = Instant::now();
+        let hard = start + self.cfg.train_timeout;
+        let mut got: Vec<Option<Result<Train, String>>> = (0..miners.len()).map(|_| None).collect();
+        let (mut count, mut soft) = (0, None::<Instant>);
+        while count < miners.len() {
+            let until = soft.map_or(hard, |s| s.min(hard));
+            let Some(left) = until.checked_duration_since(Instant::now()) else { break };
+            match rx.recv_timeout(left) {
+                Ok((i, a)) => {
+                    got[i] = Some(a);
+                    count += 1;
+                    if soft.is_none() && 2 * count >= miners.len() {
+                        soft = Some(Instant::now() + self.cfg.train_grace.max(2 * start.elapsed()));
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        let waited = start.elapsed().as_secs_f64();
+        got.into_iter().map(|a| a.unwrap_or_else(|| Err(format!("no answer by the round's deadline ({waited:.1} s)")))).collect()
     }
 
     /// One Train round: queries `miners` at once, scores each answer, folds
@@ -324,71 +503,110 @@ impl<E: Engine> Validator<E> {
             let idx = test_indices(model);
             idx[lock(&self.rng).below(idx.len() as u64) as usize]
         };
-        let answers: Vec<Result<Train, String>> = std::thread::scope(|s| {
-            let hs: Vec<_> = miners
-                .iter()
-                .map(|n| {
-                    s.spawn(move || {
-                        let q = Query::Train(Train { gradient_test_index: Some(index as u32), model_name: Some("gpt2".into()), ..Train::default() });
-                        match self.ask(n, &q, self.cfg.train_timeout) {
-                            Ok(Query::Train(a)) => Ok(a),
-                            Ok(other) => Err(format!("answered {} to Train", other.name())),
-                            Err(e) => Err(e),
-                        }
-                    })
+        let challenge = *lock(&self.challenge);
+        let projector = Projector::new(&challenge);
+        let round = self.train_rounds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let assigned: Vec<Option<Vec<u64>>> =
+            miners.iter().map(|n| (self.cfg.rows_per_train > 0).then(|| self.assign_rows(n.uid, round))).collect();
+        let queries = assigned
+            .iter()
+            .map(|rows| {
+                Query::Train(Train {
+                    gradient_test_index: Some(index as u32),
+                    model_name: Some("gpt2".into()),
+                    challenge: Some(hex32(&challenge)),
+                    rows: rows.clone(),
+                    accumulate: (!self.cfg.accumulate).then_some(false),
+                    ..Train::default()
                 })
-                .collect();
-            hs.into_iter().map(|h| h.join().unwrap_or_else(|_| Err("query thread panicked".into()))).collect()
-        });
+            })
+            .collect();
+        let answers = self.ask_all(miners, queries);
         let last = lock(&self.last_allreduce).clone();
         let rows_claimed: Vec<Vec<u64>> =
             answers.iter().map(|a| a.as_ref().ok().and_then(|a| a.dataset_indices.clone()).unwrap_or_default()).collect();
-        let outcomes: Vec<TrainScore> = miners
+        let mut credits = Vec::with_capacity(miners.len());
+        let mut outcomes: Vec<TrainScore> = miners
             .iter()
             .zip(answers)
-            .map(|(n, a)| {
+            .zip(&assigned)
+            .map(|((n, a), rows)| {
                 let t = Instant::now();
-                let scored = a.and_then(|a| self.score_answer(index, &a).map(|s| (s, a.loss)));
+                let scored = a.and_then(|a| self.score_answer(index, &a, rows.as_deref(), &projector).map(|s| (s, a.loss)));
                 let score_s = t.elapsed().as_secs_f64();
                 match scored {
-                    Ok((s, loss)) => TrainScore {
-                        uid: n.uid,
-                        error: None,
-                        gradient: s.gradient,
-                        steps: s.steps,
-                        loss,
-                        samples: s.samples,
-                        batches: s.batches,
-                        replayed: s.replayed,
-                        score_s,
-                        replay_s: s.replay_s,
-                    },
-                    Err(e) => TrainScore {
-                        uid: n.uid,
-                        error: Some(e),
-                        gradient: 0.0,
-                        steps: 0.0,
-                        loss: None,
-                        samples: 0,
-                        batches: 0,
-                        replayed: 0,
-                        score_s,
-                        replay_s: 0.0,
-                    },
+                    Ok((s, loss)) => {
+                        credits.push(Some((s.weight, s.proj_sum)));
+                        TrainScore {
+                            uid: n.uid,
+                            error: None,
+                            gradient: s.gradient,
+                            steps: s.steps,
+                            loss,
+                            samples: s.samples,
+                            batches: s.batches,
+                            replayed: s.replayed,
+                            score_s,
+                            replay_s: s.replay_s,
+                            check: s.check,
+                        }
+                    }
+                    Err(e) => {
+                        credits.push(None);
+                        TrainScore {
+                            uid: n.uid,
+                            error: Some(e),
+                            gradient: 0.0,
+                            steps: 0.0,
+                            loss: None,
+                            samples: 0,
+                            batches: 0,
+                            replayed: 0,
+                            score_s,
+                            replay_s: 0.0,
+                            check: None,
+                        }
+                    }
                 }
             })
             .collect();
-        let mut outcomes = outcomes;
         if !still_valid() {
             return Vec::new();
         }
         self.credit_rows(&mut outcomes, &rows_claimed);
+        // What verified answers add up to is the all-reduce's credit; a
+        // failed check forfeits the whole epoch's and costs score.
+        {
+            let mut credit = lock(&self.credit);
+            let mut scores = lock(&self.scores);
+            for (o, c) in outcomes.iter().zip(credits) {
+                let entry = credit.entry(o.uid).or_default();
+                match (o.verified(), c) {
+                    (true, Some((w, p))) if self.cfg.accumulate => {
+                        entry.weight += w;
+                        axpy(&mut entry.proj_sum, 1.0, &p);
+                    }
+                    _ if o.check.is_some() => {
+                        tracing::warn!("uid {}: {}", o.uid, o.check.as_deref().unwrap_or_default());
+                        entry.failed = true;
+                        scores.penalize(o.uid);
+                    }
+                    _ => {}
+                }
+            }
+        }
         let measures: Vec<TrainMeasure> = outcomes
             .iter()
-            .map(|o| TrainMeasure { uid: o.uid, member: true, gradient: o.gradient, steps: o.steps, allreduce: allreduce_score(&last, o.uid) })
+            .map(|o| TrainMeasure {
+                uid: o.uid,
+                member: last.get(&o.uid) != Some(&Participation::Caught),
+                gradient: if o.verified() { o.gradient } else { 0.0 },
+                steps: o.steps,
+                allreduce: allreduce_score(&last, o.uid),
+            })
             .collect();
         lock(&self.scores).fold_round(&train_round_rewards(&measures));
-        lock(&self.last_verified).extend(outcomes.iter().map(|o| (o.uid, o.error.is_none() && o.gradient > 0.0)));
+        lock(&self.last_verified).extend(outcomes.iter().map(|o| (o.uid, o.verified())));
         outcomes
     }
 
@@ -413,7 +631,7 @@ impl<E: Engine> Validator<E> {
             o.steps = fresh.len() as f64;
         }
         for (o, rows) in outcomes.iter().zip(claimed) {
-            if o.error.is_none() && o.gradient > 0.0 {
+            if o.verified() {
                 for &r in rows.iter().filter(|&&r| r < n) {
                     credited[(r / 64) as usize] |= 1 << (r % 64);
                 }
@@ -457,9 +675,11 @@ impl<E: Engine> Validator<E> {
         scores.into_iter().map(|(u, _, s)| (u, s)).collect()
     }
 
-    /// The master's all-reduce: sends AllReduce to `miners`, joins with
-    /// weight 0, steps its own model copy with the average, and records
-    /// who took part (by uid).
+    /// The master's all-reduce: sends AllReduce to `miners` with each
+    /// one's credit, joins with weight 0, runs the audited round (reruns
+    /// without culprits included), steps its own model copy with the
+    /// average, and records who took part (by uid). Success needs a
+    /// credited, non-zero contribution that every check passed.
     pub fn allreduce_round(&self, miners: &[Node], round: u64) -> Result<Report, String> {
         let nodes = self.registry.nodes().map_err(|e| e.to_string())?;
         let me = nodes.iter().find(|n| n.key == self.identity.public().to_hex()).ok_or("this validator is not registered")?.clone();
@@ -468,17 +688,31 @@ impl<E: Engine> Validator<E> {
         uids.sort();
         let group = super::registry::group_of(&nodes, &uids).map_err(|e| e.to_string())?;
         let timeout = self.cfg.allreduce_timeout;
+        // This epoch's credit, which the next epoch starts without.
+        let credit = std::mem::take(&mut *lock(&self.credit));
+        let challenge = std::mem::replace(&mut *lock(&self.challenge), random_bytes());
+        let credited = |u: &Uid| credit.get(u).filter(|c| !c.failed && c.weight > 0.0);
+        let audit = Audit {
+            challenge,
+            weights: uids.iter().map(|u| credited(u).map_or(0.0, |c| c.weight as f32)).collect(),
+            expected: uids.iter().map(|u| credited(u).map_or([0.0; K], |c| c.proj_sum.map(|v| v / c.weight))).collect(),
+        };
         let q = AllReduce {
             learning_rate: Some(self.cfg.learning_rate),
             round: Some(round),
             group: Some(uids.clone()),
             all_reduce_timeout: Some(timeout.as_secs_f64()),
+            challenge: Some(hex32(&audit.challenge)),
+            weights: Some(audit.weights.clone()),
+            expected: Some(audit.expected.clone()),
             ..AllReduce::default()
         };
         let mut guard = lock(&self.model);
         let (model, opt) = &mut *guard;
         let mut grad = vec![0f32; model.layout.total];
-        let report = std::thread::scope(|s| {
+        let codec = self.cfg.allreduce.codec;
+        let deadline = Instant::now() + timeout;
+        let verified = std::thread::scope(|s| {
             for n in miners {
                 let q = Query::AllReduce(q.clone());
                 s.spawn(move || match self.ask(n, &q, timeout + Duration::from_secs(30)) {
@@ -489,28 +723,57 @@ impl<E: Engine> Validator<E> {
                     }
                 });
             }
-            lock(&self.peer).all_reduce(&group, round, &mut grad, 0.0, Instant::now() + timeout, &self.cfg.allreduce)
+            let mut peer = lock(&self.peer);
+            run_verified(&group, &audit, codec, super::miner::VERIFY_ATTEMPTS, |g, a| {
+                grad.fill(0.0);
+                peer.all_reduce_audited(g, round, &mut grad, 0.0, deadline, &self.cfg.allreduce, Some(a))
+            })
         })
         .map_err(|e| e.to_string())?;
-        // Spans nobody averaged are not applied (see Report::unaveraged_spans).
-        for r in report.unaveraged_spans() {
-            grad[r].fill(0.0);
+        let report = verified.report.clone();
+        if verified.clean {
+            // Spans nobody averaged are not applied (see Report::unaveraged_spans).
+            for r in report.unaveraged_spans() {
+                grad[r].fill(0.0);
+            }
+            model.write_grads(&grad);
+            opt.clip_and_step(model, self.cfg.learning_rate as f32, self.cfg.max_grad_norm);
+        } else {
+            tracing::error!("round {round}: the all-reduce did not verify after {} attempts; nobody steps", super::miner::VERIFY_ATTEMPTS);
         }
-        model.write_grads(&grad);
-        opt.clip_and_step(model, self.cfg.learning_rate as f32, self.cfg.max_grad_norm);
         model.zero_grads();
-        // Success: no failure, and in every averaged span's contributors.
+        for (id, why) in &verified.accused {
+            tracing::warn!("round {round}: uid {id} accused: {why}");
+        }
+        // Success: credited, joined with that weight, no failure, in every
+        // averaged span's contributors, never accused, in a clean round.
+        let accused: std::collections::HashSet<&str> = verified.accused.iter().map(|(id, _)| id.as_str()).collect();
         let mut part = BTreeMap::new();
         for n in self.registry.nodes().unwrap_or_default().iter().filter(|n| n.role == Role::Miner) {
-            let status = match uids.iter().position(|&u| u == n.uid) {
-                None => Participation::NonParticipating,
-                Some(i) => {
+            let id = n.uid.to_string();
+            let status = match (uids.contains(&n.uid), verified.group.members.iter().position(|m| m.id == id)) {
+                (false, _) => Participation::NonParticipating,
+                (true, None) => Participation::Fail,
+                (true, Some(i)) => {
                     let m = &report.members[i];
-                    // Contributed to every span whose owner averaged it.
+                    let want = credited(&n.uid).map(|c| c.weight as f32);
                     let everywhere = report.members.iter().filter(|s| s.span_status == SpanStatus::Averaged).all(|s| s.contributors.contains(&i));
-                    if m.failure.is_none() && everywhere { Participation::Success } else { Participation::Fail }
+                    let ok = verified.clean && want.is_some() && m.weight == want && m.failure.is_none() && everywhere;
+                    if ok { Participation::Success } else { Participation::Fail }
                 }
             };
+            // Named by a check, or refused by everyone for declaring a
+            // weight other than its credit.
+            let refused = verified
+                .group
+                .members
+                .iter()
+                .position(|m| m.id == id)
+                .is_some_and(|i| matches!(report.members[i].failure, Some(crate::allreduce::Failure::FalseWeight { .. })));
+            let status = if accused.contains(id.as_str()) || refused { Participation::Caught } else { status };
+            if status == Participation::Caught {
+                lock(&self.scores).penalize(n.uid);
+            }
             part.insert(n.uid, status);
         }
         *lock(&self.last_allreduce) = part;

@@ -6,7 +6,14 @@
 //! its backward made, divided by the batch's weight): the same number the
 //! validator gets by recomputing that one batch from zeroed gradients, and
 //! what PyTorch's `loss.backward()` of the batch's mean loss would give.
+//!
+//! With a challenge (dtrain's validators send one) it also records, per
+//! batch, the projections of that batch's *whole* gradient on the
+//! challenge's vectors (`allreduce::projection`): computed as the change in
+//! the accumulator's projections, so they sum (weighted) to the projections
+//! of the mean gradient the miner later contributes to the all-reduce.
 
+use crate::allreduce::projection::{Proj, Projector, sum_squares};
 use crate::data::loader::RowBatches;
 use crate::engine::Engine;
 use crate::model::{Gpt, ModelError, ParamTensor};
@@ -43,9 +50,20 @@ fn abs_sum(x: &[f32]) -> f64 {
     x.iter().map(|&v| v.abs() as f64).sum()
 }
 
+/// What training on some batches reports, per batch.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BatchWork {
+    /// Σ|∇L| of the test tensor.
+    pub sums: Vec<f64>,
+    /// Projections of the whole gradient (empty without a projector).
+    pub projections: Vec<Proj>,
+    /// Σ of the batches' mean losses.
+    pub loss_sum: f64,
+}
+
 /// Trains on batches `ks` (gradients accumulate, weighted by the batch's
-/// `b` sequences; no weight update) and returns Σ|∇L| of `test` for each
-/// batch alone, and the mean loss.
+/// `b` sequences; no weight update) and reports each batch alone: Σ|∇L|
+/// of `test` and, with `projector`, the projections of its gradient.
 pub fn train_batches<E: Engine>(
     model: &mut Gpt<E>,
     batches: &RowBatches,
@@ -53,28 +71,62 @@ pub fn train_batches<E: Engine>(
     b: usize,
     t: usize,
     test: &ParamTensor,
-) -> Result<(Vec<f64>, f64), WorkError> {
+    projector: Option<&Projector>,
+) -> Result<BatchWork, WorkError> {
     let weight = b as f32;
     let n = ks.len();
-    let (mut sums, mut loss) = (Vec::with_capacity(n), 0f64);
+    let mut work = BatchWork { sums: Vec::with_capacity(n), projections: Vec::with_capacity(n), loss_sum: 0.0 };
     let mut before = model.read_grad_range(test.offset, test.len);
+    // One buffer for every read of the accumulator (no fresh pages per batch).
+    let mut acc = if projector.is_some() { vec![0f32; model.layout.total] } else { Vec::new() };
+    let mut proj_before = projector.map(|p| {
+        model.read_grad_range_into(0, &mut acc);
+        p.project(&acc, 0)
+    });
     for k in ks {
         let (inputs, targets) = batches.batch(k);
-        loss += model.forward_backward(inputs, targets, b, t, weight)? as f64;
+        work.loss_sum += model.forward_backward(inputs, targets, b, t, weight)? as f64;
         let after = model.read_grad_range(test.offset, test.len);
         let delta: f64 = after.iter().zip(&before).map(|(&a, &p)| (a - p).abs() as f64).sum();
-        sums.push(delta / weight as f64);
+        work.sums.push(delta / weight as f64);
         before = after;
+        if let (Some(p), Some(pb)) = (projector, proj_before.as_mut()) {
+            model.read_grad_range_into(0, &mut acc);
+            let pa = p.project(&acc, 0);
+            work.projections.push(std::array::from_fn(|j| (pa[j] - pb[j]) / weight as f64));
+            *pb = pa;
+        }
     }
-    Ok((sums, if n == 0 { 0.0 } else { loss / n as f64 }))
+    Ok(work)
 }
 
-/// The validator's replay of batch `k`: Σ|∇L| of `test` for that batch
-/// alone. Zeroes the model's gradients first (a validator's model holds no
-/// accumulation of its own).
-pub fn replay_batch<E: Engine>(model: &mut Gpt<E>, batches: &RowBatches, k: usize, b: usize, t: usize, test: &ParamTensor) -> Result<f64, WorkError> {
+/// The validator's replay of one batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replay {
+    /// Σ|∇L| of the test tensor.
+    pub sum: f64,
+    /// Projections of the batch's gradient and its norm (with a projector).
+    pub projection: Option<(Proj, f64)>,
+}
+
+/// The validator's replay of batch `k`: its gradient alone, from zeroed
+/// gradients (a validator's model holds no accumulation of its own).
+pub fn replay_batch<E: Engine>(
+    model: &mut Gpt<E>,
+    batches: &RowBatches,
+    k: usize,
+    b: usize,
+    t: usize,
+    test: &ParamTensor,
+    projector: Option<&Projector>,
+) -> Result<Replay, WorkError> {
     model.zero_grads();
     let (inputs, targets) = batches.batch(k);
     model.forward_backward(inputs, targets, b, t, 1.0)?;
-    Ok(abs_sum(&model.read_grad_range(test.offset, test.len)))
+    let sum = abs_sum(&model.read_grad_range(test.offset, test.len));
+    let projection = projector.map(|p| {
+        let g = model.read_grads();
+        (p.project(&g, 0), sum_squares(&g).sqrt())
+    });
+    Ok(Replay { sum, projection })
 }

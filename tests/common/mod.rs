@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod hf_server;
+pub mod network;
 pub mod servers;
 
 use safetensors::{Dtype, SafeTensors};

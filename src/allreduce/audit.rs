@@ -1,0 +1,279 @@
+//! The verified all-reduce: what the validator credits each member with,
+//! what every member checks after a round, and the reruns that leave the
+//! culprits out. docs/SECURITY.md has the threat model.
+//!
+//! The validator's AllReduce query names, per member, the weight it
+//! credited (samples in verified Train answers; 0 = receive only) and the
+//! projections of the mean gradient those answers add up to
+//! (`projection`). Both are folded into the group digest, so a member
+//! given other numbers refuses every handshake, and a member whose Hello
+//! declares any weight but 0 or its credited one is refused by everyone.
+//!
+//! During the round each span owner projects every sender's part of its
+//! span as decoded (what enters the average) and sends those projections,
+//! with the parts' squared norms, in its span summary to every member.
+//! After the round every member runs the same [`verdict`]:
+//! - *contribution*: for each sender, the owners' reports summed over the
+//!   spans must equal what the validator credited (a scaled, sign-flipped,
+//!   noisy, zero or other-work vector fails);
+//! - *own parts*: the owners' reports of this member's own parts must equal
+//!   what it sent (an owner misreporting a part is named by its sender);
+//! - *averages*: each averaged span as received must project to the
+//!   weighted mean of the reported parts (an owner that averages
+//!   dishonestly fails).
+//!
+//! A failed check accuses the culprit; the round then runs again without
+//! the culprits (every honest member computes the same verdict from the
+//! same reports, so they rerun in the same group and stay bit-identical).
+
+use super::codec::Codec;
+use super::group::Group;
+use super::projection::{K, Proj, Projector, axpy, max_diff};
+use super::report::Report;
+use sha2::{Digest, Sha256};
+
+/// What the validator credited, per member of the group in order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Audit {
+    /// Seeds the projection vectors (the epoch's Train challenge).
+    pub challenge: [u8; 32],
+    /// Credited weight (0: the member only receives).
+    pub weights: Vec<f32>,
+    /// Projections of the credited mean gradient (ignored at weight 0).
+    pub expected: Vec<Proj>,
+}
+
+/// One part of a span as its owner reports it: the projections of a
+/// sender's decoded part and its squared norm.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct Part {
+    pub proj: Proj,
+    pub sum_squares: f64,
+}
+
+impl Part {
+    pub const BYTES: usize = 8 * (K + 1);
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        for v in self.proj.iter().chain([&self.sum_squares]) {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+
+    /// `None` for a non-finite or negative-norm part.
+    pub fn parse(b: &[u8]) -> Option<Part> {
+        let v: Vec<f64> = b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+        (v.len() == K + 1 && v.iter().all(|x| x.is_finite()) && v[K] >= 0.0).then(|| Part { proj: std::array::from_fn(|j| v[j]), sum_squares: v[K] })
+    }
+}
+
+/// What a round measured for its audit (in [`Report::audit`]).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct AuditData {
+    /// Per owner, its report of every member's part of its span (`None`
+    /// when no summary arrived; this peer's own entry is what it computed).
+    pub parts: Vec<Option<Vec<Part>>>,
+    /// This member's own contribution, per span, as it sent it.
+    pub sent: Vec<Part>,
+    /// Per span, the averaged values as this member holds them.
+    pub averaged: Vec<Part>,
+}
+
+/// A member named by a failed check.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Accusation {
+    /// The member's index in the round's group.
+    pub member: usize,
+    pub why: String,
+}
+
+/// Relative error of a projection that the codec's rounding may cause, as
+/// a fraction of the vector's norm: the codecs' documented per-element
+/// bounds (fp16 2⁻¹¹, bf16 2⁻⁸ relative; int8 half a step of a block's
+/// max/127), times 4 for headroom. fp32 still carries the miner's
+/// accumulation rounding (~1e-7 × batches).
+pub fn tolerance(codec: Codec) -> f64 {
+    match codec {
+        Codec::F32 => 1e-4,
+        Codec::F16 => 2e-3,
+        Codec::Bf16 => 1.6e-2,
+        Codec::Int8 { .. } => 5e-2,
+    }
+}
+
+impl Audit {
+    pub fn projector(&self) -> Projector {
+        Projector::new(&self.challenge)
+    }
+
+    /// Folds the audit into the group digest.
+    pub fn digest(&self, base: &[u8; 32]) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(b"dtrain-allreduce-audit-v1");
+        h.update(base);
+        h.update(self.challenge);
+        h.update((self.weights.len() as u64).to_le_bytes());
+        for (w, e) in self.weights.iter().zip(&self.expected) {
+            h.update(w.to_le_bytes());
+            for v in e {
+                h.update(v.to_le_bytes());
+            }
+        }
+        h.finalize().into()
+    }
+
+    /// Checks that it fits a group of `n`, with finite numbers.
+    pub fn check(&self, n: usize) -> Result<(), String> {
+        if self.weights.len() != n || self.expected.len() != n {
+            return Err(format!("audit for {} weights and {} projections in a group of {n}", self.weights.len(), self.expected.len()));
+        }
+        if self.weights.iter().any(|w| !(w.is_finite() && *w >= 0.0)) || self.expected.iter().flatten().any(|v| !v.is_finite()) {
+            return Err("audit holds a negative or non-finite number".into());
+        }
+        Ok(())
+    }
+
+    /// The audit of the group without `drop` (indices into this group).
+    pub fn without(&self, drop: &[usize]) -> Audit {
+        let keep = |i: &usize| !drop.contains(i);
+        Audit {
+            challenge: self.challenge,
+            weights: (0..self.weights.len()).filter(keep).map(|i| self.weights[i]).collect(),
+            expected: (0..self.expected.len()).filter(keep).map(|i| self.expected[i]).collect(),
+        }
+    }
+}
+
+/// The group without members `drop`.
+pub fn group_without(group: &Group, drop: &[usize]) -> Group {
+    Group { members: group.members.iter().enumerate().filter(|(i, _)| !drop.contains(i)).map(|(_, m)| m.clone()).collect() }
+}
+
+/// The checks every member runs after an audited round (see the module
+/// doc). `codec` sets the tolerance. Spans whose owner sent no summary
+/// cannot be checked; their values are not applied (`unaveraged_spans`),
+/// and a sender's sum is checked only when every span with elements
+/// reported.
+pub fn verdict(audit: &Audit, report: &Report, codec: Codec) -> Vec<Accusation> {
+    let Some(data) = &report.audit else { return Vec::new() };
+    let n = report.members.len();
+    let tol = tolerance(codec);
+    let mut accused: Vec<Accusation> = Vec::new();
+    let accuse = |accused: &mut Vec<Accusation>, member: usize, why: String| {
+        if !accused.iter().any(|a| a.member == member) {
+            accused.push(Accusation { member, why });
+        }
+    };
+    // Refused for a false weight (a signed claim, the same to everyone who
+    // checked it): out, so that its span is averaged by somebody else.
+    for (j, m) in report.members.iter().enumerate() {
+        if let Some(f @ super::report::Failure::FalseWeight { .. }) = &m.failure {
+            accuse(&mut accused, j, f.to_string());
+        }
+    }
+    let spans: Vec<usize> = (0..n).filter(|&i| report.members[i].span.1 > report.members[i].span.0).collect();
+    let contributes = |i: usize, s: usize| report.members[i].contributors.contains(&s) || report.members[i].partial_contributors.contains(&s);
+    // Averages: each averaged span against the weighted mean of its parts.
+    for &i in &spans {
+        let (Some(parts), super::report::SpanStatus::Averaged) = (&data.parts[i], &report.members[i].span_status) else { continue };
+        let (mut mean, mut total) = ([0f64; K], 0f64);
+        for s in (0..n).filter(|&s| report.members[i].contributors.contains(&s)) {
+            let w = audit.weights[s] as f64;
+            axpy(&mut mean, w, &parts[s].proj);
+            total += w;
+        }
+        if total > 0.0 {
+            mean.iter_mut().for_each(|v| *v /= total);
+        }
+        let got = &data.averaged[i];
+        let bound = tol * got.sum_squares.sqrt() + 1e-30;
+        if max_diff(&mean, &got.proj) > bound {
+            accuse(&mut accused, i, format!("span {i}: the average it sent differs from the mean of the parts it reported (by {:.3e}, tolerance {bound:.3e})", max_diff(&mean, &got.proj)));
+        }
+    }
+    // Own parts: what the owners say this member sent.
+    let me = report.me;
+    if audit.weights[me] > 0.0 && report.members[me].weight.is_some_and(|w| w > 0.0) && report.local_rejected.is_none() {
+        for &i in spans.iter().filter(|&&i| i != me) {
+            let Some(parts) = &data.parts[i] else { continue };
+            if !contributes(i, me) {
+                continue;
+            }
+            let (got, sent) = (&parts[me], &data.sent[i]);
+            let bound = tol * sent.sum_squares.sqrt().max(got.sum_squares.sqrt()) + 1e-30;
+            if max_diff(&got.proj, &sent.proj) > bound {
+                accuse(&mut accused, i, format!("span {i}: misreported this member's part (by {:.3e}, tolerance {bound:.3e})", max_diff(&got.proj, &sent.proj)));
+            }
+        }
+    }
+    // Contributions: each sender's parts, summed over the spans, against
+    // the credit — only when every span reported and no owner was caught
+    // (a lying owner's reports would name honest senders; the rerun
+    // without it checks them).
+    let owner_caught = accused.iter().any(|a| spans.contains(&a.member) && report.members[a.member].failure.is_none());
+    if !owner_caught && spans.iter().all(|&i| data.parts[i].is_some()) {
+        for s in 0..n {
+            if audit.weights[s] == 0.0 || !spans.iter().any(|&i| contributes(i, s)) {
+                continue;
+            }
+            let (mut sum, mut sq) = ([0f64; K], 0f64);
+            for &i in &spans {
+                let p = &data.parts[i].as_ref().expect("checked")[s];
+                axpy(&mut sum, 1.0, &p.proj);
+                sq += p.sum_squares;
+            }
+            let bound = tol * sq.sqrt() + 1e-30;
+            let d = max_diff(&sum, &audit.expected[s]);
+            if d > bound {
+                accuse(&mut accused, s, format!("its contribution is not the work the validator verified (projections differ by {d:.3e}, tolerance {bound:.3e})"));
+            }
+        }
+    }
+    accused
+}
+
+/// An audited all-reduce after its reruns.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// The last round's report, over `group`.
+    pub report: Report,
+    /// The group of the last round (the original minus the culprits).
+    pub group: Group,
+    /// Every member named, by id, with the reason, over all attempts.
+    pub accused: Vec<(String, String)>,
+    /// Whether the last round's verdict named nobody: only then may its
+    /// result be applied.
+    pub clean: bool,
+}
+
+/// Rounds of at most `attempts`: each runs `round` over the group and
+/// audit left after the culprits of the previous ones, until a verdict
+/// names nobody. A verdict that names this member itself ends it (the
+/// others go on without it). `round` must start from this member's own
+/// contribution each time.
+pub fn run_verified<E>(
+    group: &Group,
+    audit: &Audit,
+    codec: Codec,
+    attempts: usize,
+    mut round: impl FnMut(&Group, &Audit) -> Result<Report, E>,
+) -> Result<Verified, E> {
+    let (mut group, mut audit) = (group.clone(), audit.clone());
+    let mut accused: Vec<(String, String)> = Vec::new();
+    for attempt in 0..attempts.max(1) {
+        let report = round(&group, &audit)?;
+        let named = verdict(&audit, &report, codec);
+        for a in &named {
+            tracing::warn!("round {} attempt {attempt}: member {} accused: {}", report.round, group.members[a.member].id, a.why);
+            accused.push((group.members[a.member].id.clone(), a.why.clone()));
+        }
+        let me_named = named.iter().any(|a| a.member == report.me);
+        if named.is_empty() || me_named || attempt + 1 == attempts.max(1) {
+            return Ok(Verified { clean: named.is_empty(), report, group, accused });
+        }
+        let drop: Vec<usize> = named.iter().map(|a| a.member).collect();
+        audit = audit.without(&drop);
+        group = group_without(&group, &drop);
+    }
+    unreachable!("the loop returns on its last attempt")
+}

@@ -1,0 +1,195 @@
+//! The verified all-reduce against cheating members, every peer a thread
+//! of this test over loopback TCP. The "validator" here is the test: it
+//! credits each member with the weight and projections of the vector it
+//! should contribute; one or two members then cheat (a poisoned, flipped,
+//! noisy or zero contribution, an inflated weight, a wrong average, a
+//! misreported part, a poisoner and an owner covering for it). Every
+//! honest member must name exactly the culprits, rerun without them and
+//! end bit-identical with the weighted mean of the honest contributions.
+
+use dtrain::allreduce::audit::{Audit, Verified, run_verified, verdict};
+use dtrain::allreduce::codec::Codec;
+use dtrain::allreduce::projection::Projector;
+use dtrain::allreduce::{Failure, Fault, Group, Identity, Member, Peer, Settings};
+use dtrain::rng::Rng;
+use std::time::{Duration, Instant};
+
+const LEN: usize = 50_000;
+
+fn settings(codec: Codec) -> Settings {
+    // Generous timeouts: every member here connects at once, so only a
+    // member that never joins costs this long, and none does.
+    Settings { codec, chunk_bytes: 16 << 10, connect_timeout: Duration::from_secs(20), stall_timeout: Duration::from_secs(60), ..Settings::default() }
+}
+
+fn inputs(n: usize) -> Vec<Vec<f32>> {
+    let mut rng = Rng::new(5);
+    (0..n).map(|i| (0..LEN).map(|e| 0.01 * rng.normal() + 1e-3 * ((e % 7) as f32 - 3.0) * (i as f32 + 1.0)).collect()).collect()
+}
+
+/// Runs an audited all-reduce with reruns on every member; member `i`
+/// contributes `x[i]` with `weights[i]` and injects `faults[i]`.
+fn run(x: &[Vec<f32>], weights: &[f32], faults: &[Option<Fault>], codec: Codec) -> (Audit, Vec<(Vec<f32>, Verified)>) {
+    let n = x.len();
+    let peers: Vec<Peer> = (0..n).map(|i| Peer::bind(Identity::from_seed([i as u8 + 40; 32]), "127.0.0.1:0".parse().unwrap()).unwrap()).collect();
+    let group = Group {
+        members: peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Member { id: format!("m{i}"), addr: p.local_addr().unwrap(), key: p.public_key(), fraction: 1.0 })
+            .collect(),
+    };
+    let challenge = [9u8; 32];
+    let p = Projector::new(&challenge);
+    let audit = Audit { challenge, weights: weights.to_vec(), expected: x.iter().map(|v| p.project(v, 0)).collect() };
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let out = std::thread::scope(|s| {
+        let handles: Vec<_> = peers
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut peer)| {
+                let (group, audit, mine) = (&group, &audit, &x[i]);
+                let settings = Settings { fault: faults[i], ..settings(codec) };
+                let w = weights[i];
+                s.spawn(move || {
+                    let mut grad = Vec::new();
+                    let v = run_verified(group, audit, codec, 4, |g, a| {
+                        grad = mine.clone();
+                        peer.all_reduce_audited(g, 1, &mut grad, w, deadline, &settings, Some(a))
+                    })
+                    .unwrap();
+                    (grad, v)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    (audit, out)
+}
+
+/// The weighted mean of the members not in `out`.
+fn mean_without(x: &[Vec<f32>], weights: &[f32], out: &[usize]) -> Vec<f64> {
+    let keep: Vec<usize> = (0..x.len()).filter(|i| !out.contains(i)).collect();
+    let total: f64 = keep.iter().map(|&i| weights[i] as f64).sum();
+    (0..LEN).map(|e| keep.iter().map(|&i| weights[i] as f64 * x[i][e] as f64).sum::<f64>() / total).collect()
+}
+
+/// Every member outside `culprits` named exactly the culprits (by id),
+/// verified in the end, and holds the honest mean, bit-identical.
+fn check(x: &[Vec<f32>], weights: &[f32], results: &[(Vec<f32>, Verified)], culprits: &[usize]) {
+    let want = mean_without(x, weights, culprits);
+    let honest: Vec<usize> = (0..x.len()).filter(|i| !culprits.contains(i)).collect();
+    let first = &results[honest[0]].0;
+    let mut named: Vec<String> = culprits.iter().map(|i| format!("m{i}")).collect();
+    named.sort();
+    for &i in &honest {
+        let (grad, v) = &results[i];
+        let mut got: Vec<String> = v.accused.iter().map(|(id, _)| id.clone()).collect();
+        got.sort();
+        got.dedup();
+        // A weight liar is refused in the handshake rather than accused.
+        let refused: Vec<String> =
+            v.report.members.iter().filter(|m| matches!(m.failure, Some(Failure::FalseWeight { .. }))).map(|m| m.id.clone()).collect();
+        got.extend(refused);
+        got.sort();
+        assert_eq!(got, named, "member {i} named {:?}", v.accused);
+        assert!(v.clean, "member {i}: the last round did not verify: {:?}", v.accused);
+        assert!(v.report.unaveraged_spans().is_empty(), "member {i}: {}", v.report.summary());
+        assert!(grad == first, "member {i} differs from member {}: honest members must hold the same bits", honest[0]);
+        let err = grad.iter().zip(&want).map(|(&g, &w)| (g as f64 - w).abs()).fold(0.0, f64::max);
+        assert!(err < 1e-4, "member {i}: {err} from the honest mean");
+    }
+}
+
+#[test]
+fn an_honest_round_verifies_in_one_attempt_in_every_codec() {
+    for codec in [Codec::F32, Codec::F16, Codec::Bf16, Codec::Int8 { block: 256 }] {
+        let x = inputs(4);
+        let weights = [3.0, 1.0, 2.0, 0.0];
+        let (audit, results) = run(&x, &weights, &[None; 4], codec);
+        for (i, (_, v)) in results.iter().enumerate() {
+            assert!(v.clean && v.accused.is_empty(), "{codec:?} member {i}: {:?}", v.accused);
+            assert!(verdict(&audit, &v.report, codec).is_empty());
+        }
+        let want = mean_without(&x, &weights, &[]);
+        let tol = match codec {
+            Codec::F32 => 1e-6,
+            Codec::F16 => 1e-4,
+            _ => 2e-3,
+        };
+        for (grad, _) in &results {
+            assert!(grad == &results[0].0);
+            assert!(grad.iter().zip(&want).all(|(&g, &w)| (g as f64 - w).abs() < tol), "{codec:?}");
+        }
+    }
+}
+
+#[test]
+fn poisoned_contributions_are_named_and_left_out() {
+    // Scaled (the −100 poison), sign-flipped at the honest norm, noise of
+    // the honest norm, a zero vector: each alone among five.
+    for fault in [Fault::Scale(-100.0), Fault::Scale(-1.0), Fault::Noise, Fault::Scale(0.0)] {
+        let x = inputs(5);
+        let weights = [2.0, 2.0, 2.0, 2.0, 2.0];
+        let mut faults = [None; 5];
+        faults[3] = Some(fault);
+        let (_, results) = run(&x, &weights, &faults, Codec::F16);
+        check(&x, &weights, &results, &[3]);
+        assert!(results[0].1.accused.iter().any(|(id, why)| id == "m3" && why.contains("not the work")), "{fault:?}: {:?}", results[0].1.accused);
+    }
+}
+
+#[test]
+fn an_inflated_weight_is_refused_by_everyone() {
+    let x = inputs(4);
+    let weights = [1.0, 1.0, 1.0, 1.0];
+    let mut faults = [None; 4];
+    faults[1] = Some(Fault::DeclareWeight(1e8));
+    let (_, results) = run(&x, &weights, &faults, Codec::F16);
+    check(&x, &weights, &results, &[1]);
+}
+
+#[test]
+fn a_lying_owner_is_named_whether_it_averages_or_reports_falsely() {
+    let x = inputs(5);
+    let weights = [1.0, 2.0, 1.0, 2.0, 1.0];
+    // A wrong average (sent negated, parts reported honestly).
+    let mut faults = [None; 5];
+    faults[2] = Some(Fault::WrongAverage);
+    let (_, results) = run(&x, &weights, &faults, Codec::F16);
+    check(&x, &weights, &results, &[2]);
+    // A misreported part (member 0's, scaled by 1.5): its sender and
+    // everyone else name the owner, not the sender.
+    let mut faults = [None; 5];
+    faults[4] = Some(Fault::MisreportPart { member: 0, scale: 1.5 });
+    let (_, results) = run(&x, &weights, &faults, Codec::F16);
+    check(&x, &weights, &results, &[4]);
+}
+
+#[test]
+fn a_poisoner_and_the_owner_covering_for_it_are_both_named() {
+    let x = inputs(6);
+    let weights = [1.0; 6];
+    let mut faults = [None; 6];
+    // Member 1 poisons; member 4, owning a span, reports member 1's part
+    // there as if it were honest (undoing the ×−100).
+    faults[1] = Some(Fault::Scale(-100.0));
+    faults[4] = Some(Fault::MisreportPart { member: 1, scale: -0.01 });
+    let (_, results) = run(&x, &weights, &faults, Codec::F16);
+    check(&x, &weights, &results, &[1, 4]);
+}
+
+#[test]
+fn credited_numbers_survive_the_query_to_the_bit() {
+    // The AllReduce query carries the credit as JSON; every member must
+    // read back the same bits, or their group digests differ.
+    let mut rng = Rng::new(3);
+    let q = dtrain::subnet::protocol::AllReduce {
+        weights: Some((0..50).map(|_| rng.uniform() as f32 * 1e4).collect()),
+        expected: Some((0..50).map(|_| std::array::from_fn(|_| rng.normal() as f64 * 1e-3 + rng.uniform() * 1e-9)).collect()),
+        ..Default::default()
+    };
+    let back: dtrain::subnet::protocol::AllReduce = serde_json::from_slice(&serde_json::to_vec(&q).unwrap()).unwrap();
+    assert_eq!(back, q);
+    assert!(back.expected.unwrap().iter().flatten().zip(q.expected.unwrap().iter().flatten()).all(|(a, b)| a.to_bits() == b.to_bits()));
+}
