@@ -113,6 +113,11 @@ pub struct PeerArgs {
     /// Write the final vector here (f32 little-endian).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Run the verified all-reduce (`allreduce::audit`): every member is
+    /// credited with the projections of its own fill (which every peer
+    /// can compute), and the verdict is part of the timed round.
+    #[arg(long)]
+    pub audit: bool,
 }
 
 fn read_line(input: &mut impl BufRead) -> Result<String> {
@@ -149,6 +154,12 @@ pub fn peer_main(a: &PeerArgs) -> Result<()> {
         }
         x
     };
+    let audit = a.audit.then(|| {
+        let challenge = [0x5a; 32];
+        let p = crate::allreduce::projection::Projector::new(&challenge);
+        let expected = (0..group.len()).map(|j| p.project(&fill(&a.fill, j, a.elems), 0)).collect();
+        crate::allreduce::audit::Audit { challenge, weights: vec![a.weight; group.len()], expected }
+    });
     let mut x = input.clone();
     for r in 0..a.rounds {
         x.copy_from_slice(&input);
@@ -157,7 +168,11 @@ pub fn peer_main(a: &PeerArgs) -> Result<()> {
         read_line(&mut stdin)?;
         let t = Instant::now();
         let deadline = t + Duration::from_secs_f64(a.deadline_s);
-        let report = peer.all_reduce(&group, a.round + r as u64, &mut x, a.weight, deadline, &settings)?;
+        let report = peer.all_reduce_audited(&group, a.round + r as u64, &mut x, a.weight, deadline, &settings, audit.as_ref())?;
+        if let Some(audit) = &audit {
+            let named = crate::allreduce::audit::verdict(audit, &report, a.codec);
+            anyhow::ensure!(named.is_empty(), "round {r}: the verdict named {named:?}");
+        }
         let time_s = t.elapsed().as_secs_f64();
         // With the pattern fill and equal weights, the mean is g(e)·(N+1)/2.
         let max_err = (a.fill == "pattern").then(|| {
@@ -253,10 +268,14 @@ pub struct AllreduceBenchArgs {
     /// Append the results as JSON lines to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Also time every case with the verification on (`codec+audit`
+    /// rows, right after the plain ones), to measure what it costs.
+    #[arg(long)]
+    pub audit: bool,
 }
 
 /// Median over rounds of the slowest peer's time, and the worst error.
-fn dtrain_round_times(a: &AllreduceBenchArgs, n: usize, elems: usize, codec: Codec) -> Result<(f64, f32)> {
+fn dtrain_round_times(a: &AllreduceBenchArgs, n: usize, elems: usize, codec: Codec, audit: bool) -> Result<(f64, f32)> {
     let exe = std::env::current_exe()?;
     let rounds = a.warmup + a.iters;
     let mut procs = (0..n)
@@ -282,6 +301,9 @@ fn dtrain_round_times(a: &AllreduceBenchArgs, n: usize, elems: usize, codec: Cod
             .collect();
             if let Some(b) = a.socket_buffer {
                 args.extend(["--socket-buffer".into(), b.to_string()]);
+            }
+            if audit {
+                args.push("--audit".into());
             }
             PeerProcess::spawn(&exe, &args)
         })
@@ -501,8 +523,9 @@ pub fn allreduce_bench(a: &AllreduceBenchArgs) -> Result<()> {
     );
     for &n in &a.peers {
         for &elems in &a.elems {
-            for &codec in &a.codec {
-                let (t, max_err) = dtrain_round_times(a, n, elems, codec)?;
+            for (codec, audit) in a.codec.iter().flat_map(|&c| [(c, false), (c, true)]).filter(|&(_, au)| a.audit || !au) {
+                let (t, max_err) = dtrain_round_times(a, n, elems, codec, audit)?;
+                let label = if audit { format!("{codec}+audit") } else { codec.to_string() };
                 let algbw = 4.0 * elems as f64 / t / 1e9;
                 let factor = if n > 1 { 2.0 * (n - 1) as f64 / n as f64 } else { 0.0 };
                 let wire = codec.encoded_len(elems) as f64 / t / 1e9 * factor;
@@ -510,7 +533,7 @@ pub fn allreduce_bench(a: &AllreduceBenchArgs) -> Result<()> {
                 let floor = if n > 1 { wire_floor_s(n, codec.encoded_len(elems), a.iters)? } else { 0.0 };
                 let memory = memory_floor_s(n, elems, a.iters)?;
                 println!(
-                    "{n:>3} {elems:>9} {codec:>8} {:>10.1} {algbw:>12.2} {:>12.2} {wire:>14.2} {:>9.0}% {:>9.1} {:>9.1} {:>9} {:>9}",
+                    "{n:>3} {elems:>9} {label:>8} {:>10.1} {algbw:>12.2} {:>12.2} {wire:>14.2} {:>9.0}% {:>9.1} {:>9.1} {:>9} {:>9}",
                     t * 1e3,
                     algbw * factor,
                     100.0 * wire / pump,
@@ -521,7 +544,7 @@ pub fn allreduce_bench(a: &AllreduceBenchArgs) -> Result<()> {
                 );
                 if let Some(path) = &a.json {
                     let line = serde_json::json!({
-                        "bench": "allreduce", "peers": n, "elems": elems, "codec": codec.to_string(), "time_s": t,
+                        "bench": "allreduce", "peers": n, "elems": elems, "codec": codec.to_string(), "audit": audit, "time_s": t,
                         "algbw_gbps": algbw, "busbw_gbps": algbw * factor, "wire_busbw_gbps": wire, "pump_gbps": pump,
                         "gloo_s": g, "wire_floor_s": floor, "memory_floor_s": memory, "max_err": max_err, "chunk_bytes": a.chunk_bytes,
                     });

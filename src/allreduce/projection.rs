@@ -62,22 +62,26 @@ impl Projector {
 
     /// ⟨x, rⱼ⟩ where `x[i]` is element `offset + i` of the vector.
     pub fn project(&self, x: &[f32], offset: usize) -> Proj {
+        self.project_with_norm(x, offset).0
+    }
+
+    /// The projections and Σ x², in one pass over `x`.
+    pub fn project_with_norm(&self, x: &[f32], offset: usize) -> (Proj, f64) {
         // The head up to the first block boundary, then whole jobs.
         let head = ((64 - offset % 64) % 64).min(x.len());
         let mut total = self.project_seq(&x[..head], offset);
         let rest = &x[head..];
-        let parts: Vec<Proj> = rest.par_chunks(JOB).enumerate().map(|(k, c)| self.project_seq(c, offset + head + k * JOB)).collect();
-        for p in parts {
-            for j in 0..K {
-                total[j] += p[j];
-            }
+        let parts: Vec<(Proj, f64)> = rest.par_chunks(JOB).enumerate().map(|(k, c)| self.project_seq(c, offset + head + k * JOB)).collect();
+        for (p, sq) in parts {
+            axpy(&mut total.0, 1.0, &p);
+            total.1 += sq;
         }
         total
     }
 
     /// Sequential projection of a run of blocks (the first may be partial).
-    fn project_seq(&self, x: &[f32], offset: usize) -> Proj {
-        let mut out = [0f64; K];
+    fn project_seq(&self, x: &[f32], offset: usize) -> (Proj, f64) {
+        let (mut out, mut sq) = ([0f64; K], 0f64);
         let mut i = 0;
         while i < x.len() {
             let e = offset + i;
@@ -88,10 +92,24 @@ impl Projector {
                 let w = self.signs(j, block) >> bit;
                 *o += if n == 64 { block_sum(run.try_into().expect("64"), w) } else { run_sum(run, w) } as f64;
             }
+            sq += if n == 64 { block_sum_squares(run.try_into().expect("64")) } else { run.iter().map(|v| v * v).sum() } as f64;
             i += n;
         }
-        out
+        (out, sq)
     }
+}
+
+/// Σ x² over a whole block, in 16 fixed lanes as [`block_sum`].
+#[inline]
+fn block_sum_squares(x: &[f32; 64]) -> f32 {
+    let mut lanes = [0f32; 16];
+    for c in 0..4 {
+        for (l, lane) in lanes.iter_mut().enumerate() {
+            let v = x[16 * c + l];
+            *lane += v * v;
+        }
+    }
+    lanes.iter().sum()
 }
 
 /// Σ ±x over a partial block, bit t of `w` negating x[t].
@@ -151,6 +169,10 @@ mod tests {
             axpy(&mut sum, 1.0, &p.project(&x[cut..], cut));
             assert!(max_diff(&sum, &whole) < 1e-3, "cut {cut}");
         }
+        // The norm comes with it.
+        let (proj, sq) = p.project_with_norm(&x[5..], 5);
+        assert_eq!(proj, p.project(&x[5..], 5));
+        assert!((sq - sum_squares(&x[5..])).abs() < 1e-6 * sq, "{sq}");
         // Deterministic, and a different challenge gives different vectors.
         assert_eq!(p.project(&x, 0), whole);
         assert!(max_diff(&Projector::new(&[8; 32]).project(&x, 0), &whole) > 1.0);

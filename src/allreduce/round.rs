@@ -24,7 +24,7 @@ use super::group::{Fault, Group, Settings};
 use super::handshake::{AUTH_LEN, HELLO_LEN, Hello, sign_auth, verify_auth};
 use super::identity::{Identity, PublicKey, random_bytes};
 use super::plan::{PlanError, chunk_elems, chunks, spans};
-use super::projection::{Projector, sum_squares};
+use super::projection::Projector;
 use super::reduce::{ReduceError, SpanReducer};
 use super::report::{Failure, MemberReport, Report, SpanStatus};
 use super::wire::{Header, Kind, checksum};
@@ -398,8 +398,9 @@ impl<'a> Round<'a> {
                         codec.decode(&wire[c.bytes.clone()], x).expect("own encoding decodes");
                         x
                     };
-                    super::projection::axpy(&mut sent[i].proj, 1.0, &p.project(x, c.elems.start));
-                    sent[i].sum_squares += sum_squares(x);
+                    let (proj, sq) = p.project_with_norm(x, c.elems.start);
+                    super::projection::axpy(&mut sent[i].proj, 1.0, &proj);
+                    sent[i].sum_squares += sq;
                 }
             }
         }
@@ -935,8 +936,9 @@ impl<'a> Round<'a> {
         self.proj_scratch.resize(self.proj_scratch.len().max(elems.len()), 0.0);
         let x = &mut self.proj_scratch[..elems.len()];
         if self.codec.decode(payload, x).is_ok() {
-            super::projection::axpy(&mut self.parts[j].proj, 1.0, &p.project(x, elems.start));
-            self.parts[j].sum_squares += sum_squares(x);
+            let (proj, sq) = p.project_with_norm(x, elems.start);
+            super::projection::axpy(&mut self.parts[j].proj, 1.0, &proj);
+            self.parts[j].sum_squares += sq;
         }
     }
 
@@ -1226,7 +1228,8 @@ impl<'a> Round<'a> {
                     .into_iter()
                     .map(|r| {
                         let x = &self.grad[r.clone()];
-                        Part { proj: p.project(x, r.start), sum_squares: sum_squares(x) }
+                        let (proj, sum_squares) = p.project_with_norm(x, r.start);
+                        Part { proj, sum_squares }
                     })
                     .collect(),
             }

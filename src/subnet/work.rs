@@ -13,7 +13,7 @@
 //! the accumulator's projections, so they sum (weighted) to the projections
 //! of the mean gradient the miner later contributes to the all-reduce.
 
-use crate::allreduce::projection::{Proj, Projector, sum_squares};
+use crate::allreduce::projection::{Proj, Projector};
 use crate::data::loader::RowBatches;
 use crate::engine::Engine;
 use crate::model::{Gpt, ModelError, ParamTensor};
@@ -126,7 +126,8 @@ pub fn replay_batch<E: Engine>(
     let sum = abs_sum(&model.read_grad_range(test.offset, test.len));
     let projection = projector.map(|p| {
         let g = model.read_grads();
-        (p.project(&g, 0), sum_squares(&g).sqrt())
+        let (proj, sq) = p.project_with_norm(&g, 0);
+        (proj, sq.sqrt())
     });
     Ok(Replay { sum, projection })
 }
