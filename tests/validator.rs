@@ -9,8 +9,8 @@
 mod common;
 
 use common::network::{Behaviour, network, network_with_grace};
-use std::time::Duration;
 use dtrain::subnet::scoring::Participation;
+use std::time::Duration;
 
 #[test]
 fn cheating_miners_are_caught_and_end_with_a_small_share_of_the_weight() {

@@ -69,11 +69,12 @@ fn held_out_loss(params: &[f32]) -> f64 {
     m.write_params(params);
     let batches = RowBatches::from_source(&source(), 360..374, 2, 64).unwrap();
     let n = batches.len().min(24);
-    (0..n).map(|k| {
-        let (x, y) = batches.batch(k);
-        m.forward(x, y, 2, 64).unwrap() as f64
-    })
-    .sum::<f64>()
+    (0..n)
+        .map(|k| {
+            let (x, y) = batches.batch(k);
+            m.forward(x, y, 2, 64).unwrap() as f64
+        })
+        .sum::<f64>()
         / n as f64
 }
 

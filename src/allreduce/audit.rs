@@ -188,7 +188,14 @@ pub fn verdict(audit: &Audit, report: &Report, codec: Codec) -> Vec<Accusation> 
         let got = &data.averaged[i];
         let bound = tol * got.sum_squares.sqrt() + 1e-30;
         if max_diff(&mean, &got.proj) > bound {
-            accuse(&mut accused, i, format!("span {i}: the average it sent differs from the mean of the parts it reported (by {:.3e}, tolerance {bound:.3e})", max_diff(&mean, &got.proj)));
+            accuse(
+                &mut accused,
+                i,
+                format!(
+                    "span {i}: the average it sent differs from the mean of the parts it reported (by {:.3e}, tolerance {bound:.3e})",
+                    max_diff(&mean, &got.proj)
+                ),
+            );
         }
     }
     // Own parts: what the owners say this member sent.
@@ -202,7 +209,11 @@ pub fn verdict(audit: &Audit, report: &Report, codec: Codec) -> Vec<Accusation> 
             let (got, sent) = (&parts[me], &data.sent[i]);
             let bound = tol * sent.sum_squares.sqrt().max(got.sum_squares.sqrt()) + 1e-30;
             if max_diff(&got.proj, &sent.proj) > bound {
-                accuse(&mut accused, i, format!("span {i}: misreported this member's part (by {:.3e}, tolerance {bound:.3e})", max_diff(&got.proj, &sent.proj)));
+                accuse(
+                    &mut accused,
+                    i,
+                    format!("span {i}: misreported this member's part (by {:.3e}, tolerance {bound:.3e})", max_diff(&got.proj, &sent.proj)),
+                );
             }
         }
     }
@@ -225,7 +236,11 @@ pub fn verdict(audit: &Audit, report: &Report, codec: Codec) -> Vec<Accusation> 
             let bound = tol * sq.sqrt() + 1e-30;
             let d = max_diff(&sum, &audit.expected[s]);
             if d > bound {
-                accuse(&mut accused, s, format!("its contribution is not the work the validator verified (projections differ by {d:.3e}, tolerance {bound:.3e})"));
+                accuse(
+                    &mut accused,
+                    s,
+                    format!("its contribution is not the work the validator verified (projections differ by {d:.3e}, tolerance {bound:.3e})"),
+                );
             }
         }
     }

@@ -284,7 +284,7 @@ fn inflict_on_contribution(fault: Option<Fault>, grad: &mut [f32]) {
         Some(Fault::Scale(f)) => grad.iter_mut().for_each(|v| *v *= f),
         Some(Fault::Noise) => {
             let rms = (super::projection::sum_squares(grad) / grad.len().max(1) as f64).sqrt() as f32;
-            let mut rng = crate::rng::Rng::new(0x6e6f_6973_65);
+            let mut rng = crate::rng::Rng::new(0x006e_6f69_7365);
             grad.iter_mut().for_each(|v| *v += rms * rng.normal());
         }
         _ => {}

@@ -12,18 +12,18 @@
 //!   advances its epoch.
 
 use super::grad_transfer::GradTransfer;
+use super::protocol::parse_hex32;
 use super::protocol::{AllReduce, IsAlive, Query, Train};
 use super::registry::{Registry, Role};
 use super::server::Handler;
-use super::protocol::parse_hex32;
 use super::work::{BatchWork, test_tensor, train_batches};
 use crate::allreduce::audit::{Audit, run_verified};
-use crate::allreduce::projection::Projector;
-use crate::data::source::fetch_rows;
 use crate::allreduce::plan::spans;
+use crate::allreduce::projection::Projector;
 use crate::allreduce::{Group, Peer, PublicKey, Settings};
 use crate::data::loader::RowBatches;
 use crate::data::source::RowSource;
+use crate::data::source::fetch_rows;
 use crate::data::used_rows::UsedRows;
 use crate::engine::Engine;
 use crate::engine::cpu::CpuEngine;

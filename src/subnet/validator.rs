@@ -16,9 +16,9 @@
 
 use super::bittensor::hotkey::Hotkey;
 use super::client::send;
+use super::protocol::hex32;
 use super::protocol::{AllReduce, IsAlive, Query, Train};
 use super::registry::{Node, Registry, Role};
-use super::protocol::hex32;
 use super::scoring::{
     PROJECTION_TOLERANCE, Participation, Scores, TrainMeasure, Uid, allreduce_round_rewards, allreduce_score, bandwidth_score, projections_agree,
     steps_score, train_gradient_score, train_round_rewards,
@@ -405,8 +405,7 @@ impl<E: Engine> Validator<E> {
         let replay_s = t.elapsed().as_secs_f64();
         model.zero_grads();
         let replayed_sums: Vec<(usize, f64)> = replays.iter().map(|(k, r)| (*k, r.sum)).collect();
-        let replayed_proj: Vec<(usize, Proj, f64)> =
-            replays.iter().filter_map(|(k, r)| r.projection.map(|(p, norm)| (*k, p, norm))).collect();
+        let replayed_proj: Vec<(usize, Proj, f64)> = replays.iter().filter_map(|(k, r)| r.projection.map(|(p, norm)| (*k, p, norm))).collect();
         let mut gradient = train_gradient_score(batches.len(), sums, &replayed_sums);
         let mut check = None;
         if !projections_agree(batches.len(), claimed, &replayed_proj, self.cfg.projection_tolerance) {
@@ -506,8 +505,7 @@ impl<E: Engine> Validator<E> {
         let challenge = *lock(&self.challenge);
         let projector = Projector::new(&challenge);
         let round = self.train_rounds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let assigned: Vec<Option<Vec<u64>>> =
-            miners.iter().map(|n| (self.cfg.rows_per_train > 0).then(|| self.assign_rows(n.uid, round))).collect();
+        let assigned: Vec<Option<Vec<u64>>> = miners.iter().map(|n| (self.cfg.rows_per_train > 0).then(|| self.assign_rows(n.uid, round))).collect();
         let queries = assigned
             .iter()
             .map(|rows| {
