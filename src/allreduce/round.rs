@@ -380,30 +380,21 @@ impl<'a> Round<'a> {
             weight = 0.0;
         }
 
-        // Audited: what this peer sends, per span, as the owners will decode
-        // it (its own span enters its average undecoded).
+        // Audited: what this peer sends, per span. Projected from the values
+        // before encoding (one parallel pass, no decoding): the owners
+        // project what they decode, and the comparison allows for the
+        // codec's rounding (`audit::tolerance`).
         let projector = audit.map(Audit::projector);
         let mut sent = vec![Part::default(); n];
-        let mut proj_scratch = Vec::new();
         if let Some(p) = &projector
             && weight > 0.0
         {
-            proj_scratch.resize(per_chunk, 0.0);
-            for (i, span_chunks) in chunks.iter().enumerate() {
-                for c in span_chunks {
-                    let x: &[f32] = if i == me || zero_copy {
-                        &grad[c.elems.clone()]
-                    } else {
-                        let x = &mut proj_scratch[..c.elems.len()];
-                        codec.decode(&wire[c.bytes.clone()], x).expect("own encoding decodes");
-                        x
-                    };
-                    let (proj, sq) = p.project_with_norm(x, c.elems.start);
-                    super::projection::axpy(&mut sent[i].proj, 1.0, &proj);
-                    sent[i].sum_squares += sq;
-                }
+            for (i, s) in spans.iter().enumerate() {
+                let (proj, sum_squares) = p.project_with_norm(&grad[s.clone()], s.start);
+                sent[i] = Part { proj, sum_squares };
             }
         }
+        let proj_scratch = if projector.is_some() { vec![0f32; per_chunk] } else { Vec::new() };
         let mut parts = vec![Part::default(); n];
         parts[me] = sent[me];
 
