@@ -3,7 +3,8 @@
 //! credits each member with the weight and projections of the vector it
 //! should contribute; one or two members then cheat (a poisoned, flipped,
 //! noisy or zero contribution, an inflated weight, a wrong average, a
-//! misreported part, a poisoner and an owner covering for it). Every
+//! misreported part, a poisoner and an owner covering for it, a vector
+//! crafted orthogonal to the projections but far too large). Every
 //! honest member must name exactly the culprits, rerun without them and
 //! end bit-identical with the weighted mean of the honest contributions.
 
@@ -30,6 +31,17 @@ fn inputs(n: usize) -> Vec<Vec<f32>> {
 /// Runs an audited all-reduce with reruns on every member; member `i`
 /// contributes `x[i]` with `weights[i]` and injects `faults[i]`.
 fn run(x: &[Vec<f32>], weights: &[f32], faults: &[Option<Fault>], codec: Codec) -> (Audit, Vec<(Vec<f32>, Verified)>) {
+    run_credited(x, x, weights, faults, codec)
+}
+
+/// [`run`] where the validator credited member `i` with `credited[i]`.
+fn run_credited(
+    x: &[Vec<f32>],
+    credited: &[Vec<f32>],
+    weights: &[f32],
+    faults: &[Option<Fault>],
+    codec: Codec,
+) -> (Audit, Vec<(Vec<f32>, Verified)>) {
     let n = x.len();
     let peers: Vec<Peer> = (0..n).map(|i| Peer::bind(Identity::from_seed([i as u8 + 40; 32]), "127.0.0.1:0".parse().unwrap()).unwrap()).collect();
     let group = Group {
@@ -41,7 +53,7 @@ fn run(x: &[Vec<f32>], weights: &[f32], faults: &[Option<Fault>], codec: Codec) 
     };
     let challenge = [9u8; 32];
     let p = Projector::new(&challenge);
-    let audit = Audit { challenge, weights: weights.to_vec(), expected: x.iter().map(|v| p.project(v, 0)).collect() };
+    let audit = Audit { challenge, weights: weights.to_vec(), expected: credited.iter().map(|v| p.project(v, 0)).collect() };
     let deadline = Instant::now() + Duration::from_secs(120);
     let out = std::thread::scope(|s| {
         let handles: Vec<_> = peers
@@ -192,4 +204,42 @@ fn credited_numbers_survive_the_query_to_the_bit() {
     let back: dtrain::subnet::protocol::AllReduce = serde_json::from_slice(&serde_json::to_vec(&q).unwrap()).unwrap();
     assert_eq!(back, q);
     assert!(back.expected.unwrap().iter().flatten().zip(q.expected.unwrap().iter().flatten()).all(|(a, b)| a.to_bits() == b.to_bits()));
+}
+
+#[test]
+fn a_vector_crafted_past_the_projections_is_bounded_by_its_norm() {
+    // The attacker knows the challenge: it adds δ orthogonal to all four
+    // projection vectors, so every projection still matches its credit.
+    // Only its size can give it away: one 10× the honest norm is named.
+    let mut x = inputs(5);
+    let p = Projector::new(&[9u8; 32]);
+    let credited: Vec<Vec<f32>> = x.clone();
+    let mut delta: Vec<f32> = (0..LEN).map(|e| if e % 2 == 0 { 1.0 } else { -1.0 }).collect();
+    // Project δ off the span of the sign vectors (Gram–Schmidt over K = 4).
+    let r: Vec<Vec<f32>> = (0..4).map(|j| (0..LEN).map(|e| p.sign(j, e)).collect()).collect();
+    let mut basis: Vec<Vec<f64>> = Vec::new();
+    for rj in &r {
+        let mut v: Vec<f64> = rj.iter().map(|&a| a as f64).collect();
+        for b in &basis {
+            let d: f64 = v.iter().zip(b).map(|(a, c)| a * c).sum();
+            v.iter_mut().zip(b).for_each(|(a, c)| *a -= d * c);
+        }
+        let n = v.iter().map(|a| a * a).sum::<f64>().sqrt();
+        v.iter_mut().for_each(|a| *a /= n);
+        basis.push(v);
+    }
+    for b in &basis {
+        let d: f64 = delta.iter().zip(b).map(|(&a, c)| a as f64 * c).sum();
+        delta.iter_mut().zip(b).for_each(|(a, c)| *a -= (d * c) as f32);
+    }
+    let honest_norm = dtrain::allreduce::projection::sum_squares(&x[2]).sqrt();
+    let scale = 10.0 * honest_norm / dtrain::allreduce::projection::sum_squares(&delta).sqrt();
+    x[2].iter_mut().zip(&delta).for_each(|(v, d)| *v += (scale * *d as f64) as f32);
+    // Its projections still match the credit (to fp32 rounding of δ).
+    let drift = dtrain::allreduce::projection::max_diff(&p.project(&x[2], 0), &p.project(&credited[2], 0));
+    assert!(drift < 1e-3 * honest_norm, "{drift}");
+    let weights = [1.0; 5];
+    let (_, results) = run_credited(&x, &credited, &weights, &[None; 5], Codec::F32);
+    check(&credited, &weights, &results, &[2]);
+    assert!(results[0].1.accused.iter().any(|(id, why)| id == "m2" && why.contains("norm")), "{:?}", results[0].1.accused);
 }

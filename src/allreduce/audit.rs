@@ -87,6 +87,12 @@ pub struct Accusation {
     pub why: String,
 }
 
+/// A contribution's norm may be at most this many times the median of the
+/// group's: honest mean gradients of similar sample counts differ by tens
+/// of percent, a crafted addition that slipped past the projections
+/// cannot weigh more than about this many honest contributions.
+pub const NORM_BOUND: f64 = 3.0;
+
 /// Relative error of a projection that the codec's rounding may cause, as
 /// a fraction of the vector's norm: the codecs' documented per-element
 /// bounds (fp16 2⁻¹¹, bf16 2⁻⁸ relative; int8 half a step of a block's
@@ -208,7 +214,8 @@ pub fn verdict(audit: &Audit, report: &Report, codec: Codec) -> Vec<Accusation> 
             }
             let (got, sent) = (&parts[me], &data.sent[i]);
             let bound = tol * sent.sum_squares.sqrt().max(got.sum_squares.sqrt()) + 1e-30;
-            if max_diff(&got.proj, &sent.proj) > bound {
+            let norm_off = (got.sum_squares.sqrt() - sent.sum_squares.sqrt()).abs() > bound;
+            if max_diff(&got.proj, &sent.proj) > bound || norm_off {
                 accuse(
                     &mut accused,
                     i,
@@ -223,16 +230,16 @@ pub fn verdict(audit: &Audit, report: &Report, codec: Codec) -> Vec<Accusation> 
     // without it checks them).
     let owner_caught = accused.iter().any(|a| spans.contains(&a.member) && report.members[a.member].failure.is_none());
     if !owner_caught && spans.iter().all(|&i| data.parts[i].is_some()) {
-        for s in 0..n {
-            if audit.weights[s] == 0.0 || !spans.iter().any(|&i| contributes(i, s)) {
-                continue;
-            }
+        let senders: Vec<usize> = (0..n).filter(|&s| audit.weights[s] > 0.0 && spans.iter().any(|&i| contributes(i, s))).collect();
+        let mut norms = Vec::with_capacity(senders.len());
+        for &s in &senders {
             let (mut sum, mut sq) = ([0f64; K], 0f64);
             for &i in &spans {
                 let p = &data.parts[i].as_ref().expect("checked")[s];
                 axpy(&mut sum, 1.0, &p.proj);
                 sq += p.sum_squares;
             }
+            norms.push(sq.sqrt());
             let bound = tol * sq.sqrt() + 1e-30;
             let d = max_diff(&sum, &audit.expected[s]);
             if d > bound {
@@ -241,6 +248,27 @@ pub fn verdict(audit: &Audit, report: &Report, codec: Codec) -> Vec<Accusation> 
                     s,
                     format!("its contribution is not the work the validator verified (projections differ by {d:.3e}, tolerance {bound:.3e})"),
                 );
+            }
+        }
+        // Defence in depth: whatever passed the projections (a vector
+        // crafted orthogonal to them) still may not be far larger than the
+        // group's typical contribution, so it moves the average by at most
+        // a few honest contributions' worth.
+        // A mean over fewer samples is noisier, so the norm is also
+        // compared scaled by √weight (constant when noise dominates): only
+        // a norm beyond both bounds is named.
+        if senders.len() >= 3 {
+            let median = |v: &[f64]| {
+                let mut v = v.to_vec();
+                v.sort_by(f64::total_cmp);
+                v[v.len() / 2]
+            };
+            let scaled: Vec<f64> = senders.iter().zip(&norms).map(|(&s, &norm)| norm * (audit.weights[s] as f64).sqrt()).collect();
+            let (m, ms) = (median(&norms), median(&scaled));
+            for ((&s, &norm), &sc) in senders.iter().zip(&norms).zip(&scaled) {
+                if norm > NORM_BOUND * m && sc > NORM_BOUND * ms {
+                    accuse(&mut accused, s, format!("its contribution's norm {norm:.3e} is over {NORM_BOUND}× the group's median {m:.3e}"));
+                }
             }
         }
     }
