@@ -78,3 +78,27 @@ fn a_miner_that_never_answers_train_holds_nobody_up() {
     assert_eq!(weights[&2], 0.0);
     assert!(weights[&1] > 0.0);
 }
+
+#[test]
+fn an_answer_the_validator_never_credited_does_not_cost_the_epoch() {
+    use dtrain::allreduce::Identity;
+    use dtrain::subnet::protocol::{Query, Train};
+    use dtrain::subnet::registry::{FileRegistry, Registry};
+    let net = network("uncredited", &[Behaviour::Honest, Behaviour::Honest], 1);
+    let live: Vec<_> = net.validator.live_miners().into_iter().map(|(n, _)| n).collect();
+    let outcomes = net.validator.train_round(&live);
+    assert!(outcomes.iter().all(|o| o.verified()), "{outcomes:?}");
+    // Miner 1 then trains once more for a query whose answer the validator
+    // never scores (as when it arrives after the round's deadline).
+    let node = FileRegistry::new(&net.dir.join("registry.json")).nodes().unwrap()[1].clone();
+    let q = Query::Train(Train { gradient_test_index: Some(3), rows: Some(vec![300]), challenge: Some("ab".repeat(32)), ..Train::default() });
+    let a = dtrain::subnet::client::send(&Identity::from_seed([1; 32]), &node.public_key().unwrap(), &node.query_addr, &q, Duration::from_secs(600));
+    assert!(matches!(a, Ok(Query::Train(_))), "{a:?}");
+    // It contributes the credited work, not nothing, and everyone steps alike.
+    net.validator.allreduce_round(&live, 1).unwrap();
+    let part = net.validator.last_allreduce.lock().unwrap().clone();
+    assert_eq!(part[&1], dtrain::subnet::scoring::Participation::Success);
+    assert_eq!(part[&2], dtrain::subnet::scoring::Participation::Success);
+    let want = net.validator.read_params();
+    assert!(net.miners.iter().all(|m| m.read_params() == want));
+}

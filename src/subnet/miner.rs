@@ -75,6 +75,11 @@ struct State<E: Engine> {
     /// The hub epoch last loaded.
     loaded: Option<u64>,
     transfer: GradTransfer,
+    /// Every replica's accumulator (gradients, weight) before the last
+    /// accumulating Train query: if the validator never credited that
+    /// answer (it missed the round's deadline), the all-reduce contributes
+    /// the work before it instead of nothing.
+    before_last: Option<Vec<(Vec<f32>, f64)>>,
 }
 
 /// A miner on engine `E` (the CPU by default, a GPU with `CudaEngine`).
@@ -110,7 +115,7 @@ impl<E: Engine> Miner<E> {
         seed: u64,
     ) -> Miner<E> {
         let replicas = Replicas::new(vec![model], vec![opt], Box::new(HostSum));
-        let state = State { replicas, used, rng: Rng::new(seed), loaded: None, transfer: GradTransfer::new() };
+        let state = State { replicas, used, rng: Rng::new(seed), loaded: None, transfer: GradTransfer::new(), before_last: None };
         Miner { cfg, hub: None, state: Mutex::new(state), epoch: AtomicU64::new(0), peer: Mutex::new(peer), source, registry }
     }
 
@@ -197,7 +202,7 @@ impl<E: Engine> Miner<E> {
         let (b, t) = (self.cfg.batch, self.cfg.seq);
         let mut st = self.lock();
         let test = test_tensor(&st.replicas.models[0], index).map_err(|e| e.to_string())?;
-        let State { used, rng, replicas, .. } = &mut *st;
+        let State { used, rng, replicas, before_last, .. } = &mut *st;
         let rows: Vec<u64> = match q.rows.as_deref() {
             // The validator's rows (still recorded as used here).
             Some(rows) => {
@@ -216,9 +221,15 @@ impl<E: Engine> Miner<E> {
         };
         let texts = fetch_rows(self.source.as_ref(), &rows).map_err(|e| e.to_string())?;
         let batches = RowBatches::from_texts(&texts, b, t).map_err(|e| e.to_string())?;
-        // Scoring only: the accumulators are put back afterwards.
-        let saved: Option<Vec<(Vec<f32>, f64)>> =
-            (q.accumulate == Some(false)).then(|| replicas.models.iter().map(|m| (m.read_grads(), m.grad_weight())).collect());
+        // Scoring only: the accumulators are put back afterwards. Otherwise
+        // they are kept as they were, in case this answer is never credited.
+        let snapshot: Vec<(Vec<f32>, f64)> = replicas.models.iter().map(|m| (m.read_grads(), m.grad_weight())).collect();
+        let saved = if q.accumulate == Some(false) {
+            Some(snapshot)
+        } else {
+            *before_last = Some(snapshot);
+            None
+        };
         // Each replica trains a contiguous run of the batches; their
         // per-batch reports, in order, are the answer.
         let shares = replicas.map_shared(batches.len(), |model, ks| train_batches(model, &batches, ks, b, t, &test, projector.as_ref()));
@@ -265,7 +276,21 @@ impl<E: Engine> Miner<E> {
         let mut st = self.lock();
         let mut peer = self.peer.lock().unwrap_or_else(|p| p.into_inner());
         let me = group.index_of(&peer.public_key()).ok_or("this miner is not in the group")?;
-        let State { replicas, transfer, .. } = &mut *st;
+        let State { replicas, transfer, before_last, .. } = &mut *st;
+        // An answer the validator never credited (it came too late): go back
+        // to the accumulator before it, if that is what was credited. (The
+        // snapshot is of this epoch only: taken here whatever happens.)
+        let accumulated: f64 = replicas.models.iter().map(|m| m.grad_weight()).sum();
+        if let (Some(a), Some(snap)) = (&audit, before_last.take())
+            && accumulated as f32 != a.weights[me]
+            && snap.iter().map(|(_, w)| w).sum::<f64>() as f32 == a.weights[me]
+        {
+            tracing::warn!("the validator did not credit the last Train answer: contributing the work before it");
+            for (model, (grads, w)) in replicas.models.iter_mut().zip(snap) {
+                model.write_grads(&grads);
+                model.set_grad_weight(w);
+            }
+        }
         replicas.sum_into_first()?;
         let model = &mut replicas.models[0];
         let mut weight = model.finish_accumulation() as f32;
