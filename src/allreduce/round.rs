@@ -197,6 +197,8 @@ struct MemberState {
     /// The member's averaged chunks received, their checksums, and how many
     /// carried values (an empty one means "nobody contributed").
     gather_got: Vec<bool>,
+    /// Audited: each averaged chunk's projections, as received.
+    gather_parts: Vec<Part>,
     gather_sums: Vec<u64>,
     gather_count: usize,
     gather_averaged: usize,
@@ -225,6 +227,8 @@ struct Round<'a> {
     parts: Vec<Part>,
     /// Audited: this peer's contribution per span, as sent.
     sent: Vec<Part>,
+    /// Audited: each of this peer's averaged chunks' projections.
+    own_avg_parts: Vec<Part>,
     proj_scratch: Vec<f32>,
     me: usize,
     round: u64,
@@ -276,6 +280,12 @@ fn f32_bytes(x: &[f32]) -> &[u8] {
 fn span_hash(sums: &[u64]) -> u64 {
     let bytes: Vec<u8> = sums.iter().flat_map(|s| s.to_le_bytes()).collect();
     checksum(&bytes)
+}
+
+/// The projections and squared norm of `x`, elements `offset..`.
+fn project_part(p: &Projector, x: &[f32], offset: usize) -> Part {
+    let (proj, sum_squares) = p.project_with_norm(x, offset);
+    Part { proj, sum_squares }
 }
 
 /// Fault injection on this peer's own contribution (see `Fault`).
@@ -415,6 +425,7 @@ impl<'a> Round<'a> {
                 backoff: DIAL_BACKOFF_MIN,
                 scatter_got: 0,
                 gather_got: vec![false; chunks[j].len()],
+                gather_parts: if audit.is_some() { vec![Part::default(); chunks[j].len()] } else { Vec::new() },
                 gather_sums: vec![0; chunks[j].len()],
                 gather_count: 0,
                 gather_averaged: 0,
@@ -436,6 +447,7 @@ impl<'a> Round<'a> {
             projector,
             parts,
             sent,
+            own_avg_parts: if audit.is_some() { vec![Part::default(); k] } else { Vec::new() },
             proj_scratch,
             me,
             round,
@@ -885,11 +897,16 @@ impl<'a> Round<'a> {
                 {
                     return self.fail(j, Failure::Invalid(format!("averaged chunk {c}: {e}")));
                 }
+                // Audited: projected while the chunk is fresh in cache.
+                let part = self.projector.filter(|_| !payload.is_empty()).map(|p| project_part(&p, &self.grad[info.elems.clone()], info.elems.start));
                 let m = &mut self.members[j];
                 m.gather_got[c] = true;
                 m.gather_sums[c] = h.checksum;
                 m.gather_count += 1;
                 m.gather_averaged += usize::from(!payload.is_empty());
+                if let Some(part) = part {
+                    m.gather_parts[c] = part;
+                }
             }
             Kind::Done => {
                 let n = self.n();
@@ -987,6 +1004,9 @@ impl<'a> Round<'a> {
             Mean::Nothing => None,
         };
         self.averaged[c] = sum.is_some();
+        if let Some(p) = self.projector.filter(|_| sum.is_some()) {
+            self.own_avg_parts[c] = project_part(&p, &self.grad[elems.clone()], elems.start);
+        }
         self.my_sums[c] = sum.unwrap_or_else(|| checksum(&[]));
         let complete = self.finalized.iter().all(|&f| f);
         if complete {
@@ -1209,21 +1229,19 @@ impl<'a> Round<'a> {
                 }
             })
             .collect();
-        let audit = self.projector.map(|p| {
-            let spans: Vec<Range<usize>> =
-                self.chunks.iter().map(|c| c.first().map_or(0..0, |f| f.elems.start..c.last().expect("nonempty").elems.end)).collect();
-            AuditData {
-                parts: (0..n).map(|j| if j == self.me { Some(self.parts.clone()) } else { self.members[j].done_parts.clone() }).collect(),
-                sent: self.sent.clone(),
-                averaged: spans
-                    .into_iter()
-                    .map(|r| {
-                        let x = &self.grad[r.clone()];
-                        let (proj, sum_squares) = p.project_with_norm(x, r.start);
-                        Part { proj, sum_squares }
-                    })
-                    .collect(),
-            }
+        // Averaged spans' projections: the chunks' (projected on arrival),
+        // summed in chunk order so the result never depends on it.
+        let sum_parts = |parts: &[Part]| {
+            parts.iter().fold(Part::default(), |mut a, p| {
+                super::projection::axpy(&mut a.proj, 1.0, &p.proj);
+                a.sum_squares += p.sum_squares;
+                a
+            })
+        };
+        let audit = self.projector.map(|_| AuditData {
+            parts: (0..n).map(|j| if j == self.me { Some(self.parts.clone()) } else { self.members[j].done_parts.clone() }).collect(),
+            sent: self.sent.clone(),
+            averaged: (0..n).map(|j| if j == self.me { sum_parts(&self.own_avg_parts) } else { sum_parts(&self.members[j].gather_parts) }).collect(),
         });
         Report {
             round: self.round,
