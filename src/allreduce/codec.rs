@@ -119,8 +119,31 @@ impl Codec {
 
     /// Calls `f(offset, values)` for consecutive decoded runs of values, in
     /// order, once the whole chunk has been validated.
-    fn decode_runs(&self, src: &[u8], n: usize, mut f: impl FnMut(usize, &[f32])) -> Result<(), CodecError> {
+    fn decode_runs(&self, src: &[u8], n: usize, f: impl FnMut(usize, &[f32])) -> Result<(), CodecError> {
         self.validate(src, n)?;
+        self.decode_runs_valid(src, n, f);
+        Ok(())
+    }
+
+    /// The projections and squared norm of `decode(src)` (`n` values, the
+    /// first being element `offset` of the vector), a decoded run at a time
+    /// in a stack buffer: one read of the encoded bytes. `src` must be a
+    /// chunk that passed validation already (every accepted one has); a
+    /// wrong length gives a wrong result, never a panic beyond the asserts
+    /// of the codec's own loops.
+    pub fn project_decoded(&self, src: &[u8], n: usize, p: &super::projection::Projector, offset: usize) -> (super::projection::Proj, f64) {
+        let (mut proj, mut sq) = ([0f64; super::projection::K], 0f64);
+        if src.len() == self.encoded_len(n) {
+            self.decode_runs_valid(src, n, |i, v| {
+                let (q, s) = p.project_serial(v, offset + i);
+                super::projection::axpy(&mut proj, 1.0, &q);
+                sq += s;
+            });
+        }
+        (proj, sq)
+    }
+
+    fn decode_runs_valid(&self, src: &[u8], n: usize, mut f: impl FnMut(usize, &[f32])) {
         let mut out = [0f32; STEP];
         match *self {
             Codec::F32 => match words::<f32>(src) {
@@ -156,7 +179,6 @@ impl Codec {
                 }
             }
         }
-        Ok(())
     }
 
     /// Decodes `src` into `dst` (`dst.len()` values); on error `dst` is untouched.

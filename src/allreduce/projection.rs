@@ -79,6 +79,12 @@ impl Projector {
         total
     }
 
+    /// [`Projector::project_with_norm`] on this thread alone (for short
+    /// runs, where a parallel split costs more than it saves).
+    pub fn project_serial(&self, x: &[f32], offset: usize) -> (Proj, f64) {
+        self.project_seq(x, offset)
+    }
+
     /// Sequential projection of a run of blocks (the first may be partial).
     fn project_seq(&self, x: &[f32], offset: usize) -> (Proj, f64) {
         let (mut out, mut sq) = ([0f64; K], 0f64);

@@ -229,7 +229,6 @@ struct Round<'a> {
     sent: Vec<Part>,
     /// Audited: each of this peer's averaged chunks' projections.
     own_avg_parts: Vec<Part>,
-    proj_scratch: Vec<f32>,
     me: usize,
     round: u64,
     digest: [u8; 32],
@@ -404,7 +403,6 @@ impl<'a> Round<'a> {
                 sent[i] = Part { proj, sum_squares };
             }
         }
-        let proj_scratch = if projector.is_some() { vec![0f32; per_chunk] } else { Vec::new() };
         let mut parts = vec![Part::default(); n];
         parts[me] = sent[me];
 
@@ -448,7 +446,6 @@ impl<'a> Round<'a> {
             parts,
             sent,
             own_avg_parts: if audit.is_some() { vec![Part::default(); k] } else { Vec::new() },
-            proj_scratch,
             me,
             round,
             digest: match audit {
@@ -941,13 +938,9 @@ impl<'a> Round<'a> {
     fn note_part(&mut self, j: usize, c: usize, payload: &[u8]) {
         let Some(p) = &self.projector else { return };
         let elems = self.chunks[self.me][c].elems.clone();
-        self.proj_scratch.resize(self.proj_scratch.len().max(elems.len()), 0.0);
-        let x = &mut self.proj_scratch[..elems.len()];
-        if self.codec.decode(payload, x).is_ok() {
-            let (proj, sq) = p.project_with_norm(x, elems.start);
-            super::projection::axpy(&mut self.parts[j].proj, 1.0, &proj);
-            self.parts[j].sum_squares += sq;
-        }
+        let (proj, sq) = self.codec.project_decoded(payload, elems.len(), p, elems.start);
+        super::projection::axpy(&mut self.parts[j].proj, 1.0, &proj);
+        self.parts[j].sum_squares += sq;
     }
 
     /// Whether a member is still expected to contribute to this peer's span.
