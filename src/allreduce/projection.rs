@@ -227,18 +227,3 @@ mod tests {
         assert!((var.sqrt() / norm - 1.0).abs() < 0.1, "std {} vs norm {norm}", var.sqrt());
     }
 }
-
-#[cfg(test)]
-mod speed {
-    #[test]
-    #[ignore]
-    fn speed() {
-        let x: Vec<f32> = (0..16 << 20).map(|i| (i % 13) as f32 - 6.0).collect();
-        let p = super::Projector::new(&[1; 32]);
-        for _ in 0..3 {
-            let t = std::time::Instant::now();
-            let r = p.project_with_norm(&x, 0);
-            eprintln!("{:?} in {:?}", r, t.elapsed());
-        }
-    }
-}

@@ -287,6 +287,12 @@ fn project_part(p: &Projector, x: &[f32], offset: usize) -> Part {
     Part { proj, sum_squares }
 }
 
+/// [`project_part`] on this thread (inside a parallel job already).
+fn project_part_serial(p: &Projector, x: &[f32], offset: usize) -> Part {
+    let (proj, sum_squares) = p.project_serial(x, offset);
+    Part { proj, sum_squares }
+}
+
 /// Fault injection on this peer's own contribution (see `Fault`).
 fn inflict_on_contribution(fault: Option<Fault>, grad: &mut [f32]) {
     match fault {
@@ -368,6 +374,13 @@ impl<'a> Round<'a> {
         };
         let mut bad = if zero_copy { scan(0..grad.len()) } else { scan(spans[me].clone()) };
         wire.resize(if zero_copy { 0 } else { offset }, 0);
+        // Audited: what this peer sends, per span, projected from the values
+        // before encoding (inside the encoding jobs, while a chunk is in
+        // cache): the owners project what they decode, and the comparison
+        // allows for the codec's rounding (`audit::tolerance`).
+        let projector = audit.map(Audit::projector);
+        let mut sent = vec![Part::default(); n];
+        let mut projected = vec![false; n];
         if weight > 0.0 && !zero_copy && bad.is_none() {
             let mut jobs = Vec::new();
             let mut rest: &mut [u8] = &mut wire;
@@ -376,12 +389,27 @@ impl<'a> Round<'a> {
                     let (dst, tail) = std::mem::take(&mut rest).split_at_mut(c.bytes.len());
                     rest = tail;
                     if owner != me {
-                        jobs.push((c.elems.clone(), dst));
+                        jobs.push((owner, c.elems.clone(), dst));
                     }
                 }
             }
             let src: &[f32] = grad;
-            bad = jobs.into_par_iter().filter_map(|(elems, dst)| codec.encode_checked(&src[elems.clone()], dst).map(|i| elems.start + i)).min();
+            let done: Vec<(usize, Option<usize>, Option<Part>)> = jobs
+                .into_par_iter()
+                .map(|(owner, elems, dst)| {
+                    let bad = codec.encode_checked(&src[elems.clone()], dst).map(|i| elems.start + i);
+                    (owner, bad, projector.map(|p| project_part_serial(&p, &src[elems.clone()], elems.start)))
+                })
+                .collect();
+            bad = done.iter().filter_map(|d| d.1).min();
+            // Summed in chunk order: the same bits however the jobs ran.
+            for (owner, _, part) in done {
+                if let Some(part) = part {
+                    super::projection::axpy(&mut sent[owner].proj, 1.0, &part.proj);
+                    sent[owner].sum_squares += part.sum_squares;
+                    projected[owner] = true;
+                }
+            }
         }
         let (mut weight, mut local_rejected) = (weight, None);
         if let Some(i) = bad {
@@ -389,18 +417,13 @@ impl<'a> Round<'a> {
             weight = 0.0;
         }
 
-        // Audited: what this peer sends, per span. Projected from the values
-        // before encoding (one parallel pass, no decoding): the owners
-        // project what they decode, and the comparison allows for the
-        // codec's rounding (`audit::tolerance`).
-        let projector = audit.map(Audit::projector);
-        let mut sent = vec![Part::default(); n];
+        // The spans no encoding job projected: its own (which enters its
+        // average unencoded) and, for fp32 sent as is, all.
         if let Some(p) = &projector
             && weight > 0.0
         {
-            for (i, s) in spans.iter().enumerate() {
-                let (proj, sum_squares) = p.project_with_norm(&grad[s.clone()], s.start);
-                sent[i] = Part { proj, sum_squares };
+            for (i, s) in spans.iter().enumerate().filter(|(i, _)| !projected[*i]) {
+                sent[i] = project_part(p, &grad[s.clone()], s.start);
             }
         }
         let mut parts = vec![Part::default(); n];
