@@ -49,18 +49,9 @@ fn all_reduce_cheats_are_caught_and_end_with_a_small_share_of_the_weight() {
                 _ => assert_ne!(part[&uid], Participation::Success, "round {round} uid {uid} {b:?}"),
             }
         }
-        let want = net.validator.read_params();
-        for (i, m) in net.miners.iter().enumerate().take(3) {
-            assert!(m.read_params() == want, "round {round}: honest miner {i} diverged");
-        }
+        net.assert_honest_agree(round);
     }
-    let weights = net.weights();
-    eprintln!("{weights:?}");
-    let honest_min = (1..=3).map(|u| weights[&u]).fold(f64::INFINITY, f64::min);
-    assert!(honest_min >= 0.95 / behaviours.len() as f64, "honest {honest_min}");
-    for (uid, b) in (1u16..).zip(behaviours).skip(3) {
-        assert!(weights[&uid] < 0.1 * honest_min, "uid {uid} {b:?} has {} against an honest {honest_min}", weights[&uid]);
-    }
+    net.assert_cheats_starved();
 }
 
 /// Mean loss of `params` on rows the miners never train on (the sample's

@@ -205,4 +205,26 @@ impl Network {
     pub fn weights(&self) -> std::collections::BTreeMap<u16, f64> {
         self.validator.scores.lock().unwrap().weights()
     }
+
+    /// Honest miners hold exactly the validator's model.
+    pub fn assert_honest_agree(&self, round: u64) {
+        let want = self.validator.read_params();
+        for (i, (m, b)) in self.miners.iter().zip(&self.behaviours).enumerate() {
+            assert!(*b != Behaviour::Honest || m.read_params() == want, "round {round}: honest miner {i} diverged");
+        }
+    }
+
+    /// Every honest miner holds at least 95% of its all-honest share (1/N),
+    /// every other one under 10% of the least honest miner's weight.
+    pub fn assert_cheats_starved(&self) {
+        let weights = self.weights();
+        eprintln!("{weights:?}");
+        let honest = |b: &Behaviour| *b == Behaviour::Honest;
+        let uids = (1u16..).zip(&self.behaviours);
+        let honest_min = uids.clone().filter(|(_, b)| honest(b)).map(|(u, _)| weights[&u]).fold(f64::INFINITY, f64::min);
+        assert!(honest_min >= 0.95 / self.behaviours.len() as f64, "honest {honest_min}");
+        for (uid, b) in uids.filter(|(_, b)| !honest(b)) {
+            assert!(weights[&uid] < 0.1 * honest_min, "uid {uid} {b:?} has {} against an honest {honest_min}", weights[&uid]);
+        }
+    }
 }
