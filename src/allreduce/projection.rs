@@ -50,6 +50,15 @@ impl Projector {
         Projector { seeds }
     }
 
+    /// The projector with these seeds (what an engine's `project` gets).
+    pub fn from_seeds(seeds: [u64; K]) -> Projector {
+        Projector { seeds }
+    }
+
+    pub fn seeds(&self) -> &[u64; K] {
+        &self.seeds
+    }
+
     /// The 64 signs of block `block` of vector `j` (bit set = −1).
     fn signs(&self, j: usize, block: u64) -> u64 {
         mix(self.seeds[j] ^ block.wrapping_mul(0x9E37_79B9_7F4A_7C15))

@@ -148,6 +148,13 @@ impl<E: Engine> Gpt<E> {
         unsafe { self.engine.write_decoded(codec, bytes, self.layout.total, self.engine.at(&self.grads, 0)) }
     }
 
+    /// The projections of the whole gradient arena on `p`'s vectors and
+    /// Σ g², computed by the engine (on a GPU, without a copy to the host).
+    pub fn grad_projection(&self, p: &crate::allreduce::projection::Projector) -> (crate::allreduce::projection::Proj, f64) {
+        // SAFETY: the whole gradient arena.
+        unsafe { self.engine.project(self.engine.at(&self.grads, 0), self.layout.total, 0, p.seeds()) }
+    }
+
     /// Σ g² over the gradients, in f64 (infinite or NaN when one is).
     pub fn grad_sum_squares(&self) -> f64 {
         // SAFETY: the whole gradient arena.

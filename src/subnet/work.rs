@@ -77,12 +77,9 @@ pub fn train_batches<E: Engine>(
     let n = ks.len();
     let mut work = BatchWork { sums: Vec::with_capacity(n), projections: Vec::with_capacity(n), loss_sum: 0.0 };
     let mut before = model.read_grad_range(test.offset, test.len);
-    // One buffer for every read of the accumulator (no fresh pages per batch).
-    let mut acc = if projector.is_some() { vec![0f32; model.layout.total] } else { Vec::new() };
-    let mut proj_before = projector.map(|p| {
-        model.read_grad_range_into(0, &mut acc);
-        p.project(&acc, 0)
-    });
+    // The engine projects the accumulator where it lives (a GPU's never
+    // crosses the bus for this).
+    let mut proj_before = projector.map(|p| model.grad_projection(p).0);
     for k in ks {
         let (inputs, targets) = batches.batch(k);
         work.loss_sum += model.forward_backward(inputs, targets, b, t, weight)? as f64;
@@ -91,8 +88,7 @@ pub fn train_batches<E: Engine>(
         work.sums.push(delta / weight as f64);
         before = after;
         if let (Some(p), Some(pb)) = (projector, proj_before.as_mut()) {
-            model.read_grad_range_into(0, &mut acc);
-            let pa = p.project(&acc, 0);
+            let pa = model.grad_projection(p).0;
             work.projections.push(std::array::from_fn(|j| (pa[j] - pb[j]) / weight as f64));
             *pb = pa;
         }
@@ -125,8 +121,7 @@ pub fn replay_batch<E: Engine>(
     model.forward_backward(inputs, targets, b, t, 1.0)?;
     let sum = abs_sum(&model.read_grad_range(test.offset, test.len));
     let projection = projector.map(|p| {
-        let g = model.read_grads();
-        let (proj, sq) = p.project_with_norm(&g, 0);
+        let (proj, sq) = model.grad_projection(p);
         (proj, sq.sqrt())
     });
     Ok(Replay { sum, projection })

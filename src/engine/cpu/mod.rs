@@ -16,6 +16,7 @@ mod optim;
 pub(crate) mod simd;
 
 use super::{AdamHyper, ArenaKind, Engine, EngineError, WeightLayout};
+use crate::allreduce::projection::{K, Proj};
 use rayon::prelude::*;
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::ptr::NonNull;
@@ -137,6 +138,10 @@ impl Engine for CpuEngine {
     unsafe fn sum_squares(&self, x: CpuPtr, len: usize) -> f64 {
         let x = unsafe { x.slice(len) };
         chunked_sum(len, ELEM_CHUNK, |r| x[r].iter().map(|&v| (v as f64) * (v as f64)).sum())
+    }
+
+    unsafe fn project(&self, x: CpuPtr, len: usize, offset: usize, seeds: &[u64; K]) -> (Proj, f64) {
+        crate::allreduce::projection::Projector::from_seeds(*seeds).project_with_norm(unsafe { x.slice(len) }, offset)
     }
 
     unsafe fn encoder_forward(&self, out: CpuPtr, tokens: &[u32], wte: CpuPtr, wpe: CpuPtr, b: usize, t: usize, c: usize) {

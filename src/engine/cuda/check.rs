@@ -160,6 +160,13 @@ pub fn check_ops<D: Device>(gpu: &CudaEngine<D>, s: Shapes) -> Result<Vec<Check>
     // SAFETY (all blocks below): every view lies inside the arenas just made.
     let (a, g) = unsafe { (cpu.sum_squares(p.c(0), n * c), gpu.sum_squares(p.g(0), n * c)) };
     push("sum of squares", (a - g).abs() / a, 1e-9);
+    // Gradient projections (kernels/projection.cu), from a mid-block offset:
+    // error as a fraction of the norm, the unit every tolerance uses.
+    let seeds = *crate::allreduce::projection::Projector::new(&[5; 32]).seeds();
+    let (a, g) = unsafe { (cpu.project(p.c(0), n * c, 37, &seeds), gpu.project(p.g(0), n * c, 37, &seeds)) };
+    let err = (0..crate::allreduce::projection::K).map(|j| (a.0[j] - g.0[j]).abs()).fold(0.0, f64::max);
+    push("gradient projections", err / a.1.sqrt(), 1e-6);
+    push("gradient projections (Σx²)", (a.1 - g.1).abs() / a.1, 1e-6);
 
     let tokens: Vec<u32> = (0..n).map(|i| ((i * 7919) % s.v) as u32).collect();
     let (wte, wpe, dout) = (random(s.vp * c, 2, 0.02), random(t * c, 3, 0.01), random(n * c, 4, 1.0));
