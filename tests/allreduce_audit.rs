@@ -123,6 +123,13 @@ fn an_honest_round_verifies_in_one_attempt_in_every_codec() {
             assert!(v.clean && v.accused.is_empty(), "{codec:?} member {i}: {:?}", v.accused);
             assert!(verdict(&audit, &v.report, codec).is_empty());
         }
+        // Gradients that small are fp16 subnormals, rounded by tens of
+        // percent: the senders' and owners' views of a part must still agree.
+        let tiny: Vec<Vec<f32>> = x.iter().map(|v| v.iter().map(|e| e * 1e-5).collect()).collect();
+        let (_, tiny_results) = run(&tiny, &weights, &[None; 4], codec);
+        for (i, (_, v)) in tiny_results.iter().enumerate() {
+            assert!(v.clean && v.accused.is_empty(), "{codec:?} tiny values, member {i}: {:?}", v.accused);
+        }
         let want = mean_without(&x, &weights, &[]);
         let tol = match codec {
             Codec::F32 => 1e-6,

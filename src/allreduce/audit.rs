@@ -107,6 +107,15 @@ pub fn tolerance(codec: Codec) -> f64 {
     }
 }
 
+/// The codec's absolute error per element, beyond the relative one: fp16
+/// rounds values below 2⁻¹⁴ (gradients often are) to multiples of 2⁻²⁴.
+pub fn absolute_error(codec: Codec) -> f64 {
+    match codec {
+        Codec::F16 => 2f64.powi(-25),
+        _ => 0.0,
+    }
+}
+
 impl Audit {
     pub fn projector(&self) -> Projector {
         Projector::new(&self.challenge)
@@ -164,6 +173,11 @@ pub fn verdict(audit: &Audit, report: &Report, codec: Codec) -> Vec<Accusation> 
     let Some(data) = &report.audit else { return Vec::new() };
     let n = report.members.len();
     let tol = tolerance(codec);
+    // The absolute part of the codec's error (fp16 subnormals), over n
+    // elements of random signs: 4·√n·(per-element bound).
+    let floor = |n: usize| 4.0 * (n as f64).sqrt() * absolute_error(codec);
+    let span_len = |i: usize| report.members[i].span.1 - report.members[i].span.0;
+    let total_len: usize = (0..report.members.len()).map(span_len).sum();
     let mut accused: Vec<Accusation> = Vec::new();
     let accuse = |accused: &mut Vec<Accusation>, member: usize, why: String| {
         if !accused.iter().any(|a| a.member == member) {
@@ -192,7 +206,7 @@ pub fn verdict(audit: &Audit, report: &Report, codec: Codec) -> Vec<Accusation> 
             mean.iter_mut().for_each(|v| *v /= total);
         }
         let got = &data.averaged[i];
-        let bound = tol * got.sum_squares.sqrt() + 1e-30;
+        let bound = tol * got.sum_squares.sqrt() + floor(span_len(i)) + 1e-30;
         if max_diff(&mean, &got.proj) > bound {
             accuse(
                 &mut accused,
@@ -213,7 +227,7 @@ pub fn verdict(audit: &Audit, report: &Report, codec: Codec) -> Vec<Accusation> 
                 continue;
             }
             let (got, sent) = (&parts[me], &data.sent[i]);
-            let bound = tol * sent.sum_squares.sqrt().max(got.sum_squares.sqrt()) + 1e-30;
+            let bound = tol * sent.sum_squares.sqrt().max(got.sum_squares.sqrt()) + floor(span_len(i)) + 1e-30;
             let norm_off = (got.sum_squares.sqrt() - sent.sum_squares.sqrt()).abs() > bound;
             if max_diff(&got.proj, &sent.proj) > bound || norm_off {
                 accuse(
@@ -240,7 +254,7 @@ pub fn verdict(audit: &Audit, report: &Report, codec: Codec) -> Vec<Accusation> 
                 sq += p.sum_squares;
             }
             norms.push(sq.sqrt());
-            let bound = tol * sq.sqrt() + 1e-30;
+            let bound = tol * sq.sqrt() + floor(total_len) + 1e-30;
             let d = max_diff(&sum, &audit.expected[s]);
             if d > bound {
                 accuse(

@@ -287,12 +287,6 @@ fn project_part(p: &Projector, x: &[f32], offset: usize) -> Part {
     Part { proj, sum_squares }
 }
 
-/// [`project_part`] on this thread (inside a parallel job already).
-fn project_part_serial(p: &Projector, x: &[f32], offset: usize) -> Part {
-    let (proj, sum_squares) = p.project_serial(x, offset);
-    Part { proj, sum_squares }
-}
-
 /// Fault injection on this peer's own contribution (see `Fault`).
 fn inflict_on_contribution(fault: Option<Fault>, grad: &mut [f32]) {
     match fault {
@@ -374,10 +368,9 @@ impl<'a> Round<'a> {
         };
         let mut bad = if zero_copy { scan(0..grad.len()) } else { scan(spans[me].clone()) };
         wire.resize(if zero_copy { 0 } else { offset }, 0);
-        // Audited: what this peer sends, per span, projected from the values
-        // before encoding (inside the encoding jobs, while a chunk is in
-        // cache): the owners project what they decode, and the comparison
-        // allows for the codec's rounding (`audit::tolerance`).
+        // Audited: what this peer sends, per span, projected inside the
+        // encoding jobs from the encoded bytes while they are in cache,
+        // exactly as the owners will project what they decode.
         let projector = audit.map(Audit::projector);
         let mut sent = vec![Part::default(); n];
         let mut projected = vec![false; n];
@@ -398,7 +391,14 @@ impl<'a> Round<'a> {
                 .into_par_iter()
                 .map(|(owner, elems, dst)| {
                     let bad = codec.encode_checked(&src[elems.clone()], dst).map(|i| elems.start + i);
-                    (owner, bad, projector.map(|p| project_part_serial(&p, &src[elems.clone()], elems.start)))
+                    // Projected as the owner will: decoded from these very
+                    // bytes (in cache), so the two agree to the bit, however
+                    // much the codec rounds (fp16 subnormals: a lot).
+                    let part = projector.filter(|_| bad.is_none()).map(|p| {
+                        let (proj, sum_squares) = codec.project_decoded(dst, elems.len(), &p, elems.start);
+                        Part { proj, sum_squares }
+                    });
+                    (owner, bad, part)
                 })
                 .collect();
             bad = done.iter().filter_map(|d| d.1).min();
