@@ -1,0 +1,77 @@
+//! What a round reports when it ends (see `allreduce::report`), with an
+//! audited round's measurements. Part of `Round` (round/mod.rs).
+
+use super::*;
+
+impl Round<'_> {
+    // ---- report -------------------------------------------------------------
+
+    pub(super) fn report(&self) -> Report {
+        let n = self.n();
+        let k = self.finalized.len();
+        let status = |averaged: usize, chunks: usize| match (averaged, chunks) {
+            (_, 0) => SpanStatus::Empty,
+            (a, c) if a == c => SpanStatus::Averaged,
+            (0, _) => SpanStatus::KeptLocal,
+            (averaged, chunks) => SpanStatus::Partial { averaged, chunks },
+        };
+        let members = (0..n)
+            .map(|j| {
+                let m = &self.members[j];
+                let info = &self.chunks[j];
+                let span = info.first().map_or((0, 0), |f| (f.elems.start, info.last().expect("nonempty").elems.end));
+                let (span_status, contributors, hash) = if j == self.me {
+                    let averaged = self.averaged.iter().filter(|&&a| a).count();
+                    let st = status(averaged, k);
+                    let hash = (st == SpanStatus::Averaged).then(|| span_hash(&self.my_sums));
+                    (st, self.contributor_status(), hash)
+                } else {
+                    let st = status(m.gather_averaged, m.gather_got.len());
+                    let (contrib, hash) = m.done.clone().unwrap_or_default();
+                    let hash = (st == SpanStatus::Averaged && m.done.is_some()).then_some(hash);
+                    (st, contrib, hash)
+                };
+                let pick = |v: u8| contributors.iter().enumerate().filter(|&(_, &s)| s == v).map(|(i, _)| i).collect();
+                MemberReport {
+                    id: self.group.members[j].id.clone(),
+                    span,
+                    weight: m.weight,
+                    // Caught lying is the reason, even if it later also stalled.
+                    failure: m.excluded.clone().map(Failure::Invalid).or_else(|| m.failure.clone()),
+                    contributors: pick(2),
+                    partial_contributors: pick(1),
+                    span_status,
+                    hash,
+                }
+            })
+            .collect();
+        // Averaged spans' projections: the chunks' (projected on arrival),
+        // summed in chunk order so the result never depends on it.
+        let sum_parts = |parts: &[Part]| {
+            parts.iter().fold(Part::default(), |mut a, p| {
+                crate::allreduce::projection::axpy(&mut a.proj, 1.0, &p.proj);
+                a.sum_squares += p.sum_squares;
+                a
+            })
+        };
+        let audit = self.projector.map(|_| AuditData {
+            parts: (0..n).map(|j| if j == self.me { Some(self.parts.clone()) } else { self.members[j].done_parts.clone() }).collect(),
+            sent: self.sent.clone(),
+            averaged: (0..n).map(|j| if j == self.me { sum_parts(&self.own_avg_parts) } else { sum_parts(&self.members[j].gather_parts) }).collect(),
+        });
+        Report {
+            round: self.round,
+            me: self.me,
+            audit,
+            members,
+            local_rejected: self.local_rejected.clone(),
+            refused: self.refused.clone(),
+            bytes_sent: self.bytes_sent,
+            bytes_received: self.bytes_received,
+            setup_s: self.setup_s,
+            connect_s: self.connect_s,
+            reduced_s: self.reduced_s,
+            elapsed_s: self.start.elapsed().as_secs_f64(),
+        }
+    }
+}
