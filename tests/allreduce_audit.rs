@@ -250,3 +250,34 @@ fn a_vector_crafted_past_the_projections_is_bounded_by_its_norm() {
     check(&credited, &weights, &results, &[2]);
     assert!(results[0].1.accused.iter().any(|(id, why)| id == "m2" && why.contains("norm")), "{:?}", results[0].1.accused);
 }
+
+#[test]
+fn an_owner_hiding_a_larger_average_from_the_projections_is_named() {
+    // The owner knows which blocks the projections sample: it leaves them
+    // honest and multiplies the rest of its average by 10. Its projections
+    // agree; the average's norm exceeds what the parts it reported allow.
+    let x = inputs(5);
+    let weights = [1.0, 2.0, 1.0, 2.0, 1.0];
+    let mut faults = [None; 5];
+    faults[1] = Some(Fault::HiddenAverage(10.0));
+    let (_, results) = run(&x, &weights, &faults, Codec::F16);
+    check(&x, &weights, &results, &[1]);
+    assert!(results[0].1.accused.iter().any(|(id, why)| id == "m1" && why.contains("norm")), "{:?}", results[0].1.accused);
+}
+
+#[test]
+fn a_sender_hiding_its_poison_from_the_projections_is_named() {
+    // The sender knows which blocks are sampled: honest there, ×−100
+    // everywhere else. Every projection matches its credit; the norm that
+    // every owner measures over all its elements gives it away.
+    let mut x = inputs(5);
+    let credited = x.clone();
+    let p = Projector::new(&[9u8; 32]);
+    let sampled: Vec<bool> = (0..LEN).map(|e| p.sign(0, e) != 0.0).collect();
+    x[3].iter_mut().zip(&sampled).filter(|(_, s)| !**s).for_each(|(v, _)| *v *= -100.0);
+    assert_eq!(p.project(&x[3], 0), p.project(&credited[3], 0), "the projections cannot see it");
+    let weights = [1.0; 5];
+    let (_, results) = run_credited(&x, &credited, &weights, &[None; 5], Codec::F16);
+    check(&credited, &weights, &results, &[3]);
+    assert!(results[0].1.accused.iter().any(|(id, why)| id == "m3" && why.contains("norm")), "{:?}", results[0].1.accused);
+}

@@ -73,7 +73,7 @@ fn decode_add_accumulates_weighted_values() {
         codec.encode(&x, &mut bytes);
         let decoded = round_trip(codec, &x);
         let mut acc = vec![1.0f32; x.len()];
-        codec.decode_add(&bytes, 3.0, &mut acc).unwrap();
+        codec.decode_add(&bytes, 3.0, &mut acc, None).unwrap();
         for (a, d) in acc.iter().zip(&decoded) {
             assert_eq!(*a, 1.0 + 3.0 * d, "{codec:?}");
         }
@@ -114,7 +114,7 @@ fn non_finite_values_from_a_peer_are_refused_before_anything_is_added() {
         codec.encode(&x, &mut bytes);
         bytes[57 * width..58 * width].copy_from_slice(&bad_bits);
         let mut acc = vec![2.0f32; x.len()];
-        assert_eq!(codec.decode_add(&bytes, 1.0, &mut acc), Err(CodecError::NonFinite(57)), "{codec:?}");
+        assert_eq!(codec.decode_add(&bytes, 1.0, &mut acc, None), Err(CodecError::NonFinite(57)), "{codec:?}");
         assert!(acc.iter().all(|&a| a == 2.0), "{codec:?}: a rejected chunk was partly added");
     }
 }
@@ -177,13 +177,62 @@ fn the_fused_mean_encodes_as_the_mean_then_the_encoder() {
         codec.encode(&x, &mut bytes);
         for (bw, base) in [(0.0, &[][..]), (2.5, &base[..])] {
             let mut mean = vec![0f32; x.len()];
-            codec.decode_mean(&bytes, 1.5, bw, base, 0.25, &mut mean).unwrap();
+            codec.decode_mean(&bytes, 1.5, bw, base, 0.25, &mut mean, None).unwrap();
             let mut want = vec![0u8; bytes.len()];
             codec.encode(&mean, &mut want);
             let mut got = vec![0u8; bytes.len()];
-            assert_eq!(codec.decode_mean_encode(&bytes, x.len(), 1.5, bw, base, 0.25, &mut got), Ok(true), "{codec}");
+            assert_eq!(codec.decode_mean_encode(&bytes, x.len(), 1.5, bw, base, 0.25, &mut got, None), Ok(true), "{codec}");
             assert_eq!(got, want, "{codec} with base weight {bw}");
         }
     }
     assert!(!Codec::Int8 { block: 4096 }.encodes_mean_in_runs(), "a block longer than a run needs the whole block");
+}
+
+/// What an audited round measures while it decodes: Σx² of the decoded
+/// values and of the base folded in, the projections of the decoded chunk
+/// from its sampled blocks alone, and the sender's Σx² of what it encodes —
+/// each against a naive computation over the decoded values.
+#[test]
+fn audit_measurements_match_the_decoded_values() {
+    use dtrain::allreduce::codec::Squares;
+    use dtrain::allreduce::projection::{Projector, max_diff};
+    let sq = |v: &[f32]| v.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>();
+    let p = Projector::new(&[21; 32]);
+    for codec in [Codec::F32, Codec::F16, Codec::Bf16, Codec::Int8 { block: 256 }, Codec::Int8 { block: 7 }] {
+        let (x, base) = (values(5003, 10), values(5003, 11));
+        let mut bytes = vec![0u8; codec.encoded_len(x.len())];
+        let (bad, sent) = codec.encode_checked_squares(&x, &mut bytes);
+        assert_eq!(bad, None);
+        let mut dec = vec![0f32; x.len()];
+        codec.decode(&bytes, &mut dec).unwrap();
+        let want = sq(&dec);
+        // The sender measures what the encoding holds, to the codec's error.
+        assert!((sent.sqrt() - want.sqrt()).abs() <= 1e-3 * want.sqrt(), "{codec}: sent {sent} decoded {want}");
+        assert!((codec.sum_squares_decoded(&bytes, x.len()) - want).abs() <= 1e-5 * want, "{codec}");
+        // Projections from the sampled blocks equal the projection of the
+        // whole decoded chunk, at any offset.
+        for offset in [0usize, 37, 1000] {
+            let (a, sa) = codec.project_decoded(&bytes, x.len(), &p, offset);
+            let (b, sb) = p.project_with_scale(&dec, offset);
+            assert!(max_diff(&a, &b) <= 1e-9 * sb.sqrt() && (sa - sb).abs() <= 1e-9 * sb, "{codec} at {offset}");
+        }
+        // The reducer's decodes measure the decoded values and the base.
+        let mut acc = vec![0f32; x.len()];
+        let mut s = Squares::default();
+        codec.decode_blend(&bytes, 1.5, 2.0, &base, &mut acc, Some(&mut s)).unwrap();
+        assert!((s.decoded - want).abs() <= 1e-5 * want && (s.base - sq(&base)).abs() <= 1e-5 * sq(&base), "{codec}: {s:?}");
+        let mut s = Squares::default();
+        codec.decode_add(&bytes, 1.5, &mut acc, Some(&mut s)).unwrap();
+        assert!((s.decoded - want).abs() <= 1e-5 * want && s.base == 0.0, "{codec}");
+        let mut s = Squares { with_base: false, ..Squares::default() };
+        let mut mean = vec![0f32; x.len()];
+        codec.decode_mean(&bytes, 1.5, 2.0, &base, 0.25, &mut mean, Some(&mut s)).unwrap();
+        assert!((s.decoded - want).abs() <= 1e-5 * want && s.base == 0.0, "{codec}: an accumulator as base is not measured");
+        if codec.encodes_mean_in_runs() {
+            let mut s = Squares::default();
+            let mut enc = vec![0u8; bytes.len()];
+            codec.decode_mean_encode(&bytes, x.len(), 1.5, 2.0, &base, 0.25, &mut enc, Some(&mut s)).unwrap();
+            assert!((s.decoded - want).abs() <= 1e-5 * want && (s.base - sq(&base)).abs() <= 1e-5 * sq(&base), "{codec}");
+        }
+    }
 }

@@ -599,13 +599,14 @@ fn a_device_miners_encoded_gradients_reduce_to_the_same_bits() {
 
 #[test]
 fn gradient_projections_agree_with_the_cpu() {
-    // Three CUDA blocks of sign blocks, the vector starting mid-block.
-    let n = 150_001;
+    // Three CUDA blocks of groups (1024 groups each), the vector starting
+    // mid-block.
+    let n = 2 * 1024 * 1024 + 150_001;
     let x = random(n, 7, 1.0);
     let p = Pair::new(&[&x]);
     let proj = dtrain::allreduce::projection::Projector::new(&[5; 32]);
     for offset in [0usize, 37, 64 * 1000 + 5] {
-        let (a, b) = unsafe { (p.cpu.project(p.cp(0), n, offset, proj.seeds()), p.gpu.project(p.gp(0), n, offset, proj.seeds())) };
+        let (a, b) = unsafe { (p.cpu.project(p.cp(0), n, offset, &proj), p.gpu.project(p.gp(0), n, offset, &proj)) };
         let norm = a.1.sqrt();
         assert!((a.1 - b.1).abs() <= 1e-6 * a.1, "offset {offset}: Σx² cpu {} emulated {}", a.1, b.1);
         for j in 0..4 {
@@ -615,6 +616,6 @@ fn gradient_projections_agree_with_the_cpu() {
         let naive: f64 = x.iter().enumerate().map(|(i, &v)| v as f64 * proj.sign(1, offset + i) as f64).sum();
         assert!((b.0[1] - naive).abs() <= 1e-6 * norm, "offset {offset}: emulated {} naive {naive}", b.0[1]);
     }
-    let empty = unsafe { p.gpu.project(p.gp(0), 0, 3, proj.seeds()) };
+    let empty = unsafe { p.gpu.project(p.gp(0), 0, 3, &proj) };
     assert_eq!(empty, ([0.0; 4], 0.0));
 }

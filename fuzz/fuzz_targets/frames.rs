@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
         if codec.decode(rest, &mut out[..n]).is_ok() {
             assert!(out[..n].iter().all(|v| v.is_finite()), "{codec:?} decoded a non-finite value");
         }
-        let _ = codec.decode_add(rest, 0.5, &mut out[..n]);
+        let _ = codec.decode_add(rest, 0.5, &mut out[..n], None);
     }
     // The same bytes taken as a whole chunk of each codec (the length
     // that fits, if one does): every decoding path agrees to the bit, and
@@ -48,11 +48,11 @@ fuzz_target!(|data: &[u8]| {
             assert!(big[3..].iter().zip(&plain).all(|(a, b)| a.to_bits() == b.to_bits()), "{codec:?}: streaming decode differs");
             let base: Vec<f32> = (0..n).map(|i| i as f32 - 3.0).collect();
             let mut mean = vec![0f32; n];
-            codec.decode_mean(rest, 0.75, 2.0, &base, 0.3, &mut mean).unwrap();
+            codec.decode_mean(rest, 0.75, 2.0, &base, 0.3, &mut mean, None).unwrap();
             let mut want = vec![0u8; len];
             let bad = codec.encode_checked(&mean, &mut want).is_some();
             let mut got = vec![0u8; len];
-            assert_eq!(codec.decode_mean_encode(rest, n, 0.75, 2.0, &base, 0.3, &mut got), Ok(!bad));
+            assert_eq!(codec.decode_mean_encode(rest, n, 0.75, 2.0, &base, 0.3, &mut got, None), Ok(!bad));
             if !bad {
                 assert_eq!(got, want, "{codec:?}: fused mean differs");
             }

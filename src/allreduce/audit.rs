@@ -28,7 +28,7 @@
 
 use super::codec::Codec;
 use super::group::Group;
-use super::projection::{K, Proj, Projector, axpy, max_diff};
+use super::projection::{GROUP_BLOCKS, K, Proj, Projector, axpy, max_diff};
 use super::report::Report;
 use sha2::{Digest, Sha256};
 
@@ -44,26 +44,39 @@ pub struct Audit {
 }
 
 /// One part of a span as its owner reports it: the projections of a
-/// sender's decoded part and its squared norm.
+/// sender's decoded part, their scale (Σx² over the sampled elements, see
+/// `projection`) and the part's squared norm over all its elements.
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct Part {
     pub proj: Proj,
+    pub scale: f64,
     pub sum_squares: f64,
 }
 
 impl Part {
-    pub const BYTES: usize = 8 * (K + 1);
+    pub const BYTES: usize = 8 * (K + 2);
 
     pub fn encode(&self, out: &mut Vec<u8>) {
-        for v in self.proj.iter().chain([&self.sum_squares]) {
+        for v in self.proj.iter().chain([&self.scale, &self.sum_squares]) {
             out.extend_from_slice(&v.to_le_bytes());
         }
     }
 
-    /// `None` for a non-finite or negative-norm part.
+    /// `None` for a non-finite part or a negative sum of squares.
     pub fn parse(b: &[u8]) -> Option<Part> {
         let v: Vec<f64> = b.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
-        (v.len() == K + 1 && v.iter().all(|x| x.is_finite()) && v[K] >= 0.0).then(|| Part { proj: std::array::from_fn(|j| v[j]), sum_squares: v[K] })
+        (v.len() == K + 2 && v.iter().all(|x| x.is_finite()) && v[K] >= 0.0 && v[K + 1] >= 0.0).then(|| Part {
+            proj: std::array::from_fn(|j| v[j]),
+            scale: v[K],
+            sum_squares: v[K + 1],
+        })
+    }
+
+    /// Adds `other` (a further run of the same part) into this one.
+    pub fn add(&mut self, other: &Part) {
+        axpy(&mut self.proj, 1.0, &other.proj);
+        self.scale += other.scale;
+        self.sum_squares += other.sum_squares;
     }
 }
 
@@ -75,7 +88,8 @@ pub struct AuditData {
     pub parts: Vec<Option<Vec<Part>>>,
     /// This member's own contribution, per span, as it sent it.
     pub sent: Vec<Part>,
-    /// Per span, the averaged values as this member holds them.
+    /// Per span, the averaged values as this member holds them (its own
+    /// span's left empty: see `verdict`).
     pub averaged: Vec<Part>,
 }
 
@@ -174,8 +188,10 @@ pub fn verdict(audit: &Audit, report: &Report, codec: Codec) -> Vec<Accusation> 
     let n = report.members.len();
     let tol = tolerance(codec);
     // The absolute part of the codec's error (fp16 subnormals), over n
-    // elements of random signs: 4·√n·(per-element bound).
+    // elements of random signs: 4·√n·(per-element bound); `sampled` for
+    // the projections, which see about one element in GROUP_BLOCKS.
     let floor = |n: usize| 4.0 * (n as f64).sqrt() * absolute_error(codec);
+    let sampled = |n: usize| n / GROUP_BLOCKS + 64;
     let span_len = |i: usize| report.members[i].span.1 - report.members[i].span.0;
     let total_len: usize = (0..report.members.len()).map(span_len).sum();
     let mut accused: Vec<Accusation> = Vec::new();
@@ -193,27 +209,40 @@ pub fn verdict(audit: &Audit, report: &Report, codec: Codec) -> Vec<Accusation> 
     }
     let spans: Vec<usize> = (0..n).filter(|&i| report.members[i].span.1 > report.members[i].span.0).collect();
     let contributes = |i: usize, s: usize| report.members[i].contributors.contains(&s) || report.members[i].partial_contributors.contains(&s);
-    // Averages: each averaged span against the weighted mean of its parts.
-    for &i in &spans {
+    // Averages: each averaged span against the weighted mean of its parts,
+    // in projection and in norm (the mean's norm is at most the weighted
+    // mean of the parts' norms: whatever an owner adds where the
+    // projections do not look makes its average longer than that).
+    for &i in spans.iter().filter(|&&i| i != report.me) {
         let (Some(parts), super::report::SpanStatus::Averaged) = (&data.parts[i], &report.members[i].span_status) else { continue };
-        let (mut mean, mut total) = ([0f64; K], 0f64);
+        let (mut mean, mut norms, mut total) = ([0f64; K], 0f64, 0f64);
         for s in (0..n).filter(|&s| report.members[i].contributors.contains(&s)) {
             let w = audit.weights[s] as f64;
             axpy(&mut mean, w, &parts[s].proj);
+            norms += w * parts[s].sum_squares.sqrt();
             total += w;
         }
         if total > 0.0 {
             mean.iter_mut().for_each(|v| *v /= total);
+            norms /= total;
         }
         let got = &data.averaged[i];
-        let bound = tol * got.sum_squares.sqrt() + floor(span_len(i)) + 1e-30;
-        if max_diff(&mean, &got.proj) > bound {
+        let bound = tol * got.scale.sqrt() + floor(sampled(span_len(i))) + 1e-30;
+        let d = max_diff(&mean, &got.proj);
+        let norm_bound = norms * (1.0 + tol) + floor(span_len(i)) + 1e-30;
+        if d > bound {
+            accuse(
+                &mut accused,
+                i,
+                format!("span {i}: the average it sent differs from the mean of the parts it reported (by {d:.3e}, tolerance {bound:.3e})"),
+            );
+        } else if report.members[i].partial_contributors.is_empty() && got.sum_squares.sqrt() > norm_bound {
             accuse(
                 &mut accused,
                 i,
                 format!(
-                    "span {i}: the average it sent differs from the mean of the parts it reported (by {:.3e}, tolerance {bound:.3e})",
-                    max_diff(&mean, &got.proj)
+                    "span {i}: the average it sent has norm {:.3e}, more than the parts it reported allow ({norm_bound:.3e})",
+                    got.sum_squares.sqrt()
                 ),
             );
         }
@@ -227,13 +256,15 @@ pub fn verdict(audit: &Audit, report: &Report, codec: Codec) -> Vec<Accusation> 
                 continue;
             }
             let (got, sent) = (&parts[me], &data.sent[i]);
-            let bound = tol * sent.sum_squares.sqrt().max(got.sum_squares.sqrt()) + floor(span_len(i)) + 1e-30;
-            let norm_off = (got.sum_squares.sqrt() - sent.sum_squares.sqrt()).abs() > bound;
-            if max_diff(&got.proj, &sent.proj) > bound || norm_off {
+            let bound = tol * sent.scale.sqrt().max(got.scale.sqrt()) + floor(sampled(span_len(i))) + 1e-30;
+            let d = max_diff(&got.proj, &sent.proj);
+            let (gn, sn) = (got.sum_squares.sqrt(), sent.sum_squares.sqrt());
+            let norm_bound = tol * sn + floor(span_len(i)) + 1e-30;
+            if d > bound || (gn - sn).abs() > norm_bound {
                 accuse(
                     &mut accused,
                     i,
-                    format!("span {i}: misreported this member's part (by {:.3e}, tolerance {bound:.3e})", max_diff(&got.proj, &sent.proj)),
+                    format!("span {i}: misreported this member's part (projections by {d:.3e}, tolerance {bound:.3e}; norm {gn:.3e}, sent {sn:.3e})"),
                 );
             }
         }
@@ -247,15 +278,13 @@ pub fn verdict(audit: &Audit, report: &Report, codec: Codec) -> Vec<Accusation> 
         let senders: Vec<usize> = (0..n).filter(|&s| audit.weights[s] > 0.0 && spans.iter().any(|&i| contributes(i, s))).collect();
         let mut norms = Vec::with_capacity(senders.len());
         for &s in &senders {
-            let (mut sum, mut sq) = ([0f64; K], 0f64);
+            let mut sum = Part::default();
             for &i in &spans {
-                let p = &data.parts[i].as_ref().expect("checked")[s];
-                axpy(&mut sum, 1.0, &p.proj);
-                sq += p.sum_squares;
+                sum.add(&data.parts[i].as_ref().expect("checked")[s]);
             }
-            norms.push(sq.sqrt());
-            let bound = tol * sq.sqrt() + floor(total_len) + 1e-30;
-            let d = max_diff(&sum, &audit.expected[s]);
+            norms.push(sum.sum_squares.sqrt());
+            let bound = tol * sum.scale.sqrt() + floor(sampled(total_len)) + 1e-30;
+            let d = max_diff(&sum.proj, &audit.expected[s]);
             if d > bound {
                 accuse(
                     &mut accused,
@@ -265,9 +294,9 @@ pub fn verdict(audit: &Audit, report: &Report, codec: Codec) -> Vec<Accusation> 
             }
         }
         // Defence in depth: whatever passed the projections (a vector
-        // crafted orthogonal to them) still may not be far larger than the
-        // group's typical contribution, so it moves the average by at most
-        // a few honest contributions' worth.
+        // crafted to be zero where they look, or orthogonal to them) still
+        // may not be far larger than the group's typical contribution, so it
+        // moves the average by at most a few honest contributions' worth.
         // A mean over fewer samples is noisier, so the norm is also
         // compared scaled by √weight (constant when noise dominates): only
         // a norm beyond both bounds is named.

@@ -16,14 +16,18 @@
 //! neither produce non-finite values nor leave a half-added chunk behind.
 
 use super::convert;
+use super::projection::{K, Proj, Projector, sum_squares_serial};
 use crate::engine::cpu::simd::multiversion;
+use std::ops::Range;
 
 /// Largest finite f16.
 pub const F16_MAX: f32 = 65504.0;
 /// Largest valid int8 scale: 127 × it is still finite.
 const INT8_MAX_SCALE: f32 = f32::MAX / 127.0;
 /// Values converted per step through a stack buffer.
-const STEP: usize = 1024;
+/// (As long as a run of `projection::sum_squares_serial`, so the audit's sums of
+/// squares come out the same whichever path decoded the values.)
+const STEP: usize = super::projection::SQUARES_RUN;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Codec {
@@ -34,6 +38,37 @@ pub enum Codec {
     Int8 {
         block: usize,
     },
+}
+
+/// Where an audited round adds up Σx² of the values it decodes
+/// (`decoded`) and of the base values it folds in with them (`base`: the
+/// owner's own, when `with_base`), a run at a time while they are in
+/// cache. (Projections are per chunk, from the sampled blocks alone:
+/// per run they cost more than the run's sum of squares.)
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Squares {
+    pub decoded: f64,
+    pub base: f64,
+    pub with_base: bool,
+}
+
+impl Default for Squares {
+    fn default() -> Squares {
+        Squares { decoded: 0.0, base: 0.0, with_base: true }
+    }
+}
+
+impl Squares {
+    fn decoded(&mut self, v: &[f32]) {
+        self.decoded += sum_squares_serial(v);
+    }
+
+    /// Base values (not measured unless `with_base`).
+    pub fn base(&mut self, v: &[f32]) {
+        if self.with_base {
+            self.base += sum_squares_serial(v);
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -90,6 +125,19 @@ impl Codec {
         if bad { first_nonfinite(src) } else { None }
     }
 
+    /// Like `encode_checked`, and also returns Σx² of what the encoding
+    /// holds (within the codec's error: fp16 measures the clamped input in
+    /// the same pass; the others decode what they wrote, in cache).
+    pub fn encode_checked_squares(&self, src: &[f32], dst: &mut [u8]) -> (Option<usize>, f64) {
+        if *self == Codec::F16 {
+            assert_eq!(dst.len(), self.encoded_len(src.len()), "destination sized by encoded_len");
+            let (bad, sq) = convert::f32_to_f16_squares(src, dst);
+            return (if bad { first_nonfinite(src) } else { None }, sq);
+        }
+        let bad = self.encode_checked(src, dst);
+        (bad, if bad.is_none() { self.sum_squares_decoded(dst, src.len()) } else { 0.0 })
+    }
+
     /// Checks a chunk of `n` encoded values without decoding it: the length,
     /// every value finite, every int8 scale valid.
     pub fn validate(&self, src: &[u8], n: usize) -> Result<(), CodecError> {
@@ -125,22 +173,58 @@ impl Codec {
         Ok(())
     }
 
-    /// The projections and squared norm of `decode(src)` (`n` values, the
-    /// first being element `offset` of the vector), a decoded run at a time
-    /// in a stack buffer: one read of the encoded bytes. `src` must be a
+    /// The projections of `decode(src)` (`n` values, the first being
+    /// element `offset` of the vector) and their scale (Σx² over the
+    /// sampled elements), decoding only the sampled blocks. `src` must be a
     /// chunk that passed validation already (every accepted one has); a
-    /// wrong length gives a wrong result, never a panic beyond the asserts
-    /// of the codec's own loops.
-    pub fn project_decoded(&self, src: &[u8], n: usize, p: &super::projection::Projector, offset: usize) -> (super::projection::Proj, f64) {
-        let (mut proj, mut sq) = ([0f64; super::projection::K], 0f64);
+    /// wrong length gives zeros, never a panic.
+    pub fn project_decoded(&self, src: &[u8], n: usize, p: &Projector, offset: usize) -> (Proj, f64) {
+        let (mut proj, mut sq) = ([0f64; K], 0f64);
         if src.len() == self.encoded_len(n) {
-            self.decode_runs_valid(src, n, |i, v| {
-                let (q, s) = p.project_serial(v, offset + i);
-                super::projection::axpy(&mut proj, 1.0, &q);
-                sq += s;
-            });
+            let mut buf = [0f32; 64];
+            for r in p.sampled_runs(offset, n) {
+                let out = &mut buf[..r.len()];
+                self.decode_range_valid(src, n, r.clone(), out);
+                let (q, s) = p.project_run(out, offset + r.start);
+                for (a, q) in proj.iter_mut().zip(q) {
+                    *a += q as f64;
+                }
+                sq += s as f64;
+            }
         }
         (proj, sq)
+    }
+
+    /// Σx² of `decode(src)` (`n` values of a validated chunk), in runs
+    /// whose sums do not depend on where anything lies in memory.
+    pub fn sum_squares_decoded(&self, src: &[u8], n: usize) -> f64 {
+        let mut sq = 0f64;
+        if *self == Codec::F16 && src.len() == self.encoded_len(n) {
+            return convert::f16_sum_squares(src);
+        }
+        if src.len() == self.encoded_len(n) {
+            self.decode_runs_valid(src, n, |_, v| sq += sum_squares_serial(v));
+        }
+        sq
+    }
+
+    /// Decodes values `r` of a validated chunk of `n` into `out`.
+    fn decode_range_valid(&self, src: &[u8], n: usize, r: Range<usize>, out: &mut [f32]) {
+        match *self {
+            Codec::F32 => {
+                out.iter_mut().zip(src[4 * r.start..4 * r.end].chunks_exact(4)).for_each(|(o, b)| *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            }
+            Codec::F16 => convert::f16_to_f32(&src[2 * r.start..2 * r.end], out),
+            Codec::Bf16 => convert::bf16_to_f32(&src[2 * r.start..2 * r.end], out),
+            Codec::Int8 { block } => {
+                let block = block.max(1);
+                let (scales, values) = src.split_at(4 * n.div_ceil(block));
+                for (o, i) in out.iter_mut().zip(r) {
+                    let sc = &scales[4 * (i / block)..4 * (i / block) + 4];
+                    *o = values[i] as i8 as f32 * f32::from_le_bytes([sc[0], sc[1], sc[2], sc[3]]);
+                }
+            }
+        }
     }
 
     fn decode_runs_valid(&self, src: &[u8], n: usize, mut f: impl FnMut(usize, &[f32])) {
@@ -235,32 +319,74 @@ impl Codec {
         self.decode_runs(src, n, |i, v| dst[i..i + v.len()].copy_from_slice(v))
     }
 
+    /// Like `decode_into`, and returns Σx² of the decoded values, summed as
+    /// `sum_squares_decoded` sums them (the same bits, wherever `dst` lies):
+    /// read from `src` again while it is in cache (for fp16 without storing
+    /// anything, a fraction of the decode's cost).
+    pub fn decode_into_squares(&self, src: &[u8], dst: &mut [f32], streaming: bool) -> Result<f64, CodecError> {
+        self.decode_into(src, dst, streaming)?;
+        Ok(self.sum_squares_decoded(src, dst.len()))
+    }
+
     /// `acc = weight · decode(src)`: a chunk's first contribution; on
     /// error `acc` is untouched.
-    pub fn decode_scaled(&self, src: &[u8], weight: f32, acc: &mut [f32]) -> Result<(), CodecError> {
+    pub fn decode_scaled(&self, src: &[u8], weight: f32, acc: &mut [f32], mut sq: Option<&mut Squares>) -> Result<(), CodecError> {
         let n = acc.len();
-        self.decode_runs(src, n, |i, v| scale_into(&mut acc[i..i + v.len()], weight, v))
+        self.decode_runs(src, n, |i, v| {
+            scale_into(&mut acc[i..i + v.len()], weight, v);
+            if let Some(sq) = sq.as_deref_mut() {
+                sq.decoded(v);
+            }
+        })
     }
 
     /// `acc = base_weight · base + weight · decode(src)`: a chunk's first
     /// peer contribution folded with the owner's own values in one pass.
-    pub fn decode_blend(&self, src: &[u8], weight: f32, base_weight: f32, base: &[f32], acc: &mut [f32]) -> Result<(), CodecError> {
+    pub fn decode_blend(
+        &self,
+        src: &[u8],
+        weight: f32,
+        base_weight: f32,
+        base: &[f32],
+        acc: &mut [f32],
+        mut sq: Option<&mut Squares>,
+    ) -> Result<(), CodecError> {
         let n = acc.len();
         assert_eq!(base.len(), n, "base covers the chunk");
-        self.decode_runs(src, n, |i, v| blend_into(&mut acc[i..i + v.len()], base_weight, &base[i..i + v.len()], weight, v))
+        self.decode_runs(src, n, |i, v| {
+            let base = &base[i..i + v.len()];
+            blend_into(&mut acc[i..i + v.len()], base_weight, base, weight, v);
+            if let Some(sq) = sq.as_deref_mut() {
+                sq.decoded(v);
+                sq.base(base);
+            }
+        })
     }
 
     /// `out = (base_weight · base + weight · decode(src)) · inv`: a chunk's
     /// mean computed with its last contribution (`base` empty when
     /// `base_weight` is 0); on error `out` is untouched.
-    pub fn decode_mean(&self, src: &[u8], weight: f32, base_weight: f32, base: &[f32], inv: f32, out: &mut [f32]) -> Result<(), CodecError> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn decode_mean(
+        &self,
+        src: &[u8],
+        weight: f32,
+        base_weight: f32,
+        base: &[f32],
+        inv: f32,
+        out: &mut [f32],
+        mut sq: Option<&mut Squares>,
+    ) -> Result<(), CodecError> {
         let n = out.len();
         self.decode_runs(src, n, |i, v| {
             let out = &mut out[i..i + v.len()];
-            if base_weight == 0.0 {
-                mean_into(out, 0.0, v, weight, v, inv)
-            } else {
-                mean_into(out, base_weight, &base[i..i + v.len()], weight, v, inv)
+            let base = if base_weight == 0.0 { v } else { &base[i..i + v.len()] };
+            mean_into(out, base_weight, base, weight, v, inv);
+            if let Some(sq) = sq.as_deref_mut() {
+                sq.decoded(v);
+                if base_weight != 0.0 {
+                    sq.base(base);
+                }
             }
         })
     }
@@ -288,6 +414,7 @@ impl Codec {
         base: &[f32],
         inv: f32,
         enc: &mut [u8],
+        mut sq: Option<&mut Squares>,
     ) -> Result<bool, CodecError> {
         assert!(self.encodes_mean_in_runs(), "{self} encodes whole blocks");
         assert_eq!(enc.len(), self.encoded_len(n), "destination sized by encoded_len");
@@ -298,10 +425,13 @@ impl Codec {
         // (Runs of fp32 can be the whole chunk: cut them to the buffer.)
         let mut run = |i: usize, v: &[f32]| {
             let m = &mut mean[..v.len()];
-            if base_weight == 0.0 {
-                mean_into(m, 0.0, v, weight, v, inv)
-            } else {
-                mean_into(m, base_weight, &base[i..i + v.len()], weight, v, inv)
+            let b = if base_weight == 0.0 { v } else { &base[i..i + v.len()] };
+            mean_into(m, base_weight, b, weight, v, inv);
+            if let Some(sq) = sq.as_deref_mut() {
+                sq.decoded(v);
+                if base_weight != 0.0 {
+                    sq.base(b);
+                }
             }
             let end = i + m.len();
             bad |= match codec {
@@ -328,9 +458,14 @@ impl Codec {
 
     /// `acc += weight · decode(src)`: how an owner accumulates a sender's
     /// chunk; on error `acc` is untouched.
-    pub fn decode_add(&self, src: &[u8], weight: f32, acc: &mut [f32]) -> Result<(), CodecError> {
+    pub fn decode_add(&self, src: &[u8], weight: f32, acc: &mut [f32], mut sq: Option<&mut Squares>) -> Result<(), CodecError> {
         let n = acc.len();
-        self.decode_runs(src, n, |i, v| add_into(&mut acc[i..i + v.len()], weight, v))
+        self.decode_runs(src, n, |i, v| {
+            add_into(&mut acc[i..i + v.len()], weight, v);
+            if let Some(sq) = sq.as_deref_mut() {
+                sq.decoded(v);
+            }
+        })
     }
 }
 

@@ -17,6 +17,7 @@
 //! decoders write exactly what the plain ones do (tests/codec.rs, fuzz).
 
 use super::codec::F16_MAX;
+use super::projection::{SQUARES_RUN, sum_squares_serial};
 use crate::engine::cpu::simd::multiversion;
 use half::f16;
 
@@ -105,9 +106,62 @@ pub fn f32_to_f16(src: &[f32], dst: &mut [u8]) -> bool {
     #[cfg(target_arch = "x86_64")]
     if has_f16c() {
         // SAFETY: the CPU has AVX2 and F16C; lengths checked above.
-        return unsafe { x86::f32_to_f16(src, dst) };
+        return unsafe { x86::f32_to_f16::<false>(src, dst).0 };
     }
     f32_to_f16_tail(src, dst)
+}
+
+/// Σx² of the fp16 values in `src` as decoded, with exactly the bits of
+/// `projection::sum_squares_serial` over the decoded values (its runs, its
+/// 64 lanes, its pairwise sum): the audit's norm of an averaged chunk,
+/// read from the payload while it is in cache, without storing anything.
+pub fn f16_sum_squares(src: &[u8]) -> f64 {
+    assert_eq!(src.len() % 2, 0, "two bytes per value");
+    let run = 2 * SQUARES_RUN;
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c() {
+        // SAFETY: the CPU has AVX2 and F16C.
+        return src.chunks(run).map(|r| unsafe { x86::f16_run_sum_squares(r) }).sum();
+    }
+    let mut buf = [0f32; SQUARES_RUN];
+    src.chunks(run)
+        .map(|r| {
+            let v = &mut buf[..r.len() / 2];
+            f16_tail(r, v);
+            sum_squares_serial(v)
+        })
+        .sum()
+}
+
+/// The lanes of a run's sum of squares added up pairwise, as
+/// `projection::sum_squares_serial` does.
+fn fold_lanes(lanes: &mut [f32; 64]) -> f64 {
+    let mut w = 64;
+    while w > 1 {
+        w /= 2;
+        for l in 0..w {
+            lanes[l] += lanes[l + w];
+        }
+    }
+    lanes[0] as f64
+}
+
+/// Like [`f32_to_f16`], and also returns Σc² of the clamped values c (what
+/// the encoding holds, to fp16's rounding), summed in the same pass: the
+/// audited all-reduce's norm of what a member sends, for free.
+pub fn f32_to_f16_squares(src: &[f32], dst: &mut [u8]) -> (bool, f64) {
+    assert_eq!(dst.len(), 2 * src.len(), "two bytes per value");
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c() {
+        // SAFETY: the CPU has AVX2 and F16C; lengths checked above.
+        return unsafe { x86::f32_to_f16::<true>(src, dst) };
+    }
+    (f32_to_f16_tail(src, dst), clamped_squares(src))
+}
+
+/// Σc² (f64) of the values clamped to fp16's range.
+fn clamped_squares(x: &[f32]) -> f64 {
+    x.iter().map(|v| (v.clamp(-F16_MAX, F16_MAX) as f64).powi(2)).sum()
 }
 
 multiversion! {
@@ -165,6 +219,37 @@ mod x86 {
         super::f16_tail(&src[2 * i..], &mut dst[i..]);
     }
 
+    /// Σx² of one run (at most `SQUARES_RUN` values) of fp16 bytes: value i
+    /// in lane i mod 64 (eight vectors of eight), mul then add as the
+    /// scalar lanes do, the remainder lane by lane, then `fold_lanes`.
+    #[target_feature(enable = "avx2,f16c")]
+    pub unsafe fn f16_run_sum_squares(src: &[u8]) -> f64 {
+        let n = src.len() / 2;
+        let s = src.as_ptr();
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let mut i = 0;
+        // SAFETY (all pointer accesses): i + 64 ≤ n values, 2n bytes of src.
+        unsafe {
+            while i + 64 <= n {
+                for (g, a) in acc.iter_mut().enumerate() {
+                    let x = _mm256_cvtph_ps(_mm_loadu_si128(s.add(2 * (i + 8 * g)) as *const __m128i));
+                    *a = _mm256_add_ps(*a, _mm256_mul_ps(x, x));
+                }
+                i += 64;
+            }
+        }
+        let mut lanes = [0f32; 64];
+        for (g, a) in acc.iter().enumerate() {
+            // SAFETY: 8 floats into 8 floats of the array.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr().add(8 * g), *a) };
+        }
+        for (lane, b) in lanes.iter_mut().zip(src[2 * i..].chunks_exact(2)) {
+            let v = half::f16::from_bits(super::le_u16(b)).to_f32();
+            *lane += v * v;
+        }
+        super::fold_lanes(&mut lanes)
+    }
+
     /// `dst` must be 32-byte aligned.
     #[target_feature(enable = "avx2")]
     pub unsafe fn copy_streaming(src: &[f32], dst: &mut [f32]) {
@@ -201,13 +286,22 @@ mod x86 {
         dst[i..].iter_mut().zip(&q[i..]).for_each(|(o, &q)| *o = q as i8 as f32 * scale);
     }
 
+    /// `SQUARES`: also Σc² of the clamped values, in f32 lanes flushed to
+    /// f64 every 1024 values (so the f32 sums stay short).
     #[target_feature(enable = "avx2,f16c")]
-    pub unsafe fn f32_to_f16(src: &[f32], dst: &mut [u8]) -> bool {
+    pub unsafe fn f32_to_f16<const SQUARES: bool>(src: &[f32], dst: &mut [u8]) -> (bool, f64) {
         let n = src.len();
         let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
         let exp = _mm256_set1_epi32(0x7f80_0000);
         let (lo, hi) = (_mm256_set1_ps(-F16_MAX), _mm256_set1_ps(F16_MAX));
         let mut bad = _mm256_setzero_si256();
+        let (mut lanes, mut total) = (_mm256_setzero_ps(), 0f64);
+        let flush = |lanes: __m256, total: &mut f64| {
+            let mut l = [0f32; 8];
+            // SAFETY: 8 floats into an 8-float array.
+            unsafe { _mm256_storeu_ps(l.as_mut_ptr(), lanes) };
+            *total += l.iter().map(|&v| v as f64).sum::<f64>();
+        };
         let mut i = 0;
         // SAFETY (all pointer accesses): i + 8 ≤ n values, 2n bytes of dst.
         unsafe {
@@ -218,11 +312,22 @@ mod x86 {
                 bad = _mm256_or_si256(bad, _mm256_cmpeq_epi32(e, exp));
                 let c = _mm256_min_ps(_mm256_max_ps(x, lo), hi);
                 _mm_storeu_si128(d.add(2 * i) as *mut __m128i, _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(c));
+                if SQUARES {
+                    lanes = _mm256_add_ps(lanes, _mm256_mul_ps(c, c));
+                    if i % 1024 == 1016 {
+                        flush(lanes, &mut total);
+                        lanes = _mm256_setzero_ps();
+                    }
+                }
                 i += 8;
             }
         }
         let tail_bad = super::f32_to_f16_tail(&src[i..], &mut dst[2 * i..]);
-        _mm256_testz_si256(bad, bad) == 0 || tail_bad
+        if SQUARES {
+            flush(lanes, &mut total);
+            total += super::clamped_squares(&src[i..]);
+        }
+        (_mm256_testz_si256(bad, bad) == 0 || tail_bad, total)
     }
 }
 
@@ -283,6 +388,30 @@ mod tests {
                 assert!(f32_to_f16(&y, &mut bytes), "{bad} at {at} not flagged");
             }
         }
+    }
+
+    #[test]
+    fn f16_squares_have_the_bits_of_the_decoded_sum() {
+        // Lengths around runs and blocks, values across fp16's range.
+        for n in [0usize, 1, 63, 64, 65, 1023, 1024, 1025, 5000] {
+            let words: Vec<u16> = (0..n as u32).map(|i| (i.wrapping_mul(40_503) % 0x7c00) as u16 | if i % 3 == 0 { 0x8000 } else { 0 }).collect();
+            let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+            let mut dec = vec![0f32; n];
+            f16_to_f32(&bytes, &mut dec);
+            assert_eq!(f16_sum_squares(&bytes).to_bits(), sum_squares_serial(&dec).to_bits(), "{n} values");
+        }
+    }
+
+    #[test]
+    fn f16_encoding_measures_the_clamped_squares() {
+        let mut x: Vec<f32> = (0..5_003).map(|i| ((i * 7919) % 2001) as f32 / 100.0 - 10.0).collect();
+        x.extend([7e4, -1e6, 3.0]);
+        let (mut a, mut b) = (vec![0u8; 2 * x.len()], vec![0u8; 2 * x.len()]);
+        let (bad, sq) = f32_to_f16_squares(&x, &mut a);
+        assert!(!f32_to_f16(&x, &mut b) && !bad);
+        assert_eq!(a, b, "the same encoding");
+        let want = clamped_squares(&x);
+        assert!((sq - want).abs() <= 1e-6 * want, "{sq} vs {want}");
     }
 
     #[test]

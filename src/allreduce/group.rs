@@ -75,6 +75,9 @@ pub enum Fault {
     /// As a span owner: send the negated average of the span (while
     /// reporting the parts honestly).
     WrongAverage,
+    /// As a span owner, knowing the challenge: scale its average by this
+    /// factor everywhere but the blocks the projections sample.
+    HiddenAverage(f32),
     /// As a span owner: report member `member`'s part scaled by `scale`.
     MisreportPart { member: u16, scale: f32 },
 }

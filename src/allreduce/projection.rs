@@ -1,37 +1,61 @@
 //! Random projections: the fingerprints that tie a contribution to the
 //! work it claims to be.
 //!
-//! From a 32-byte challenge come `K` pseudo-random sign vectors r₀…r_{K−1}
-//! over the whole flat gradient (rⱼ[e] = ±1, bit `e mod 64` of a hash of
-//! (seedⱼ, e div 64)), never stored: any part of a vector can be projected
-//! on its own, knowing only where it starts, and the parts' projections
-//! add up to the whole vector's (linearity). So a miner reports ⟨g_b, rⱼ⟩
-//! per batch, the validator checks replayed batches and sums the rest, and
-//! in the all-reduce each span owner projects every sender's part, and
-//! every member adds the parts up and compares the sum with what the
-//! validator credited (see `audit`).
+//! From a 32-byte challenge come `K` pseudo-random sparse sign vectors
+//! r₀…r_{K−1} over the whole flat gradient, never stored. The vector is cut
+//! into groups of [`GROUP`] elements; in each group one 64-element block,
+//! picked by a hash of (pick seed, group), is *sampled*: there rⱼ[e] = ±1,
+//! bit `e mod 64` of a hash of (seedⱼ, e div 64); everywhere else rⱼ[e] = 0.
+//! Any part of a vector can be projected on its own, knowing only where it
+//! starts, and the parts' projections add up to the whole vector's
+//! (linearity). So a miner reports ⟨g_b, rⱼ⟩ per batch, the validator
+//! checks replayed batches and sums the rest, and in the all-reduce each
+//! span owner projects every sender's part, and every member adds the
+//! parts up and compares the sum with what the validator credited (see
+//! `audit`).
 //!
-//! Why signs: ⟨x, r⟩ with ±1 entries has standard deviation ‖x‖₂ over
-//! the draw of r, so a tolerance is a fraction of ‖x‖₂ whatever the
-//! vector's size, and a projection costs one XOR and one add per element.
+//! Why signs: ⟨x, r⟩ with ±1 entries has standard deviation ‖x_S‖₂ (x on
+//! the sampled elements S) over the draw of r, so a tolerance is a fraction
+//! of ‖x_S‖₂ whatever the vector's size, and a projection costs one XOR and
+//! one add per sampled element.
+//!
+//! Why sampled: the all-reduce projects about three vector-lengths per
+//! member per round; dense, that cost twice the round itself (docs/
+//! BENCHMARKS.md). One block in sixteen keeps every tensor of more than a
+//! few thousand values covered (a scaled, flipped, noisy, stale or
+//! other-rows gradient differs on every block), touches a sixteenth of the
+//! memory, and loses nothing against an attacker who knows the challenge:
+//! such an attacker can add a vector orthogonal to dense signs as easily as
+//! one that is zero on the sampled blocks. What bounds that attack is the
+//! *dense* norm every owner measures of every part (`audit::NORM_BOUND`).
+//!
 //! Sums run in f32 within a 64-element block and in f64 across blocks, in
 //! a fixed order: the same input gives the same bits everywhere.
 
+use crate::engine::cpu::simd::multiversion;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
+use std::ops::Range;
 
 /// Projections per vector.
 pub const K: usize = 4;
 /// ⟨x, rⱼ⟩ for j < K.
 pub type Proj = [f64; K];
+/// 64-element blocks per group, one of which is sampled (a power of two).
+pub const GROUP_BLOCKS: usize = 16;
+/// Elements per group.
+pub const GROUP: usize = 64 * GROUP_BLOCKS;
 
-/// Elements per parallel job (a multiple of 64, so jobs split on block
-/// boundaries and the order of the f64 sum never depends on the split).
-const JOB: usize = 1 << 16;
+/// Elements per parallel job (a multiple of `GROUP`, so jobs split on
+/// group boundaries and the order of the f64 sum never depends on the
+/// split; large, since a job touches only a sixteenth of its elements).
+const JOB: usize = 1 << 20;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Projector {
     seeds: [u64; K],
+    /// Seeds which block of each group is sampled.
+    pick: u64,
 }
 
 fn mix(mut z: u64) -> u64 {
@@ -41,43 +65,77 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// The golden-ratio multiplier that spreads consecutive indices.
+const PHI: u64 = 0x9E37_79B9_7F4A_7C15;
+
 impl Projector {
     /// The projector of a challenge (SHA-256 separates it from any other use
     /// of the same bytes).
     pub fn new(challenge: &[u8; 32]) -> Projector {
-        let d: [u8; 32] = Sha256::new().chain_update(b"dtrain-projection-v1").chain_update(challenge).finalize().into();
+        let d: [u8; 32] = Sha256::new().chain_update(b"dtrain-projection-v2").chain_update(challenge).finalize().into();
         let seeds = std::array::from_fn(|j| u64::from_le_bytes(d[8 * j..8 * j + 8].try_into().expect("8 bytes")));
-        Projector { seeds }
+        let p: [u8; 32] = Sha256::new().chain_update(b"dtrain-projection-pick-v2").chain_update(challenge).finalize().into();
+        Projector { seeds, pick: u64::from_le_bytes(p[..8].try_into().expect("8 bytes")) }
     }
 
     /// The projector with these seeds (what an engine's `project` gets).
-    pub fn from_seeds(seeds: [u64; K]) -> Projector {
-        Projector { seeds }
+    pub fn from_seeds(seeds: [u64; K], pick: u64) -> Projector {
+        Projector { seeds, pick }
     }
 
     pub fn seeds(&self) -> &[u64; K] {
         &self.seeds
     }
 
-    /// The 64 signs of block `block` of vector `j` (bit set = −1).
-    fn signs(&self, j: usize, block: u64) -> u64 {
-        mix(self.seeds[j] ^ block.wrapping_mul(0x9E37_79B9_7F4A_7C15))
+    pub fn pick(&self) -> u64 {
+        self.pick
     }
 
-    /// rⱼ[e], for tests and readers.
+    /// The 64 signs of block `block` of vector `j` (bit set = −1).
+    fn signs(&self, j: usize, block: u64) -> u64 {
+        mix(self.seeds[j] ^ block.wrapping_mul(PHI))
+    }
+
+    /// The sampled block of group `group` (a block index of the vector).
+    pub fn sampled_block(&self, group: u64) -> u64 {
+        group * GROUP_BLOCKS as u64 + (mix(self.pick ^ group.wrapping_mul(PHI)) >> (64 - GROUP_BLOCKS.trailing_zeros()))
+    }
+
+    /// rⱼ[e], for tests and readers: ±1 on sampled blocks, else 0.
     pub fn sign(&self, j: usize, e: usize) -> f32 {
-        if self.signs(j, (e / 64) as u64) >> (e % 64) & 1 == 1 { -1.0 } else { 1.0 }
+        let block = (e / 64) as u64;
+        if self.sampled_block(block / GROUP_BLOCKS as u64) != block {
+            0.0
+        } else if self.signs(j, block) >> (e % 64) & 1 == 1 {
+            -1.0
+        } else {
+            1.0
+        }
+    }
+
+    /// The sampled runs of the `len` elements from element `offset`, as
+    /// ranges relative to `offset` (each within one block), in order.
+    pub fn sampled_runs(&self, offset: usize, len: usize) -> impl Iterator<Item = Range<usize>> + '_ {
+        let end = offset + len;
+        let groups = if len == 0 { 0..0 } else { (offset / GROUP) as u64..end.div_ceil(GROUP) as u64 };
+        groups.filter_map(move |g| {
+            let b = self.sampled_block(g) as usize * 64;
+            let (s, e) = (b.max(offset), (b + 64).min(end));
+            (s < e).then(|| s - offset..e - offset)
+        })
     }
 
     /// ⟨x, rⱼ⟩ where `x[i]` is element `offset + i` of the vector.
     pub fn project(&self, x: &[f32], offset: usize) -> Proj {
-        self.project_with_norm(x, offset).0
+        self.project_with_scale(x, offset).0
     }
 
-    /// The projections and Σ x², in one pass over `x`.
-    pub fn project_with_norm(&self, x: &[f32], offset: usize) -> (Proj, f64) {
-        // The head up to the first block boundary, then whole jobs.
-        let head = ((64 - offset % 64) % 64).min(x.len());
+    /// The projections and Σ x² over the sampled elements (the square of
+    /// the projections' spread, the scale their tolerances are set by), in
+    /// one pass over the sampled blocks of `x`.
+    pub fn project_with_scale(&self, x: &[f32], offset: usize) -> (Proj, f64) {
+        // The head up to the first group boundary, then whole jobs.
+        let head = ((GROUP - offset % GROUP) % GROUP).min(x.len());
         let mut total = self.project_seq(&x[..head], offset);
         let rest = &x[head..];
         let parts: Vec<(Proj, f64)> = rest.par_chunks(JOB).enumerate().map(|(k, c)| self.project_seq(c, offset + head + k * JOB)).collect();
@@ -88,29 +146,47 @@ impl Projector {
         total
     }
 
-    /// [`Projector::project_with_norm`] on this thread alone (for short
+    /// [`Projector::project_with_scale`] on this thread alone (for short
     /// runs, where a parallel split costs more than it saves).
     pub fn project_serial(&self, x: &[f32], offset: usize) -> (Proj, f64) {
         self.project_seq(x, offset)
     }
 
-    /// Sequential projection of a run of blocks (the first may be partial).
+    /// Sequential projection: the sampled runs in order.
     fn project_seq(&self, x: &[f32], offset: usize) -> (Proj, f64) {
         let (mut out, mut sq) = ([0f64; K], 0f64);
-        let mut i = 0;
-        while i < x.len() {
-            let e = offset + i;
-            let (block, bit) = ((e / 64) as u64, e % 64);
-            let n = (64 - bit).min(x.len() - i);
-            let run = &x[i..i + n];
-            for (j, o) in out.iter_mut().enumerate() {
-                let w = self.signs(j, block) >> bit;
-                *o += if n == 64 { block_sum(run.try_into().expect("64"), w) } else { run_sum(run, w) } as f64;
+        for r in self.sampled_runs(offset, x.len()) {
+            let e = offset + r.start;
+            let (p, s) = self.project_run(&x[r], e);
+            for (o, p) in out.iter_mut().zip(p) {
+                *o += p as f64;
             }
-            sq += if n == 64 { block_sum_squares(run.try_into().expect("64")) } else { run.iter().map(|v| v * v).sum() } as f64;
-            i += n;
+            sq += s as f64;
         }
         (out, sq)
+    }
+
+    /// The projections (in f32) and Σx² of a run of values that lies
+    /// within one sampled block, starting at element `e` (one of the runs
+    /// of [`Projector::sampled_runs`]).
+    #[inline]
+    pub fn project_run(&self, run: &[f32], e: usize) -> ([f32; K], f32) {
+        let (block, bit) = ((e / 64) as u64, e % 64);
+        let w: [u64; K] = std::array::from_fn(|j| self.signs(j, block) >> bit);
+        block_projection(run, &w)
+    }
+}
+
+multiversion! {
+    /// The K signed sums and the sum of squares of a run of at most 64
+    /// values, bit t of `w[j]` negating x[t] in vector j (the lanes of
+    /// `block_sum` vectorise with whatever the CPU has; the order of every
+    /// addition is fixed, so the bits do not depend on it).
+    fn block_projection(run: &[f32], w: &[u64; K]) -> ([f32; K], f32) {
+        match <&[f32; 64]>::try_from(run) {
+            Ok(b) => (std::array::from_fn(|j| block_sum(b, w[j])), block_sum_squares(b)),
+            Err(_) => (std::array::from_fn(|j| run_sum(run, w[j])), run.iter().map(|v| v * v).sum()),
+        }
     }
 }
 
@@ -168,9 +244,46 @@ fn block_sum(x: &[f32; 64], w: u64) -> f32 {
     ((lanes[0] + lanes[4]) + (lanes[2] + lanes[6])) + ((lanes[1] + lanes[5]) + (lanes[3] + lanes[7]))
 }
 
-/// Σ x² in f64.
+/// Σ x² in f64 (dense), in parallel.
 pub fn sum_squares(x: &[f32]) -> f64 {
-    x.par_chunks(JOB).map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>()).collect::<Vec<_>>().into_iter().sum()
+    x.par_chunks(1 << 16).map(|c| c.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>()).collect::<Vec<_>>().into_iter().sum()
+}
+
+/// Σ x² (dense) on this thread, in runs of [`SQUARES_RUN`] values from
+/// the start of `x`: the same bits for the same values, wherever they lie
+/// in memory and whatever the CPU's vectors (what the all-reduce measures
+/// of every part it decodes, a run at a time as it decodes them).
+pub fn sum_squares_serial(x: &[f32]) -> f64 {
+    x.chunks(SQUARES_RUN).map(run_sum_squares).sum()
+}
+
+/// Values per run of [`sum_squares_serial`] (the codecs' decoding step).
+pub const SQUARES_RUN: usize = 1024;
+
+multiversion! {
+    /// Σ x² of at most `SQUARES_RUN` values: 64 f32 lanes (value i in lane
+    /// i mod 64, so four or eight vector accumulators run side by side),
+    /// added up pairwise at the end.
+    fn run_sum_squares(x: &[f32]) -> f64 {
+        let mut lanes = [0f32; 64];
+        let mut blocks = x.chunks_exact(64);
+        for b in &mut blocks {
+            for (lane, &v) in lanes.iter_mut().zip(b) {
+                *lane += v * v;
+            }
+        }
+        for (lane, &v) in lanes.iter_mut().zip(blocks.remainder()) {
+            *lane += v * v;
+        }
+        let mut w = 64;
+        while w > 1 {
+            w /= 2;
+            for l in 0..w {
+                lanes[l] += lanes[l + w];
+            }
+        }
+        lanes[0] as f64
+    }
 }
 
 /// `a + s·b`, element-wise.
@@ -207,24 +320,51 @@ mod tests {
             assert!(max_diff(&sum, &whole) < 1e-3, "cut {cut}");
         }
         // The norm comes with it.
-        let (proj, sq) = p.project_with_norm(&x[5..], 5);
+        let (proj, sq) = p.project_with_scale(&x[5..], 5);
         assert_eq!(proj, p.project(&x[5..], 5));
-        assert!((sq - sum_squares(&x[5..])).abs() < 1e-6 * sq, "{sq}");
+        let sampled: f64 = (5..x.len()).filter(|&e| p.sign(0, e) != 0.0).map(|e| (x[e] as f64).powi(2)).sum();
+        assert!((sq - sampled).abs() < 1e-6 * sq, "{sq} vs {sampled}");
         // Deterministic, and a different challenge gives different vectors.
         assert_eq!(p.project(&x, 0), whole);
         assert!(max_diff(&Projector::new(&[8; 32]).project(&x, 0), &whole) > 1.0);
-        // About half the signs are negative, independently across vectors.
-        let neg = (0..10_000).filter(|&e| p.sign(0, e) < 0.0).count();
-        assert!((4_700..5_300).contains(&neg), "{neg}");
-        let agree = (0..10_000).filter(|&e| p.sign(0, e) == p.sign(1, e)).count();
-        assert!((4_700..5_300).contains(&agree), "{agree}");
+        // One block in GROUP_BLOCKS is sampled; there about half the signs
+        // are negative, independently across vectors.
+        let sampled: Vec<usize> = (0..65_536).filter(|&e| p.sign(0, e) != 0.0).collect();
+        assert_eq!(sampled.len(), 65_536 / GROUP_BLOCKS);
+        assert!((0..65_536).all(|e| (p.sign(0, e) == 0.0) == (p.sign(3, e) == 0.0)), "every vector samples the same blocks");
+        let neg = sampled.iter().filter(|&&e| p.sign(0, e) < 0.0).count();
+        assert!((1_800..2_200).contains(&neg), "{neg}");
+        let agree = sampled.iter().filter(|&&e| p.sign(0, e) == p.sign(1, e)).count();
+        assert!((1_800..2_200).contains(&agree), "{agree}");
+    }
+
+    #[test]
+    fn one_block_per_group_is_sampled_uniformly() {
+        let p = Projector::new(&[11; 32]);
+        let mut at = [0usize; GROUP_BLOCKS];
+        for g in 0..16_000u64 {
+            let b = p.sampled_block(g);
+            assert_eq!(b / GROUP_BLOCKS as u64, g, "the sampled block lies in its group");
+            at[(b % GROUP_BLOCKS as u64) as usize] += 1;
+        }
+        assert!(at.iter().all(|&c| (850..1_150).contains(&c)), "{at:?}");
+        // The runs of a part are the sampled blocks cut to it, and the
+        // scale is Σx² over exactly them.
+        let x: Vec<f32> = (0..10_000).map(|i| (i % 13) as f32 - 6.0).collect();
+        let runs: Vec<_> = p.sampled_runs(700, x.len()).collect();
+        let want: Vec<usize> = (0..x.len()).filter(|&i| p.sign(0, 700 + i) != 0.0).collect();
+        assert_eq!(runs.iter().flat_map(|r| r.clone()).collect::<Vec<_>>(), want);
+        let scale: f64 = want.iter().map(|&i| (x[i] * x[i]) as f64).sum();
+        assert_eq!(p.project_with_scale(&x, 700).1, scale);
+        assert_eq!(sum_squares_serial(&x), sum_squares(&x));
     }
 
     #[test]
     fn a_projection_spreads_like_the_norm() {
-        // Over many challenges ⟨x, r⟩ has mean 0 and standard deviation ‖x‖.
-        let x: Vec<f32> = (0..5000).map(|i| ((i * 37) % 101) as f32 - 50.0).collect();
-        let norm = sum_squares(&x).sqrt();
+        // Over many challenges ⟨x, r⟩ has mean 0 and variance E‖x_S‖² =
+        // ‖x‖² / GROUP_BLOCKS.
+        let x: Vec<f32> = (0..8192).map(|i| ((i * 37) % 101) as f32 - 50.0).collect();
+        let norm = (sum_squares(&x) / GROUP_BLOCKS as f64).sqrt();
         let vals: Vec<f64> = (0..400u32)
             .flat_map(|c| {
                 let mut ch = [0u8; 32];

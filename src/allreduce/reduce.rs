@@ -10,8 +10,10 @@
 //! arrives (`acc = w_own·own + w·peer`) or when the chunk is averaged, so
 //! the accumulator needs no zeroing pass and no pass of its own.
 
-use super::codec::{Codec, CodecError};
+use super::audit::Part;
+use super::codec::{Codec, CodecError, Squares};
 use super::plan::chunks;
+use super::projection::{Projector, sum_squares_serial};
 use std::ops::Range;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -50,6 +52,10 @@ pub struct SpanReducer {
     weight: Vec<f64>,
     /// `seen[chunk * senders + sender]`.
     seen: Vec<bool>,
+    /// Audited: the projector, the span's first element in the vector, and
+    /// per sender (the owner's own included) its values' projections and
+    /// norm as they entered the average, measured while they are in cache.
+    measured: Option<(Projector, usize, Vec<Part>)>,
 }
 
 impl SpanReducer {
@@ -66,11 +72,55 @@ impl SpanReducer {
         buffer.resize(len, 0.0);
         let chunks: Vec<_> = chunks(0..len, chunk_elems).collect();
         let n = chunks.len();
-        SpanReducer { chunks, senders, acc: buffer, started: vec![false; n], own: None, weight: vec![0.0; n], seen: vec![false; n * senders] }
+        SpanReducer {
+            chunks,
+            senders,
+            acc: buffer,
+            started: vec![false; n],
+            own: None,
+            weight: vec![0.0; n],
+            seen: vec![false; n * senders],
+            measured: None,
+        }
     }
 
     pub fn into_buffer(self) -> Vec<f32> {
         self.acc
+    }
+
+    /// Measures every contribution as it is added: its projections on
+    /// `projector` and its norm (the span starts at element `span_start`
+    /// of the vector; see `measured`).
+    pub fn audit(&mut self, projector: Projector, span_start: usize) {
+        self.measured = Some((projector, span_start, vec![Part::default(); self.senders]));
+    }
+
+    /// Per sender (own included), what its values that entered the average
+    /// so far project to and their norm (`None` unless audited).
+    pub fn measured(&self) -> Option<&[Part]> {
+        self.measured.as_ref().map(|m| &m.2[..])
+    }
+
+    /// Squares to measure a decode into (`None` unless audited).
+    fn squares(&self) -> Option<Squares> {
+        self.measured.is_some().then(Squares::default)
+    }
+
+    /// Adds what a decode of chunk `chunk` measured to `sender`'s part and
+    /// (when its base was the owner's values) the owner's, with the chunk's
+    /// projections: the sender's from the sampled blocks of `bytes`, the
+    /// owner's from its values, both still in cache.
+    #[allow(clippy::too_many_arguments)]
+    fn note(&mut self, sender: usize, chunk: usize, codec: Codec, bytes: &[u8], own: &[f32], sq: Option<Squares>, base_is_own: bool) {
+        let owner = self.own.map(|(s, _)| s);
+        let range = self.chunks[chunk].clone();
+        let (Some((p, start, parts)), Some(sq)) = (self.measured.as_mut(), sq) else { return };
+        let (proj, scale) = codec.project_decoded(bytes, range.len(), p, *start + range.start);
+        parts[sender].add(&Part { proj, scale, sum_squares: sq.decoded });
+        if let (Some(o), true) = (owner, base_is_own) {
+            let (proj, scale) = p.project_serial(&own[range.clone()], *start + range.start);
+            parts[o].add(&Part { proj, scale, sum_squares: sq.base });
+        }
     }
 
     pub fn num_chunks(&self) -> usize {
@@ -113,14 +163,17 @@ impl SpanReducer {
     /// (empty when `set_own` was not called).
     pub fn add(&mut self, sender: usize, chunk: usize, weight: f32, codec: Codec, bytes: &[u8], own: &[f32]) -> Result<(), ReduceError> {
         let range = self.admit(sender, chunk, weight)?;
+        let mut sq = self.squares();
         let acc = &mut self.acc[range.clone()];
+        let base_is_own = !self.started[chunk] && self.own.is_some();
         match (self.started[chunk], self.own) {
-            (true, _) => codec.decode_add(bytes, weight, acc)?,
-            (false, None) => codec.decode_scaled(bytes, weight, acc)?,
-            (false, Some((_, w_own))) => codec.decode_blend(bytes, weight, w_own, &own[range], acc)?,
+            (true, _) => codec.decode_add(bytes, weight, acc, sq.as_mut())?,
+            (false, None) => codec.decode_scaled(bytes, weight, acc, sq.as_mut())?,
+            (false, Some((_, w_own))) => codec.decode_blend(bytes, weight, w_own, &own[range], acc, sq.as_mut())?,
         }
         self.started[chunk] = true;
         self.mark(sender, chunk, weight);
+        self.note(sender, chunk, codec, bytes, own, sq, base_is_own);
         Ok(())
     }
 
@@ -139,8 +192,9 @@ impl SpanReducer {
         own: &[f32],
         out: &mut [f32],
     ) -> Result<bool, ReduceError> {
-        let ((), inv) =
-            self.take_last(sender, chunk, weight, own, |base_weight, base, inv| codec.decode_mean(bytes, weight, base_weight, base, inv, out))?;
+        let ((), inv) = self.take_last(sender, chunk, weight, codec, bytes, own, |base_weight, base, inv, sq| {
+            codec.decode_mean(bytes, weight, base_weight, base, inv, out, sq)
+        })?;
         Ok(inv > 0.0)
     }
 
@@ -159,31 +213,42 @@ impl SpanReducer {
         enc: &mut [u8],
     ) -> Result<Option<bool>, ReduceError> {
         let n = self.chunks.get(chunk).map_or(0, |r| r.len());
-        let (finite, inv) = self.take_last(sender, chunk, weight, own, |base_weight, base, inv| {
-            codec.decode_mean_encode(bytes, n, weight, base_weight, base, inv, enc)
+        let (finite, inv) = self.take_last(sender, chunk, weight, codec, bytes, own, |base_weight, base, inv, sq| {
+            codec.decode_mean_encode(bytes, n, weight, base_weight, base, inv, enc, sq)
         })?;
         Ok((inv > 0.0).then_some(finite))
     }
 
-    /// Takes a chunk's last contribution: `mean(base_weight, base, inv)`
+    /// Takes a chunk's last contribution: `mean(base_weight, base, inv, sq)`
     /// computes the mean from what it joins (the accumulator, the owner's
     /// own values, or nothing) and 1 / the total weight (0 when there is
-    /// none); only once it succeeded is the sender counted.
+    /// none), measuring into `sq` when given; only once it succeeded is the
+    /// sender counted.
+    #[allow(clippy::too_many_arguments)]
     fn take_last<T>(
         &mut self,
         sender: usize,
         chunk: usize,
         weight: f32,
+        codec: Codec,
+        bytes: &[u8],
         own: &[f32],
-        mean: impl FnOnce(f32, &[f32], f32) -> Result<T, CodecError>,
+        mean: impl FnOnce(f32, &[f32], f32, Option<&mut Squares>) -> Result<T, CodecError>,
     ) -> Result<(T, f32), ReduceError> {
         let (range, base, inv) = self.final_terms(sender, chunk, weight)?;
+        let mut sq = self.squares();
+        // (The accumulator is no contribution: not measured.)
+        let base_is_own = matches!(base, Base::Own(_));
+        if let Some(sq) = sq.as_mut() {
+            sq.with_base = base_is_own;
+        }
         let out = match base {
-            Base::Acc => mean(1.0, &self.acc[range], inv)?,
-            Base::Own(w_own) => mean(w_own, &own[range], inv)?,
-            Base::Nothing => mean(0.0, &[], inv)?,
+            Base::Acc => mean(1.0, &self.acc[range], inv, sq.as_mut())?,
+            Base::Own(w_own) => mean(w_own, &own[range], inv, sq.as_mut())?,
+            Base::Nothing => mean(0.0, &[], inv, sq.as_mut())?,
         };
         self.mark(sender, chunk, weight);
+        self.note(sender, chunk, codec, bytes, own, sq, base_is_own);
         Ok((out, inv))
     }
 
@@ -223,7 +288,7 @@ impl SpanReducer {
 
     /// Writes the weighted mean of chunk `chunk` into `out` (the chunk's
     /// length) and returns true, or returns false when nobody contributed.
-    pub fn mean_into(&self, chunk: usize, own: &[f32], out: &mut [f32]) -> bool {
+    pub fn mean_into(&mut self, chunk: usize, own: &[f32], out: &mut [f32]) -> bool {
         let w = self.weight[chunk];
         if w <= 0.0 {
             return false;
@@ -232,7 +297,15 @@ impl SpanReducer {
         let inv = (1.0 / w) as f32;
         match (self.started[chunk], self.own) {
             (true, _) => out.iter_mut().zip(&self.acc[range]).for_each(|(o, &a)| *o = a * inv),
-            (false, Some((_, w_own))) => out.iter_mut().zip(&own[range]).for_each(|(o, &x)| *o = w_own * x * inv),
+            (false, Some((o, w_own))) => {
+                // Only the owner's own values: they enter the mean here.
+                let x = &own[range];
+                out.iter_mut().zip(x).for_each(|(o, &x)| *o = w_own * x * inv);
+                if let Some((p, start, parts)) = self.measured.as_mut() {
+                    let (proj, scale) = p.project_serial(x, *start + self.chunks[chunk].start);
+                    parts[o].add(&Part { proj, scale, sum_squares: sum_squares_serial(x) });
+                }
+            }
             (false, None) => unreachable!("a chunk with weight was started or has an own contribution"),
         }
         true
@@ -241,10 +314,11 @@ impl SpanReducer {
     /// The weighted mean of every chunk over the senders it heard from. A
     /// chunk with no weight at all takes `own`'s values (the owner keeps its
     /// own, as the reference keeps a span whose reduction failed).
-    pub fn finish(self, own: &[f32]) -> Vec<f32> {
+    pub fn finish(mut self, own: &[f32]) -> Vec<f32> {
         let mut out = own.to_vec();
-        for (c, range) in self.chunks.iter().enumerate() {
-            self.mean_into(c, own, &mut out[range.clone()]);
+        for c in 0..self.chunks.len() {
+            let range = self.chunks[c].clone();
+            self.mean_into(c, own, &mut out[range]);
         }
         out
     }

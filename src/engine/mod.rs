@@ -26,7 +26,7 @@ pub mod cuda;
 pub mod profiled;
 
 use crate::allreduce::codec::{Codec, CodecError};
-use crate::allreduce::projection::{K, Proj};
+use crate::allreduce::projection::{Proj, Projector};
 
 /// How a weight matrix of a linear layer is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,9 +119,9 @@ pub trait Engine: Send + Sync {
     /// Σ x², accumulated in f64 in a fixed order (deterministic).
     unsafe fn sum_squares(&self, x: Self::Ptr, len: usize) -> f64;
     /// The projections of `x` (element 0 being element `offset` of the
-    /// vector) on the sign vectors of `seeds`, and Σ x²
-    /// (`allreduce::projection`; engines agree to rounding).
-    unsafe fn project(&self, x: Self::Ptr, len: usize, offset: usize, seeds: &[u64; K]) -> (Proj, f64);
+    /// vector) on `p`'s sampled sign vectors, and Σ x² over the sampled
+    /// elements (`allreduce::projection`; engines agree to rounding).
+    unsafe fn project(&self, x: Self::Ptr, len: usize, offset: usize, p: &Projector) -> (Proj, f64);
 
     /// `out[b,t,:] = wte[tokens[b,t],:] + wpe[t,:]`.
     unsafe fn encoder_forward(&self, out: Self::Ptr, tokens: &[u32], wte: Self::Ptr, wpe: Self::Ptr, b: usize, t: usize, c: usize);

@@ -8,7 +8,7 @@
 
 use super::{AdamHyper, ArenaKind, Engine, EngineError, WeightLayout};
 use crate::allreduce::codec::{Codec, CodecError};
-use crate::allreduce::projection::{K, Proj};
+use crate::allreduce::projection::{Proj, Projector};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -112,8 +112,10 @@ impl<E: Engine> Engine for Profiled<E> {
     unsafe fn sum_squares(&self, x: E::Ptr, len: usize) -> f64 {
         self.time("sum_squares", F * len as f64, 2.0 * len as f64, || unsafe { self.inner.sum_squares(x, len) })
     }
-    unsafe fn project(&self, x: E::Ptr, len: usize, offset: usize, seeds: &[u64; K]) -> (Proj, f64) {
-        self.time("project", F * len as f64, 10.0 * len as f64, || unsafe { self.inner.project(x, len, offset, seeds) })
+    unsafe fn project(&self, x: E::Ptr, len: usize, offset: usize, p: &Projector) -> (Proj, f64) {
+        // A sixteenth of the elements is read (see `projection::GROUP_BLOCKS`).
+        let touched = (len / crate::allreduce::projection::GROUP_BLOCKS) as f64;
+        self.time("project", F * touched, 10.0 * touched, || unsafe { self.inner.project(x, len, offset, p) })
     }
     unsafe fn encoder_forward(&self, out: E::Ptr, tokens: &[u32], wte: E::Ptr, wpe: E::Ptr, b: usize, t: usize, c: usize) {
         self.time("encoder_forward", 3.0 * self.act_bytes() * (b * t * c) as f64, (b * t * c) as f64, || unsafe {

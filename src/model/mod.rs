@@ -152,7 +152,7 @@ impl<E: Engine> Gpt<E> {
     /// Σ g², computed by the engine (on a GPU, without a copy to the host).
     pub fn grad_projection(&self, p: &crate::allreduce::projection::Projector) -> (crate::allreduce::projection::Proj, f64) {
         // SAFETY: the whole gradient arena.
-        unsafe { self.engine.project(self.engine.at(&self.grads, 0), self.layout.total, 0, p.seeds()) }
+        unsafe { self.engine.project(self.engine.at(&self.grads, 0), self.layout.total, 0, p) }
     }
 
     /// Σ g² over the gradients, in f64 (infinite or NaN when one is).

@@ -24,7 +24,8 @@ pub const MAX_ISALIVE_FAILURES: u32 = 10;
 /// 14% (a cheater must not live off its past for dozens of rounds).
 pub const FAILURE_KEEP: f64 = 0.5;
 /// Default relative tolerance of a replayed batch's projections, as a
-/// fraction of the replayed gradient's norm: on the same engine and
+/// fraction of the replayed gradient's norm over the sampled elements (the
+/// projections' scale, see `allreduce::projection`): on the same engine and
 /// precision the miner's and the validator's projections differ by
 /// ~2e-5 (measured in tests/work.rs: the miner's come from differences
 /// of an f32 accumulator), 50× below it; another model state, other rows,
@@ -59,7 +60,7 @@ pub fn train_gradient_score(batches: usize, sums: &[f64], replayed: &[(usize, f6
 
 /// Whether a Train answer's per-batch projections agree with the
 /// validator's replays: `claimed` has one entry per batch, `replayed` holds
-/// (batch index, the replay's projections, its gradient's norm). Every
+/// (batch index, the replay's projections, its gradient's sampled norm). Every
 /// replayed batch must agree within `tolerance × norm` in every
 /// projection; none replayed, a missing batch or a non-finite number fail.
 pub fn projections_agree(batches: usize, claimed: &[Proj], replayed: &[(usize, Proj, f64)], tolerance: f64) -> bool {

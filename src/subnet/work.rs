@@ -101,7 +101,8 @@ pub fn train_batches<E: Engine>(
 pub struct Replay {
     /// Σ|∇L| of the test tensor.
     pub sum: f64,
-    /// Projections of the batch's gradient and its norm (with a projector).
+    /// Projections of the batch's gradient and their scale, the norm over
+    /// the sampled elements (with a projector).
     pub projection: Option<(Proj, f64)>,
 }
 

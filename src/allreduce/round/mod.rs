@@ -226,12 +226,8 @@ struct Round<'a> {
     settings: &'a Settings,
     audit: Option<&'a Audit>,
     projector: Option<Projector>,
-    /// Audited: every sender's part of this peer's span, as decoded.
-    parts: Vec<Part>,
     /// Audited: this peer's contribution per span, as sent.
     sent: Vec<Part>,
-    /// Audited: each of this peer's averaged chunks' projections.
-    own_avg_parts: Vec<Part>,
     me: usize,
     round: u64,
     digest: [u8; 32],
@@ -284,10 +280,18 @@ fn span_hash(sums: &[u64]) -> u64 {
     checksum(&bytes)
 }
 
-/// The projections and squared norm of `x`, elements `offset..`.
-fn project_part(p: &Projector, x: &[f32], offset: usize) -> Part {
-    let (proj, sum_squares) = p.project_with_norm(x, offset);
-    Part { proj, sum_squares }
+/// The projections of `x` (elements `offset..`) and their scale, with a
+/// squared norm measured elsewhere.
+fn sampled_part(p: &Projector, x: &[f32], offset: usize, sum_squares: f64) -> Part {
+    let (proj, scale) = p.project_with_scale(x, offset);
+    Part { proj, scale, sum_squares }
+}
+
+/// The projections of the encoded chunk `enc` (elements `elems` of the
+/// vector) and their scale, with a squared norm measured elsewhere.
+fn decoded_part(codec: Codec, p: &Projector, enc: &[u8], elems: Range<usize>, sum_squares: f64) -> Part {
+    let (proj, scale) = codec.project_decoded(enc, elems.len(), p, elems.start);
+    Part { proj, scale, sum_squares }
 }
 
 /// Fault injection on this peer's own contribution (see `Fault`).
@@ -393,13 +397,18 @@ impl<'a> Round<'a> {
             let done: Vec<(usize, Option<usize>, Option<Part>)> = jobs
                 .into_par_iter()
                 .map(|(owner, elems, dst)| {
-                    let bad = codec.encode_checked(&src[elems.clone()], dst).map(|i| elems.start + i);
+                    let x = &src[elems.clone()];
+                    let (bad, sum_squares) = match projector {
+                        Some(_) => codec.encode_checked_squares(x, dst),
+                        None => (codec.encode_checked(x, dst), 0.0),
+                    };
+                    let bad = bad.map(|i| elems.start + i);
                     // Projected as the owner will: decoded from these very
                     // bytes (in cache), so the two agree to the bit, however
                     // much the codec rounds (fp16 subnormals: a lot).
                     let part = projector.filter(|_| bad.is_none()).map(|p| {
-                        let (proj, sum_squares) = codec.project_decoded(dst, elems.len(), &p, elems.start);
-                        Part { proj, sum_squares }
+                        let (proj, scale) = codec.project_decoded(dst, elems.len(), &p, elems.start);
+                        Part { proj, scale, sum_squares }
                     });
                     (owner, bad, part)
                 })
@@ -408,8 +417,7 @@ impl<'a> Round<'a> {
             // Summed in chunk order: the same bits however the jobs ran.
             for (owner, _, part) in done {
                 if let Some(part) = part {
-                    super::projection::axpy(&mut sent[owner].proj, 1.0, &part.proj);
-                    sent[owner].sum_squares += part.sum_squares;
+                    sent[owner].add(&part);
                     projected[owner] = true;
                 }
             }
@@ -420,20 +428,23 @@ impl<'a> Round<'a> {
             weight = 0.0;
         }
 
-        // The spans no encoding job projected: its own (which enters its
-        // average unencoded) and, for fp32 sent as is, all.
+        // The spans no encoding job projected: for fp32 sent as is, all but
+        // its own (which enters its average unencoded, and is measured and
+        // projected as it does: see `own_parts`).
         if let Some(p) = &projector
             && weight > 0.0
         {
-            for (i, s) in spans.iter().enumerate().filter(|(i, _)| !projected[*i]) {
-                sent[i] = project_part(p, &grad[s.clone()], s.start);
+            for (i, s) in spans.iter().enumerate().filter(|(i, _)| !projected[*i] && *i != me) {
+                let x = &grad[s.clone()];
+                sent[i] = sampled_part(p, x, s.start, super::projection::sum_squares(x));
             }
         }
-        let mut parts = vec![Part::default(); n];
-        parts[me] = sent[me];
 
         let own_span = spans[me].clone();
         let mut reducer = SpanReducer::reusing(acc, own_span.len(), per_chunk, n);
+        if let Some(p) = projector {
+            reducer.audit(p, own_span.start);
+        }
         if weight > 0.0 {
             reducer.set_own(me, weight);
         }
@@ -469,9 +480,7 @@ impl<'a> Round<'a> {
             settings,
             audit,
             projector,
-            parts,
             sent,
-            own_avg_parts: if audit.is_some() { vec![Part::default(); k] } else { Vec::new() },
             me,
             round,
             digest: match audit {
@@ -579,7 +588,7 @@ impl<'a> Round<'a> {
                 // the mean (no trip through the accumulator).
                 let last =
                     c < self.finalized.len() && !self.finalized[c] && (0..self.n()).all(|s| s == j || !self.contributes(s) || self.reducer.has(c, s));
-                let lies = self.settings.fault == Some(Fault::WrongAverage);
+                let lies = matches!(self.settings.fault, Some(Fault::WrongAverage | Fault::HiddenAverage(_)));
                 let added = if last && !self.zero_copy && self.codec.encodes_mean_in_runs() && !lies {
                     // Averaged and encoded in one pass, straight into the wire.
                     let enc = &mut self.wire[self.chunks[self.me][c].bytes.clone()];
@@ -600,13 +609,11 @@ impl<'a> Round<'a> {
                     }
                     Err(e) => self.fail(j, Failure::Invalid(format!("scatter chunk {c}: {e}"))),
                     Ok(Some(mean)) => {
-                        self.note_part(j, c, payload);
                         self.members[j].scatter_got += 1;
                         self.finalized[c] = true;
                         self.publish(c, mean);
                     }
                     Ok(None) => {
-                        self.note_part(j, c, payload);
                         self.members[j].scatter_got += 1;
                         self.finalize_ready_chunks();
                     }
@@ -620,13 +627,21 @@ impl<'a> Round<'a> {
                 if m.gather_got[c] || m.done.is_some() {
                     return self.fail(j, Failure::Invalid(format!("averaged chunk {c} sent twice or after the summary")));
                 }
-                if !payload.is_empty()
-                    && let Err(e) = self.codec.decode_into(payload, &mut self.grad[info.elems.clone()], self.streaming)
-                {
-                    return self.fail(j, Failure::Invalid(format!("averaged chunk {c}: {e}")));
-                }
-                // Audited: projected while the chunk is fresh in cache.
-                let part = self.projector.filter(|_| !payload.is_empty()).map(|p| project_part(&p, &self.grad[info.elems.clone()], info.elems.start));
+                // Audited: the norm measured as it is decoded, in runs whose
+                // sums do not depend on where `grad` lies in memory, and the
+                // projections from the payload while it is in cache (every
+                // member gets the same bits).
+                let dst = &mut self.grad[info.elems.clone()];
+                let decoded = match (payload.is_empty(), self.projector) {
+                    (true, _) => Ok(None),
+                    (false, None) => self.codec.decode_into(payload, dst, self.streaming).map(|()| None),
+                    (false, Some(_)) => self.codec.decode_into_squares(payload, dst, self.streaming).map(Some),
+                };
+                let sq = match decoded {
+                    Ok(sq) => sq,
+                    Err(e) => return self.fail(j, Failure::Invalid(format!("averaged chunk {c}: {e}"))),
+                };
+                let part = self.projector.zip(sq).map(|(p, sq)| decoded_part(self.codec, &p, payload, info.elems.clone(), sq));
                 let m = &mut self.members[j];
                 m.gather_got[c] = true;
                 m.gather_sums[c] = h.checksum;
@@ -664,14 +679,10 @@ impl<'a> Round<'a> {
         }
     }
 
-    /// Audited: adds sender `j`'s chunk `c` (accepted, so it decodes) to its
-    /// part's projections, as it entered the average.
-    fn note_part(&mut self, j: usize, c: usize, payload: &[u8]) {
-        let Some(p) = &self.projector else { return };
-        let elems = self.chunks[self.me][c].elems.clone();
-        let (proj, sq) = self.codec.project_decoded(payload, elems.len(), p, elems.start);
-        super::projection::axpy(&mut self.parts[j].proj, 1.0, &proj);
-        self.parts[j].sum_squares += sq;
+    /// Audited: every sender's part of this peer's span as it reports
+    /// them, measured by the reducer as they entered the average.
+    fn own_parts(&self) -> Vec<Part> {
+        self.reducer.measured().map_or_else(|| vec![Part::default(); self.n()], <[Part]>::to_vec)
     }
 
     /// Whether a member is still expected to contribute to this peer's span.
@@ -704,8 +715,19 @@ impl<'a> Round<'a> {
         let info = &self.chunks[self.me][c];
         let now = Instant::now();
         let elems = info.elems.clone();
-        if self.settings.fault == Some(Fault::WrongAverage) && matches!(mean, Mean::Scratch) {
-            self.scratch[..elems.len()].iter_mut().for_each(|v| *v = -*v);
+        if matches!(mean, Mean::Scratch) {
+            let x = &mut self.scratch[..elems.len()];
+            match (self.settings.fault, &self.projector) {
+                (Some(Fault::WrongAverage), _) => x.iter_mut().for_each(|v| *v = -*v),
+                (Some(Fault::HiddenAverage(f)), Some(p)) => {
+                    let sampled: Vec<(Range<usize>, Vec<f32>)> = p.sampled_runs(elems.start, x.len()).map(|r| (r.clone(), x[r].to_vec())).collect();
+                    x.iter_mut().for_each(|v| *v *= f);
+                    for (r, v) in sampled {
+                        x[r].copy_from_slice(&v);
+                    }
+                }
+                _ => {}
+            }
         }
         let scratch = &self.scratch[..elems.len()];
         // Huge (finite) contributions can still overflow the sum: such a
@@ -728,9 +750,6 @@ impl<'a> Round<'a> {
             Mean::Nothing => None,
         };
         self.averaged[c] = sum.is_some();
-        if let Some(p) = self.projector.filter(|_| sum.is_some()) {
-            self.own_avg_parts[c] = project_part(&p, &self.grad[elems.clone()], elems.start);
-        }
         self.my_sums[c] = sum.unwrap_or_else(|| checksum(&[]));
         let complete = self.finalized.iter().all(|&f| f);
         if complete {
@@ -788,8 +807,8 @@ impl<'a> Round<'a> {
         if self.audit.is_some() {
             // Parts of members that contributed nothing are reported as 0.
             let status = self.contributor_status();
-            for (s, part) in self.parts.iter().enumerate() {
-                let mut part = if status[s] == 0 { Part::default() } else { *part };
+            for (s, part) in self.own_parts().into_iter().enumerate() {
+                let mut part = if status[s] == 0 { Part::default() } else { part };
                 if let Some(Fault::MisreportPart { member, scale }) = self.settings.fault
                     && member as usize == s
                 {

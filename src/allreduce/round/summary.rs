@@ -49,15 +49,23 @@ impl Round<'_> {
         // summed in chunk order so the result never depends on it.
         let sum_parts = |parts: &[Part]| {
             parts.iter().fold(Part::default(), |mut a, p| {
-                crate::allreduce::projection::axpy(&mut a.proj, 1.0, &p.proj);
-                a.sum_squares += p.sum_squares;
+                a.add(p);
                 a
             })
         };
-        let audit = self.projector.map(|_| AuditData {
-            parts: (0..n).map(|j| if j == self.me { Some(self.parts.clone()) } else { self.members[j].done_parts.clone() }).collect(),
-            sent: self.sent.clone(),
-            averaged: (0..n).map(|j| if j == self.me { sum_parts(&self.own_avg_parts) } else { sum_parts(&self.members[j].gather_parts) }).collect(),
+        let audit = self.projector.map(|_| {
+            let own = self.own_parts();
+            // What this peer sent into its own span is what it measured there.
+            let mut sent = self.sent.clone();
+            sent[self.me] = own[self.me];
+            (own, sent)
+        });
+        let audit = audit.map(|(own, sent)| AuditData {
+            parts: (0..n).map(|j| if j == self.me { Some(own.clone()) } else { self.members[j].done_parts.clone() }).collect(),
+            sent,
+            // (Its own average is not checked by itself: an honest owner's
+            // agrees, a lying one's verdict matters to nobody.)
+            averaged: (0..n).map(|j| if j == self.me { Part::default() } else { sum_parts(&self.members[j].gather_parts) }).collect(),
         });
         Report {
             round: self.round,

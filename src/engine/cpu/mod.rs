@@ -16,7 +16,7 @@ mod optim;
 pub(crate) mod simd;
 
 use super::{AdamHyper, ArenaKind, Engine, EngineError, WeightLayout};
-use crate::allreduce::projection::{K, Proj};
+use crate::allreduce::projection::{Proj, Projector};
 use rayon::prelude::*;
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::ptr::NonNull;
@@ -140,8 +140,8 @@ impl Engine for CpuEngine {
         chunked_sum(len, ELEM_CHUNK, |r| x[r].iter().map(|&v| (v as f64) * (v as f64)).sum())
     }
 
-    unsafe fn project(&self, x: CpuPtr, len: usize, offset: usize, seeds: &[u64; K]) -> (Proj, f64) {
-        crate::allreduce::projection::Projector::from_seeds(*seeds).project_with_norm(unsafe { x.slice(len) }, offset)
+    unsafe fn project(&self, x: CpuPtr, len: usize, offset: usize, p: &Projector) -> (Proj, f64) {
+        p.project_with_scale(unsafe { x.slice(len) }, offset)
     }
 
     unsafe fn encoder_forward(&self, out: CpuPtr, tokens: &[u32], wte: CpuPtr, wpe: CpuPtr, b: usize, t: usize, c: usize) {

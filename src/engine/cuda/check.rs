@@ -162,8 +162,8 @@ pub fn check_ops<D: Device>(gpu: &CudaEngine<D>, s: Shapes) -> Result<Vec<Check>
     push("sum of squares", (a - g).abs() / a, 1e-9);
     // Gradient projections (kernels/projection.cu), from a mid-block offset:
     // error as a fraction of the norm, the unit every tolerance uses.
-    let seeds = *crate::allreduce::projection::Projector::new(&[5; 32]).seeds();
-    let (a, g) = unsafe { (cpu.project(p.c(0), n * c, 37, &seeds), gpu.project(p.g(0), n * c, 37, &seeds)) };
+    let proj = crate::allreduce::projection::Projector::new(&[5; 32]);
+    let (a, g) = unsafe { (cpu.project(p.c(0), n * c, 37, &proj), gpu.project(p.g(0), n * c, 37, &proj)) };
     let err = (0..crate::allreduce::projection::K).map(|j| (a.0[j] - g.0[j]).abs()).fold(0.0, f64::max);
     push("gradient projections", err / a.1.sqrt(), 1e-6);
     push("gradient projections (Σx²)", (a.1 - g.1).abs() / a.1, 1e-6);

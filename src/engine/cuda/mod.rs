@@ -24,7 +24,7 @@ pub mod nccl;
 
 use super::{AdamHyper, ArenaKind, Engine, EngineError, WeightLayout};
 use crate::allreduce::codec::{Codec, CodecError};
-use crate::allreduce::projection::{K, Proj};
+use crate::allreduce::projection::{GROUP, K, Proj, Projector};
 use device::{Args, DType, DevPtr, Device, DeviceError, Gemm, GemmMath, Mat, Shape};
 use std::sync::Mutex;
 
@@ -89,8 +89,9 @@ const ELEM_MAX_BLOCKS: usize = 8192;
 /// and of the bias gradient's column sums (kernels/matmul.cu).
 const LN_ROW_CHUNK: usize = 64;
 const MM_ROW_CHUNK: usize = 64;
-/// Sign blocks (64 elements each) per CUDA block of `project_partial`.
-const PROJECT_SIGN_BLOCKS: usize = 1024;
+/// Groups (`projection::GROUP` elements, one sampled block each) per CUDA
+/// block of `project_partial`.
+const PROJECT_GROUPS: usize = 1024;
 /// Floats summed per block of `sum_squares_partial` (the CPU's ELEM_CHUNK).
 const SQ_PER_BLOCK: usize = 1 << 14;
 /// Rows (warps) per block, rows per shared-memory tile, and the largest
@@ -511,19 +512,19 @@ impl<D: Device> Engine for CudaEngine<D> {
     }
 
     /// kernels/projection.cu: per-block partials on the device, summed here in block order.
-    unsafe fn project(&self, x: View, len: usize, offset: usize, seeds: &[u64; K]) -> (Proj, f64) {
+    unsafe fn project(&self, x: View, len: usize, offset: usize, p: &Projector) -> (Proj, f64) {
         let x = fp32(x);
-        let signs = (offset + len).div_ceil(64) - offset / 64;
-        let blocks = signs.div_ceil(PROJECT_SIGN_BLOCKS);
+        let groups = (offset + len).div_ceil(GROUP) - offset / GROUP;
+        let blocks = groups.div_ceil(PROJECT_GROUPS);
         if len == 0 {
             return ([0.0; K], 0.0);
         }
         self.with_scratch(blocks * 5 * 8, |partial| {
             let mut args = Args::new().ptr(partial).ptr(x).len(len).len(offset);
-            for &s in seeds {
+            for &s in p.seeds() {
                 args = args.i64(s as i64);
             }
-            let args = args.len(PROJECT_SIGN_BLOCKS);
+            let args = args.i64(p.pick() as i64).len(PROJECT_GROUPS);
             check(unsafe { self.dev.launch("project_partial", Shape::linear(blocks, 256), args) });
             let mut parts = vec![0f64; blocks * 5];
             let bytes = unsafe { std::slice::from_raw_parts_mut(parts.as_mut_ptr().cast::<u8>(), parts.len() * 8) };
