@@ -7,7 +7,7 @@
 // that (0.5 GB for GPT-2 124M) would cost about as much as the batch.
 //
 // Deterministic and without atomics, as the sum of squares in tensor.cu:
-// each CUDA block takes a fixed run of groups (1024 elements, of which one
+// each CUDA block takes a fixed run of groups (4096 elements, of which one
 // 64-element block is sampled, picked by a hash); a thread takes a group,
 // finds its sampled block, sums ±x over it in f32 (one 64-bit hash of
 // signs per vector) and adds that into its f64 accumulators; the block
@@ -15,13 +15,13 @@
 // elements), the host adds them in block order. The order differs from
 // the CPU's, so the two engines agree to rounding (~1e-7 of the norm), far
 // inside every tolerance a projection is compared with. A thread reads
-// 256 contiguous bytes of a group's 4 KiB: a sixteenth of the vector's
-// memory, in whole cache lines.
+// 256 contiguous bytes of a group's 16 KiB: 1/64 of the vector's memory,
+// in whole cache lines.
 #include "common.cuh"
 
 // Blocks per group and its log2, as GROUP_BLOCKS in projection.rs.
-#define GROUP_BLOCKS 16
-#define GROUP_BLOCKS_LOG2 4
+#define GROUP_BLOCKS 64
+#define GROUP_BLOCKS_LOG2 6
 #define PHI 0x9E3779B97F4A7C15ull
 
 // SplitMix64's finaliser, as `mix` in projection.rs.

@@ -113,9 +113,10 @@ pub struct PeerArgs {
     /// Write the final vector here (f32 little-endian).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Run the verified all-reduce (`allreduce::audit`): every member is
-    /// credited with the projections of its own fill (which every peer
-    /// can compute), and the verdict is part of the timed round.
+    /// Prepare the verified all-reduce (`allreduce::audit`): every member
+    /// is credited with the projections of its own fill (which every peer
+    /// can compute); a round whose go line says `audit` runs verified, the
+    /// verdict part of the timed round.
     #[arg(long)]
     pub audit: bool,
 }
@@ -165,11 +166,12 @@ pub fn peer_main(a: &PeerArgs) -> Result<()> {
         x.copy_from_slice(&input);
         writeln!(stdout, "{}", serde_json::json!({"ready": r}))?;
         stdout.flush()?;
-        read_line(&mut stdin)?;
+        let audited = read_line(&mut stdin)?.trim() == "audit";
+        let audit = audit.as_ref().filter(|_| audited);
         let t = Instant::now();
         let deadline = t + Duration::from_secs_f64(a.deadline_s);
-        let report = peer.all_reduce_audited(&group, a.round + r as u64, &mut x, a.weight, deadline, &settings, audit.as_ref())?;
-        if let Some(audit) = &audit {
+        let report = peer.all_reduce_audited(&group, a.round + r as u64, &mut x, a.weight, deadline, &settings, audit)?;
+        if let Some(audit) = audit {
             let named = crate::allreduce::audit::verdict(audit, &report, a.codec);
             anyhow::ensure!(named.is_empty(), "round {r}: the verdict named {named:?}");
         }
@@ -269,15 +271,20 @@ pub struct AllreduceBenchArgs {
     #[arg(long)]
     pub json: Option<PathBuf>,
     /// Also time every case with the verification on (`codec+audit`
-    /// rows, right after the plain ones), to measure what it costs.
+    /// rows): plain and verified rounds alternate on the same peer
+    /// processes, and the cost is the median of each pair's ratio.
     #[arg(long)]
     pub audit: bool,
 }
 
-/// Median over rounds of the slowest peer's time, and the worst error.
-fn dtrain_round_times(a: &AllreduceBenchArgs, n: usize, elems: usize, codec: Codec, audit: bool) -> Result<(f64, f32)> {
+/// Per timed round, the slowest peer's time (plain rounds, then with
+/// `audit` the verified rounds, which alternate with the plain ones on the
+/// same processes so that a shared machine's drift touches both alike),
+/// and the worst error.
+fn dtrain_round_times(a: &AllreduceBenchArgs, n: usize, elems: usize, codec: Codec, audit: bool) -> Result<(Vec<f64>, Vec<f64>, f32)> {
     let exe = std::env::current_exe()?;
-    let rounds = a.warmup + a.iters;
+    let modes = if audit { 2 } else { 1 };
+    let rounds = modes * (a.warmup + a.iters);
     let mut procs = (0..n)
         .map(|i| {
             let mut args: Vec<String> = [
@@ -312,13 +319,14 @@ fn dtrain_round_times(a: &AllreduceBenchArgs, n: usize, elems: usize, codec: Cod
     for p in &mut procs {
         p.send(&group)?;
     }
-    let (mut times, mut max_err) = (Vec::new(), 0f32);
+    let (mut times, mut audited, mut max_err) = (Vec::new(), Vec::new(), 0f32);
     for r in 0..rounds {
+        let verified = r % modes == 1;
         for p in &mut procs {
             p.recv()?; // ready
         }
         for p in &mut procs {
-            p.send("go")?;
+            p.send(if verified { "audit" } else { "go" })?;
         }
         let mut slowest = 0f64;
         for (i, p) in procs.iter_mut().enumerate() {
@@ -330,14 +338,14 @@ fn dtrain_round_times(a: &AllreduceBenchArgs, n: usize, elems: usize, codec: Cod
             slowest = slowest.max(v["time_s"].as_f64().context("time_s")?);
             max_err = max_err.max(v["max_err"].as_f64().unwrap_or(0.0) as f32);
         }
-        if r >= a.warmup {
-            times.push(slowest);
+        if r >= modes * a.warmup {
+            if verified { &mut audited } else { &mut times }.push(slowest);
         }
     }
     for mut p in procs {
         p.child.wait()?;
     }
-    Ok((median(times), max_err))
+    Ok((times, audited, max_err))
 }
 
 /// One-way loopback throughput of a single TCP stream, in GB/s: the
@@ -523,36 +531,50 @@ pub fn allreduce_bench(a: &AllreduceBenchArgs) -> Result<()> {
     );
     for &n in &a.peers {
         for &elems in &a.elems {
-            for (codec, audit) in a.codec.iter().flat_map(|&c| [(c, false), (c, true)]).filter(|&(_, au)| a.audit || !au) {
-                let (t, max_err) = dtrain_round_times(a, n, elems, codec, audit)?;
-                let label = if audit { format!("{codec}+audit") } else { codec.to_string() };
-                let algbw = 4.0 * elems as f64 / t / 1e9;
-                let factor = if n > 1 { 2.0 * (n - 1) as f64 / n as f64 } else { 0.0 };
-                let wire = codec.encoded_len(elems) as f64 / t / 1e9 * factor;
-                let g = gloo.iter().find(|&&(gn, ge, _)| gn == n && ge == elems).map(|g| g.2);
-                let floor = if n > 1 { wire_floor_s(n, codec.encoded_len(elems), a.iters)? } else { 0.0 };
-                let memory = memory_floor_s(n, elems, a.iters)?;
-                println!(
-                    "{n:>3} {elems:>9} {label:>8} {:>10.1} {algbw:>12.2} {:>12.2} {wire:>14.2} {:>9.0}% {:>9.1} {:>9.1} {:>9} {:>9}",
-                    t * 1e3,
-                    algbw * factor,
-                    100.0 * wire / pump,
-                    floor * 1e3,
-                    memory * 1e3,
-                    g.map_or("-".into(), |g| format!("{:.1}", g * 1e3)),
-                    g.map_or("-".into(), |g| format!("{:.2}x", t / g)),
-                );
-                if let Some(path) = &a.json {
-                    let line = serde_json::json!({
-                        "bench": "allreduce", "peers": n, "elems": elems, "codec": codec.to_string(), "audit": audit, "time_s": t,
-                        "algbw_gbps": algbw, "busbw_gbps": algbw * factor, "wire_busbw_gbps": wire, "pump_gbps": pump,
-                        "gloo_s": g, "wire_floor_s": floor, "memory_floor_s": memory, "max_err": max_err, "chunk_bytes": a.chunk_bytes,
-                    });
-                    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
-                    writeln!(f, "{line}")?;
-                }
+            for &codec in &a.codec {
+                let (plain, audited, max_err) = dtrain_round_times(a, n, elems, codec, a.audit)?;
                 if max_err > 0.01 {
                     bail!("N={n} {elems} {codec}: result off by {max_err} from the exact mean");
+                }
+                let ratios: Vec<f64> = plain.iter().zip(&audited).map(|(p, v)| v / p).collect();
+                let rows = [(false, plain), (true, audited)];
+                for (audit, times) in rows.into_iter().filter(|(_, t)| !t.is_empty()) {
+                    let t = median(times);
+                    let label = if audit { format!("{codec}+audit") } else { codec.to_string() };
+                    let algbw = 4.0 * elems as f64 / t / 1e9;
+                    let factor = if n > 1 { 2.0 * (n - 1) as f64 / n as f64 } else { 0.0 };
+                    let wire = codec.encoded_len(elems) as f64 / t / 1e9 * factor;
+                    let g = gloo.iter().find(|&&(gn, ge, _)| gn == n && ge == elems).map(|g| g.2);
+                    let floor = if n > 1 { wire_floor_s(n, codec.encoded_len(elems), a.iters)? } else { 0.0 };
+                    let memory = memory_floor_s(n, elems, a.iters)?;
+                    println!(
+                        "{n:>3} {elems:>9} {label:>8} {:>10.1} {algbw:>12.2} {:>12.2} {wire:>14.2} {:>9.0}% {:>9.1} {:>9.1} {:>9} {:>9}",
+                        t * 1e3,
+                        algbw * factor,
+                        100.0 * wire / pump,
+                        floor * 1e3,
+                        memory * 1e3,
+                        g.map_or("-".into(), |g| format!("{:.1}", g * 1e3)),
+                        g.map_or("-".into(), |g| format!("{:.2}x", t / g)),
+                    );
+                    if let Some(path) = &a.json {
+                        let line = serde_json::json!({
+                            "bench": "allreduce", "peers": n, "elems": elems, "codec": codec.to_string(), "audit": audit, "time_s": t,
+                            "algbw_gbps": algbw, "busbw_gbps": algbw * factor, "wire_busbw_gbps": wire, "pump_gbps": pump,
+                            "gloo_s": g, "wire_floor_s": floor, "memory_floor_s": memory, "max_err": max_err, "chunk_bytes": a.chunk_bytes,
+                            "audit_over_plain": (audit && !ratios.is_empty()).then(|| median(ratios.clone())),
+                        });
+                        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+                        writeln!(f, "{line}")?;
+                    }
+                }
+                if !ratios.is_empty() {
+                    let (lo, hi) = ratios.iter().fold((f64::MAX, 0f64), |(l, h), &r| (l.min(r), h.max(r)));
+                    println!(
+                        "    {codec}+audit / {codec}: {:.3}x (median of {} paired rounds, {lo:.3}–{hi:.3})",
+                        median(ratios.clone()),
+                        ratios.len()
+                    );
                 }
             }
         }

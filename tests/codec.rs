@@ -195,7 +195,7 @@ fn the_fused_mean_encodes_as_the_mean_then_the_encoder() {
 #[test]
 fn audit_measurements_match_the_decoded_values() {
     use dtrain::allreduce::codec::Squares;
-    use dtrain::allreduce::projection::{Projector, max_diff};
+    use dtrain::allreduce::projection::{Projector, max_diff, sum_squares_serial};
     let sq = |v: &[f32]| v.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>();
     let p = Projector::new(&[21; 32]);
     for codec in [Codec::F32, Codec::F16, Codec::Bf16, Codec::Int8 { block: 256 }, Codec::Int8 { block: 7 }] {
@@ -216,11 +216,23 @@ fn audit_measurements_match_the_decoded_values() {
             let (b, sb) = p.project_with_scale(&dec, offset);
             assert!(max_diff(&a, &b) <= 1e-9 * sb.sqrt() && (sa - sb).abs() <= 1e-9 * sb, "{codec} at {offset}");
         }
-        // The reducer's decodes measure the decoded values and the base.
+        // The reducer's decodes measure the decoded values and the base —
+        // with the bits of the plain sums, whichever path measured them —
+        // and compute exactly what they compute unmeasured.
+        // (int8 decodes a scale block at a time: its base sums run per block.)
+        let base_runs = |b: &[f32]| match codec {
+            Codec::Int8 { block } => b.chunks(block).map(sum_squares_serial).sum::<f64>(),
+            _ => sum_squares_serial(b),
+        };
+        let (want_bits, base_bits) = (codec.sum_squares_decoded(&bytes, x.len()).to_bits(), base_runs(&base).to_bits());
         let mut acc = vec![0f32; x.len()];
         let mut s = Squares::default();
         codec.decode_blend(&bytes, 1.5, 2.0, &base, &mut acc, Some(&mut s)).unwrap();
         assert!((s.decoded - want).abs() <= 1e-5 * want && (s.base - sq(&base)).abs() <= 1e-5 * sq(&base), "{codec}: {s:?}");
+        assert_eq!((s.decoded.to_bits(), s.base.to_bits()), (want_bits, base_bits), "{codec}");
+        let mut plain = vec![0f32; x.len()];
+        codec.decode_blend(&bytes, 1.5, 2.0, &base, &mut plain, None).unwrap();
+        assert_eq!(acc, plain, "{codec}");
         let mut s = Squares::default();
         codec.decode_add(&bytes, 1.5, &mut acc, Some(&mut s)).unwrap();
         assert!((s.decoded - want).abs() <= 1e-5 * want && s.base == 0.0, "{codec}");
@@ -228,11 +240,19 @@ fn audit_measurements_match_the_decoded_values() {
         let mut mean = vec![0f32; x.len()];
         codec.decode_mean(&bytes, 1.5, 2.0, &base, 0.25, &mut mean, Some(&mut s)).unwrap();
         assert!((s.decoded - want).abs() <= 1e-5 * want && s.base == 0.0, "{codec}: an accumulator as base is not measured");
+        let mut s = Squares::default();
+        let mut measured = vec![0f32; x.len()];
+        codec.decode_mean(&bytes, 1.5, 2.0, &base, 0.25, &mut measured, Some(&mut s)).unwrap();
+        assert_eq!((s.decoded.to_bits(), s.base.to_bits()), (want_bits, base_bits), "{codec}");
+        assert_eq!(measured, mean, "{codec}");
         if codec.encodes_mean_in_runs() {
             let mut s = Squares::default();
             let mut enc = vec![0u8; bytes.len()];
             codec.decode_mean_encode(&bytes, x.len(), 1.5, 2.0, &base, 0.25, &mut enc, Some(&mut s)).unwrap();
             assert!((s.decoded - want).abs() <= 1e-5 * want && (s.base - sq(&base)).abs() <= 1e-5 * sq(&base), "{codec}");
+            let mut plain = vec![0u8; bytes.len()];
+            codec.decode_mean_encode(&bytes, x.len(), 1.5, 2.0, &base, 0.25, &mut plain, None).unwrap();
+            assert_eq!(enc, plain, "{codec}");
         }
     }
 }

@@ -599,8 +599,8 @@ fn a_device_miners_encoded_gradients_reduce_to_the_same_bits() {
 
 #[test]
 fn gradient_projections_agree_with_the_cpu() {
-    // Three CUDA blocks of groups (1024 groups each), the vector starting
-    // mid-block.
+    // Three CUDA blocks of groups (256 groups of 4096 values each), the
+    // vector starting mid-block.
     let n = 2 * 1024 * 1024 + 150_001;
     let x = random(n, 7, 1.0);
     let p = Pair::new(&[&x]);

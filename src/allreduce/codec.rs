@@ -59,14 +59,11 @@ impl Default for Squares {
 }
 
 impl Squares {
-    fn decoded(&mut self, v: &[f32]) {
-        self.decoded += sum_squares_serial(v);
-    }
-
-    /// Base values (not measured unless `with_base`).
-    pub fn base(&mut self, v: &[f32]) {
-        if self.with_base {
-            self.base += sum_squares_serial(v);
+    /// Where the decoded values' and (when measured) the base's sums go.
+    fn split(sq: Option<&mut Squares>) -> (Option<&mut f64>, Option<&mut f64>) {
+        match sq {
+            Some(Squares { decoded, base, with_base }) => (Some(decoded), with_base.then_some(base)),
+            None => (None, None),
         }
     }
 }
@@ -167,9 +164,11 @@ impl Codec {
 
     /// Calls `f(offset, values)` for consecutive decoded runs of values, in
     /// order, once the whole chunk has been validated.
-    fn decode_runs(&self, src: &[u8], n: usize, f: impl FnMut(usize, &[f32])) -> Result<(), CodecError> {
+    /// With `squares`, adds Σx² of the decoded values to it (see
+    /// `decode_runs_valid`).
+    fn decode_runs(&self, src: &[u8], n: usize, squares: Option<&mut f64>, f: impl FnMut(usize, &[f32])) -> Result<(), CodecError> {
         self.validate(src, n)?;
-        self.decode_runs_valid(src, n, f);
+        self.decode_runs_valid(src, n, squares, f);
         Ok(())
     }
 
@@ -203,7 +202,7 @@ impl Codec {
             return convert::f16_sum_squares(src);
         }
         if src.len() == self.encoded_len(n) {
-            self.decode_runs_valid(src, n, |_, v| sq += sum_squares_serial(v));
+            self.decode_runs_valid(src, n, Some(&mut sq), |_, _| {});
         }
         sq
     }
@@ -227,27 +226,46 @@ impl Codec {
         }
     }
 
-    fn decode_runs_valid(&self, src: &[u8], n: usize, mut f: impl FnMut(usize, &[f32])) {
+    /// Calls `f` on the decoded runs; with `squares`, adds their Σx² to it,
+    /// a run at a time as `projection::sum_squares_serial` sums (fp16: in
+    /// the conversion's registers, the same bits).
+    fn decode_runs_valid(&self, src: &[u8], n: usize, mut squares: Option<&mut f64>, mut f: impl FnMut(usize, &[f32])) {
         let mut out = [0f32; STEP];
+        let mut measure = |v: &[f32]| {
+            if let Some(s) = squares.as_deref_mut() {
+                *s += sum_squares_serial(v);
+            }
+        };
         match *self {
             Codec::F32 => match words::<f32>(src) {
-                Some(v) => f(0, v),
+                Some(v) => {
+                    measure(v);
+                    f(0, v)
+                }
                 None => {
                     for (k, b) in src.chunks(4 * STEP).enumerate() {
                         let m = b.len() / 4;
                         out[..m].iter_mut().zip(b.chunks_exact(4)).for_each(|(o, b)| *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                        measure(&out[..m]);
                         f(k * STEP, &out[..m]);
                     }
                 }
             },
-            Codec::F16 | Codec::Bf16 => {
+            Codec::F16 => {
                 for (k, b) in src.chunks(2 * STEP).enumerate() {
                     let out = &mut out[..b.len() / 2];
-                    if *self == Codec::F16 {
-                        convert::f16_to_f32(b, out);
-                    } else {
-                        convert::bf16_to_f32(b, out);
+                    match squares.as_deref_mut() {
+                        Some(s) => *s += convert::f16_to_f32_squares(b, out),
+                        None => convert::f16_to_f32(b, out),
                     }
+                    f(k * STEP, out);
+                }
+            }
+            Codec::Bf16 => {
+                for (k, b) in src.chunks(2 * STEP).enumerate() {
+                    let out = &mut out[..b.len() / 2];
+                    convert::bf16_to_f32(b, out);
+                    measure(out);
                     f(k * STEP, out);
                 }
             }
@@ -258,6 +276,7 @@ impl Codec {
                     let scale = f32::from_le_bytes([sc[0], sc[1], sc[2], sc[3]]);
                     for (run, q) in q.chunks(STEP).enumerate() {
                         int8_decode(q, scale, &mut out[..q.len()]);
+                        measure(&out[..q.len()]);
                         f(b * block + run * STEP, &out[..q.len()]);
                     }
                 }
@@ -316,7 +335,7 @@ impl Codec {
             }
             _ => {}
         }
-        self.decode_runs(src, n, |i, v| dst[i..i + v.len()].copy_from_slice(v))
+        self.decode_runs(src, n, None, |i, v| dst[i..i + v.len()].copy_from_slice(v))
     }
 
     /// Like `decode_into`, and returns Σx² of the decoded values, summed as
@@ -330,14 +349,9 @@ impl Codec {
 
     /// `acc = weight · decode(src)`: a chunk's first contribution; on
     /// error `acc` is untouched.
-    pub fn decode_scaled(&self, src: &[u8], weight: f32, acc: &mut [f32], mut sq: Option<&mut Squares>) -> Result<(), CodecError> {
+    pub fn decode_scaled(&self, src: &[u8], weight: f32, acc: &mut [f32], sq: Option<&mut Squares>) -> Result<(), CodecError> {
         let n = acc.len();
-        self.decode_runs(src, n, |i, v| {
-            scale_into(&mut acc[i..i + v.len()], weight, v);
-            if let Some(sq) = sq.as_deref_mut() {
-                sq.decoded(v);
-            }
-        })
+        self.decode_runs(src, n, sq.map(|s| &mut s.decoded), |i, v| scale_into(&mut acc[i..i + v.len()], weight, v))
     }
 
     /// `acc = base_weight · base + weight · decode(src)`: a chunk's first
@@ -349,16 +363,16 @@ impl Codec {
         base_weight: f32,
         base: &[f32],
         acc: &mut [f32],
-        mut sq: Option<&mut Squares>,
+        sq: Option<&mut Squares>,
     ) -> Result<(), CodecError> {
         let n = acc.len();
         assert_eq!(base.len(), n, "base covers the chunk");
-        self.decode_runs(src, n, |i, v| {
-            let base = &base[i..i + v.len()];
-            blend_into(&mut acc[i..i + v.len()], base_weight, base, weight, v);
-            if let Some(sq) = sq.as_deref_mut() {
-                sq.decoded(v);
-                sq.base(base);
+        let (decoded, mut base_sq) = Squares::split(sq);
+        self.decode_runs(src, n, decoded, |i, v| {
+            let (base, acc) = (&base[i..i + v.len()], &mut acc[i..i + v.len()]);
+            blend_into(acc, base_weight, base, weight, v);
+            if let Some(b) = base_sq.as_deref_mut() {
+                *b += sum_squares_serial(base);
             }
         })
     }
@@ -375,18 +389,16 @@ impl Codec {
         base: &[f32],
         inv: f32,
         out: &mut [f32],
-        mut sq: Option<&mut Squares>,
+        sq: Option<&mut Squares>,
     ) -> Result<(), CodecError> {
         let n = out.len();
-        self.decode_runs(src, n, |i, v| {
+        let (decoded, mut base_sq) = Squares::split(sq);
+        self.decode_runs(src, n, decoded, |i, v| {
             let out = &mut out[i..i + v.len()];
             let base = if base_weight == 0.0 { v } else { &base[i..i + v.len()] };
             mean_into(out, base_weight, base, weight, v, inv);
-            if let Some(sq) = sq.as_deref_mut() {
-                sq.decoded(v);
-                if base_weight != 0.0 {
-                    sq.base(base);
-                }
+            if let (Some(b), true) = (base_sq.as_deref_mut(), base_weight != 0.0) {
+                *b += sum_squares_serial(base);
             }
         })
     }
@@ -414,7 +426,7 @@ impl Codec {
         base: &[f32],
         inv: f32,
         enc: &mut [u8],
-        mut sq: Option<&mut Squares>,
+        sq: Option<&mut Squares>,
     ) -> Result<bool, CodecError> {
         assert!(self.encodes_mean_in_runs(), "{self} encodes whole blocks");
         assert_eq!(enc.len(), self.encoded_len(n), "destination sized by encoded_len");
@@ -422,16 +434,14 @@ impl Codec {
         let codec = *self;
         let mut mean = [0f32; STEP];
         let mut bad = false;
+        let (decoded, mut base_sq) = Squares::split(sq);
         // (Runs of fp32 can be the whole chunk: cut them to the buffer.)
         let mut run = |i: usize, v: &[f32]| {
             let m = &mut mean[..v.len()];
             let b = if base_weight == 0.0 { v } else { &base[i..i + v.len()] };
             mean_into(m, base_weight, b, weight, v, inv);
-            if let Some(sq) = sq.as_deref_mut() {
-                sq.decoded(v);
-                if base_weight != 0.0 {
-                    sq.base(b);
-                }
+            if let (Some(s), true) = (base_sq.as_deref_mut(), base_weight != 0.0) {
+                *s += sum_squares_serial(b);
             }
             let end = i + m.len();
             bad |= match codec {
@@ -452,20 +462,15 @@ impl Codec {
                 }
             };
         };
-        self.decode_runs(src, n, |i, v| v.chunks(STEP).enumerate().for_each(|(k, v)| run(i + k * STEP, v)))?;
+        self.decode_runs(src, n, decoded, |i, v| v.chunks(STEP).enumerate().for_each(|(k, v)| run(i + k * STEP, v)))?;
         Ok(!bad)
     }
 
     /// `acc += weight · decode(src)`: how an owner accumulates a sender's
     /// chunk; on error `acc` is untouched.
-    pub fn decode_add(&self, src: &[u8], weight: f32, acc: &mut [f32], mut sq: Option<&mut Squares>) -> Result<(), CodecError> {
+    pub fn decode_add(&self, src: &[u8], weight: f32, acc: &mut [f32], sq: Option<&mut Squares>) -> Result<(), CodecError> {
         let n = acc.len();
-        self.decode_runs(src, n, |i, v| {
-            add_into(&mut acc[i..i + v.len()], weight, v);
-            if let Some(sq) = sq.as_deref_mut() {
-                sq.decoded(v);
-            }
-        })
+        self.decode_runs(src, n, sq.map(|s| &mut s.decoded), |i, v| add_into(&mut acc[i..i + v.len()], weight, v))
     }
 }
 

@@ -17,7 +17,7 @@
 //! decoders write exactly what the plain ones do (tests/codec.rs, fuzz).
 
 use super::codec::F16_MAX;
-use super::projection::{SQUARES_RUN, sum_squares_serial};
+use super::projection::{SQUARES_RUN, fold_lanes, sum_squares_serial};
 use crate::engine::cpu::simd::multiversion;
 use half::f16;
 
@@ -121,7 +121,7 @@ pub fn f16_sum_squares(src: &[u8]) -> f64 {
     #[cfg(target_arch = "x86_64")]
     if has_f16c() {
         // SAFETY: the CPU has AVX2 and F16C.
-        return src.chunks(run).map(|r| unsafe { x86::f16_run_sum_squares(r) }).sum();
+        return src.chunks(run).map(|r| unsafe { x86::f16_run_squares::<false>(r, &mut []) }).sum();
     }
     let mut buf = [0f32; SQUARES_RUN];
     src.chunks(run)
@@ -133,17 +133,23 @@ pub fn f16_sum_squares(src: &[u8]) -> f64 {
         .sum()
 }
 
-/// The lanes of a run's sum of squares added up pairwise, as
-/// `projection::sum_squares_serial` does.
-fn fold_lanes(lanes: &mut [f32; 64]) -> f64 {
-    let mut w = 64;
-    while w > 1 {
-        w /= 2;
-        for l in 0..w {
-            lanes[l] += lanes[l + w];
-        }
-    }
-    lanes[0] as f64
+/// Like [`f16_to_f32`], and returns Σx² of the decoded values as
+/// [`f16_sum_squares`] sums them (the same bits), from the registers the
+/// conversion holds them in.
+pub fn f16_to_f32_squares(src: &[u8], dst: &mut [f32]) -> f64 {
+    assert_eq!(src.len(), 2 * dst.len(), "two bytes per value");
+    src.chunks(2 * SQUARES_RUN)
+        .zip(dst.chunks_mut(SQUARES_RUN))
+        .map(|(s, d)| {
+            #[cfg(target_arch = "x86_64")]
+            if has_f16c() {
+                // SAFETY: the CPU has AVX2 and F16C; lengths checked above.
+                return unsafe { x86::f16_run_squares::<true>(s, d) };
+            }
+            f16_tail(s, d);
+            sum_squares_serial(d)
+        })
+        .sum()
 }
 
 /// Like [`f32_to_f16`], and also returns Σc² of the clamped values c (what
@@ -222,21 +228,30 @@ mod x86 {
     /// Σx² of one run (at most `SQUARES_RUN` values) of fp16 bytes: value i
     /// in lane i mod 64 (eight vectors of eight), mul then add as the
     /// scalar lanes do, the remainder lane by lane, then `fold_lanes`.
+    /// `STORE`: also writes the values into `dst` (as long as the run).
     #[target_feature(enable = "avx2,f16c")]
-    pub unsafe fn f16_run_sum_squares(src: &[u8]) -> f64 {
+    pub unsafe fn f16_run_squares<const STORE: bool>(src: &[u8], dst: &mut [f32]) -> f64 {
         let n = src.len() / 2;
-        let s = src.as_ptr();
+        assert!(!STORE || dst.len() == n, "a destination as long as the run");
+        let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
         let mut acc = [_mm256_setzero_ps(); 8];
         let mut i = 0;
-        // SAFETY (all pointer accesses): i + 64 ≤ n values, 2n bytes of src.
+        // SAFETY (all pointer accesses): i + 64 ≤ n values, 2n bytes of
+        // src, n values of dst when storing.
         unsafe {
             while i + 64 <= n {
                 for (g, a) in acc.iter_mut().enumerate() {
                     let x = _mm256_cvtph_ps(_mm_loadu_si128(s.add(2 * (i + 8 * g)) as *const __m128i));
+                    if STORE {
+                        _mm256_storeu_ps(d.add(i + 8 * g), x);
+                    }
                     *a = _mm256_add_ps(*a, _mm256_mul_ps(x, x));
                 }
                 i += 64;
             }
+        }
+        if STORE {
+            super::f16_tail(&src[2 * i..], &mut dst[i..]);
         }
         let mut lanes = [0f32; 64];
         for (g, a) in acc.iter().enumerate() {
@@ -398,7 +413,11 @@ mod tests {
             let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
             let mut dec = vec![0f32; n];
             f16_to_f32(&bytes, &mut dec);
-            assert_eq!(f16_sum_squares(&bytes).to_bits(), sum_squares_serial(&dec).to_bits(), "{n} values");
+            let want = sum_squares_serial(&dec).to_bits();
+            assert_eq!(f16_sum_squares(&bytes).to_bits(), want, "{n} values");
+            let mut fused = vec![7f32; n];
+            assert_eq!(f16_to_f32_squares(&bytes, &mut fused).to_bits(), want, "{n} values, decoding");
+            assert_eq!(fused, dec, "{n} values: the decoded values too");
         }
     }
 

@@ -113,7 +113,7 @@ impl<E: Engine> Engine for Profiled<E> {
         self.time("sum_squares", F * len as f64, 2.0 * len as f64, || unsafe { self.inner.sum_squares(x, len) })
     }
     unsafe fn project(&self, x: E::Ptr, len: usize, offset: usize, p: &Projector) -> (Proj, f64) {
-        // A sixteenth of the elements is read (see `projection::GROUP_BLOCKS`).
+        // One block in GROUP_BLOCKS is read (see `projection`).
         let touched = (len / crate::allreduce::projection::GROUP_BLOCKS) as f64;
         self.time("project", F * touched, 10.0 * touched, || unsafe { self.inner.project(x, len, offset, p) })
     }

@@ -90,8 +90,8 @@ const ELEM_MAX_BLOCKS: usize = 8192;
 const LN_ROW_CHUNK: usize = 64;
 const MM_ROW_CHUNK: usize = 64;
 /// Groups (`projection::GROUP` elements, one sampled block each) per CUDA
-/// block of `project_partial`.
-const PROJECT_GROUPS: usize = 1024;
+/// block of `project_partial`: one per thread.
+const PROJECT_GROUPS: usize = 256;
 /// Floats summed per block of `sum_squares_partial` (the CPU's ELEM_CHUNK).
 const SQ_PER_BLOCK: usize = 1 << 14;
 /// Rows (warps) per block, rows per shared-memory tile, and the largest
