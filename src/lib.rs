@@ -11,7 +11,6 @@
 //! - [`hub`]: where model versions are published, tagged by epoch.
 
 pub mod allreduce;
-pub mod allreduce_bench;
 pub mod bench;
 pub mod data;
 pub mod engine;

@@ -75,7 +75,7 @@ enum Command {
     Check(CheckCommand),
     /// One all-reduce peer driven over stdin/stdout (used by `bench allreduce` and the tests).
     #[command(hide = true)]
-    AllreducePeer(dtrain::allreduce_bench::PeerArgs),
+    AllreducePeer(dtrain::bench::allreduce::PeerArgs),
 }
 
 #[derive(Args)]
@@ -264,7 +264,7 @@ enum BenchCommand {
     Tokenize(dtrain::bench::TokenizeBenchArgs),
     /// Butterfly all-reduce between N peer processes on 127.0.0.1 (time, algbw, busbw),
     /// beside torch.distributed gloo and a plain TCP pump.
-    Allreduce(dtrain::allreduce_bench::AllreduceBenchArgs),
+    Allreduce(dtrain::bench::allreduce::AllreduceBenchArgs),
     /// Per-kernel time, GB/s and TFLOP/s of training steps on a device.
     Kernels(dtrain::bench::KernelsBenchArgs),
 }
@@ -300,14 +300,14 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(BenchCommand::Train(a)) => dtrain::bench::train_bench(&a),
         Command::Bench(BenchCommand::Tokenize(a)) => dtrain::bench::tokenize_bench(&a),
-        Command::Bench(BenchCommand::Allreduce(a)) => dtrain::allreduce_bench::allreduce_bench(&a),
+        Command::Bench(BenchCommand::Allreduce(a)) => dtrain::bench::allreduce::allreduce_bench(&a),
         Command::Bench(BenchCommand::Kernels(a)) => dtrain::bench::kernels_bench(&a),
         Command::Hub(cmd) => hub_cmd(cmd),
         Command::Check(cmd) => check_cmd(cmd),
         Command::Swarm(a) => dtrain::subnet::node::run_swarm(&a, !cli.quiet),
         Command::Miner(a) => dtrain::subnet::node::run_miner(&a),
         Command::Validator(a) => dtrain::subnet::node::run_validator(&a),
-        Command::AllreducePeer(a) => dtrain::allreduce_bench::peer_main(&a),
+        Command::AllreducePeer(a) => dtrain::bench::allreduce::peer_main(&a),
     }
 }
 

@@ -10,7 +10,7 @@ use dtrain::allreduce::handshake::{AUTH_LEN, HELLO_LEN, Hello, sign_auth};
 use dtrain::allreduce::identity::random_bytes;
 use dtrain::allreduce::wire::{HEADER_LEN, Header, Kind};
 use dtrain::allreduce::{Failure, Group, Identity, Member, Peer, Report, Settings, SpanStatus};
-use dtrain::allreduce_bench::{PeerProcess, fill, key_seed};
+use dtrain::bench::allreduce::{PeerProcess, fill, key_seed};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;

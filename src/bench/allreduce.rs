@@ -7,7 +7,7 @@
 
 use crate::allreduce::codec::Codec;
 use crate::allreduce::{Fault, Group, Identity, Member, Peer, Settings};
-use crate::bench::median;
+use super::median;
 use crate::rng::Rng;
 use anyhow::{Context, Result, bail};
 use rayon::prelude::*;

@@ -1,9 +1,13 @@
+//! The benchmarks (`dtrain bench …`); `allreduce` has the all-reduce's.
+//!
 //! `dtrain bench train`: the CPU engine's training step beside its anchors,
 //! all measured in one run on the same machine — the `gemm` crate's fp32
 //! rate on a large square product (the physical ceiling for a step made of
 //! matrix products) and PyTorch's step on the same configuration
 //! (`benches/anchors/torch_cpu_train.py`). Results are ratios, because the
 //! machine is shared and absolute times drift.
+
+pub mod allreduce;
 
 use crate::engine::Engine;
 use crate::engine::cpu::CpuEngine;
