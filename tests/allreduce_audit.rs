@@ -86,8 +86,9 @@ fn mean_without(x: &[Vec<f32>], weights: &[f32], out: &[usize]) -> Vec<f64> {
     (0..LEN).map(|e| keep.iter().map(|&i| weights[i] as f64 * x[i][e] as f64).sum::<f64>() / total).collect()
 }
 
-/// Every member outside `culprits` named exactly the culprits (by id),
-/// verified in the end, and holds the honest mean, bit-identical.
+/// Every member outside `culprits` named exactly the culprits (by id:
+/// accused, refused, or left out for a missing summary), verified in the
+/// end, and holds the honest mean, bit-identical.
 fn check(x: &[Vec<f32>], weights: &[f32], results: &[(Vec<f32>, Verified)], culprits: &[usize]) {
     let want = mean_without(x, weights, culprits);
     let honest: Vec<usize> = (0..x.len()).filter(|i| !culprits.contains(i)).collect();
@@ -96,7 +97,7 @@ fn check(x: &[Vec<f32>], weights: &[f32], results: &[(Vec<f32>, Verified)], culp
     named.sort();
     for &i in &honest {
         let (grad, v) = &results[i];
-        let mut got: Vec<String> = v.accused.iter().map(|(id, _)| id.clone()).collect();
+        let mut got: Vec<String> = v.accused.iter().chain(&v.dropped).map(|(id, _)| id.clone()).collect();
         got.sort();
         got.dedup();
         // A weight liar is refused in the handshake rather than accused.
@@ -280,4 +281,29 @@ fn a_sender_hiding_its_poison_from_the_projections_is_named() {
     let (_, results) = run_credited(&x, &credited, &weights, &[None; 5], Codec::F16);
     check(&credited, &weights, &results, &[3]);
     assert!(results[0].1.accused.iter().any(|(id, why)| id == "m3" && why.contains("norm")), "{:?}", results[0].1.accused);
+}
+
+#[test]
+fn a_poisoner_whose_accomplice_withholds_its_summary_is_still_named() {
+    // Member 1 poisons; member 4, an owner, aborts instead of sending its
+    // span summary, so that no sender's parts can be summed. Nobody may step
+    // on the unchecked round: member 4 is left out (not as a proven cheat:
+    // it might have crashed), the rerun sums member 1's parts and names it.
+    let x = inputs(6);
+    let weights = [1.0; 6];
+    let mut faults = [None; 6];
+    faults[1] = Some(Fault::Scale(-100.0));
+    faults[4] = Some(Fault::WithholdSummary);
+    let (_, results) = run(&x, &weights, &faults, Codec::F16);
+    check(&x, &weights, &results, &[1, 4]);
+    for i in [0, 2, 3, 5] {
+        let v = &results[i].1;
+        assert!(v.accused.iter().any(|(id, why)| id == "m1" && why.contains("not the work")), "member {i}: {:?}", v.accused);
+        assert!(
+            v.dropped.iter().any(|(id, _)| id == "m4") && !v.accused.iter().any(|(id, _)| id == "m4"),
+            "member {i}: {:?} {:?}",
+            v.accused,
+            v.dropped
+        );
+    }
 }

@@ -99,6 +99,9 @@ pub struct Accusation {
     /// The member's index in the round's group.
     pub member: usize,
     pub why: String,
+    /// False for an owner that only failed to report (it may have
+    /// crashed): left out of the rerun like a cheat, but not a proven one.
+    pub proven: bool,
 }
 
 /// A contribution's norm may be at most this many times the median of the
@@ -194,10 +197,11 @@ pub fn verdict(audit: &Audit, report: &Report, codec: Codec) -> Vec<Accusation> 
     let sampled = |n: usize| n / GROUP_BLOCKS + 64;
     let span_len = |i: usize| report.members[i].span.1 - report.members[i].span.0;
     let total_len: usize = (0..report.members.len()).map(span_len).sum();
+    let me = report.me;
     let mut accused: Vec<Accusation> = Vec::new();
     let accuse = |accused: &mut Vec<Accusation>, member: usize, why: String| {
         if !accused.iter().any(|a| a.member == member) {
-            accused.push(Accusation { member, why });
+            accused.push(Accusation { member, why, proven: true });
         }
     };
     // Refused for a false weight (a signed claim, the same to everyone who
@@ -248,7 +252,6 @@ pub fn verdict(audit: &Audit, report: &Report, codec: Codec) -> Vec<Accusation> 
         }
     }
     // Own parts: what the owners say this member sent.
-    let me = report.me;
     if audit.weights[me] > 0.0 && report.members[me].weight.is_some_and(|w| w > 0.0) && report.local_rejected.is_none() {
         for &i in spans.iter().filter(|&&i| i != me) {
             let Some(parts) = &data.parts[i] else { continue };
@@ -274,6 +277,17 @@ pub fn verdict(audit: &Audit, report: &Report, codec: Codec) -> Vec<Accusation> 
     // (a lying owner's reports would name honest senders; the rerun
     // without it checks them).
     let owner_caught = accused.iter().any(|a| spans.contains(&a.member) && report.members[a.member].failure.is_none());
+    // An owner whose summary never came leaves every sender's sum
+    // unchecked (an accomplice need only withhold it for a poisoner's other
+    // parts to pass): it is left out of the rerun, so that the rerun checks
+    // them — not as a proven cheat, since it may have crashed.
+    let anyone_sends = (0..n).any(|s| audit.weights[s] > 0.0 && report.members[s].weight.is_some_and(|w| w > 0.0));
+    for &i in spans.iter().filter(|&&i| i != me && data.parts[i].is_none()) {
+        if anyone_sends && !accused.iter().any(|a| a.member == i) {
+            let why = format!("span {i}: no span summary came, so no contribution could be checked");
+            accused.push(Accusation { member: i, why, proven: false });
+        }
+    }
     if !owner_caught && spans.iter().all(|&i| data.parts[i].is_some()) {
         let senders: Vec<usize> = (0..n).filter(|&s| audit.weights[s] > 0.0 && spans.iter().any(|&i| contributes(i, s))).collect();
         let mut norms = Vec::with_capacity(senders.len());
@@ -325,8 +339,12 @@ pub struct Verified {
     pub report: Report,
     /// The group of the last round (the original minus the culprits).
     pub group: Group,
-    /// Every member named, by id, with the reason, over all attempts.
+    /// Every member named by a check, by id, with the reason, over all
+    /// attempts.
     pub accused: Vec<(String, String)>,
+    /// Members left out of a rerun without proof (no span summary came),
+    /// by id, with the reason.
+    pub dropped: Vec<(String, String)>,
     /// Whether the last round's verdict named nobody: only then may its
     /// result be applied.
     pub clean: bool,
@@ -345,17 +363,18 @@ pub fn run_verified<E>(
     mut round: impl FnMut(&Group, &Audit) -> Result<Report, E>,
 ) -> Result<Verified, E> {
     let (mut group, mut audit) = (group.clone(), audit.clone());
-    let mut accused: Vec<(String, String)> = Vec::new();
+    let (mut accused, mut dropped): (Vec<(String, String)>, Vec<(String, String)>) = (Vec::new(), Vec::new());
     for attempt in 0..attempts.max(1) {
         let report = round(&group, &audit)?;
         let named = verdict(&audit, &report, codec);
         for a in &named {
-            tracing::warn!("round {} attempt {attempt}: member {} accused: {}", report.round, group.members[a.member].id, a.why);
-            accused.push((group.members[a.member].id.clone(), a.why.clone()));
+            let (id, why) = (group.members[a.member].id.clone(), a.why.clone());
+            tracing::warn!("round {} attempt {attempt}: member {id} {}: {why}", report.round, if a.proven { "accused" } else { "left out" });
+            if a.proven { &mut accused } else { &mut dropped }.push((id, why));
         }
         let me_named = named.iter().any(|a| a.member == report.me);
         if named.is_empty() || me_named || attempt + 1 == attempts.max(1) {
-            return Ok(Verified { clean: named.is_empty(), report, group, accused });
+            return Ok(Verified { clean: named.is_empty(), report, group, accused, dropped });
         }
         let drop: Vec<usize> = named.iter().map(|a| a.member).collect();
         audit = audit.without(&drop);

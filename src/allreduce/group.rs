@@ -80,6 +80,9 @@ pub enum Fault {
     HiddenAverage(f32),
     /// As a span owner: report member `member`'s part scaled by `scale`.
     MisreportPart { member: u16, scale: f32 },
+    /// As a span owner: abort instead of sending its span summary (the
+    /// accomplice that keeps a poisoner's parts from being summed).
+    WithholdSummary,
 }
 
 impl Default for Settings {

@@ -5,9 +5,9 @@
 //! peer process, which the benchmark and the fault-injection tests drive
 //! over stdin/stdout with one JSON line per step.
 
+use super::median;
 use crate::allreduce::codec::Codec;
 use crate::allreduce::{Fault, Group, Identity, Member, Peer, Settings};
-use super::median;
 use crate::rng::Rng;
 use anyhow::{Context, Result, bail};
 use rayon::prelude::*;

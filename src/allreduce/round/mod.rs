@@ -802,6 +802,11 @@ impl<'a> Round<'a> {
     }
 
     fn done_out(&self) -> Out {
+        if self.settings.fault == Some(Fault::WithholdSummary) {
+            let why = b"(withholding its summary)".to_vec();
+            let header = Header::for_payload(Kind::Abort, self.me as u16, self.round, self.me as u32, 0, &why);
+            return Out::new(&header, Body::Owned(why));
+        }
         let mut payload = self.contributor_status();
         payload.extend_from_slice(&span_hash(&self.my_sums).to_le_bytes());
         if self.audit.is_some() {
