@@ -363,7 +363,8 @@ pub fn run_verified<E>(
     mut round: impl FnMut(&Group, &Audit) -> Result<Report, E>,
 ) -> Result<Verified, E> {
     let (mut group, mut audit) = (group.clone(), audit.clone());
-    let (mut accused, mut dropped): (Vec<(String, String)>, Vec<(String, String)>) = (Vec::new(), Vec::new());
+    let mut accused: Vec<(String, String)> = Vec::new();
+    let mut dropped: Vec<(String, String)> = Vec::new();
     for attempt in 0..attempts.max(1) {
         let report = round(&group, &audit)?;
         let named = verdict(&audit, &report, codec);

@@ -1,0 +1,265 @@
+//! The data plane of a round: scatter chunks reduced as they arrive,
+//! averaged chunks published and received, span summaries sent and read
+//! (with an audited round's measurements). Part of `Round` (round/mod.rs).
+
+use super::*;
+
+impl Round<'_> {
+    pub(super) fn on_data(&mut self, id: usize, h: Header, payload: &[u8]) {
+        let j = self.conns[id].as_ref().and_then(|c| c.peer).expect("a ready connection has a peer");
+        if h.sender as usize != j || h.round != self.round {
+            return self.fail(j, Failure::Invalid(format!("{:?} frame claims sender {} round {}", h.kind, h.sender, h.round)));
+        }
+        let (c, span) = (h.chunk as usize, h.span as usize);
+        match h.kind {
+            Kind::Scatter => {
+                let w = self.members[j].weight.unwrap_or(0.0);
+                if span != self.me || w == 0.0 {
+                    return self.fail(j, Failure::Invalid(format!("scatter chunk for span {span} with weight {w}")));
+                }
+                if self.members[j].excluded.is_some() {
+                    return; // already caught: the rest of its contribution is ignored
+                }
+                let own = &self.grad[self.own_span.clone()];
+                // The chunk's last expected contribution goes straight into
+                // the mean (no trip through the accumulator).
+                let last =
+                    c < self.finalized.len() && !self.finalized[c] && (0..self.n()).all(|s| s == j || !self.contributes(s) || self.reducer.has(c, s));
+                let lies = matches!(self.settings.fault, Some(Fault::WrongAverage | Fault::HiddenAverage(_)));
+                let added = if last && !self.zero_copy && self.codec.encodes_mean_in_runs() && !lies {
+                    // Averaged and encoded in one pass, straight into the wire.
+                    let enc = &mut self.wire[self.chunks[self.me][c].bytes.clone()];
+                    let finite = self.reducer.add_final_encoded(j, c, w, self.codec, payload, own, enc);
+                    finite.map(|f| Some(if f == Some(true) { Mean::Encoded } else { Mean::Nothing }))
+                } else if last {
+                    let mean = &mut self.scratch[..self.reducer.chunk_range(c).len()];
+                    let has_mean = self.reducer.add_final(j, c, w, self.codec, payload, own, mean);
+                    has_mean.map(|m| Some(if m { Mean::Scratch } else { Mean::Nothing }))
+                } else {
+                    self.reducer.add(j, c, w, self.codec, payload, own).map(|()| None)
+                };
+                match added {
+                    Err(e @ ReduceError::Codec(_)) => {
+                        tracing::debug!("round {}: member {j} excluded: scatter chunk {c}: {e}", self.round);
+                        self.members[j].excluded = Some(format!("scatter chunk {c}: {e}"));
+                        self.finalize_ready_chunks();
+                    }
+                    Err(e) => self.fail(j, Failure::Invalid(format!("scatter chunk {c}: {e}"))),
+                    Ok(Some(mean)) => {
+                        self.members[j].scatter_got += 1;
+                        self.finalized[c] = true;
+                        self.publish(c, mean);
+                    }
+                    Ok(None) => {
+                        self.members[j].scatter_got += 1;
+                        self.finalize_ready_chunks();
+                    }
+                }
+            }
+            Kind::Gather => {
+                let Some(info) = self.chunks.get(span).and_then(|s| s.get(c)).filter(|_| span == j) else {
+                    return self.fail(j, Failure::Invalid(format!("averaged chunk {c} of span {span}")));
+                };
+                let m = &self.members[j];
+                if m.gather_got[c] || m.done.is_some() {
+                    return self.fail(j, Failure::Invalid(format!("averaged chunk {c} sent twice or after the summary")));
+                }
+                // Audited: the norm measured as it is decoded, in runs whose
+                // sums do not depend on where `grad` lies in memory, and the
+                // projections from the payload while it is in cache (every
+                // member gets the same bits).
+                let dst = &mut self.grad[info.elems.clone()];
+                let decoded = match (payload.is_empty(), self.projector) {
+                    (true, _) => Ok(None),
+                    (false, None) => self.codec.decode_into(payload, dst, self.streaming).map(|()| None),
+                    (false, Some(_)) => self.codec.decode_into_squares(payload, dst, self.streaming).map(Some),
+                };
+                let sq = match decoded {
+                    Ok(sq) => sq,
+                    Err(e) => return self.fail(j, Failure::Invalid(format!("averaged chunk {c}: {e}"))),
+                };
+                let part = self.projector.zip(sq).map(|(p, sq)| decoded_part(self.codec, &p, payload, info.elems.clone(), sq));
+                let m = &mut self.members[j];
+                m.gather_got[c] = true;
+                m.gather_sums[c] = h.checksum;
+                m.gather_count += 1;
+                m.gather_averaged += usize::from(!payload.is_empty());
+                if let Some(part) = part {
+                    m.gather_parts[c] = part;
+                }
+            }
+            Kind::Done => {
+                let n = self.n();
+                let m = &self.members[j];
+                let len = n + 8 + if self.audit.is_some() { n * Part::BYTES } else { 0 };
+                if m.done.is_some() || m.gather_count != m.gather_got.len() || payload.len() != len || payload[..n].iter().any(|&s| s > 2) {
+                    return self.fail(j, Failure::Invalid("malformed or early span summary".into()));
+                }
+                let hash = u64::from_le_bytes(payload[n..n + 8].try_into().expect("8 bytes"));
+                if hash != span_hash(&m.gather_sums) {
+                    return self.fail(j, Failure::Invalid("span hash differs from the chunks received".into()));
+                }
+                if self.audit.is_some() {
+                    let parts: Option<Vec<Part>> = payload[n + 8..].chunks_exact(Part::BYTES).map(Part::parse).collect();
+                    let Some(parts) = parts else {
+                        return self.fail(j, Failure::Invalid("span summary reports a non-finite part".into()));
+                    };
+                    self.members[j].done_parts = Some(parts);
+                }
+                self.members[j].done = Some((payload[..n].to_vec(), hash));
+            }
+            Kind::Abort => {
+                let why: String = String::from_utf8_lossy(payload).chars().take(200).collect();
+                self.fail(j, Failure::Aborted(why));
+            }
+            Kind::Hello | Kind::Auth => self.fail(j, Failure::Invalid("handshake frame after the handshake".into())),
+        }
+    }
+
+    /// Audited: every sender's part of this peer's span as it reports
+    /// them, measured by the reducer as they entered the average.
+    pub(super) fn own_parts(&self) -> Vec<Part> {
+        self.reducer.measured().map_or_else(|| vec![Part::default(); self.n()], <[Part]>::to_vec)
+    }
+
+    /// Whether a member is still expected to contribute to this peer's span.
+    pub(super) fn contributes(&self, s: usize) -> bool {
+        let m = &self.members[s];
+        s != self.me && m.failure.is_none() && m.excluded.is_none() && m.weight.is_none_or(|w| w > 0.0)
+    }
+
+    pub(super) fn finalize_ready_chunks(&mut self) {
+        for c in 0..self.finalized.len() {
+            if !self.finalized[c] && (0..self.n()).all(|s| !self.contributes(s) || self.reducer.has(c, s)) {
+                self.finalize(c);
+            }
+        }
+    }
+
+    /// Averages chunk `c` of this peer's span, encodes it once, decodes it
+    /// into `grad` and sends the same bytes to every connected member.
+    fn finalize(&mut self, c: usize) {
+        self.finalized[c] = true;
+        // The mean lands in a chunk-sized scratch that stays in cache while
+        // it is encoded; the encoding is decoded back into `grad`.
+        let mean = &mut self.scratch[..self.reducer.chunk_range(c).len()];
+        let has_mean = self.reducer.mean_into(c, &self.grad[self.own_span.clone()], mean);
+        self.publish(c, if has_mean { Mean::Scratch } else { Mean::Nothing });
+    }
+
+    /// Sends chunk `c`'s mean to everyone.
+    fn publish(&mut self, c: usize, mean: Mean) {
+        let info = &self.chunks[self.me][c];
+        let now = Instant::now();
+        let elems = info.elems.clone();
+        if matches!(mean, Mean::Scratch) {
+            let x = &mut self.scratch[..elems.len()];
+            match (self.settings.fault, &self.projector) {
+                (Some(Fault::WrongAverage), _) => x.iter_mut().for_each(|v| *v = -*v),
+                (Some(Fault::HiddenAverage(f)), Some(p)) => {
+                    let sampled: Vec<(Range<usize>, Vec<f32>)> = p.sampled_runs(elems.start, x.len()).map(|r| (r.clone(), x[r].to_vec())).collect();
+                    x.iter_mut().for_each(|v| *v *= f);
+                    for (r, v) in sampled {
+                        x[r].copy_from_slice(&v);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let scratch = &self.scratch[..elems.len()];
+        // Huge (finite) contributions can still overflow the sum: such a
+        // chunk is not averaged rather than sent as inf.
+        let sum = match mean {
+            Mean::Scratch if self.zero_copy => first_nonfinite(scratch).is_none().then(|| {
+                self.grad[elems.clone()].copy_from_slice(scratch);
+                checksum(f32_bytes(scratch))
+            }),
+            Mean::Scratch => self.codec.encode_checked(scratch, &mut self.wire[info.bytes.clone()]).is_none().then(|| {
+                let enc = &self.wire[info.bytes.clone()];
+                self.codec.decode(enc, &mut self.grad[elems.clone()]).expect("own encoding decodes");
+                checksum(enc)
+            }),
+            Mean::Encoded => {
+                let enc = &self.wire[info.bytes.clone()];
+                self.codec.decode(enc, &mut self.grad[elems.clone()]).expect("own encoding decodes");
+                Some(checksum(enc))
+            }
+            Mean::Nothing => None,
+        };
+        self.averaged[c] = sum.is_some();
+        self.my_sums[c] = sum.unwrap_or_else(|| checksum(&[]));
+        let complete = self.finalized.iter().all(|&f| f);
+        if complete {
+            self.reduced_s = Some(self.start.elapsed().as_secs_f64());
+        }
+        for id in 0..self.conns.len() {
+            if self.conns[id].as_ref().is_some_and(|c| c.ready) {
+                let out = self.gather_out(c);
+                let done = complete.then(|| self.done_out());
+                let conn = self.conns[id].as_mut().expect("checked");
+                conn.queue(out, now);
+                if let Some(done) = done {
+                    conn.queue(done, now);
+                }
+            }
+        }
+    }
+
+    pub(super) fn gather_out(&self, c: usize) -> Out {
+        let info = &self.chunks[self.me][c];
+        let bytes = if self.zero_copy { 4 * info.elems.start..4 * info.elems.end } else { info.bytes.clone() };
+        let range = if self.averaged[c] { bytes } else { bytes.start..bytes.start };
+        let header = Header {
+            kind: Kind::Gather,
+            sender: self.me as u16,
+            round: self.round,
+            span: self.me as u32,
+            chunk: c as u32,
+            len: range.len() as u32,
+            checksum: self.my_sums[c],
+        };
+        Out::new(&header, if self.zero_copy { Body::Grad(range) } else { Body::Wire(range) })
+    }
+
+    /// Per member 0 (no contribution), 1 (some chunks), 2 (every chunk).
+    pub(super) fn contributor_status(&self) -> Vec<u8> {
+        let k = self.finalized.len();
+        (0..self.n())
+            .map(|s| {
+                let got = (0..k).filter(|&c| self.reducer.has(c, s)).count();
+                if got == 0 {
+                    0
+                } else if got == k {
+                    2
+                } else {
+                    1
+                }
+            })
+            .collect()
+    }
+
+    pub(super) fn done_out(&self) -> Out {
+        if self.settings.fault == Some(Fault::WithholdSummary) {
+            let why = b"(withholding its summary)".to_vec();
+            let header = Header::for_payload(Kind::Abort, self.me as u16, self.round, self.me as u32, 0, &why);
+            return Out::new(&header, Body::Owned(why));
+        }
+        let mut payload = self.contributor_status();
+        payload.extend_from_slice(&span_hash(&self.my_sums).to_le_bytes());
+        if self.audit.is_some() {
+            // Parts of members that contributed nothing are reported as 0.
+            let status = self.contributor_status();
+            for (s, part) in self.own_parts().into_iter().enumerate() {
+                let mut part = if status[s] == 0 { Part::default() } else { part };
+                if let Some(Fault::MisreportPart { member, scale }) = self.settings.fault
+                    && member as usize == s
+                {
+                    part.proj.iter_mut().for_each(|v| *v *= scale as f64);
+                }
+                part.encode(&mut payload);
+            }
+        }
+        let header = Header::for_payload(Kind::Done, self.me as u16, self.round, self.me as u32, 0, &payload);
+        Out::new(&header, Body::Owned(payload))
+    }
+}
