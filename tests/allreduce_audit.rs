@@ -42,6 +42,19 @@ fn run_credited(
     faults: &[Option<Fault>],
     codec: Codec,
 ) -> (Audit, Vec<(Vec<f32>, Verified)>) {
+    run_with(x, credited, weights, faults, codec, settings(codec).stall_timeout, Duration::from_secs(120))
+}
+
+/// [`run_credited`] with this stall timeout and time to the deadline.
+fn run_with(
+    x: &[Vec<f32>],
+    credited: &[Vec<f32>],
+    weights: &[f32],
+    faults: &[Option<Fault>],
+    codec: Codec,
+    stall: Duration,
+    limit: Duration,
+) -> (Audit, Vec<(Vec<f32>, Verified)>) {
     let n = x.len();
     let peers: Vec<Peer> = (0..n).map(|i| Peer::bind(Identity::from_seed([i as u8 + 40; 32]), "127.0.0.1:0".parse().unwrap()).unwrap()).collect();
     let group = Group {
@@ -54,14 +67,14 @@ fn run_credited(
     let challenge = [9u8; 32];
     let p = Projector::new(&challenge);
     let audit = Audit { challenge, weights: weights.to_vec(), expected: credited.iter().map(|v| p.project(v, 0)).collect() };
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + limit;
     let out = std::thread::scope(|s| {
         let handles: Vec<_> = peers
             .into_iter()
             .enumerate()
             .map(|(i, mut peer)| {
                 let (group, audit, mine) = (&group, &audit, &x[i]);
-                let settings = Settings { fault: faults[i], ..settings(codec) };
+                let settings = Settings { fault: faults[i], stall_timeout: stall, ..settings(codec) };
                 let w = weights[i];
                 s.spawn(move || {
                     let mut grad = Vec::new();
@@ -305,5 +318,26 @@ fn a_poisoner_whose_accomplice_withholds_its_summary_is_still_named() {
             v.accused,
             v.dropped
         );
+    }
+}
+
+#[test]
+fn a_sender_that_stalls_midway_frames_no_owner() {
+    // Member 2 stops sending partway through its scatter: the chunks of
+    // some spans are then averaged without it, others with it. No honest
+    // owner may be accused for that; member 2 is left out (unproven) and
+    // the rest rerun, verified and bit-identical. (The stall timeout only
+    // has to notice member 2; the honest members finish well before the
+    // deadline, which bounds how long member 2's own thread lingers.)
+    let x = inputs(5);
+    let weights = [1.0; 5];
+    let mut faults = [None; 5];
+    faults[2] = Some(Fault::StallAfter { gather: false, bytes: 30_000 });
+    let (_, results) = run_with(&x, &x, &weights, &faults, Codec::F16, Duration::from_secs(15), Duration::from_secs(60));
+    check(&x, &weights, &results, &[2]);
+    for i in [0, 1, 3, 4] {
+        let v = &results[i].1;
+        assert!(v.accused.is_empty(), "member {i} accused {:?}", v.accused);
+        assert!(v.dropped.iter().any(|(id, _)| id == "m2"), "member {i}: {:?}", v.dropped);
     }
 }

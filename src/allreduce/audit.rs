@@ -213,11 +213,23 @@ pub fn verdict(audit: &Audit, report: &Report, codec: Codec) -> Vec<Accusation> 
     }
     let spans: Vec<usize> = (0..n).filter(|&i| report.members[i].span.1 > report.members[i].span.0).collect();
     let contributes = |i: usize, s: usize| report.members[i].contributors.contains(&s) || report.members[i].partial_contributors.contains(&s);
+    // A sender that delivered only some chunks of a span (it stalled or
+    // died midway, as the owner's summary says to everyone) makes that
+    // span's chunks means over different senders: no check of the span's
+    // average, nor of the sender's sum, can hold. It is left out, unproven
+    // (it may have crashed), and the rerun checks everyone; an accomplice
+    // stalling on purpose only buys a rerun.
+    let partial: Vec<usize> = (0..n).filter(|&s| spans.iter().any(|&i| report.members[i].partial_contributors.contains(&s))).collect();
+    for &s in &partial {
+        if !accused.iter().any(|a| a.member == s) {
+            accused.push(Accusation { member: s, why: "delivered only part of its contribution".into(), proven: false });
+        }
+    }
     // Averages: each averaged span against the weighted mean of its parts,
     // in projection and in norm (the mean's norm is at most the weighted
     // mean of the parts' norms: whatever an owner adds where the
     // projections do not look makes its average longer than that).
-    for &i in spans.iter().filter(|&&i| i != report.me) {
+    for &i in spans.iter().filter(|&&i| i != report.me && report.members[i].partial_contributors.is_empty()) {
         let (Some(parts), super::report::SpanStatus::Averaged) = (&data.parts[i], &report.members[i].span_status) else { continue };
         let (mut mean, mut norms, mut total) = ([0f64; K], 0f64, 0f64);
         for s in (0..n).filter(|&s| report.members[i].contributors.contains(&s)) {
@@ -240,7 +252,7 @@ pub fn verdict(audit: &Audit, report: &Report, codec: Codec) -> Vec<Accusation> 
                 i,
                 format!("span {i}: the average it sent differs from the mean of the parts it reported (by {d:.3e}, tolerance {bound:.3e})"),
             );
-        } else if report.members[i].partial_contributors.is_empty() && got.sum_squares.sqrt() > norm_bound {
+        } else if got.sum_squares.sqrt() > norm_bound {
             accuse(
                 &mut accused,
                 i,
@@ -255,8 +267,8 @@ pub fn verdict(audit: &Audit, report: &Report, codec: Codec) -> Vec<Accusation> 
     if audit.weights[me] > 0.0 && report.members[me].weight.is_some_and(|w| w > 0.0) && report.local_rejected.is_none() {
         for &i in spans.iter().filter(|&&i| i != me) {
             let Some(parts) = &data.parts[i] else { continue };
-            if !contributes(i, me) {
-                continue;
+            if !report.members[i].contributors.contains(&me) {
+                continue; // (a part this member delivered only in part is not what it sent)
             }
             let (got, sent) = (&parts[me], &data.sent[i]);
             let bound = tol * sent.scale.sqrt().max(got.scale.sqrt()) + floor(sampled(span_len(i))) + 1e-30;
@@ -288,7 +300,7 @@ pub fn verdict(audit: &Audit, report: &Report, codec: Codec) -> Vec<Accusation> 
             accused.push(Accusation { member: i, why, proven: false });
         }
     }
-    if !owner_caught && spans.iter().all(|&i| data.parts[i].is_some()) {
+    if !owner_caught && partial.is_empty() && spans.iter().all(|&i| data.parts[i].is_some()) {
         let senders: Vec<usize> = (0..n).filter(|&s| audit.weights[s] > 0.0 && spans.iter().any(|&i| contributes(i, s))).collect();
         let mut norms = Vec::with_capacity(senders.len());
         for &s in &senders {

@@ -29,8 +29,8 @@
 //! orthogonal to dense signs as easily as one that is zero on the sampled
 //! blocks. What bounds that attack is the *dense* norm every owner
 //! measures of every part (`audit::NORM_BOUND`). Measured in
-//! docs/BENCHMARKS.md: 1 in 16 cost 15–20% of a 64M fp16 round on loopback,
-//! 1 in 64 cost 6–9%.
+//! docs/BENCHMARKS.md: 1 in 16 cost 15–25% of a 64M fp16 round on loopback,
+//! 1 in 64 cost 3–9%.
 //!
 //! Sums run in f32 within a 64-element block and in f64 across blocks, in
 //! a fixed order: the same input gives the same bits everywhere.
@@ -80,11 +80,6 @@ impl Projector {
         let seeds = std::array::from_fn(|j| u64::from_le_bytes(d[8 * j..8 * j + 8].try_into().expect("8 bytes")));
         let p: [u8; 32] = Sha256::new().chain_update(b"dtrain-projection-pick-v2").chain_update(challenge).finalize().into();
         Projector { seeds, pick: u64::from_le_bytes(p[..8].try_into().expect("8 bytes")) }
-    }
-
-    /// The projector with these seeds (what an engine's `project` gets).
-    pub fn from_seeds(seeds: [u64; K], pick: u64) -> Projector {
-        Projector { seeds, pick }
     }
 
     pub fn seeds(&self) -> &[u64; K] {
