@@ -191,12 +191,78 @@ fn a_lying_owner_is_named_whether_it_averages_or_reports_falsely() {
     faults[2] = Some(Fault::WrongAverage);
     let (_, results) = run(&x, &weights, &faults, Codec::F16);
     check(&x, &weights, &results, &[2]);
-    // A misreported part (member 0's, scaled by 1.5): its sender and
-    // everyone else name the owner, not the sender.
+    // A misreported part (member 0's statement forwarded with its
+    // projections ×1.5): the signature fails, so everyone names the
+    // owner, as a proven cheat, and not the sender.
     let mut faults = [None; 5];
     faults[4] = Some(Fault::MisreportPart { member: 0, scale: 1.5 });
     let (_, results) = run(&x, &weights, &faults, Codec::F16);
     check(&x, &weights, &results, &[4]);
+    for i in 0..4 {
+        let v = &results[i].1;
+        assert!(v.accused.iter().any(|(id, why)| id == "m4" && why.contains("never signed")), "member {i}: {:?}", v.accused);
+    }
+}
+
+/// Who member `i` left out, proven and unproven, by id.
+fn named(v: &Verified) -> (Vec<&str>, Vec<&str>) {
+    (v.accused.iter().map(|(id, _)| id.as_str()).collect(), v.dropped.iter().map(|(id, _)| id.as_str()).collect())
+}
+
+#[test]
+fn an_owner_disputing_an_honest_part_loses_its_own_place_too() {
+    // Member 3, an owner, claims member 0's bytes do not match what it
+    // signed. Only the two of them saw the bytes: every honest member
+    // leaves both out, neither as a proven cheat, and they agree.
+    let x = inputs(5);
+    let weights = [1.0, 2.0, 1.0, 2.0, 1.0];
+    let mut faults = [None; 5];
+    faults[3] = Some(Fault::DisputePart { member: 0 });
+    let (_, results) = run(&x, &weights, &faults, Codec::F16);
+    check(&x, &weights, &results, &[0, 3]);
+    for i in [1, 2, 4] {
+        let (accused, dropped) = named(&results[i].1);
+        assert!(accused.is_empty(), "member {i} accused {accused:?}");
+        assert!(dropped.contains(&"m0") && dropped.contains(&"m3"), "member {i}: {dropped:?}");
+    }
+}
+
+#[test]
+fn an_owner_denying_a_part_cannot_frame_its_sender() {
+    // Member 2, an owner, ignores member 1's chunks and reports that it
+    // sent nothing. Member 1's sum then misses a span: before statements
+    // were signed, that named member 1 as a cheat. Now it is left out
+    // unproven (it may have lost its link), and the owner, whose average
+    // matches what it reports, stays.
+    let x = inputs(5);
+    let weights = [1.0; 5];
+    let mut faults = [None; 5];
+    faults[2] = Some(Fault::DenyPart { member: 1 });
+    let (_, results) = run(&x, &weights, &faults, Codec::F16);
+    check(&x, &weights, &results, &[1]);
+    for i in [0, 2, 3, 4] {
+        let (accused, dropped) = named(&results[i].1);
+        assert!(accused.is_empty(), "member {i} accused {accused:?}");
+        assert_eq!(dropped, ["m1"], "member {i}");
+    }
+}
+
+#[test]
+fn a_sender_whose_bytes_belie_its_statements_is_named_and_no_owner_pays() {
+    // Member 1 sends its gradient ×−100 but signs statements of the honest
+    // one, hoping an owner gets the blame. Every owner disputes its part
+    // (two or more disputes: the sender alone is out), and its own span's
+    // statement, of what it really averaged, makes its sum miss its credit.
+    let x = inputs(5);
+    let weights = [1.0; 5];
+    let mut faults = [None; 5];
+    faults[1] = Some(Fault::Unstated(-100.0));
+    let (_, results) = run(&x, &weights, &faults, Codec::F16);
+    check(&x, &weights, &results, &[1]);
+    for i in [0, 2, 3, 4] {
+        let (accused, dropped) = named(&results[i].1);
+        assert!(accused.iter().chain(&dropped).all(|id| *id == "m1"), "member {i}: {accused:?} {dropped:?}");
+    }
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Miners that train honestly and then cheat in the all-reduce — a
 //! poisoned (×−100), sign-flipped, noisy or zero contribution, an inflated
-//! weight, a dishonest average, an owner covering for the poisoner — with
+//! weight, a dishonest average, an owner covering for the poisoner, an
+//! owner misreporting an honest miner's part — with
 //! a master validator and three honest miners over five epochs: each is
 //! caught in its first all-reduce (Participation::Caught), ends with under 10% of an
 //! honest miner's weight, the honest miners get at least their all-honest
@@ -29,9 +30,10 @@ fn all_reduce_cheats_are_caught_and_end_with_a_small_share_of_the_weight() {
         Behaviour::AllReduce(Fault::DeclareWeight(1e8)),
         Behaviour::AllReduce(Fault::WrongAverage),
         Behaviour::AllReduce(Fault::MisreportPart { member: 4, scale: -0.01 }),
-        // (An owner misreporting an honest miner's part by less than its
-        // average check sees is the framing gap of docs/SECURITY.md: only the
-        // victim notices. tests/allreduce_audit.rs has the case it catches.)
+        // An owner misreporting an honest miner's part (uid 1's) by 1.5×:
+        // before statements were signed only the victim noticed, and the
+        // others named the victim. Now the forged statement names the owner.
+        Behaviour::AllReduce(Fault::MisreportPart { member: 1, scale: 1.5 }),
     ];
     let net = network("validator-allreduce", &behaviours, 1);
     for round in 1..=5u64 {

@@ -9,25 +9,33 @@
 //! given other numbers refuses every handshake, and a member whose Hello
 //! declares any weight but 0 or its credited one is refused by everyone.
 //!
-//! During the round each span owner projects every sender's part of its
-//! span as decoded (what enters the average) and sends those projections,
-//! with the parts' squared norms, in its span summary to every member.
-//! After the round every member runs the same [`verdict`]:
-//! - *contribution*: for each sender, the owners' reports summed over the
-//!   spans must equal what the validator credited (a scaled, sign-flipped,
-//!   noisy, zero or other-work vector fails);
-//! - *own parts*: the owners' reports of this member's own parts must equal
-//!   what it sent (an owner misreporting a part is named by its sender);
+//! During the round each sender signs, for every owner, a statement of
+//! its part of that owner's span (projections, their scale, squared norm:
+//! a [`Statement`]) and sends it ahead of its chunks. The owner measures
+//! what it decodes, and its span summary forwards every sender's statement,
+//! marking a part *disputed* when the bytes do not match it. After the
+//! round every member runs the same [`verdict`]:
+//! - *forged*: a forwarded statement whose signature fails names the owner;
+//! - *disputed*: a part its owner disputes leaves both out, unproven (only
+//!   the two of them saw the bytes), or the sender alone when two owners or
+//!   more dispute it;
 //! - *averages*: each averaged span as received must project to the
-//!   weighted mean of the reported parts (an owner that averages
-//!   dishonestly fails).
+//!   weighted mean of the parts stated for it (an owner that averages
+//!   dishonestly fails);
+//! - *contribution*: for each sender, its statements summed over the spans
+//!   must equal what the validator credited (a scaled, sign-flipped,
+//!   noisy, zero or other-work vector fails) — signed, so no owner can make
+//!   an honest sender fail this, and no sender can blame an owner for it;
+//! - *norms*: no contribution far beyond the group's median.
 //!
-//! A failed check accuses the culprit; the round then runs again without
+//! A failed check names the culprit; the round then runs again without
 //! the culprits (every honest member computes the same verdict from the
-//! same reports, so they rerun in the same group and stay bit-identical).
+//! same summaries, so they rerun in the same group and stay
+//! bit-identical).
 
 use super::codec::Codec;
 use super::group::Group;
+use super::identity::{Identity, PublicKey};
 use super::projection::{GROUP_BLOCKS, K, Proj, Projector, axpy, max_diff};
 use super::report::Report;
 use sha2::{Digest, Sha256};
@@ -80,17 +88,95 @@ impl Part {
     }
 }
 
+/// A sender's signed claim about its part of one owner's span, sent to
+/// the owner before its chunks and forwarded by the owner in its span
+/// summary. Because the sender signed it, an owner cannot report another
+/// part for it (a forged statement names the owner), and a sender cannot
+/// deny what it claimed (statements that do not add up to its credit name
+/// the sender, whatever any owner says). Whether the bytes it sent match
+/// the claim only the owner can see: it *disputes* the part when they do
+/// not (see [`verdict`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Statement {
+    pub part: Part,
+    pub sig: [u8; 64],
+}
+
+impl Statement {
+    pub const BYTES: usize = Part::BYTES + 64;
+
+    fn message(round: u64, digest: &[u8; 32], sender: usize, owner: usize, part: &Part) -> Vec<u8> {
+        let mut m = Vec::with_capacity(24 + 8 + 32 + 4 + Part::BYTES);
+        m.extend_from_slice(b"dtrain-allreduce-part-v1");
+        m.extend_from_slice(&round.to_le_bytes());
+        m.extend_from_slice(digest);
+        m.extend_from_slice(&(sender as u16).to_le_bytes());
+        m.extend_from_slice(&(owner as u16).to_le_bytes());
+        part.encode(&mut m);
+        m
+    }
+
+    /// `sender`'s statement of its part of `owner`'s span in this round
+    /// (the digest binds it to the group, its audit and the attempt).
+    pub fn sign(id: &Identity, round: u64, digest: &[u8; 32], sender: usize, owner: usize, part: Part) -> Statement {
+        Statement { part, sig: id.sign(&Statement::message(round, digest, sender, owner, &part)) }
+    }
+
+    pub fn verify(&self, key: &PublicKey, round: u64, digest: &[u8; 32], sender: usize, owner: usize) -> bool {
+        key.verify(&Statement::message(round, digest, sender, owner, &self.part), &self.sig)
+    }
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        self.part.encode(out);
+        out.extend_from_slice(&self.sig);
+    }
+
+    /// `None` unless `b` is [`Statement::BYTES`] long with a valid part.
+    pub fn parse(b: &[u8]) -> Option<Statement> {
+        (b.len() == Statement::BYTES).then_some(())?;
+        Some(Statement { part: Part::parse(&b[..Part::BYTES])?, sig: b[Part::BYTES..].try_into().expect("64 bytes") })
+    }
+}
+
+/// A part's place in its owner's summary (the byte sent per sender).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Contribution {
+    /// Nothing of it entered the span.
+    None = 0,
+    /// Some chunks did, not all.
+    Partial = 1,
+    /// Every chunk did, and the bytes match the sender's statement.
+    Full = 2,
+    /// Every chunk did, but the bytes the owner decoded do not match the
+    /// statement (beyond the codec's error): one of the two lies.
+    Disputed = 3,
+}
+
 /// What a round measured for its audit (in [`Report::audit`]).
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct AuditData {
-    /// Per owner, its report of every member's part of its span (`None`
-    /// when no summary arrived; this peer's own entry is what it computed).
+    /// Per owner, the parts its summary forwards for every member: the
+    /// senders' signed statements, verified (`None` when no summary
+    /// arrived; a part not stated is zero). This peer's own entry is the
+    /// summary it sent.
     pub parts: Vec<Option<Vec<Part>>>,
-    /// This member's own contribution, per span, as it sent it.
-    pub sent: Vec<Part>,
+    /// Per owner, a sender whose statement its summary forwards with a
+    /// signature that does not check out: the owner forged it.
+    pub forged: Vec<Option<usize>>,
     /// Per span, the averaged values as this member holds them (its own
     /// span's left empty: see `verdict`).
     pub averaged: Vec<Part>,
+}
+
+/// Whether `measured` (what an owner decoded of `elems` elements) and
+/// `stated` (the sender's claim) agree within the codec's error.
+pub fn parts_agree(codec: Codec, measured: &Part, stated: &Part, elems: usize) -> bool {
+    let tol = tolerance(codec);
+    let floor = |n: usize| 4.0 * (n as f64).sqrt() * absolute_error(codec);
+    let bound = tol * measured.scale.sqrt().max(stated.scale.sqrt()) + floor(elems / GROUP_BLOCKS + 64) + 1e-30;
+    let (mn, sn) = (measured.sum_squares.sqrt(), stated.sum_squares.sqrt());
+    max_diff(&measured.proj, &stated.proj) <= bound && (mn - sn).abs() <= tol * mn.max(sn) + floor(elems) + 1e-30
 }
 
 /// A member named by a failed check.
@@ -182,10 +268,11 @@ pub fn group_without(group: &Group, drop: &[usize]) -> Group {
 }
 
 /// The checks every member runs after an audited round (see the module
-/// doc). `codec` sets the tolerance. Spans whose owner sent no summary
-/// cannot be checked; their values are not applied (`unaveraged_spans`),
-/// and a sender's sum is checked only when every span with elements
-/// reported.
+/// doc), all on what every member holds alike: the signed-in credit, the
+/// owners' summaries with the senders' signed statements, and the
+/// averages as received. `codec` sets the tolerance. Spans whose owner
+/// sent no summary cannot be checked; their values are not applied
+/// (`unaveraged_spans`).
 pub fn verdict(audit: &Audit, report: &Report, codec: Codec) -> Vec<Accusation> {
     let Some(data) = &report.audit else { return Vec::new() };
     let n = report.members.len();
@@ -197,42 +284,69 @@ pub fn verdict(audit: &Audit, report: &Report, codec: Codec) -> Vec<Accusation> 
     let sampled = |n: usize| n / GROUP_BLOCKS + 64;
     let span_len = |i: usize| report.members[i].span.1 - report.members[i].span.0;
     let total_len: usize = (0..report.members.len()).map(span_len).sum();
-    let me = report.me;
     let mut accused: Vec<Accusation> = Vec::new();
-    let accuse = |accused: &mut Vec<Accusation>, member: usize, why: String| {
+    let name = |accused: &mut Vec<Accusation>, member: usize, why: String, proven: bool| {
         if !accused.iter().any(|a| a.member == member) {
-            accused.push(Accusation { member, why, proven: true });
+            accused.push(Accusation { member, why, proven });
         }
     };
     // Refused for a false weight (a signed claim, the same to everyone who
     // checked it): out, so that its span is averaged by somebody else.
     for (j, m) in report.members.iter().enumerate() {
         if let Some(f @ super::report::Failure::FalseWeight { .. }) = &m.failure {
-            accuse(&mut accused, j, f.to_string());
+            name(&mut accused, j, f.to_string(), true);
         }
     }
     let spans: Vec<usize> = (0..n).filter(|&i| report.members[i].span.1 > report.members[i].span.0).collect();
-    let contributes = |i: usize, s: usize| report.members[i].contributors.contains(&s) || report.members[i].partial_contributors.contains(&s);
-    // A sender that delivered only some chunks of a span (it stalled or
-    // died midway, as the owner's summary says to everyone) makes that
-    // span's chunks means over different senders: no check of the span's
-    // average, nor of the sender's sum, can hold. It is left out, unproven
-    // (it may have crashed), and the rerun checks everyone; an accomplice
-    // stalling on purpose only buys a rerun.
-    let partial: Vec<usize> = (0..n).filter(|&s| spans.iter().any(|&i| report.members[i].partial_contributors.contains(&s))).collect();
-    for &s in &partial {
-        if !accused.iter().any(|a| a.member == s) {
-            accused.push(Accusation { member: s, why: "delivered only part of its contribution".into(), proven: false });
+    let summed: Vec<usize> = spans.iter().copied().filter(|&i| data.parts[i].is_some()).collect();
+    let m = |i: usize| &report.members[i];
+    // In the span wholly: its bytes matched its statement, or were disputed.
+    let whole = |i: usize, s: usize| m(i).contributors.contains(&s) || m(i).disputed.contains(&s);
+    let any_part = |i: usize, s: usize| whole(i, s) || m(i).partial_contributors.contains(&s);
+    // A summary forwarding a statement its sender never signed: only the
+    // owner can have made it up.
+    for &i in &summed {
+        if let Some(s) = data.forged[i] {
+            name(&mut accused, i, format!("span {i}: its summary forwards a statement of member {s}'s part that {s} never signed"), true);
         }
     }
-    // Averages: each averaged span against the weighted mean of its parts,
-    // in projection and in norm (the mean's norm is at most the weighted
-    // mean of the parts' norms: whatever an owner adds where the
-    // projections do not look makes its average longer than that).
-    for &i in spans.iter().filter(|&&i| i != report.me && report.members[i].partial_contributors.is_empty()) {
-        let (Some(parts), super::report::SpanStatus::Averaged) = (&data.parts[i], &report.members[i].span_status) else { continue };
+    // Disputed parts: the bytes an owner decoded are not what their sender
+    // signed. Either may lie and nobody else can tell, so both are left
+    // out, unproven — unless two owners or more dispute the same sender:
+    // then the sender alone (an owner cannot make a second one dispute).
+    for s in 0..n {
+        let by: Vec<usize> = summed.iter().copied().filter(|&i| m(i).disputed.contains(&s)).collect();
+        if by.is_empty() {
+            continue;
+        }
+        name(&mut accused, s, format!("the part it sent to span(s) {by:?} is not the part it signed (disputed by the owners)"), false);
+        if let [i] = by[..] {
+            name(&mut accused, i, format!("span {i}: disputes member {s}'s part, alone (one of the two lies)"), false);
+        }
+    }
+    // A sender some owners got wholly and others in part or not at all (it
+    // stalled or died midway, or lost a link; or an owner claims so): no
+    // check of its sum can hold, nor of an average it is partly in. It is
+    // left out, unproven, and the rerun checks everyone; an accomplice
+    // stalling on purpose only buys a rerun.
+    let broken: Vec<usize> = (0..n)
+        .filter(|&s| summed.iter().any(|&i| any_part(i, s)) && summed.iter().any(|&i| i != s && !whole(i, s)))
+        .filter(|&s| audit.weights[s] > 0.0)
+        .collect();
+    for &s in &broken {
+        name(&mut accused, s, "not every owner got its whole contribution".into(), false);
+    }
+    // Averages: each averaged span against the weighted mean of the parts
+    // stated for it, in projection and in norm (the mean's norm is at most
+    // the weighted mean of the parts' norms: whatever an owner adds where
+    // the projections do not look makes its average longer than that).
+    // An owner does not check its own span: an honest owner's agrees, a
+    // lying one's verdict matters to nobody.
+    let checkable = |i: usize| data.forged[i].is_none() && m(i).partial_contributors.is_empty() && m(i).disputed.is_empty();
+    for &i in summed.iter().filter(|&&i| i != report.me && checkable(i)) {
+        let (Some(parts), super::report::SpanStatus::Averaged) = (&data.parts[i], &m(i).span_status) else { continue };
         let (mut mean, mut norms, mut total) = ([0f64; K], 0f64, 0f64);
-        for s in (0..n).filter(|&s| report.members[i].contributors.contains(&s)) {
+        for &s in &m(i).contributors {
             let w = audit.weights[s] as f64;
             axpy(&mut mean, w, &parts[s].proj);
             norms += w * parts[s].sum_squares.sqrt();
@@ -247,61 +361,30 @@ pub fn verdict(audit: &Audit, report: &Report, codec: Codec) -> Vec<Accusation> 
         let d = max_diff(&mean, &got.proj);
         let norm_bound = norms * (1.0 + tol) + floor(span_len(i)) + 1e-30;
         if d > bound {
-            accuse(
-                &mut accused,
-                i,
-                format!("span {i}: the average it sent differs from the mean of the parts it reported (by {d:.3e}, tolerance {bound:.3e})"),
-            );
+            let why = format!("span {i}: the average it sent differs from the mean of the parts stated for it (by {d:.3e}, tolerance {bound:.3e})");
+            name(&mut accused, i, why, true);
         } else if got.sum_squares.sqrt() > norm_bound {
-            accuse(
-                &mut accused,
-                i,
-                format!(
-                    "span {i}: the average it sent has norm {:.3e}, more than the parts it reported allow ({norm_bound:.3e})",
-                    got.sum_squares.sqrt()
-                ),
-            );
+            let norm = got.sum_squares.sqrt();
+            let why = format!("span {i}: the average it sent has norm {norm:.3e}, more than the parts stated for it allow ({norm_bound:.3e})");
+            name(&mut accused, i, why, true);
         }
     }
-    // Own parts: what the owners say this member sent.
-    if audit.weights[me] > 0.0 && report.members[me].weight.is_some_and(|w| w > 0.0) && report.local_rejected.is_none() {
-        for &i in spans.iter().filter(|&&i| i != me) {
-            let Some(parts) = &data.parts[i] else { continue };
-            if !report.members[i].contributors.contains(&me) {
-                continue; // (a part this member delivered only in part is not what it sent)
-            }
-            let (got, sent) = (&parts[me], &data.sent[i]);
-            let bound = tol * sent.scale.sqrt().max(got.scale.sqrt()) + floor(sampled(span_len(i))) + 1e-30;
-            let d = max_diff(&got.proj, &sent.proj);
-            let (gn, sn) = (got.sum_squares.sqrt(), sent.sum_squares.sqrt());
-            let norm_bound = tol * sn + floor(span_len(i)) + 1e-30;
-            if d > bound || (gn - sn).abs() > norm_bound {
-                accuse(
-                    &mut accused,
-                    i,
-                    format!("span {i}: misreported this member's part (projections by {d:.3e}, tolerance {bound:.3e}; norm {gn:.3e}, sent {sn:.3e})"),
-                );
-            }
-        }
-    }
-    // Contributions: each sender's parts, summed over the spans, against
-    // the credit — only when every span reported and no owner was caught
-    // (a lying owner's reports would name honest senders; the rerun
-    // without it checks them).
-    let owner_caught = accused.iter().any(|a| spans.contains(&a.member) && report.members[a.member].failure.is_none());
     // An owner whose summary never came leaves every sender's sum
     // unchecked (an accomplice need only withhold it for a poisoner's other
     // parts to pass): it is left out of the rerun, so that the rerun checks
     // them — not as a proven cheat, since it may have crashed.
-    let anyone_sends = (0..n).any(|s| audit.weights[s] > 0.0 && report.members[s].weight.is_some_and(|w| w > 0.0));
-    for &i in spans.iter().filter(|&&i| i != me && data.parts[i].is_none()) {
-        if anyone_sends && !accused.iter().any(|a| a.member == i) {
-            let why = format!("span {i}: no span summary came, so no contribution could be checked");
-            accused.push(Accusation { member: i, why, proven: false });
+    let anyone_sends = (0..n).any(|s| audit.weights[s] > 0.0 && m(s).weight.is_some_and(|w| w > 0.0));
+    for &i in spans.iter().filter(|&&i| i != report.me && data.parts[i].is_none()) {
+        if anyone_sends {
+            name(&mut accused, i, format!("span {i}: no span summary came, so no contribution could be checked"), false);
         }
     }
-    if !owner_caught && partial.is_empty() && spans.iter().all(|&i| data.parts[i].is_some()) {
-        let senders: Vec<usize> = (0..n).filter(|&s| audit.weights[s] > 0.0 && spans.iter().any(|&i| contributes(i, s))).collect();
+    // Contributions: each sender's signed statements, summed over the
+    // spans, against the credit. Signed, so a sum that misses names the
+    // sender whatever the owners did — as long as every span's summary
+    // came and none was forged.
+    if summed.len() == spans.len() && summed.iter().all(|&i| data.forged[i].is_none()) {
+        let senders: Vec<usize> = (0..n).filter(|&s| audit.weights[s] > 0.0 && spans.iter().all(|&i| whole(i, s))).collect();
         let mut norms = Vec::with_capacity(senders.len());
         for &s in &senders {
             let mut sum = Part::default();
@@ -312,11 +395,8 @@ pub fn verdict(audit: &Audit, report: &Report, codec: Codec) -> Vec<Accusation> 
             let bound = tol * sum.scale.sqrt() + floor(sampled(total_len)) + 1e-30;
             let d = max_diff(&sum.proj, &audit.expected[s]);
             if d > bound {
-                accuse(
-                    &mut accused,
-                    s,
-                    format!("its contribution is not the work the validator verified (projections differ by {d:.3e}, tolerance {bound:.3e})"),
-                );
+                let why = format!("its contribution is not the work the validator verified (projections differ by {d:.3e}, tolerance {bound:.3e})");
+                name(&mut accused, s, why, true);
             }
         }
         // Defence in depth: whatever passed the projections (a vector
@@ -333,10 +413,10 @@ pub fn verdict(audit: &Audit, report: &Report, codec: Codec) -> Vec<Accusation> 
                 v[v.len() / 2]
             };
             let scaled: Vec<f64> = senders.iter().zip(&norms).map(|(&s, &norm)| norm * (audit.weights[s] as f64).sqrt()).collect();
-            let (m, ms) = (median(&norms), median(&scaled));
+            let (med, med_scaled) = (median(&norms), median(&scaled));
             for ((&s, &norm), &sc) in senders.iter().zip(&norms).zip(&scaled) {
-                if norm > NORM_BOUND * m && sc > NORM_BOUND * ms {
-                    accuse(&mut accused, s, format!("its contribution's norm {norm:.3e} is over {NORM_BOUND}× the group's median {m:.3e}"));
+                if norm > NORM_BOUND * med && sc > NORM_BOUND * med_scaled {
+                    name(&mut accused, s, format!("its contribution's norm {norm:.3e} is over {NORM_BOUND}× the group's median {med:.3e}"), true);
                 }
             }
         }

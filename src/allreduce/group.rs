@@ -78,8 +78,17 @@ pub enum Fault {
     /// As a span owner, knowing the challenge: scale its average by this
     /// factor everywhere but the blocks the projections sample.
     HiddenAverage(f32),
-    /// As a span owner: report member `member`'s part scaled by `scale`.
+    /// Contribute the gradient times this factor, but sign statements of
+    /// the honest gradient's parts (the bytes lie, the claims do not).
+    Unstated(f32),
+    /// As a span owner: forward member `member`'s statement with its
+    /// projections scaled by `scale` (a forgery: the signature fails).
     MisreportPart { member: u16, scale: f32 },
+    /// As a span owner: dispute member `member`'s honest part.
+    DisputePart { member: u16 },
+    /// As a span owner: report that member `member` contributed nothing,
+    /// though it did (and average without it).
+    DenyPart { member: u16 },
     /// As a span owner: abort instead of sending its span summary (the
     /// accomplice that keeps a poisoner's parts from being summed).
     WithholdSummary,

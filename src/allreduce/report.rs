@@ -68,6 +68,9 @@ pub struct MemberReport {
     /// those in only some (as the owner reported it; exact for our own span).
     pub contributors: Vec<usize>,
     pub partial_contributors: Vec<usize>,
+    /// Audited: members whose chunks are all in the span but whose bytes,
+    /// as the owner decoded them, are not what they signed they sent.
+    pub disputed: Vec<usize>,
     /// XXH3-64 over the checksums of the averaged chunks, in order: equal on
     /// every peer that holds the whole averaged span. `None` unless the
     /// owner confirmed it.

@@ -38,6 +38,9 @@ pub enum Kind {
     /// The owner's summary after its last averaged chunk: who contributed,
     /// and the hash of the averaged span.
     Done = 6,
+    /// An audited round's sender, before its scatter chunks: its signed
+    /// statement of its part of the owner's span (see `audit::Statement`).
+    Statement = 7,
 }
 
 impl Kind {
@@ -49,6 +52,7 @@ impl Kind {
             4 => Kind::Abort,
             5 => Kind::Auth,
             6 => Kind::Done,
+            7 => Kind::Statement,
             _ => return None,
         })
     }

@@ -263,6 +263,14 @@ impl Round<'_> {
         let (me, round) = (self.me, self.round);
         let mut outs = Vec::with_capacity(self.chunks[j].len() + self.finalized.len() + 1);
         if self.weight > 0.0 {
+            // Audited: the signed claim of what our chunks for its span
+            // hold, ahead of them (the owner takes no chunk before it).
+            if self.audit.is_some() && !self.chunks[j].is_empty() {
+                let mut payload = Vec::with_capacity(Statement::BYTES);
+                Statement::sign(self.id, round, &self.digest, me, j, self.sent[j]).encode(&mut payload);
+                let header = Header::for_payload(Kind::Statement, me as u16, round, j as u32, 0, &payload);
+                outs.push(Out::new(&header, Body::Owned(payload)));
+            }
             for (c, info) in self.chunks[j].iter().enumerate() {
                 let (len, body) = if self.zero_copy {
                     (4 * info.elems.len(), Body::Grad(4 * info.elems.start..4 * info.elems.end))

@@ -3,6 +3,7 @@
 //! (with an audited round's measurements). Part of `Round` (round/mod.rs).
 
 use super::*;
+use crate::allreduce::audit::parts_agree;
 
 impl Round<'_> {
     pub(super) fn on_data(&mut self, id: usize, h: Header, payload: &[u8]) {
@@ -19,6 +20,9 @@ impl Round<'_> {
                 }
                 if self.members[j].excluded.is_some() {
                     return; // already caught: the rest of its contribution is ignored
+                }
+                if self.audit.is_some() && self.members[j].statement.is_none() {
+                    return self.fail(j, Failure::Invalid(format!("scatter chunk {c} before its signed part statement")));
                 }
                 let own = &self.grad[self.own_span.clone()];
                 // The chunk's last expected contribution goes straight into
@@ -88,11 +92,34 @@ impl Round<'_> {
                     m.gather_parts[c] = part;
                 }
             }
+            Kind::Statement => {
+                let w = self.members[j].weight.unwrap_or(0.0);
+                let m = &self.members[j];
+                if self.audit.is_none() || span != self.me || w == 0.0 || m.statement.is_some() || m.scatter_got > 0 {
+                    return self.fail(j, Failure::Invalid("part statement unexpected here".into()));
+                }
+                let key = self.group.members[j].key;
+                let Some(st) = Statement::parse(payload).filter(|st| st.verify(&key, self.round, &self.digest, j, self.me)) else {
+                    return self.fail(j, Failure::Invalid("part statement malformed or not signed with its key".into()));
+                };
+                self.members[j].statement = Some(st);
+                if self.settings.fault == Some(Fault::DenyPart { member: j as u16 }) {
+                    self.members[j].excluded = Some("(its part denied)".into());
+                    self.finalize_ready_chunks();
+                }
+            }
             Kind::Done => {
                 let n = self.n();
                 let m = &self.members[j];
-                let len = n + 8 + if self.audit.is_some() { n * Part::BYTES } else { 0 };
-                if m.done.is_some() || m.gather_count != m.gather_got.len() || payload.len() != len || payload[..n].iter().any(|&s| s > 2) {
+                let (len, max_status) = match self.audit {
+                    Some(_) => (n + 8 + n * Statement::BYTES, Contribution::Disputed),
+                    None => (n + 8, Contribution::Full),
+                };
+                if m.done.is_some()
+                    || m.gather_count != m.gather_got.len()
+                    || payload.len() != len
+                    || payload[..n].iter().any(|&s| s > max_status as u8)
+                {
                     return self.fail(j, Failure::Invalid("malformed or early span summary".into()));
                 }
                 let hash = u64::from_le_bytes(payload[n..n + 8].try_into().expect("8 bytes"));
@@ -100,11 +127,24 @@ impl Round<'_> {
                     return self.fail(j, Failure::Invalid("span hash differs from the chunks received".into()));
                 }
                 if self.audit.is_some() {
-                    let parts: Option<Vec<Part>> = payload[n + 8..].chunks_exact(Part::BYTES).map(Part::parse).collect();
-                    let Some(parts) = parts else {
-                        return self.fail(j, Failure::Invalid("span summary reports a non-finite part".into()));
-                    };
+                    // The statements of the parts in the span wholly, each
+                    // checked against its sender's key (a forged one names
+                    // the owner, by everyone alike).
+                    let (mut parts, mut forged) = (vec![Part::default(); n], None);
+                    for (s, b) in payload[n + 8..].chunks_exact(Statement::BYTES).enumerate() {
+                        if payload[s] < Contribution::Full as u8 {
+                            continue;
+                        }
+                        let Some(st) = Statement::parse(b) else {
+                            return self.fail(j, Failure::Invalid("span summary states a non-finite part".into()));
+                        };
+                        if !st.verify(&self.group.members[s].key, self.round, &self.digest, s, j) {
+                            forged = forged.or(Some(s));
+                        }
+                        parts[s] = st.part;
+                    }
                     self.members[j].done_parts = Some(parts);
+                    self.members[j].done_forged = forged;
                 }
                 self.members[j].done = Some((payload[..n].to_vec(), hash));
             }
@@ -238,27 +278,62 @@ impl Round<'_> {
             .collect()
     }
 
+    /// Audited: per member its place in this span (a `Contribution`) and
+    /// the statement this summary forwards for it: the sender's own, as
+    /// received (disputed when what was decoded does not match it), and
+    /// this peer's own part signed by itself.
+    pub(super) fn summary_statements(&self) -> (Vec<u8>, Vec<Option<Statement>>) {
+        let mut status = self.contributor_status();
+        let measured = self.own_parts();
+        let mut statements = vec![None; self.n()];
+        for s in 0..self.n() {
+            if status[s] == Contribution::None as u8 {
+                continue;
+            }
+            if s == self.me {
+                statements[s] = Some(Statement::sign(self.id, self.round, &self.digest, s, s, measured[s]));
+                continue;
+            }
+            let Some(mut st) = self.members[s].statement else { continue };
+            let lies = self.settings.fault == Some(Fault::DisputePart { member: s as u16 });
+            if status[s] == Contribution::Full as u8 && (lies || !parts_agree(self.codec, &measured[s], &st.part, self.own_span.len())) {
+                status[s] = Contribution::Disputed as u8;
+            }
+            if let Some(Fault::MisreportPart { member, scale }) = self.settings.fault
+                && member as usize == s
+            {
+                st.part.proj.iter_mut().for_each(|v| *v *= scale as f64);
+            }
+            statements[s] = Some(st);
+        }
+        (status, statements)
+    }
+
+    /// This span's contributor status as the summary gives it (see
+    /// `Contribution`).
+    pub(super) fn summary_status(&self) -> Vec<u8> {
+        if self.audit.is_some() { self.summary_statements().0 } else { self.contributor_status() }
+    }
+
     pub(super) fn done_out(&self) -> Out {
         if self.settings.fault == Some(Fault::WithholdSummary) {
             let why = b"(withholding its summary)".to_vec();
             let header = Header::for_payload(Kind::Abort, self.me as u16, self.round, self.me as u32, 0, &why);
             return Out::new(&header, Body::Owned(why));
         }
-        let mut payload = self.contributor_status();
-        payload.extend_from_slice(&span_hash(&self.my_sums).to_le_bytes());
-        if self.audit.is_some() {
-            // Parts of members that contributed nothing are reported as 0.
-            let status = self.contributor_status();
-            for (s, part) in self.own_parts().into_iter().enumerate() {
-                let mut part = if status[s] == 0 { Part::default() } else { part };
-                if let Some(Fault::MisreportPart { member, scale }) = self.settings.fault
-                    && member as usize == s
-                {
-                    part.proj.iter_mut().for_each(|v| *v *= scale as f64);
-                }
-                part.encode(&mut payload);
+        let payload = if self.audit.is_some() {
+            let (mut payload, statements) = self.summary_statements();
+            payload.extend_from_slice(&span_hash(&self.my_sums).to_le_bytes());
+            // Members in no chunk of the span: zeros in their place.
+            for st in statements {
+                st.unwrap_or(Statement { part: Part::default(), sig: [0; 64] }).encode(&mut payload);
             }
-        }
+            payload
+        } else {
+            let mut payload = self.contributor_status();
+            payload.extend_from_slice(&span_hash(&self.my_sums).to_le_bytes());
+            payload
+        };
         let header = Header::for_payload(Kind::Done, self.me as u16, self.round, self.me as u32, 0, &payload);
         Out::new(&header, Body::Owned(payload))
     }

@@ -26,7 +26,7 @@ mod connect;
 mod data;
 mod summary;
 
-use super::audit::{Audit, AuditData, Part};
+use super::audit::{Audit, AuditData, Contribution, Part, Statement};
 use super::codec::{Codec, first_nonfinite};
 use super::conn::{Body, Conn, Got, Out, Sources};
 use super::group::{Fault, Group, Settings};
@@ -213,8 +213,14 @@ struct MemberState {
     gather_averaged: usize,
     /// The owner's summary: contributor status per member, span hash.
     done: Option<(Vec<u8>, u64)>,
-    /// In an audited round, the summary's report of every member's part.
+    /// In an audited round, the parts its summary forwards for every
+    /// member (the senders' statements, verified), and a sender whose
+    /// statement it forged, if any.
     done_parts: Option<Vec<Part>>,
+    done_forged: Option<usize>,
+    /// In an audited round, its signed statement of its part of this
+    /// peer's span (it comes before its chunks).
+    statement: Option<Statement>,
     /// Its connection ended after everything due from it had arrived.
     closed_clean: bool,
     /// It sent an invalid contribution (well framed, bad values): its
@@ -303,7 +309,7 @@ fn decoded_part(codec: Codec, p: &Projector, enc: &[u8], elems: Range<usize>, su
 /// Fault injection on this peer's own contribution (see `Fault`).
 fn inflict_on_contribution(fault: Option<Fault>, grad: &mut [f32]) {
     match fault {
-        Some(Fault::Scale(f)) => grad.iter_mut().for_each(|v| *v *= f),
+        Some(Fault::Scale(f) | Fault::Unstated(f)) => grad.iter_mut().for_each(|v| *v *= f),
         Some(Fault::Noise) => {
             let rms = (super::projection::sum_squares(grad) / grad.len().max(1) as f64).sqrt() as f32;
             let mut rng = crate::rng::Rng::new(0x006e_6f69_7365);
@@ -367,7 +373,7 @@ impl<'a> Round<'a> {
                     .collect()
             })
             .collect();
-        let summary_len = n + 8 + if audit.is_some() { n * Part::BYTES } else { 0 };
+        let summary_len = n + 8 + if audit.is_some() { n * Statement::BYTES } else { 0 };
         let data_max_len = chunks.iter().flatten().map(|c| c.bytes.len()).max().unwrap_or(0).max(summary_len).max(ABORT_MAX) as u32;
 
         // Encode what the other owners need, in parallel, checking each
@@ -428,6 +434,14 @@ impl<'a> Round<'a> {
                 }
             }
         }
+        if let Some(Fault::Unstated(f)) = settings.fault {
+            // Statements of the gradient before it was scaled.
+            let f = f as f64;
+            for p in &mut sent {
+                p.proj.iter_mut().for_each(|v| *v /= f);
+                (p.scale, p.sum_squares) = (p.scale / (f * f), p.sum_squares / (f * f));
+            }
+        }
         let (mut weight, mut local_rejected) = (weight, None);
         if let Some(i) = bad {
             local_rejected = Some(format!("local value {i} is {}: contributing nothing, receiving only", grad[i]));
@@ -472,6 +486,8 @@ impl<'a> Round<'a> {
                 gather_averaged: 0,
                 done: None,
                 done_parts: None,
+                done_forged: None,
+                statement: None,
                 closed_clean: false,
                 excluded: None,
             })

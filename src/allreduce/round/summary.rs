@@ -24,7 +24,7 @@ impl Round<'_> {
                     let averaged = self.averaged.iter().filter(|&&a| a).count();
                     let st = status(averaged, k);
                     let hash = (st == SpanStatus::Averaged).then(|| span_hash(&self.my_sums));
-                    (st, self.contributor_status(), hash)
+                    (st, self.summary_status(), hash)
                 } else {
                     let st = status(m.gather_averaged, m.gather_got.len());
                     let (contrib, hash) = m.done.clone().unwrap_or_default();
@@ -40,6 +40,7 @@ impl Round<'_> {
                     failure: m.excluded.clone().map(Failure::Invalid).or_else(|| m.failure.clone()),
                     contributors: pick(2),
                     partial_contributors: pick(1),
+                    disputed: pick(3),
                     span_status,
                     hash,
                 }
@@ -54,18 +55,15 @@ impl Round<'_> {
             })
         };
         let audit = self.projector.map(|_| {
-            let own = self.own_parts();
-            // What this peer sent into its own span is what it measured there.
-            let mut sent = self.sent.clone();
-            sent[self.me] = own[self.me];
-            (own, sent)
-        });
-        let audit = audit.map(|(own, sent)| AuditData {
-            parts: (0..n).map(|j| if j == self.me { Some(own.clone()) } else { self.members[j].done_parts.clone() }).collect(),
-            sent,
-            // (Its own average is not checked by itself: an honest owner's
-            // agrees, a lying one's verdict matters to nobody.)
-            averaged: (0..n).map(|j| if j == self.me { Part::default() } else { sum_parts(&self.members[j].gather_parts) }).collect(),
+            // Its own span's parts are the statements its summary forwards.
+            let own: Vec<Part> = self.summary_statements().1.iter().map(|st| st.map_or(Part::default(), |st| st.part)).collect();
+            AuditData {
+                parts: (0..n).map(|j| if j == self.me { Some(own.clone()) } else { self.members[j].done_parts.clone() }).collect(),
+                forged: (0..n).map(|j| self.members[j].done_forged).collect(),
+                // (Its own average is not checked by itself: an honest
+                // owner's agrees, a lying one's verdict matters to nobody.)
+                averaged: (0..n).map(|j| if j == self.me { Part::default() } else { sum_parts(&self.members[j].gather_parts) }).collect(),
+            }
         });
         Report {
             round: self.round,
