@@ -475,3 +475,60 @@ pub fn run_verified<E>(
     }
     unreachable!("the loop returns on its last attempt")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_statement_checks_out_only_as_signed() {
+        let id = Identity::from_seed([3; 32]);
+        let digest = [7u8; 32];
+        let part = Part { proj: [1.0, -2.0, 3.5, 0.25], scale: 4.0, sum_squares: 9.0 };
+        let st = Statement::sign(&id, 5, &digest, 1, 2, part);
+        let mut bytes = Vec::new();
+        st.encode(&mut bytes);
+        assert_eq!(bytes.len(), Statement::BYTES);
+        let back = Statement::parse(&bytes).unwrap();
+        assert_eq!(back, st);
+        assert!(back.verify(&id.public(), 5, &digest, 1, 2));
+        // Another round, group, sender, owner or key: no.
+        assert!(!back.verify(&id.public(), 6, &digest, 1, 2));
+        assert!(!back.verify(&id.public(), 5, &[8; 32], 1, 2));
+        assert!(!back.verify(&id.public(), 5, &digest, 2, 2));
+        assert!(!back.verify(&id.public(), 5, &digest, 1, 3));
+        assert!(!back.verify(&Identity::from_seed([4; 32]).public(), 5, &digest, 1, 2));
+        // Any changed number of the part: no.
+        for at in 0..Part::BYTES / 8 {
+            let mut b = bytes.clone();
+            b[8 * at] ^= 1;
+            assert!(!Statement::parse(&b).unwrap().verify(&id.public(), 5, &digest, 1, 2), "number {at}");
+        }
+        // Malformed: wrong length, non-finite or negative numbers.
+        assert!(Statement::parse(&bytes[1..]).is_none());
+        let mut b = bytes.clone();
+        b[..8].copy_from_slice(&f64::NAN.to_le_bytes());
+        assert!(Statement::parse(&b).is_none());
+        b[..8].copy_from_slice(&0f64.to_le_bytes());
+        b[8 * K..8 * K + 8].copy_from_slice(&(-1f64).to_le_bytes());
+        assert!(Statement::parse(&b).is_none());
+    }
+
+    #[test]
+    fn parts_agree_within_the_codecs_error_only() {
+        let part = Part { proj: [10.0, -5.0, 2.0, 1.0], scale: 400.0, sum_squares: 25_600.0 };
+        for codec in [Codec::F32, Codec::F16, Codec::Bf16, Codec::Int8 { block: 256 }] {
+            assert!(parts_agree(codec, &part, &part, 1 << 20));
+            let tol = tolerance(codec);
+            let mut near = part;
+            near.proj[0] += 0.5 * tol * 20.0;
+            assert!(parts_agree(codec, &near, &part, 1 << 20), "{codec:?}");
+            let mut far = part;
+            far.proj[2] += 2.0 * tol * 20.0;
+            assert!(!parts_agree(codec, &far, &part, 1 << 20), "{codec:?}");
+            let mut longer = part;
+            longer.sum_squares *= (1.0 + 3.0 * tol) * (1.0 + 3.0 * tol);
+            assert!(!parts_agree(codec, &longer, &part, 1 << 20), "{codec:?}");
+        }
+    }
+}
