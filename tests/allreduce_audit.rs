@@ -42,10 +42,18 @@ fn run_credited(
     faults: &[Option<Fault>],
     codec: Codec,
 ) -> (Audit, Vec<(Vec<f32>, Verified)>) {
-    run_with(x, credited, weights, faults, codec, settings(codec).stall_timeout, Duration::from_secs(120))
+    run_with(x, credited, weights, faults, codec, settings(codec).stall_timeout, Duration::from_secs(120), None)
 }
 
-/// [`run_credited`] with this stall timeout and time to the deadline.
+/// [`run`] with member `adjudicator` (of weight 0) judging every attempt.
+fn run_judged(x: &[Vec<f32>], weights: &[f32], faults: &[Option<Fault>], adjudicator: usize) -> (Audit, Vec<(Vec<f32>, Verified)>) {
+    let stall = settings(Codec::F16).stall_timeout;
+    run_with(x, x, weights, faults, Codec::F16, stall, Duration::from_secs(120), Some(adjudicator))
+}
+
+/// [`run_credited`] with this stall timeout, time to the deadline and
+/// adjudicator.
+#[allow(clippy::too_many_arguments)]
 fn run_with(
     x: &[Vec<f32>],
     credited: &[Vec<f32>],
@@ -54,6 +62,7 @@ fn run_with(
     codec: Codec,
     stall: Duration,
     limit: Duration,
+    adjudicator: Option<usize>,
 ) -> (Audit, Vec<(Vec<f32>, Verified)>) {
     let n = x.len();
     let peers: Vec<Peer> = (0..n).map(|i| Peer::bind(Identity::from_seed([i as u8 + 40; 32]), "127.0.0.1:0".parse().unwrap()).unwrap()).collect();
@@ -66,7 +75,7 @@ fn run_with(
     };
     let challenge = [9u8; 32];
     let p = Projector::new(&challenge);
-    let audit = Audit { challenge, weights: weights.to_vec(), expected: credited.iter().map(|v| p.project(v, 0)).collect() };
+    let audit = Audit { challenge, weights: weights.to_vec(), expected: credited.iter().map(|v| p.project(v, 0)).collect(), adjudicator };
     let deadline = Instant::now() + limit;
     let out = std::thread::scope(|s| {
         let handles: Vec<_> = peers
@@ -118,7 +127,7 @@ fn check(x: &[Vec<f32>], weights: &[f32], results: &[(Vec<f32>, Verified)], culp
             v.report.members.iter().filter(|m| matches!(m.failure, Some(Failure::FalseWeight { .. }))).map(|m| m.id.clone()).collect();
         got.extend(refused);
         got.sort();
-        assert_eq!(got, named, "member {i} named {:?}", v.accused);
+        assert_eq!(got, named, "member {i} named {:?} left out {:?}", v.accused, v.dropped);
         assert!(v.clean, "member {i}: the last round did not verify: {:?}", v.accused);
         assert!(v.report.unaveraged_spans().is_empty(), "member {i}: {}", v.report.summary());
         assert!(grad == first, "member {i} differs from member {}: honest members must hold the same bits", honest[0]);
@@ -198,8 +207,7 @@ fn a_lying_owner_is_named_whether_it_averages_or_reports_falsely() {
     faults[4] = Some(Fault::MisreportPart { member: 0, scale: 1.5 });
     let (_, results) = run(&x, &weights, &faults, Codec::F16);
     check(&x, &weights, &results, &[4]);
-    for i in 0..4 {
-        let v = &results[i].1;
+    for (i, (_, v)) in results.iter().enumerate().take(4) {
         assert!(v.accused.iter().any(|(id, why)| id == "m4" && why.contains("never signed")), "member {i}: {:?}", v.accused);
     }
 }
@@ -399,11 +407,97 @@ fn a_sender_that_stalls_midway_frames_no_owner() {
     let weights = [1.0; 5];
     let mut faults = [None; 5];
     faults[2] = Some(Fault::StallAfter { gather: false, bytes: 30_000 });
-    let (_, results) = run_with(&x, &x, &weights, &faults, Codec::F16, Duration::from_secs(15), Duration::from_secs(60));
+    let (_, results) = run_with(&x, &x, &weights, &faults, Codec::F16, Duration::from_secs(15), Duration::from_secs(60), None);
     check(&x, &weights, &results, &[2]);
     for i in [0, 1, 3, 4] {
         let v = &results[i].1;
         assert!(v.accused.is_empty(), "member {i} accused {:?}", v.accused);
         assert!(v.dropped.iter().any(|(id, _)| id == "m2"), "member {i}: {:?}", v.dropped);
+    }
+}
+
+// ---- with an adjudicator (the validator's part in the subnet) ------------
+
+#[test]
+fn an_adjudicated_round_names_the_same_culprits_as_every_member_would() {
+    // Member 5 (weight 0) judges. Honest: one attempt, an empty ruling.
+    let x = inputs(6);
+    let weights = [1.0, 2.0, 1.0, 2.0, 1.0, 0.0];
+    let (_, results) = run_judged(&x, &weights, &[None; 6], 5);
+    check(&x, &weights, &results, &[]);
+    for (i, (_, v)) in results.iter().enumerate() {
+        assert_eq!(v.report.ruling.as_deref(), Some(&[][..]), "member {i}");
+    }
+    // The attacks each member's own verdict catches, caught the same way.
+    for (fault, culprits) in [
+        (Fault::Scale(-100.0), vec![2]),
+        (Fault::WrongAverage, vec![2]),
+        (Fault::MisreportPart { member: 0, scale: 1.5 }, vec![2]),
+        (Fault::DisputePart { member: 0 }, vec![0, 2]),
+        (Fault::WithholdSummary, vec![2]),
+    ] {
+        let mut faults = [None; 6];
+        faults[2] = Some(fault);
+        let (_, results) = run_judged(&x, &weights, &faults, 5);
+        check(&x, &weights, &results, &culprits);
+        let (accused, _) = named(&results[5].1);
+        let proven = matches!(fault, Fault::Scale(_) | Fault::WrongAverage | Fault::MisreportPart { .. });
+        assert_eq!(accused.contains(&"m2"), proven, "{fault:?}: {accused:?}");
+    }
+}
+
+#[test]
+fn an_owner_showing_members_different_summaries_leaves_with_the_member_it_fooled() {
+    // Member 2 sends member 0 a summary in which member 1's part is
+    // disputed, and everyone else the true one. Member 0 alone would
+    // leave out members 1 and 2 while the rest left out nobody: they
+    // would rerun in different groups. The adjudicator sees that member 0
+    // holds another summary of span 2 than it does, and rules both out
+    // (either may lie): everyone else reruns without them, and member 1,
+    // honest, stays.
+    let x = inputs(6);
+    let weights = [1.0, 2.0, 1.0, 2.0, 1.0, 0.0];
+    let mut faults = [None; 6];
+    faults[2] = Some(Fault::EquivocateSummary { to: 0 });
+    let (_, results) = run_judged(&x, &weights, &faults, 5);
+    check(&x, &weights, &results, &[0, 2]);
+    for i in [1, 3, 4, 5] {
+        let (accused, dropped) = named(&results[i].1);
+        assert!(accused.is_empty() && !dropped.contains(&"m1"), "member {i}: {accused:?} {dropped:?}");
+    }
+}
+
+#[test]
+fn an_owner_sending_one_member_another_average_leaves_with_it() {
+    // Member 3 sends member 1 its averages negated. Member 1 alone sees
+    // it (its copy no longer matches the span summary): it and the owner
+    // are left out by the ruling, and everyone else agrees and steps.
+    let x = inputs(5);
+    let weights = [1.0, 1.0, 1.0, 1.0, 0.0];
+    let mut faults = [None; 5];
+    faults[3] = Some(Fault::EquivocateAverage { to: 1 });
+    let (_, results) = run_judged(&x, &weights, &faults, 4);
+    check(&x, &weights, &results, &[1, 3]);
+    for i in [0, 2, 4] {
+        let (accused, dropped) = named(&results[i].1);
+        assert!(accused.is_empty() && dropped.contains(&"m1") && dropped.contains(&"m3"), "member {i}: {accused:?} {dropped:?}");
+    }
+}
+
+#[test]
+fn a_false_testimony_costs_the_accuser_its_place_too() {
+    // Member 1 tells the adjudicator that member 3 cheated. Nobody else
+    // saw it, so the adjudicator cannot confirm it: both are left out,
+    // unproven, and every other member follows the same ruling.
+    let x = inputs(5);
+    let weights = [1.0, 1.0, 1.0, 1.0, 0.0];
+    let mut faults = [None; 5];
+    faults[1] = Some(Fault::FalseTestimony { member: 3 });
+    let (_, results) = run_judged(&x, &weights, &faults, 4);
+    check(&x, &weights, &results, &[1, 3]);
+    for i in [0, 2, 4] {
+        let (accused, dropped) = named(&results[i].1);
+        assert!(accused.is_empty(), "member {i} accused {accused:?}");
+        assert!(dropped.contains(&"m1") && dropped.contains(&"m3"), "member {i}: {dropped:?}");
     }
 }

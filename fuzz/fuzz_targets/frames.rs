@@ -1,10 +1,13 @@
 //! Everything a peer reads from an unauthenticated or authenticated
 //! connection before trusting it: the frame header, the payload checksum,
-//! the handshake messages and signature check, and every codec's
-//! validate-then-decode. None of it may panic, whatever the bytes.
+//! the handshake messages and signature check, the audit's statements,
+//! testimonies and rulings, and every codec's validate-then-decode. None
+//! of it may panic, whatever the bytes.
 #![no_main]
 
+use dtrain::allreduce::audit::Statement;
 use dtrain::allreduce::codec::Codec;
+use dtrain::allreduce::ruling::{Testimony, parse_ruling};
 use dtrain::allreduce::handshake::{Hello, verify_auth};
 use dtrain::allreduce::wire::{HEADER_LEN, Header};
 use dtrain::allreduce::Identity;
@@ -23,6 +26,16 @@ fuzz_target!(|data: &[u8]| {
         let auth = rest.get(68..132).unwrap_or(&[]);
         let _ = verify_auth(&key, 1, 0, 1, &hello, &[3; 32], auth);
         assert_eq!(Hello::parse(&hello.encode()).unwrap().nonce, hello.nonce);
+    }
+    if let Some(st) = Statement::parse(&rest[..rest.len().min(Statement::BYTES)]) {
+        let _ = st.verify(&Identity::from_seed([7; 32]).public(), 1, &[2; 32], 0, 1);
+    }
+    let members = usize::from(head[6]) % 9;
+    if let Some(t) = Testimony::parse(rest, members) {
+        assert_eq!(Testimony::parse(&t.encode(), members), Some(t));
+    }
+    if let Some(r) = parse_ruling(rest, members) {
+        assert!(r.iter().all(|a| a.member < members));
     }
     let n = rest.len() / 2;
     let mut out = vec![0f32; n];

@@ -49,6 +49,12 @@ pub struct Audit {
     pub weights: Vec<f32>,
     /// Projections of the credited mean gradient (ignored at weight 0).
     pub expected: Vec<Proj>,
+    /// The member whose ruling every member follows (the master
+    /// validator, trusted): each member sends it what it saw, it rules
+    /// who is left out, and so every honest member reruns in the same
+    /// group even when someone showed different members different things
+    /// (see `ruling`). `None`: each member follows its own verdict.
+    pub adjudicator: Option<usize>,
 }
 
 /// One part of a span as its owner reports it: the projections of a
@@ -237,6 +243,10 @@ impl Audit {
                 h.update(v.to_le_bytes());
             }
         }
+        if let Some(a) = self.adjudicator {
+            h.update(b"adjudicator");
+            h.update((a as u64).to_le_bytes());
+        }
         h.finalize().into()
     }
 
@@ -248,6 +258,11 @@ impl Audit {
         if self.weights.iter().any(|w| !(w.is_finite() && *w >= 0.0)) || self.expected.iter().flatten().any(|v| !v.is_finite()) {
             return Err("audit holds a negative or non-finite number".into());
         }
+        if let Some(a) = self.adjudicator
+            && (a >= n || self.weights[a] != 0.0)
+        {
+            return Err(format!("adjudicator {a} is not a weight-0 member of a group of {n}"));
+        }
         Ok(())
     }
 
@@ -258,6 +273,8 @@ impl Audit {
             challenge: self.challenge,
             weights: (0..self.weights.len()).filter(keep).map(|i| self.weights[i]).collect(),
             expected: (0..self.expected.len()).filter(keep).map(|i| self.expected[i]).collect(),
+            // (Never left out: see `ruling`.)
+            adjudicator: self.adjudicator.filter(|a| !drop.contains(a)).map(|a| a - drop.iter().filter(|&&d| d < a).count()),
         }
     }
 }
@@ -459,7 +476,16 @@ pub fn run_verified<E>(
     let mut dropped: Vec<(String, String)> = Vec::new();
     for attempt in 0..attempts.max(1) {
         let report = round(&group, &audit)?;
-        let named = verdict(&audit, &report, codec);
+        // With an adjudicator, its ruling (the same for everyone) decides;
+        // without one, nobody may step.
+        let named = match (audit.adjudicator, &report.ruling) {
+            (None, _) => verdict(&audit, &report, codec),
+            (Some(_), Some(ruling)) => ruling.clone(),
+            (Some(a), None) => {
+                tracing::warn!("round {} attempt {attempt}: no ruling came from the adjudicator (member {a}); not stepping", report.round);
+                return Ok(Verified { clean: false, report, group, accused, dropped });
+            }
+        };
         for a in &named {
             let (id, why) = (group.members[a.member].id.clone(), a.why.clone());
             tracing::warn!("round {} attempt {attempt}: member {id} {}: {why}", report.round, if a.proven { "accused" } else { "left out" });

@@ -92,6 +92,14 @@ pub enum Fault {
     /// As a span owner: abort instead of sending its span summary (the
     /// accomplice that keeps a poisoner's parts from being summed).
     WithholdSummary,
+    /// As a span owner: send member `to` another summary than everyone
+    /// else (one honest part marked disputed in it).
+    EquivocateSummary { to: u16 },
+    /// As a span owner (fp16): send member `to` its averages negated, and
+    /// everyone else the true ones.
+    EquivocateAverage { to: u16 },
+    /// Testify to the adjudicator that member `member` cheated.
+    FalseTestimony { member: u16 },
 }
 
 impl Default for Settings {

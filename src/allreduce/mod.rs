@@ -15,6 +15,7 @@ pub mod projection;
 pub mod reduce;
 pub mod report;
 pub mod round;
+pub mod ruling;
 pub mod wire;
 
 pub use group::{Fault, Group, Member, Settings};

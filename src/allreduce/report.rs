@@ -99,6 +99,9 @@ pub struct Report {
     pub elapsed_s: f64,
     /// An audited round's measurements (see `audit::verdict`).
     pub audit: Option<super::audit::AuditData>,
+    /// An adjudicated round's ruling, as the adjudicator sent it (or, for
+    /// the adjudicator, made it); `None` if none came (see `ruling`).
+    pub ruling: Option<Vec<super::audit::Accusation>>,
 }
 
 impl Report {

@@ -7,7 +7,7 @@
 //! ```text
 //! offset size field
 //!      0    4 magic "DTAR"
-//!      4    1 version (1)
+//!      4    1 version (2: signed part statements, testimonies and rulings)
 //!      5    1 kind
 //!      6    2 sender (member index)
 //!      8    8 round id
@@ -19,7 +19,7 @@
 //! ```
 
 pub const MAGIC: [u8; 4] = *b"DTAR";
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 pub const HEADER_LEN: usize = 40;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +41,11 @@ pub enum Kind {
     /// An audited round's sender, before its scatter chunks: its signed
     /// statement of its part of the owner's span (see `audit::Statement`).
     Statement = 7,
+    /// A member's testimony to the adjudicator after its data phase (see
+    /// `ruling`).
+    Testimony = 8,
+    /// The adjudicator's ruling: who is left out (see `ruling`).
+    Ruling = 9,
 }
 
 impl Kind {
@@ -53,6 +58,8 @@ impl Kind {
             5 => Kind::Auth,
             6 => Kind::Done,
             7 => Kind::Statement,
+            8 => Kind::Testimony,
+            9 => Kind::Ruling,
             _ => return None,
         })
     }

@@ -159,7 +159,7 @@ pub fn peer_main(a: &PeerArgs) -> Result<()> {
         let challenge = [0x5a; 32];
         let p = crate::allreduce::projection::Projector::new(&challenge);
         let expected = (0..group.len()).map(|j| p.project(&fill(&a.fill, j, a.elems), 0)).collect();
-        crate::allreduce::audit::Audit { challenge, weights: vec![a.weight; group.len()], expected }
+        crate::allreduce::audit::Audit { challenge, weights: vec![a.weight; group.len()], expected, adjudicator: None }
     });
     let mut x = input.clone();
     for r in 0..a.rounds {

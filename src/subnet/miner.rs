@@ -273,6 +273,12 @@ impl<E: Engine> Miner<E> {
             settings.stall_timeout = Duration::from_secs_f64(t);
         }
         let audit = audit_of(&q, group.len())?;
+        // Only a validator may judge the round (miners are not trusted).
+        if let Some(a) = audit.as_ref().and_then(|a| a.adjudicator)
+            && !matches!(self.registry.by_key(&group.members[a].key), Ok(Some(n)) if n.role == Role::Validator)
+        {
+            return Err(format!("the adjudicator, member {a}, is not a registered validator"));
+        }
         let mut st = self.lock();
         let mut peer = self.peer.lock().unwrap_or_else(|p| p.into_inner());
         let me = group.index_of(&peer.public_key()).ok_or("this miner is not in the group")?;
@@ -360,7 +366,12 @@ pub fn audit_of(q: &AllReduce, n: usize) -> Result<Option<Audit>, String> {
     match (&q.challenge, &q.weights, &q.expected) {
         (None, None, None) => Ok(None),
         (Some(c), Some(w), Some(e)) => {
-            let a = Audit { challenge: parse_hex32(c).map_err(|e| format!("challenge: {e}"))?, weights: w.clone(), expected: e.clone() };
+            let a = Audit {
+                challenge: parse_hex32(c).map_err(|e| format!("challenge: {e}"))?,
+                weights: w.clone(),
+                expected: e.clone(),
+                adjudicator: q.adjudicator.map(usize::from),
+            };
             a.check(n)?;
             Ok(Some(a))
         }

@@ -67,6 +67,9 @@ pub struct AllReduce {
     pub challenge: Option<String>,
     pub weights: Option<Vec<f32>>,
     pub expected: Option<Vec<crate::allreduce::projection::Proj>>,
+    /// dtrain: the group index of the member whose ruling every member
+    /// follows (the validator itself; see `allreduce::ruling`).
+    pub adjudicator: Option<u16>,
 }
 
 /// 32 bytes as 64 lowercase hex digits.

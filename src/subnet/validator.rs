@@ -694,6 +694,8 @@ impl<E: Engine> Validator<E> {
             challenge,
             weights: uids.iter().map(|u| credited(u).map_or(0.0, |c| c.weight as f32)).collect(),
             expected: uids.iter().map(|u| credited(u).map_or([0.0; K], |c| c.proj_sum.map(|v| v / c.weight))).collect(),
+            // This validator judges the round: every member follows its ruling.
+            adjudicator: uids.iter().position(|u| *u == me.uid),
         };
         let q = AllReduce {
             learning_rate: Some(self.cfg.learning_rate),
@@ -703,6 +705,7 @@ impl<E: Engine> Validator<E> {
             challenge: Some(hex32(&audit.challenge)),
             weights: Some(audit.weights.clone()),
             expected: Some(audit.expected.clone()),
+            adjudicator: audit.adjudicator.map(|a| a as u16),
             ..AllReduce::default()
         };
         let mut guard = lock(&self.model);

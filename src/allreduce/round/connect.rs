@@ -282,9 +282,9 @@ impl Round<'_> {
                 outs.push(Out::deferred(header, body));
             }
         }
-        outs.extend((0..self.finalized.len()).filter(|&c| self.finalized[c]).map(|c| self.gather_out(c)));
+        outs.extend((0..self.finalized.len()).filter(|&c| self.finalized[c]).map(|c| self.gather_out(c, j)));
         if !self.finalized.is_empty() && self.all_finalized() {
-            outs.push(self.done_out());
+            outs.push(self.done_out(j));
         }
         let conn = self.conns[id].as_mut().expect("a live connection");
         conn.open_data(self.data_max_len);

@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::allreduce::audit::parts_agree;
+use sha2::Digest;
 
 impl Round<'_> {
     pub(super) fn on_data(&mut self, id: usize, h: Header, payload: &[u8]) {
@@ -146,8 +147,12 @@ impl Round<'_> {
                     self.members[j].done_parts = Some(parts);
                     self.members[j].done_forged = forged;
                 }
+                if self.adjudicator().is_some() {
+                    self.members[j].done_digest = Some(sha2::Sha256::digest(payload).into());
+                }
                 self.members[j].done = Some((payload[..n].to_vec(), hash));
             }
+            Kind::Testimony | Kind::Ruling => self.on_judgement(j, h, payload),
             Kind::Abort => {
                 let why: String = String::from_utf8_lossy(payload).chars().take(200).collect();
                 self.fail(j, Failure::Aborted(why));
@@ -233,9 +238,9 @@ impl Round<'_> {
             self.reduced_s = Some(self.start.elapsed().as_secs_f64());
         }
         for id in 0..self.conns.len() {
-            if self.conns[id].as_ref().is_some_and(|c| c.ready) {
-                let out = self.gather_out(c);
-                let done = complete.then(|| self.done_out());
+            if let Some(to) = self.conns[id].as_ref().filter(|c| c.ready).and_then(|c| c.peer) {
+                let out = self.gather_out(c, to);
+                let done = complete.then(|| self.done_out(to));
                 let conn = self.conns[id].as_mut().expect("checked");
                 conn.queue(out, now);
                 if let Some(done) = done {
@@ -245,10 +250,18 @@ impl Round<'_> {
         }
     }
 
-    pub(super) fn gather_out(&self, c: usize) -> Out {
+    /// Averaged chunk `c`, for member `to`.
+    pub(super) fn gather_out(&self, c: usize, to: usize) -> Out {
         let info = &self.chunks[self.me][c];
         let bytes = if self.zero_copy { 4 * info.elems.start..4 * info.elems.end } else { info.bytes.clone() };
         let range = if self.averaged[c] { bytes } else { bytes.start..bytes.start };
+        if self.settings.fault == Some(Fault::EquivocateAverage { to: to as u16 }) && self.codec == Codec::F16 {
+            // fp16's sign is the high bit of each little-endian pair.
+            let mut neg = self.wire[range].to_vec();
+            neg.iter_mut().skip(1).step_by(2).for_each(|b| *b ^= 0x80);
+            let header = Header::for_payload(Kind::Gather, self.me as u16, self.round, self.me as u32, c as u32, &neg);
+            return Out::new(&header, Body::Owned(neg));
+        }
         let header = Header {
             kind: Kind::Gather,
             sender: self.me as u16,
@@ -315,14 +328,29 @@ impl Round<'_> {
         if self.audit.is_some() { self.summary_statements().0 } else { self.contributor_status() }
     }
 
-    pub(super) fn done_out(&self) -> Out {
+    /// The span summary frame for member `to`.
+    pub(super) fn done_out(&self, to: usize) -> Out {
         if self.settings.fault == Some(Fault::WithholdSummary) {
             let why = b"(withholding its summary)".to_vec();
             let header = Header::for_payload(Kind::Abort, self.me as u16, self.round, self.me as u32, 0, &why);
             return Out::new(&header, Body::Owned(why));
         }
-        let payload = if self.audit.is_some() {
+        let payload = self.done_payload(Some(to));
+        let header = Header::for_payload(Kind::Done, self.me as u16, self.round, self.me as u32, 0, &payload);
+        Out::new(&header, Body::Owned(payload))
+    }
+
+    /// The span summary, as sent to member `to` (the same for everyone
+    /// but under `Fault::EquivocateSummary`).
+    pub(super) fn done_payload(&self, to: Option<usize>) -> Vec<u8> {
+        if self.audit.is_some() {
             let (mut payload, statements) = self.summary_statements();
+            if let Some(Fault::EquivocateSummary { to: victim }) = self.settings.fault
+                && to == Some(victim as usize)
+                && let Some(s) = (0..self.n()).find(|&s| s != self.me && s != victim as usize && payload[s] == Contribution::Full as u8)
+            {
+                payload[s] = Contribution::Disputed as u8;
+            }
             payload.extend_from_slice(&span_hash(&self.my_sums).to_le_bytes());
             // Members in no chunk of the span: zeros in their place.
             for st in statements {
@@ -333,8 +361,6 @@ impl Round<'_> {
             let mut payload = self.contributor_status();
             payload.extend_from_slice(&span_hash(&self.my_sums).to_le_bytes());
             payload
-        };
-        let header = Header::for_payload(Kind::Done, self.me as u16, self.round, self.me as u32, 0, &payload);
-        Out::new(&header, Body::Owned(payload))
+        }
     }
 }

@@ -20,13 +20,15 @@
 //! Here: the round's state, its setup (the contribution encoded, and
 //! measured when audited), the loop, timers and faults; connect.rs the
 //! connections and the handshake; data.rs the data plane (chunks reduced,
-//! published and received, span summaries); summary.rs the report.
+//! published and received, span summaries); judge.rs the adjudication that
+//! ends an audited round with an adjudicator; summary.rs the report.
 
 mod connect;
 mod data;
+mod judge;
 mod summary;
 
-use super::audit::{Audit, AuditData, Contribution, Part, Statement};
+use super::audit::{Accusation, Audit, AuditData, Contribution, Part, Statement};
 use super::codec::{Codec, first_nonfinite};
 use super::conn::{Body, Conn, Got, Out, Sources};
 use super::group::{Fault, Group, Settings};
@@ -36,6 +38,7 @@ use super::plan::{PlanError, chunk_elems, chunks, spans};
 use super::projection::Projector;
 use super::reduce::{ReduceError, SpanReducer};
 use super::report::{Failure, MemberReport, Report, SpanStatus};
+use super::ruling::{REASONS_MAX, Testimony};
 use super::wire::{Header, Kind, checksum};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -221,6 +224,8 @@ struct MemberState {
     /// In an audited round, its signed statement of its part of this
     /// peer's span (it comes before its chunks).
     statement: Option<Statement>,
+    /// SHA-256 of its span summary as received (adjudicated rounds).
+    done_digest: Option<[u8; 32]>,
     /// Its connection ended after everything due from it had arrived.
     closed_clean: bool,
     /// It sent an invalid contribution (well framed, bad values): its
@@ -280,6 +285,11 @@ struct Round<'a> {
     bytes_received: u64,
     scatter_written: u64,
     gather_written: u64,
+    /// Adjudicated rounds (see judge.rs): this member's testimony sent;
+    /// the adjudicator's testimonies received; the ruling, received or made.
+    testified: bool,
+    testimonies: Vec<Option<Testimony>>,
+    ruling: Option<Vec<Accusation>>,
 }
 
 fn f32_bytes(x: &[f32]) -> &[u8] {
@@ -374,7 +384,8 @@ impl<'a> Round<'a> {
             })
             .collect();
         let summary_len = n + 8 + if audit.is_some() { n * Statement::BYTES } else { 0 };
-        let data_max_len = chunks.iter().flatten().map(|c| c.bytes.len()).max().unwrap_or(0).max(summary_len).max(ABORT_MAX) as u32;
+        let ruling_len = if audit.is_some_and(|a| a.adjudicator.is_some()) { Testimony::len(n).max(n + REASONS_MAX) } else { 0 };
+        let data_max_len = chunks.iter().flatten().map(|c| c.bytes.len()).max().unwrap_or(0).max(summary_len).max(ruling_len).max(ABORT_MAX) as u32;
 
         // Encode what the other owners need, in parallel, checking each
         // chunk for NaN/inf while it is in cache (the own span and fp32,
@@ -488,6 +499,7 @@ impl<'a> Round<'a> {
                 done_parts: None,
                 done_forged: None,
                 statement: None,
+                done_digest: None,
                 closed_clean: false,
                 excluded: None,
             })
@@ -537,6 +549,9 @@ impl<'a> Round<'a> {
             bytes_received: 0,
             scatter_written: 0,
             gather_written: 0,
+            testified: false,
+            testimonies: vec![None; n],
+            ruling: None,
         })
     }
 
@@ -552,6 +567,7 @@ impl<'a> Round<'a> {
         loop {
             let now = Instant::now();
             self.timers(now, deadline);
+            self.judge_step(now);
             self.flush_all(now, deadline);
             if self.finished() {
                 break;
@@ -590,8 +606,13 @@ impl<'a> Round<'a> {
 
     // ---- progress -----------------------------------------------------------
 
-    /// Whether data from member `j` is still due.
+    /// Whether anything from member `j` is still due.
     fn expects_from(&self, j: usize) -> bool {
+        self.expects_data(j) || self.expects_judgement(j)
+    }
+
+    /// Whether chunks or a summary from member `j` are still due.
+    fn expects_data(&self, j: usize) -> bool {
         self.expects_scatter(j) || self.expects_gather(j)
     }
 
@@ -617,7 +638,21 @@ impl<'a> Round<'a> {
     }
 
     fn finished(&self) -> bool {
-        self.all_finalized() && (0..self.n()).all(|j| j == self.me || self.member_done(j))
+        let ruled = self.adjudicator() != Some(self.me) || self.ruling.is_some();
+        ruled && self.all_finalized() && (0..self.n()).all(|j| j == self.me || self.member_done(j))
+    }
+
+    /// The data phase is over: every chunk and summary due has come or
+    /// failed, and all ours are written.
+    fn data_done(&self) -> bool {
+        self.all_finalized()
+            && (0..self.n()).all(|j| {
+                let m = &self.members[j];
+                j == self.me
+                    || m.failure.is_some()
+                    || m.closed_clean
+                    || m.conn.is_some_and(|id| self.conns[id].as_ref().is_some_and(|c| !c.has_output()) && !self.expects_data(j))
+            })
     }
 
     fn timers(&mut self, now: Instant, deadline: Instant) {
@@ -644,6 +679,13 @@ impl<'a> Round<'a> {
                         self.fail(j, Failure::Stalled(format!("no data for {:.1} s while its contribution was due", read_idle.as_secs_f64())));
                     } else if self.expects_gather(j) && read_idle > s.connect_timeout.max(s.stall_timeout) + s.stall_timeout {
                         self.fail(j, Failure::Stalled(format!("no averaged chunks for {:.1} s", read_idle.as_secs_f64())));
+                    } else if !self.expects_data(j)
+                        && self.expects_judgement(j)
+                        && read_idle > s.connect_timeout.max(s.stall_timeout) + 2 * s.stall_timeout
+                    {
+                        // (Up to that long a member may wait for a third one
+                        // before it testifies, and the adjudicator for all.)
+                        self.fail(j, Failure::Stalled(format!("no testimony or ruling for {:.1} s", read_idle.as_secs_f64())));
                     } else if conn.has_output() && write_idle > s.stall_timeout {
                         self.fail(j, Failure::Stalled(format!("not reading: nothing written to it for {:.1} s", write_idle.as_secs_f64())));
                     }

@@ -69,6 +69,7 @@ impl Round<'_> {
             round: self.round,
             me: self.me,
             audit,
+            ruling: self.ruling.clone(),
             members,
             local_rejected: self.local_rejected.clone(),
             refused: self.refused.clone(),

@@ -1,0 +1,90 @@
+//! The adjudication that ends an audited round with an adjudicator (see
+//! `allreduce::ruling`): once its data phase is over a member sends the
+//! adjudicator its testimony and waits for the ruling; the adjudicator
+//! waits for every member still in the round, rules, and sends the same
+//! ruling to everyone. Part of `Round` (round/mod.rs).
+
+use super::*;
+use crate::allreduce::audit::verdict;
+use crate::allreduce::ruling::{encode_ruling, parse_ruling, ruling};
+use sha2::{Digest, Sha256};
+
+impl Round<'_> {
+    pub(super) fn adjudicator(&self) -> Option<usize> {
+        self.audit.and_then(|a| a.adjudicator)
+    }
+
+    /// Whether member `j`'s testimony (we adjudicate) or ruling (it does)
+    /// is still due.
+    pub(super) fn expects_judgement(&self, j: usize) -> bool {
+        match self.adjudicator() {
+            Some(a) if a == self.me => self.testimonies[j].is_none(),
+            Some(a) => a == j && self.ruling.is_none(),
+            None => false,
+        }
+    }
+
+    /// Per owner, SHA-256 of its span summary as this member holds it
+    /// (zeros: none); its own, of the summary it sends everyone.
+    fn summary_digests(&self) -> Vec<[u8; 32]> {
+        (0..self.n())
+            .map(|j| match j == self.me {
+                true if !self.finalized.is_empty() => Sha256::digest(self.done_payload(None)).into(),
+                true => [0; 32],
+                false => self.members[j].done_digest.unwrap_or([0; 32]),
+            })
+            .collect()
+    }
+
+    /// Testifies, or rules, once the data phase is over.
+    pub(super) fn judge_step(&mut self, now: Instant) {
+        let (Some(a), Some(audit)) = (self.adjudicator(), self.audit) else { return };
+        if self.ruling.is_some() || !self.data_done() {
+            return;
+        }
+        let n = self.n();
+        if a == self.me {
+            if !(0..n).all(|j| j == self.me || self.members[j].failure.is_some() || self.testimonies[j].is_some()) {
+                return;
+            }
+            let own = verdict(audit, &self.report(), self.codec);
+            let gone: Vec<Option<String>> = self.members.iter().map(|m| m.failure.as_ref().map(ToString::to_string)).collect();
+            let r = ruling(self.me, own, &self.summary_digests(), &self.testimonies, &gone);
+            let payload = encode_ruling(n, &r);
+            for conn in self.conns.iter_mut().flatten().filter(|c| c.ready) {
+                let header = Header::for_payload(Kind::Ruling, self.me as u16, self.round, 0, 0, &payload);
+                conn.queue(Out::new(&header, Body::Owned(payload.clone())), now);
+            }
+            self.ruling = Some(r);
+        } else if !self.testified
+            && let Some(id) = self.members[a].conn.filter(|_| self.members[a].failure.is_none())
+        {
+            let mut named = verdict(audit, &self.report(), self.codec);
+            if let Some(Fault::FalseTestimony { member }) = self.settings.fault {
+                named.push(Accusation { member: member as usize, why: "(a false testimony)".into(), proven: true });
+            }
+            let payload = Testimony::new(self.summary_digests(), &named).encode();
+            let header = Header::for_payload(Kind::Testimony, self.me as u16, self.round, a as u32, 0, &payload);
+            if let Some(conn) = self.conns[id].as_mut() {
+                conn.queue(Out::new(&header, Body::Owned(payload)), now);
+            }
+            self.testified = true;
+        }
+    }
+
+    /// A testimony (to us, the adjudicator) or the ruling (from it).
+    pub(super) fn on_judgement(&mut self, j: usize, h: Header, payload: &[u8]) {
+        let n = self.n();
+        match h.kind {
+            Kind::Testimony if self.adjudicator() == Some(self.me) && self.testimonies[j].is_none() => match Testimony::parse(payload, n) {
+                Some(t) => self.testimonies[j] = Some(t),
+                None => self.fail(j, Failure::Invalid("malformed testimony".into())),
+            },
+            Kind::Ruling if self.adjudicator() == Some(j) && self.ruling.is_none() => match parse_ruling(payload, n) {
+                Some(r) => self.ruling = Some(r),
+                None => self.fail(j, Failure::Invalid("malformed ruling".into())),
+            },
+            kind => self.fail(j, Failure::Invalid(format!("{kind:?} frame unexpected here"))),
+        }
+    }
+}
