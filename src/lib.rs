@@ -21,4 +21,5 @@ pub mod parallel;
 pub mod plot;
 pub mod rng;
 pub mod subnet;
+pub mod testnet;
 pub mod train;
