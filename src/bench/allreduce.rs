@@ -9,6 +9,7 @@ use super::median;
 use crate::allreduce::codec::Codec;
 use crate::allreduce::{Fault, Group, Identity, Member, Peer, Settings};
 use crate::rng::Rng;
+use crate::testnet::{Net, Profile};
 use anyhow::{Context, Result, bail};
 use rayon::prelude::*;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -119,6 +120,9 @@ pub struct PeerArgs {
     /// verdict part of the timed round.
     #[arg(long)]
     pub audit: bool,
+    /// Address to listen on (a test host's under `bench allreduce --net`).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub bind: std::net::SocketAddr,
 }
 
 fn read_line(input: &mut impl BufRead) -> Result<String> {
@@ -133,7 +137,7 @@ fn read_line(input: &mut impl BufRead) -> Result<String> {
 /// then per round prints `{"ready"}`, waits for a line, runs the round and
 /// prints `{"round", "time_s", "max_err", "report"}`.
 pub fn peer_main(a: &PeerArgs) -> Result<()> {
-    let mut peer = Peer::bind(Identity::from_seed(key_seed(a.key_seed)), "127.0.0.1:0".parse().expect("an address"))?;
+    let mut peer = Peer::bind(Identity::from_seed(key_seed(a.key_seed)), a.bind).with_context(|| format!("listening on {}", a.bind))?;
     let mut stdout = std::io::stdout().lock();
     let mut stdin = std::io::stdin().lock();
     writeln!(stdout, "{}", serde_json::json!({"listen": peer.local_addr()?.to_string(), "key": peer.public_key().to_hex()}))?;
@@ -206,14 +210,25 @@ pub struct PeerProcess {
 impl PeerProcess {
     /// Starts `exe allreduce-peer ARGS` and reads its address and key.
     pub fn spawn(exe: &std::path::Path, args: &[String]) -> Result<PeerProcess> {
-        let mut child = Command::new(exe)
-            .arg("-q")
-            .arg("allreduce-peer")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", exe.display()))?;
+        PeerProcess::spawn_on(exe, args, None)
+    }
+
+    /// [`PeerProcess::spawn`] on test host `host` of `net`, listening on
+    /// its address.
+    pub fn spawn_on(exe: &std::path::Path, args: &[String], host: Option<(&Net, usize)>) -> Result<PeerProcess> {
+        let mut cmd = match host {
+            Some((net, i)) => {
+                let mut c = net.command(i, &exe.to_string_lossy());
+                c.args(["-q", "allreduce-peer", "--bind", &format!("{}:0", net.addr(i))]);
+                c
+            }
+            None => {
+                let mut c = Command::new(exe);
+                c.args(["-q", "allreduce-peer"]);
+                c
+            }
+        };
+        let mut child = cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().with_context(|| format!("starting {}", exe.display()))?;
         let stdin = child.stdin.take().expect("piped");
         let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
         let hello: serde_json::Value = serde_json::from_str(&read_line(&mut stdout)?)?;
@@ -275,13 +290,26 @@ pub struct AllreduceBenchArgs {
     /// processes, and the cost is the median of each pair's ratio.
     #[arg(long)]
     pub audit: bool,
+    /// Run every peer on its own test host (root; see `testnet`), every
+    /// access link shaped like this: `rate=1gbit,rtt=40ms,loss=0.1%,jitter=1ms,slow=1:100mbit`.
+    /// Rows then give the link bound (every member sends and receives
+    /// 2(N−1)/N of the encoded vector through its link) and the ratio.
+    #[arg(long)]
+    pub net: Option<Profile>,
 }
 
 /// Per timed round, the slowest peer's time (plain rounds, then with
 /// `audit` the verified rounds, which alternate with the plain ones on the
 /// same processes so that a shared machine's drift touches both alike),
 /// and the worst error.
-fn dtrain_round_times(a: &AllreduceBenchArgs, n: usize, elems: usize, codec: Codec, audit: bool) -> Result<(Vec<f64>, Vec<f64>, f32)> {
+fn dtrain_round_times(
+    a: &AllreduceBenchArgs,
+    n: usize,
+    elems: usize,
+    codec: Codec,
+    audit: bool,
+    net: Option<&Net>,
+) -> Result<(Vec<f64>, Vec<f64>, f32)> {
     let exe = std::env::current_exe()?;
     let modes = if audit { 2 } else { 1 };
     let rounds = modes * (a.warmup + a.iters);
@@ -312,7 +340,7 @@ fn dtrain_round_times(a: &AllreduceBenchArgs, n: usize, elems: usize, codec: Cod
             if audit {
                 args.push("--audit".into());
             }
-            PeerProcess::spawn(&exe, &args)
+            PeerProcess::spawn_on(&exe, &args, net.map(|net| (net, i)))
         })
         .collect::<Result<Vec<_>>>()?;
     let group = group_json(&procs.iter().map(|p| (p.addr.clone(), p.key.clone())).collect::<Vec<_>>());
@@ -512,6 +540,9 @@ fn gloo_times(a: &AllreduceBenchArgs) -> Result<Vec<(usize, usize, f64)>> {
 pub fn allreduce_bench(a: &AllreduceBenchArgs) -> Result<()> {
     anyhow::ensure!(a.peers.iter().all(|&n| (1..=64).contains(&n)), "--peers: 1 to 64 processes");
     anyhow::ensure!(a.iters > 0, "--iters must be at least 1");
+    if let Some(profile) = &a.net {
+        return allreduce_bench_net(a, profile);
+    }
     let pump = tcp_pump_gbps(2 << 30)?;
     println!("TCP pump (one loopback stream, one way): {pump:.2} GB/s");
     let gloo = if a.no_gloo {
@@ -532,7 +563,7 @@ pub fn allreduce_bench(a: &AllreduceBenchArgs) -> Result<()> {
     for &n in &a.peers {
         for &elems in &a.elems {
             for &codec in &a.codec {
-                let (plain, audited, max_err) = dtrain_round_times(a, n, elems, codec, a.audit)?;
+                let (plain, audited, max_err) = dtrain_round_times(a, n, elems, codec, a.audit, None)?;
                 if max_err > 0.01 {
                     bail!("N={n} {elems} {codec}: result off by {max_err} from the exact mean");
                 }
@@ -582,6 +613,50 @@ pub fn allreduce_bench(a: &AllreduceBenchArgs) -> Result<()> {
     println!("time: slowest peer, median of {} rounds; algbw = 4·elems/time; busbw = algbw·2(N-1)/N; wire busbw counts encoded bytes;", a.iters);
     println!("wire: the same wire bytes exchanged over a TCP mesh with no computation; memory: every peer copying its vector once");
     println!("(the two floors under any round on this machine, see wire_floor_s and memory_floor_s).");
+    Ok(())
+}
+
+/// The all-reduce between test hosts: per case the median time, the link
+/// bound and their ratio (gloo and hivemind on the same hosts: not yet).
+fn allreduce_bench_net(a: &AllreduceBenchArgs, profile: &Profile) -> Result<()> {
+    println!("test hosts, every access link: {profile:?}");
+    println!("{:>3} {:>9} {:>12} {:>10} {:>10} {:>9} {:>12}", "N", "elems", "codec", "time ms", "bound ms", "x bound", "switch CPU %");
+    for &n in &a.peers {
+        anyhow::ensure!(n >= 2, "--net needs at least 2 peers");
+        let net = Net::create(n, profile)?;
+        // Every member sends and receives 2(N−1)/N of the encoded vector
+        // through its own link: the slowest link sets the pace.
+        let slowest = (0..n).filter_map(|i| profile.link(i).rate).fold(f64::INFINITY, f64::min);
+        for &elems in &a.elems {
+            for &codec in &a.codec {
+                let cpu0 = net.stats().cpu_ns.load(std::sync::atomic::Ordering::Relaxed);
+                let t0 = Instant::now();
+                let (plain, audited, max_err) = dtrain_round_times(a, n, elems, codec, a.audit, Some(&net))?;
+                let cpu = (net.stats().cpu_ns.load(std::sync::atomic::Ordering::Relaxed) - cpu0) as f64 / 1e9 / t0.elapsed().as_secs_f64();
+                if max_err > 0.01 {
+                    bail!("N={n} {elems} {codec}: result off by {max_err} from the exact mean");
+                }
+                let bound = 2.0 * (n - 1) as f64 / n as f64 * codec.encoded_len(elems) as f64 * 8.0 / slowest;
+                for (audit, times) in [(false, plain), (true, audited)].into_iter().filter(|(_, t)| !t.is_empty()) {
+                    let t = median(times);
+                    let label = if audit { format!("{codec}+audit") } else { codec.to_string() };
+                    let (b, r) =
+                        if bound.is_finite() { (format!("{:.1}", bound * 1e3), format!("{:.3}", t / bound)) } else { ("-".into(), "-".into()) };
+                    println!("{n:>3} {elems:>9} {label:>12} {:>10.1} {b:>10} {r:>9} {:>11.0}%", t * 1e3, 100.0 * cpu);
+                    if let Some(path) = &a.json {
+                        let line = serde_json::json!({
+                            "bench": "allreduce-net", "net": format!("{profile:?}"), "peers": n, "elems": elems, "codec": codec.to_string(),
+                            "audit": audit, "time_s": t, "bound_s": bound.is_finite().then_some(bound), "max_err": max_err, "switch_cpu": cpu,
+                        });
+                        let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+                        writeln!(f, "{line}")?;
+                    }
+                }
+            }
+        }
+    }
+    println!("time: slowest peer, median of {} rounds; bound: 2(N-1)/N · encoded bytes / the slowest link's rate;", a.iters);
+    println!("switch CPU: the test hosts' userspace switch, as a share of one core over the case");
     Ok(())
 }
 
