@@ -235,6 +235,25 @@ impl Net {
         c
     }
 
+    /// Cuts host `i` off from every other host (`false`: restores it).
+    pub fn cut(&self, i: usize, cut: bool) {
+        for j in (0..self.len()).filter(|&j| j != i) {
+            self.partition(&[i], &[j], cut);
+        }
+    }
+
+    /// Cuts (or restores) every link between hosts `a` and hosts `b`, both
+    /// ways: a partition, and its healing.
+    pub fn partition(&self, a: &[usize], b: &[usize], cut: bool) {
+        let switch = self.switch.as_ref().expect("running");
+        for &i in a {
+            for &j in b {
+                switch.block(i, j, cut);
+                switch.block(j, i, cut);
+            }
+        }
+    }
+
     /// What the switch forwarded and dropped so far.
     pub fn stats(&self) -> &Stats {
         &self.switch.as_ref().expect("running").stats

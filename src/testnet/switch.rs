@@ -67,6 +67,8 @@ pub struct Stats {
     pub overflowed: AtomicU64,
     /// Not IPv4 to another host of this net (IPv6 chatter, say).
     pub ignored: AtomicU64,
+    /// Dropped because the link between the two hosts is cut.
+    pub cut: AtomicU64,
     /// CPU time the switch's threads took, in nanoseconds (its cost).
     pub cpu_ns: AtomicU64,
 }
@@ -92,6 +94,7 @@ struct Event {
     at: Instant,
     seq: u64,
     stage: Stage,
+    src: usize,
     dst: usize,
     data: Vec<u8>,
 }
@@ -125,6 +128,9 @@ pub struct Switch {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
     pub stats: Arc<Stats>,
+    /// Per ordered pair of hosts (i·n + j): whether i's packets to j are
+    /// dropped (a cut link, a partition).
+    blocked: Arc<Vec<AtomicBool>>,
 }
 
 type Shared = Arc<(Mutex<Queue>, Condvar)>;
@@ -140,16 +146,25 @@ impl Switch {
         let shared: Shared = Arc::new((Mutex::new(Queue { events: BinaryHeap::new(), seq: 0, down_free: vec![now; n] }), Condvar::new()));
         let outs: Vec<File> = tuns.iter().map(File::try_clone).collect::<Result<_, _>>()?;
         let links = Arc::new(links);
+        let blocked: Arc<Vec<AtomicBool>> = Arc::new((0..n * n).map(|_| AtomicBool::new(false)).collect());
         let mut threads = Vec::new();
         for (i, tun) in tuns.into_iter().enumerate() {
-            let (stop, stats, shared, links) = (stop.clone(), stats.clone(), shared.clone(), links.clone());
-            threads.push(std::thread::spawn(move || uplink(i, tun, &links, prefix, seed ^ (i as u64 + 1), &stop, &stats, &shared)));
+            let (stop, stats, shared, links, blocked) = (stop.clone(), stats.clone(), shared.clone(), links.clone(), blocked.clone());
+            let seed = seed ^ (i as u64 + 1);
+            threads.push(std::thread::spawn(move || uplink(i, tun, &links, &blocked, prefix, seed, &stop, &stats, &shared)));
         }
         {
-            let (stop, stats, shared) = (stop.clone(), stats.clone(), shared.clone());
-            threads.push(std::thread::spawn(move || downlinks(outs, &links, &stop, &stats, &shared)));
+            let (stop, stats, shared, blocked) = (stop.clone(), stats.clone(), shared.clone(), blocked.clone());
+            threads.push(std::thread::spawn(move || downlinks(outs, &links, &blocked, &stop, &stats, &shared)));
         }
-        Ok(Switch { stop, threads, stats })
+        Ok(Switch { stop, threads, stats, blocked })
+    }
+
+    /// Cuts (or restores) what host `from` sends host `to`; packets
+    /// already on their way when it is cut are lost too.
+    pub fn block(&self, from: usize, to: usize, blocked: bool) {
+        let n = (self.blocked.len() as f64).sqrt() as usize;
+        self.blocked[from * n + to].store(blocked, AtomicOrdering::SeqCst);
     }
 }
 
@@ -165,7 +180,17 @@ impl Drop for Switch {
 /// Host `i`'s uplink: reads what it sends, queues it at its rate, applies
 /// loss, delay and jitter, and hands it to the destination's downlink.
 #[allow(clippy::too_many_arguments)]
-fn uplink(i: usize, mut tun: File, links: &[Link], prefix: [u8; 3], seed: u64, stop: &AtomicBool, stats: &Stats, shared: &Shared) {
+fn uplink(
+    i: usize,
+    mut tun: File,
+    links: &[Link],
+    blocked: &[AtomicBool],
+    prefix: [u8; 3],
+    seed: u64,
+    stop: &AtomicBool,
+    stats: &Stats,
+    shared: &Shared,
+) {
     let me = links[i];
     let mut rng = Rng::new(seed);
     let mut buf = vec![0u8; 1 << 16];
@@ -188,6 +213,10 @@ fn uplink(i: usize, mut tun: File, links: &[Link], prefix: [u8; 3], seed: u64, s
             stats.ignored.fetch_add(1, AtomicOrdering::Relaxed);
             continue;
         };
+        if blocked[i * links.len() + dst].load(AtomicOrdering::Relaxed) {
+            stats.cut.fetch_add(1, AtomicOrdering::Relaxed);
+            continue;
+        }
         let now = Instant::now();
         if me.loss > 0.0 && rng.uniform() < me.loss {
             stats.lost.fetch_add(1, AtomicOrdering::Relaxed);
@@ -206,14 +235,14 @@ fn uplink(i: usize, mut tun: File, links: &[Link], prefix: [u8; 3], seed: u64, s
         let mut q = lock.lock().unwrap_or_else(|p| p.into_inner());
         q.seq += 1;
         let seq = q.seq;
-        q.events.push(Reverse(Event { at: last, seq, stage: Stage::Arrive, dst, data: p.to_vec() }));
+        q.events.push(Reverse(Event { at: last, seq, stage: Stage::Arrive, src: i, dst, data: p.to_vec() }));
         cv.notify_one();
     }
 }
 
 /// Every downlink: packets arrive in time order, queue at the destination's
 /// rate and are written into its device when due.
-fn downlinks(mut outs: Vec<File>, links: &[Link], stop: &AtomicBool, stats: &Stats, shared: &Shared) {
+fn downlinks(mut outs: Vec<File>, links: &[Link], blocked: &[AtomicBool], stop: &AtomicBool, stats: &Stats, shared: &Shared) {
     let (lock, cv) = &**shared;
     let mut q = lock.lock().unwrap_or_else(|p| p.into_inner());
     let mut cpu = 0;
@@ -230,6 +259,10 @@ fn downlinks(mut outs: Vec<File>, links: &[Link], stop: &AtomicBool, stats: &Sta
             continue;
         }
         let Reverse(e) = q.events.pop().expect("peeked");
+        if blocked[e.src * links.len() + e.dst].load(AtomicOrdering::Relaxed) {
+            stats.cut.fetch_add(1, AtomicOrdering::Relaxed);
+            continue;
+        }
         match e.stage {
             Stage::Arrive => {
                 let link = links[e.dst];
