@@ -2,7 +2,7 @@
 //! the fractions; chunks fit their byte budget.
 
 use dtrain::allreduce::codec::Codec;
-use dtrain::allreduce::plan::{PlanError, chunk_elems, chunks, spans};
+use dtrain::allreduce::plan::{PlanError, chunk_elems, chunks, link_fractions, spans};
 
 fn check_spans(len: usize, fractions: &[f64]) {
     let s = spans(len, fractions).unwrap();
@@ -62,4 +62,53 @@ fn chunks_fit_their_budget_and_cover_the_span() {
     }
     assert_eq!(chunk_elems(Codec::F32, 3), Err(PlanError::ChunkSize(3)));
     assert_eq!(chunks(5..5, 10).count(), 0);
+}
+
+/// The round's time for a split: the slowest member's load over its rate.
+fn round_time(rates: &[f64], f: &[f64]) -> f64 {
+    let n = rates.len() as f64;
+    rates.iter().zip(f).map(|(r, f)| (1.0 + (n - 2.0) * f) / r).fold(0.0, f64::max)
+}
+
+#[test]
+fn link_fractions_are_as_fast_as_any_split_a_search_finds() {
+    // Against a grid search over every split of 3 and 4 members.
+    let mut rng = dtrain::rng::Rng::new(11);
+    for case in 0..40 {
+        let n = 3 + case % 2;
+        let rates: Vec<f64> = (0..n).map(|_| if rng.below(4) == 0 { 0.05 + 0.2 * rng.uniform() } else { 0.5 + rng.uniform() }).collect();
+        let (f, t) = link_fractions(&rates);
+        assert!((f.iter().sum::<f64>() - 1.0).abs() < 1e-9 && f.iter().all(|&v| v >= 0.0), "{rates:?}: {f:?}");
+        assert!((round_time(&rates, &f) - t).abs() < 1e-9, "{rates:?}: the time it states is not its split's");
+        let steps = if n == 3 { 200 } else { 60 };
+        let mut best = f64::MAX;
+        for a in 0..=steps {
+            for b in 0..=steps - a {
+                if n == 3 {
+                    let g = [a as f64, b as f64, (steps - a - b) as f64].map(|v| v / steps as f64);
+                    best = best.min(round_time(&rates, &g));
+                } else {
+                    for c in 0..=steps - a - b {
+                        let g = [a as f64, b as f64, c as f64, (steps - a - b - c) as f64].map(|v| v / steps as f64);
+                        best = best.min(round_time(&rates, &g));
+                    }
+                }
+            }
+        }
+        assert!(t <= best + 1e-9, "{rates:?}: {t} but a split takes {best}");
+        assert!(best <= t * 1.05, "{rates:?}: the grid's best {best} is far from {t}");
+    }
+}
+
+#[test]
+fn equal_links_split_equally_and_a_slow_member_owns_nothing() {
+    let (f, t) = link_fractions(&[1.0; 4]);
+    assert!(f.iter().all(|v| (v - 0.25).abs() < 1e-12));
+    assert!((t - 2.0 * 3.0 / 4.0).abs() < 1e-12);
+    // One member at a tenth of the others' rate: it owns nothing, and the
+    // round takes what its own contribution and the average take over its
+    // link (1/0.1), against (1 + 2/4)/0.1 with equal spans.
+    let (f, t) = link_fractions(&[1.0, 1.0, 1.0, 0.1]);
+    assert_eq!(f[3], 0.0);
+    assert!((t - 10.0).abs() < 1e-9 && round_time(&[1.0, 1.0, 1.0, 0.1], &[0.25; 4]) > 14.9);
 }

@@ -51,6 +51,42 @@ pub fn spans(len: usize, fractions: &[f64]) -> Result<Vec<Range<usize>>, PlanErr
     Ok(out)
 }
 
+/// Span fractions for members whose links carry `rates` (each way, any
+/// unit), and the round's time then, per encoded byte of the vector and
+/// unit of rate: the fastest any split can be.
+///
+/// Member i with fraction fᵢ of n members sends (and receives) its
+/// contribution to the others' spans, (1 − fᵢ) of the vector, and its
+/// averaged span to the n − 1 others, (n − 1)·fᵢ: 1 + (n − 2)·fᵢ in all,
+/// taking (1 + (n − 2)·fᵢ)/rᵢ. The slowest member sets the pace, so the
+/// owners' times are made equal, τ, with Σfᵢ = 1; a member whose link is
+/// too slow for even fᵢ = 0 to reach τ owns nothing (it still sends and
+/// receives the whole vector once: 1/rᵢ). Equal rates give equal spans
+/// and 2(n − 1)/(n·r), the usual bound.
+pub fn link_fractions(rates: &[f64]) -> (Vec<f64>, f64) {
+    let n = rates.len();
+    if n <= 2 {
+        // Every member moves the whole vector whatever its span.
+        let t = rates.iter().map(|r| 1.0 / r).fold(0.0, f64::max);
+        return (rates.to_vec(), t);
+    }
+    let k = (n - 2) as f64;
+    let mut owners: Vec<usize> = (0..n).collect();
+    loop {
+        let tau = (k + owners.len() as f64) / owners.iter().map(|&i| rates[i]).sum::<f64>();
+        // The slowest owner that cannot keep up even owning nothing.
+        let worst = owners.iter().copied().filter(|&i| tau * rates[i] < 1.0).min_by(|&a, &b| rates[a].total_cmp(&rates[b]));
+        match worst {
+            Some(i) if owners.len() > 1 => owners.retain(|&o| o != i),
+            _ => {
+                let fractions = (0..n).map(|i| if owners.contains(&i) { ((tau * rates[i] - 1.0) / k).max(0.0) } else { 0.0 }).collect();
+                let slowest_other = (0..n).filter(|i| !owners.contains(i)).map(|i| 1.0 / rates[i]).fold(0.0, f64::max);
+                return (fractions, tau.max(slowest_other));
+            }
+        }
+    }
+}
+
 /// Elements per chunk so that a chunk encodes to at most `chunk_bytes`
 /// (a whole number of int8 blocks, so every chunk decodes on its own).
 pub fn chunk_elems(codec: Codec, chunk_bytes: usize) -> Result<usize, PlanError> {

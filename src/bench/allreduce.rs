@@ -7,6 +7,7 @@
 
 use super::median;
 use crate::allreduce::codec::Codec;
+use crate::allreduce::plan::link_fractions;
 use crate::allreduce::{Fault, Group, Identity, Member, Peer, Settings};
 use crate::rng::Rng;
 use crate::testnet::{Net, Profile};
@@ -246,12 +247,13 @@ impl PeerProcess {
     }
 }
 
-/// The group of these processes (equal fractions), as JSON.
-pub fn group_json(peers: &[(String, String)]) -> String {
+/// The group of these processes with these span fractions, as JSON.
+pub fn group_json(peers: &[(String, String)], fractions: &[f64]) -> String {
     let members: Vec<serde_json::Value> = peers
         .iter()
+        .zip(fractions)
         .enumerate()
-        .map(|(i, (addr, key))| serde_json::json!({"id": format!("peer{i}"), "addr": addr, "key": key, "fraction": 1.0}))
+        .map(|(i, ((addr, key), f))| serde_json::json!({"id": format!("peer{i}"), "addr": addr, "key": key, "fraction": f}))
         .collect();
     serde_json::Value::Array(members).to_string()
 }
@@ -292,8 +294,10 @@ pub struct AllreduceBenchArgs {
     pub audit: bool,
     /// Run every peer on its own test host (root; see `testnet`), every
     /// access link shaped like this: `rate=1gbit,rtt=40ms,loss=0.1%,jitter=1ms,slow=1:100mbit`.
-    /// Rows then give the link bound (every member sends and receives
-    /// 2(N−1)/N of the encoded vector through its link) and the ratio.
+    /// Spans are split for the links (a member too slow to help owns
+    /// nothing: `plan::link_fractions`), and rows give the time against
+    /// the fastest any split can be (equal links: every member sends and
+    /// receives 2(N−1)/N of the encoded vector) and the ratio.
     #[arg(long)]
     pub net: Option<Profile>,
 }
@@ -343,7 +347,13 @@ fn dtrain_round_times(
             PeerProcess::spawn_on(&exe, &args, net.map(|net| (net, i)))
         })
         .collect::<Result<Vec<_>>>()?;
-    let group = group_json(&procs.iter().map(|p| (p.addr.clone(), p.key.clone())).collect::<Vec<_>>());
+    // Between test hosts, spans in proportion to what each link carries
+    // (`link_fractions`); on one loopback, equal.
+    let fractions = match (net, &a.net) {
+        (Some(_), Some(p)) => link_fractions(&(0..n).map(|i| p.link(i).rate.unwrap_or(1.0)).collect::<Vec<_>>()).0,
+        _ => vec![1.0; n],
+    };
+    let group = group_json(&procs.iter().map(|p| (p.addr.clone(), p.key.clone())).collect::<Vec<_>>(), &fractions);
     for p in &mut procs {
         p.send(&group)?;
     }
@@ -624,9 +634,11 @@ fn allreduce_bench_net(a: &AllreduceBenchArgs, profile: &Profile) -> Result<()> 
     for &n in &a.peers {
         anyhow::ensure!(n >= 2, "--net needs at least 2 peers");
         let net = Net::create(n, profile)?;
-        // Every member sends and receives 2(N−1)/N of the encoded vector
-        // through its own link: the slowest link sets the pace.
-        let slowest = (0..n).filter_map(|i| profile.link(i).rate).fold(f64::INFINITY, f64::min);
+        // The fastest any split of the spans can be for these links (with
+        // equal links: every member sends and receives 2(N−1)/N of the
+        // encoded vector); the peers use that split.
+        let rates: Vec<f64> = (0..n).map(|i| profile.link(i).rate.unwrap_or(f64::INFINITY)).collect();
+        let per_byte = if rates.iter().all(|r| r.is_finite()) { link_fractions(&rates).1 } else { 0.0 };
         for &elems in &a.elems {
             for &codec in &a.codec {
                 let cpu0 = net.stats().cpu_ns.load(std::sync::atomic::Ordering::Relaxed);
@@ -636,17 +648,16 @@ fn allreduce_bench_net(a: &AllreduceBenchArgs, profile: &Profile) -> Result<()> 
                 if max_err > 0.01 {
                     bail!("N={n} {elems} {codec}: result off by {max_err} from the exact mean");
                 }
-                let bound = 2.0 * (n - 1) as f64 / n as f64 * codec.encoded_len(elems) as f64 * 8.0 / slowest;
+                let bound = per_byte * codec.encoded_len(elems) as f64 * 8.0;
                 for (audit, times) in [(false, plain), (true, audited)].into_iter().filter(|(_, t)| !t.is_empty()) {
                     let t = median(times);
                     let label = if audit { format!("{codec}+audit") } else { codec.to_string() };
-                    let (b, r) =
-                        if bound.is_finite() { (format!("{:.1}", bound * 1e3), format!("{:.3}", t / bound)) } else { ("-".into(), "-".into()) };
+                    let (b, r) = if bound > 0.0 { (format!("{:.1}", bound * 1e3), format!("{:.3}", t / bound)) } else { ("-".into(), "-".into()) };
                     println!("{n:>3} {elems:>9} {label:>12} {:>10.1} {b:>10} {r:>9} {:>11.0}%", t * 1e3, 100.0 * cpu);
                     if let Some(path) = &a.json {
                         let line = serde_json::json!({
                             "bench": "allreduce-net", "net": format!("{profile:?}"), "peers": n, "elems": elems, "codec": codec.to_string(),
-                            "audit": audit, "time_s": t, "bound_s": bound.is_finite().then_some(bound), "max_err": max_err, "switch_cpu": cpu,
+                            "audit": audit, "time_s": t, "bound_s": (bound > 0.0).then_some(bound), "max_err": max_err, "switch_cpu": cpu,
                         });
                         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
                         writeln!(f, "{line}")?;
@@ -655,7 +666,8 @@ fn allreduce_bench_net(a: &AllreduceBenchArgs, profile: &Profile) -> Result<()> 
             }
         }
     }
-    println!("time: slowest peer, median of {} rounds; bound: 2(N-1)/N · encoded bytes / the slowest link's rate;", a.iters);
+    println!("time: slowest peer, median of {} rounds; bound: the fastest any split of the spans can be over these links", a.iters);
+    println!("(plan::link_fractions; equal links: 2(N-1)/N · encoded bytes / rate), and the peers use that split;");
     println!("switch CPU: the test hosts' userspace switch, as a share of one core over the case");
     Ok(())
 }

@@ -45,7 +45,7 @@ pub enum NetError {
 /// quarter of it each way), `jitter` up to that much more delay per
 /// packet, `loss` the chance that a packet is lost on its way (each way),
 /// `slow=i:rate` gives host i another rate, and `buffer` each queue's size
-/// (default: a round trip or 20 ms at the rate, at least 2 MiB).
+/// (default: a round trip or 100 ms at the rate, at least 8 packets).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Profile {
     pub rate: Option<f64>,
@@ -128,13 +128,15 @@ impl Profile {
     /// Host `i`'s access link.
     pub fn link(&self, i: usize) -> Link {
         let rate = self.slow.iter().rev().find(|s| s.0 == i).map(|s| s.1).or(self.rate);
-        // A round trip's worth, or 20 ms at the rate, at least 2 MiB: with
-        // less, several senders into one host (every all-reduce) overflow
-        // a drop-tail queue at zero delay — 256 KiB measured 1.43× the
-        // bound for 4 peers at 100 Mbit/s, 2 MiB 1.11× (tbf: 1.15×).
-        let time = self.rtt.max(Duration::from_millis(20)).as_secs_f64();
+        // A round trip's worth or 100 ms at the rate (a home router's
+        // queue), at least 8 packets: several senders into one host (every
+        // all-reduce) overflow fewer at zero delay — 256 KiB (4 packets)
+        // measured 1.43× the bound for 4 peers at 100 Mbit/s, 2 MiB 1.11×
+        // (tbf: 1.15×) — while seconds of queue on a slow link delay its
+        // acks behind its data (2 MiB at 10 Mbit/s: 1.66× the optimum).
+        let time = self.rtt.max(Duration::from_millis(100)).as_secs_f64();
         let queue = rate.map_or(0.0, |r| r / 8.0 * time) as usize;
-        Link { rate, delay: self.rtt / 4, jitter: self.jitter, loss: self.loss, buffer: self.buffer.unwrap_or(queue.max(2 << 20)) }
+        Link { rate, delay: self.rtt / 4, jitter: self.jitter, loss: self.loss, buffer: self.buffer.unwrap_or(queue.max(8 * MTU as usize)) }
     }
 }
 
@@ -292,7 +294,7 @@ mod tests {
         // with the profile's probability on its way (data and acks alike).
         assert_eq!(fast.delay * 4, p.rtt);
         assert_eq!(fast.loss, p.loss);
-        assert_eq!(fast.buffer, 5_000_000);
+        assert_eq!((fast.buffer, slow.buffer), (12_500_000, 1_250_000));
         assert_eq!("buffer=4mb".parse::<Profile>().unwrap().buffer, Some(4 << 20));
         assert_eq!("rate=250kbit".parse::<Profile>().unwrap().rate, Some(250e3));
         for bad in ["rate=fast", "rtt=40parsecs", "loss=150%", "slow=x:1mbit", "speed=1", "rate"] {
