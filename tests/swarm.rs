@@ -81,6 +81,40 @@ fn a_two_epoch_swarm_learns_and_ends_in_agreement() {
 }
 
 #[test]
+fn a_swarm_on_test_hosts_behind_shaped_lossy_links_ends_in_agreement() {
+    // Every node on its own network namespace behind 100 Mbit/s, 20 ms
+    // round trips and 0.5% loss (src/testnet): queries, the registry and
+    // the all-reduce all cross the links. Root only.
+    if let Err(e @ dtrain::testnet::NetError::Unavailable(_)) = dtrain::testnet::Net::create(2, &Default::default()) {
+        eprintln!("SKIPPED: {e}");
+        return;
+    }
+    let out = std::env::temp_dir().join(format!("dtrain-swarm-net-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain"))
+        .args(["-q", "swarm", "--miners", "2", "--epochs", "2", "--rows", "3", "--net", "rate=100mbit,rtt=20ms,loss=0.5%", "--data"])
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fineweb-sample"))
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    let logs = || ["validator", "miner-0", "miner-1"].map(|n| std::fs::read_to_string(out.join(format!("{n}.log"))).unwrap_or_default()).join("\n");
+    assert!(run.status.success(), "{stdout}\n{}\n{}", String::from_utf8_lossy(&run.stderr), logs());
+    assert!(stdout.contains("test host"), "{stdout}");
+    assert!(std::fs::read_to_string(out.join("nodes/validator-0/registry.url")).unwrap().contains("10.77.0.1:"));
+    let metrics: Vec<serde_json::Value> =
+        std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(metrics.len(), 2);
+    for m in &metrics {
+        assert!(m["participation"].as_object().unwrap().values().all(|p| p == "Success"), "{m}");
+    }
+    let hub = LocalStore::open(&out.join("hub")).unwrap();
+    miners_hold_the_published_model(&hub, &out, 2, 2);
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
 fn ctrl_c_stops_every_process_of_the_swarm() {
     let out = std::env::temp_dir().join(format!("dtrain-swarm-int-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);

@@ -590,6 +590,12 @@ pub struct SwarmArgs {
     /// on a GPU).
     #[arg(long)]
     pub precision: Option<Precision>,
+    /// Put every node on its own test host (root; see `testnet`), each
+    /// behind an access link like `rate=100mbit,rtt=40ms,loss=0.1%,jitter=1ms,slow=1:10mbit`
+    /// (host 0 is the master validator, hosts 1… the miners, then the
+    /// followers), instead of all on 127.0.0.1.
+    #[arg(long)]
+    pub net: Option<crate::testnet::Profile>,
 }
 
 fn kill(child: &mut std::process::Child, signal: libc::c_int) {
@@ -615,6 +621,17 @@ pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
     }
     std::fs::create_dir_all(out)?;
     let exe = std::env::current_exe()?;
+    // On test hosts, node k runs on host k and listens on its address.
+    let net = match &a.net {
+        Some(p) => Some(crate::testnet::Net::create(1 + a.miners + a.followers, p).context("the swarm's test hosts")?),
+        None => None,
+    };
+    let node = |host: usize| -> (std::process::Command, String) {
+        match &net {
+            Some(net) => (net.command(host, &exe.to_string_lossy()), net.addr(host).to_string()),
+            None => (std::process::Command::new(&exe), "127.0.0.1".into()),
+        }
+    };
     let common = |role: &str, i: usize, registry: &str| -> Vec<String> {
         let dir = out.join("nodes").join(format!("{role}-{i}"));
         let hub = match &a.hf_repo {
@@ -653,10 +670,11 @@ pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
         .collect()
     };
     let log = |name: &str| std::fs::File::create(out.join(format!("{name}.log")));
-    let mut validator = std::process::Command::new(&exe)
+    let (mut cmd, host) = node(0);
+    let mut validator = cmd
         .arg("validator")
         .args(common("validator", 0, &out.join("registry.json").to_string_lossy()))
-        .args(["--serve-registry", "127.0.0.1:0"])
+        .args(["--host", &host, "--serve-registry", &format!("{host}:0")])
         .args(["--epochs", &a.epochs.to_string(), "--global-batch", &(a.miners as u64 * a.rows).to_string(), "--rows", &a.rows.to_string()])
         .args(["--min-miners", &a.miners.to_string(), "--lr", &a.lr.to_string()])
         .arg("--metrics")
@@ -685,9 +703,11 @@ pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
     };
     let mut miners = Vec::new();
     for i in 0..a.miners {
-        let child = std::process::Command::new(&exe)
+        let (mut cmd, host) = node(1 + i);
+        let child = cmd
             .arg("miner")
             .args(common("miner", i, &url))
+            .args(["--host", &host])
             .args(["--batch", &a.batch.to_string(), "--rows", &a.rows.to_string(), "--shard", &format!("{i}/{}", a.miners)])
             .stderr(log(&format!("miner-{i}"))?)
             .spawn()
@@ -695,9 +715,11 @@ pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
         miners.push(child);
     }
     for i in 0..a.followers {
-        let child = std::process::Command::new(&exe)
+        let (mut cmd, host) = node(1 + a.miners + i);
+        let child = cmd
             .arg("validator")
             .args(common("follower", i, &url))
+            .args(["--host", &host])
             .arg("--follower")
             .args(["--rows", &a.rows.to_string()])
             .arg("--metrics")
@@ -762,6 +784,9 @@ pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
         let _ = m.wait();
     }
     bar.finish_and_clear();
+    if let Some(p) = &a.net {
+        println!("every node on its own test host, behind {p:?}");
+    }
     if !status.success() && !interrupted() {
         bail!("the validator failed ({status}); see {}", out.join("validator.log").display());
     }
