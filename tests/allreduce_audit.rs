@@ -447,23 +447,23 @@ fn an_adjudicated_round_names_the_same_culprits_as_every_member_would() {
 }
 
 #[test]
-fn an_owner_showing_members_different_summaries_leaves_with_the_member_it_fooled() {
+fn an_owner_showing_members_different_summaries_is_proven_to_have_done_so() {
     // Member 2 sends member 0 a summary in which member 1's part is
-    // disputed, and everyone else the true one. Member 0 alone would
-    // leave out members 1 and 2 while the rest left out nobody: they
-    // would rerun in different groups. The adjudicator sees that member 0
-    // holds another summary of span 2 than it does, and rules both out
-    // (either may lie): everyone else reruns without them, and member 1,
-    // honest, stays.
+    // disputed, and everyone else the true one, both signed. Member 0
+    // alone would leave out members 1 and 2 while the rest left out
+    // nobody: they would rerun in different groups. Member 0's testimony
+    // carries member 2's signature of the summary it got, which differs
+    // from the adjudicator's: two signed summaries, proof of equivocation.
+    // Member 2 is accused; members 0 and 1, honest, stay.
     let x = inputs(6);
     let weights = [1.0, 2.0, 1.0, 2.0, 1.0, 0.0];
     let mut faults = [None; 6];
     faults[2] = Some(Fault::EquivocateSummary { to: 0 });
     let (_, results) = run_judged(&x, &weights, &faults, 5);
-    check(&x, &weights, &results, &[0, 2]);
-    for i in [1, 3, 4, 5] {
+    check(&x, &weights, &results, &[2]);
+    for i in [0, 1, 3, 4, 5] {
         let (accused, dropped) = named(&results[i].1);
-        assert!(accused.is_empty() && !dropped.contains(&"m1"), "member {i}: {accused:?} {dropped:?}");
+        assert_eq!((accused.as_slice(), dropped.as_slice()), (&["m2"][..], &[][..]), "member {i}");
     }
 }
 

@@ -14,10 +14,14 @@
 //! - the adjudicator's own verdict stands (it received every summary and
 //!   every average as any member did), and the testimony of a member it
 //!   leaves out counts for nothing;
-//! - a member that saw another summary from an owner than the adjudicator
-//!   did is left out with that owner, both unproven (either the owner
-//!   equivocated or the member lies about it; nobody else can tell), and
-//!   its accusations are set aside (it judged on other data);
+//! - span summaries are signed by their owners, and a testimony carries
+//!   the owner's signature of each summary it names: a member holding
+//!   another summary of a span than the adjudicator, signed by its owner,
+//!   proves that the owner equivocated (the owner is accused; the member
+//!   stays, its accusations set aside since it judged on other data); a
+//!   signature that does not check out names the member that forwarded
+//!   it; a member that got no summary where the adjudicator did leaves
+//!   with that owner, both unproven (nobody else can tell who lost it);
 //! - an accusation the adjudicator cannot confirm (an average only the
 //!   accuser received, say) leaves out the accuser and the accused, both
 //!   unproven — the framer pays what its victim pays, as in BTARD;
@@ -26,6 +30,28 @@
 //! Members that do not follow the ruling merely leave themselves out.
 
 use super::audit::Accusation;
+use super::identity::{Identity, PublicKey};
+
+/// What an owner signs of its span summary: the round, the group (digest)
+/// and the SHA-256 of the summary.
+fn summary_message(round: u64, group: &[u8; 32], owner: usize, summary: &[u8; 32]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(27 + 8 + 32 + 2 + 32);
+    m.extend_from_slice(b"dtrain-allreduce-summary-v1");
+    m.extend_from_slice(&round.to_le_bytes());
+    m.extend_from_slice(group);
+    m.extend_from_slice(&(owner as u16).to_le_bytes());
+    m.extend_from_slice(summary);
+    m
+}
+
+/// `owner`'s signature of its span summary with this SHA-256.
+pub fn sign_summary(id: &Identity, round: u64, group: &[u8; 32], owner: usize, summary: &[u8; 32]) -> [u8; 64] {
+    id.sign(&summary_message(round, group, owner, summary))
+}
+
+pub fn verify_summary(key: &PublicKey, round: u64, group: &[u8; 32], owner: usize, summary: &[u8; 32], sig: &[u8; 64]) -> bool {
+    key.verify(&summary_message(round, group, owner, summary), sig)
+}
 
 /// Longest text of reasons a ruling carries.
 pub const REASONS_MAX: usize = 16 << 10;
@@ -34,8 +60,9 @@ pub const REASONS_MAX: usize = 16 << 10;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Testimony {
     /// Per owner, SHA-256 of its span summary as received (zeros: none
-    /// came; its own: the summary it sent).
+    /// came; its own: the summary it sent) and the owner's signature of it.
     pub summaries: Vec<[u8; 32]>,
+    pub signatures: Vec<[u8; 64]>,
     /// Per member: whom its own verdict names (0 nobody, 1 left out
     /// unproven, 2 accused).
     pub named: Vec<u8>,
@@ -43,48 +70,56 @@ pub struct Testimony {
 
 impl Testimony {
     pub fn len(n: usize) -> usize {
-        33 * n
+        97 * n
     }
 
-    pub fn new(summaries: Vec<[u8; 32]>, verdict: &[Accusation]) -> Testimony {
+    pub fn new(summaries: Vec<([u8; 32], [u8; 64])>, verdict: &[Accusation]) -> Testimony {
         let n = summaries.len();
         let mut named = vec![0u8; n];
         for a in verdict.iter().filter(|a| a.member < n) {
             named[a.member] = 1 + u8::from(a.proven);
         }
-        Testimony { summaries, named }
+        let (summaries, signatures) = summaries.into_iter().unzip();
+        Testimony { summaries, signatures, named }
     }
 
     pub fn encode(&self) -> Vec<u8> {
         let mut out: Vec<u8> = self.summaries.iter().flatten().copied().collect();
+        out.extend(self.signatures.iter().flatten());
         out.extend_from_slice(&self.named);
         out
     }
 
     /// `None` unless `b` is the testimony of a group of `n`.
     pub fn parse(b: &[u8], n: usize) -> Option<Testimony> {
-        if b.len() != Testimony::len(n) || b[32 * n..].iter().any(|&v| v > 2) {
+        if b.len() != Testimony::len(n) || b[96 * n..].iter().any(|&v| v > 2) {
             return None;
         }
-        Some(Testimony { summaries: b[..32 * n].chunks_exact(32).map(|c| c.try_into().expect("32 bytes")).collect(), named: b[32 * n..].to_vec() })
+        Some(Testimony {
+            summaries: b[..32 * n].chunks_exact(32).map(|c| c.try_into().expect("32 bytes")).collect(),
+            signatures: b[32 * n..96 * n].chunks_exact(64).map(|c| c.try_into().expect("64 bytes")).collect(),
+            named: b[96 * n..].to_vec(),
+        })
     }
 }
 
 /// The adjudicator's ruling (see the module doc). `me` is the adjudicator;
 /// `own` its verdict; `summaries` its digests of the summaries it received
-/// (zeros: none); per member, its testimony and why it left the round.
+/// (zeros: none); per member, its testimony and why it left the round;
+/// `signed(owner, digest, sig)` checks an owner's signature of a summary.
 pub fn ruling(
     me: usize,
     own: Vec<Accusation>,
     summaries: &[[u8; 32]],
     testimonies: &[Option<Testimony>],
     gone: &[Option<String>],
+    signed: impl Fn(usize, &[u8; 32], &[u8; 64]) -> bool,
 ) -> Vec<Accusation> {
     let n = summaries.len();
     let mut out = own.clone();
-    let mut name = |member: usize, why: String| {
+    let mut name = |member: usize, why: String, proven: bool| {
         if member != me && !out.iter().any(|a| a.member == member) {
-            out.push(Accusation { member, why, proven: false });
+            out.push(Accusation { member, why, proven });
         }
     };
     // (A member the adjudicator's own verdict leaves out testifies to
@@ -92,29 +127,36 @@ pub fn ruling(
     for j in (0..n).filter(|&j| j != me && !own.iter().any(|a| a.member == j)) {
         let t = match (&gone[j], &testimonies[j]) {
             (Some(why), _) => {
-                name(j, format!("left the round before its testimony: {why}"));
+                name(j, format!("left the round before its testimony: {why}"), false);
                 continue;
             }
             (None, None) => {
-                name(j, "sent the adjudicator no testimony".into());
+                name(j, "sent the adjudicator no testimony".into(), false);
                 continue;
             }
             (None, Some(t)) => t,
         };
         // (Owners whose summary the adjudicator lacks are out already.)
         let differ: Vec<usize> = (0..n).filter(|&i| summaries[i] != [0; 32] && t.summaries[i] != summaries[i]).collect();
-        if !differ.is_empty() {
-            name(j, format!("saw other summaries of span(s) {differ:?} than the adjudicator"));
-            for &i in differ.iter().filter(|&&i| i != j) {
-                name(i, format!("span {i}: its summary differs between members (member {j} saw another)"));
+        for &i in &differ {
+            if t.summaries[i] == [0; 32] {
+                // None came to j: lost on their link, withheld, or j lies.
+                name(j, format!("got no summary of span {i}, which the adjudicator got"), false);
+                name(i, format!("span {i}: member {j} got no summary of it"), false);
+            } else if signed(i, &t.summaries[i], &t.signatures[i]) {
+                name(i, format!("span {i}: signed two different summaries (member {j} got the other)"), true);
+            } else {
+                name(j, format!("forwarded a signature of span {i}'s summary that its owner never made"), true);
             }
-            continue;
+        }
+        if !differ.is_empty() {
+            continue; // (it judged on other data: its accusations count for nothing)
         }
         for a in (0..n).filter(|&a| t.named[a] != 0 && !own.iter().any(|o| o.member == a)) {
             if a != j && a != me {
-                name(a, format!("named by member {j}, which the adjudicator could not confirm"));
+                name(a, format!("named by member {j}, which the adjudicator could not confirm"), false);
             }
-            name(j, format!("named member {a}, which the adjudicator could not confirm"));
+            name(j, format!("named member {a}, which the adjudicator could not confirm"), false);
         }
     }
     out
@@ -175,28 +217,36 @@ mod tests {
         v
     }
 
+    /// In these tests a signature of all ones checks out, nothing else.
+    const GOOD: [u8; 64] = [1; 64];
+    fn signed(_: usize, _: &[u8; 32], sig: &[u8; 64]) -> bool {
+        *sig == GOOD
+    }
+
+    fn testimony(sums: &[[u8; 32]], verdict: &[Accusation]) -> Testimony {
+        Testimony::new(sums.iter().map(|&d| (d, GOOD)).collect(), verdict)
+    }
+
     #[test]
     fn the_adjudicators_verdict_stands_and_unconfirmed_accusations_cost_the_accuser() {
-        // Six members, the adjudicator is member 5; its own verdict
+        // Seven members, the adjudicator is member 6; its own verdict
         // accuses member 3.
-        let sums: Vec<[u8; 32]> = (0..6).map(|i| [i as u8 + 1; 32]).collect();
+        let sums: Vec<[u8; 32]> = (0..7).map(|i| [i as u8 + 1; 32]).collect();
         let own = vec![acc(3, true)];
-        let honest = Testimony::new(sums.clone(), &own);
-        // Member 1 also names member 2 (unconfirmed); member 4 saw another
-        // summary of span 2 (and so judged on other data); member 0 left;
-        // member 3, accused, names member 1 (and counts for nothing).
-        let liar = Testimony::new(sums.clone(), &[acc(2, true), acc(3, true)]);
+        // Member 1 also names member 2 (unconfirmed); member 3, accused,
+        // names member 1 (and counts for nothing); member 0 left.
+        let liar = testimony(&sums, &[acc(2, true), acc(3, true)]);
+        let cheat = testimony(&sums, &[acc(1, true)]);
+        // Member 4 holds another summary of span 5, signed by member 5 (it
+        // equivocated), and names member 0 on that data (set aside).
         let mut other = sums.clone();
-        other[2] = [9; 32];
-        let fooled = Testimony::new(other, &[acc(0, false)]);
-        let cheat = Testimony::new(sums.clone(), &[acc(1, true)]);
-        let testimonies = [None, Some(liar), Some(honest), Some(cheat), Some(fooled), None];
-        let gone = [Some("stalled".to_string()), None, None, None, None, None];
-        let r = ruling(5, own, &sums, &testimonies, &gone);
-        // 3 accused, as the adjudicator found; 0 gone; 1 and 2 for the
-        // unconfirmed accusation; 4 and owner 2 for the differing summary.
-        assert_eq!(named(&r), vec![(0, false), (1, false), (2, false), (3, true), (4, false)]);
-        let back = parse_ruling(&encode_ruling(6, &r), 6).unwrap();
+        other[5] = [9; 32];
+        let fooled = testimony(&other, &[acc(0, false)]);
+        let testimonies = [None, Some(liar), Some(testimony(&sums, &own)), Some(cheat), Some(fooled), Some(testimony(&sums, &own)), None];
+        let gone = [Some("stalled".to_string()), None, None, None, None, None, None];
+        let r = ruling(6, own, &sums, &testimonies, &gone, signed);
+        assert_eq!(named(&r), vec![(0, false), (1, false), (2, false), (3, true), (5, true)]);
+        let back = parse_ruling(&encode_ruling(7, &r), 7).unwrap();
         assert_eq!(named(&back), named(&r));
         for a in &r {
             let b = back.iter().find(|b| b.member == a.member).unwrap();
@@ -205,27 +255,62 @@ mod tests {
     }
 
     #[test]
+    fn a_forged_summary_signature_names_its_bearer_and_a_missing_summary_costs_both() {
+        let sums: Vec<[u8; 32]> = (0..4).map(|i| [i as u8 + 1; 32]).collect();
+        let mut other = sums.clone();
+        other[1] = [9; 32];
+        let forger = Testimony::new(other.iter().map(|&d| (d, [2; 64])).collect(), &[]);
+        let mut lacking = sums.clone();
+        lacking[2] = [0; 32];
+        let r = ruling(
+            0,
+            vec![],
+            &sums,
+            &[None, Some(testimony(&sums, &[])), Some(testimony(&sums, &[])), Some(forger)],
+            &[None, None, None, None],
+            signed,
+        );
+        assert_eq!(named(&r), vec![(3, true)]);
+        let r =
+            ruling(0, vec![], &sums, &[None, Some(testimony(&lacking, &[])), Some(testimony(&sums, &[])), None], &[None, None, None, None], signed);
+        // Member 1 got no summary of span 2: both out, unproven; member 3
+        // sent no testimony.
+        assert_eq!(named(&r), vec![(1, false), (2, false), (3, false)]);
+    }
+
+    #[test]
     fn the_adjudicator_is_never_named_and_accusing_it_costs_only_the_accuser() {
         let sums: Vec<[u8; 32]> = (0..3).map(|i| [i as u8 + 1; 32]).collect();
-        let t = Testimony::new(sums.clone(), &[acc(0, true)]);
-        let r = ruling(0, vec![], &sums, &[None, Some(t.clone()), Some(Testimony::new(sums.clone(), &[]))], &[None, None, None]);
+        let t = testimony(&sums, &[acc(0, true)]);
+        let r = ruling(0, vec![], &sums, &[None, Some(t), Some(testimony(&sums, &[]))], &[None, None, None], signed);
         assert_eq!(named(&r), vec![(1, false)]);
         // A summary the adjudicator never got is not held against anyone
         // here (its owner is out by the adjudicator's own verdict).
         let mut lacking = sums.clone();
         lacking[2] = [0; 32];
-        let r = ruling(0, vec![acc(2, false)], &lacking, &[None, Some(Testimony::new(sums.clone(), &[])), None], &[None, None, None]);
+        let r = ruling(0, vec![acc(2, false)], &lacking, &[None, Some(testimony(&sums, &[])), None], &[None, None, None], signed);
         assert_eq!(named(&r), vec![(2, false)]);
     }
 
     #[test]
+    fn summary_signatures_bind_round_group_owner_and_summary() {
+        let id = Identity::from_seed([5; 32]);
+        let sig = sign_summary(&id, 3, &[1; 32], 2, &[7; 32]);
+        assert!(verify_summary(&id.public(), 3, &[1; 32], 2, &[7; 32], &sig));
+        assert!(!verify_summary(&id.public(), 4, &[1; 32], 2, &[7; 32], &sig));
+        assert!(!verify_summary(&id.public(), 3, &[2; 32], 2, &[7; 32], &sig));
+        assert!(!verify_summary(&id.public(), 3, &[1; 32], 1, &[7; 32], &sig));
+        assert!(!verify_summary(&id.public(), 3, &[1; 32], 2, &[8; 32], &sig));
+    }
+
+    #[test]
     fn malformed_testimonies_and_rulings_are_refused() {
-        let t = Testimony::new(vec![[1; 32]; 3], &[acc(1, true)]);
+        let t = testimony(&[[1; 32]; 3], &[acc(1, true)]);
         let b = t.encode();
         assert_eq!(Testimony::parse(&b, 3), Some(t));
         assert!(Testimony::parse(&b[1..], 3).is_none());
         let mut bad = b.clone();
-        bad[32 * 3] = 7;
+        bad[96 * 3] = 7;
         assert!(Testimony::parse(&bad, 3).is_none());
         assert!(parse_ruling(&[0, 3, 0], 3).is_none());
         assert!(parse_ruling(&[0], 3).is_none());

@@ -629,6 +629,9 @@ pub fn allreduce_bench(a: &AllreduceBenchArgs) -> Result<()> {
 /// The all-reduce between test hosts: per case the median time, the link
 /// bound and their ratio (gloo and hivemind on the same hosts: not yet).
 fn allreduce_bench_net(a: &AllreduceBenchArgs, profile: &Profile) -> Result<()> {
+    // Ctrl-C ends the peers (the terminal signals the whole group) while
+    // this process returns an error, so the test hosts are torn down.
+    crate::train::stop_on_interrupt();
     println!("test hosts, every access link: {profile:?}");
     println!("{:>3} {:>9} {:>12} {:>10} {:>10} {:>9} {:>12}", "N", "elems", "codec", "time ms", "bound ms", "x bound", "switch CPU %");
     for &n in &a.peers {
@@ -641,6 +644,7 @@ fn allreduce_bench_net(a: &AllreduceBenchArgs, profile: &Profile) -> Result<()> 
         let per_byte = if rates.iter().all(|r| r.is_finite()) { link_fractions(&rates).1 } else { 0.0 };
         for &elems in &a.elems {
             for &codec in &a.codec {
+                anyhow::ensure!(!crate::train::interrupted(), "interrupted");
                 let cpu0 = net.stats().cpu_ns.load(std::sync::atomic::Ordering::Relaxed);
                 let t0 = Instant::now();
                 let (plain, audited, max_err) = dtrain_round_times(a, n, elems, codec, a.audit, Some(&net))?;

@@ -190,11 +190,18 @@ impl Net {
         let k = NETS.fetch_add(1, Ordering::SeqCst);
         let mut net = Net { names: Vec::new(), switch: None };
         let mut tuns = Vec::new();
+        // A sandbox that forbids namespaces or TUN devices (no
+        // CAP_SYS_ADMIN, say) makes test hosts unavailable, not broken.
+        let denied = |e: NetError| match e {
+            NetError::Setup(why) if why.contains("not permitted") || why.contains("Permission denied") => NetError::Unavailable(why),
+            e => e,
+        };
         for i in 0..n {
             let name = format!("dtn-{}-{k}-h{i}", std::process::id());
-            ip(&["netns", "add", &name])?;
+            ip(&["netns", "add", &name]).map_err(denied)?;
             net.names.push(name.clone());
-            tuns.push(tun::open_tun_in(&name, "dt0").map_err(|e| NetError::Setup(format!("TUN device in {name}: {e}")))?);
+            let tun = tun::open_tun_in(&name, "dt0").map_err(|e| denied(NetError::Setup(format!("TUN device in {name}: {e}"))))?;
+            tuns.push(tun);
             let addr = format!("{}/24", net_addr(i));
             ip(&["-n", &name, "link", "set", "lo", "up"])?;
             ip(&["-n", &name, "addr", "add", &addr, "dev", "dt0"])?;

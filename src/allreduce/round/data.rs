@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::allreduce::audit::parts_agree;
+use crate::allreduce::ruling::{sign_summary, verify_summary};
 use sha2::Digest;
 
 impl Round<'_> {
@@ -113,7 +114,7 @@ impl Round<'_> {
                 let n = self.n();
                 let m = &self.members[j];
                 let (len, max_status) = match self.audit {
-                    Some(_) => (n + 8 + n * Statement::BYTES, Contribution::Disputed),
+                    Some(_) => (n + 8 + n * Statement::BYTES + 64, Contribution::Disputed),
                     None => (n + 8, Contribution::Full),
                 };
                 if m.done.is_some()
@@ -128,6 +129,14 @@ impl Round<'_> {
                     return self.fail(j, Failure::Invalid("span hash differs from the chunks received".into()));
                 }
                 if self.audit.is_some() {
+                    // Signed by its owner (evidence for the adjudicator,
+                    // should the owner show others another one).
+                    let (body, sig) = payload.split_at(len - 64);
+                    let (digest, sig): ([u8; 32], [u8; 64]) = (sha2::Sha256::digest(body).into(), sig.try_into().expect("64 bytes"));
+                    if !verify_summary(&self.group.members[j].key, self.round, &self.digest, j, &digest, &sig) {
+                        return self.fail(j, Failure::Invalid("span summary not signed with its owner's key".into()));
+                    }
+                    self.members[j].done_signed = Some((digest, sig));
                     // The statements of the parts in the span wholly, each
                     // checked against its sender's key (a forged one names
                     // the owner, by everyone alike).
@@ -146,9 +155,6 @@ impl Round<'_> {
                     }
                     self.members[j].done_parts = Some(parts);
                     self.members[j].done_forged = forged;
-                }
-                if self.adjudicator().is_some() {
-                    self.members[j].done_digest = Some(sha2::Sha256::digest(payload).into());
                 }
                 self.members[j].done = Some((payload[..n].to_vec(), hash));
             }
@@ -340,9 +346,26 @@ impl Round<'_> {
         Out::new(&header, Body::Owned(payload))
     }
 
-    /// The span summary, as sent to member `to` (the same for everyone
-    /// but under `Fault::EquivocateSummary`).
+    /// The span summary, as sent to member `to`: audited, signed.
     pub(super) fn done_payload(&self, to: Option<usize>) -> Vec<u8> {
+        let mut payload = self.done_body(to);
+        if self.audit.is_some() {
+            let (digest, sig) = self.signed_summary(&payload);
+            debug_assert_eq!(digest, <[u8; 32]>::from(sha2::Sha256::digest(&payload)));
+            payload.extend_from_slice(&sig);
+        }
+        payload
+    }
+
+    /// SHA-256 of a summary body of ours and our signature of it.
+    pub(super) fn signed_summary(&self, body: &[u8]) -> ([u8; 32], [u8; 64]) {
+        let digest: [u8; 32] = sha2::Sha256::digest(body).into();
+        (digest, sign_summary(self.id, self.round, &self.digest, self.me, &digest))
+    }
+
+    /// The span summary's body, as sent to member `to` (the same for
+    /// everyone but under `Fault::EquivocateSummary`).
+    pub(super) fn done_body(&self, to: Option<usize>) -> Vec<u8> {
         if self.audit.is_some() {
             let (mut payload, statements) = self.summary_statements();
             if let Some(Fault::EquivocateSummary { to: victim }) = self.settings.fault

@@ -6,8 +6,7 @@
 
 use super::*;
 use crate::allreduce::audit::verdict;
-use crate::allreduce::ruling::{encode_ruling, parse_ruling, ruling};
-use sha2::{Digest, Sha256};
+use crate::allreduce::ruling::{encode_ruling, parse_ruling, ruling, verify_summary};
 
 impl Round<'_> {
     pub(super) fn adjudicator(&self) -> Option<usize> {
@@ -24,14 +23,15 @@ impl Round<'_> {
         }
     }
 
-    /// Per owner, SHA-256 of its span summary as this member holds it
-    /// (zeros: none); its own, of the summary it sends everyone.
-    fn summary_digests(&self) -> Vec<[u8; 32]> {
+    /// Per owner, SHA-256 of its span summary as this member holds it and
+    /// the owner's signature (zeros: none); its own, of the summary it
+    /// sends everyone.
+    fn summary_digests(&self) -> Vec<([u8; 32], [u8; 64])> {
         (0..self.n())
             .map(|j| match j == self.me {
-                true if !self.finalized.is_empty() => Sha256::digest(self.done_payload(None)).into(),
-                true => [0; 32],
-                false => self.members[j].done_digest.unwrap_or([0; 32]),
+                true if !self.finalized.is_empty() => self.signed_summary(&self.done_body(None)),
+                true => ([0; 32], [0; 64]),
+                false => self.members[j].done_signed.unwrap_or(([0; 32], [0; 64])),
             })
             .collect()
     }
@@ -49,7 +49,10 @@ impl Round<'_> {
             }
             let own = verdict(audit, &self.report(), self.codec);
             let gone: Vec<Option<String>> = self.members.iter().map(|m| m.failure.as_ref().map(ToString::to_string)).collect();
-            let r = ruling(self.me, own, &self.summary_digests(), &self.testimonies, &gone);
+            let digests: Vec<[u8; 32]> = self.summary_digests().into_iter().map(|d| d.0).collect();
+            let (group, round, digest) = (self.group, self.round, self.digest);
+            let signed = |i: usize, d: &[u8; 32], sig: &[u8; 64]| verify_summary(&group.members[i].key, round, &digest, i, d, sig);
+            let r = ruling(self.me, own, &digests, &self.testimonies, &gone, signed);
             let payload = encode_ruling(n, &r);
             for conn in self.conns.iter_mut().flatten().filter(|c| c.ready) {
                 let header = Header::for_payload(Kind::Ruling, self.me as u16, self.round, 0, 0, &payload);

@@ -224,8 +224,8 @@ struct MemberState {
     /// In an audited round, its signed statement of its part of this
     /// peer's span (it comes before its chunks).
     statement: Option<Statement>,
-    /// SHA-256 of its span summary as received (adjudicated rounds).
-    done_digest: Option<[u8; 32]>,
+    /// Audited: SHA-256 of its span summary as received, and its signature.
+    done_signed: Option<([u8; 32], [u8; 64])>,
     /// Its connection ended after everything due from it had arrived.
     closed_clean: bool,
     /// It sent an invalid contribution (well framed, bad values): its
@@ -383,7 +383,7 @@ impl<'a> Round<'a> {
                     .collect()
             })
             .collect();
-        let summary_len = n + 8 + if audit.is_some() { n * Statement::BYTES } else { 0 };
+        let summary_len = n + 8 + if audit.is_some() { n * Statement::BYTES + 64 } else { 0 };
         let ruling_len = if audit.is_some_and(|a| a.adjudicator.is_some()) { Testimony::len(n).max(n + REASONS_MAX) } else { 0 };
         let data_max_len = chunks.iter().flatten().map(|c| c.bytes.len()).max().unwrap_or(0).max(summary_len).max(ruling_len).max(ABORT_MAX) as u32;
 
@@ -499,7 +499,7 @@ impl<'a> Round<'a> {
                 done_parts: None,
                 done_forged: None,
                 statement: None,
-                done_digest: None,
+                done_signed: None,
                 closed_clean: false,
                 excluded: None,
             })
