@@ -1,7 +1,8 @@
 //! Miners that train honestly and then cheat in the all-reduce — a
 //! poisoned (×−100), sign-flipped, noisy or zero contribution, an inflated
 //! weight, a dishonest average, an owner covering for the poisoner, an
-//! owner misreporting an honest miner's part — with
+//! owner misreporting an honest miner's part, an owner showing one member
+//! another span summary — with
 //! a master validator and three honest miners over five epochs: each is
 //! caught in its first all-reduce (Participation::Caught), ends with under 10% of an
 //! honest miner's weight, the honest miners get at least their all-honest
@@ -34,6 +35,9 @@ fn all_reduce_cheats_are_caught_and_end_with_a_small_share_of_the_weight() {
         // before statements were signed only the victim noticed, and the
         // others named the victim. Now the forged statement names the owner.
         Behaviour::AllReduce(Fault::MisreportPart { member: 1, scale: 1.5 }),
+        // An owner showing uid 2 another (signed) span summary than the
+        // rest: the validator, adjudicating, holds both signatures.
+        Behaviour::AllReduce(Fault::EquivocateSummary { to: 2 }),
     ];
     let net = network("validator-allreduce", &behaviours, 1);
     for round in 1..=5u64 {
