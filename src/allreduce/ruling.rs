@@ -17,8 +17,9 @@
 //! - span summaries are signed by their owners, and a testimony carries
 //!   the owner's signature of each summary it names: a member holding
 //!   another summary of a span than the adjudicator, signed by its owner,
-//!   proves that the owner equivocated (the owner is accused; the member
-//!   stays, its accusations set aside since it judged on other data); a
+//!   proves that the owner equivocated — the owner is accused, and
+//!   everything else set aside (the adjudicator's own verdict may rest on
+//!   a summary shown to it alone), for the rerun to check again; a
 //!   signature that does not check out names the member that forwarded
 //!   it; a member that got no summary where the adjudicator did leaves
 //!   with that owner, both unproven (nobody else can tell who lost it);
@@ -116,15 +117,38 @@ pub fn ruling(
     signed: impl Fn(usize, &[u8; 32], &[u8; 64]) -> bool,
 ) -> Vec<Accusation> {
     let n = summaries.len();
-    let mut out = own.clone();
+    // Proof first: a summary its owner signed that differs from the
+    // adjudicator's copy proves that the owner equivocated, whoever shows
+    // it. The adjudicator's own verdict may then rest on a summary shown
+    // to it alone (an honest part "disputed" there, say), so it is set
+    // aside: the ruling names the equivocators, and the rerun without them
+    // checks everyone again.
+    let mut equivocators: Vec<usize> = Vec::new();
+    for t in testimonies.iter().flatten() {
+        for i in (0..n).filter(|&i| summaries[i] != [0; 32] && t.summaries[i] != [0; 32] && t.summaries[i] != summaries[i]) {
+            if !equivocators.contains(&i) && signed(i, &t.summaries[i], &t.signatures[i]) {
+                equivocators.push(i);
+            }
+        }
+    }
+    let set_aside = !equivocators.is_empty();
+    let mut out: Vec<Accusation> = match set_aside {
+        false => own.clone(),
+        true => {
+            equivocators.iter().map(|&i| Accusation { member: i, why: format!("span {i}: signed two different summaries"), proven: true }).collect()
+        }
+    };
     let mut name = |member: usize, why: String, proven: bool| {
         if member != me && !out.iter().any(|a| a.member == member) {
             out.push(Accusation { member, why, proven });
         }
     };
-    // (A member the adjudicator's own verdict leaves out testifies to
-    // nothing: a cheat's word must not cost anyone their place.)
-    for j in (0..n).filter(|&j| j != me && !own.iter().any(|a| a.member == j)) {
+    for j in (0..n).filter(|&j| j != me) {
+        // (A member the adjudicator's own verdict leaves out testifies to
+        // nothing: a cheat's word must not cost anyone their place.)
+        if !set_aside && own.iter().any(|a| a.member == j) {
+            continue;
+        }
         let t = match (&gone[j], &testimonies[j]) {
             (Some(why), _) => {
                 name(j, format!("left the round before its testimony: {why}"), false);
@@ -140,17 +164,18 @@ pub fn ruling(
         let differ: Vec<usize> = (0..n).filter(|&i| summaries[i] != [0; 32] && t.summaries[i] != summaries[i]).collect();
         for &i in &differ {
             if t.summaries[i] == [0; 32] {
-                // None came to j: lost on their link, withheld, or j lies.
-                name(j, format!("got no summary of span {i}, which the adjudicator got"), false);
-                name(i, format!("span {i}: member {j} got no summary of it"), false);
-            } else if signed(i, &t.summaries[i], &t.signatures[i]) {
-                name(i, format!("span {i}: signed two different summaries (member {j} got the other)"), true);
-            } else {
+                // None came to j: lost on their link, withheld, or j lies
+                // (the rerun after an equivocation shows it again if so).
+                if !set_aside {
+                    name(j, format!("got no summary of span {i}, which the adjudicator got"), false);
+                    name(i, format!("span {i}: member {j} got no summary of it"), false);
+                }
+            } else if !signed(i, &t.summaries[i], &t.signatures[i]) {
                 name(j, format!("forwarded a signature of span {i}'s summary that its owner never made"), true);
             }
         }
-        if !differ.is_empty() {
-            continue; // (it judged on other data: its accusations count for nothing)
+        if set_aside || !differ.is_empty() {
+            continue; // (judged on other data: its accusations count for nothing)
         }
         for a in (0..n).filter(|&a| t.named[a] != 0 && !own.iter().any(|o| o.member == a)) {
             if a != j && a != me {
@@ -234,24 +259,48 @@ mod tests {
         let sums: Vec<[u8; 32]> = (0..7).map(|i| [i as u8 + 1; 32]).collect();
         let own = vec![acc(3, true)];
         // Member 1 also names member 2 (unconfirmed); member 3, accused,
-        // names member 1 (and counts for nothing); member 0 left.
+        // names member 1 (and counts for nothing); member 0 left; member 4
+        // got no summary of span 5 (and names member 0 on that data, set
+        // aside).
         let liar = testimony(&sums, &[acc(2, true), acc(3, true)]);
         let cheat = testimony(&sums, &[acc(1, true)]);
-        // Member 4 holds another summary of span 5, signed by member 5 (it
-        // equivocated), and names member 0 on that data (set aside).
-        let mut other = sums.clone();
-        other[5] = [9; 32];
-        let fooled = testimony(&other, &[acc(0, false)]);
-        let testimonies = [None, Some(liar), Some(testimony(&sums, &own)), Some(cheat), Some(fooled), Some(testimony(&sums, &own)), None];
+        let mut lacking = sums.clone();
+        lacking[5] = [0; 32];
+        let lost = testimony(&lacking, &[acc(0, false)]);
+        let testimonies = [None, Some(liar), Some(testimony(&sums, &own)), Some(cheat), Some(lost), Some(testimony(&sums, &own)), None];
         let gone = [Some("stalled".to_string()), None, None, None, None, None, None];
         let r = ruling(6, own, &sums, &testimonies, &gone, signed);
-        assert_eq!(named(&r), vec![(0, false), (1, false), (2, false), (3, true), (5, true)]);
+        assert_eq!(named(&r), vec![(0, false), (1, false), (2, false), (3, true), (4, false), (5, false)]);
         let back = parse_ruling(&encode_ruling(7, &r), 7).unwrap();
         assert_eq!(named(&back), named(&r));
         for a in &r {
             let b = back.iter().find(|b| b.member == a.member).unwrap();
             assert!(b.why.ends_with(&a.why), "{} / {}", a.why, b.why);
         }
+    }
+
+    #[test]
+    fn a_proven_equivocation_sets_the_adjudicators_own_verdict_aside() {
+        // Member 5 signed two summaries; the one the adjudicator (member 6)
+        // got disputes honest member 1, so its own verdict names 1 and 5.
+        // Member 4 shows the other, signed: 5 alone is named (proven), with
+        // member 0, which left; the rerun checks everyone again.
+        let sums: Vec<[u8; 32]> = (0..7).map(|i| [i as u8 + 1; 32]).collect();
+        let own = vec![acc(1, false), acc(5, false)];
+        let mut other = sums.clone();
+        other[5] = [9; 32];
+        let testimonies = [
+            None,
+            Some(testimony(&sums, &own)),
+            Some(testimony(&sums, &[acc(3, true)])),
+            Some(testimony(&sums, &own)),
+            Some(testimony(&other, &[])),
+            Some(testimony(&sums, &own)),
+            None,
+        ];
+        let gone = [Some("stalled".to_string()), None, None, None, None, None, None];
+        let r = ruling(6, own, &sums, &testimonies, &gone, signed);
+        assert_eq!(named(&r), vec![(0, false), (5, true)]);
     }
 
     #[test]
