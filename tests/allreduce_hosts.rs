@@ -7,21 +7,13 @@
 
 use dtrain::allreduce::codec::Codec;
 use dtrain::allreduce::{Failure, Group, Identity, Member, Peer, Report, Settings};
-use dtrain::testnet::{Net, NetError};
+mod common;
+
+use common::testnet::hosts;
+use dtrain::testnet::Net;
 use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-fn hosts(n: usize, profile: &str) -> Option<Net> {
-    match Net::create(n, &profile.parse().unwrap()) {
-        Ok(net) => Some(net),
-        Err(e @ NetError::Unavailable(_)) => {
-            eprintln!("SKIPPED: {e}");
-            None
-        }
-        Err(e) => panic!("{e}"),
-    }
-}
 
 fn inputs(n: usize, len: usize) -> Vec<Vec<f32>> {
     (0..n).map(|i| (0..len).map(|e| ((e % 13) as f32 - 6.0) * 0.01 * (i + 1) as f32).collect()).collect()

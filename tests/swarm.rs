@@ -24,20 +24,29 @@ fn miners_hold_the_published_model(hub: &dyn ModelHub, out: &std::path::Path, ep
     }
 }
 
+/// `dtrain swarm` of two miners for two epochs with `extra` options,
+/// writing to `out`; its stdout (the logs on failure).
+fn two_epochs_of_two_miners(out: &std::path::Path, extra: &[&str]) -> String {
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain"))
+        .args(["-q", "swarm", "--miners", "2", "--epochs", "2", "--rows", "3"])
+        .args(extra)
+        .arg("--data")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fineweb-sample"))
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    let logs = || ["validator", "miner-0", "miner-1"].map(|n| std::fs::read_to_string(out.join(format!("{n}.log"))).unwrap_or_default()).join("\n");
+    assert!(run.status.success(), "{stdout}\n{}\n{}", String::from_utf8_lossy(&run.stderr), logs());
+    stdout
+}
+
 #[test]
 fn a_two_epoch_swarm_learns_and_ends_in_agreement() {
     let out = std::env::temp_dir().join(format!("dtrain-swarm-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let run = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain"))
-        .args(["-q", "swarm", "--miners", "2", "--epochs", "2", "--rows", "3", "--followers", "1", "--data"])
-        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fineweb-sample"))
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let logs = || ["validator", "miner-0", "miner-1"].map(|n| std::fs::read_to_string(out.join(format!("{n}.log"))).unwrap_or_default()).join("\n");
-    assert!(run.status.success(), "{stdout}\n{}\n{}", String::from_utf8_lossy(&run.stderr), logs());
+    let stdout = two_epochs_of_two_miners(&out, &["--followers", "1"]);
     assert!(stdout.contains("all-reduce") && stdout.contains("weight"), "{stdout}");
 
     let metrics: Vec<serde_json::Value> =
@@ -85,22 +94,12 @@ fn a_swarm_on_test_hosts_behind_shaped_lossy_links_ends_in_agreement() {
     // Every node on its own network namespace behind 100 Mbit/s, 20 ms
     // round trips and 0.5% loss (src/testnet): queries, the registry and
     // the all-reduce all cross the links. Root only.
-    if let Err(e @ dtrain::testnet::NetError::Unavailable(_)) = dtrain::testnet::Net::create(2, &Default::default()) {
-        eprintln!("SKIPPED: {e}");
+    if common::testnet::hosts(2, "").is_none() {
         return;
     }
     let out = std::env::temp_dir().join(format!("dtrain-swarm-net-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let run = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain"))
-        .args(["-q", "swarm", "--miners", "2", "--epochs", "2", "--rows", "3", "--net", "rate=100mbit,rtt=20ms,loss=0.5%", "--data"])
-        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fineweb-sample"))
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let logs = || ["validator", "miner-0", "miner-1"].map(|n| std::fs::read_to_string(out.join(format!("{n}.log"))).unwrap_or_default()).join("\n");
-    assert!(run.status.success(), "{stdout}\n{}\n{}", String::from_utf8_lossy(&run.stderr), logs());
+    let stdout = two_epochs_of_two_miners(&out, &["--net", "rate=100mbit,rtt=20ms,loss=0.5%"]);
     assert!(stdout.contains("test host"), "{stdout}");
     assert!(std::fs::read_to_string(out.join("nodes/validator-0/registry.url")).unwrap().contains("10.77.0.1:"));
     let metrics: Vec<serde_json::Value> =

@@ -7,23 +7,15 @@
 //! issue's (rate within 5%, delay within 2 ms), medians where a loaded
 //! machine could add an outlier.
 
-use dtrain::testnet::{Net, NetError};
+mod common;
+
+use common::testnet::hosts;
+use dtrain::testnet::Net;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
-
-fn hosts(n: usize, profile: &str) -> Option<Net> {
-    match Net::create(n, &profile.parse().unwrap()) {
-        Ok(net) => Some(net),
-        Err(e @ NetError::Unavailable(_)) => {
-            eprintln!("SKIPPED: {e}");
-            None
-        }
-        Err(e) => panic!("{e}"),
-    }
-}
 
 /// Bytes per second of one TCP stream from host `from` to host `to`,
 /// measured at the receiver from its first byte to its last.
@@ -141,16 +133,23 @@ fn loss_drops_about_its_share() {
     let Some(net) = hosts(2, "loss=5%") else { return };
     let n = 4000;
     let (tx, rx) = mpsc::channel();
+    let sent = std::sync::atomic::AtomicBool::new(false);
     let got = std::thread::scope(|s| {
         let receiver = s.spawn(|| {
             net.enter(1).unwrap();
             let sock = UdpSocket::bind((net.addr(1), 5003)).unwrap();
-            sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
             tx.send(()).unwrap();
             let mut buf = [0u8; 64];
             let mut got = 0;
-            while sock.recv_from(&mut buf).is_ok() {
-                got += 1;
+            // Until the sender is done and nothing more comes (however
+            // long a loaded machine keeps the sender from running).
+            loop {
+                match sock.recv_from(&mut buf) {
+                    Ok(_) => got += 1,
+                    Err(_) if sent.load(Relaxed) => break,
+                    Err(_) => {}
+                }
             }
             got
         });
@@ -164,12 +163,13 @@ fn loss_drops_about_its_share() {
                     std::thread::sleep(Duration::from_millis(2)); // (no socket buffer overflows)
                 }
             }
+            sent.store(true, Relaxed);
         });
         receiver.join().unwrap()
     });
     let lost = n - got;
     let stats = net.stats();
-    eprintln!("{lost} of {n} lost ({} by the loss setting)", stats.lost.load(std::sync::atomic::Ordering::Relaxed));
+    eprintln!("{lost} of {n} lost ({} by the loss setting)", stats.lost.load(Relaxed));
     // 5% of 4000 = 200, σ ≈ 13.8: within 4σ.
     assert!((145..=255).contains(&lost), "{lost} of {n} lost");
 }

@@ -313,6 +313,7 @@ fn dtrain_round_times(
     codec: Codec,
     audit: bool,
     net: Option<&Net>,
+    fractions: &[f64],
 ) -> Result<(Vec<f64>, Vec<f64>, f32)> {
     let exe = std::env::current_exe()?;
     let modes = if audit { 2 } else { 1 };
@@ -347,13 +348,7 @@ fn dtrain_round_times(
             PeerProcess::spawn_on(&exe, &args, net.map(|net| (net, i)))
         })
         .collect::<Result<Vec<_>>>()?;
-    // Between test hosts, spans in proportion to what each link carries
-    // (`link_fractions`); on one loopback, equal.
-    let fractions = match (net, &a.net) {
-        (Some(_), Some(p)) => link_fractions(&(0..n).map(|i| p.link(i).rate.unwrap_or(1.0)).collect::<Vec<_>>()).0,
-        _ => vec![1.0; n],
-    };
-    let group = group_json(&procs.iter().map(|p| (p.addr.clone(), p.key.clone())).collect::<Vec<_>>(), &fractions);
+    let group = group_json(&procs.iter().map(|p| (p.addr.clone(), p.key.clone())).collect::<Vec<_>>(), fractions);
     for p in &mut procs {
         p.send(&group)?;
     }
@@ -573,7 +568,7 @@ pub fn allreduce_bench(a: &AllreduceBenchArgs) -> Result<()> {
     for &n in &a.peers {
         for &elems in &a.elems {
             for &codec in &a.codec {
-                let (plain, audited, max_err) = dtrain_round_times(a, n, elems, codec, a.audit, None)?;
+                let (plain, audited, max_err) = dtrain_round_times(a, n, elems, codec, a.audit, None, &vec![1.0; n])?;
                 if max_err > 0.01 {
                     bail!("N={n} {elems} {codec}: result off by {max_err} from the exact mean");
                 }
@@ -641,13 +636,16 @@ fn allreduce_bench_net(a: &AllreduceBenchArgs, profile: &Profile) -> Result<()> 
         // equal links: every member sends and receives 2(N−1)/N of the
         // encoded vector); the peers use that split.
         let rates: Vec<f64> = (0..n).map(|i| profile.link(i).rate.unwrap_or(f64::INFINITY)).collect();
-        let per_byte = if rates.iter().all(|r| r.is_finite()) { link_fractions(&rates).1 } else { 0.0 };
+        let (fractions, per_byte) = match rates.iter().all(|r| r.is_finite()) {
+            true => link_fractions(&rates),
+            false => (vec![1.0; n], 0.0), // (unshaped: equal spans, no bound)
+        };
         for &elems in &a.elems {
             for &codec in &a.codec {
                 anyhow::ensure!(!crate::train::interrupted(), "interrupted");
                 let cpu0 = net.stats().cpu_ns.load(std::sync::atomic::Ordering::Relaxed);
                 let t0 = Instant::now();
-                let (plain, audited, max_err) = dtrain_round_times(a, n, elems, codec, a.audit, Some(&net))?;
+                let (plain, audited, max_err) = dtrain_round_times(a, n, elems, codec, a.audit, Some(&net), &fractions)?;
                 let cpu = (net.stats().cpu_ns.load(std::sync::atomic::Ordering::Relaxed) - cpu0) as f64 / 1e9 / t0.elapsed().as_secs_f64();
                 if max_err > 0.01 {
                     bail!("N={n} {elems} {codec}: result off by {max_err} from the exact mean");

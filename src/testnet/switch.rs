@@ -131,6 +131,7 @@ pub struct Switch {
     /// Per ordered pair of hosts (i·n + j): whether i's packets to j are
     /// dropped (a cut link, a partition).
     blocked: Arc<Vec<AtomicBool>>,
+    hosts: usize,
 }
 
 type Shared = Arc<(Mutex<Queue>, Condvar)>;
@@ -157,14 +158,13 @@ impl Switch {
             let (stop, stats, shared, blocked) = (stop.clone(), stats.clone(), shared.clone(), blocked.clone());
             threads.push(std::thread::spawn(move || downlinks(outs, &links, &blocked, &stop, &stats, &shared)));
         }
-        Ok(Switch { stop, threads, stats, blocked })
+        Ok(Switch { stop, threads, stats, blocked, hosts: n })
     }
 
     /// Cuts (or restores) what host `from` sends host `to`; packets
     /// already on their way when it is cut are lost too.
     pub fn block(&self, from: usize, to: usize, blocked: bool) {
-        let n = (self.blocked.len() as f64).sqrt() as usize;
-        self.blocked[from * n + to].store(blocked, AtomicOrdering::SeqCst);
+        self.blocked[from * self.hosts + to].store(blocked, AtomicOrdering::SeqCst);
     }
 }
 

@@ -4,6 +4,7 @@
 pub mod hf_server;
 pub mod network;
 pub mod servers;
+pub mod testnet;
 
 use safetensors::{Dtype, SafeTensors};
 use std::path::{Path, PathBuf};
