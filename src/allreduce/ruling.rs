@@ -119,10 +119,11 @@ pub fn ruling(
     let n = summaries.len();
     // Proof first: a summary its owner signed that differs from the
     // adjudicator's copy proves that the owner equivocated, whoever shows
-    // it. The adjudicator's own verdict may then rest on a summary shown
-    // to it alone (an honest part "disputed" there, say), so it is set
-    // aside: the ruling names the equivocators, and the rerun without them
-    // checks everyone again.
+    // it. The adjudicator's unproven findings may then rest on a summary
+    // shown to it alone (an honest part "disputed" there, a sender said to
+    // be missing), so they are set aside for the rerun to check again; its
+    // proven ones stand, each resting on what its culprit signed or sent
+    // the adjudicator itself (statements, a Hello, an average).
     let mut equivocators: Vec<usize> = Vec::new();
     for t in testimonies.iter().flatten() {
         for i in (0..n).filter(|&i| summaries[i] != [0; 32] && t.summaries[i] != [0; 32] && t.summaries[i] != summaries[i]) {
@@ -134,9 +135,11 @@ pub fn ruling(
     let set_aside = !equivocators.is_empty();
     let mut out: Vec<Accusation> = match set_aside {
         false => own.clone(),
-        true => {
-            equivocators.iter().map(|&i| Accusation { member: i, why: format!("span {i}: signed two different summaries"), proven: true }).collect()
-        }
+        true => equivocators
+            .iter()
+            .map(|&i| Accusation { member: i, why: format!("span {i}: signed two different summaries"), proven: true })
+            .chain(own.iter().filter(|a| a.proven && !equivocators.contains(&a.member)).cloned())
+            .collect(),
     };
     let mut name = |member: usize, why: String, proven: bool| {
         if member != me && !out.iter().any(|a| a.member == member) {
@@ -282,11 +285,12 @@ mod tests {
     #[test]
     fn a_proven_equivocation_sets_the_adjudicators_own_verdict_aside() {
         // Member 5 signed two summaries; the one the adjudicator (member 6)
-        // got disputes honest member 1, so its own verdict names 1 and 5.
-        // Member 4 shows the other, signed: 5 alone is named (proven), with
-        // member 0, which left; the rerun checks everyone again.
+        // got disputes honest member 1, so its own verdict names 1 and 5
+        // (unproven), besides member 3 (proven, on its own signatures).
+        // Member 4 shows the other, signed: 5 is named (proven), 3 stays
+        // named, 1 is not; member 0 left; the rerun checks everyone again.
         let sums: Vec<[u8; 32]> = (0..7).map(|i| [i as u8 + 1; 32]).collect();
-        let own = vec![acc(1, false), acc(5, false)];
+        let own = vec![acc(1, false), acc(3, true), acc(5, false)];
         let mut other = sums.clone();
         other[5] = [9; 32];
         let testimonies = [
@@ -300,7 +304,7 @@ mod tests {
         ];
         let gone = [Some("stalled".to_string()), None, None, None, None, None, None];
         let r = ruling(6, own, &sums, &testimonies, &gone, signed);
-        assert_eq!(named(&r), vec![(0, false), (5, true)]);
+        assert_eq!(named(&r), vec![(0, false), (3, true), (5, true)]);
     }
 
     #[test]
