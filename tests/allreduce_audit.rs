@@ -42,17 +42,17 @@ fn run_credited(
     faults: &[Option<Fault>],
     codec: Codec,
 ) -> (Audit, Vec<(Vec<f32>, Verified)>) {
-    run_with(x, credited, weights, faults, codec, settings(codec).stall_timeout, Duration::from_secs(120), None, None)
+    run_with(x, credited, weights, faults, codec, settings(codec).stall_timeout, Duration::from_secs(120), None)
 }
 
 /// [`run`] with member `adjudicator` (of weight 0) judging every attempt.
 fn run_judged(x: &[Vec<f32>], weights: &[f32], faults: &[Option<Fault>], adjudicator: usize) -> (Audit, Vec<(Vec<f32>, Verified)>) {
     let stall = settings(Codec::F16).stall_timeout;
-    run_with(x, x, weights, faults, Codec::F16, stall, Duration::from_secs(120), Some(adjudicator), None)
+    run_with(x, x, weights, faults, Codec::F16, stall, Duration::from_secs(120), Some(adjudicator))
 }
 
-/// [`run_credited`] with this stall timeout, time to the deadline,
-/// adjudicator, and connect timeout of the reruns.
+/// [`run_credited`] with this stall timeout, time to the deadline and
+/// adjudicator.
 #[allow(clippy::too_many_arguments)]
 fn run_with(
     x: &[Vec<f32>],
@@ -63,7 +63,6 @@ fn run_with(
     stall: Duration,
     limit: Duration,
     adjudicator: Option<usize>,
-    rerun_connect: Option<Duration>,
 ) -> (Audit, Vec<(Vec<f32>, Verified)>) {
     let n = x.len();
     let peers: Vec<Peer> = (0..n).map(|i| Peer::bind(Identity::from_seed([i as u8 + 40; 32]), "127.0.0.1:0".parse().unwrap()).unwrap()).collect();
@@ -88,17 +87,9 @@ fn run_with(
                 let w = weights[i];
                 s.spawn(move || {
                     let mut grad = Vec::new();
-                    let mut attempt = 0;
-                    let v = run_verified(group, audit, codec, 4, |g, a| {
+                    let v = run_verified(group, audit, &settings, 4, |g, a, s| {
                         grad = mine.clone();
-                        let mut s = settings.clone();
-                        if attempt > 0
-                            && let Some(t) = rerun_connect
-                        {
-                            s.connect_timeout = t;
-                        }
-                        attempt += 1;
-                        peer.all_reduce_audited(g, 1, &mut grad, w, deadline, &s, Some(a))
+                        peer.all_reduce_audited(g, 1, &mut grad, w, deadline, s, Some(a))
                     })
                     .unwrap();
                     (grad, v)
@@ -416,13 +407,10 @@ fn a_sender_that_stalls_midway_frames_no_owner() {
     let weights = [1.0; 5];
     let mut faults = [None; 5];
     faults[2] = Some(Fault::StallAfter { gather: false, bytes: 30_000 });
-    // A rerun waits for members still finishing the attempt before: one
-    // that waited out member 2's averages (connect.max(stall) + stall) comes
-    // that much after one that caught the stall at once.
+    // The rerun waits for members still finishing the attempt before
+    // (`audit::rerun_settings`).
     let stall = Duration::from_secs(15);
-    let connect = settings(Codec::F16).connect_timeout;
-    let rerun_connect = connect + connect.max(stall) + stall;
-    let (_, results) = run_with(&x, &x, &weights, &faults, Codec::F16, stall, Duration::from_secs(90), None, Some(rerun_connect));
+    let (_, results) = run_with(&x, &x, &weights, &faults, Codec::F16, stall, Duration::from_secs(90), None);
     check(&x, &weights, &results, &[2]);
     for i in [0, 1, 3, 4] {
         let v = &results[i].1;

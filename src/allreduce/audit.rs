@@ -34,7 +34,7 @@
 //! bit-identical).
 
 use super::codec::Codec;
-use super::group::Group;
+use super::group::{Group, Settings};
 use super::identity::{Identity, PublicKey};
 use super::projection::{GROUP_BLOCKS, K, Proj, Projector, axpy, max_diff};
 use super::report::Report;
@@ -463,19 +463,22 @@ pub struct Verified {
 /// audit left after the culprits of the previous ones, until a verdict
 /// names nobody. A verdict that names this member itself ends it (the
 /// others go on without it). `round` must start from this member's own
-/// contribution each time.
+/// contribution each time, with the settings it is given: a rerun waits
+/// longer for its members to connect (`rerun_settings`).
 pub fn run_verified<E>(
     group: &Group,
     audit: &Audit,
-    codec: Codec,
+    settings: &Settings,
     attempts: usize,
-    mut round: impl FnMut(&Group, &Audit) -> Result<Report, E>,
+    mut round: impl FnMut(&Group, &Audit, &Settings) -> Result<Report, E>,
 ) -> Result<Verified, E> {
     let (mut group, mut audit) = (group.clone(), audit.clone());
+    let codec = settings.codec;
     let mut accused: Vec<(String, String)> = Vec::new();
     let mut dropped: Vec<(String, String)> = Vec::new();
+    let rerun = rerun_settings(settings);
     for attempt in 0..attempts.max(1) {
-        let report = round(&group, &audit)?;
+        let report = round(&group, &audit, if attempt == 0 { settings } else { &rerun })?;
         // With an adjudicator, its ruling (the same for everyone) decides;
         // without one, nobody may step.
         let named = match (audit.adjudicator, &report.ruling) {
@@ -500,6 +503,16 @@ pub fn run_verified<E>(
         group = group_without(&group, &drop);
     }
     unreachable!("the loop returns on its last attempt")
+}
+
+/// The settings of a rerun. Members reach the verdict at different times:
+/// one that caught a stall at once starts the rerun while another still
+/// waits out the stalled owner's averages (`max(connect, stall) + stall`,
+/// see `Settings::stall_timeout`), so the rerun's connect timeout covers
+/// that wait as well as its own.
+pub fn rerun_settings(settings: &Settings) -> Settings {
+    let (connect, stall) = (settings.connect_timeout, settings.stall_timeout);
+    Settings { connect_timeout: connect + connect.max(stall) + stall, ..settings.clone() }
 }
 
 #[cfg(test)]

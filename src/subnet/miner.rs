@@ -318,11 +318,11 @@ impl<E: Engine> Miner<E> {
             }
             Some(a) => {
                 // Every attempt starts again from this miner's own gradient.
-                let v = run_verified(&group, a, settings.codec, VERIFY_ATTEMPTS, |g, a| {
+                let v = run_verified(&group, a, &settings, VERIFY_ATTEMPTS, |g, a, s| {
                     let me = g.index_of(&peer.public_key()).ok_or("this miner is not in the group")?;
                     let own = spans(model.layout.total, &g.fractions()).map_err(|e| e.to_string())?.swap_remove(me);
                     let grad = transfer.download(model, settings.codec, own);
-                    peer.all_reduce_audited(g, round, grad, weight, deadline, &settings, Some(a)).map_err(|e| e.to_string())
+                    peer.all_reduce_audited(g, round, grad, weight, deadline, s, Some(a)).map_err(|e| e.to_string())
                 })?;
                 if !v.clean {
                     let named: Vec<String> = v.accused.iter().map(|(id, why)| format!("{id}: {why}")).collect();

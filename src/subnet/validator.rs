@@ -711,7 +711,6 @@ impl<E: Engine> Validator<E> {
         let mut guard = lock(&self.model);
         let (model, opt) = &mut *guard;
         let mut grad = vec![0f32; model.layout.total];
-        let codec = self.cfg.allreduce.codec;
         let deadline = Instant::now() + timeout;
         let verified = std::thread::scope(|s| {
             for n in miners {
@@ -725,9 +724,9 @@ impl<E: Engine> Validator<E> {
                 });
             }
             let mut peer = lock(&self.peer);
-            run_verified(&group, &audit, codec, super::miner::VERIFY_ATTEMPTS, |g, a| {
+            run_verified(&group, &audit, &self.cfg.allreduce, super::miner::VERIFY_ATTEMPTS, |g, a, s| {
                 grad.fill(0.0);
-                peer.all_reduce_audited(g, round, &mut grad, 0.0, deadline, &self.cfg.allreduce, Some(a))
+                peer.all_reduce_audited(g, round, &mut grad, 0.0, deadline, s, Some(a))
             })
         })
         .map_err(|e| e.to_string())?;
