@@ -14,6 +14,7 @@ pub mod allreduce;
 pub mod bench;
 pub mod data;
 pub mod engine;
+pub mod eval;
 pub mod hub;
 pub mod model;
 pub mod optim;

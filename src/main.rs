@@ -47,6 +47,9 @@ enum Command {
         #[command(flatten)]
         remote: RemoteArgs,
     },
+    /// Measure a model: its loss and perplexity on the dataset's held-out rows (which no
+    /// miner trains on), from a checkpoint directory, a hub tag or the newest published epoch.
+    Eval(dtrain::eval::EvalArgs),
     /// Print a model preset's size, memory and FLOPs.
     Info {
         /// Model preset.
@@ -302,6 +305,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Tokenize(a)) => dtrain::bench::tokenize_bench(&a),
         Command::Bench(BenchCommand::Allreduce(a)) => dtrain::bench::allreduce::allreduce_bench(&a),
         Command::Bench(BenchCommand::Kernels(a)) => dtrain::bench::kernels_bench(&a),
+        Command::Eval(a) => dtrain::eval::run_eval(&a, !cli.quiet),
         Command::Hub(cmd) => hub_cmd(cmd),
         Command::Check(cmd) => check_cmd(cmd),
         Command::Swarm(a) => dtrain::subnet::node::run_swarm(&a, !cli.quiet),

@@ -75,13 +75,20 @@ fn glyph(c: char) -> Option<u16> {
         '9' => 0b111_101_111_001_111,
         '.' => 0b000_000_000_000_010,
         '-' => 0b000_000_111_000_000,
+        'a' => 0b000_011_101_101_011,
         'c' => 0b000_111_100_100_111,
+        'd' => 0b001_001_111_101_111,
         'e' => 0b111_101_111_100_111,
         'h' => 0b100_100_111_101_101,
+        'i' => 0b010_000_010_010_010,
         'l' => 0b100_100_100_100_011,
+        'n' => 0b000_110_101_101_101,
         'o' => 0b000_111_101_101_111,
         'p' => 0b111_101_111_100_100,
+        'r' => 0b000_111_100_100_100,
         's' => 0b011_100_010_001_110,
+        't' => 0b010_111_010_010_011,
+        'u' => 0b000_101_101_101_111,
         ' ' => 0,
         _ => return None,
     })
@@ -111,14 +118,24 @@ fn text(put: &mut impl FnMut(usize, usize, [u8; 3]), x: usize, y: usize, text: &
     }
 }
 
-/// A 640×400 chart of `ys` against x = `first_x`, `first_x + 1`, …: axes
-/// named `x_name` and `y_name`, the ends of both ranges written on them,
-/// and the points joined.
-pub fn line_chart(ys: &[f64], first_x: usize, x_name: &str, y_name: &str) -> Vec<u8> {
-    png(W, H, &chart_pixels(ys, first_x, x_name, y_name))
+/// One line of a chart: its name (in the legend) and its points.
+pub struct Series<'a> {
+    pub name: &'a str,
+    pub ys: &'a [f64],
 }
 
-fn chart_pixels(ys: &[f64], first_x: usize, x_name: &str, y_name: &str) -> Vec<u8> {
+/// The lines' colours, in order.
+const COLOURS: [[u8; 3]; 3] = [[200, 30, 30], [30, 80, 200], [30, 150, 60]];
+
+/// A 640×400 chart of each series' `ys` against x = `first_x`,
+/// `first_x + 1`, …, on common axes named `x_name` and `y_name`, the ends
+/// of both ranges written on them, each series' points joined in its own
+/// colour, and a legend naming them when there are several.
+pub fn line_chart(series: &[Series], first_x: usize, x_name: &str, y_name: &str) -> Vec<u8> {
+    png(W, H, &chart_pixels(series, first_x, x_name, y_name))
+}
+
+fn chart_pixels(series: &[Series], first_x: usize, x_name: &str, y_name: &str) -> Vec<u8> {
     let mut img = vec![255u8; 3 * W * H];
     let mut put = |x: usize, y: usize, c: [u8; 3]| {
         if x < W && y < H {
@@ -133,33 +150,47 @@ fn chart_pixels(ys: &[f64], first_x: usize, x_name: &str, y_name: &str) -> Vec<u
     }
     text(&mut put, MARGIN + 6, MARGIN / 2 - 12, y_name);
     text(&mut put, W - MARGIN / 2 - text_width(x_name), H - MARGIN + 18, x_name);
-    if !ys.is_empty() {
+    let len = series.iter().map(|s| s.ys.len()).max().unwrap_or(0);
+    if len > 0 {
         text(&mut put, MARGIN, H - MARGIN + 6, &first_x.to_string());
-        let last = (first_x + ys.len() - 1).to_string();
+        let last = (first_x + len - 1).to_string();
         text(&mut put, W - MARGIN / 2 - text_width(&last), H - MARGIN + 6, &last);
     }
-    let finite: Vec<f64> = ys.iter().copied().filter(|y| y.is_finite()).collect();
-    if finite.len() >= 2 {
+    if series.len() > 1 {
+        // The legend, top right: a swatch and the name of each line.
+        for (k, s) in series.iter().enumerate() {
+            let (x, y) = (W - MARGIN / 2 - 120, MARGIN / 2 + 4 + 16 * k);
+            for (dx, dy) in (0..16 * 4).map(|d| (d % 16, d / 16)) {
+                put(x + dx, y + 3 + dy, COLOURS[k % COLOURS.len()]);
+            }
+            text(&mut put, x + 22, y, s.name);
+        }
+    }
+    let finite: Vec<f64> = series.iter().flat_map(|s| s.ys.iter().copied()).filter(|y| y.is_finite()).collect();
+    if len >= 2 && !finite.is_empty() {
         let (lo, hi) = finite.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &y| (l.min(y), h.max(y)));
         let span = if hi > lo { hi - lo } else { 1.0 };
-        let px = |i: usize| MARGIN as f64 + (i as f64 / (ys.len() - 1) as f64) * (W - MARGIN - MARGIN / 2) as f64;
+        let px = |i: usize| MARGIN as f64 + (i as f64 / (len - 1) as f64) * (W - MARGIN - MARGIN / 2) as f64;
         let py = |y: f64| (H - MARGIN) as f64 - (y - lo) / span * (H - MARGIN - MARGIN / 2) as f64;
         // The range's ends, left of the axis, level with where they are drawn.
         for v in [lo, hi] {
             let label = format!("{v:.2}");
             text(&mut put, MARGIN.saturating_sub(4 + text_width(&label)), (py(v) as usize).saturating_sub(5), &label);
         }
-        for i in 1..ys.len() {
-            let (a, b) = (ys[i - 1], ys[i]);
-            if !(a.is_finite() && b.is_finite()) {
-                continue;
-            }
-            let steps = 200;
-            for s in 0..=steps {
-                let f = s as f64 / steps as f64;
-                let (x, y) = (px(i - 1) + f * (px(i) - px(i - 1)), py(a) + f * (py(b) - py(a)));
-                put(x as usize, y as usize, [200, 30, 30]);
-                put(x as usize, y as usize + 1, [200, 30, 30]);
+        for (k, s) in series.iter().enumerate() {
+            let colour = COLOURS[k % COLOURS.len()];
+            for i in 1..s.ys.len() {
+                let (a, b) = (s.ys[i - 1], s.ys[i]);
+                if !(a.is_finite() && b.is_finite()) {
+                    continue;
+                }
+                let steps = 200;
+                for st in 0..=steps {
+                    let f = st as f64 / steps as f64;
+                    let (x, y) = (px(i - 1) + f * (px(i) - px(i - 1)), py(a) + f * (py(b) - py(a)));
+                    put(x as usize, y as usize, colour);
+                    put(x as usize, y as usize + 1, colour);
+                }
             }
         }
     }
@@ -193,12 +224,28 @@ mod tests {
 
     #[test]
     fn a_chart_labels_both_axes() {
-        let img = chart_pixels(&[3.2, 2.5, 2.1], 1, "epoch", "loss");
+        let img = chart_pixels(&[Series { name: "train", ys: &[3.2, 2.5, 2.1] }], 1, "epoch", "loss");
         let any_dark = |x0: usize, x1: usize, y0: usize, y1: usize| (y0..y1).any(|y| (x0..x1).any(|x| dark(&img, x, y)));
         assert!(any_dark(0, MARGIN - 2, MARGIN / 2, H - MARGIN), "y range labels");
         assert!(any_dark(MARGIN, W, H - MARGIN + 4, H), "x labels");
         assert!(any_dark(MARGIN + 4, W, 0, MARGIN / 2 - 1), "y axis name");
         assert!(img.contains(&30), "the curve");
         assert!(line_chart(&[], 1, "x", "y").starts_with(b"\x89PNG\r\n\x1a\n"));
+    }
+
+    #[test]
+    fn two_series_get_their_own_colours_and_a_legend() {
+        let count = |img: &[u8], c: [u8; 3]| img.chunks_exact(3).filter(|p| *p == c).count();
+        let one = chart_pixels(&[Series { name: "train", ys: &[3.0, 2.0, 1.5] }], 1, "epoch", "loss");
+        assert_eq!(count(&one, COLOURS[1]), 0, "one series: one colour, no legend");
+        let two = chart_pixels(
+            &[Series { name: "train", ys: &[3.0, 2.0, 1.5] }, Series { name: "held-out", ys: &[3.1, 2.4, f64::NAN] }],
+            1,
+            "epoch",
+            "loss",
+        );
+        // The second line (two segments' worth, the NaN skipped) and its swatch.
+        assert!(count(&two, COLOURS[1]) > 64 + 200, "{}", count(&two, COLOURS[1]));
+        assert!(count(&two, COLOURS[0]) > 64 + 400);
     }
 }

@@ -1,5 +1,6 @@
 //! `dtrain swarm` end to end: a master validator and two miners as
-//! processes for two epochs — the loss falls, and every miner ends with
+//! processes for two epochs — the loss falls (the miners' and the held-out
+//! rows', which `dtrain eval` measures alike), and every miner ends with
 //! weights bit-identical to the model published for the last epoch; a
 //! hub that fails one epoch's publish does not stop the swarm; Ctrl-C.
 
@@ -54,6 +55,21 @@ fn a_two_epoch_swarm_learns_and_ends_in_agreement() {
     assert_eq!(metrics.len(), 2);
     let loss = |i: usize| metrics[i]["loss"].as_f64().unwrap();
     assert!(loss(1) < loss(0), "loss did not fall: {} → {}", loss(0), loss(1));
+    // The master validator measured the held-out rows after each epoch,
+    // and `dtrain eval` of the published model measures the same.
+    let held_out = |i: usize| metrics[i]["eval_loss"].as_f64().unwrap_or_else(|| panic!("{}", metrics[i]));
+    assert!(held_out(1) < held_out(0), "held-out loss did not fall: {} → {}", held_out(0), held_out(1));
+    let eval = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain"))
+        .args(["-q", "eval", "--device", "cpu", "--rows", "8", "--json", "--hub-store"])
+        .arg(out.join("hub"))
+        .arg("--data")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fineweb-sample"))
+        .output()
+        .unwrap();
+    assert!(eval.status.success(), "{}", String::from_utf8_lossy(&eval.stderr));
+    let eval: serde_json::Value = serde_json::from_slice(&eval.stdout).unwrap();
+    assert!((eval["loss"].as_f64().unwrap() - held_out(1)).abs() < 1e-6 * held_out(1), "dtrain eval {eval} vs the validator's {}", held_out(1));
+    assert!(stdout.contains("held-out"), "{stdout}");
     for m in &metrics {
         let part = m["participation"].as_object().unwrap();
         assert_eq!(part.len(), 2, "{m}");

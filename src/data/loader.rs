@@ -175,6 +175,8 @@ pub struct RowBatches {
     b: usize,
     t: usize,
     count: usize,
+    /// Tokens before the padding.
+    real: usize,
 }
 
 impl RowBatches {
@@ -191,9 +193,9 @@ impl RowBatches {
             buf.extend_from_slice(&row[..row.len().min(ROW_TOKENS)]);
             buf.push(EOT);
         }
-        let count = buf.len().div_ceil(b * t);
+        let (real, count) = (buf.len(), buf.len().div_ceil(b * t));
         buf.resize(count * b * t + 1, EOT);
-        Ok(RowBatches { buf, b, t, count })
+        Ok(RowBatches { buf, b, t, count, real })
     }
 
     /// From row texts, tokenized in parallel with GPT-2's tokenizer.
@@ -216,6 +218,18 @@ impl RowBatches {
 
     pub fn is_empty(&self) -> bool {
         self.count == 0
+    }
+
+    /// The first batches, whose inputs and targets are all text (no
+    /// padding): what an evaluation averages over, padding being easy to
+    /// predict.
+    pub fn unpadded(&self) -> usize {
+        self.real.saturating_sub(1) / (self.b * self.t)
+    }
+
+    /// Sequences per batch and tokens per sequence.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.b, self.t)
     }
 
     /// `(inputs, targets)` of batch `k`, each `b·t` tokens.

@@ -1,6 +1,7 @@
 //! Training data: GPT-2 tokenization of text, llm.c token shards, and the
 //! batch loader both feed.
 
+pub mod held_out;
 pub mod http;
 pub mod http_file;
 pub mod loader;

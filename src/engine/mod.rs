@@ -224,3 +224,36 @@ pub struct AdamHyper {
     /// passes over the gradients.
     pub grad_scale: f32,
 }
+
+/// Calls `$f($a, engine)` on the engine a `--device` choice names (a
+/// `DeviceChoice`; `Auto` probes for a GPU), in `$precision` (an
+/// `Option<Precision>`: bf16 by default on a GPU, fp32 on the emulated
+/// device; the CPU engine computes in fp32 only). `$f` is generic over the
+/// engine, so this is a macro and not a function.
+macro_rules! on_device {
+    ($device:expr, $precision:expr, $f:ident, $a:expr) => {{
+        use $crate::engine::cuda::{CudaEngine, DeviceChoice, Precision};
+        match $device.resolve() {
+            (DeviceChoice::Cuda(i), _) => {
+                let gpu = CudaEngine::new($crate::engine::cuda::gpu::Gpu::open(i).map_err(anyhow::Error::msg)?)
+                    .with_precision($precision.unwrap_or(Precision::Bf16));
+                tracing::info!("engine: {}", gpu.name());
+                $f($a, gpu)
+            }
+            (DeviceChoice::Emulated, _) => {
+                $f($a, CudaEngine::new($crate::engine::cuda::emu::Emu).with_precision($precision.unwrap_or(Precision::Fp32)))
+            }
+            (_, why) => {
+                anyhow::ensure!(
+                    $precision != Some(Precision::Bf16),
+                    "the CPU engine computes in fp32 only: --precision bf16 needs --device cuda or emulated"
+                );
+                if let Some(why) = why {
+                    tracing::info!("engine: the CPU ({why})");
+                }
+                $f($a, $crate::engine::cpu::CpuEngine::new())
+            }
+        }
+    }};
+}
+pub(crate) use on_device;

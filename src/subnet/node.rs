@@ -11,11 +11,10 @@ use super::server::{QueryServer, ServerConfig};
 use super::validator::{Validator, ValidatorConfig};
 use crate::allreduce::codec::Codec;
 use crate::allreduce::{Peer, Settings};
+use crate::data::held_out::TrainRows;
 use crate::data::source::{ParquetRows, RowSource};
 use crate::data::used_rows::UsedRows;
 use crate::engine::Engine;
-use crate::engine::cpu::CpuEngine;
-use crate::engine::cuda::emu::Emu;
 use crate::engine::cuda::gpu::Gpu;
 use crate::engine::cuda::nccl::Nccl;
 use crate::engine::cuda::{CudaEngine, DeviceChoice, Precision};
@@ -23,6 +22,7 @@ use crate::model::config::GPT2_VOCAB;
 use crate::model::{Gpt, GptConfig};
 use crate::optim::{Optimizer, OptimizerConfig, OptimizerKind};
 use crate::parallel::{Collective, HostSum};
+use crate::plot::Series;
 use crate::train::{interrupted, stop_on_interrupt};
 use anyhow::{Context, Result, bail};
 use std::collections::BTreeMap;
@@ -172,6 +172,11 @@ pub struct ValidatorArgs {
     /// written to STATE/registry.url.
     #[arg(long, env = "DTRAIN_SERVE_REGISTRY")]
     pub serve_registry: Option<String>,
+    /// After every epoch, measure the model's loss on the first N rows of the
+    /// dataset's held-out tail (rows no miner trains on; `dtrain eval` measures
+    /// all of them): `eval_loss` in --metrics. 0: never.
+    #[arg(long, env = "DTRAIN_EVAL_ROWS", default_value_t = 8)]
+    pub eval_rows: u64,
 }
 
 /// A preset nodes can train: they read GPT-2 tokens, so its vocabulary
@@ -202,35 +207,10 @@ fn addr(host: &str) -> Result<SocketAddr> {
     format!("{host}:0").parse().with_context(|| format!("listen address {host:?}"))
 }
 
-/// Runs `$body` (a generic function taking the args and an engine) on the
-/// engine `--device` names.
-macro_rules! on_device {
-    ($node:expr, $f:ident, $a:expr) => {
-        match $node.device.resolve() {
-            (DeviceChoice::Cuda(i), _) => {
-                let gpu = CudaEngine::new(Gpu::open(i).map_err(anyhow::Error::msg)?).with_precision($node.precision.unwrap_or(Precision::Bf16));
-                tracing::info!("engine: {}", gpu.name());
-                $f($a, gpu)
-            }
-            (DeviceChoice::Emulated, _) => $f($a, CudaEngine::new(Emu).with_precision($node.precision.unwrap_or(Precision::Fp32))),
-            (_, why) => {
-                anyhow::ensure!(
-                    $node.precision != Some(Precision::Bf16),
-                    "the CPU engine computes in fp32 only: --precision bf16 needs --device cuda or emulated"
-                );
-                if let Some(why) = why {
-                    tracing::info!("engine: the CPU ({why})");
-                }
-                $f($a, CpuEngine::new())
-            }
-        }
-    };
-}
-
 /// `dtrain miner`: serves queries until SIGINT/SIGTERM.
 pub fn run_miner(a: &MinerArgs) -> Result<()> {
     match a.gpus.as_slice() {
-        [] => on_device!(a.node, miner_on, a),
+        [] => crate::engine::on_device!(a.node.device, a.node.precision, miner_on, a),
         &[g] => miner_on(a, CudaEngine::new(Gpu::open(g).map_err(anyhow::Error::msg)?).with_precision(a.node.precision.unwrap_or(Precision::Bf16))),
         gpus => {
             let nccl = Nccl::new(gpus).map_err(anyhow::Error::msg)?;
@@ -254,7 +234,8 @@ fn miner_on_replicas<E: Engine + 'static>(a: &MinerArgs, engines: Vec<E>, collec
     let id = keyfile::load_or_create(&n.key)?;
     let registry = super::registry::open(&n.registry, &id)?;
     let hub = hub_of(n)?;
-    let src = ParquetRows::open_dir(&n.data)?;
+    // The held-out tail is for evaluation only: no row of it is ever trained on.
+    let src = TrainRows::new(ParquetRows::open_dir(&n.data)?);
     std::fs::create_dir_all(&n.state).with_context(|| format!("creating {}", n.state.display()))?;
     let mut used = UsedRows::open(&n.state.join("used-rows.bin"), src.num_rows())?;
     if let Some((i, k)) = a.shard {
@@ -331,7 +312,7 @@ fn bt_hotkey_of(n: &NodeArgs) -> Result<Option<Hotkey>> {
 /// `dtrain validator` (the master): per epoch, Train rounds until the global
 /// batch is reached, then the all-reduce, the publish and the weights.
 pub fn run_validator(a: &ValidatorArgs) -> Result<()> {
-    on_device!(a.node, validator_on, a)
+    crate::engine::on_device!(a.node.device, a.node.precision, validator_on, a)
 }
 
 fn validator_on<E: Engine>(a: &ValidatorArgs, engine: E) -> Result<()> {
@@ -354,7 +335,13 @@ fn validator_on<E: Engine>(a: &ValidatorArgs, engine: E) -> Result<()> {
         }
         None => None,
     };
-    let src = ParquetRows::open_dir(&n.data)?;
+    let all_rows = ParquetRows::open_dir(&n.data)?;
+    let eval_batches = match a.eval_rows {
+        0 => None,
+        rows => Some(crate::eval::held_out_batches(&all_rows, Some(rows), 8, n.seq)?.0),
+    };
+    // The held-out tail is for evaluation only: no row of it is ever assigned.
+    let src = TrainRows::new(all_rows);
     std::fs::create_dir_all(&n.state)?;
     let (model, opt) = model_of(n, engine)?;
     let peer = Peer::bind(id.clone(), addr(&n.host)?)?;
@@ -438,6 +425,16 @@ fn validator_on<E: Engine>(a: &ValidatorArgs, engine: E) -> Result<()> {
         let t1 = Instant::now();
         let report = v.allreduce_round(&live, epoch + 1).map_err(anyhow::Error::msg)?;
         let allreduce_s = t1.elapsed().as_secs_f64();
+        let eval = match &eval_batches {
+            Some(b) => match v.evaluate(b) {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    tracing::warn!("held-out evaluation: {e}");
+                    None
+                }
+            },
+            None => None,
+        };
         let bandwidth: BTreeMap<String, f64> =
             v.bandwidth_round(&live, "transformer.wte.weight", Duration::from_secs(30)).into_iter().map(|(u, s)| (u.to_string(), s)).collect();
         epoch += 1;
@@ -466,7 +463,8 @@ fn validator_on<E: Engine>(a: &ValidatorArgs, engine: E) -> Result<()> {
         let miner_work_s: f64 = scored.iter().filter_map(|o| o.miner_work_s()).sum();
         let last = rounds.last().cloned().unwrap_or_default();
         let line = serde_json::json!({
-            "epoch": epoch, "loss": loss, "samples": samples, "train_rounds": rounds.len(),
+            "epoch": epoch, "loss": loss, "eval_loss": eval.map(|e| e.loss), "eval_tokens": eval.map(|e| e.tokens), "eval_s": eval.map(|e| e.seconds),
+            "samples": samples, "train_rounds": rounds.len(),
             "train_s": train_s, "allreduce_s": allreduce_s, "publish_s": publish_s, "publish_error": publish_error,
             "score_s": score_s, "miner_work_s": miner_work_s,
             "allreduce_bytes_in": report.bytes_received, "allreduce_failures": report.failures().len(),
@@ -475,8 +473,9 @@ fn validator_on<E: Engine>(a: &ValidatorArgs, engine: E) -> Result<()> {
             "weights": weights,
             "last_round": last.iter().map(|o| serde_json::json!({"uid": o.uid, "gradient": o.gradient, "steps": o.steps, "loss": o.loss, "error": o.error})).collect::<Vec<_>>(),
         });
+        let held = eval.map_or(String::new(), |e| format!(", held-out loss {:.4}", e.loss));
         tracing::info!(
-            "epoch {epoch}: loss {loss:.4}, {samples} samples, train {train_s:.1} s, all-reduce {allreduce_s:.2} s, publish {publish_s:.2} s"
+            "epoch {epoch}: loss {loss:.4}{held}, {samples} samples, train {train_s:.1} s, all-reduce {allreduce_s:.2} s, publish {publish_s:.2} s"
         );
         if let Some(path) = &a.metrics {
             let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
@@ -791,17 +790,21 @@ pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
         bail!("the validator failed ({status}); see {}", out.join("validator.log").display());
     }
     let metrics = read_metrics();
-    let losses: Vec<f64> = metrics.iter().map(|m| m["loss"].as_f64().unwrap_or(f64::NAN)).collect();
-    std::fs::write(out.join("loss.png"), crate::plot::line_chart(&losses, 1, "epoch", "loss"))?;
+    let column = |name: &str| -> Vec<f64> { metrics.iter().map(|m| m[name].as_f64().unwrap_or(f64::NAN)).collect() };
+    let (losses, held_out) = (column("loss"), column("eval_loss"));
+    let series = [Series { name: "train", ys: &losses }, Series { name: "held-out", ys: &held_out }];
+    let shown = if held_out.iter().any(|v| v.is_finite()) { &series[..] } else { &series[..1] };
+    std::fs::write(out.join("loss.png"), crate::plot::line_chart(shown, 1, "epoch", "loss"))?;
     println!(
-        "{:>6} {:>9} {:>8} {:>9} {:>8} {:>12} {:>10} {:>10}",
-        "epoch", "loss", "samples", "train s", "score %", "all-reduce s", "MB in", "publish s"
+        "{:>6} {:>9} {:>9} {:>8} {:>9} {:>8} {:>12} {:>10} {:>10}",
+        "epoch", "loss", "held-out", "samples", "train s", "score %", "all-reduce s", "MB in", "publish s"
     );
     for m in &metrics {
         println!(
-            "{:>6} {:>9.4} {:>8} {:>9.1} {:>7.1}% {:>12.2} {:>10.1} {:>10}",
+            "{:>6} {:>9.4} {:>9.4} {:>8} {:>9.1} {:>7.1}% {:>12.2} {:>10.1} {:>10}",
             m["epoch"].as_u64().unwrap_or(0),
             m["loss"].as_f64().unwrap_or(f64::NAN),
+            m["eval_loss"].as_f64().unwrap_or(f64::NAN),
             m["samples"].as_u64().unwrap_or(0),
             m["train_s"].as_f64().unwrap_or(0.0),
             100.0 * m["score_s"].as_f64().unwrap_or(0.0) / m["miner_work_s"].as_f64().unwrap_or(f64::NAN),

@@ -263,7 +263,8 @@ impl<E: Engine> Validator<E> {
     pub fn publish(&self, hub: &dyn ModelHub, work: &Path, epoch: u64, batch_size: u64) -> Result<Published, String> {
         let part = lock(&self.last_allreduce).clone();
         let peers = part.values().filter(|p| **p == Participation::Success).count();
-        let meta = serde_json::json!({"epoch": epoch, "batch_size": batch_size, "participation": part});
+        // `seq`: what `dtrain eval` measures a published model at by default.
+        let meta = serde_json::json!({"epoch": epoch, "batch_size": batch_size, "seq": self.cfg.seq, "participation": part});
         let dir = work.join(format!("publish-{epoch}"));
         {
             let guard = lock(&self.model);
@@ -275,6 +276,11 @@ impl<E: Engine> Validator<E> {
         }
         let _ = std::fs::remove_dir_all(&dir);
         Ok(p)
+    }
+
+    /// The model's loss on `batches` (the held-out rows; see `eval`).
+    pub fn evaluate(&self, batches: &RowBatches) -> Result<crate::eval::Eval, String> {
+        crate::eval::evaluate(&mut lock(&self.model).0, batches, |_, _| {}).map_err(|e| e.to_string())
     }
 
     /// Replaces the validator's model and optimizer with the hub's `epoch`.
