@@ -28,8 +28,13 @@ fn miners_hold_the_published_model(hub: &dyn ModelHub, out: &std::path::Path, ep
 /// `dtrain swarm` of two miners for two epochs with `extra` options,
 /// writing to `out`; its stdout (the logs on failure).
 fn two_epochs_of_two_miners(out: &std::path::Path, extra: &[&str]) -> String {
+    two_epochs(out, 2, extra)
+}
+
+/// `dtrain swarm` of `miners` miners for two epochs.
+fn two_epochs(out: &std::path::Path, miners: usize, extra: &[&str]) -> String {
     let run = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain"))
-        .args(["-q", "swarm", "--miners", "2", "--epochs", "2", "--rows", "3"])
+        .args(["-q", "swarm", "--miners", &miners.to_string(), "--epochs", "2", "--rows", "3"])
         .args(extra)
         .arg("--data")
         .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fineweb-sample"))
@@ -38,7 +43,10 @@ fn two_epochs_of_two_miners(out: &std::path::Path, extra: &[&str]) -> String {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
-    let logs = || ["validator", "miner-0", "miner-1"].map(|n| std::fs::read_to_string(out.join(format!("{n}.log"))).unwrap_or_default()).join("\n");
+    let logs = || {
+        let names = std::iter::once("validator".to_string()).chain((0..miners).map(|i| format!("miner-{i}")));
+        names.map(|n| std::fs::read_to_string(out.join(format!("{n}.log"))).unwrap_or_default()).collect::<Vec<_>>().join("\n")
+    };
     assert!(run.status.success(), "{stdout}\n{}\n{}", String::from_utf8_lossy(&run.stderr), logs());
     stdout
 }
@@ -106,16 +114,17 @@ fn a_two_epoch_swarm_learns_and_ends_in_agreement() {
 }
 
 #[test]
-fn a_swarm_on_test_hosts_behind_shaped_lossy_links_ends_in_agreement() {
-    // Every node on its own network namespace behind 100 Mbit/s, 20 ms
-    // round trips and 0.5% loss (src/testnet): queries, the registry and
-    // the all-reduce all cross the links. Root only.
+fn a_swarm_on_test_hosts_behind_shaped_lossy_links_cuts_a_slow_miner_out_of_the_spans() {
+    // Every node on its own network namespace behind 250 Mbit/s, 20 ms
+    // round trips and 0.5% loss (src/testnet), one miner (host 3) behind
+    // 25 Mbit/s: queries, the registry, the bandwidth probe and the
+    // all-reduce all cross the links. Root only.
     if common::testnet::hosts(2, "").is_none() {
         return;
     }
     let out = std::env::temp_dir().join(format!("dtrain-swarm-net-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let stdout = two_epochs_of_two_miners(&out, &["--net", "rate=100mbit,rtt=20ms,loss=0.5%"]);
+    let stdout = two_epochs(&out, 3, &["--net", "rate=250mbit,rtt=20ms,loss=0.5%,slow=3:25mbit"]);
     assert!(stdout.contains("test host"), "{stdout}");
     assert!(std::fs::read_to_string(out.join("nodes/validator-0/registry.url")).unwrap().contains("10.77.0.1:"));
     let metrics: Vec<serde_json::Value> =
@@ -124,8 +133,21 @@ fn a_swarm_on_test_hosts_behind_shaped_lossy_links_ends_in_agreement() {
     for m in &metrics {
         assert!(m["participation"].as_object().unwrap().values().all(|p| p == "Success"), "{m}");
     }
+    // The slow miner by its address (host 3 is 10.77.0.4).
+    let registry: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(out.join("registry.json")).unwrap()).unwrap();
+    let slow = registry.iter().position(|n| n["allreduce_addr"].as_str().unwrap().starts_with("10.77.0.4:")).expect("the slow miner registered");
+    // Epoch 1 knew no links: equal spans for the miners. After the probe,
+    // the slow miner (a tenth of the rate: too slow to help) owns nothing
+    // and the others split the vector; the validator never owns any.
+    let spans = |e: usize| metrics[e]["spans"].as_object().unwrap().clone();
+    let (first, second) = (spans(0), spans(1));
+    assert_eq!(first["0"], 0.0, "{first:?}");
+    assert!(first.iter().filter(|(u, _)| *u != "0").all(|(_, f)| (f.as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-6), "{first:?}");
+    assert_eq!(second["0"], 0.0, "{second:?}");
+    assert_eq!(second[&slow.to_string()], 0.0, "the slow miner {slow} still owns a span: {second:?}");
+    assert!(second.iter().filter(|(u, _)| *u != "0" && **u != slow.to_string()).all(|(_, f)| (f.as_f64().unwrap() - 0.5).abs() < 1e-6), "{second:?}");
     let hub = LocalStore::open(&out.join("hub")).unwrap();
-    miners_hold_the_published_model(&hub, &out, 2, 2);
+    miners_hold_the_published_model(&hub, &out, 2, 3);
     std::fs::remove_dir_all(&out).unwrap();
 }
 

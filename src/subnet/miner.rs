@@ -12,6 +12,7 @@
 //!   advances its epoch.
 
 use super::grad_transfer::GradTransfer;
+use super::metrics::NodeMetrics;
 use super::protocol::parse_hex32;
 use super::protocol::{AllReduce, IsAlive, Query, Train};
 use super::registry::{Registry, Role};
@@ -94,6 +95,7 @@ pub struct Miner<E: Engine = CpuEngine> {
     peer: Mutex<Peer>,
     source: Box<dyn RowSource>,
     registry: Arc<dyn Registry>,
+    metrics: Option<Arc<NodeMetrics>>,
 }
 
 /// XXH3-64 of the weights' bytes.
@@ -116,7 +118,7 @@ impl<E: Engine> Miner<E> {
     ) -> Miner<E> {
         let replicas = Replicas::new(vec![model], vec![opt], Box::new(HostSum));
         let state = State { replicas, used, rng: Rng::new(seed), loaded: None, transfer: GradTransfer::new(), before_last: None };
-        Miner { cfg, hub: None, state: Mutex::new(state), epoch: AtomicU64::new(0), peer: Mutex::new(peer), source, registry }
+        Miner { cfg, hub: None, state: Mutex::new(state), epoch: AtomicU64::new(0), peer: Mutex::new(peer), source, registry, metrics: None }
     }
 
     /// Loads published models from `hub` (downloads under `dir/models`)
@@ -125,6 +127,13 @@ impl<E: Engine> Miner<E> {
     /// person or a test compares with the published model).
     pub fn with_hub(mut self, hub: Arc<dyn ModelHub>, dir: std::path::PathBuf) -> Miner<E> {
         self.hub = Some((hub, dir));
+        self
+    }
+
+    /// Records what this miner does into `metrics` (its /metrics endpoint).
+    pub fn with_metrics(mut self, metrics: Arc<NodeMetrics>) -> Miner<E> {
+        metrics.epoch.set(self.epoch() as i64);
+        self.metrics = Some(metrics);
         self
     }
 
@@ -167,6 +176,9 @@ impl<E: Engine> Miner<E> {
             model.zero_grads();
         }
         self.epoch.store(latest, Ordering::SeqCst);
+        if let Some(m) = &self.metrics {
+            m.epoch.set(latest as i64);
+        }
         st.loaded = Some(latest);
         tracing::info!("loaded the published model of epoch {latest}");
         Ok(Some(latest))
@@ -197,6 +209,7 @@ impl<E: Engine> Miner<E> {
         if let Err(e) = self.sync_from_hub() {
             tracing::warn!("model hub: {e}");
         }
+        let started = Instant::now();
         let index = q.gradient_test_index.ok_or("Train needs gradient_test_index")? as usize;
         let projector = q.challenge.as_deref().map(parse_hex32).transpose().map_err(|e| format!("challenge: {e}"))?.map(|c| Projector::new(&c));
         let (b, t) = (self.cfg.batch, self.cfg.seq);
@@ -247,6 +260,13 @@ impl<E: Engine> Miner<E> {
             work.loss_sum += w.loss_sum;
         }
         let loss = if batches.is_empty() { 0.0 } else { work.loss_sum / batches.len() as f64 };
+        if let Some(m) = &self.metrics {
+            let (secs, tokens) = (started.elapsed().as_secs_f64(), (batches.len() * b * t) as u64);
+            m.train_seconds.observe(secs);
+            m.train_tokens.inc_by(tokens);
+            m.train_tokens_per_second.set(tokens as f64 / secs.max(1e-9));
+            m.train_loss.set(loss);
+        }
         Ok(Train {
             dataset_indices: Some(rows),
             gradient_sums: Some(work.sums),
@@ -266,7 +286,10 @@ impl<E: Engine> Miner<E> {
     fn allreduce(&self, q: AllReduce) -> Result<AllReduce, String> {
         let lr = q.learning_rate.filter(|lr| lr.is_finite() && *lr >= 0.0).ok_or("AllReduce needs a finite learning_rate ≥ 0")? as f32;
         let round = q.round.ok_or("AllReduce needs a round")?;
-        let group = self.group(q.group.as_deref().ok_or("AllReduce needs a group")?)?;
+        let mut group = self.group(q.group.as_deref().ok_or("AllReduce needs a group")?)?;
+        if let Some(f) = &q.fractions {
+            super::links::set_fractions(&mut group, f)?;
+        }
         let timeout = q.all_reduce_timeout.filter(|t| t.is_finite() && *t > 0.0).map_or(self.cfg.allreduce_timeout, Duration::from_secs_f64);
         let mut settings = self.cfg.allreduce.clone();
         if let Some(t) = q.next_chunk_timeout.filter(|t| t.is_finite() && *t > 0.0) {
@@ -309,7 +332,8 @@ impl<E: Engine> Miner<E> {
             weight = 0.0;
         }
         let before = params_hash(&model.read_params());
-        let deadline = Instant::now() + timeout;
+        let started = Instant::now();
+        let deadline = started + timeout;
         let report = match &audit {
             None => {
                 let own = spans(model.layout.total, &group.fractions()).map_err(|e| e.to_string())?.swap_remove(me);
@@ -333,6 +357,9 @@ impl<E: Engine> Miner<E> {
         };
         drop(peer);
         tracing::info!("{}", report.summary());
+        if let Some(m) = &self.metrics {
+            m.record_allreduce(&report, started.elapsed().as_secs_f64());
+        }
         // Spans nobody averaged are not applied (see Report::unaveraged_spans).
         // Every replica gets the same averaged gradient and takes the same step.
         let unaveraged = report.unaveraged_spans();
@@ -348,6 +375,9 @@ impl<E: Engine> Miner<E> {
             return Err("the step left the weights unchanged or non-finite".into());
         }
         let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(m) = &self.metrics {
+            m.epoch.set(epoch as i64);
+        }
         if let Some((_, dir)) = &self.hub {
             let line = serde_json::json!({"epoch": epoch, "xxh3": params_hash(&after)}).to_string();
             if let Err(e) = std::fs::write(dir.join("params.json"), line) {

@@ -7,6 +7,8 @@ pub mod bittensor;
 pub mod client;
 pub mod grad_transfer;
 pub mod keyfile;
+pub mod links;
+pub mod metrics;
 pub mod miner;
 pub mod node;
 pub mod protocol;

@@ -5,6 +5,7 @@
 
 use super::bittensor::hotkey::Hotkey;
 use super::keyfile;
+use super::metrics::{MetricsServer, NodeMetrics};
 use super::miner::{Miner, MinerConfig};
 use super::registry::Role;
 use super::server::{QueryServer, ServerConfig};
@@ -92,6 +93,23 @@ pub struct NodeArgs {
     /// fp32 (the default of the emulated device). The CPU engine is fp32.
     #[arg(long, env = "DTRAIN_PRECISION")]
     pub precision: Option<Precision>,
+    /// Serve live metrics for Prometheus at http://ADDR/metrics (OpenMetrics
+    /// text), e.g. 0.0.0.0:9100; port 0 picks one. The address is logged and
+    /// written to STATE/metrics.url.
+    #[arg(long, env = "DTRAIN_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+/// This node's metrics, and their endpoint when `--metrics-addr` asks for one.
+fn start_metrics(n: &NodeArgs, role: &str, engine: &str) -> Result<(Arc<NodeMetrics>, Option<MetricsServer>)> {
+    let metrics = Arc::new(NodeMetrics::new(role, engine));
+    let Some(addr) = n.metrics_addr else { return Ok((metrics, None)) };
+    let server = MetricsServer::start(addr, metrics.clone()).with_context(|| format!("--metrics-addr {addr}"))?;
+    let url = format!("http://{}/metrics", server.addr());
+    std::fs::create_dir_all(&n.state).with_context(|| format!("creating {}", n.state.display()))?;
+    write_atomic(&n.state.join("metrics.url"), url.as_bytes())?;
+    tracing::info!("metrics for Prometheus at {url}");
+    Ok((metrics, Some(server)))
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -250,7 +268,9 @@ fn miner_on_replicas<E: Engine + 'static>(a: &MinerArgs, engines: Vec<E>, collec
     let peer = Peer::bind(id.clone(), addr(&n.host)?)?;
     let peer_addr = peer.local_addr()?;
     let cfg = MinerConfig { batch: a.batch, seq: n.seq, rows_per_train: a.rows, allreduce: settings(n), ..MinerConfig::default() };
-    let mut miner = Miner::new(cfg, model, opt, Box::new(src), used, peer, registry.clone(), n.seed).with_hub(hub, n.state.clone());
+    let (metrics, _metrics_server) = start_metrics(n, "miner", &model.engine.name())?;
+    let mut miner =
+        Miner::new(cfg, model, opt, Box::new(src), used, peer, registry.clone(), n.seed).with_hub(hub, n.state.clone()).with_metrics(metrics.clone());
     if !replicas.is_empty() {
         miner = miner.with_replicas(replicas, collective);
     }
@@ -270,7 +290,8 @@ fn miner_on_replicas<E: Engine + 'static>(a: &MinerArgs, engines: Vec<E>, collec
     if let Some(k) = &hotkey {
         tracing::info!("Bittensor hotkey {}: answering the axon convention and btauth/1", k.ss58());
     }
-    let server = QueryServer::start(addr(&n.host)?, id.clone(), miner.clone(), ServerConfig { hotkey, ..ServerConfig::default() })?;
+    let server =
+        QueryServer::start(addr(&n.host)?, id.clone(), miner.clone(), ServerConfig { hotkey, metrics: Some(metrics), ..ServerConfig::default() })?;
     let uid = registry.join(&id.public(), &server.addr().to_string(), peer_addr, Role::Miner)?;
     tracing::info!("miner uid {uid}: queries on {}, all-reduce on {peer_addr}, epoch {}", server.addr(), miner.epoch());
     while !interrupted() {
@@ -344,6 +365,7 @@ fn validator_on<E: Engine>(a: &ValidatorArgs, engine: E) -> Result<()> {
     let src = TrainRows::new(all_rows);
     std::fs::create_dir_all(&n.state)?;
     let (model, opt) = model_of(n, engine)?;
+    let (metrics, _metrics_server) = start_metrics(n, if a.follower { "follower validator" } else { "validator" }, &model.engine.name())?;
     let peer = Peer::bind(id.clone(), addr(&n.host)?)?;
     let peer_addr = peer.local_addr()?;
     let cfg = ValidatorConfig {
@@ -453,10 +475,11 @@ fn validator_on<E: Engine>(a: &ValidatorArgs, engine: E) -> Result<()> {
         };
         let publish_s = t2.elapsed().as_secs_f64();
         let weights = v.scores.lock().unwrap_or_else(|p| p.into_inner()).weights();
+        let loss = if losses.is_empty() { f64::NAN } else { losses.iter().sum::<f64>() / losses.len() as f64 };
+        record_epoch(&metrics, &v, epoch, loss, eval, train_s, &report, allreduce_s);
         if let Some(path) = &a.weights {
             write_atomic(path, serde_json::to_string_pretty(&weights)?.as_bytes())?;
         }
-        let loss = if losses.is_empty() { f64::NAN } else { losses.iter().sum::<f64>() / losses.len() as f64 };
         // The validator's scoring cost against the miners' work it checked.
         let scored: Vec<&super::validator::TrainScore> = rounds.iter().flatten().filter(|o| o.miner_work_s().is_some()).collect();
         let score_s: f64 = scored.iter().map(|o| o.score_s).sum();
@@ -468,6 +491,7 @@ fn validator_on<E: Engine>(a: &ValidatorArgs, engine: E) -> Result<()> {
             "train_s": train_s, "allreduce_s": allreduce_s, "publish_s": publish_s, "publish_error": publish_error,
             "score_s": score_s, "miner_work_s": miner_work_s,
             "allreduce_bytes_in": report.bytes_received, "allreduce_failures": report.failures().len(),
+            "spans": span_shares(&report),
             "bandwidth": bandwidth,
             "participation": *v.last_allreduce.lock().unwrap_or_else(|p| p.into_inner()),
             "weights": weights,
@@ -483,6 +507,41 @@ fn validator_on<E: Engine>(a: &ValidatorArgs, engine: E) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What the master validator's epoch did, into its metrics.
+#[allow(clippy::too_many_arguments)]
+fn record_epoch<E: Engine>(
+    m: &NodeMetrics,
+    v: &Validator<E>,
+    epoch: u64,
+    loss: f64,
+    eval: Option<crate::eval::Eval>,
+    train_s: f64,
+    report: &crate::allreduce::Report,
+    allreduce_s: f64,
+) {
+    use super::metrics::UidLabel;
+    m.epoch.set(epoch as i64);
+    m.train_loss.set(loss);
+    if let Some(e) = eval {
+        m.eval_loss.set(e.loss);
+    }
+    m.train_seconds.observe(train_s);
+    m.record_allreduce(report, allreduce_s);
+    let scores = v.scores.lock().unwrap_or_else(|p| p.into_inner());
+    for (uid, s) in &scores.score {
+        m.miner_score.get_or_create(&UidLabel { uid: uid.to_string() }).set(*s);
+    }
+    for (uid, w) in scores.weights() {
+        m.miner_weight.get_or_create(&UidLabel { uid: uid.to_string() }).set(w);
+    }
+}
+
+/// Each member's share of the vector in an all-reduce, by id (uid).
+fn span_shares(report: &crate::allreduce::Report) -> BTreeMap<String, f64> {
+    let total = report.members.iter().map(|m| m.span.1.saturating_sub(m.span.0)).sum::<usize>().max(1) as f64;
+    report.members.iter().map(|m| (m.id.clone(), m.span.1.saturating_sub(m.span.0) as f64 / total)).collect()
 }
 
 /// A follower validator: loads each epoch the master publishes, scores

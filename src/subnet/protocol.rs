@@ -70,6 +70,10 @@ pub struct AllReduce {
     /// dtrain: the group index of the member whose ruling every member
     /// follows (the validator itself; see `allreduce::ruling`).
     pub adjudicator: Option<u16>,
+    /// dtrain: per group member, the share of the vector it owns (in
+    /// proportion to its measured link; 0 = it only sends and receives).
+    /// Absent: miners own equal spans, validators none.
+    pub fractions: Option<Vec<f64>>,
 }
 
 /// 32 bytes as 64 lowercase hex digits.

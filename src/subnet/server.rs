@@ -61,6 +61,8 @@ pub struct ServerConfig {
     /// This node's Bittensor hotkey: with one, queries in the axon
     /// convention (`bt_header_*` headers) are answered too.
     pub hotkey: Option<Hotkey>,
+    /// Where queries answered and refused are counted.
+    pub metrics: Option<Arc<super::metrics::NodeMetrics>>,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +73,7 @@ impl Default for ServerConfig {
             io_timeout: Duration::from_secs(10),
             clock_window: Duration::from_secs(60),
             hotkey: None,
+            metrics: None,
         }
     }
 }
@@ -112,6 +115,9 @@ impl QueryServer {
                             let mut stream = stream;
                             let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
                             reply(&mut stream, 503, &error_json("busy: too many requests at once"));
+                            if let Some(m) = &shared.cfg.metrics {
+                                m.record_query(None, 503);
+                            }
                             continue;
                         }
                         let shared = shared.clone();
@@ -195,8 +201,8 @@ fn serve_one(mut stream: TcpStream, sh: &Shared) {
     let _ = stream.set_read_timeout(Some(sh.cfg.io_timeout));
     let _ = stream.set_write_timeout(Some(sh.cfg.io_timeout));
     let started = std::time::Instant::now();
-    let mut axon_reply = None;
-    let (status, content_type, body) = match answer(&stream, sh, &mut axon_reply) {
+    let (mut axon_reply, mut query) = (None, None);
+    let (status, content_type, body) = match answer(&stream, sh, &mut axon_reply, &mut query) {
         Ok((content_type, body)) => (200, content_type, body),
         Err((status, msg)) => {
             tracing::debug!("query refused ({status}): {msg}");
@@ -215,13 +221,22 @@ fn serve_one(mut stream: TcpStream, sh: &Shared) {
         _ => Vec::new(),
     };
     reply_with(&mut stream, status, content_type, &headers, &body);
+    if let Some(m) = &sh.cfg.metrics {
+        m.record_query(query, status);
+    }
 }
 
 /// Set once a request is known to follow the axon convention: its synapse
 /// name and, once verified, its dendrite.
 type AxonReply = Option<(String, Option<axon::Dendrite>)>;
 
-fn answer(stream: &TcpStream, sh: &Shared, axon_reply: &mut AxonReply) -> Result<(&'static str, Vec<u8>), (u16, String)> {
+/// Answers one request; `query` is set to its query's name once known.
+fn answer(
+    stream: &TcpStream,
+    sh: &Shared,
+    axon_reply: &mut AxonReply,
+    query: &mut Option<&'static str>,
+) -> Result<(&'static str, Vec<u8>), (u16, String)> {
     let mut r = BufReader::new(stream);
     let request = read_line(&mut r)?;
     let mut parts = request.split(' ');
@@ -246,6 +261,7 @@ fn answer(stream: &TcpStream, sh: &Shared, axon_reply: &mut AxonReply) -> Result
     if Query::parse(name, b"{}").is_none() && !["State", "Join", "Registry"].contains(&name) {
         return Err((404, format!("no query {path:?}: queries are POST /IsAlive, /Train, /AllReduce, /State, /Join or /Registry")));
     }
+    *query = ["IsAlive", "Train", "AllReduce", "State", "Join", "Registry"].into_iter().find(|n| *n == name);
     let len: usize =
         get("content-length").ok_or((411, "Content-Length required".to_string()))?.parse().map_err(|_| (400, "bad Content-Length".to_string()))?;
     if len > sh.cfg.max_body {

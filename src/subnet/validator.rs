@@ -163,6 +163,10 @@ pub struct Validator<E: Engine = CpuEngine> {
     pub last_allreduce: Mutex<BTreeMap<Uid, Participation>>,
     /// Whether each miner's last Train answer passed verification.
     last_verified: Mutex<BTreeMap<Uid, bool>>,
+    /// Each miner's link as the bandwidth probe measured it (bytes/s of
+    /// its last correct download): what the next all-reduce's spans are
+    /// cut by.
+    rates: Mutex<BTreeMap<Uid, f64>>,
     /// Rows some miner was already credited with (one bit per dataset
     /// row): a row counts for steps once, so replaying another miner's
     /// answer earns nothing.
@@ -242,6 +246,7 @@ impl<E: Engine> Validator<E> {
             scores: Mutex::new(Scores::default()),
             last_allreduce: Mutex::new(BTreeMap::new()),
             last_verified: Mutex::new(BTreeMap::new()),
+            rates: Mutex::new(BTreeMap::new()),
             credited: Mutex::new(Vec::new()),
             hotkey: None,
             handed_out: Mutex::new(Vec::new()),
@@ -665,6 +670,9 @@ impl<E: Engine> Validator<E> {
                 let got = n.public_key().ok().and_then(|k| super::client::fetch_state(&self.identity, &k, &n.query_addr, tensor, timeout).ok());
                 let elapsed = t.elapsed().as_secs_f64();
                 let ok = got.is_some_and(|g| g == want);
+                if ok && elapsed > 0.0 {
+                    lock(&self.rates).insert(n.uid, want.len() as f64 / elapsed);
+                }
                 // As with Train rewards: a miner whose last Train answer
                 // failed verification earns nothing for its bandwidth
                 // either, and neither does one that did not take part
@@ -690,7 +698,14 @@ impl<E: Engine> Validator<E> {
         let mut uids: Vec<Uid> = miners.iter().map(|n| n.uid).collect();
         uids.push(me.uid);
         uids.sort();
-        let group = super::registry::group_of(&nodes, &uids).map_err(|e| e.to_string())?;
+        let mut group = super::registry::group_of(&nodes, &uids).map_err(|e| e.to_string())?;
+        // Spans by the miners' measured links (the validator owns none).
+        let rates = lock(&self.rates).clone();
+        let miner_rates: Vec<Option<f64>> = uids.iter().filter(|u| **u != me.uid).map(|u| rates.get(u).copied()).collect();
+        let mut shares = super::links::span_fractions(&miner_rates).into_iter();
+        for (u, m) in uids.iter().zip(group.members.iter_mut()) {
+            m.fraction = if *u == me.uid { 0.0 } else { shares.next().unwrap_or(1.0) };
+        }
         let timeout = self.cfg.allreduce_timeout;
         // This epoch's credit, which the next epoch starts without.
         let credit = std::mem::take(&mut *lock(&self.credit));
@@ -712,6 +727,7 @@ impl<E: Engine> Validator<E> {
             weights: Some(audit.weights.clone()),
             expected: Some(audit.expected.clone()),
             adjudicator: audit.adjudicator.map(|a| a as u16),
+            fractions: Some(group.fractions()),
             ..AllReduce::default()
         };
         let mut guard = lock(&self.model);

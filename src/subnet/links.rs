@@ -1,0 +1,98 @@
+//! Unequal links: the validator cuts the all-reduce's spans in proportion
+//! to what each miner's link carried in its bandwidth probe, so a slow
+//! member does not set everyone's pace (the reference's bandwidth
+//! fractions), and sends the fractions in the AllReduce query, where they
+//! enter the group digest.
+
+use crate::allreduce::Group;
+
+/// Links within this factor of the fastest count as the fastest: a
+/// probe's noise (on loopback, the miners' CPUs) should not reshuffle the
+/// spans — with few owners the split is steep in the rates (two owners
+/// measured 10% apart would split 43/57) — and the time an unequal split
+/// saves between near-equal links is small.
+pub const RATE_SPREAD: f64 = 1.5;
+
+/// The span fractions of miners whose links measured `rates` (bytes/s;
+/// `None` = not measured yet, taken as the median of the rest): the split
+/// that makes every owner take the same time
+/// (`allreduce::plan::link_fractions`), every rate within `RATE_SPREAD`
+/// of the fastest counted as the fastest — so equal spans while the links
+/// are near equal, and a miner too slow to help owns nothing. (The
+/// validator, a member that owns nothing and sends nothing, is left out of
+/// the model: it only adds one more receiver.)
+pub fn span_fractions(rates: &[Option<f64>]) -> Vec<f64> {
+    let mut known: Vec<f64> = rates.iter().flatten().copied().filter(|r| r.is_finite() && *r > 0.0).collect();
+    if known.is_empty() {
+        return vec![1.0; rates.len()];
+    }
+    known.sort_by(f64::total_cmp);
+    let (median, fastest) = (known[known.len() / 2], known[known.len() - 1]);
+    let rates: Vec<f64> = rates
+        .iter()
+        .map(|r| r.filter(|r| r.is_finite() && *r > 0.0).unwrap_or(median))
+        .map(|r| if r * RATE_SPREAD >= fastest { fastest } else { r })
+        .collect();
+    if rates.iter().all(|&r| r == fastest) {
+        return vec![1.0; rates.len()];
+    }
+    crate::allreduce::plan::link_fractions(&rates).0
+}
+
+/// Gives the group's members the span fractions an AllReduce query names
+/// (one per member, finite, non-negative, some positive). They enter the
+/// group digest, so members told different fractions never connect.
+pub fn set_fractions(group: &mut Group, fractions: &[f64]) -> Result<(), String> {
+    if fractions.len() != group.len() {
+        return Err(format!("{} span fractions for a group of {}", fractions.len(), group.len()));
+    }
+    if let Some(bad) = fractions.iter().find(|f| !(f.is_finite() && **f >= 0.0)) {
+        return Err(format!("span fraction {bad} is not a finite non-negative number"));
+    }
+    if !fractions.iter().any(|f| *f > 0.0) {
+        return Err("no member owns a span (every fraction is 0)".into());
+    }
+    for (m, &f) in group.members.iter_mut().zip(fractions) {
+        m.fraction = f;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::allreduce::plan::link_fractions;
+
+    #[test]
+    fn near_equal_links_get_equal_spans_and_a_slow_one_owns_nothing() {
+        assert_eq!(span_fractions(&[None, None, None]), [1.0; 3]);
+        assert_eq!(span_fractions(&[Some(100.0), Some(120.0), None, Some(80.0)]), [1.0; 4]);
+        // One member at a tenth of the others: it cannot keep up even
+        // owning nothing; the others split the vector equally.
+        // The others' noise (here 10%) does not tilt their spans.
+        let f = span_fractions(&[Some(100.0), Some(90.0), Some(10.0), Some(95.0)]);
+        assert_eq!(f[2], 0.0);
+        assert!((f[0] - 1.0 / 3.0).abs() < 1e-12 && f[0] == f[1] && f[1] == f[3], "{f:?}");
+        // A somewhat slower link: a smaller span, as link_fractions computes
+        // it; an unmeasured member counts as the median.
+        let f = span_fractions(&[Some(100.0), None, Some(80.0), Some(100.0), Some(100.0), Some(60.0)]);
+        assert_eq!(f, link_fractions(&[100.0, 100.0, 100.0, 100.0, 100.0, 60.0]).0);
+        assert!(f[5] > 0.0 && f[5] < 0.5 * f[0], "{f:?}");
+        // Nonsense rates are ignored, never propagated.
+        assert_eq!(span_fractions(&[Some(f64::NAN), Some(-1.0), Some(0.0)]), [1.0; 3]);
+    }
+
+    #[test]
+    fn fractions_from_a_query_are_checked() {
+        let key = crate::allreduce::Identity::from_seed([1; 32]).public();
+        let addr: std::net::SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let mut g = Group::equal((0..3).map(|i| (i.to_string(), addr, key)));
+        assert!(set_fractions(&mut g, &[1.0, 2.0]).unwrap_err().contains("2 span fractions for a group of 3"));
+        assert!(set_fractions(&mut g, &[1.0, f64::NAN, 1.0]).unwrap_err().contains("not a finite"));
+        assert!(set_fractions(&mut g, &[1.0, -1.0, 1.0]).unwrap_err().contains("not a finite"));
+        assert!(set_fractions(&mut g, &[0.0; 3]).unwrap_err().contains("no member owns"));
+        assert_eq!(g.fractions(), [1.0; 3], "a refused query changes nothing");
+        set_fractions(&mut g, &[0.5, 0.0, 0.5]).unwrap();
+        assert_eq!(g.fractions(), [0.5, 0.0, 0.5]);
+    }
+}
