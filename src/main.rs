@@ -309,8 +309,14 @@ fn run(cli: Cli) -> Result<()> {
         Command::Hub(cmd) => hub_cmd(cmd),
         Command::Check(cmd) => check_cmd(cmd),
         Command::Swarm(a) => dtrain::subnet::node::run_swarm(&a, !cli.quiet),
-        Command::Miner(a) => dtrain::subnet::node::run_miner(&a),
-        Command::Validator(a) => dtrain::subnet::node::run_validator(&a),
+        Command::Miner(mut a) => {
+            a.progress = !cli.quiet;
+            dtrain::subnet::node::run_miner(&a)
+        }
+        Command::Validator(mut a) => {
+            a.progress = !cli.quiet;
+            dtrain::subnet::node::run_validator(&a)
+        }
         Command::AllreducePeer(a) => dtrain::bench::allreduce::peer_main(&a),
     }
 }

@@ -542,6 +542,45 @@ fn gloo_times(a: &AllreduceBenchArgs) -> Result<Vec<(usize, usize, f64)>> {
         .collect()
 }
 
+/// gloo's median time per element count on the test hosts of `net`: one
+/// anchor process per host (`gloo_bench.py --rank`), rank 0's host the
+/// rendezvous.
+fn gloo_net_times(a: &AllreduceBenchArgs, net: &Net, n: usize, dtype: &str) -> Result<Vec<(usize, f64)>> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/anchors/gloo_bench.py");
+    let out = std::env::temp_dir().join(format!("dtrain-gloo-net-{}.json", std::process::id()));
+    let _ = std::fs::remove_file(&out);
+    let master = format!("{}:29500", net.addr(0));
+    let mut ranks = Vec::new();
+    for i in 0..n {
+        let mut cmd = net.command(i, &a.python);
+        // gloo picks its interface from the hostname otherwise: loopback.
+        cmd.env("GLOO_SOCKET_IFNAME", crate::testnet::DEVICE)
+            .arg(&script)
+            .args(["--rank", &i.to_string(), "--world", &n.to_string(), "--master", &master, "--dtype", dtype, "--sizes"])
+            .args(a.elems.iter().map(|e| e.to_string()))
+            .args(["--iters", &a.iters.to_string(), "--warmup", &a.warmup.to_string()])
+            .stdout(Stdio::null());
+        if i == 0 {
+            cmd.arg("--json").arg(&out);
+        }
+        ranks.push(cmd.spawn().with_context(|| format!("running {}", a.python))?);
+    }
+    for mut r in ranks {
+        let status = r.wait()?;
+        anyhow::ensure!(status.success(), "{} exited with {status}", script.display());
+    }
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out)?)?;
+    let _ = std::fs::remove_file(&out);
+    v.as_array()
+        .context("gloo JSON: expected a list of results")?
+        .iter()
+        .map(|r| {
+            anyhow::ensure!(r["correct"].as_bool() == Some(true), "gloo's sum was wrong: {r}");
+            Ok((r["numel"].as_u64().context("numel")? as usize, r["median_s"].as_f64().context("median_s")?))
+        })
+        .collect()
+}
+
 pub fn allreduce_bench(a: &AllreduceBenchArgs) -> Result<()> {
     anyhow::ensure!(a.peers.iter().all(|&n| (1..=64).contains(&n)), "--peers: 1 to 64 processes");
     anyhow::ensure!(a.iters > 0, "--iters must be at least 1");
@@ -622,7 +661,9 @@ pub fn allreduce_bench(a: &AllreduceBenchArgs) -> Result<()> {
 }
 
 /// The all-reduce between test hosts: per case the median time, the link
-/// bound and their ratio (gloo and hivemind on the same hosts: not yet).
+/// bound and their ratio, and gloo's (fp32 and fp16, one anchor process
+/// per host) beside them unless `--no-gloo` (hivemind on the hosts: not
+/// yet).
 fn allreduce_bench_net(a: &AllreduceBenchArgs, profile: &Profile) -> Result<()> {
     // Ctrl-C ends the peers (the terminal signals the whole group) while
     // this process returns an error, so the test hosts are torn down.
@@ -665,6 +706,29 @@ fn allreduce_bench_net(a: &AllreduceBenchArgs, profile: &Profile) -> Result<()> 
                         writeln!(f, "{line}")?;
                     }
                 }
+            }
+        }
+        // The anchor on the same hosts: gloo's ring over the same links
+        // (its bound: the same split's, for 4 or 2 bytes a value).
+        for dtype in ["fp32", "fp16"].into_iter().filter(|_| !a.no_gloo) {
+            match gloo_net_times(a, &net, n, dtype) {
+                Ok(rows) => {
+                    for (elems, t) in rows {
+                        let bytes = if dtype == "fp32" { 4 } else { 2 };
+                        let bound = per_byte * (bytes * elems) as f64 * 8.0;
+                        let r = if bound > 0.0 { format!("{:.3}", t / bound) } else { "-".into() };
+                        println!("{n:>3} {elems:>9} {:>12} {:>10.1} {:>10.1} {r:>9} {:>12}", format!("gloo {dtype}"), t * 1e3, bound * 1e3, "");
+                        if let Some(path) = &a.json {
+                            let line = serde_json::json!({
+                                "bench": "allreduce-net", "net": format!("{profile:?}"), "peers": n, "elems": elems, "codec": format!("gloo-{dtype}"),
+                                "time_s": t, "bound_s": (bound > 0.0).then_some(bound),
+                            });
+                            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+                            writeln!(f, "{line}")?;
+                        }
+                    }
+                }
+                Err(e) => eprintln!("gloo anchor on the test hosts skipped: {e:#}"),
             }
         }
     }

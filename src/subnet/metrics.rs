@@ -65,6 +65,10 @@ pub struct NodeMetrics {
     pub train_tokens_per_second: FloatGauge,
     pub train_seconds: Histogram,
     pub train_tokens: Counter,
+    /// A miner's Train query in progress (or its last): batches assigned
+    /// and done (what `dtrain swarm` shows as each miner's progress).
+    pub train_batches_assigned: Gauge,
+    pub train_batches_done: Gauge,
     pub allreduce_seconds: Histogram,
     pub allreduce_bytes: Family<DirectionLabel, Counter>,
     /// Members that failed in this node's all-reduce rounds, by failure.
@@ -90,6 +94,8 @@ impl NodeMetrics {
             // 0.1 s to ~30 min.
             train_seconds: Histogram::new(exponential_buckets(0.1, 2.0, 15)),
             train_tokens: Counter::default(),
+            train_batches_assigned: Gauge::default(),
+            train_batches_done: Gauge::default(),
             allreduce_seconds: Histogram::new(exponential_buckets(0.1, 2.0, 15)),
             allreduce_bytes: Family::default(),
             allreduce_failures: Family::default(),
@@ -122,6 +128,8 @@ impl NodeMetrics {
             self.train_seconds.clone(),
         );
         r.register("train_tokens", "Tokens trained on", self.train_tokens.clone());
+        r.register("train_batches_assigned", "Batches of the Train query in progress, or of the last one", self.train_batches_assigned.clone());
+        r.register("train_batches_done", "Batches of it done so far", self.train_batches_done.clone());
         r.register_with_unit("allreduce_duration", "Time of an all-reduce (reruns included)", Unit::Seconds, self.allreduce_seconds.clone());
         r.register_with_unit("allreduce", "All-reduce bytes sent and received", Unit::Bytes, self.allreduce_bytes.clone());
         r.register("allreduce_member_failures", "Members that failed in this node's all-reduce rounds, by failure", self.allreduce_failures.clone());

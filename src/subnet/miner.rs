@@ -17,7 +17,7 @@ use super::protocol::parse_hex32;
 use super::protocol::{AllReduce, IsAlive, Query, Train};
 use super::registry::{Registry, Role};
 use super::server::Handler;
-use super::work::{BatchWork, test_tensor, train_batches};
+use super::work::{BatchWork, test_tensor, train_batches_with};
 use crate::allreduce::audit::{Audit, run_verified};
 use crate::allreduce::plan::spans;
 use crate::allreduce::projection::Projector;
@@ -52,6 +52,9 @@ pub struct MinerConfig {
     pub allreduce_timeout: Duration,
     /// Clip the averaged gradient to this global norm (the reference: 1.0).
     pub max_grad_norm: f32,
+    /// Show each Train query's batches on the terminal (stderr, when it
+    /// is one).
+    pub progress: bool,
 }
 
 impl Default for MinerConfig {
@@ -63,6 +66,7 @@ impl Default for MinerConfig {
             allreduce: Settings::default(),
             allreduce_timeout: Duration::from_secs(420),
             max_grad_norm: 1.0,
+            progress: false,
         }
     }
 }
@@ -245,7 +249,23 @@ impl<E: Engine> Miner<E> {
         };
         // Each replica trains a contiguous run of the batches; their
         // per-batch reports, in order, are the answer.
-        let shares = replicas.map_shared(batches.len(), |model, ks| train_batches(model, &batches, ks, b, t, &test, projector.as_ref()));
+        let bar = if self.cfg.progress { indicatif::ProgressBar::new(batches.len() as u64) } else { indicatif::ProgressBar::hidden() };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] Train: batch {pos}/{len} (ETA {eta})").expect("valid template"),
+        );
+        if let Some(m) = &self.metrics {
+            m.train_batches_assigned.set(batches.len() as i64);
+            m.train_batches_done.set(0);
+        }
+        let on_batch = || {
+            bar.inc(1);
+            if let Some(m) = &self.metrics {
+                m.train_batches_done.inc();
+            }
+        };
+        let shares =
+            replicas.map_shared(batches.len(), |model, ks| train_batches_with(model, &batches, ks, b, t, &test, projector.as_ref(), &on_batch));
+        bar.finish_and_clear();
         if let Some(saved) = saved {
             for (model, (grads, weight)) in replicas.models.iter_mut().zip(saved) {
                 model.write_grads(&grads);
@@ -260,8 +280,14 @@ impl<E: Engine> Miner<E> {
             work.loss_sum += w.loss_sum;
         }
         let loss = if batches.is_empty() { 0.0 } else { work.loss_sum / batches.len() as f64 };
+        let (secs, tokens) = (started.elapsed().as_secs_f64(), (batches.len() * b * t) as u64);
+        tracing::info!(
+            "Train: {} rows, {} batches of {b}×{t} in {secs:.1} s ({:.0} tokens/s), loss {loss:.4}",
+            rows.len(),
+            batches.len(),
+            tokens as f64 / secs.max(1e-9)
+        );
         if let Some(m) = &self.metrics {
-            let (secs, tokens) = (started.elapsed().as_secs_f64(), (batches.len() * b * t) as u64);
             m.train_seconds.observe(secs);
             m.train_tokens.inc_by(tokens);
             m.train_tokens_per_second.set(tokens as f64 / secs.max(1e-9));

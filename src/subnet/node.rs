@@ -75,9 +75,17 @@ pub struct NodeArgs {
     /// Tokens per sequence.
     #[arg(long, env = "DTRAIN_SEQ", default_value_t = 64)]
     pub seq: usize,
-    /// Address to listen on.
+    /// Address to listen on (and that the registry gives the other nodes):
+    /// 0.0.0.0 or this machine's address on a real network.
     #[arg(long, env = "DTRAIN_HOST", default_value = "127.0.0.1")]
     pub host: String,
+    /// The address other nodes reach this one at, when it is not --host:
+    /// behind NAT, or listening on 0.0.0.0. What the registry records.
+    #[arg(long, env = "DTRAIN_ADVERTISE_HOST")]
+    pub advertise_host: Option<String>,
+    /// Port of the all-reduce (0: any free one; fix it for a firewall).
+    #[arg(long, env = "DTRAIN_ALLREDUCE_PORT", default_value_t = 0)]
+    pub allreduce_port: u16,
     /// Wire codec of the all-reduce.
     #[arg(long, env = "DTRAIN_CODEC", default_value = "fp16")]
     pub codec: Codec,
@@ -116,6 +124,12 @@ fn start_metrics(n: &NodeArgs, role: &str, engine: &str) -> Result<(Arc<NodeMetr
 pub struct MinerArgs {
     #[command(flatten)]
     pub node: NodeArgs,
+    /// Progress bars on the terminal (not an option: set unless -q).
+    #[arg(skip)]
+    pub progress: bool,
+    /// Port validators send queries to (0: any free one; fix it for a firewall).
+    #[arg(long, env = "DTRAIN_QUERY_PORT", default_value_t = 0)]
+    pub query_port: u16,
     /// Sequences per batch.
     #[arg(long, env = "DTRAIN_BATCH", default_value_t = 2)]
     pub batch: usize,
@@ -144,6 +158,9 @@ fn parse_shard(s: &str) -> std::result::Result<(u64, u64), String> {
 pub struct ValidatorArgs {
     #[command(flatten)]
     pub node: NodeArgs,
+    /// Progress bars on the terminal (not an option: set unless -q).
+    #[arg(skip)]
+    pub progress: bool,
     /// Epochs to run, then exit (0: until interrupted).
     #[arg(long, env = "DTRAIN_EPOCHS", default_value_t = 0)]
     pub epochs: u64,
@@ -153,6 +170,8 @@ pub struct ValidatorArgs {
     /// Live miners to wait for before an epoch starts.
     #[arg(long, env = "DTRAIN_MIN_MINERS", default_value_t = 1)]
     pub min_miners: usize,
+    /// Learning rate of the step every member takes after each all-reduce
+    /// (sent to the miners with the AllReduce query).
     #[arg(long, env = "DTRAIN_LR", default_value_t = 6e-4)]
     pub lr: f64,
     /// Seconds an all-reduce may take.
@@ -221,8 +240,21 @@ fn settings(a: &NodeArgs) -> Settings {
     Settings { codec: a.codec, connect_timeout: Duration::from_secs(10), stall_timeout: Duration::from_secs(20), ..Settings::default() }
 }
 
-fn addr(host: &str) -> Result<SocketAddr> {
-    format!("{host}:0").parse().with_context(|| format!("listen address {host:?}"))
+fn addr(host: &str, port: u16) -> Result<SocketAddr> {
+    format!("{host}:{port}").parse().with_context(|| format!("listen address {host:?}"))
+}
+
+/// Where other nodes reach a socket of this node bound at `bound`: the
+/// advertised host when there is one, else the bound address, which must
+/// then be a reachable one.
+fn advertised(n: &NodeArgs, bound: SocketAddr) -> Result<SocketAddr> {
+    match &n.advertise_host {
+        Some(h) => addr(h, bound.port()).context("--advertise-host"),
+        None if bound.ip().is_unspecified() => {
+            bail!("listening on {}: give --advertise-host, the address other nodes reach this one at", bound.ip())
+        }
+        None => Ok(bound),
+    }
 }
 
 /// `dtrain miner`: serves queries until SIGINT/SIGTERM.
@@ -265,9 +297,10 @@ fn miner_on_replicas<E: Engine + 'static>(a: &MinerArgs, engines: Vec<E>, collec
     }
     let mut replicas = engines.into_iter().map(|e| model_of(n, e)).collect::<Result<Vec<_>>>()?;
     let (model, opt) = replicas.remove(0);
-    let peer = Peer::bind(id.clone(), addr(&n.host)?)?;
+    let peer = Peer::bind(id.clone(), addr(&n.host, n.allreduce_port)?).with_context(|| format!("the all-reduce's port {}", n.allreduce_port))?;
     let peer_addr = peer.local_addr()?;
-    let cfg = MinerConfig { batch: a.batch, seq: n.seq, rows_per_train: a.rows, allreduce: settings(n), ..MinerConfig::default() };
+    let cfg =
+        MinerConfig { batch: a.batch, seq: n.seq, rows_per_train: a.rows, allreduce: settings(n), progress: a.progress, ..MinerConfig::default() };
     let (metrics, _metrics_server) = start_metrics(n, "miner", &model.engine.name())?;
     let mut miner =
         Miner::new(cfg, model, opt, Box::new(src), used, peer, registry.clone(), n.seed).with_hub(hub, n.state.clone()).with_metrics(metrics.clone());
@@ -290,9 +323,13 @@ fn miner_on_replicas<E: Engine + 'static>(a: &MinerArgs, engines: Vec<E>, collec
     if let Some(k) = &hotkey {
         tracing::info!("Bittensor hotkey {}: answering the axon convention and btauth/1", k.ss58());
     }
-    let server =
-        QueryServer::start(addr(&n.host)?, id.clone(), miner.clone(), ServerConfig { hotkey, metrics: Some(metrics), ..ServerConfig::default() })?;
-    let uid = registry.join(&id.public(), &server.addr().to_string(), peer_addr, Role::Miner)?;
+    let server = QueryServer::start(
+        addr(&n.host, a.query_port)?,
+        id.clone(),
+        miner.clone(),
+        ServerConfig { hotkey, metrics: Some(metrics), ..ServerConfig::default() },
+    )?;
+    let uid = registry.join(&id.public(), &advertised(n, server.addr())?.to_string(), advertised(n, peer_addr)?, Role::Miner)?;
     tracing::info!("miner uid {uid}: queries on {}, all-reduce on {peer_addr}, epoch {}", server.addr(), miner.epoch());
     while !interrupted() {
         std::thread::sleep(Duration::from_millis(100));
@@ -349,7 +386,7 @@ fn validator_on<E: Engine>(a: &ValidatorArgs, engine: E) -> Result<()> {
             let listen: SocketAddr = host_port.parse().with_context(|| format!("--serve-registry {host_port:?}"))?;
             let service = Arc::new(super::registry::RegistryService { registry: registry.clone() });
             let server = QueryServer::start(listen, id.clone(), service, ServerConfig::default())?;
-            let url = format!("dtrain://{}@{}", id.public().to_hex(), server.addr());
+            let url = format!("dtrain://{}@{}", id.public().to_hex(), advertised(n, server.addr())?);
             write_atomic(&n.state.join("registry.url"), url.as_bytes())?;
             tracing::info!("serving the registry at {url}");
             Some(server)
@@ -366,7 +403,7 @@ fn validator_on<E: Engine>(a: &ValidatorArgs, engine: E) -> Result<()> {
     std::fs::create_dir_all(&n.state)?;
     let (model, opt) = model_of(n, engine)?;
     let (metrics, _metrics_server) = start_metrics(n, if a.follower { "follower validator" } else { "validator" }, &model.engine.name())?;
-    let peer = Peer::bind(id.clone(), addr(&n.host)?)?;
+    let peer = Peer::bind(id.clone(), addr(&n.host, n.allreduce_port)?).with_context(|| format!("the all-reduce's port {}", n.allreduce_port))?;
     let peer_addr = peer.local_addr()?;
     let cfg = ValidatorConfig {
         seq: n.seq,
@@ -387,7 +424,7 @@ fn validator_on<E: Engine>(a: &ValidatorArgs, engine: E) -> Result<()> {
         tracing::info!("Bittensor hotkey {}: querying hotkey-only miners in the axon convention", k.ss58());
         v = v.with_hotkey(k);
     }
-    let uid = registry.join(&id.public(), "validator", peer_addr, Role::Validator)?;
+    let uid = registry.join(&id.public(), "validator", advertised(n, peer_addr)?, Role::Validator)?;
     if a.follower {
         return follow(a, &v, hub);
     }
@@ -415,6 +452,13 @@ fn validator_on<E: Engine>(a: &ValidatorArgs, engine: E) -> Result<()> {
         }
         let t0 = Instant::now();
         let (mut samples, mut losses, mut rounds) = (0u64, Vec::new(), Vec::new());
+        // The epoch's samples toward the global batch, then its phases.
+        let bar = if a.progress { indicatif::ProgressBar::new(a.global_batch) } else { indicatif::ProgressBar::hidden() };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] epoch {msg}: {pos}/{len} samples (ETA {eta})")
+                .expect("valid template"),
+        );
+        bar.set_message((epoch + 1).to_string());
         // Rounds in which no miner delivered work back off (up to 10 s), so
         // refusing miners — an exhausted dataset, say — are not hammered.
         let mut idle = Duration::ZERO;
@@ -434,6 +478,7 @@ fn validator_on<E: Engine>(a: &ValidatorArgs, engine: E) -> Result<()> {
                 }
             }
             rounds.push(outcomes);
+            bar.set_position(samples.min(a.global_batch));
             idle = if samples > before { Duration::ZERO } else { (idle * 2).clamp(Duration::from_millis(500), Duration::from_secs(10)) };
             live = live_nodes();
             if live.is_empty() {
@@ -443,6 +488,7 @@ fn validator_on<E: Engine>(a: &ValidatorArgs, engine: E) -> Result<()> {
         if interrupted() {
             break;
         }
+        bar.finish_and_clear();
         let train_s = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let report = v.allreduce_round(&live, epoch + 1).map_err(anyhow::Error::msg)?;
@@ -536,6 +582,23 @@ fn record_epoch<E: Engine>(
     for (uid, w) in scores.weights() {
         m.miner_weight.get_or_create(&UidLabel { uid: uid.to_string() }).set(w);
     }
+}
+
+/// (batches done, batches assigned) of a miner's Train query in progress,
+/// from its /metrics (whose address its state directory holds); `None`
+/// when it cannot be read at once (not up yet, or between queries).
+fn train_progress(url_file: &Path) -> Option<(i64, i64)> {
+    use std::io::Read;
+    let url = std::fs::read_to_string(url_file).ok()?;
+    let addr: SocketAddr = url.trim().strip_prefix("http://")?.strip_suffix("/metrics")?.parse().ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.take(1 << 20).read_to_string(&mut text).ok()?;
+    let gauge = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<i64>().ok());
+    let (done, assigned) = (gauge("dtrain_train_batches_done")?, gauge("dtrain_train_batches_assigned")?);
+    (assigned > 0 && done < assigned).then_some((done, assigned))
 }
 
 /// Each member's share of the vector in an all-reduce, by id (uid).
@@ -767,6 +830,8 @@ pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
             .args(common("miner", i, &url))
             .args(["--host", &host])
             .args(["--batch", &a.batch.to_string(), "--rows", &a.rows.to_string(), "--shard", &format!("{i}/{}", a.miners)])
+            // Its /metrics tells the progress line how far its Train query is.
+            .args(if progress { vec!["--metrics-addr".to_string(), format!("{host}:0")] } else { Vec::new() })
             .stderr(log(&format!("miner-{i}"))?)
             .spawn()
             .context("starting a miner")?;
@@ -792,6 +857,7 @@ pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
     let bar = if progress { indicatif::ProgressBar::new(a.epochs) } else { indicatif::ProgressBar::hidden() };
     bar.set_style(indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] epoch {pos}/{len} {msg}").expect("valid template"));
     let metrics_path = out.join("metrics.jsonl");
+    let (mut polled, mut batches) = (Instant::now(), vec![None; a.miners]);
     let read_metrics = || -> Vec<serde_json::Value> {
         std::fs::read_to_string(&metrics_path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
     };
@@ -814,9 +880,16 @@ pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
         }
         let m = read_metrics();
         bar.set_position(m.len() as u64);
-        if let Some(last) = m.last() {
-            bar.set_message(format!("loss {:.3}", last["loss"].as_f64().unwrap_or(f64::NAN)));
+        let mut msg = m.last().map_or(String::new(), |last| format!("loss {:.3} · ", last["loss"].as_f64().unwrap_or(f64::NAN)));
+        if progress && polled.elapsed() > Duration::from_secs(1) {
+            polled = Instant::now();
+            batches = (0..a.miners).map(|i| train_progress(&out.join(format!("nodes/miner-{i}/metrics.url")))).collect();
         }
+        let shown: Vec<String> = batches.iter().enumerate().filter_map(|(i, p)| p.map(|(d, n)| format!("m{i} {d}/{n}"))).collect();
+        if !shown.is_empty() {
+            msg.push_str(&format!("batches {}", shown.join(" ")));
+        }
+        bar.set_message(msg);
         std::thread::sleep(Duration::from_millis(200));
     };
     // Followers score the final model once before everything stops (their

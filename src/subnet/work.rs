@@ -73,6 +73,21 @@ pub fn train_batches<E: Engine>(
     test: &ParamTensor,
     projector: Option<&Projector>,
 ) -> Result<BatchWork, WorkError> {
+    train_batches_with(model, batches, ks, b, t, test, projector, &|| {})
+}
+
+/// [`train_batches`], calling `on_batch` after each batch (progress).
+#[allow(clippy::too_many_arguments)]
+pub fn train_batches_with<E: Engine>(
+    model: &mut Gpt<E>,
+    batches: &RowBatches,
+    ks: std::ops::Range<usize>,
+    b: usize,
+    t: usize,
+    test: &ParamTensor,
+    projector: Option<&Projector>,
+    on_batch: &(dyn Fn() + Sync),
+) -> Result<BatchWork, WorkError> {
     let weight = b as f32;
     let n = ks.len();
     let mut work = BatchWork { sums: Vec::with_capacity(n), projections: Vec::with_capacity(n), loss_sum: 0.0 };
@@ -92,6 +107,7 @@ pub fn train_batches<E: Engine>(
             work.projections.push(std::array::from_fn(|j| (pa[j] - pb[j]) / weight as f64));
             *pb = pa;
         }
+        on_batch();
     }
     Ok(work)
 }

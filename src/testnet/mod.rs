@@ -26,6 +26,9 @@ pub use switch::{Link, Stats};
 pub const PREFIX: [u8; 3] = [10, 77, 0];
 /// The devices' MTU: large, so the switch moves few packets per byte.
 pub const MTU: u32 = 65000;
+/// Each host's one network device (a TUN device); programs that pick an
+/// interface by name (gloo: GLOO_SOCKET_IFNAME) are given this.
+pub const DEVICE: &str = "dt0";
 /// Hosts a net may have (one /24).
 pub const MAX_HOSTS: usize = 250;
 
@@ -200,12 +203,12 @@ impl Net {
             let name = format!("dtn-{}-{k}-h{i}", std::process::id());
             ip(&["netns", "add", &name]).map_err(denied)?;
             net.names.push(name.clone());
-            let tun = tun::open_tun_in(&name, "dt0").map_err(|e| denied(NetError::Setup(format!("TUN device in {name}: {e}"))))?;
+            let tun = tun::open_tun_in(&name, DEVICE).map_err(|e| denied(NetError::Setup(format!("TUN device in {name}: {e}"))))?;
             tuns.push(tun);
             let addr = format!("{}/24", net_addr(i));
             ip(&["-n", &name, "link", "set", "lo", "up"])?;
-            ip(&["-n", &name, "addr", "add", &addr, "dev", "dt0"])?;
-            ip(&["-n", &name, "link", "set", "dt0", "mtu", &MTU.to_string(), "up"])?;
+            ip(&["-n", &name, "addr", "add", &addr, "dev", DEVICE])?;
+            ip(&["-n", &name, "link", "set", DEVICE, "mtu", &MTU.to_string(), "up"])?;
         }
         let links = (0..n).map(|i| profile.link(i)).collect();
         let seed = (std::process::id() as u64) << 16 | k as u64;
