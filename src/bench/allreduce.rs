@@ -278,10 +278,12 @@ pub struct AllreduceBenchArgs {
     /// SO_SNDBUF/SO_RCVBUF (default: kernel autotuning).
     #[arg(long)]
     pub socket_buffer: Option<usize>,
-    /// Skip the gloo anchor.
+    /// Skip the gloo anchor (run on 127.0.0.1, or one rank per test host
+    /// with --net).
     #[arg(long)]
     pub no_gloo: bool,
-    /// Python interpreter with torch.
+    /// Python interpreter with torch (`scripts/torch-env.sh` installs one
+    /// under target/ and prints its path).
     #[arg(long, default_value = "python3")]
     pub python: String,
     /// Append the results as JSON lines to this file.
@@ -554,7 +556,9 @@ fn gloo_net_times(a: &AllreduceBenchArgs, net: &Net, n: usize, dtype: &str) -> R
     for i in 0..n {
         let mut cmd = net.command(i, &a.python);
         // gloo picks its interface from the hostname otherwise: loopback.
+        // (TORCH_CPP_LOG_LEVEL: c10d warns that a host has no hostname.)
         cmd.env("GLOO_SOCKET_IFNAME", crate::testnet::DEVICE)
+            .env("TORCH_CPP_LOG_LEVEL", "ERROR")
             .arg(&script)
             .args(["--rank", &i.to_string(), "--world", &n.to_string(), "--master", &master, "--dtype", dtype, "--sizes"])
             .args(a.elems.iter().map(|e| e.to_string()))
