@@ -63,9 +63,9 @@ pub fn held_out_batches(src: &dyn RowSource, rows: Option<u64>, b: usize, t: usi
     Ok((batches, range))
 }
 
-/// `dtrain eval`.
+/// Which model a command loads (`dtrain eval`, `dtrain generate`).
 #[derive(Debug, Clone, clap::Args)]
-pub struct EvalArgs {
+pub struct ModelArgs {
     /// A checkpoint directory (what `dtrain train` saves, `dtrain hub download` fetches, or any
     /// Hugging Face GPT-2 directory), or a `dtrain train` run directory (its latest checkpoint).
     #[arg(long, conflicts_with_all = ["hub_store", "hf_repo", "tag"])]
@@ -76,9 +76,16 @@ pub struct EvalArgs {
     /// A Hugging Face model repository (`owner/name`; endpoint from HF_ENDPOINT, token from HF_TOKEN).
     #[arg(long, conflicts_with = "hub_store")]
     pub hf_repo: Option<String>,
-    /// The hub tag to evaluate (an epoch number); default: the newest epoch.
+    /// The hub tag to load (an epoch number); default: the newest epoch.
     #[arg(long)]
     pub tag: Option<String>,
+}
+
+/// `dtrain eval`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// The dataset (a directory of fineweb-shaped parquet files), whose held-out tail is
     /// evaluated on: its last 1/20 of rows, at most 10,000 (see docs/ARCHITECTURE.md).
     #[arg(long, default_value = "data/fineweb-sample")]
@@ -104,8 +111,8 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
-/// A directory removed when dropped (a hub download evaluated once).
-struct Scratch(PathBuf);
+/// A directory removed when dropped (a hub download used once).
+pub struct Scratch(PathBuf);
 
 impl Drop for Scratch {
     fn drop(&mut self) {
@@ -120,7 +127,7 @@ pub fn run_eval(a: &EvalArgs, progress: bool) -> Result<()> {
 
 fn eval_on<E: Engine>((a, progress): (&EvalArgs, bool), engine: E) -> Result<()> {
     anyhow::ensure!(a.batch >= 1, "--batch must be at least 1");
-    let (dir, what, _scratch) = model_dir(a)?;
+    let (dir, what, _scratch) = model_dir(&a.model)?;
     let mut model = checkpoint::load_model(&dir, engine).with_context(|| format!("loading {}", dir.display()))?;
     let trained_seq = std::fs::read_to_string(dir.join("dtrain.json"))
         .ok()
@@ -167,7 +174,7 @@ fn eval_on<E: Engine>((a, progress): (&EvalArgs, bool), engine: E) -> Result<()>
 
 /// The checkpoint directory to load, a name for it, and the scratch
 /// directory to remove afterwards (a hub download).
-fn model_dir(a: &EvalArgs) -> Result<(PathBuf, String, Option<Scratch>)> {
+pub fn model_dir(a: &ModelArgs) -> Result<(PathBuf, String, Option<Scratch>)> {
     if let Some(dir) = &a.checkpoint {
         return Ok((crate::train::resolve_checkpoint(dir)?, dir.display().to_string(), None));
     }
@@ -179,7 +186,7 @@ fn model_dir(a: &EvalArgs) -> Result<(PathBuf, String, Option<Scratch>)> {
         Some(t) => t.clone(),
         None => hub.latest_epoch()?.context("the hub has no epoch tag yet")?.to_string(),
     };
-    let scratch = Scratch(std::env::temp_dir().join(format!("dtrain-eval-{}-{tag}", std::process::id())));
+    let scratch = Scratch(std::env::temp_dir().join(format!("dtrain-model-{}-{tag}", std::process::id())));
     let _ = std::fs::remove_dir_all(&scratch.0);
     hub.download(&tag, &scratch.0).with_context(|| format!("downloading tag {tag}"))?;
     let place = a.hub_store.as_deref().map_or_else(|| a.hf_repo.clone().unwrap_or_default(), |p: &Path| p.display().to_string());

@@ -15,6 +15,7 @@ pub mod bench;
 pub mod data;
 pub mod engine;
 pub mod eval;
+pub mod generate;
 pub mod hub;
 pub mod model;
 pub mod optim;

@@ -50,6 +50,9 @@ enum Command {
     /// Measure a model: its loss and perplexity on the dataset's held-out rows (which no
     /// miner trains on), from a checkpoint directory, a hub tag or the newest published epoch.
     Eval(dtrain::eval::EvalArgs),
+    /// Write text with a model (a checkpoint directory, a hub tag or the newest published
+    /// epoch), streamed as it comes: greedy or sampled (temperature, top-k, top-p, seed).
+    Generate(dtrain::generate::GenerateArgs),
     /// Print a model preset's size, memory and FLOPs.
     Info {
         /// Model preset.
@@ -306,6 +309,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Allreduce(a)) => dtrain::bench::allreduce::allreduce_bench(&a),
         Command::Bench(BenchCommand::Kernels(a)) => dtrain::bench::kernels_bench(&a),
         Command::Eval(a) => dtrain::eval::run_eval(&a, !cli.quiet),
+        Command::Generate(a) => dtrain::generate::run_generate(&a, cli.quiet),
         Command::Hub(cmd) => hub_cmd(cmd),
         Command::Check(cmd) => check_cmd(cmd),
         Command::Swarm(a) => dtrain::subnet::node::run_swarm(&a, !cli.quiet),

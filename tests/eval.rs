@@ -126,7 +126,7 @@ fn dtrain_eval_measures_a_checkpoint_and_hub_tags() {
     let left: Vec<_> = std::fs::read_dir(std::env::temp_dir())
         .unwrap()
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with("dtrain-eval-") && !e.file_name().to_string_lossy().starts_with("dtrain-eval-test"))
+        .filter(|e| e.file_name().to_string_lossy().starts_with("dtrain-model-"))
         .filter(|e| e.metadata().is_ok_and(|m| m.modified().is_ok_and(|t| t.elapsed().is_ok_and(|d| d.as_secs() < 60))))
         .collect();
     assert!(left.is_empty(), "{left:?}");

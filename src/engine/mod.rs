@@ -190,6 +190,30 @@ pub trait Engine: Send + Sync {
     unsafe fn attention_forward(&self, out: Self::Ptr, cache: Self::Ptr, qkv: Self::Ptr, b: usize, t: usize, c: usize, nh: usize);
     /// `dqkv = …` from `dout`.
     unsafe fn attention_backward(&self, dqkv: Self::Ptr, dout: Self::Ptr, qkv: Self::Ptr, cache: Self::Ptr, b: usize, t: usize, c: usize, nh: usize);
+    /// Generation's attention: one new position's query `q(c)` over the
+    /// `len` cached positions `kv(len, 2c)` (each its key, then its value;
+    /// the new position's own last) → `out(c)`, heads of size c/nh.
+    /// Default: on the host through `read`/`write` (the CPU engine's own
+    /// memory; a GPU engine moves 2·len·c values per layer and token until
+    /// it has a kernel for it).
+    unsafe fn attention_decode(&self, out: Self::Ptr, q: Self::Ptr, kv: Self::Ptr, len: usize, c: usize, nh: usize) {
+        let (mut qh, mut kvh) = (vec![0f32; c], vec![0f32; 2 * c * len]);
+        // SAFETY: the caller's views hold c and 2·c·len values.
+        unsafe {
+            self.read(q, &mut qh);
+            self.read(kv, &mut kvh);
+            self.write(out, &cpu::attention::attention_decode(&qh, &kvh, c, nh));
+        }
+    }
+    /// `dst[..len] = src[..len]`. Default: through the host.
+    unsafe fn copy(&self, dst: Self::Ptr, src: Self::Ptr, len: usize) {
+        let mut buf = vec![0f32; len];
+        // SAFETY: the caller's views hold `len` values.
+        unsafe {
+            self.read(src, &mut buf);
+            self.write(dst, &buf);
+        }
+    }
 
     /// tanh-approximated GELU; `out` may alias `inp`.
     unsafe fn gelu_forward(&self, out: Self::Ptr, inp: Self::Ptr, n: usize);

@@ -178,6 +178,42 @@ pub(super) unsafe fn backward(dqkv: CpuPtr, dout: CpuPtr, qkv: CpuPtr, cache: Cp
     );
 }
 
+/// Generation's attention for one new position (see
+/// `Engine::attention_decode`): its query `q(c)` over `kv`, the cached
+/// positions' keys and values interleaved per position (`len × 2c`, the
+/// new position last), per head of size c/nh, scaled by 1/√hs; a softmax
+/// over all cached positions (they all precede or are the new one, so no
+/// mask). Sums in f32 in position order, the exponentials after
+/// subtracting the row maximum.
+pub fn attention_decode(q: &[f32], kv: &[f32], c: usize, nh: usize) -> Vec<f32> {
+    let hs = c / nh;
+    let len = kv.len() / (2 * c);
+    let scale = 1.0 / (hs as f32).sqrt();
+    let mut out = vec![0f32; c];
+    let mut w = vec![0f32; len];
+    for h in 0..nh {
+        let qh = &q[h * hs..(h + 1) * hs];
+        for (p, wp) in w.iter_mut().enumerate() {
+            let k = &kv[p * 2 * c + h * hs..p * 2 * c + (h + 1) * hs];
+            *wp = scale * qh.iter().zip(k).map(|(a, b)| a * b).sum::<f32>();
+        }
+        let max = w.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+        let mut sum = 0f32;
+        for wp in w.iter_mut() {
+            *wp = (*wp - max).exp();
+            sum += *wp;
+        }
+        let o = &mut out[h * hs..(h + 1) * hs];
+        for (p, &wp) in w.iter().enumerate() {
+            let v = &kv[p * 2 * c + c + h * hs..p * 2 * c + c + (h + 1) * hs];
+            for (o, &v) in o.iter_mut().zip(v) {
+                *o += wp / sum * v;
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

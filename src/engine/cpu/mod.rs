@@ -6,7 +6,7 @@
 //!
 //! Each op family lives in the file named like its CUDA twin in `kernels/`.
 
-mod attention;
+pub mod attention;
 mod classifier;
 mod encoder;
 mod gelu;
