@@ -194,8 +194,7 @@ pub trait Engine: Send + Sync {
     /// `len` cached positions `kv(len, 2c)` (each its key, then its value;
     /// the new position's own last) → `out(c)`, heads of size c/nh.
     /// Default: on the host through `read`/`write` (the CPU engine's own
-    /// memory; a GPU engine moves 2·len·c values per layer and token until
-    /// it has a kernel for it).
+    /// memory; the CUDA engine has a kernel, kernels/decode.cu).
     unsafe fn attention_decode(&self, out: Self::Ptr, q: Self::Ptr, kv: Self::Ptr, len: usize, c: usize, nh: usize) {
         let (mut qh, mut kvh) = (vec![0f32; c], vec![0f32; 2 * c * len]);
         // SAFETY: the caller's views hold c and 2·c·len values.
@@ -205,7 +204,8 @@ pub trait Engine: Send + Sync {
             self.write(out, &cpu::attention::attention_decode(&qh, &kvh, c, nh));
         }
     }
-    /// `dst[..len] = src[..len]`. Default: through the host.
+    /// `dst[..len] = src[..len]` (activation arenas). Default: through the
+    /// host.
     unsafe fn copy(&self, dst: Self::Ptr, src: Self::Ptr, len: usize) {
         let mut buf = vec![0f32; len];
         // SAFETY: the caller's views hold `len` values.

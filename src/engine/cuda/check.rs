@@ -243,6 +243,18 @@ pub fn check_ops<D: Device>(gpu: &CudaEngine<D>, s: Shapes) -> Result<Vec<Check>
     push("attention forward (log-sum-exp)", p.error(2), 1e-5);
     push("attention backward", p.error(4), stored(gpu, 1e-4));
 
+    // Generation: one query over t cached positions, and the cache's copy.
+    let (q, kv) = (random(c, 12, 1.0), random(2 * c * t, 13, 1.0));
+    let p = Both::new(gpu, &[(A, &q), (A, &kv), (A, &vec![0.0; c]), (A, &vec![0.0; 2 * c])])?;
+    unsafe {
+        cpu.attention_decode(p.c(2), p.c(0), p.c(1), t, c, nh);
+        gpu.attention_decode(p.g(2), p.g(0), p.g(1), t, c, nh);
+        cpu.copy(p.c(3), p.c(1), 2 * c);
+        gpu.copy(p.g(3), p.g(1), 2 * c);
+    }
+    push("attention decode (generation)", p.error(2), stored(gpu, 1e-4));
+    push("copy", p.error(3), stored(gpu, TOL));
+
     let p = Both::new(gpu, &[(A, &x), (A, &zeros), (A, &dout)])?;
     unsafe {
         cpu.gelu_forward(p.c(1), p.c(0), n * c);

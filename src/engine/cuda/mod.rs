@@ -626,6 +626,21 @@ impl<D: Device> Engine for CudaEngine<D> {
         check(unsafe { self.dev.launch(&self.kernel("gelu_backward"), elementwise(n), args) });
     }
 
+    /// kernels/decode.cu: one block of 256 threads per head, the scores in
+    /// shared memory (len + 32 floats: 48 KiB holds 12,000 positions).
+    unsafe fn attention_decode(&self, out: View, q: View, kv: View, len: usize, c: usize, nh: usize) {
+        assert!(len <= 12_000, "attention over {len} cached positions: more than shared memory holds");
+        let args = Args::new().ptr(self.act(out)).ptr(self.act(q)).ptr(self.act(kv)).dim(len).dim(c).dim(nh);
+        let shape = Shape { smem: ((32 + len) * 4) as u32, ..Shape::linear(nh, 256) };
+        check(unsafe { self.dev.launch(&self.kernel("attention_decode"), shape, args) });
+    }
+
+    /// kernels/decode.cu (activation arenas: the same storage type).
+    unsafe fn copy(&self, dst: View, src: View, len: usize) {
+        let args = Args::new().ptr(self.act(dst)).ptr(self.act(src)).len(len);
+        check(unsafe { self.dev.launch(&self.kernel("copy_act"), elementwise(len), args) });
+    }
+
     /// kernels/classifier.cu: one block of 1024 threads per row.
     unsafe fn crossentropy(&self, losses: View, logits: View, targets: &[u32], dscale: Option<f32>, n: usize, v: usize, vp: usize) {
         let (losses, logits) = (fp32(losses), self.act(logits));
