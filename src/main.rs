@@ -67,7 +67,7 @@ enum Command {
     Bench(BenchCommand),
     /// Run a small network on this machine: a master validator and N miners as
     /// processes on 127.0.0.1 over the bundled sample, for a few epochs.
-    Swarm(dtrain::subnet::node::SwarmArgs),
+    Swarm(dtrain::subnet::swarm::SwarmArgs),
     /// Run a miner: answers IsAlive/Train/AllReduce queries from the registry's validators.
     Miner(dtrain::subnet::node::MinerArgs),
     /// Run a validator: the master runs Train rounds, scoring, the all-reduce, publishing and
@@ -312,7 +312,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Generate(a) => dtrain::generate::run_generate(&a, cli.quiet),
         Command::Hub(cmd) => hub_cmd(cmd),
         Command::Check(cmd) => check_cmd(cmd),
-        Command::Swarm(a) => dtrain::subnet::node::run_swarm(&a, !cli.quiet),
+        Command::Swarm(a) => dtrain::subnet::swarm::run_swarm(&a, !cli.quiet),
         Command::Miner(mut a) => {
             a.progress = !cli.quiet;
             dtrain::subnet::node::run_miner(&a)

@@ -15,5 +15,6 @@ pub mod protocol;
 pub mod registry;
 pub mod scoring;
 pub mod server;
+pub mod swarm;
 pub mod validator;
 pub mod work;
