@@ -36,7 +36,42 @@ pub fn span_fractions(rates: &[Option<f64>]) -> Vec<f64> {
     if rates.iter().all(|&r| r == fastest) {
         return vec![1.0; rates.len()];
     }
-    crate::allreduce::plan::link_fractions(&rates).0
+    cap_shares(crate::allreduce::plan::link_fractions(&rates).0, MAX_SHARE / rates.len() as f64)
+}
+
+/// No miner owns more than this many equal shares of the vector, however
+/// fast its probe: an owner can turn its span's average the wrong way off
+/// the sampled blocks within the norm bound (docs/SECURITY.md), so a fast
+/// link must not buy a large part of the model.
+pub const MAX_SHARE: f64 = 2.0;
+
+/// `fractions` unchanged when no share of their sum is above `cap`, else as
+/// shares of 1 with none above `cap`:
+/// the excess goes to the others in proportion to their shares (equally
+/// if they had none), those reaching the cap in turn held there.
+fn cap_shares(fractions: Vec<f64>, cap: f64) -> Vec<f64> {
+    let total: f64 = fractions.iter().sum();
+    let mut f: Vec<f64> = fractions.iter().map(|x| x / total).collect();
+    if f.iter().all(|&x| x <= cap) {
+        return fractions;
+    }
+    // Each pass holds at least one more member at the cap, or ends.
+    for _ in 0..f.len() {
+        let excess: f64 = f.iter().map(|x| (x - cap).max(0.0)).sum();
+        if excess <= 1e-12 {
+            break;
+        }
+        // In proportion to the others' shares, or equally when they had none
+        // (the link split left them out: now they must take some).
+        let below: f64 = f.iter().filter(|x| **x < cap).sum();
+        let under = f.iter().filter(|x| **x < cap).count() as f64;
+        if under == 0.0 {
+            break;
+        }
+        let part = |x: f64| if below > 0.0 { excess * x / below } else { excess / under };
+        f = f.iter().map(|&x| if x >= cap { cap } else { x + part(x) }).collect();
+    }
+    f
 }
 
 /// Gives the group's members the span fractions an AllReduce query names
@@ -78,6 +113,11 @@ mod tests {
         let f = span_fractions(&[Some(100.0), None, Some(80.0), Some(100.0), Some(100.0), Some(60.0)]);
         assert_eq!(f, link_fractions(&[100.0, 100.0, 100.0, 100.0, 100.0, 60.0]).0);
         assert!(f[5] > 0.0 && f[5] < 0.5 * f[0], "{f:?}");
+        // A very fast miner does not get the model: at most twice an equal
+        // share, the rest split as the links say.
+        let f = span_fractions(&[Some(1000.0), Some(100.0), Some(100.0), Some(100.0)]);
+        assert!((f[0] - 0.5).abs() < 1e-12, "{f:?}");
+        assert!((f.iter().sum::<f64>() - 1.0).abs() < 1e-12 && f[1] == f[2] && f[2] == f[3], "{f:?}");
         // Nonsense rates are ignored, never propagated.
         assert_eq!(span_fractions(&[Some(f64::NAN), Some(-1.0), Some(0.0)]), [1.0; 3]);
     }
