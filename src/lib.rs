@@ -8,11 +8,13 @@
 //! - [`train`]: the single-node training loop behind `dtrain train`;
 //! - [`allreduce`]: butterfly all-reduce between peers over TCP;
 //! - [`subnet`]: the network's roles (so far the validator's scoring);
+//! - [`diloco`]: inner steps and the outer Nesterov step (DiLoCo mode);
 //! - [`hub`]: where model versions are published, tagged by epoch.
 
 pub mod allreduce;
 pub mod bench;
 pub mod data;
+pub mod diloco;
 pub mod engine;
 pub mod eval;
 pub mod generate;

@@ -114,6 +114,44 @@ fn a_two_epoch_swarm_learns_and_ends_in_agreement() {
 }
 
 #[test]
+fn a_diloco_swarm_learns_publishes_its_outer_momentum_and_ends_in_agreement() {
+    let out = std::env::temp_dir().join(format!("dtrain-swarm-diloco-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    two_epochs_of_two_miners(&out, &["--followers", "1", "--algorithm", "diloco", "--inner-steps", "3", "--inner-lr", "1e-3"]);
+    let metrics: Vec<serde_json::Value> =
+        std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(metrics.len(), 2);
+    let held_out = |i: usize| metrics[i]["eval_loss"].as_f64().unwrap();
+    assert!(held_out(1) < held_out(0), "held-out loss did not fall: {} → {}", held_out(0), held_out(1));
+    for m in &metrics {
+        assert_eq!(m["train_rounds"], 1, "one Train round per DiLoCo epoch: {m}");
+        assert!(m["participation"].as_object().unwrap().values().all(|p| p == "Success"), "{m}");
+    }
+    // The follower's scoring-only queries trained from θₑ and put the
+    // miners back: they verified, and the miners still agree.
+    let follower: Vec<serde_json::Value> =
+        std::fs::read_to_string(out.join("follower-0.metrics.jsonl")).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let answers: Vec<&serde_json::Value> = follower.iter().flat_map(|l| l["round"].as_array().unwrap()).collect();
+    assert!(answers.iter().any(|r| r["error"].is_null()), "the follower scored nothing: {follower:?}");
+    for r in &answers {
+        assert!(!r["error"].is_null() || r["gradient"].as_f64().unwrap() > 0.99, "follower scored {r}");
+    }
+    let hub = LocalStore::open(&out.join("hub")).unwrap();
+    miners_hold_the_published_model(&hub, &out, 2, 2);
+    // The published model carries the outer momentum (and no AdamW state:
+    // the inner state is each miner's).
+    let published = out.join("published");
+    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(published.join("dtrain.json")).unwrap()).unwrap();
+    assert_eq!(meta["algorithm"], "diloco");
+    let layout = checkpoint::load_model(&published, CpuEngine::new()).unwrap().layout;
+    let outer = checkpoint::load_outer(&published, &layout).unwrap().expect("outer.safetensors");
+    assert_eq!(outer.steps, 2);
+    assert!(outer.momentum.iter().any(|&u| u != 0.0));
+    assert!(!checkpoint::has_optimizer(&published));
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
 fn a_swarm_on_test_hosts_behind_shaped_lossy_links_cuts_a_slow_miner_out_of_the_spans() {
     // Every node on its own network namespace behind 250 Mbit/s, 20 ms
     // round trips and 0.5% loss (src/testnet), one miner (host 3) behind

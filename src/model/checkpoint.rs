@@ -21,6 +21,9 @@ use std::path::{Path, PathBuf};
 pub const CONFIG_FILE: &str = "config.json";
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// DiLoCo's outer momentum (`diloco::OuterState`), one tensor per
+/// parameter tensor, named `<param>.momentum_buffer` as torch's SGD state.
+pub const OUTER_FILE: &str = "outer.safetensors";
 /// Largest `config.json` read (real ones are about 1 KB).
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
@@ -318,4 +321,50 @@ pub fn load_optimizer<E: Engine>(dir: &Path, model: &Gpt<E>) -> Result<Optimizer
 /// Whether `dir` holds an optimizer state.
 pub fn has_optimizer(dir: &Path) -> bool {
     dir.join(OPTIMIZER_FILE).is_file()
+}
+
+/// `outer.safetensors`' bytes for `state` (for `save`'s `extra` files).
+pub fn outer_bytes(layout: &ParamLayout, state: &crate::diloco::OuterState) -> Vec<u8> {
+    let zeros;
+    let u = if state.momentum.is_empty() {
+        zeros = vec![0f32; layout.total];
+        &zeros
+    } else {
+        &state.momentum
+    };
+    assert_eq!(u.len(), layout.total, "the momentum is laid out like the parameters");
+    let views: Vec<(String, TensorView)> = layout
+        .tensors
+        .iter()
+        .map(|t| {
+            let view = TensorView::new(Dtype::F32, t.shape.clone(), as_bytes(&u[t.offset..t.offset + t.numel()])).expect("shape matches data");
+            (format!("{}.momentum_buffer", t.name), view)
+        })
+        .collect();
+    let meta = HashMap::from([("format".to_string(), "dtrain-outer".to_string()), ("steps".to_string(), state.steps.to_string())]);
+    safetensors::serialize(views, Some(meta)).expect("tensors serialise")
+}
+
+/// The outer momentum published with a checkpoint, if it holds one.
+pub fn load_outer(dir: &Path, layout: &ParamLayout) -> Result<Option<crate::diloco::OuterState>, CheckpointError> {
+    let path = dir.join(OUTER_FILE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    let file = Mapped::open(&path)?;
+    let st = file.parse()?;
+    let bad = |msg: String| CheckpointError::Config { path: path.clone(), msg };
+    let (_, meta) = SafeTensors::read_metadata(&file.map).map_err(|e| bad(e.to_string()))?;
+    let meta = meta.metadata().clone().unwrap_or_default();
+    let steps: u64 = meta.get("steps").and_then(|s| s.parse().ok()).ok_or_else(|| bad("metadata has no valid \"steps\"".into()))?;
+    if st.len() != layout.tensors.len() {
+        return Err(bad(format!("{} tensors, expected {}", st.len(), layout.tensors.len())));
+    }
+    let mut momentum = vec![0f32; layout.total];
+    for t in &layout.tensors {
+        let name = format!("{}.momentum_buffer", t.name);
+        let view = st.tensor(&name).map_err(|_| CheckpointError::Missing { path: path.clone(), name: name.clone() })?;
+        copy_tensor(&path, &name, &view, &t.shape, &mut momentum[t.offset..t.offset + t.numel()])?;
+    }
+    Ok(Some(crate::diloco::OuterState { momentum, steps }))
 }

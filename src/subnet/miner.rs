@@ -26,6 +26,8 @@ use crate::data::loader::RowBatches;
 use crate::data::source::RowSource;
 use crate::data::source::fetch_rows;
 use crate::data::used_rows::UsedRows;
+use crate::diloco::OuterState;
+use crate::diloco::inner::{InnerStep, train_inner};
 use crate::engine::Engine;
 use crate::engine::cpu::CpuEngine;
 use crate::hub::ModelHub;
@@ -85,6 +87,12 @@ struct State<E: Engine> {
     /// answer (it missed the round's deadline), the all-reduce contributes
     /// the work before it instead of nothing.
     before_last: Option<Vec<(Vec<f32>, f64)>>,
+    /// DiLoCo mode: this epoch's starting weights θₑ and the samples of
+    /// the inner steps taken since (None until the epoch's first Train).
+    anchor: Option<(Vec<f32>, f64)>,
+    /// DiLoCo's outer momentum (the same on every member: published with
+    /// the model).
+    outer: OuterState,
 }
 
 /// A miner on engine `E` (the CPU by default, a GPU with `CudaEngine`).
@@ -121,7 +129,16 @@ impl<E: Engine> Miner<E> {
         seed: u64,
     ) -> Miner<E> {
         let replicas = Replicas::new(vec![model], vec![opt], Box::new(HostSum));
-        let state = State { replicas, used, rng: Rng::new(seed), loaded: None, transfer: GradTransfer::new(), before_last: None };
+        let state = State {
+            replicas,
+            used,
+            rng: Rng::new(seed),
+            loaded: None,
+            transfer: GradTransfer::new(),
+            before_last: None,
+            anchor: None,
+            outer: OuterState::default(),
+        };
         Miner { cfg, hub: None, state: Mutex::new(state), epoch: AtomicU64::new(0), peer: Mutex::new(peer), source, registry, metrics: None }
     }
 
@@ -171,14 +188,21 @@ impl<E: Engine> Miner<E> {
         if !path.exists() {
             hub.download(&latest.to_string(), &path).map_err(|e| e.to_string())?;
         }
+        let outer = checkpoint::load_outer(&path, &st.replicas.models[0].layout).map_err(|e| e.to_string())?;
         let r = &mut st.replicas;
         for (model, opt) in r.models.iter_mut().zip(r.opts.iter_mut()) {
             checkpoint::load_params_into(&path, model).map_err(|e| e.to_string())?;
             if checkpoint::has_optimizer(&path) {
                 *opt = checkpoint::load_optimizer(&path, model).map_err(|e| e.to_string())?;
+            } else if outer.is_some() {
+                // A DiLoCo model: the inner state is this miner's own and
+                // starts again from zero with a model it did not compute.
+                *opt = Optimizer::new(model, opt.config).map_err(|e| e.to_string())?;
             }
             model.zero_grads();
         }
+        st.outer = outer.unwrap_or_default();
+        st.anchor = None;
         self.epoch.store(latest, Ordering::SeqCst);
         if let Some(m) = &self.metrics {
             m.epoch.set(latest as i64);
@@ -204,24 +228,20 @@ impl<E: Engine> Miner<E> {
         st.replicas.models[1..].iter().all(|m| m.read_params() == first)
     }
 
+    /// DiLoCo's outer momentum as this miner holds it.
+    pub fn outer_state(&self) -> OuterState {
+        self.lock().outer.clone()
+    }
+
     /// The model's parameters (the flat arena).
     pub fn read_params(&self) -> Vec<f32> {
         self.lock().replicas.models[0].read_params()
     }
 
-    fn train(&self, q: Train) -> Result<Train, String> {
-        if let Err(e) = self.sync_from_hub() {
-            tracing::warn!("model hub: {e}");
-        }
-        let started = Instant::now();
-        let index = q.gradient_test_index.ok_or("Train needs gradient_test_index")? as usize;
-        let projector = q.challenge.as_deref().map(parse_hex32).transpose().map_err(|e| format!("challenge: {e}"))?.map(|c| Projector::new(&c));
-        let (b, t) = (self.cfg.batch, self.cfg.seq);
-        let mut st = self.lock();
-        let test = test_tensor(&st.replicas.models[0], index).map_err(|e| e.to_string())?;
-        let State { used, rng, replicas, before_last, .. } = &mut *st;
-        let rows: Vec<u64> = match q.rows.as_deref() {
-            // The validator's rows (still recorded as used here).
+    /// The rows a Train query names (still recorded as used here), or the
+    /// next run of unused ones when it names none.
+    fn take_rows(&self, used: &mut UsedRows, rng: &mut Rng, assigned: Option<&[u64]>) -> Result<Vec<u64>, String> {
+        match assigned {
             Some(rows) => {
                 if rows.is_empty() || rows.len() > MAX_ASSIGNED_ROWS {
                     return Err(format!("{} rows assigned (1..={MAX_ASSIGNED_ROWS} accepted)", rows.len()));
@@ -232,10 +252,64 @@ impl<E: Engine> Miner<E> {
                 for &r in rows {
                     used.mark(r..r + 1).map_err(|e| e.to_string())?;
                 }
-                rows.to_vec()
+                Ok(rows.to_vec())
             }
-            None => used.take_run(rng, self.cfg.rows_per_train).map_err(|e| e.to_string())?.collect(),
-        };
+            None => Ok(used.take_run(rng, self.cfg.rows_per_train).map_err(|e| e.to_string())?.collect()),
+        }
+    }
+
+    /// A progress bar over a Train query's `n` batches (hidden unless
+    /// asked for), and the metrics' count of them.
+    fn batch_progress(&self, n: usize) -> indicatif::ProgressBar {
+        let bar = if self.cfg.progress { indicatif::ProgressBar::new(n as u64) } else { indicatif::ProgressBar::hidden() };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] Train: batch {pos}/{len} (ETA {eta})").expect("valid template"),
+        );
+        if let Some(m) = &self.metrics {
+            m.train_batches_assigned.set(n as i64);
+            m.train_batches_done.set(0);
+        }
+        bar
+    }
+
+    fn batch_done(&self, bar: &indicatif::ProgressBar) {
+        bar.inc(1);
+        if let Some(m) = &self.metrics {
+            m.train_batches_done.inc();
+        }
+    }
+
+    /// Logs a Train query's work and records it in the metrics.
+    fn record_train(&self, rows: usize, batches: usize, started: Instant, loss: f64) {
+        let (b, t) = (self.cfg.batch, self.cfg.seq);
+        let (secs, tokens) = (started.elapsed().as_secs_f64(), (batches * b * t) as u64);
+        tracing::info!(
+            "Train: {rows} rows, {batches} batches of {b}×{t} in {secs:.1} s ({:.0} tokens/s), loss {loss:.4}",
+            tokens as f64 / secs.max(1e-9)
+        );
+        if let Some(m) = &self.metrics {
+            m.train_seconds.observe(secs);
+            m.train_tokens.inc_by(tokens);
+            m.train_tokens_per_second.set(tokens as f64 / secs.max(1e-9));
+            m.train_loss.set(loss);
+        }
+    }
+
+    fn train(&self, q: Train) -> Result<Train, String> {
+        if let Some(lr) = q.inner_lr {
+            return self.train_diloco(q, lr);
+        }
+        if let Err(e) = self.sync_from_hub() {
+            tracing::warn!("model hub: {e}");
+        }
+        let started = Instant::now();
+        let index = q.gradient_test_index.ok_or("Train needs gradient_test_index")? as usize;
+        let projector = q.challenge.as_deref().map(parse_hex32).transpose().map_err(|e| format!("challenge: {e}"))?.map(|c| Projector::new(&c));
+        let (b, t) = (self.cfg.batch, self.cfg.seq);
+        let mut st = self.lock();
+        let test = test_tensor(&st.replicas.models[0], index).map_err(|e| e.to_string())?;
+        let State { used, rng, replicas, before_last, .. } = &mut *st;
+        let rows = self.take_rows(used, rng, q.rows.as_deref())?;
         let texts = fetch_rows(self.source.as_ref(), &rows).map_err(|e| e.to_string())?;
         let batches = RowBatches::from_texts(&texts, b, t).map_err(|e| e.to_string())?;
         // Scoring only: the accumulators are put back afterwards. Otherwise
@@ -249,20 +323,8 @@ impl<E: Engine> Miner<E> {
         };
         // Each replica trains a contiguous run of the batches; their
         // per-batch reports, in order, are the answer.
-        let bar = if self.cfg.progress { indicatif::ProgressBar::new(batches.len() as u64) } else { indicatif::ProgressBar::hidden() };
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] Train: batch {pos}/{len} (ETA {eta})").expect("valid template"),
-        );
-        if let Some(m) = &self.metrics {
-            m.train_batches_assigned.set(batches.len() as i64);
-            m.train_batches_done.set(0);
-        }
-        let on_batch = || {
-            bar.inc(1);
-            if let Some(m) = &self.metrics {
-                m.train_batches_done.inc();
-            }
-        };
+        let bar = self.batch_progress(batches.len());
+        let on_batch = || self.batch_done(&bar);
         let shares =
             replicas.map_shared(batches.len(), |model, ks| train_batches_with(model, &batches, ks, b, t, &test, projector.as_ref(), &on_batch));
         bar.finish_and_clear();
@@ -280,23 +342,86 @@ impl<E: Engine> Miner<E> {
             work.loss_sum += w.loss_sum;
         }
         let loss = if batches.is_empty() { 0.0 } else { work.loss_sum / batches.len() as f64 };
-        let (secs, tokens) = (started.elapsed().as_secs_f64(), (batches.len() * b * t) as u64);
-        tracing::info!(
-            "Train: {} rows, {} batches of {b}×{t} in {secs:.1} s ({:.0} tokens/s), loss {loss:.4}",
-            rows.len(),
-            batches.len(),
-            tokens as f64 / secs.max(1e-9)
-        );
-        if let Some(m) = &self.metrics {
-            m.train_seconds.observe(secs);
-            m.train_tokens.inc_by(tokens);
-            m.train_tokens_per_second.set(tokens as f64 / secs.max(1e-9));
-            m.train_loss.set(loss);
-        }
+        self.record_train(rows.len(), batches.len(), started, loss);
         Ok(Train {
             dataset_indices: Some(rows),
             gradient_sums: Some(work.sums),
             projections: projector.is_some().then_some(work.projections),
+            loss: Some(loss),
+            batch_size: Some(b as u32),
+            ..q
+        })
+    }
+
+    /// A Train query in DiLoCo mode: each batch (at most `inner_steps`) is
+    /// one inner AdamW step at `inner_lr`, from where the last one left the
+    /// weights; the epoch's first query records θₑ. The answer reports each
+    /// batch's gradient at its step and the projections of Δ = θₑ − θ so
+    /// far. A scoring-only query (a follower's) trains from θₑ and puts the
+    /// weights and the inner state back.
+    fn train_diloco(&self, q: Train, inner_lr: f64) -> Result<Train, String> {
+        if !(inner_lr.is_finite() && inner_lr >= 0.0) {
+            return Err(format!("inner_lr {inner_lr} must be a finite number ≥ 0"));
+        }
+        let max_steps = q.inner_steps.unwrap_or(crate::diloco::MAX_INNER_STEPS);
+        if max_steps == 0 || max_steps > crate::diloco::MAX_INNER_STEPS {
+            return Err(format!("inner_steps {max_steps} (1..={} accepted)", crate::diloco::MAX_INNER_STEPS));
+        }
+        if let Err(e) = self.sync_from_hub() {
+            tracing::warn!("model hub: {e}");
+        }
+        let started = Instant::now();
+        let index = q.gradient_test_index.ok_or("Train needs gradient_test_index")? as usize;
+        let projector = q.challenge.as_deref().map(parse_hex32).transpose().map_err(|e| format!("challenge: {e}"))?.map(|c| Projector::new(&c));
+        let (b, t) = (self.cfg.batch, self.cfg.seq);
+        let mut st = self.lock();
+        if st.replicas.models.len() != 1 {
+            return Err(format!("DiLoCo mode trains on one device per miner for now (this miner has {})", st.replicas.models.len()));
+        }
+        let test = test_tensor(&st.replicas.models[0], index).map_err(|e| e.to_string())?;
+        let State { used, rng, replicas, before_last, anchor, .. } = &mut *st;
+        let rows = self.take_rows(used, rng, q.rows.as_deref())?;
+        let texts = fetch_rows(self.source.as_ref(), &rows).map_err(|e| e.to_string())?;
+        let batches = RowBatches::from_texts(&texts, b, t).map_err(|e| e.to_string())?;
+        let n = batches.len().min(usize::try_from(max_steps).unwrap_or(usize::MAX));
+        let (model, opt) = (&mut replicas.models[0], &mut replicas.opts[0]);
+        *before_last = None;
+        let scoring_only = q.accumulate == Some(false);
+        let saved = scoring_only.then(|| (model.read_params(), opt.read_state(model), opt.step));
+        let start = match (&*anchor, scoring_only) {
+            (Some((a, _)), true) => {
+                model.write_params(a);
+                a.clone()
+            }
+            (Some((a, _)), false) => a.clone(),
+            (None, _) => model.read_params(),
+        };
+        let bar = self.batch_progress(n);
+        let step = InnerStep { lr: inner_lr as f32, max_grad_norm: self.cfg.max_grad_norm };
+        let work = train_inner(model, opt, &batches, 0..n, &test, projector.as_ref(), step, &|| self.batch_done(&bar));
+        bar.finish_and_clear();
+        let delta = projector.as_ref().map(|p| p.project(&crate::diloco::pseudo_gradient(&start, &model.read_params()), 0));
+        match saved {
+            Some((params, (m, v), steps)) => {
+                model.write_params(&params);
+                opt.write_state(model, &m, &v, steps);
+            }
+            None if work.is_ok() => anchor.get_or_insert((start, 0.0)).1 += (n * b) as f64,
+            // Steps taken, none credited: contributing them would not
+            // match the credit, so the all-reduce will take nothing from
+            // this miner this epoch.
+            None => {
+                anchor.get_or_insert((start, 0.0));
+            }
+        }
+        let work = work.map_err(|e| e.to_string())?;
+        let loss = if n == 0 { 0.0 } else { work.loss_sum / n as f64 };
+        self.record_train(rows.len(), n, started, loss);
+        Ok(Train {
+            dataset_indices: Some(rows),
+            gradient_sums: Some(work.sums),
+            projections: projector.is_some().then_some(work.projections),
+            delta_projections: delta,
             loss: Some(loss),
             batch_size: Some(b as u32),
             ..q
@@ -310,7 +435,20 @@ impl<E: Engine> Miner<E> {
     }
 
     fn allreduce(&self, q: AllReduce) -> Result<AllReduce, String> {
-        let lr = q.learning_rate.filter(|lr| lr.is_finite() && *lr >= 0.0).ok_or("AllReduce needs a finite learning_rate ≥ 0")? as f32;
+        // DiLoCo: the outer step on the averaged pseudo-gradients.
+        let outer = match (q.outer_lr, q.outer_momentum) {
+            (None, None) => None,
+            (Some(lr), mu) => {
+                let mu = mu.unwrap_or(0.0);
+                crate::diloco::check_outer(lr, mu)?;
+                Some((lr as f32, mu as f32))
+            }
+            (None, Some(_)) => return Err("AllReduce has outer_momentum without outer_lr".into()),
+        };
+        let lr = match outer {
+            Some(_) => 0.0,
+            None => q.learning_rate.filter(|lr| lr.is_finite() && *lr >= 0.0).ok_or("AllReduce needs a finite learning_rate ≥ 0")? as f32,
+        };
         let round = q.round.ok_or("AllReduce needs a round")?;
         let mut group = self.group(q.group.as_deref().ok_or("AllReduce needs a group")?)?;
         if let Some(f) = &q.fractions {
@@ -331,24 +469,41 @@ impl<E: Engine> Miner<E> {
         let mut st = self.lock();
         let mut peer = self.peer.lock().unwrap_or_else(|p| p.into_inner());
         let me = group.index_of(&peer.public_key()).ok_or("this miner is not in the group")?;
-        let State { replicas, transfer, before_last, .. } = &mut *st;
-        // An answer the validator never credited (it came too late): go back
-        // to the accumulator before it, if that is what was credited. (The
-        // snapshot is of this epoch only: taken here whatever happens.)
-        let accumulated: f64 = replicas.models.iter().map(|m| m.grad_weight()).sum();
-        if let (Some(a), Some(snap)) = (&audit, before_last.take())
-            && accumulated as f32 != a.weights[me]
-            && snap.iter().map(|(_, w)| w).sum::<f64>() as f32 == a.weights[me]
-        {
-            tracing::warn!("the validator did not credit the last Train answer: contributing the work before it");
-            for (model, (grads, w)) in replicas.models.iter_mut().zip(snap) {
-                model.write_grads(&grads);
-                model.set_grad_weight(w);
+        let State { replicas, transfer, before_last, anchor, outer: outer_state, .. } = &mut *st;
+        let (mut weight, base) = match outer {
+            None => {
+                // An answer the validator never credited (it came too late): go back
+                // to the accumulator before it, if that is what was credited. (The
+                // snapshot is of this epoch only: taken here whatever happens.)
+                let accumulated: f64 = replicas.models.iter().map(|m| m.grad_weight()).sum();
+                if let (Some(a), Some(snap)) = (&audit, before_last.take())
+                    && accumulated as f32 != a.weights[me]
+                    && snap.iter().map(|(_, w)| w).sum::<f64>() as f32 == a.weights[me]
+                {
+                    tracing::warn!("the validator did not credit the last Train answer: contributing the work before it");
+                    for (model, (grads, w)) in replicas.models.iter_mut().zip(snap) {
+                        model.write_grads(&grads);
+                        model.set_grad_weight(w);
+                    }
+                }
+                replicas.sum_into_first()?;
+                (replicas.models[0].finish_accumulation() as f32, None)
             }
-        }
-        replicas.sum_into_first()?;
+            Some(_) => {
+                if replicas.models.len() != 1 {
+                    return Err(format!("DiLoCo mode runs on one device per miner for now (this miner has {})", replicas.models.len()));
+                }
+                // The contribution is Δ = θₑ − θ, in the gradient arena the
+                // all-reduce reads; a miner that did no inner step this epoch
+                // (θ = θₑ) only receives.
+                let model = &mut replicas.models[0];
+                let (start, w) = anchor.take().unwrap_or_else(|| (model.read_params(), 0.0));
+                model.write_grads(&crate::diloco::pseudo_gradient(&start, &model.read_params()));
+                model.set_grad_weight(1.0);
+                (w as f32, Some(start))
+            }
+        };
         let model = &mut replicas.models[0];
-        let mut weight = model.finish_accumulation() as f32;
         if let Some(a) = &audit
             && weight != a.weights[me]
         {
@@ -357,44 +512,71 @@ impl<E: Engine> Miner<E> {
             tracing::warn!("accumulated weight {weight}, the validator credited {}: receiving only this round", a.weights[me]);
             weight = 0.0;
         }
-        let before = params_hash(&model.read_params());
+        let before = params_hash(base.as_deref().unwrap_or(&model.read_params()));
         let started = Instant::now();
         let deadline = started + timeout;
-        let report = match &audit {
-            None => {
+        let result = match &audit {
+            None => (|| {
                 let own = spans(model.layout.total, &group.fractions()).map_err(|e| e.to_string())?.swap_remove(me);
                 let grad = transfer.download(model, settings.codec, own);
-                peer.all_reduce(&group, round, grad, weight, deadline, &settings).map_err(|e| e.to_string())?
-            }
+                peer.all_reduce(&group, round, grad, weight, deadline, &settings).map_err(|e| e.to_string())
+            })(),
             Some(a) => {
                 // Every attempt starts again from this miner's own gradient.
-                let v = run_verified(&group, a, &settings, VERIFY_ATTEMPTS, |g, a, s| {
+                run_verified(&group, a, &settings, VERIFY_ATTEMPTS, |g, a, s| {
                     let me = g.index_of(&peer.public_key()).ok_or("this miner is not in the group")?;
                     let own = spans(model.layout.total, &g.fractions()).map_err(|e| e.to_string())?.swap_remove(me);
                     let grad = transfer.download(model, settings.codec, own);
                     peer.all_reduce_audited(g, round, grad, weight, deadline, s, Some(a)).map_err(|e| e.to_string())
-                })?;
-                if !v.clean {
+                })
+                .and_then(|v| {
+                    if v.clean {
+                        return Ok(v.report);
+                    }
                     let named: Vec<String> = v.accused.iter().map(|(id, why)| format!("{id}: {why}")).collect();
-                    return Err(format!("the all-reduce did not verify, not stepping: {}", named.join("; ")));
-                }
-                v.report
+                    Err(format!("the all-reduce did not verify, not stepping: {}", named.join("; ")))
+                })
             }
         };
         drop(peer);
+        let report = match result {
+            Ok(r) => r,
+            Err(e) => {
+                // Nobody steps: a DiLoCo miner goes back to θₑ, as everyone
+                // stays (its inner steps are lost with the round).
+                if let Some(start) = &base {
+                    model.write_params(start);
+                    model.zero_grads();
+                }
+                return Err(e);
+            }
+        };
         tracing::info!("{}", report.summary());
         if let Some(m) = &self.metrics {
             m.record_allreduce(&report, started.elapsed().as_secs_f64());
         }
         // Spans nobody averaged are not applied (see Report::unaveraged_spans).
-        // Every replica gets the same averaged gradient and takes the same step.
         let unaveraged = report.unaveraged_spans();
-        let grad_weight = model.grad_weight();
-        for (model, opt) in replicas.models.iter_mut().zip(replicas.opts.iter_mut()) {
-            transfer.upload(model, &unaveraged);
-            model.set_grad_weight(grad_weight);
-            opt.clip_and_step(model, lr, self.cfg.max_grad_norm);
-            model.zero_grads();
+        match (outer, base) {
+            (Some((lr, mu)), Some(start)) => {
+                let model = &mut replicas.models[0];
+                transfer.upload(model, &unaveraged);
+                let delta = model.read_grads();
+                let mut params = vec![0f32; start.len()];
+                outer_state.step(&mut params, &start, &delta, lr, mu);
+                model.write_params(&params);
+                model.zero_grads();
+            }
+            _ => {
+                // Every replica gets the same averaged gradient and takes the same step.
+                let grad_weight = model.grad_weight();
+                for (model, opt) in replicas.models.iter_mut().zip(replicas.opts.iter_mut()) {
+                    transfer.upload(model, &unaveraged);
+                    model.set_grad_weight(grad_weight);
+                    opt.clip_and_step(model, lr, self.cfg.max_grad_norm);
+                    model.zero_grads();
+                }
+            }
         }
         let after = replicas.models[0].read_params();
         if after.iter().any(|v| !v.is_finite()) || params_hash(&after) == before {

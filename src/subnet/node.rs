@@ -213,6 +213,79 @@ pub struct ValidatorArgs {
     /// all of them): `eval_loss` in --metrics. 0: never.
     #[arg(long, env = "DTRAIN_EVAL_ROWS", default_value_t = 8)]
     pub eval_rows: u64,
+    #[command(flatten)]
+    pub diloco: DilocoArgs,
+}
+
+/// How the network trains: what the validator decides and sends with its
+/// queries (miners follow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Algorithm {
+    /// One averaged gradient and one optimizer step per epoch (the
+    /// reference's mode).
+    Sync,
+    /// DiLoCo: each miner takes --inner-steps AdamW steps per epoch, the
+    /// all-reduce averages the pseudo-gradients θₑ − θ, and every member
+    /// takes the same outer Nesterov step: far fewer bytes per token.
+    Diloco,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DilocoArgs {
+    /// sync or diloco (see `diloco` in the docs: inner steps, then an outer
+    /// step on the averaged pseudo-gradients).
+    #[arg(long, env = "DTRAIN_ALGORITHM", value_enum, default_value = "sync")]
+    pub algorithm: Algorithm,
+    /// DiLoCo: inner steps (batches) per miner per epoch; one Train query
+    /// each epoch assigns the rows for them.
+    #[arg(long, env = "DTRAIN_INNER_STEPS", default_value_t = 50)]
+    pub inner_steps: u64,
+    /// DiLoCo: AdamW learning rate of the inner steps (β 0.9/0.95, weight
+    /// decay 0.1, each batch's gradient clipped to norm 1).
+    #[arg(long, env = "DTRAIN_INNER_LR", default_value_t = 2.5e-4)]
+    pub inner_lr: f64,
+    /// DiLoCo: learning rate of the outer SGD step (--lr is unused).
+    #[arg(long, env = "DTRAIN_OUTER_LR", default_value_t = 0.7)]
+    pub outer_lr: f64,
+    /// DiLoCo: Nesterov momentum of the outer step (published with the
+    /// model, so late joiners resume exactly).
+    #[arg(long, env = "DTRAIN_OUTER_MOMENTUM", default_value_t = 0.9)]
+    pub outer_momentum: f64,
+}
+
+impl DilocoArgs {
+    /// The validator's DiLoCo settings (None in the synchronous mode).
+    pub fn settings(&self) -> Result<Option<crate::diloco::DilocoSettings>> {
+        if self.algorithm == Algorithm::Sync {
+            return Ok(None);
+        }
+        let d = crate::diloco::DilocoSettings {
+            inner_steps: self.inner_steps,
+            inner_lr: self.inner_lr,
+            outer_lr: self.outer_lr,
+            outer_momentum: self.outer_momentum,
+        };
+        d.check().map_err(|e| anyhow::anyhow!("--algorithm diloco: {e}"))?;
+        Ok(Some(d))
+    }
+
+    /// The same settings as arguments for another process.
+    pub fn to_args(&self) -> Vec<String> {
+        let alg = match self.algorithm {
+            Algorithm::Sync => "sync",
+            Algorithm::Diloco => "diloco",
+        };
+        [
+            ("--algorithm", alg.to_string()),
+            ("--inner-steps", self.inner_steps.to_string()),
+            ("--inner-lr", self.inner_lr.to_string()),
+            ("--outer-lr", self.outer_lr.to_string()),
+            ("--outer-momentum", self.outer_momentum.to_string()),
+        ]
+        .into_iter()
+        .flat_map(|(k, v)| [k.to_string(), v])
+        .collect()
+    }
 }
 
 /// A preset nodes can train: they read GPT-2 tokens, so its vocabulary
@@ -413,6 +486,7 @@ fn validator_on<E: Engine>(a: &ValidatorArgs, engine: E) -> Result<()> {
         projection_tolerance: a.projection_tolerance,
         train_grace: Duration::from_secs_f64(a.train_grace),
         accumulate: !a.follower,
+        diloco: a.diloco.settings()?,
         ..ValidatorConfig::default()
     };
     if !(a.projection_tolerance.is_finite() && a.projection_tolerance > 0.0) {
@@ -461,7 +535,9 @@ fn validator_on<E: Engine>(a: &ValidatorArgs, engine: E) -> Result<()> {
         // Rounds in which no miner delivered work back off (up to 10 s), so
         // refusing miners — an exhausted dataset, say — are not hammered.
         let mut idle = Duration::ZERO;
-        while samples < a.global_batch && !interrupted() {
+        // DiLoCo: one Train round (of --inner-steps steps) makes the epoch.
+        let target = if a.diloco.algorithm == Algorithm::Diloco { 1 } else { a.global_batch };
+        while samples < target && !interrupted() {
             if !idle.is_zero() {
                 std::thread::sleep(idle);
             }

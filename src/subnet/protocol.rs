@@ -32,6 +32,13 @@ pub struct Train {
     /// leave its accumulated gradient as it was (a follower validator's
     /// queries: the master credits only its own).
     pub accumulate: Option<bool>,
+    /// dtrain request, DiLoCo mode (`diloco`): every batch is an inner
+    /// AdamW step at this learning rate, from the weights the last one left,
+    /// instead of a gradient accumulated without a step.
+    pub inner_lr: Option<f64>,
+    /// dtrain request, DiLoCo mode: train at most this many batches (inner
+    /// steps) of the rows named.
+    pub inner_steps: Option<u64>,
     /// Response: the dataset rows trained on.
     pub dataset_indices: Option<Vec<u64>>,
     /// Response: Σ|grad| of the test parameter after each batch's backward.
@@ -43,6 +50,9 @@ pub struct Train {
     /// dtrain response: per batch, the projections of the batch's whole
     /// gradient on the challenge's vectors (`allreduce::projection`).
     pub projections: Option<Vec<crate::allreduce::projection::Proj>>,
+    /// dtrain response, DiLoCo mode: the projections of the pseudo-gradient
+    /// Δ = θₑ − θ after this answer's steps (what the miner will contribute).
+    pub delta_projections: Option<crate::allreduce::projection::Proj>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -74,6 +84,11 @@ pub struct AllReduce {
     /// proportion to its measured link; 0 = it only sends and receives).
     /// Absent: miners own equal spans, validators none.
     pub fractions: Option<Vec<f64>>,
+    /// dtrain, DiLoCo mode: the members average their pseudo-gradients and
+    /// take the outer step (SGD, Nesterov momentum) with this learning rate
+    /// and momentum; `learning_rate` is then unused.
+    pub outer_lr: Option<f64>,
+    pub outer_momentum: Option<f64>,
 }
 
 /// 32 bytes as 64 lowercase hex digits.

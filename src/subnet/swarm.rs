@@ -74,6 +74,8 @@ pub struct SwarmArgs {
     /// followers), instead of all on 127.0.0.1.
     #[arg(long)]
     pub net: Option<crate::testnet::Profile>,
+    #[command(flatten)]
+    pub diloco: super::node::DilocoArgs,
 }
 
 fn kill(child: &mut std::process::Child, signal: libc::c_int) {
@@ -87,6 +89,7 @@ pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
     stop_on_interrupt();
     anyhow::ensure!(a.miners >= 1 && a.miners <= 64, "--miners: 1 to 64");
     node_preset(&a.model)?;
+    a.diloco.settings()?;
     let out = &a.out;
     for sub in ["hub", "nodes"] {
         let p = out.join(sub);
@@ -155,6 +158,7 @@ pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
         .args(["--host", &host, "--serve-registry", &format!("{host}:0")])
         .args(["--epochs", &a.epochs.to_string(), "--global-batch", &(a.miners as u64 * a.rows).to_string(), "--rows", &a.rows.to_string()])
         .args(["--min-miners", &a.miners.to_string(), "--lr", &a.lr.to_string()])
+        .args(a.diloco.to_args())
         .arg("--metrics")
         .arg(out.join("metrics.jsonl"))
         .arg("--weights")
@@ -201,6 +205,7 @@ pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
             .args(common("follower", i, &url))
             .args(["--host", &host])
             .arg("--follower")
+            .args(a.diloco.to_args())
             .args(["--rows", &a.rows.to_string()])
             .arg("--metrics")
             .arg(out.join(format!("follower-{i}.metrics.jsonl")))

@@ -30,6 +30,7 @@ use crate::allreduce::projection::{K, Proj, Projector, axpy};
 use crate::allreduce::{Identity, Peer, Report, Settings, SpanStatus};
 use crate::data::loader::RowBatches;
 use crate::data::source::{RowSource, fetch_rows};
+use crate::diloco::{DilocoSettings, OuterState};
 use crate::engine::Engine;
 use crate::engine::cpu::CpuEngine;
 use crate::hub::{ModelHub, Published, commit_message};
@@ -69,6 +70,11 @@ pub struct ValidatorConfig {
     /// Whether miners add this validator's Train work to what they
     /// contribute (the master's); a follower's queries are for scoring only.
     pub accumulate: bool,
+    /// DiLoCo mode (`diloco`): one Train query per miner per epoch of
+    /// `inner_steps` inner steps, then the outer step on the averaged
+    /// pseudo-gradients. None: the synchronous mode (one averaged gradient
+    /// per epoch, the reference's).
+    pub diloco: Option<DilocoSettings>,
 }
 
 impl Default for ValidatorConfig {
@@ -87,6 +93,7 @@ impl Default for ValidatorConfig {
             projection_tolerance: PROJECTION_TOLERANCE,
             train_grace: Duration::from_secs(30),
             accumulate: true,
+            diloco: None,
         }
     }
 }
@@ -139,6 +146,8 @@ struct Scored {
     /// The answer's weight (batches × batch size) and Σ weight·projections.
     weight: f64,
     proj_sum: Proj,
+    /// DiLoCo: the projections of the miner's pseudo-gradient after it.
+    delta: Option<Proj>,
 }
 
 /// What a miner's verified answers since the last all-reduce add up to.
@@ -148,6 +157,9 @@ struct Credit {
     proj_sum: Proj,
     /// An answer failed a check: nothing of this epoch is credited.
     failed: bool,
+    /// DiLoCo: the projections of the pseudo-gradient the miner stated in
+    /// its last answer (what its contribution must be).
+    delta: Option<Proj>,
 }
 
 /// A validator on engine `E` (the CPU by default, a GPU with `CudaEngine`).
@@ -157,6 +169,8 @@ pub struct Validator<E: Engine = CpuEngine> {
     registry: Arc<dyn Registry>,
     source: Box<dyn RowSource>,
     model: Mutex<(Gpt<E>, Optimizer<E>)>,
+    /// DiLoCo's outer momentum (published with the model).
+    outer: Mutex<OuterState>,
     peer: Mutex<Peer>,
     rng: Mutex<Rng>,
     pub scores: Mutex<Scores>,
@@ -241,6 +255,7 @@ impl<E: Engine> Validator<E> {
             registry,
             source,
             model: Mutex::new((model, opt)),
+            outer: Mutex::new(OuterState::default()),
             peer: Mutex::new(peer),
             rng: Mutex::new(Rng::new(seed)),
             scores: Mutex::new(Scores::default()),
@@ -261,6 +276,11 @@ impl<E: Engine> Validator<E> {
         lock(&self.model).0.read_params()
     }
 
+    /// DiLoCo's outer momentum as this validator holds it.
+    pub fn outer_state(&self) -> OuterState {
+        lock(&self.outer).clone()
+    }
+
     /// Publishes the validator's model (with optimizer state and
     /// `dtrain.json`: epoch and all-reduce participation) as tag `epoch`.
     /// If the tag exists already, that model is loaded instead (the
@@ -269,11 +289,22 @@ impl<E: Engine> Validator<E> {
         let part = lock(&self.last_allreduce).clone();
         let peers = part.values().filter(|p| **p == Participation::Success).count();
         // `seq`: what `dtrain eval` measures a published model at by default.
-        let meta = serde_json::json!({"epoch": epoch, "batch_size": batch_size, "seq": self.cfg.seq, "participation": part});
+        let algorithm = if self.cfg.diloco.is_some() { "diloco" } else { "sync" };
+        let meta = serde_json::json!({"epoch": epoch, "batch_size": batch_size, "seq": self.cfg.seq, "algorithm": algorithm, "participation": part});
         let dir = work.join(format!("publish-{epoch}"));
         {
             let guard = lock(&self.model);
-            checkpoint::save(&dir, &guard.0, Some(&guard.1), &[("dtrain.json", meta.to_string().into_bytes())]).map_err(|e| e.to_string())?;
+            let mut extra = vec![("dtrain.json", meta.to_string().into_bytes())];
+            // DiLoCo publishes the outer momentum; the inner AdamW state is
+            // each miner's own (this validator takes no inner step).
+            let opt = match self.cfg.diloco {
+                Some(_) => {
+                    extra.push((checkpoint::OUTER_FILE, checkpoint::outer_bytes(&guard.0.layout, &lock(&self.outer))));
+                    None
+                }
+                None => Some(&guard.1),
+            };
+            checkpoint::save(&dir, &guard.0, opt, &extra).map_err(|e| e.to_string())?;
         }
         let p = hub.publish(&dir, &epoch.to_string(), &commit_message(epoch, batch_size, peers)).map_err(|e| e.to_string())?;
         if p.existed {
@@ -300,6 +331,7 @@ impl<E: Engine> Validator<E> {
             let opt = checkpoint::load_optimizer(&dir, &guard.0).map_err(|e| e.to_string())?;
             guard.1 = opt;
         }
+        *lock(&self.outer) = checkpoint::load_outer(&dir, &guard.0.layout).map_err(|e| e.to_string())?.unwrap_or_default();
         guard.0.zero_grads();
         drop(guard);
         // The published participation map is what this validator's
@@ -380,6 +412,7 @@ impl<E: Engine> Validator<E> {
             check: Some(why),
             weight: 0.0,
             proj_sum: [0.0; K],
+            delta: None,
         };
         if let Some(want) = assigned
             && want != rows.as_slice()
@@ -388,14 +421,25 @@ impl<E: Engine> Validator<E> {
         }
         let texts = fetch_rows(self.source.as_ref(), rows).map_err(|e| e.to_string())?;
         let batches = RowBatches::from_texts(&texts, b, self.cfg.seq).map_err(|e| e.to_string())?;
-        if batches.len() != sums.len() {
-            return Ok(failed(batches.len(), format!("{} gradient sums for {} batches", sums.len(), batches.len())));
+        // DiLoCo: the miner trains the first `inner_steps` batches.
+        let n = self.cfg.diloco.map_or(batches.len(), |d| batches.len().min(usize::try_from(d.inner_steps).unwrap_or(usize::MAX)));
+        if n != sums.len() {
+            return Ok(failed(n, format!("{} gradient sums for {n} batches", sums.len())));
         }
         let claimed = a.projections.as_deref().unwrap_or_default();
-        if claimed.len() != batches.len() {
-            return Ok(failed(batches.len(), format!("{} projections for {} batches", claimed.len(), batches.len())));
+        if claimed.len() != n {
+            return Ok(failed(n, format!("{} projections for {n} batches", claimed.len())));
         }
-        let picks: Vec<usize> = {
+        let delta = match (self.cfg.diloco, a.delta_projections) {
+            (None, _) => None,
+            (Some(_), Some(d)) if d.iter().all(|v| v.is_finite()) => Some(d),
+            (Some(_), _) => return Ok(failed(n, "no finite projections of its pseudo-gradient".into())),
+        };
+        // DiLoCo: only the first step starts from weights this validator
+        // holds (θₑ); later steps' weights are the miner's.
+        let picks: Vec<usize> = if self.cfg.diloco.is_some() {
+            (0..n.min(1)).collect()
+        } else {
             let mut rng = lock(&self.rng);
             let mut all: Vec<usize> = (0..batches.len()).collect();
             for k in (1..all.len()).rev() {
@@ -417,20 +461,20 @@ impl<E: Engine> Validator<E> {
         model.zero_grads();
         let replayed_sums: Vec<(usize, f64)> = replays.iter().map(|(k, r)| (*k, r.sum)).collect();
         let replayed_proj: Vec<(usize, Proj, f64)> = replays.iter().filter_map(|(k, r)| r.projection.map(|(p, norm)| (*k, p, norm))).collect();
-        let mut gradient = train_gradient_score(batches.len(), sums, &replayed_sums);
+        let mut gradient = train_gradient_score(n, sums, &replayed_sums);
         let mut check = None;
-        if !projections_agree(batches.len(), claimed, &replayed_proj, self.cfg.projection_tolerance) {
+        if !projections_agree(n, claimed, &replayed_proj, self.cfg.projection_tolerance) {
             check = Some("its gradient projections do not match the replayed batches".to_string());
             gradient = 0.0;
         } else if gradient == 0.0 {
             check = Some("its gradient sums do not match the replayed batches".to_string());
         }
-        let weight = (batches.len() * b) as f64;
+        let weight = (n * b) as f64;
         let mut proj_sum = [0f64; K];
         for p in claimed {
             axpy(&mut proj_sum, b as f64, p);
         }
-        Ok(Scored { gradient, steps, samples, batches: batches.len(), replayed: replays.len(), replay_s, check, weight, proj_sum })
+        Ok(Scored { gradient, steps, samples, batches: n, replayed: replays.len(), replay_s, check, weight, proj_sum, delta })
     }
 
     /// The rows miner `uid` is to train on in Train round `round`: a run of
@@ -526,6 +570,8 @@ impl<E: Engine> Validator<E> {
                     challenge: Some(hex32(&challenge)),
                     rows: rows.clone(),
                     accumulate: (!self.cfg.accumulate).then_some(false),
+                    inner_lr: self.cfg.diloco.map(|d| d.inner_lr),
+                    inner_steps: self.cfg.diloco.map(|d| d.inner_steps),
                     ..Train::default()
                 })
             })
@@ -545,7 +591,7 @@ impl<E: Engine> Validator<E> {
                 let score_s = t.elapsed().as_secs_f64();
                 match scored {
                     Ok((s, loss)) => {
-                        credits.push(Some((s.weight, s.proj_sum)));
+                        credits.push(Some((s.weight, s.proj_sum, s.delta)));
                         TrainScore {
                             uid: n.uid,
                             error: None,
@@ -591,9 +637,11 @@ impl<E: Engine> Validator<E> {
             for (o, c) in outcomes.iter().zip(credits) {
                 let entry = credit.entry(o.uid).or_default();
                 match (o.verified(), c) {
-                    (true, Some((w, p))) if self.cfg.accumulate => {
+                    (true, Some((w, p, delta))) if self.cfg.accumulate => {
                         entry.weight += w;
                         axpy(&mut entry.proj_sum, 1.0, &p);
+                        // Δ is cumulative: the last answer states it all.
+                        entry.delta = delta;
                     }
                     _ if o.check.is_some() => {
                         tracing::warn!("uid {}: {}", o.uid, o.check.as_deref().unwrap_or_default());
@@ -714,7 +762,9 @@ impl<E: Engine> Validator<E> {
         let audit = Audit {
             challenge,
             weights: uids.iter().map(|u| credited(u).map_or(0.0, |c| c.weight as f32)).collect(),
-            expected: uids.iter().map(|u| credited(u).map_or([0.0; K], |c| c.proj_sum.map(|v| v / c.weight))).collect(),
+            // The contribution: the mean of the verified gradients, or in
+            // DiLoCo the pseudo-gradient the miner stated.
+            expected: uids.iter().map(|u| credited(u).map_or([0.0; K], |c| c.delta.unwrap_or(c.proj_sum.map(|v| v / c.weight)))).collect(),
             // This validator judges the round: every member follows its ruling.
             adjudicator: uids.iter().position(|u| *u == me.uid),
         };
@@ -728,6 +778,8 @@ impl<E: Engine> Validator<E> {
             expected: Some(audit.expected.clone()),
             adjudicator: audit.adjudicator.map(|a| a as u16),
             fractions: Some(group.fractions()),
+            outer_lr: self.cfg.diloco.map(|d| d.outer_lr),
+            outer_momentum: self.cfg.diloco.map(|d| d.outer_momentum),
             ..AllReduce::default()
         };
         let mut guard = lock(&self.model);
@@ -758,8 +810,19 @@ impl<E: Engine> Validator<E> {
             for r in report.unaveraged_spans() {
                 grad[r].fill(0.0);
             }
-            model.write_grads(&grad);
-            opt.clip_and_step(model, self.cfg.learning_rate as f32, self.cfg.max_grad_norm);
+            match self.cfg.diloco {
+                // The outer step from θₑ, which this validator holds.
+                Some(d) => {
+                    let start = model.read_params();
+                    let mut params = vec![0f32; start.len()];
+                    lock(&self.outer).step(&mut params, &start, &grad, d.outer_lr as f32, d.outer_momentum as f32);
+                    model.write_params(&params);
+                }
+                None => {
+                    model.write_grads(&grad);
+                    opt.clip_and_step(model, self.cfg.learning_rate as f32, self.cfg.max_grad_norm);
+                }
+            }
         } else {
             tracing::error!("round {round}: the all-reduce did not verify after {} attempts; nobody steps", super::miner::VERIFY_ATTEMPTS);
         }

@@ -46,7 +46,7 @@ pub fn test_indices<E: Engine>(model: &Gpt<E>) -> Vec<usize> {
     model.layout.tensors.iter().enumerate().filter(|(_, t)| t.shape.len() == 1).map(|(i, _)| i).collect()
 }
 
-fn abs_sum(x: &[f32]) -> f64 {
+pub(crate) fn abs_sum(x: &[f32]) -> f64 {
     x.iter().map(|&v| v.abs() as f64).sum()
 }
 

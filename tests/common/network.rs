@@ -138,6 +138,18 @@ pub fn network(name: &str, behaviours: &[Behaviour], rows: u64) -> Network {
 /// `grace` (and never end before the whole train timeout of an hour
 /// otherwise).
 pub fn network_with_grace(name: &str, behaviours: &[Behaviour], rows: u64, grace: Duration) -> Network {
+    network_with(name, behaviours, rows, grace, |_, _| {})
+}
+
+/// [`network_with_grace`] with the validator's and the miners' settings
+/// changed by `tweak` first.
+pub fn network_with(
+    name: &str,
+    behaviours: &[Behaviour],
+    rows: u64,
+    grace: Duration,
+    tweak: impl Fn(&mut ValidatorConfig, &mut MinerConfig),
+) -> Network {
     let dir = std::env::temp_dir().join(format!("dtrain-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -147,7 +159,7 @@ pub fn network_with_grace(name: &str, behaviours: &[Behaviour], rows: u64, grace
     registry.join(&vid.public(), "127.0.0.1:1", vpeer.local_addr().unwrap(), Role::Validator).unwrap();
     let vm = model();
     let vopt = Optimizer::new(&vm, OptimizerConfig::new(OptimizerKind::Adamw)).unwrap();
-    let vcfg = ValidatorConfig {
+    let mut vcfg = ValidatorConfig {
         seq: 64,
         replays: 3,
         learning_rate: 1e-3,
@@ -158,9 +170,10 @@ pub fn network_with_grace(name: &str, behaviours: &[Behaviour], rows: u64, grace
         train_timeout: Duration::from_secs(3600),
         ..ValidatorConfig::default()
     };
+    let mut cfg = MinerConfig { batch: 2, seq: 64, rows_per_train: rows, allreduce: settings(), ..MinerConfig::default() };
+    tweak(&mut vcfg, &mut cfg);
     let validator = Validator::new(vcfg, vid, registry.clone(), Box::new(source()), vm, vopt, vpeer, 9);
     let spied = Arc::new(Mutex::new(None));
-    let cfg = MinerConfig { batch: 2, seq: 64, rows_per_train: rows, allreduce: settings(), ..MinerConfig::default() };
     let first_honest = behaviours.iter().position(|b| *b == Behaviour::Honest);
     let (mut servers, mut miners) = (Vec::new(), Vec::new());
     for (i, &behaviour) in behaviours.iter().enumerate() {
