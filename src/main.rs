@@ -273,6 +273,10 @@ enum BenchCommand {
     Allreduce(dtrain::bench::allreduce::AllreduceBenchArgs),
     /// Per-kernel time, GB/s and TFLOP/s of training steps on a device.
     Kernels(dtrain::bench::KernelsBenchArgs),
+    /// The synchronous mode against DiLoCo at several H, each a swarm on
+    /// the same test hosts: held-out loss against tokens, wall-clock and
+    /// all-reduce bytes.
+    Diloco(dtrain::bench::diloco::DilocoBenchArgs),
 }
 
 fn main() {
@@ -308,6 +312,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Tokenize(a)) => dtrain::bench::tokenize_bench(&a),
         Command::Bench(BenchCommand::Allreduce(a)) => dtrain::bench::allreduce::allreduce_bench(&a),
         Command::Bench(BenchCommand::Kernels(a)) => dtrain::bench::kernels_bench(&a),
+        Command::Bench(BenchCommand::Diloco(a)) => dtrain::bench::diloco::diloco_bench(&a),
         Command::Eval(a) => dtrain::eval::run_eval(&a, !cli.quiet),
         Command::Generate(a) => dtrain::generate::run_generate(&a, cli.quiet),
         Command::Hub(cmd) => hub_cmd(cmd),

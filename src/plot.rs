@@ -135,7 +135,35 @@ pub fn line_chart(series: &[Series], first_x: usize, x_name: &str, y_name: &str)
     png(W, H, &chart_pixels(series, first_x, x_name, y_name))
 }
 
+/// One line of an x–y chart: its name and its (x, y) points, in order.
+pub struct XySeries<'a> {
+    pub name: &'a str,
+    pub points: &'a [(f64, f64)],
+}
+
+/// [`line_chart`] with each point's own x (tokens, seconds, bytes…).
+pub fn xy_chart(series: &[XySeries], x_name: &str, y_name: &str) -> Vec<u8> {
+    png(W, H, &xy_pixels(series, x_name, y_name, format_x))
+}
+
+/// An x axis end, short: 12, 3.5, 2.1e6.
+fn format_x(x: f64) -> String {
+    if x.abs() >= 1e5 {
+        format!("{x:.1e}")
+    } else if x.fract() == 0.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.1}")
+    }
+}
+
 fn chart_pixels(series: &[Series], first_x: usize, x_name: &str, y_name: &str) -> Vec<u8> {
+    let points: Vec<Vec<(f64, f64)>> = series.iter().map(|s| s.ys.iter().enumerate().map(|(i, &y)| ((first_x + i) as f64, y)).collect()).collect();
+    let xy: Vec<XySeries> = series.iter().zip(&points).map(|(s, p)| XySeries { name: s.name, points: p }).collect();
+    xy_pixels(&xy, x_name, y_name, |x| format!("{x:.0}"))
+}
+
+fn xy_pixels(series: &[XySeries], x_name: &str, y_name: &str, x_label: impl Fn(f64) -> String) -> Vec<u8> {
     let mut img = vec![255u8; 3 * W * H];
     let mut put = |x: usize, y: usize, c: [u8; 3]| {
         if x < W && y < H {
@@ -150,10 +178,12 @@ fn chart_pixels(series: &[Series], first_x: usize, x_name: &str, y_name: &str) -
     }
     text(&mut put, MARGIN + 6, MARGIN / 2 - 12, y_name);
     text(&mut put, W - MARGIN / 2 - text_width(x_name), H - MARGIN + 18, x_name);
-    let len = series.iter().map(|s| s.ys.len()).max().unwrap_or(0);
-    if len > 0 {
-        text(&mut put, MARGIN, H - MARGIN + 6, &first_x.to_string());
-        let last = (first_x + len - 1).to_string();
+    let range =
+        |v: &mut dyn Iterator<Item = f64>| v.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| (l.min(v), h.max(v)));
+    let (x_lo, x_hi) = range(&mut series.iter().flat_map(|s| s.points.iter().map(|p| p.0)));
+    if x_lo.is_finite() {
+        text(&mut put, MARGIN, H - MARGIN + 6, &x_label(x_lo));
+        let last = x_label(x_hi);
         text(&mut put, W - MARGIN / 2 - text_width(&last), H - MARGIN + 6, &last);
     }
     if series.len() > 1 {
@@ -166,11 +196,10 @@ fn chart_pixels(series: &[Series], first_x: usize, x_name: &str, y_name: &str) -
             text(&mut put, x + 22, y, s.name);
         }
     }
-    let finite: Vec<f64> = series.iter().flat_map(|s| s.ys.iter().copied()).filter(|y| y.is_finite()).collect();
-    if len >= 2 && !finite.is_empty() {
-        let (lo, hi) = finite.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &y| (l.min(y), h.max(y)));
+    let (lo, hi) = range(&mut series.iter().flat_map(|s| s.points.iter().filter(|p| p.0.is_finite()).map(|p| p.1)));
+    if x_hi > x_lo && lo.is_finite() {
         let span = if hi > lo { hi - lo } else { 1.0 };
-        let px = |i: usize| MARGIN as f64 + (i as f64 / (len - 1) as f64) * (W - MARGIN - MARGIN / 2) as f64;
+        let px = |x: f64| MARGIN as f64 + (x - x_lo) / (x_hi - x_lo) * (W - MARGIN - MARGIN / 2) as f64;
         let py = |y: f64| (H - MARGIN) as f64 - (y - lo) / span * (H - MARGIN - MARGIN / 2) as f64;
         // The range's ends, left of the axis, level with where they are drawn.
         for v in [lo, hi] {
@@ -179,15 +208,15 @@ fn chart_pixels(series: &[Series], first_x: usize, x_name: &str, y_name: &str) -
         }
         for (k, s) in series.iter().enumerate() {
             let colour = COLOURS[k % COLOURS.len()];
-            for i in 1..s.ys.len() {
-                let (a, b) = (s.ys[i - 1], s.ys[i]);
-                if !(a.is_finite() && b.is_finite()) {
+            for w in s.points.windows(2) {
+                let ((xa, a), (xb, b)) = (w[0], w[1]);
+                if !(a.is_finite() && b.is_finite() && xa.is_finite() && xb.is_finite()) {
                     continue;
                 }
                 let steps = 200;
                 for st in 0..=steps {
                     let f = st as f64 / steps as f64;
-                    let (x, y) = (px(i - 1) + f * (px(i) - px(i - 1)), py(a) + f * (py(b) - py(a)));
+                    let (x, y) = (px(xa) + f * (px(xb) - px(xa)), py(a) + f * (py(b) - py(a)));
                     put(x as usize, y as usize, colour);
                     put(x as usize, y as usize + 1, colour);
                 }
@@ -231,6 +260,23 @@ mod tests {
         assert!(any_dark(MARGIN + 4, W, 0, MARGIN / 2 - 1), "y axis name");
         assert!(img.contains(&30), "the curve");
         assert!(line_chart(&[], 1, "x", "y").starts_with(b"\x89PNG\r\n\x1a\n"));
+    }
+
+    #[test]
+    fn xy_points_land_where_their_x_says() {
+        let count = |img: &[u8], c: [u8; 3]| img.chunks_exact(3).filter(|p| *p == c).count();
+        // The second series spans only the first tenth of the x range.
+        let a = [(0.0, 1.0), (1000.0, 0.0)];
+        let b = [(0.0, 0.0), (100.0, 1.0)];
+        let img = xy_pixels(&[XySeries { name: "a", points: &a }, XySeries { name: "b", points: &b }], "tokens", "loss", format_x);
+        let right = |c: [u8; 3]| (0..H).any(|y| (MARGIN + 100..W - MARGIN / 2).any(|x| img[3 * (y * W + x)..3 * (y * W + x) + 3] == c));
+        assert!(right(COLOURS[0]), "the long series reaches the right");
+        assert!(count(&img, COLOURS[1]) > 64, "the short series is drawn");
+        let b_right =
+            (MARGIN / 2 + 40..H).any(|y| (MARGIN + 120..W - MARGIN / 2 - 130).any(|x| img[3 * (y * W + x)..3 * (y * W + x) + 3] == COLOURS[1]));
+        assert!(!b_right, "the short series stays within its tenth of the axis");
+        assert_eq!(format_x(2.5e6), "2.5e6");
+        assert_eq!(format_x(12.0), "12");
     }
 
     #[test]

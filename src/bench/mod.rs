@@ -8,6 +8,7 @@
 //! machine is shared and absolute times drift.
 
 pub mod allreduce;
+pub mod diloco;
 
 use crate::engine::Engine;
 use crate::engine::cpu::CpuEngine;

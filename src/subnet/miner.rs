@@ -10,6 +10,9 @@
 //!   norm 1, takes one optimizer step at the sent learning rate, resets the
 //!   accumulators, checks that the weights changed and are finite, and
 //!   advances its epoch.
+//! - In DiLoCo mode (the queries carry `inner_lr` and `outer_lr`; see
+//!   `crate::diloco`) each Train batch is an inner AdamW step instead, and
+//!   the all-reduce averages Δ = θₑ − θ before the outer Nesterov step.
 
 use super::grad_transfer::GradTransfer;
 use super::metrics::NodeMetrics;

@@ -513,6 +513,9 @@ fn validator_on<E: Engine>(a: &ValidatorArgs, engine: E) -> Result<()> {
     };
     tracing::info!("validator uid {uid}: all-reduce on {peer_addr}, epoch {epoch}");
     let first = epoch;
+    // Wall-clock and verified tokens since this validator started training
+    // (what held-out loss is plotted against, beside epochs and bytes).
+    let (started, mut tokens) = (Instant::now(), 0u64);
     while (a.epochs == 0 || epoch < first + a.epochs) && !interrupted() {
         let live_nodes = || v.live_miners().into_iter().map(|(n, _)| n).collect::<Vec<_>>();
         let mut live = live_nodes();
@@ -546,6 +549,9 @@ fn validator_on<E: Engine>(a: &ValidatorArgs, engine: E) -> Result<()> {
             for o in &outcomes {
                 if o.error.is_none() && o.gradient > 0.0 {
                     samples += o.samples;
+                }
+                if o.verified() {
+                    tokens += o.tokens;
                 }
                 losses.extend(o.loss);
                 if let Some(e) = &o.error {
@@ -608,7 +614,7 @@ fn validator_on<E: Engine>(a: &ValidatorArgs, engine: E) -> Result<()> {
         let last = rounds.last().cloned().unwrap_or_default();
         let line = serde_json::json!({
             "epoch": epoch, "loss": loss, "eval_loss": eval.map(|e| e.loss), "eval_tokens": eval.map(|e| e.tokens), "eval_s": eval.map(|e| e.seconds),
-            "samples": samples, "train_rounds": rounds.len(),
+            "samples": samples, "train_rounds": rounds.len(), "tokens": tokens, "elapsed_s": started.elapsed().as_secs_f64(),
             "train_s": train_s, "allreduce_s": allreduce_s, "publish_s": publish_s, "publish_error": publish_error,
             "score_s": score_s, "miner_work_s": miner_work_s,
             "allreduce_bytes_in": report.bytes_received, "allreduce_failures": report.failures().len(),

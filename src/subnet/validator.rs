@@ -109,6 +109,8 @@ pub struct TrainScore {
     pub loss: Option<f64>,
     /// Samples the miner accumulated (rows it reported).
     pub samples: u64,
+    /// Tokens in the batches it trained (batches × batch size × seq).
+    pub tokens: u64,
     /// Batches in the answer, batches replayed, seconds spent scoring the
     /// answer (fetching its rows, tokenizing, replaying) and replaying.
     pub batches: usize,
@@ -140,6 +142,7 @@ struct Scored {
     steps: f64,
     samples: u64,
     batches: usize,
+    tokens: u64,
     replayed: usize,
     replay_s: f64,
     check: Option<String>,
@@ -407,6 +410,7 @@ impl<E: Engine> Validator<E> {
             steps,
             samples,
             batches,
+            tokens: 0,
             replayed: 0,
             replay_s: 0.0,
             check: Some(why),
@@ -474,7 +478,19 @@ impl<E: Engine> Validator<E> {
         for p in claimed {
             axpy(&mut proj_sum, b as f64, p);
         }
-        Ok(Scored { gradient, steps, samples, batches: n, replayed: replays.len(), replay_s, check, weight, proj_sum, delta })
+        Ok(Scored {
+            gradient,
+            steps,
+            samples,
+            batches: n,
+            tokens: (n * b * self.cfg.seq) as u64,
+            replayed: replays.len(),
+            replay_s,
+            check,
+            weight,
+            proj_sum,
+            delta,
+        })
     }
 
     /// The rows miner `uid` is to train on in Train round `round`: a run of
@@ -600,6 +616,7 @@ impl<E: Engine> Validator<E> {
                             loss,
                             samples: s.samples,
                             batches: s.batches,
+                            tokens: s.tokens,
                             replayed: s.replayed,
                             score_s,
                             replay_s: s.replay_s,
@@ -616,6 +633,7 @@ impl<E: Engine> Validator<E> {
                             loss: None,
                             samples: 0,
                             batches: 0,
+                            tokens: 0,
                             replayed: 0,
                             score_s,
                             replay_s: 0.0,
