@@ -60,7 +60,7 @@ fn one_miner_with_one_inner_step_outer_lr_1_and_no_momentum_is_the_synchronous_m
     let start = sync.validator.read_params();
     let sync_params = run_one_batch_epochs(&sync, 3);
     drop(sync);
-    let d = DilocoSettings { inner_steps: 1, inner_lr: 1e-3, outer_lr: 1.0, outer_momentum: 0.0 };
+    let d = DilocoSettings { inner_steps: 1, inner_lr: 1e-3, outer_lr: 1.0, outer_momentum: 0.0, snapshot_every: 1 };
     let diloco = network_with("diloco-equiv-diloco", &[Behaviour::Honest], 1, GRACE, tweak(Some(d)));
     let diloco_params = run_one_batch_epochs(&diloco, 3);
     for (epoch, (s, d)) in sync_params.iter().zip(&diloco_params).enumerate() {
@@ -84,7 +84,7 @@ fn one_miner_with_one_inner_step_outer_lr_1_and_no_momentum_is_the_synchronous_m
 
 #[test]
 fn diloco_members_stay_bit_identical_and_the_published_outer_momentum_resumes_exactly() {
-    let d = DilocoSettings { inner_steps: 3, inner_lr: 1e-3, outer_lr: 0.7, outer_momentum: 0.9 };
+    let d = DilocoSettings { inner_steps: 3, inner_lr: 1e-3, outer_lr: 0.7, outer_momentum: 0.9, snapshot_every: 2 };
     let net = network_with("diloco-identical", &[Behaviour::Honest; 3], 2, GRACE, |v, _| v.diloco = Some(d));
     let start = net.validator.read_params();
     let mut losses = Vec::new();
@@ -139,18 +139,24 @@ fn diloco_members_stay_bit_identical_and_the_published_outer_momentum_resumes_ex
 
 #[test]
 fn diloco_cheats_are_caught_and_starved() {
-    let d = DilocoSettings { inner_steps: 2, inner_lr: 1e-3, outer_lr: 0.7, outer_momentum: 0.9 };
+    // Two inner steps, one stretch: the validator replays both from the
+    // miner's committed snapshot.
+    let d = DilocoSettings { inner_steps: 2, inner_lr: 1e-3, outer_lr: 0.7, outer_momentum: 0.9, snapshot_every: 2 };
     let behaviours = [
         Behaviour::Honest,
         Behaviour::Honest,
         Behaviour::Honest,
-        // Train answers: made-up numbers; the rows given reported, others trained.
+        // Train answers: made-up numbers; the first step's numbers for
+        // every step (a step computed, the rest fabricated); the rows given
+        // reported, others trained; Δ scaled ×1.5 in the statement and the
+        // contribution alike; a snapshot other than the committed one.
         Behaviour::InventsWork,
+        Behaviour::Partial,
         Behaviour::TrainsOtherRows,
-        // The all-reduce: a poisoned, a sign-flipped and a zero Δ, and a
-        // weight other than the credit.
+        Behaviour::ScalesDelta,
+        Behaviour::ForgesSnapshot,
+        // The all-reduce: a poisoned and a zero Δ, a false weight.
         Behaviour::AllReduce(Fault::Scale(-100.0)),
-        Behaviour::AllReduce(Fault::Scale(-1.0)),
         Behaviour::AllReduce(Fault::Scale(0.0)),
         Behaviour::AllReduce(Fault::DeclareWeight(1e8)),
     ];
@@ -158,10 +164,9 @@ fn diloco_cheats_are_caught_and_starved() {
     for round in 1..=5u64 {
         let outcomes = net.epoch(round);
         for (o, b) in outcomes.iter().zip(behaviours) {
-            let train_cheat = matches!(b, Behaviour::InventsWork | Behaviour::TrainsOtherRows);
             // All-reduce cheats train honestly until their first round
             // leaves them on a stale model.
-            let want = b == Behaviour::Honest || (round == 1 && !train_cheat);
+            let want = b == Behaviour::Honest || (round == 1 && matches!(b, Behaviour::AllReduce(_)));
             assert_eq!(o.verified(), want, "round {round} {b:?}: {o:?}");
         }
         let part = net.validator.last_allreduce.lock().unwrap().clone();
@@ -171,6 +176,26 @@ fn diloco_cheats_are_caught_and_starved() {
                 (Behaviour::AllReduce(_), 1) => assert_eq!(part[&uid], Participation::Caught, "round 1 uid {uid} {b:?}"),
                 _ => assert_ne!(part[&uid], Participation::Success, "round {round} uid {uid} {b:?}"),
             }
+        }
+        net.assert_honest_agree(round);
+    }
+    net.assert_cheats_starved();
+}
+
+#[test]
+fn a_stale_or_absent_diloco_miner_is_not_paid() {
+    // A miner that never takes the outer step (it skips the all-reduce)
+    // trains its next epochs from a stale model: its first snapshot is not
+    // θₑ and its stated Δ does not start there.
+    let d = DilocoSettings { inner_steps: 2, inner_lr: 1e-3, outer_lr: 0.7, outer_momentum: 0.9, snapshot_every: 1 };
+    let behaviours = [Behaviour::Honest, Behaviour::Honest, Behaviour::Honest, Behaviour::SkipsAllReduce];
+    let net = network_with("diloco-stale", &behaviours, 2, GRACE, |v, _| v.diloco = Some(d));
+    for round in 1..=5u64 {
+        let outcomes = net.epoch(round);
+        assert_eq!(outcomes[3].verified(), round == 1, "round {round}: {:?}", outcomes[3]);
+        if round > 1 {
+            let why = outcomes[3].check.as_deref().unwrap_or_default();
+            assert!(why.contains("epoch's model") || why.contains("pseudo-gradient"), "round {round}: {why}");
         }
         net.assert_honest_agree(round);
     }

@@ -8,7 +8,8 @@
 //! (`subnet::work::replay_batch`), since both compute one batch from
 //! zeroed gradients with weight 1.
 
-use crate::allreduce::projection::Projector;
+use super::snapshot::Snapshot;
+use crate::allreduce::projection::{Proj, Projector};
 use crate::data::loader::RowBatches;
 use crate::engine::Engine;
 use crate::model::{Gpt, ParamTensor};
@@ -23,9 +24,22 @@ pub struct InnerStep {
     pub max_grad_norm: f32,
 }
 
+/// What a miner's inner steps report beyond the synchronous mode's
+/// per-batch work: the commitments a validator checks a replay against.
+#[derive(Debug, Default)]
+pub struct InnerWork {
+    pub work: BatchWork,
+    /// Per step, the projections of the weights it left (with a projector).
+    pub params_after: Vec<Proj>,
+    /// The snapshots taken before steps 0, every, 2·every, … (their bytes).
+    pub snapshots: Vec<Vec<u8>>,
+}
+
 /// Trains batches `ks` of `batches`, one inner optimizer step each, and
-/// reports every batch as `subnet::work::train_batches` does. Leaves the
-/// gradients zeroed.
+/// reports every batch as `subnet::work::train_batches` does, plus where
+/// each step left the weights; with `every` > 0, a [`Snapshot`] before
+/// every `every`-th step (counted from `ks.start`). Leaves the gradients
+/// zeroed.
 #[allow(clippy::too_many_arguments)]
 pub fn train_inner<E: Engine>(
     model: &mut Gpt<E>,
@@ -35,21 +49,34 @@ pub fn train_inner<E: Engine>(
     test: &ParamTensor,
     projector: Option<&Projector>,
     step: InnerStep,
+    every: usize,
     on_batch: &dyn Fn(),
-) -> Result<BatchWork, WorkError> {
+) -> Result<InnerWork, WorkError> {
     let (b, t) = batches.shape();
-    let mut work = BatchWork { sums: Vec::with_capacity(ks.len()), projections: Vec::with_capacity(ks.len()), loss_sum: 0.0 };
-    for k in ks {
+    let n = ks.len();
+    let mut out = InnerWork {
+        work: BatchWork { sums: Vec::with_capacity(n), projections: Vec::with_capacity(n), loss_sum: 0.0 },
+        params_after: Vec::with_capacity(n),
+        snapshots: Vec::new(),
+    };
+    for k in ks.clone() {
+        if every > 0 && (k - ks.start).is_multiple_of(every) {
+            let (m, v) = opt.read_state(model);
+            out.snapshots.push(Snapshot { step: k as u64, opt_step: opt.step, params: model.read_params(), m, v }.to_bytes());
+        }
         model.zero_grads();
         let (inputs, targets) = batches.batch(k);
-        work.loss_sum += model.forward_backward(inputs, targets, b, t, 1.0)? as f64;
-        work.sums.push(abs_sum(&model.read_grad_range(test.offset, test.len)));
+        out.work.loss_sum += model.forward_backward(inputs, targets, b, t, 1.0)? as f64;
+        out.work.sums.push(abs_sum(&model.read_grad_range(test.offset, test.len)));
         if let Some(p) = projector {
-            work.projections.push(model.grad_projection(p).0);
+            out.work.projections.push(model.grad_projection(p).0);
         }
         opt.clip_and_step(model, step.lr, step.max_grad_norm);
+        if let Some(p) = projector {
+            out.params_after.push(model.param_projection(p).0);
+        }
         on_batch();
     }
     model.zero_grads();
-    Ok(work)
+    Ok(out)
 }

@@ -18,6 +18,7 @@
 //! after missing a round).
 
 pub mod inner;
+pub mod snapshot;
 
 use rayon::prelude::*;
 
@@ -35,15 +36,24 @@ pub struct DilocoSettings {
     pub outer_lr: f64,
     /// Nesterov momentum of the outer step (0.9).
     pub outer_momentum: f64,
+    /// Inner steps between the snapshots a miner keeps for the validator
+    /// to replay from (0: a fifth of `inner_steps`, rounded up — the
+    /// validator replays one such stretch per answer).
+    pub snapshot_every: u64,
 }
 
 impl Default for DilocoSettings {
     fn default() -> DilocoSettings {
-        DilocoSettings { inner_steps: 50, inner_lr: 2.5e-4, outer_lr: 0.7, outer_momentum: 0.9 }
+        DilocoSettings { inner_steps: 50, inner_lr: 2.5e-4, outer_lr: 0.7, outer_momentum: 0.9, snapshot_every: 0 }
     }
 }
 
 impl DilocoSettings {
+    /// Inner steps between snapshots (see `snapshot_every`).
+    pub fn every(&self) -> u64 {
+        if self.snapshot_every > 0 { self.snapshot_every } else { self.inner_steps.div_ceil(5).max(1) }
+    }
+
     /// Clear errors for settings no network should run with.
     pub fn check(&self) -> Result<(), String> {
         if self.inner_steps == 0 || self.inner_steps > MAX_INNER_STEPS {

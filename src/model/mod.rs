@@ -156,6 +156,13 @@ impl<E: Engine> Gpt<E> {
         unsafe { self.engine.project(self.engine.at(&self.grads, 0), self.layout.total, 0, p) }
     }
 
+    /// The projections of the weights on `p`'s vectors and their scale (a
+    /// DiLoCo miner's commitment to where each inner step left them).
+    pub fn param_projection(&self, p: &crate::allreduce::projection::Projector) -> (crate::allreduce::projection::Proj, f64) {
+        // SAFETY: the whole parameter arena.
+        unsafe { self.engine.project(self.engine.at(&self.params, 0), self.layout.total, 0, p) }
+    }
+
     /// Σ g² over the gradients, in f64 (infinite or NaN when one is).
     pub fn grad_sum_squares(&self) -> f64 {
         // SAFETY: the whole gradient arena.

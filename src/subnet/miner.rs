@@ -96,6 +96,9 @@ struct State<E: Engine> {
     /// DiLoCo's outer momentum (the same on every member: published with
     /// the model).
     outer: OuterState,
+    /// DiLoCo: the snapshots of the last Train queries (by SHA-256), which
+    /// the validators that asked may fetch to replay from.
+    snapshots: std::collections::VecDeque<Vec<(String, Arc<Vec<u8>>)>>,
 }
 
 /// A miner on engine `E` (the CPU by default, a GPU with `CudaEngine`).
@@ -141,6 +144,7 @@ impl<E: Engine> Miner<E> {
             before_last: None,
             anchor: None,
             outer: OuterState::default(),
+            snapshots: Default::default(),
         };
         Miner { cfg, hub: None, state: Mutex::new(state), epoch: AtomicU64::new(0), peer: Mutex::new(peer), source, registry, metrics: None }
     }
@@ -382,7 +386,12 @@ impl<E: Engine> Miner<E> {
             return Err(format!("DiLoCo mode trains on one device per miner for now (this miner has {})", st.replicas.models.len()));
         }
         let test = test_tensor(&st.replicas.models[0], index).map_err(|e| e.to_string())?;
-        let State { used, rng, replicas, before_last, anchor, .. } = &mut *st;
+        let every = match q.snapshot_every {
+            Some(0) => return Err("snapshot_every 0".into()),
+            Some(e) => usize::try_from(e).unwrap_or(usize::MAX),
+            None => 0,
+        };
+        let State { used, rng, replicas, before_last, anchor, snapshots, .. } = &mut *st;
         let rows = self.take_rows(used, rng, q.rows.as_deref())?;
         let texts = fetch_rows(self.source.as_ref(), &rows).map_err(|e| e.to_string())?;
         let batches = RowBatches::from_texts(&texts, b, t).map_err(|e| e.to_string())?;
@@ -401,7 +410,7 @@ impl<E: Engine> Miner<E> {
         };
         let bar = self.batch_progress(n);
         let step = InnerStep { lr: inner_lr as f32, max_grad_norm: self.cfg.max_grad_norm };
-        let work = train_inner(model, opt, &batches, 0..n, &test, projector.as_ref(), step, &|| self.batch_done(&bar));
+        let work = train_inner(model, opt, &batches, 0..n, &test, projector.as_ref(), step, every, &|| self.batch_done(&bar));
         bar.finish_and_clear();
         let delta = projector.as_ref().map(|p| p.project(&crate::diloco::pseudo_gradient(&start, &model.read_params()), 0));
         match saved {
@@ -417,7 +426,15 @@ impl<E: Engine> Miner<E> {
                 anchor.get_or_insert((start, 0.0));
             }
         }
-        let work = work.map_err(|e| e.to_string())?;
+        let inner = work.map_err(|e| e.to_string())?;
+        // Kept for this query's validator and one other's (a follower's
+        // query may come between the master's and its fetch).
+        let digests: Vec<String> = inner.snapshots.iter().map(|b| crate::diloco::snapshot::digest(b)).collect();
+        snapshots.push_back(digests.iter().cloned().zip(inner.snapshots.into_iter().map(Arc::new)).collect());
+        while snapshots.len() > MAX_SNAPSHOT_SETS {
+            snapshots.pop_front();
+        }
+        let work = inner.work;
         let loss = if n == 0 { 0.0 } else { work.loss_sum / n as f64 };
         self.record_train(rows.len(), n, started, loss);
         Ok(Train {
@@ -425,6 +442,8 @@ impl<E: Engine> Miner<E> {
             gradient_sums: Some(work.sums),
             projections: projector.is_some().then_some(work.projections),
             delta_projections: delta,
+            param_projections: projector.is_some().then_some(inner.params_after),
+            snapshot_digests: (every > 0).then_some(digests),
             loss: Some(loss),
             batch_size: Some(b as u32),
             ..q
@@ -472,7 +491,7 @@ impl<E: Engine> Miner<E> {
         let mut st = self.lock();
         let mut peer = self.peer.lock().unwrap_or_else(|p| p.into_inner());
         let me = group.index_of(&peer.public_key()).ok_or("this miner is not in the group")?;
-        let State { replicas, transfer, before_last, anchor, outer: outer_state, .. } = &mut *st;
+        let State { replicas, transfer, before_last, anchor, outer: outer_state, snapshots, .. } = &mut *st;
         let (mut weight, base) = match outer {
             None => {
                 // An answer the validator never credited (it came too late): go back
@@ -569,6 +588,7 @@ impl<E: Engine> Miner<E> {
                 outer_state.step(&mut params, &start, &delta, lr, mu);
                 model.write_params(&params);
                 model.zero_grads();
+                snapshots.clear();
             }
             _ => {
                 // Every replica gets the same averaged gradient and takes the same step.
@@ -598,6 +618,10 @@ impl<E: Engine> Miner<E> {
         Ok(AllReduce { completion: Some("True".into()), ..q })
     }
 }
+
+/// Train queries whose DiLoCo snapshots a miner keeps (the master's and a
+/// follower's).
+pub const MAX_SNAPSHOT_SETS: usize = 2;
 
 /// Rounds an audited all-reduce may take (the first and two reruns).
 pub const VERIFY_ATTEMPTS: usize = 3;
@@ -633,6 +657,10 @@ pub fn tensor_fp16<E: Engine>(model: &Gpt<E>, name: &str) -> Result<Vec<u8>, Str
 
 impl<E: Engine + 'static> Handler for Miner<E> {
     fn state(&self, _caller: &PublicKey, tensor: &str) -> Result<Vec<u8>, String> {
+        if let Some(digest) = tensor.strip_prefix(crate::diloco::snapshot::STATE_PREFIX) {
+            let found = self.lock().snapshots.iter().flatten().find(|(d, _)| d == digest).map(|(_, b)| b.clone());
+            return found.map(|b| b.as_ref().clone()).ok_or_else(|| format!("no DiLoCo snapshot {digest} (they last until the next all-reduce)"));
+        }
         tensor_fp16(&self.lock().replicas.models[0], tensor)
     }
 

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod bittensor;
 pub mod client;
 pub mod grad_transfer;
+pub mod inner_check;
 pub mod keyfile;
 pub mod links;
 pub mod metrics;

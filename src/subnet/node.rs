@@ -251,6 +251,11 @@ pub struct DilocoArgs {
     /// model, so late joiners resume exactly).
     #[arg(long, env = "DTRAIN_OUTER_MOMENTUM", default_value_t = 0.9)]
     pub outer_momentum: f64,
+    /// DiLoCo: inner steps between the snapshots a miner keeps; the
+    /// validator replays one such stretch of every answer from its snapshot
+    /// (0: a fifth of --inner-steps, rounded up: 20% of the miner's work).
+    #[arg(long, env = "DTRAIN_SNAPSHOT_EVERY", default_value_t = 0)]
+    pub snapshot_every: u64,
 }
 
 impl DilocoArgs {
@@ -264,6 +269,7 @@ impl DilocoArgs {
             inner_lr: self.inner_lr,
             outer_lr: self.outer_lr,
             outer_momentum: self.outer_momentum,
+            snapshot_every: self.snapshot_every,
         };
         d.check().map_err(|e| anyhow::anyhow!("--algorithm diloco: {e}"))?;
         Ok(Some(d))
@@ -281,6 +287,7 @@ impl DilocoArgs {
             ("--inner-lr", self.inner_lr.to_string()),
             ("--outer-lr", self.outer_lr.to_string()),
             ("--outer-momentum", self.outer_momentum.to_string()),
+            ("--snapshot-every", self.snapshot_every.to_string()),
         ]
         .into_iter()
         .flat_map(|(k, v)| [k.to_string(), v])

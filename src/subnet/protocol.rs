@@ -39,6 +39,9 @@ pub struct Train {
     /// dtrain request, DiLoCo mode: train at most this many batches (inner
     /// steps) of the rows named.
     pub inner_steps: Option<u64>,
+    /// dtrain request, DiLoCo mode: keep a snapshot (weights, moments)
+    /// before every this many inner steps, for the validator to replay from.
+    pub snapshot_every: Option<u64>,
     /// Response: the dataset rows trained on.
     pub dataset_indices: Option<Vec<u64>>,
     /// Response: Σ|grad| of the test parameter after each batch's backward.
@@ -53,6 +56,13 @@ pub struct Train {
     /// dtrain response, DiLoCo mode: the projections of the pseudo-gradient
     /// Δ = θₑ − θ after this answer's steps (what the miner will contribute).
     pub delta_projections: Option<crate::allreduce::projection::Proj>,
+    /// dtrain response, DiLoCo mode: per inner step, the projections of
+    /// the weights it left.
+    pub param_projections: Option<Vec<crate::allreduce::projection::Proj>>,
+    /// dtrain response, DiLoCo mode: the SHA-256 (hex) of each snapshot,
+    /// which the validator may fetch by it (`State` of
+    /// `diloco-snapshot:<digest>`).
+    pub snapshot_digests: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

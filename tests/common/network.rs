@@ -54,6 +54,11 @@ pub enum Behaviour {
     Silent,
     /// Trains honestly, then cheats in the all-reduce.
     AllReduce(Fault),
+    /// DiLoCo: states and contributes its pseudo-gradient × 1.5, both
+    /// consistently (so the all-reduce alone would not see it).
+    ScalesDelta,
+    /// DiLoCo: serves snapshots other than the ones it committed to.
+    ForgesSnapshot,
 }
 
 pub struct Node {
@@ -69,7 +74,14 @@ impl Handler for Node {
         self.inner.known(caller)
     }
     fn state(&self, caller: &PublicKey, tensor: &str) -> Result<Vec<u8>, String> {
-        self.inner.state(caller, tensor)
+        let mut bytes = self.inner.state(caller, tensor)?;
+        if self.behaviour == Behaviour::ForgesSnapshot && tensor.starts_with(dtrain::diloco::snapshot::STATE_PREFIX) {
+            // A weight of the snapshot nudged: a state it never had.
+            let at = bytes.len() - 4;
+            let v = f32::from_le_bytes(bytes[at..].try_into().unwrap()) + 1e-3;
+            bytes[at..].copy_from_slice(&v.to_le_bytes());
+        }
+        Ok(bytes)
     }
     fn handle(&self, caller: &PublicKey, q: Query) -> Result<Query, String> {
         match (self.behaviour, q) {
@@ -95,6 +107,10 @@ impl Handler for Node {
                     }
                     (Behaviour::LiesAboutRows, Query::Train(mut t)) => {
                         t.dataset_indices = t.dataset_indices.map(|r| r.iter().map(|x| (x + 150) % 374).collect());
+                        Query::Train(t)
+                    }
+                    (Behaviour::ScalesDelta, Query::Train(mut t)) => {
+                        t.delta_projections = t.delta_projections.map(|d| d.map(|v| 1.5 * v));
                         Query::Train(t)
                     }
                     (Behaviour::Partial, Query::Train(mut t)) => {
@@ -187,6 +203,9 @@ pub fn network_with(
         let mut cfg = cfg.clone();
         if let Behaviour::AllReduce(f) = behaviour {
             cfg.allreduce.fault = Some(f);
+        }
+        if behaviour == Behaviour::ScalesDelta {
+            cfg.allreduce.fault = Some(Fault::Scale(1.5));
         }
         let inner = Arc::new(Miner::new(cfg, m, opt, Box::new(src), used, peer, registry.clone(), 100 + i as u64));
         miners.push(inner.clone());

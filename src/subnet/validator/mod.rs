@@ -14,20 +14,22 @@
 //! is the credit the AllReduce query hands every member, so that the
 //! all-reduce admits exactly the verified work (`allreduce::audit`).
 
+mod allreduce_round;
+
 use super::bittensor::hotkey::Hotkey;
 use super::client::send;
+use super::inner_check::{InnerClaim, InnerReplay, InnerSettings, check_inner};
 use super::protocol::hex32;
-use super::protocol::{AllReduce, IsAlive, Query, Train};
+use super::protocol::{IsAlive, Query, Train};
 use super::registry::{Node, Registry, Role};
 use super::scoring::{
-    PROJECTION_TOLERANCE, Participation, Scores, TrainMeasure, Uid, allreduce_round_rewards, allreduce_score, bandwidth_score, projections_agree,
-    steps_score, train_gradient_score, train_round_rewards,
+    PROJECTION_TOLERANCE, Participation, Scores, TrainMeasure, Uid, allreduce_score, projections_agree, steps_score, train_gradient_score,
+    train_round_rewards,
 };
 use super::work::{replay_batch, test_indices, test_tensor};
-use crate::allreduce::audit::{Audit, run_verified};
 use crate::allreduce::identity::random_bytes;
 use crate::allreduce::projection::{K, Proj, Projector, axpy};
-use crate::allreduce::{Identity, Peer, Report, Settings, SpanStatus};
+use crate::allreduce::{Identity, Peer, Settings};
 use crate::data::loader::RowBatches;
 use crate::data::source::{RowSource, fetch_rows};
 use crate::diloco::{DilocoSettings, OuterState};
@@ -393,7 +395,7 @@ impl<E: Engine> Validator<E> {
     /// the rows must be the ones assigned (when rows were assigned), and
     /// with a projector the answer's per-batch projections must agree with
     /// every replay.
-    fn score_answer(&self, index: usize, a: &Train, assigned: Option<&[u64]>, projector: &Projector) -> Result<Scored, String> {
+    fn score_answer(&self, node: &Node, index: usize, a: &Train, assigned: Option<&[u64]>, projector: &Projector) -> Result<Scored, String> {
         let rows = a.dataset_indices.as_ref().ok_or("no dataset_indices")?;
         let sums = a.gradient_sums.as_ref().ok_or("no gradient_sums")?;
         let b = a.batch_size.ok_or("no batch_size")? as usize;
@@ -439,32 +441,68 @@ impl<E: Engine> Validator<E> {
             (Some(_), Some(d)) if d.iter().all(|v| v.is_finite()) => Some(d),
             (Some(_), _) => return Ok(failed(n, "no finite projections of its pseudo-gradient".into())),
         };
-        // DiLoCo: only the first step starts from weights this validator
-        // holds (θₑ); later steps' weights are the miner's.
-        let picks: Vec<usize> = if self.cfg.diloco.is_some() {
-            (0..n.min(1)).collect()
-        } else {
-            let mut rng = lock(&self.rng);
-            let mut all: Vec<usize> = (0..batches.len()).collect();
-            for k in (1..all.len()).rev() {
-                all.swap(k, rng.below(k as u64 + 1) as usize);
-            }
-            all.truncate(self.cfg.replays);
-            all
-        };
         let mut guard = lock(&self.model);
-        let model = &mut guard.0;
+        let (model, opt) = &mut *guard;
         let test = test_tensor(model, index).map_err(|e| e.to_string())?;
         let t = Instant::now();
-        let replays = picks
-            .into_iter()
-            .map(|k| replay_batch(model, &batches, k, b, self.cfg.seq, &test, Some(projector)).map(|r| (k, r)))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
+        let InnerReplay { sums: replayed_sums, projections: replayed_proj, .. } = match (self.cfg.diloco, delta) {
+            (Some(d), Some(delta)) => {
+                // DiLoCo: one stretch of inner steps, from the miner's
+                // committed snapshot (see `inner_check`).
+                let every = usize::try_from(d.every()).unwrap_or(usize::MAX);
+                let params_after = a.param_projections.as_deref().unwrap_or_default();
+                let digests = a.snapshot_digests.as_deref().unwrap_or_default();
+                if n == 0 || params_after.len() != n || params_after.iter().flatten().any(|v| !v.is_finite()) {
+                    return Ok(failed(n, format!("{} weight projections for {n} inner steps", params_after.len())));
+                }
+                if digests.len() != n.div_ceil(every) {
+                    return Ok(failed(n, format!("{} snapshots for {n} inner steps, one every {every}", digests.len())));
+                }
+                let pick = lock(&self.rng).below(digests.len() as u64) as usize;
+                let settings = InnerSettings {
+                    config: opt.config,
+                    lr: d.inner_lr as f32,
+                    max_grad_norm: self.cfg.max_grad_norm,
+                    every,
+                    tolerance: self.cfg.projection_tolerance,
+                };
+                let claim = InnerClaim { projections: claimed, params_after, digests, delta };
+                let fetch = |digest: &str| {
+                    let key = node.public_key().map_err(|e| e.to_string())?;
+                    let name = format!("{}{digest}", crate::diloco::snapshot::STATE_PREFIX);
+                    super::client::fetch_state(&self.identity, &key, &node.query_addr, &name, self.cfg.train_timeout).map_err(|e| e.to_string())
+                };
+                let r = check_inner(model, &batches, n, &test, projector, &settings, &claim, pick, fetch).map_err(|e| e.to_string())?;
+                if let Some(why) = r.failure {
+                    return Ok(failed(n, why));
+                }
+                r
+            }
+            _ => {
+                let picks: Vec<usize> = {
+                    let mut rng = lock(&self.rng);
+                    let mut all: Vec<usize> = (0..batches.len()).collect();
+                    for k in (1..all.len()).rev() {
+                        all.swap(k, rng.below(k as u64 + 1) as usize);
+                    }
+                    all.truncate(self.cfg.replays);
+                    all
+                };
+                let replays = picks
+                    .into_iter()
+                    .map(|k| replay_batch(model, &batches, k, b, self.cfg.seq, &test, Some(projector)).map(|r| (k, r)))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| e.to_string())?;
+                model.zero_grads();
+                InnerReplay {
+                    sums: replays.iter().map(|(k, r)| (*k, r.sum)).collect(),
+                    projections: replays.iter().filter_map(|(k, r)| r.projection.map(|(p, norm)| (*k, p, norm))).collect(),
+                    failure: None,
+                }
+            }
+        };
         let replay_s = t.elapsed().as_secs_f64();
-        model.zero_grads();
-        let replayed_sums: Vec<(usize, f64)> = replays.iter().map(|(k, r)| (*k, r.sum)).collect();
-        let replayed_proj: Vec<(usize, Proj, f64)> = replays.iter().filter_map(|(k, r)| r.projection.map(|(p, norm)| (*k, p, norm))).collect();
+        drop(guard);
         let mut gradient = train_gradient_score(n, sums, &replayed_sums);
         let mut check = None;
         if !projections_agree(n, claimed, &replayed_proj, self.cfg.projection_tolerance) {
@@ -484,7 +522,7 @@ impl<E: Engine> Validator<E> {
             samples,
             batches: n,
             tokens: (n * b * self.cfg.seq) as u64,
-            replayed: replays.len(),
+            replayed: replayed_sums.len(),
             replay_s,
             check,
             weight,
@@ -588,6 +626,7 @@ impl<E: Engine> Validator<E> {
                     accumulate: (!self.cfg.accumulate).then_some(false),
                     inner_lr: self.cfg.diloco.map(|d| d.inner_lr),
                     inner_steps: self.cfg.diloco.map(|d| d.inner_steps),
+                    snapshot_every: self.cfg.diloco.map(|d| d.every()),
                     ..Train::default()
                 })
             })
@@ -603,7 +642,7 @@ impl<E: Engine> Validator<E> {
             .zip(&assigned)
             .map(|((n, a), rows)| {
                 let t = Instant::now();
-                let scored = a.and_then(|a| self.score_answer(index, &a, rows.as_deref(), &projector).map(|s| (s, a.loss)));
+                let scored = a.and_then(|a| self.score_answer(n, index, &a, rows.as_deref(), &projector).map(|s| (s, a.loss)));
                 let score_s = t.elapsed().as_secs_f64();
                 match scored {
                     Ok((s, loss)) => {
@@ -712,174 +751,5 @@ impl<E: Engine> Validator<E> {
                 }
             }
         }
-    }
-
-    /// The all-reduce round's rewards: each miner's bandwidth, timing a
-    /// download of its token embedding in fp16 (one miner at a time, so
-    /// they do not share the link), worth 0 unless the bytes equal this
-    /// validator's own copy — a miner must actually hold the model. Only
-    /// miners whose last Train answer verified and who took part
-    /// successfully in the last all-reduce are rewarded. Returns each
-    /// miner's bandwidth score.
-    pub fn bandwidth_round(&self, miners: &[Node], tensor: &str, timeout: Duration) -> Vec<(Uid, f64)> {
-        let want = match super::miner::tensor_fp16(&lock(&self.model).0, tensor) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::warn!("bandwidth test: {e}");
-                return Vec::new();
-            }
-        };
-        let scores: Vec<(Uid, bool, f64)> = miners
-            .iter()
-            .map(|n| {
-                let t = Instant::now();
-                let got = n.public_key().ok().and_then(|k| super::client::fetch_state(&self.identity, &k, &n.query_addr, tensor, timeout).ok());
-                let elapsed = t.elapsed().as_secs_f64();
-                let ok = got.is_some_and(|g| g == want);
-                if ok && elapsed > 0.0 {
-                    lock(&self.rates).insert(n.uid, want.len() as f64 / elapsed);
-                }
-                // As with Train rewards: a miner whose last Train answer
-                // failed verification earns nothing for its bandwidth
-                // either, and neither does one that did not take part
-                // successfully in the all-reduce this round rewards.
-                let verified = lock(&self.last_verified).get(&n.uid).copied().unwrap_or(false)
-                    && lock(&self.last_allreduce).get(&n.uid) == Some(&Participation::Success);
-                (n.uid, verified, bandwidth_score(ok.then_some(elapsed), timeout.as_secs_f64()))
-            })
-            .collect();
-        let rewards = allreduce_round_rewards(&scores);
-        lock(&self.scores).fold_round(&rewards);
-        scores.into_iter().map(|(u, _, s)| (u, s)).collect()
-    }
-
-    /// The master's all-reduce: sends AllReduce to `miners` with each
-    /// one's credit, joins with weight 0, runs the audited round (reruns
-    /// without culprits included), steps its own model copy with the
-    /// average, and records who took part (by uid). Success needs a
-    /// credited, non-zero contribution that every check passed.
-    pub fn allreduce_round(&self, miners: &[Node], round: u64) -> Result<Report, String> {
-        let nodes = self.registry.nodes().map_err(|e| e.to_string())?;
-        let me = nodes.iter().find(|n| n.key == self.identity.public().to_hex()).ok_or("this validator is not registered")?.clone();
-        let mut uids: Vec<Uid> = miners.iter().map(|n| n.uid).collect();
-        uids.push(me.uid);
-        uids.sort();
-        let mut group = super::registry::group_of(&nodes, &uids).map_err(|e| e.to_string())?;
-        // Spans by the miners' measured links (the validator owns none).
-        let rates = lock(&self.rates).clone();
-        let miner_rates: Vec<Option<f64>> = uids.iter().filter(|u| **u != me.uid).map(|u| rates.get(u).copied()).collect();
-        let mut shares = super::links::span_fractions(&miner_rates).into_iter();
-        for (u, m) in uids.iter().zip(group.members.iter_mut()) {
-            m.fraction = if *u == me.uid { 0.0 } else { shares.next().unwrap_or(1.0) };
-        }
-        let timeout = self.cfg.allreduce_timeout;
-        // This epoch's credit, which the next epoch starts without.
-        let credit = std::mem::take(&mut *lock(&self.credit));
-        let challenge = std::mem::replace(&mut *lock(&self.challenge), random_bytes());
-        let credited = |u: &Uid| credit.get(u).filter(|c| !c.failed && c.weight > 0.0);
-        let audit = Audit {
-            challenge,
-            weights: uids.iter().map(|u| credited(u).map_or(0.0, |c| c.weight as f32)).collect(),
-            // The contribution: the mean of the verified gradients, or in
-            // DiLoCo the pseudo-gradient the miner stated.
-            expected: uids.iter().map(|u| credited(u).map_or([0.0; K], |c| c.delta.unwrap_or(c.proj_sum.map(|v| v / c.weight)))).collect(),
-            // This validator judges the round: every member follows its ruling.
-            adjudicator: uids.iter().position(|u| *u == me.uid),
-        };
-        let q = AllReduce {
-            learning_rate: Some(self.cfg.learning_rate),
-            round: Some(round),
-            group: Some(uids.clone()),
-            all_reduce_timeout: Some(timeout.as_secs_f64()),
-            challenge: Some(hex32(&audit.challenge)),
-            weights: Some(audit.weights.clone()),
-            expected: Some(audit.expected.clone()),
-            adjudicator: audit.adjudicator.map(|a| a as u16),
-            fractions: Some(group.fractions()),
-            outer_lr: self.cfg.diloco.map(|d| d.outer_lr),
-            outer_momentum: self.cfg.diloco.map(|d| d.outer_momentum),
-            ..AllReduce::default()
-        };
-        let mut guard = lock(&self.model);
-        let (model, opt) = &mut *guard;
-        let mut grad = vec![0f32; model.layout.total];
-        let deadline = Instant::now() + timeout;
-        let verified = std::thread::scope(|s| {
-            for n in miners {
-                let q = Query::AllReduce(q.clone());
-                s.spawn(move || match self.ask(n, &q, timeout + Duration::from_secs(30)) {
-                    Ok(_) => Some(()),
-                    Err(e) => {
-                        tracing::warn!("AllReduce to uid {}: {e}", n.uid);
-                        None
-                    }
-                });
-            }
-            let mut peer = lock(&self.peer);
-            run_verified(&group, &audit, &self.cfg.allreduce, super::miner::VERIFY_ATTEMPTS, |g, a, s| {
-                grad.fill(0.0);
-                peer.all_reduce_audited(g, round, &mut grad, 0.0, deadline, s, Some(a))
-            })
-        })
-        .map_err(|e| e.to_string())?;
-        let report = verified.report.clone();
-        if verified.clean {
-            // Spans nobody averaged are not applied (see Report::unaveraged_spans).
-            for r in report.unaveraged_spans() {
-                grad[r].fill(0.0);
-            }
-            match self.cfg.diloco {
-                // The outer step from θₑ, which this validator holds.
-                Some(d) => {
-                    let start = model.read_params();
-                    let mut params = vec![0f32; start.len()];
-                    lock(&self.outer).step(&mut params, &start, &grad, d.outer_lr as f32, d.outer_momentum as f32);
-                    model.write_params(&params);
-                }
-                None => {
-                    model.write_grads(&grad);
-                    opt.clip_and_step(model, self.cfg.learning_rate as f32, self.cfg.max_grad_norm);
-                }
-            }
-        } else {
-            tracing::error!("round {round}: the all-reduce did not verify after {} attempts; nobody steps", super::miner::VERIFY_ATTEMPTS);
-        }
-        model.zero_grads();
-        for (id, why) in &verified.accused {
-            tracing::warn!("round {round}: uid {id} accused: {why}");
-        }
-        // Success: credited, joined with that weight, no failure, in every
-        // averaged span's contributors, never accused, in a clean round.
-        let accused: std::collections::HashSet<&str> = verified.accused.iter().map(|(id, _)| id.as_str()).collect();
-        let mut part = BTreeMap::new();
-        for n in self.registry.nodes().unwrap_or_default().iter().filter(|n| n.role == Role::Miner) {
-            let id = n.uid.to_string();
-            let status = match (uids.contains(&n.uid), verified.group.members.iter().position(|m| m.id == id)) {
-                (false, _) => Participation::NonParticipating,
-                (true, None) => Participation::Fail,
-                (true, Some(i)) => {
-                    let m = &report.members[i];
-                    let want = credited(&n.uid).map(|c| c.weight as f32);
-                    let everywhere = report.members.iter().filter(|s| s.span_status == SpanStatus::Averaged).all(|s| s.contributors.contains(&i));
-                    let ok = verified.clean && want.is_some() && m.weight == want && m.failure.is_none() && everywhere;
-                    if ok { Participation::Success } else { Participation::Fail }
-                }
-            };
-            // Named by a check, or refused by everyone for declaring a
-            // weight other than its credit.
-            let refused = verified
-                .group
-                .members
-                .iter()
-                .position(|m| m.id == id)
-                .is_some_and(|i| matches!(report.members[i].failure, Some(crate::allreduce::Failure::FalseWeight { .. })));
-            let status = if accused.contains(id.as_str()) || refused { Participation::Caught } else { status };
-            if status == Participation::Caught {
-                lock(&self.scores).penalize(n.uid);
-            }
-            part.insert(n.uid, status);
-        }
-        *lock(&self.last_allreduce) = part;
-        Ok(report)
     }
 }

@@ -1,0 +1,112 @@
+//! A DiLoCo miner's state at an inner step — weights, AdamW moments, the
+//! optimizer's step count — as the bytes a validator downloads to replay
+//! the steps after it (`docs/SECURITY.md`, DiLoCo).
+//!
+//! The miner commits to each snapshot's SHA-256 in its Train answer, before
+//! the validator picks which one it will fetch, so the bytes it serves
+//! later cannot be chosen to suit the pick. Layout (little-endian):
+//! `DLSN`, version 1, the inner step k (u64), the optimizer's step (u64),
+//! the element count n (u64), then θ, m and v, n f32 each.
+
+use sha2::{Digest, Sha256};
+
+const MAGIC: &[u8; 4] = b"DLSN";
+const VERSION: u32 = 1;
+const HEADER: usize = 4 + 4 + 8 + 8 + 8;
+
+/// The `State` request's name for snapshot `i` of the current epoch.
+pub const STATE_PREFIX: &str = "diloco-snapshot:";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    /// The inner step it was taken before (0 = the epoch's start, θₑ).
+    pub step: u64,
+    /// The AdamW step count (its bias correction).
+    pub opt_step: u64,
+    pub params: Vec<f32>,
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+}
+
+fn f32s(out: &mut Vec<u8>, x: &[f32]) {
+    for v in x {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+impl Snapshot {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let n = self.params.len();
+        assert!(self.m.len() == n && self.v.len() == n);
+        let mut out = Vec::with_capacity(HEADER + 12 * n);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&self.step.to_le_bytes());
+        out.extend_from_slice(&self.opt_step.to_le_bytes());
+        out.extend_from_slice(&(n as u64).to_le_bytes());
+        f32s(&mut out, &self.params);
+        f32s(&mut out, &self.m);
+        f32s(&mut out, &self.v);
+        out
+    }
+
+    /// Parses bytes from a peer: exactly `n` elements each (the model's),
+    /// every value finite.
+    pub fn from_bytes(b: &[u8], n: usize) -> Result<Snapshot, String> {
+        if b.len() != HEADER + 12 * n {
+            return Err(format!("a snapshot of {} bytes, expected {} for {n} weights", b.len(), HEADER + 12 * n));
+        }
+        if &b[..4] != MAGIC || u32::from_le_bytes(b[4..8].try_into().expect("4 bytes")) != VERSION {
+            return Err("not a version-1 DiLoCo snapshot".into());
+        }
+        let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
+        if u64_at(24) != n as u64 {
+            return Err(format!("a snapshot of {} weights, the model has {n}", u64_at(24)));
+        }
+        let read = |part: usize| -> Result<Vec<f32>, String> {
+            let bytes = &b[HEADER + 4 * n * part..HEADER + 4 * n * (part + 1)];
+            let x: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+            match x.iter().position(|v| !v.is_finite()) {
+                Some(i) => Err(format!("a non-finite value at element {i} of part {part}")),
+                None => Ok(x),
+            }
+        };
+        Ok(Snapshot { step: u64_at(8), opt_step: u64_at(16), params: read(0)?, m: read(1)?, v: read(2)? })
+    }
+}
+
+/// The commitment to a snapshot's bytes.
+pub fn digest(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Snapshots of an epoch of `steps` inner steps, one every `every`: their
+/// steps (0, every, 2·every, … below `steps`).
+pub fn snapshot_steps(steps: usize, every: usize) -> Vec<usize> {
+    (0..steps).step_by(every.max(1)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_round_trip_and_refuse_what_is_not_one() {
+        let s = Snapshot { step: 10, opt_step: 37, params: vec![1.0, -2.0, 0.5], m: vec![0.1, 0.2, 0.3], v: vec![1e-8, 2e-8, 0.0] };
+        let b = s.to_bytes();
+        assert_eq!(Snapshot::from_bytes(&b, 3).unwrap(), s);
+        assert!(Snapshot::from_bytes(&b, 4).is_err(), "another model's size");
+        assert!(Snapshot::from_bytes(&b[..b.len() - 1], 3).is_err(), "truncated");
+        let mut bad = b.clone();
+        bad[0] = b'X';
+        assert!(Snapshot::from_bytes(&bad, 3).is_err(), "magic");
+        let mut nan = b.clone();
+        let at = HEADER + 4;
+        nan[at..at + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+        assert!(Snapshot::from_bytes(&nan, 3).is_err(), "non-finite");
+        assert_ne!(digest(&b), digest(&nan));
+        assert_eq!(digest(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(snapshot_steps(50, 10), vec![0, 10, 20, 30, 40]);
+        assert_eq!(snapshot_steps(3, 10), vec![0]);
+    }
+}
