@@ -37,7 +37,7 @@ pub struct DilocoSettings {
     /// Nesterov momentum of the outer step (0.9).
     pub outer_momentum: f64,
     /// Inner steps between the snapshots a miner keeps for the validator
-    /// to replay from (0: a fifth of `inner_steps`, rounded up — the
+    /// to replay from (0: an eighth of `inner_steps`, rounded up — the
     /// validator replays one such stretch per answer).
     pub snapshot_every: u64,
 }
@@ -51,7 +51,7 @@ impl Default for DilocoSettings {
 impl DilocoSettings {
     /// Inner steps between snapshots (see `snapshot_every`).
     pub fn every(&self) -> u64 {
-        if self.snapshot_every > 0 { self.snapshot_every } else { self.inner_steps.div_ceil(5).max(1) }
+        if self.snapshot_every > 0 { self.snapshot_every } else { self.inner_steps.div_ceil(8).max(1) }
     }
 
     /// Clear errors for settings no network should run with.

@@ -44,6 +44,9 @@ pub struct InnerReplay {
     pub sums: Vec<(usize, f64)>,
     pub projections: Vec<(usize, Proj, f64)>,
     pub failure: Option<String>,
+    /// Seconds the replayed steps took (the snapshot's download and
+    /// checks not counted: what the miner's own steps are estimated by).
+    pub replay_s: f64,
 }
 
 /// The inner steps' optimizer, as every miner runs it.
@@ -143,6 +146,7 @@ fn replay_stretch<E: Engine>(
     opt.write_state(model, &snap.m, &snap.v, snap.opt_step);
     drop(snap);
     let (b, t) = batches.shape();
+    let started = std::time::Instant::now();
     let mut before = model.read_params();
     let mut claimed_before = start_proj;
     for k in stretch {
@@ -165,5 +169,6 @@ fn replay_stretch<E: Engine>(
         claimed_before = claim.params_after[k];
         before = after;
     }
+    out.replay_s = started.elapsed().as_secs_f64();
     Ok(out)
 }

@@ -253,7 +253,8 @@ pub struct DilocoArgs {
     pub outer_momentum: f64,
     /// DiLoCo: inner steps between the snapshots a miner keeps; the
     /// validator replays one such stretch of every answer from its snapshot
-    /// (0: a fifth of --inner-steps, rounded up: 20% of the miner's work).
+    /// (0: an eighth of --inner-steps, rounded up: 12.5% of the miner's
+    /// work, plus the snapshot's download).
     #[arg(long, env = "DTRAIN_SNAPSHOT_EVERY", default_value_t = 0)]
     pub snapshot_every: u64,
 }

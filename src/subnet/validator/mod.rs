@@ -445,7 +445,7 @@ impl<E: Engine> Validator<E> {
         let (model, opt) = &mut *guard;
         let test = test_tensor(model, index).map_err(|e| e.to_string())?;
         let t = Instant::now();
-        let InnerReplay { sums: replayed_sums, projections: replayed_proj, .. } = match (self.cfg.diloco, delta) {
+        let InnerReplay { sums: replayed_sums, projections: replayed_proj, replay_s: inner_s, .. } = match (self.cfg.diloco, delta) {
             (Some(d), Some(delta)) => {
                 // DiLoCo: one stretch of inner steps, from the miner's
                 // committed snapshot (see `inner_check`).
@@ -498,10 +498,11 @@ impl<E: Engine> Validator<E> {
                     sums: replays.iter().map(|(k, r)| (*k, r.sum)).collect(),
                     projections: replays.iter().filter_map(|(k, r)| r.projection.map(|(p, norm)| (*k, p, norm))).collect(),
                     failure: None,
+                    replay_s: t.elapsed().as_secs_f64(),
                 }
             }
         };
-        let replay_s = t.elapsed().as_secs_f64();
+        let replay_s = inner_s;
         drop(guard);
         let mut gradient = train_gradient_score(n, sums, &replayed_sums);
         let mut check = None;
