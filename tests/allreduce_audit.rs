@@ -167,6 +167,32 @@ fn an_honest_round_verifies_in_one_attempt_in_every_codec() {
 }
 
 #[test]
+fn a_sparse_round_averages_the_union_of_the_parts_and_names_a_poisoner() {
+    // Top-k: the senders' parts as the codec carries them (blocks of the
+    // flat vector: spans are aligned to them), owners average the union in
+    // fp16. Members contribute dense vectors; what enters — their own part
+    // included — is each one's top-k, the credit the validator gave.
+    let codec = Codec::TopK { block: 1024, k: 16, wide: false };
+    let x = inputs(4);
+    let sparse: Vec<Vec<f32>> = x
+        .iter()
+        .map(|v| {
+            let mut s = v.clone();
+            assert!(codec.roundtrip(&mut s));
+            s
+        })
+        .collect();
+    assert!(sparse[0].iter().filter(|v| **v != 0.0).count() <= LEN.div_ceil(1024) * 16);
+    let weights = [3.0, 1.0, 2.0, 1.0];
+    let (_, results) = run_credited(&x, &sparse, &weights, &[None; 4], codec);
+    check(&sparse, &weights, &results, &[]);
+    let mut faults = [None; 4];
+    faults[2] = Some(Fault::Scale(-100.0));
+    let (_, results) = run_credited(&x, &sparse, &weights, &faults, codec);
+    check(&sparse, &weights, &results, &[2]);
+}
+
+#[test]
 fn poisoned_contributions_are_named_and_left_out() {
     // Scaled (the −100 poison), sign-flipped at the honest norm, noise of
     // the honest norm, a zero vector: each alone among five.

@@ -198,7 +198,15 @@ fn audit_measurements_match_the_decoded_values() {
     use dtrain::allreduce::projection::{Projector, max_diff, sum_squares_serial};
     let sq = |v: &[f32]| v.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>();
     let p = Projector::new(&[21; 32]);
-    for codec in [Codec::F32, Codec::F16, Codec::Bf16, Codec::Int8 { block: 256 }, Codec::Int8 { block: 7 }] {
+    for codec in [
+        Codec::F32,
+        Codec::F16,
+        Codec::Bf16,
+        Codec::Int8 { block: 256 },
+        Codec::Int8 { block: 7 },
+        Codec::TopK { block: 1000, k: 40, wide: false },
+        Codec::TopK { block: 64, k: 9, wide: true },
+    ] {
         let (x, base) = (values(5003, 10), values(5003, 11));
         let mut bytes = vec![0u8; codec.encoded_len(x.len())];
         let (bad, sent) = codec.encode_checked_squares(&x, &mut bytes);
@@ -255,4 +263,121 @@ fn audit_measurements_match_the_decoded_values() {
             assert_eq!(enc, plain, "{codec}");
         }
     }
+}
+
+/// The k largest |x| of each block, larger first then the lower index: a
+/// sort, independent of the codec's selection.
+fn naive_top(x: &[f32], block: usize, k: usize) -> Vec<bool> {
+    let mut keep = vec![false; x.len()];
+    for (b, blk) in x.chunks(block).enumerate() {
+        let mut order: Vec<usize> = (0..blk.len()).collect();
+        order.sort_by(|&i, &j| blk[j].abs().total_cmp(&blk[i].abs()).then(i.cmp(&j)));
+        for &i in order.iter().take(k) {
+            keep[b * block + i] = true;
+        }
+    }
+    keep
+}
+
+#[test]
+fn topk_keeps_the_largest_of_each_block_within_its_bound() {
+    // 1050 = ten blocks of 100 and a short one of 50.
+    let x = values(1050, 12);
+    for (k, wide) in [(7, false), (7, true), (1, false), (100, false), (150, true)] {
+        let codec = Codec::TopK { block: 100, k, wide };
+        let want_len = 10 * if wide { 4 * k.min(100) } else { 4 + 3 * k.min(100) } + if wide { 4 * k.min(50) } else { 4 + 3 * k.min(50) };
+        assert_eq!(codec.encoded_len(x.len()), want_len, "{codec}");
+        let y = round_trip(codec, &x);
+        let keep = naive_top(&x, 100, k);
+        for (b, (xb, yb)) in x.chunks(100).zip(y.chunks(100)).enumerate() {
+            let max = xb.iter().zip(&keep[b * 100..]).filter(|(_, k)| **k).fold(0f32, |m, (v, _)| m.max(v.abs()));
+            for (i, (&v, &d)) in xb.iter().zip(yb).enumerate() {
+                if !keep[b * 100 + i] {
+                    assert_eq!(d, 0.0, "{codec}: dropped value {i} of block {b} decoded as {d}");
+                } else if wide {
+                    assert!((d - v).abs() <= v.abs() * 2f32.powi(-11) + 2f32.powi(-25), "{codec}: {v} → {d}");
+                } else {
+                    assert!((d - v).abs() <= max / 254.0 * 1.0001, "{codec}: {v} → {d} (block max {max})");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn topk_carries_its_own_output_without_loss() {
+    // What error feedback and the owner's own part rely on: a vector that
+    // is already k-sparse per block and quantized crosses the encoder again
+    // unchanged (to a rounding of the scale).
+    let codec = Codec::TopK { block: 256, k: 9, wide: false };
+    let once = round_trip(codec, &values(5000, 13));
+    let twice = round_trip(codec, &once);
+    for (a, b) in once.iter().zip(&twice) {
+        assert!((a - b).abs() <= a.abs() * 1e-6, "{a} → {b}");
+    }
+    assert_eq!(once.iter().filter(|v| **v != 0.0).count(), twice.iter().filter(|v| **v != 0.0).count());
+}
+
+#[test]
+fn the_union_of_sparse_parts_travels_whole_in_the_owners_codec() {
+    let codec = Codec::TopK { block: 128, k: 5, wide: false };
+    let parts: Vec<Vec<f32>> = (0..4).map(|s| round_trip(codec, &values(1000, 20 + s))).collect();
+    let weights = [1.0f32, 3.0, 0.5, 2.0];
+    let total: f32 = weights.iter().sum();
+    let mean: Vec<f32> = (0..1000).map(|e| parts.iter().zip(&weights).map(|(p, w)| w * p[e]).sum::<f32>() / total).collect();
+    let owners = codec.for_mean(4);
+    assert_eq!(owners, Codec::TopK { block: 128, k: 20, wide: true });
+    let got = round_trip(owners, &mean);
+    for (e, (&m, &g)) in mean.iter().zip(&got).enumerate() {
+        assert!((g - m).abs() <= m.abs() * 2f32.powi(-11) + 2f32.powi(-25), "value {e}: mean {m}, decoded {g}");
+    }
+    // The dense codecs average in themselves.
+    assert_eq!(Codec::F16.for_mean(4), Codec::F16);
+}
+
+#[test]
+fn sparse_bytes_from_a_peer_are_checked() {
+    let (narrow, wide) = (Codec::TopK { block: 16, k: 3, wide: false }, Codec::TopK { block: 16, k: 3, wide: true });
+    let x = values(40, 14);
+    let mut out = vec![7f32; 40];
+    let encoded = |c: Codec| {
+        let mut b = vec![0u8; c.encoded_len(40)];
+        c.encode(&x, &mut b);
+        b
+    };
+    // Narrow block records: 4 scale bytes, 3 u16 indices, 3 i8 values (13).
+    let bad = |c: Codec, edit: &dyn Fn(&mut Vec<u8>)| {
+        let mut b = encoded(c);
+        edit(&mut b);
+        let mut out = vec![7f32; 40];
+        let r = c.decode(&b, &mut out);
+        assert!(r.is_ok() || out.iter().all(|&v| v == 7.0), "a refused chunk wrote something");
+        r
+    };
+    assert_eq!(bad(narrow, &|b| b.truncate(b.len() - 1)), Err(CodecError::Length { got: 38, want: 39, n: 40 }));
+    // Index out of order, repeated, or past the block.
+    assert_eq!(bad(narrow, &|b| b[13 + 4..13 + 10].copy_from_slice(&[5, 0, 2, 0, 9, 0])), Err(CodecError::Index(17)));
+    assert_eq!(bad(narrow, &|b| b[13 + 4..13 + 10].copy_from_slice(&[2, 0, 2, 0, 9, 0])), Err(CodecError::Index(17)));
+    assert_eq!(bad(narrow, &|b| b[13 + 4..13 + 10].copy_from_slice(&[2, 0, 5, 0, 16, 0])), Err(CodecError::Index(18)));
+    // The short last block (8 values) stops at 8.
+    assert_eq!(bad(narrow, &|b| b[26 + 4..26 + 10].copy_from_slice(&[0, 0, 1, 0, 8, 0])), Err(CodecError::Index(34)));
+    for scale in [f32::NAN, f32::INFINITY, -1.0, f32::MAX / 100.0] {
+        assert_eq!(bad(narrow, &|b| b[13..17].copy_from_slice(&scale.to_le_bytes())), Err(CodecError::Scale(1)), "{scale}");
+    }
+    assert_eq!(bad(narrow, &|b| b[13 + 11] = 0x80), Err(CodecError::NonFinite(17)));
+    // Wide records: 3 u16 indices then 3 fp16 values (12 bytes).
+    assert_eq!(bad(wide, &|b| b[12 + 8..12 + 10].copy_from_slice(&0x7c00u16.to_le_bytes())), Err(CodecError::NonFinite(17)));
+    // Random bytes of the right length: refused or decoded, never a panic.
+    let mut rng = Rng::new(15);
+    for c in [narrow, wide] {
+        for _ in 0..2000 {
+            let b: Vec<u8> = (0..c.encoded_len(40)).map(|_| rng.below(256) as u8).collect();
+            if c.decode(&b, &mut out).is_ok() {
+                assert!(out.iter().all(|v| v.is_finite()));
+            }
+        }
+    }
+    assert_eq!("topk".parse::<Codec>(), Ok(Codec::TopK { block: 4096, k: 32, wide: false }));
+    assert_eq!("topk16:64:8".parse::<Codec>().map(|c| c.to_string()), Ok("topk16:64:8".into()));
+    assert!("topk:64:65".parse::<Codec>().is_err() && "topk:70000:8".parse::<Codec>().is_err() && "topk:64".parse::<Codec>().is_err());
 }

@@ -183,6 +183,42 @@ fn diloco_cheats_are_caught_and_starved() {
 }
 
 #[test]
+fn diloco_with_the_sparse_codec_keeps_members_identical_and_names_a_poisoner() {
+    // Top-k with error feedback: every member applies the same sparse
+    // average; a miner sending its contribution × −100 is caught.
+    let d = DilocoSettings { inner_steps: 2, inner_lr: 1e-3, outer_lr: 0.7, outer_momentum: 0.9, snapshot_every: 2 };
+    let codec = Codec::TopK { block: 1024, k: 16, wide: false };
+    let behaviours = [Behaviour::Honest, Behaviour::Honest, Behaviour::Honest, Behaviour::AllReduce(Fault::Scale(-100.0))];
+    let net = network_with("diloco-topk", &behaviours, 2, GRACE, |v, m| {
+        v.diloco = Some(d);
+        v.allreduce.codec = codec;
+        m.allreduce.codec = codec;
+    });
+    let start = net.validator.read_params();
+    for round in 1..=3u64 {
+        let outcomes = net.epoch(round);
+        let part = net.validator.last_allreduce.lock().unwrap().clone();
+        for ((o, b), uid) in outcomes.iter().zip(behaviours).zip(1u16..) {
+            if b == Behaviour::Honest {
+                assert!(o.verified(), "round {round}: {o:?}");
+                assert_eq!(part[&uid], Participation::Success, "round {round} uid {uid}");
+            } else {
+                assert_ne!(part[&uid], Participation::Success, "round {round}: the poisoner was averaged");
+            }
+        }
+        net.assert_honest_agree(round);
+    }
+    // The step is sparse: most weights of a tensor moved by the outer
+    // momentum of a few entries per block, not all of them.
+    let (after, moved) = (net.validator.read_params(), |a: &[f32], b: &[f32]| a.iter().zip(b).filter(|(x, y)| x != y).count());
+    let n = moved(&start, &after);
+    assert!(n > 0 && n < start.len() / 4, "{n} of {} weights moved after three sparse steps", start.len());
+    for m in &net.miners[..3] {
+        assert!(m.feedback_norm() > 0.0, "an honest miner keeps what the codec dropped");
+    }
+}
+
+#[test]
 fn a_stale_or_absent_diloco_miner_is_not_paid() {
     // A miner that never takes the outer step (it skips the all-reduce)
     // trains its next epochs from a stale model: its first snapshot is not

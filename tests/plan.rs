@@ -2,7 +2,7 @@
 //! the fractions; chunks fit their byte budget.
 
 use dtrain::allreduce::codec::Codec;
-use dtrain::allreduce::plan::{PlanError, chunk_elems, chunks, link_fractions, spans};
+use dtrain::allreduce::plan::{PlanError, chunk_elems, chunks, link_fractions, spans, spans_aligned};
 
 fn check_spans(len: usize, fractions: &[f64]) {
     let s = spans(len, fractions).unwrap();
@@ -33,6 +33,26 @@ fn spans_cover_the_vector_in_proportion() {
     check_spans(10, &[0.1, 0.7, 0.2]);
     check_spans(3, &[1.0, 1.0, 1.0, 1.0, 1.0]);
     check_spans(999_999, &[0.25, 0.5, 0.0, 0.25]);
+}
+
+#[test]
+fn sparse_spans_and_chunks_are_whole_blocks() {
+    // Every encoder must cut the same blocks of the flat vector.
+    let codec = Codec::TopK { block: 4096, k: 32, wide: false };
+    for (len, fractions) in [(1_000_000, vec![1.0; 3]), (124_475_904, vec![0.2, 0.0, 0.5, 0.3]), (5000, vec![1.0; 4]), (100, vec![1.0, 1.0])] {
+        let s = spans_aligned(len, &fractions, codec.alignment()).unwrap();
+        assert_eq!((s[0].start, s.last().unwrap().end), (0, len));
+        let total: f64 = fractions.iter().sum();
+        for (span, f) in s.iter().zip(&fractions) {
+            assert!(span.start % 4096 == 0 && (span.end % 4096 == 0 || span.end == len), "{len} {fractions:?}: {span:?}");
+            assert!((span.len() as f64 - len as f64 * f / total).abs() <= 4096.0, "{len} {fractions:?}: {span:?}");
+        }
+        assert!(s.windows(2).all(|w| w[0].end == w[1].start));
+    }
+    for budget in [512 << 10, 1000] {
+        let elems = chunk_elems(codec, budget).unwrap();
+        assert_eq!(elems % 4096, 0, "{budget}");
+    }
 }
 
 #[test]

@@ -212,7 +212,9 @@ pub fn tolerance(codec: Codec) -> f64 {
         Codec::F32 => 1e-4,
         Codec::F16 => 2e-3,
         Codec::Bf16 => 1.6e-2,
-        Codec::Int8 { .. } => 5e-2,
+        Codec::Int8 { .. } | Codec::TopK { wide: false, .. } => 5e-2,
+        // The averages: fp16 values of the parts' union.
+        Codec::TopK { wide: true, .. } => 2e-3,
     }
 }
 
@@ -220,7 +222,7 @@ pub fn tolerance(codec: Codec) -> f64 {
 /// rounds values below 2⁻¹⁴ (gradients often are) to multiples of 2⁻²⁴.
 pub fn absolute_error(codec: Codec) -> f64 {
     match codec {
-        Codec::F16 => 2f64.powi(-25),
+        Codec::F16 | Codec::TopK { wide: true, .. } => 2f64.powi(-25),
         _ => 0.0,
     }
 }
@@ -298,6 +300,10 @@ pub fn verdict(audit: &Audit, report: &Report, codec: Codec) -> Vec<Accusation> 
     // elements of random signs: 4·√n·(per-element bound); `sampled` for
     // the projections, which see about one element in GROUP_BLOCKS.
     let floor = |n: usize| 4.0 * (n as f64).sqrt() * absolute_error(codec);
+    // The averages travel in the owners' codec (top-k: the fp16 union).
+    let mean_codec = codec.for_mean(n);
+    let tol_mean = tolerance(mean_codec);
+    let floor_mean = |n: usize| 4.0 * (n as f64).sqrt() * absolute_error(mean_codec);
     let sampled = |n: usize| n / GROUP_BLOCKS + 64;
     let span_len = |i: usize| report.members[i].span.1 - report.members[i].span.0;
     let total_len: usize = (0..report.members.len()).map(span_len).sum();
@@ -374,9 +380,9 @@ pub fn verdict(audit: &Audit, report: &Report, codec: Codec) -> Vec<Accusation> 
             norms /= total;
         }
         let got = &data.averaged[i];
-        let bound = tol * got.scale.sqrt() + floor(sampled(span_len(i))) + 1e-30;
+        let bound = tol_mean * got.scale.sqrt() + floor_mean(sampled(span_len(i))) + 1e-30;
         let d = max_diff(&mean, &got.proj);
-        let norm_bound = norms * (1.0 + tol) + floor(span_len(i)) + 1e-30;
+        let norm_bound = norms * (1.0 + tol_mean) + floor_mean(span_len(i)) + 1e-30;
         if d > bound {
             let why = format!("span {i}: the average it sent differs from the mean of the parts stated for it (by {d:.3e}, tolerance {bound:.3e})");
             name(&mut accused, i, why, true);

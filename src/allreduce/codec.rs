@@ -7,6 +7,8 @@
 //! | `F16` | 2 | `|x| ≤ 65504`: relative 2⁻¹¹ for `|x| ≥ 2⁻¹⁴`, absolute 2⁻²⁵ below; larger values saturate to ±65504 (never inf) |
 //! | `Bf16` | 2 | relative 2⁻⁸ (round to nearest even), for normal values |
 //! | `Int8 { block }` | 1 + 4/block | absolute `max|x| / 254` over the value's block (scale per block, stored as f32) |
+//! | `TopK { block, k, wide: false }` | (4 + 3k)/block | all but the k largest |x| of each block dropped; the kept ones as `Int8` (see `topk`) |
+//! | `TopK { block, k, wide: true }` | 4k/block | all but the k largest dropped; the kept ones as `F16` |
 //!
 //! Inputs must be finite: the all-reduce rejects contributions with NaN or
 //! inf before encoding. Decoding first checks the whole chunk — its length,
@@ -17,6 +19,7 @@
 
 use super::convert;
 use super::projection::{K, Proj, Projector, sum_squares_serial};
+use super::topk;
 use crate::engine::cpu::simd::multiversion;
 use std::ops::Range;
 
@@ -37,6 +40,14 @@ pub enum Codec {
     /// 8-bit integers, one f32 scale per `block` values (the block's max |x| / 127).
     Int8 {
         block: usize,
+    },
+    /// Sparse: the `k` largest |x| of every `block` values, as (u16 index,
+    /// value); values in 8 bits with a scale per block, or in fp16
+    /// (`wide`, what owners average into). See `topk`.
+    TopK {
+        block: usize,
+        k: usize,
+        wide: bool,
     },
 }
 
@@ -76,6 +87,8 @@ pub enum CodecError {
     Scale(usize),
     #[error("value {0} is not finite")]
     NonFinite(usize),
+    #[error("index {0} of a sparse block is out of order or outside it")]
+    Index(usize),
 }
 
 impl Codec {
@@ -85,7 +98,48 @@ impl Codec {
             Codec::F32 => 4 * n,
             Codec::F16 | Codec::Bf16 => 2 * n,
             Codec::Int8 { block } => n + 4 * n.div_ceil(block.max(1)),
+            Codec::TopK { .. } => self.sparse().expect("sparse").encoded_len(n),
         }
+    }
+
+    /// The sparse codec's shape (`None` for the dense ones).
+    fn sparse(&self) -> Option<topk::Shape> {
+        match *self {
+            Codec::TopK { block, k, wide } => Some(topk::Shape { block, k, wide }),
+            _ => None,
+        }
+    }
+
+    /// What an owner encodes the average of `senders` contributions in:
+    /// the dense codecs themselves; for top-k the fp16 union of their
+    /// parts (at most `senders`·k values per block).
+    pub fn for_mean(&self, senders: usize) -> Codec {
+        match *self {
+            Codec::TopK { block, k, .. } => Codec::TopK { block, k: (k * senders.max(1)).min(block), wide: true },
+            c => c,
+        }
+    }
+
+    /// Elements every span and chunk boundary must be a multiple of, so
+    /// that every encoder cuts the same blocks of the flat vector.
+    pub fn alignment(&self) -> usize {
+        match *self {
+            Codec::TopK { block, .. } => block.clamp(1, topk::MAX_BLOCK),
+            _ => 1,
+        }
+    }
+
+    /// Replaces `x` by what its encoding decodes to (blocks cut from its
+    /// start): a miner's contribution after error feedback, an owner's own
+    /// part. Returns whether every value was finite (`x` is untouched
+    /// otherwise).
+    pub fn roundtrip(&self, x: &mut [f32]) -> bool {
+        let mut enc = vec![0u8; self.encoded_len(x.len())];
+        if self.encode_checked(x, &mut enc).is_some() {
+            return false;
+        }
+        self.decode(&enc, x).expect("own encoding decodes");
+        true
     }
 
     /// Encodes `src` into `dst` (exactly `encoded_len(src.len())` bytes).
@@ -103,6 +157,9 @@ impl Codec {
             Codec::Int8 { block } => {
                 int8_encode(src, dst, block.max(1));
             }
+            Codec::TopK { .. } => {
+                self.sparse().expect("sparse").encode(src, dst);
+            }
         }
     }
 
@@ -114,6 +171,7 @@ impl Codec {
         let bad = match *self {
             Codec::F16 => convert::f32_to_f16(src, dst),
             Codec::Int8 { block } => int8_encode(src, dst, block.max(1)),
+            Codec::TopK { .. } => self.sparse().expect("sparse").encode(src, dst),
             _ => {
                 self.encode(src, dst);
                 return first_nonfinite(src);
@@ -138,6 +196,9 @@ impl Codec {
     /// Checks a chunk of `n` encoded values without decoding it: the length,
     /// every value finite, every int8 scale valid.
     pub fn validate(&self, src: &[u8], n: usize) -> Result<(), CodecError> {
+        if let Some(s) = self.sparse() {
+            return s.validate(src, n);
+        }
         let want = self.encoded_len(n);
         if src.len() != want {
             return Err(CodecError::Length { got: src.len(), want, n });
@@ -158,6 +219,7 @@ impl Codec {
                 }
                 None
             }
+            Codec::TopK { .. } => unreachable!("validated above"),
         };
         bad.map_or(Ok(()), |i| Err(CodecError::NonFinite(i)))
     }
@@ -223,6 +285,7 @@ impl Codec {
                     *o = values[i] as i8 as f32 * f32::from_le_bytes([sc[0], sc[1], sc[2], sc[3]]);
                 }
             }
+            Codec::TopK { .. } => self.sparse().expect("sparse").decode_range(src, n, r, out),
         }
     }
 
@@ -281,6 +344,10 @@ impl Codec {
                     }
                 }
             }
+            Codec::TopK { .. } => self.sparse().expect("sparse").decode_runs(src, n, STEP, &mut out, |i, v| {
+                measure(v);
+                f(i, v)
+            }),
         }
     }
 
@@ -331,6 +398,12 @@ impl Codec {
                 for ((sc, q), out) in scales.chunks_exact(4).zip(values.chunks(block)).zip(dst.chunks_mut(block)) {
                     int8_decode(q, f32::from_le_bytes([sc[0], sc[1], sc[2], sc[3]]), out);
                 }
+                return Ok(());
+            }
+            (Codec::TopK { .. }, _) => {
+                let s = self.sparse().expect("sparse");
+                s.validate(src, n)?;
+                s.decode(src, dst);
                 return Ok(());
             }
             _ => {}
@@ -407,7 +480,7 @@ impl Codec {
     /// encoding can be written a decoded run at a time (int8 blocks longer
     /// than a run cannot: their scale needs the whole block).
     pub fn encodes_mean_in_runs(&self) -> bool {
-        !matches!(*self, Codec::Int8 { block } if block > STEP)
+        !matches!(*self, Codec::Int8 { block } if block > STEP) && self.sparse().is_none()
     }
 
     /// `enc = encode((base_weight · base + weight · decode(src)) · inv)`
@@ -454,6 +527,7 @@ impl Codec {
                     convert::f32_to_bf16(m, &mut enc[2 * i..2 * end]);
                     any_nonfinite(m)
                 }
+                Codec::TopK { .. } => unreachable!("sparse blocks are encoded whole"),
                 Codec::Int8 { block } => {
                     // A run is a whole block here (block ≤ STEP), starting at i.
                     let (scales, values) = enc.split_at_mut(4 * n.div_ceil(block));
@@ -626,6 +700,10 @@ fn int8_block(s: &[f32], sc: &mut [u8], q: &mut [u8]) -> bool {
     bad
 }
 
+/// `topk`: 32 of every 4096 values (0.8%, as SparseLoCo keeps), 0.024
+/// bytes per value from a sender.
+pub const DEFAULT_TOPK: Codec = Codec::TopK { block: 4096, k: 32, wide: false };
+
 /// Int8 block size when none is given: 4 scale bytes per 256 values keep
 /// the wire at 1.016 bytes per value.
 pub const DEFAULT_INT8_BLOCK: usize = 256;
@@ -633,17 +711,36 @@ pub const DEFAULT_INT8_BLOCK: usize = 256;
 impl std::str::FromStr for Codec {
     type Err = String;
 
-    /// `fp32`/`f32`, `fp16`/`f16`, `bf16`, `int8` or `int8:BLOCK`.
+    /// `fp32`/`f32`, `fp16`/`f16`, `bf16`, `int8`, `int8:BLOCK`, `topk`
+    /// or `topk:BLOCK:K` (`topk16:BLOCK:K`: fp16 values).
     fn from_str(s: &str) -> Result<Codec, String> {
-        Ok(match s.to_ascii_lowercase().as_str() {
+        let sparse = |rest: &str, wide: bool| -> Option<Codec> {
+            let (block, k) = rest.split_once(':')?;
+            let (block, k) = (block.parse::<usize>().ok()?, k.parse::<usize>().ok()?);
+            ((1..=topk::MAX_BLOCK).contains(&block) && (1..=block).contains(&k)).then_some(Codec::TopK { block, k, wide })
+        };
+        let bad = || format!("unknown codec {s:?}: fp32, fp16, bf16, int8, int8:BLOCK, topk or topk:BLOCK:K (1 ≤ K ≤ BLOCK ≤ 65536)");
+        let lower = s.to_ascii_lowercase();
+        Ok(match lower.as_str() {
             "fp32" | "f32" => Codec::F32,
             "fp16" | "f16" => Codec::F16,
             "bf16" => Codec::Bf16,
             "int8" => Codec::Int8 { block: DEFAULT_INT8_BLOCK },
-            other => match other.strip_prefix("int8:").map(str::parse::<usize>) {
-                Some(Ok(block)) if (1..=1 << 20).contains(&block) => Codec::Int8 { block },
-                _ => return Err(format!("unknown codec {s:?}: fp32, fp16, bf16, int8 or int8:BLOCK")),
-            },
+            "topk" => DEFAULT_TOPK,
+            other => {
+                if let Some(rest) = other.strip_prefix("int8:") {
+                    match rest.parse::<usize>() {
+                        Ok(block) if (1..=1 << 20).contains(&block) => Codec::Int8 { block },
+                        _ => return Err(bad()),
+                    }
+                } else if let Some(rest) = other.strip_prefix("topk16:") {
+                    sparse(rest, true).ok_or_else(bad)?
+                } else if let Some(rest) = other.strip_prefix("topk:") {
+                    sparse(rest, false).ok_or_else(bad)?
+                } else {
+                    return Err(bad());
+                }
+            }
         })
     }
 }
@@ -655,6 +752,8 @@ impl std::fmt::Display for Codec {
             Codec::F16 => write!(f, "fp16"),
             Codec::Bf16 => write!(f, "bf16"),
             Codec::Int8 { block } => write!(f, "int8:{block}"),
+            Codec::TopK { block, k, wide: false } => write!(f, "topk:{block}:{k}"),
+            Codec::TopK { block, k, wide: true } => write!(f, "topk16:{block}:{k}"),
         }
     }
 }

@@ -122,6 +122,7 @@ fn codec_tag(codec: Codec) -> [u8; 9] {
         Codec::F16 => (2, 0),
         Codec::Bf16 => (3, 0),
         Codec::Int8 { block } => (4, block as u64),
+        Codec::TopK { block, k, wide } => (5, block as u64 | (k as u64) << 24 | u64::from(wide) << 48),
     };
     let mut out = [0u8; 9];
     out[0] = tag;

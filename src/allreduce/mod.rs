@@ -16,6 +16,7 @@ pub mod reduce;
 pub mod report;
 pub mod round;
 pub mod ruling;
+mod topk;
 pub mod wire;
 
 pub use group::{Fault, Group, Member, Settings};

@@ -24,6 +24,14 @@ pub enum PlanError {
 /// rounded so that the boundaries are the rounded cumulative shares (every
 /// span within one element of its exact share).
 pub fn spans(len: usize, fractions: &[f64]) -> Result<Vec<Range<usize>>, PlanError> {
+    spans_aligned(len, fractions, 1)
+}
+
+/// Like `spans`, with every boundary but the vector's end a multiple of
+/// `align` elements (`Codec::alignment`: the sparse codec's blocks), each
+/// span then within `align` of its share.
+pub fn spans_aligned(len: usize, fractions: &[f64], align: usize) -> Result<Vec<Range<usize>>, PlanError> {
+    let align = align.max(1);
     if let Some((i, &f)) = fractions.iter().enumerate().find(|(_, f)| !(f.is_finite() && **f >= 0.0)) {
         return Err(PlanError::Fraction(f, i));
     }
@@ -35,7 +43,7 @@ pub fn spans(len: usize, fractions: &[f64]) -> Result<Vec<Range<usize>>, PlanErr
     let (mut cum, mut start) = (0.0, 0usize);
     for (i, &f) in fractions.iter().enumerate() {
         cum += f;
-        let end = if i + 1 == fractions.len() { len } else { ((cum / total) * len as f64).round().min(len as f64) as usize };
+        let end = if i + 1 == fractions.len() { len } else { ((((cum / total) * len as f64) / align as f64).round() as usize * align).min(len) };
         let end = end.max(start);
         out.push(start..end);
         start = end;
@@ -96,6 +104,13 @@ pub fn chunk_elems(codec: Codec, chunk_bytes: usize) -> Result<usize, PlanError>
         Codec::Int8 { block } => {
             let block = block.max(1);
             (chunk_bytes / (block + 4)) * block
+        }
+        // Whole blocks, as many values as fp16 would carry in the chunk
+        // (the sparse encoding is far smaller: chunks stay a unit of work,
+        // not of bytes).
+        Codec::TopK { .. } => {
+            let block = codec.alignment();
+            (chunk_bytes / 2 / block).max(usize::from(chunk_bytes >= 4)) * block
         }
     };
     if elems == 0 { Err(PlanError::ChunkSize(chunk_bytes)) } else { Ok(elems) }

@@ -48,6 +48,13 @@ pub struct DilocoBenchArgs {
     /// The all-reduce's codec in every run.
     #[arg(long, default_value = "fp16")]
     pub codec: String,
+    /// One more run at the largest H with this sparse codec (error
+    /// feedback), against the same H in `--codec`; `none` to skip.
+    #[arg(long, default_value = "topk")]
+    pub sparse: String,
+    /// Held-out rows evaluated after every epoch (the sample holds 20).
+    #[arg(long, default_value_t = 20)]
+    pub eval_rows: u64,
     #[arg(long, default_value = "data/fineweb-sample")]
     pub data: PathBuf,
     #[arg(long, default_value = "runs/bench-diloco")]
@@ -114,14 +121,22 @@ pub fn diloco_bench(a: &DilocoBenchArgs) -> Result<()> {
     println!("{tokens} tokens per miner per epoch: the synchronous mode gets {sync_rows} rows (~{per_row:.0} tokens each), DiLoCo {diloco_rows}");
     let exe = std::env::current_exe()?;
     let mut runs: Vec<(String, Vec<Point>)> = Vec::new();
-    let mut plan: Vec<(String, Vec<String>)> = vec![(
+    let mut plan: Vec<(String, &str, Vec<String>)> = vec![(
         "sync".into(),
+        &a.codec,
         vec!["--epochs".into(), a.sync_epochs.to_string(), "--rows".into(), sync_rows.to_string(), "--batch".into(), a.batch.to_string()],
     )];
-    for &h in &a.steps {
+    let sparse = (a.sparse != "none").then_some(a.sparse.as_str());
+    if let Some(c) = sparse {
+        c.parse::<crate::allreduce::codec::Codec>().map_err(|e| anyhow::anyhow!("--sparse: {e}"))?;
+    }
+    let runs_of =
+        a.steps.iter().map(|&h| (h, &a.codec[..], format!("diloco-h{h}"))).chain(sparse.map(|c| (h_max, c, format!("diloco-h{h_max}-{c}"))));
+    for (h, codec, name) in runs_of {
         let batch = (h_max as usize * a.batch) / h as usize;
         plan.push((
-            format!("diloco-h{h}"),
+            name,
+            codec,
             [
                 ["--epochs", &a.diloco_epochs.to_string()],
                 ["--rows", &diloco_rows.to_string()],
@@ -138,12 +153,12 @@ pub fn diloco_bench(a: &DilocoBenchArgs) -> Result<()> {
             .collect(),
         ));
     }
-    for (name, args) in &plan {
+    for (name, codec, args) in &plan {
         let out = a.out.join(name);
         eprintln!("running {name}…");
         let mut cmd = Command::new(&exe);
         cmd.args(["-q", "swarm", "--device", "cpu", "--miners", &a.miners.to_string(), "--seq", &a.seq.to_string()])
-            .args(["--lr", &a.lr.to_string(), "--codec", &a.codec])
+            .args(["--lr", &a.lr.to_string(), "--codec", codec, "--eval-rows", &a.eval_rows.to_string()])
             .args(args)
             .arg("--data")
             .arg(&a.data)
@@ -195,6 +210,18 @@ pub fn diloco_bench(a: &DilocoBenchArgs) -> Result<()> {
             points.iter().skip(1).filter_map(|p| at(&sync_time, p.seconds).map(|s| (p.seconds, p.held_out, s))).collect();
         let lower = compared.iter().filter(|(_, d, s)| d < s).count();
         println!("{name}: lower than the synchronous mode at equal wall-clock at {lower} of {} points after its first epoch", compared.len());
+    }
+    if let (Some(c), Some((_, dense)), Some((_, sparse))) = (sparse, runs.iter().find(|(n, _)| *n == format!("diloco-h{h_max}")), runs.last()) {
+        let (Some(d), Some(s)) = (dense.last(), sparse.last()) else { bail!("a DiLoCo run recorded no epoch") };
+        println!(
+            "diloco-h{h_max}, {c} against {}: {:.1}× fewer bytes per epoch, held-out loss {:.4} against {:.4} after {} epochs ({:+.2}%)",
+            a.codec,
+            (d.megabytes / d.epoch as f64) / (s.megabytes / s.epoch.max(1) as f64).max(1e-9),
+            s.held_out,
+            d.held_out,
+            s.epoch,
+            100.0 * (s.held_out / d.held_out - 1.0)
+        );
     }
     println!("\ncharts: {}", a.out.join("held-out-vs-{tokens,seconds,megabytes}.png").display());
     Ok(())

@@ -128,6 +128,23 @@ pub fn outer_step(params: &mut [f32], anchor: &[f32], delta: &[f32], u: &mut [f3
     );
 }
 
+/// Error feedback for the sparse codec: `delta` plus what the codec
+/// dropped before (`feedback`; empty or of another length = nothing),
+/// split into what `codec` carries (blocks cut from element 0, as the
+/// all-reduce aligns them) and the rest, which waits for the next round.
+pub fn with_feedback(mut delta: Vec<f32>, feedback: &[f32], codec: crate::allreduce::codec::Codec) -> (Vec<f32>, Vec<f32>) {
+    if feedback.len() == delta.len() {
+        delta.iter_mut().zip(feedback).for_each(|(d, e)| *d += e);
+    }
+    let mut sent = delta.clone();
+    if !codec.roundtrip(&mut sent) {
+        // Non-finite: the all-reduce refuses it whole; nothing is kept.
+        return (delta, Vec::new());
+    }
+    delta.iter_mut().zip(&sent).for_each(|(x, c)| *x -= c);
+    (sent, delta)
+}
+
 /// Δ = θₑ − θ, the pseudo-gradient a miner contributes (a step *down* the
 /// loss, as a gradient is, so the outer SGD step subtracts it).
 pub fn pseudo_gradient(anchor: &[f32], params: &[f32]) -> Vec<f32> {

@@ -96,6 +96,10 @@ struct State<E: Engine> {
     /// DiLoCo's outer momentum (the same on every member: published with
     /// the model).
     outer: OuterState,
+    /// DiLoCo with the sparse codec: what the codec dropped of the last
+    /// contributions, added to the next pseudo-gradient (error feedback).
+    /// This miner's own; zero after a model from the hub.
+    feedback: Vec<f32>,
     /// DiLoCo: the snapshots of the last Train queries (by SHA-256), which
     /// the validators that asked may fetch to replay from.
     snapshots: std::collections::VecDeque<Vec<(String, Arc<Vec<u8>>)>>,
@@ -144,6 +148,7 @@ impl<E: Engine> Miner<E> {
             before_last: None,
             anchor: None,
             outer: OuterState::default(),
+            feedback: Vec::new(),
             snapshots: Default::default(),
         };
         Miner { cfg, hub: None, state: Mutex::new(state), epoch: AtomicU64::new(0), peer: Mutex::new(peer), source, registry, metrics: None }
@@ -210,6 +215,7 @@ impl<E: Engine> Miner<E> {
         }
         st.outer = outer.unwrap_or_default();
         st.anchor = None;
+        st.feedback = Vec::new();
         self.epoch.store(latest, Ordering::SeqCst);
         if let Some(m) = &self.metrics {
             m.epoch.set(latest as i64);
@@ -238,6 +244,12 @@ impl<E: Engine> Miner<E> {
     /// DiLoCo's outer momentum as this miner holds it.
     pub fn outer_state(&self) -> OuterState {
         self.lock().outer.clone()
+    }
+
+    /// ‖e‖ of the error feedback (DiLoCo with the sparse codec: what the
+    /// codec dropped, still to be sent).
+    pub fn feedback_norm(&self) -> f64 {
+        self.lock().feedback.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt()
     }
 
     /// The model's parameters (the flat arena).
@@ -391,7 +403,7 @@ impl<E: Engine> Miner<E> {
             Some(e) => usize::try_from(e).unwrap_or(usize::MAX),
             None => 0,
         };
-        let State { used, rng, replicas, before_last, anchor, snapshots, .. } = &mut *st;
+        let State { used, rng, replicas, before_last, anchor, snapshots, feedback, .. } = &mut *st;
         let rows = self.take_rows(used, rng, q.rows.as_deref())?;
         let texts = fetch_rows(self.source.as_ref(), &rows).map_err(|e| e.to_string())?;
         let batches = RowBatches::from_texts(&texts, b, t).map_err(|e| e.to_string())?;
@@ -412,7 +424,15 @@ impl<E: Engine> Miner<E> {
         let step = InnerStep { lr: inner_lr as f32, max_grad_norm: self.cfg.max_grad_norm };
         let work = train_inner(model, opt, &batches, 0..n, &test, projector.as_ref(), step, every, &|| self.batch_done(&bar));
         bar.finish_and_clear();
-        let delta = projector.as_ref().map(|p| p.project(&crate::diloco::pseudo_gradient(&start, &model.read_params()), 0));
+        let pseudo = projector.as_ref().map(|_| crate::diloco::pseudo_gradient(&start, &model.read_params()));
+        let delta = projector.as_ref().zip(pseudo.as_ref()).map(|(p, d)| p.project(d, 0));
+        // With the sparse codec the all-reduce carries the contribution
+        // after error feedback, not Δ: committed here, as it will be sent.
+        let codec = self.cfg.allreduce.codec;
+        let contribution = match (&projector, pseudo) {
+            (Some(p), Some(d)) if codec.alignment() > 1 => Some(p.project(&crate::diloco::with_feedback(d, feedback, codec).0, 0)),
+            _ => None,
+        };
         match saved {
             Some((params, (m, v), steps)) => {
                 model.write_params(&params);
@@ -430,6 +450,11 @@ impl<E: Engine> Miner<E> {
         // Kept for this query's validator and one other's (a follower's
         // query may come between the master's and its fetch).
         let digests: Vec<String> = inner.snapshots.iter().map(|b| crate::diloco::snapshot::digest(b)).collect();
+        if !scoring_only {
+            // The master's query of a new epoch: older snapshots are of
+            // weights nobody will replay again.
+            snapshots.clear();
+        }
         snapshots.push_back(digests.iter().cloned().zip(inner.snapshots.into_iter().map(Arc::new)).collect());
         while snapshots.len() > MAX_SNAPSHOT_SETS {
             snapshots.pop_front();
@@ -442,6 +467,7 @@ impl<E: Engine> Miner<E> {
             gradient_sums: Some(work.sums),
             projections: projector.is_some().then_some(work.projections),
             delta_projections: delta,
+            contribution_projections: contribution,
             param_projections: projector.is_some().then_some(inner.params_after),
             snapshot_digests: (every > 0).then_some(digests),
             loss: Some(loss),
@@ -491,7 +517,8 @@ impl<E: Engine> Miner<E> {
         let mut st = self.lock();
         let mut peer = self.peer.lock().unwrap_or_else(|p| p.into_inner());
         let me = group.index_of(&peer.public_key()).ok_or("this miner is not in the group")?;
-        let State { replicas, transfer, before_last, anchor, outer: outer_state, snapshots, .. } = &mut *st;
+        let State { replicas, transfer, before_last, anchor, outer: outer_state, snapshots, feedback, .. } = &mut *st;
+        let mut pending_feedback = None;
         let (mut weight, base) = match outer {
             None => {
                 // An answer the validator never credited (it came too late): go back
@@ -520,7 +547,19 @@ impl<E: Engine> Miner<E> {
                 // (θ = θₑ) only receives.
                 let model = &mut replicas.models[0];
                 let (start, w) = anchor.take().unwrap_or_else(|| (model.read_params(), 0.0));
-                model.write_grads(&crate::diloco::pseudo_gradient(&start, &model.read_params()));
+                let delta = crate::diloco::pseudo_gradient(&start, &model.read_params());
+                let codec = settings.codec;
+                let contribution = if codec.alignment() > 1 && w > 0.0 {
+                    // Sparse: Δ plus what earlier rounds dropped, cut to what
+                    // the codec carries; the rest waits for the next round
+                    // (kept only if this one succeeds).
+                    let (c, rest) = crate::diloco::with_feedback(delta, feedback, codec);
+                    pending_feedback = Some(rest);
+                    c
+                } else {
+                    delta
+                };
+                model.write_grads(&contribution);
                 model.set_grad_weight(1.0);
                 (w as f32, Some(start))
             }
@@ -589,6 +628,9 @@ impl<E: Engine> Miner<E> {
                 model.write_params(&params);
                 model.zero_grads();
                 snapshots.clear();
+                if let Some(rest) = pending_feedback {
+                    *feedback = rest;
+                }
             }
             _ => {
                 // Every replica gets the same averaged gradient and takes the same step.

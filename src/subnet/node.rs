@@ -85,7 +85,9 @@ pub struct NodeArgs {
     /// Port of the all-reduce (0: any free one; fix it for a firewall).
     #[arg(long, env = "DTRAIN_ALLREDUCE_PORT", default_value_t = 0)]
     pub allreduce_port: u16,
-    /// Wire codec of the all-reduce.
+    /// Wire codec of the all-reduce: fp32, fp16, bf16, int8[:BLOCK], or
+    /// topk[:BLOCK:K] — only the K largest of every BLOCK values, with error
+    /// feedback (DiLoCo only; `topk` = 32 of 4096).
     #[arg(long, env = "DTRAIN_CODEC", default_value = "fp16")]
     pub codec: Codec,
     /// Seed of the initial weights (only used to publish epoch 0) and of
@@ -497,6 +499,11 @@ fn validator_on<E: Engine>(a: &ValidatorArgs, engine: E) -> Result<()> {
         diloco: a.diloco.settings()?,
         ..ValidatorConfig::default()
     };
+    if cfg.allreduce.codec.alignment() > 1 && cfg.diloco.is_none() {
+        // Owners would average the top-k of gradients whose full
+        // projections the validator credited: every honest miner would fail.
+        anyhow::bail!("--codec {} needs --algorithm diloco (its error feedback carries what the codec drops across epochs)", cfg.allreduce.codec);
+    }
     if !(a.projection_tolerance.is_finite() && a.projection_tolerance > 0.0) {
         bail!("--projection-tolerance {} must be a positive number", a.projection_tolerance);
     }

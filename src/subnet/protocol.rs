@@ -56,6 +56,10 @@ pub struct Train {
     /// dtrain response, DiLoCo mode: the projections of the pseudo-gradient
     /// Δ = θₑ − θ after this answer's steps (what the miner will contribute).
     pub delta_projections: Option<crate::allreduce::projection::Proj>,
+    /// dtrain response, DiLoCo mode with the sparse codec: the projections
+    /// of the contribution, Δ plus the miner's error feedback as the codec
+    /// carries it (what the all-reduce must then carry).
+    pub contribution_projections: Option<crate::allreduce::projection::Proj>,
     /// dtrain response, DiLoCo mode: per inner step, the projections of
     /// the weights it left.
     pub param_projections: Option<Vec<crate::allreduce::projection::Proj>>,

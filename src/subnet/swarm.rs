@@ -74,6 +74,10 @@ pub struct SwarmArgs {
     /// followers), instead of all on 127.0.0.1.
     #[arg(long)]
     pub net: Option<crate::testnet::Profile>,
+    /// Held-out rows the master validator evaluates after every epoch
+    /// (`dtrain validator --eval-rows`).
+    #[arg(long, default_value_t = 8)]
+    pub eval_rows: u64,
     #[command(flatten)]
     pub diloco: super::node::DilocoArgs,
 }
@@ -159,6 +163,7 @@ pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
         .args(["--epochs", &a.epochs.to_string(), "--global-batch", &(a.miners as u64 * a.rows).to_string(), "--rows", &a.rows.to_string()])
         .args(["--min-miners", &a.miners.to_string(), "--lr", &a.lr.to_string()])
         .args(a.diloco.to_args())
+        .args(["--eval-rows", &a.eval_rows.to_string()])
         .arg("--metrics")
         .arg(out.join("metrics.jsonl"))
         .arg("--weights")

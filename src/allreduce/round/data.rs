@@ -32,7 +32,7 @@ impl Round<'_> {
                 let last =
                     c < self.finalized.len() && !self.finalized[c] && (0..self.n()).all(|s| s == j || !self.contributes(s) || self.reducer.has(c, s));
                 let lies = matches!(self.settings.fault, Some(Fault::WrongAverage | Fault::HiddenAverage(_)));
-                let added = if last && !self.zero_copy && self.codec.encodes_mean_in_runs() && !lies {
+                let added = if last && !self.zero_copy && self.codec.encodes_mean_in_runs() && self.mean_codec == self.codec && !lies {
                     // Averaged and encoded in one pass, straight into the wire.
                     let enc = &mut self.wire[self.chunks[self.me][c].bytes.clone()];
                     let finite = self.reducer.add_final_encoded(j, c, w, self.codec, payload, own, enc);
@@ -77,14 +77,14 @@ impl Round<'_> {
                 let dst = &mut self.grad[info.elems.clone()];
                 let decoded = match (payload.is_empty(), self.projector) {
                     (true, _) => Ok(None),
-                    (false, None) => self.codec.decode_into(payload, dst, self.streaming).map(|()| None),
-                    (false, Some(_)) => self.codec.decode_into_squares(payload, dst, self.streaming).map(Some),
+                    (false, None) => self.mean_codec.decode_into(payload, dst, self.streaming).map(|()| None),
+                    (false, Some(_)) => self.mean_codec.decode_into_squares(payload, dst, self.streaming).map(Some),
                 };
                 let sq = match decoded {
                     Ok(sq) => sq,
                     Err(e) => return self.fail(j, Failure::Invalid(format!("averaged chunk {c}: {e}"))),
                 };
-                let part = self.projector.zip(sq).map(|(p, sq)| decoded_part(self.codec, &p, payload, info.elems.clone(), sq));
+                let part = self.projector.zip(sq).map(|(p, sq)| decoded_part(self.mean_codec, &p, payload, info.elems.clone(), sq));
                 let m = &mut self.members[j];
                 m.gather_got[c] = true;
                 m.gather_sums[c] = h.checksum;
@@ -225,14 +225,14 @@ impl Round<'_> {
                 self.grad[elems.clone()].copy_from_slice(scratch);
                 checksum(f32_bytes(scratch))
             }),
-            Mean::Scratch => self.codec.encode_checked(scratch, &mut self.wire[info.bytes.clone()]).is_none().then(|| {
+            Mean::Scratch => self.mean_codec.encode_checked(scratch, &mut self.wire[info.bytes.clone()]).is_none().then(|| {
                 let enc = &self.wire[info.bytes.clone()];
-                self.codec.decode(enc, &mut self.grad[elems.clone()]).expect("own encoding decodes");
+                self.mean_codec.decode(enc, &mut self.grad[elems.clone()]).expect("own encoding decodes");
                 checksum(enc)
             }),
             Mean::Encoded => {
                 let enc = &self.wire[info.bytes.clone()];
-                self.codec.decode(enc, &mut self.grad[elems.clone()]).expect("own encoding decodes");
+                self.mean_codec.decode(enc, &mut self.grad[elems.clone()]).expect("own encoding decodes");
                 Some(checksum(enc))
             }
             Mean::Nothing => None,

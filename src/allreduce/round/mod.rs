@@ -34,7 +34,7 @@ use super::conn::{Body, Conn, Got, Out, Sources};
 use super::group::{Fault, Group, Settings};
 use super::handshake::{AUTH_LEN, HELLO_LEN, Hello, sign_auth, verify_auth};
 use super::identity::{Identity, PublicKey, random_bytes};
-use super::plan::{PlanError, chunk_elems, chunks, spans};
+use super::plan::{PlanError, chunk_elems, chunks, spans_aligned};
 use super::projection::Projector;
 use super::reduce::{ReduceError, SpanReducer};
 use super::report::{Failure, MemberReport, Report, SpanStatus};
@@ -248,7 +248,10 @@ struct Round<'a> {
     me: usize,
     round: u64,
     digest: [u8; 32],
+    /// What senders' parts travel in, and what owners' averages do (the
+    /// same but for top-k: see `Codec::for_mean`).
     codec: Codec,
+    mean_codec: Codec,
     grad: &'a mut [f32],
     weight: f32,
     local_rejected: Option<String>,
@@ -367,13 +370,24 @@ impl<'a> Round<'a> {
     ) -> Result<Round<'a>, SetupError> {
         let n = group.len();
         let codec = settings.codec;
-        let spans = spans(grad.len(), &group.fractions())?;
+        let mean_codec = codec.for_mean(n);
+        let spans = spans_aligned(grad.len(), &group.fractions(), codec.alignment())?;
         inflict_on_contribution(settings.fault, grad);
+        if codec != mean_codec && weight > 0.0 {
+            // Sparse: the owner's own part enters its average as the
+            // others' do, through the codec (k per block), so that the
+            // average's union fits `mean_codec`. (Non-finite values are
+            // left for the check below.)
+            codec.roundtrip(&mut grad[spans[me].clone()]);
+        }
         let per_chunk = chunk_elems(codec, settings.chunk_bytes)?;
         let mut offset = 0;
         let chunks: Vec<Vec<ChunkInfo>> = spans
             .iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(owner, s)| {
+                // This peer's own span's region receives its averages.
+                let codec = if owner == me { mean_codec } else { codec };
                 chunks(s.clone(), per_chunk)
                     .map(|elems| {
                         let len = codec.encoded_len(elems.len());
@@ -385,7 +399,15 @@ impl<'a> Round<'a> {
             .collect();
         let summary_len = n + 8 + if audit.is_some() { n * Statement::BYTES + 64 } else { 0 };
         let ruling_len = if audit.is_some_and(|a| a.adjudicator.is_some()) { Testimony::len(n).max(n + REASONS_MAX) } else { 0 };
-        let data_max_len = chunks.iter().flatten().map(|c| c.bytes.len()).max().unwrap_or(0).max(summary_len).max(ruling_len).max(ABORT_MAX) as u32;
+        let data_max_len = chunks
+            .iter()
+            .flatten()
+            .map(|c| c.bytes.len().max(mean_codec.encoded_len(c.elems.len())))
+            .max()
+            .unwrap_or(0)
+            .max(summary_len)
+            .max(ruling_len)
+            .max(ABORT_MAX) as u32;
 
         // Encode what the other owners need, in parallel, checking each
         // chunk for NaN/inf while it is in cache (the own span and fp32,
@@ -522,6 +544,7 @@ impl<'a> Round<'a> {
                 None => group.digest(grad.len(), settings),
             },
             codec,
+            mean_codec,
             grad,
             weight,
             local_rejected,

@@ -427,6 +427,17 @@ impl<D: Device> Engine for CudaEngine<D> {
             Codec::F16 => "codec_encode_f16",
             Codec::Bf16 => "codec_encode_bf16",
             Codec::Int8 { .. } => "codec_encode_int8",
+            Codec::TopK { .. } => {
+                // The top-k selection runs on the host (its bytes are tiny;
+                // the fp32 copy is not: a kernel would be the next step).
+                let mut host = vec![0f32; n];
+                self.with_staging(4 * n, |st| {
+                    unsafe { self.dev.copy_out(src, st) };
+                    host.iter_mut().zip(st.chunks_exact(4)).for_each(|(h, b)| *h = f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+                });
+                codec.encode(&host, out);
+                return;
+            }
         };
         self.with_scratch(out.len(), |enc| {
             let shape = match codec {
@@ -465,6 +476,16 @@ impl<D: Device> Engine for CudaEngine<D> {
             Codec::F16 => "codec_decode_f16",
             Codec::Bf16 => "codec_decode_bf16",
             Codec::Int8 { .. } => "codec_decode_int8",
+            Codec::TopK { .. } => {
+                let mut host = vec![0f32; n];
+                codec.decode(bytes, &mut host)?;
+                let raw: Vec<u8> = host.iter().flat_map(|v| v.to_le_bytes()).collect();
+                self.with_staging(raw.len(), |st| {
+                    st.copy_from_slice(&raw);
+                    unsafe { self.dev.copy_in(dst, st) };
+                });
+                return Ok(());
+            }
         };
         self.with_scratch(bytes.len(), |enc| {
             self.with_staging(bytes.len(), |st| {

@@ -504,6 +504,13 @@ impl<E: Engine> Validator<E> {
         };
         let replay_s = inner_s;
         drop(guard);
+        // The sparse codec: the all-reduce carries Δ after the miner's error
+        // feedback, as the miner committed (see docs/SECURITY.md).
+        let delta = match (delta, self.cfg.allreduce.codec.alignment() > 1, a.contribution_projections) {
+            (Some(_), true, Some(c)) if c.iter().all(|v| v.is_finite()) => Some(c),
+            (Some(_), true, _) => return Ok(failed(n, "no finite projections of its sparse contribution".into())),
+            (d, _, _) => d,
+        };
         let mut gradient = train_gradient_score(n, sums, &replayed_sums);
         let mut check = None;
         if !projections_agree(n, claimed, &replayed_proj, self.cfg.projection_tolerance) {
