@@ -188,7 +188,15 @@ fn diloco_with_the_sparse_codec_keeps_members_identical_and_names_a_poisoner() {
     // average; a miner sending its contribution × −100 is caught.
     let d = DilocoSettings { inner_steps: 2, inner_lr: 1e-3, outer_lr: 0.7, outer_momentum: 0.9, snapshot_every: 2 };
     let codec = Codec::TopK { block: 1024, k: 16, wide: false };
-    let behaviours = [Behaviour::Honest, Behaviour::Honest, Behaviour::Honest, Behaviour::AllReduce(Fault::Scale(-100.0))];
+    let behaviours = [
+        Behaviour::Honest,
+        Behaviour::Honest,
+        Behaviour::Honest,
+        Behaviour::AllReduce(Fault::Scale(-100.0)),
+        // Its sparse contribution negated but consistently committed: only
+        // the loss check can see it.
+        Behaviour::FlipsSparseContribution,
+    ];
     let net = network_with("diloco-topk", &behaviours, 2, GRACE, |v, m| {
         v.diloco = Some(d);
         v.allreduce.codec = codec;
@@ -202,6 +210,11 @@ fn diloco_with_the_sparse_codec_keeps_members_identical_and_names_a_poisoner() {
             if b == Behaviour::Honest {
                 assert!(o.verified(), "round {round}: {o:?}");
                 assert_eq!(part[&uid], Participation::Success, "round {round} uid {uid}");
+                let g = o.gauntlet.expect("the loss check ran");
+                eprintln!("round {round} uid {uid}: the contribution lowers the loss by {:.4} on its rows, {:.4} on others", g.own, g.other);
+            } else if b == Behaviour::FlipsSparseContribution {
+                assert!(o.check.as_deref().is_some_and(|c| c.contains("lowers the loss")), "round {round}: {o:?}");
+                assert_ne!(part[&uid], Participation::Success);
             } else {
                 assert_ne!(part[&uid], Participation::Success, "round {round}: the poisoner was averaged");
             }
@@ -216,6 +229,7 @@ fn diloco_with_the_sparse_codec_keeps_members_identical_and_names_a_poisoner() {
     for m in &net.miners[..3] {
         assert!(m.feedback_norm() > 0.0, "an honest miner keeps what the codec dropped");
     }
+    net.assert_cheats_starved();
 }
 
 #[test]

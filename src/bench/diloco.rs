@@ -52,6 +52,16 @@ pub struct DilocoBenchArgs {
     /// feedback), against the same H in `--codec`; `none` to skip.
     #[arg(long, default_value = "topk")]
     pub sparse: String,
+    /// The sparse run's outer learning rate and momentum (SparseLoCo's:
+    /// its decayed error feedback takes the momentum's place).
+    #[arg(long, default_value_t = 1.0)]
+    pub sparse_outer_lr: f64,
+    #[arg(long, default_value_t = 0.0)]
+    pub sparse_outer_momentum: f64,
+    /// Read the runs already in --out (their metrics.jsonl) instead of
+    /// running them again.
+    #[arg(long)]
+    pub reuse: bool,
     /// Held-out rows evaluated after every epoch (the sample holds 20).
     #[arg(long, default_value_t = 20)]
     pub eval_rows: u64,
@@ -130,9 +140,13 @@ pub fn diloco_bench(a: &DilocoBenchArgs) -> Result<()> {
     if let Some(c) = sparse {
         c.parse::<crate::allreduce::codec::Codec>().map_err(|e| anyhow::anyhow!("--sparse: {e}"))?;
     }
-    let runs_of =
-        a.steps.iter().map(|&h| (h, &a.codec[..], format!("diloco-h{h}"))).chain(sparse.map(|c| (h_max, c, format!("diloco-h{h_max}-{c}"))));
-    for (h, codec, name) in runs_of {
+    let (dense_outer, sparse_outer) = ((a.outer_lr, a.outer_momentum), (a.sparse_outer_lr, a.sparse_outer_momentum));
+    let runs_of = a
+        .steps
+        .iter()
+        .map(|&h| (h, &a.codec[..], format!("diloco-h{h}"), dense_outer))
+        .chain(sparse.map(|c| (h_max, c, format!("diloco-h{h_max}-{c}"), sparse_outer)));
+    for (h, codec, name, (outer_lr, outer_momentum)) in runs_of {
         let batch = (h_max as usize * a.batch) / h as usize;
         plan.push((
             name,
@@ -144,8 +158,8 @@ pub fn diloco_bench(a: &DilocoBenchArgs) -> Result<()> {
                 ["--algorithm", "diloco"],
                 ["--inner-steps", &h.to_string()],
                 ["--inner-lr", &a.lr.to_string()],
-                ["--outer-lr", &a.outer_lr.to_string()],
-                ["--outer-momentum", &a.outer_momentum.to_string()],
+                ["--outer-lr", &outer_lr.to_string()],
+                ["--outer-momentum", &outer_momentum.to_string()],
             ]
             .concat()
             .into_iter()
@@ -155,6 +169,11 @@ pub fn diloco_bench(a: &DilocoBenchArgs) -> Result<()> {
     }
     for (name, codec, args) in &plan {
         let out = a.out.join(name);
+        if a.reuse && out.join("metrics.jsonl").exists() {
+            eprintln!("{name}: reusing {}", out.join("metrics.jsonl").display());
+            runs.push((name.clone(), read_points(&out.join("metrics.jsonl"))?));
+            continue;
+        }
         eprintln!("running {name}…");
         let mut cmd = Command::new(&exe);
         cmd.args(["-q", "swarm", "--device", "cpu", "--miners", &a.miners.to_string(), "--seq", &a.seq.to_string()])

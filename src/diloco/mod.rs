@@ -128,13 +128,21 @@ pub fn outer_step(params: &mut [f32], anchor: &[f32], delta: &[f32], u: &mut [f3
     );
 }
 
-/// Error feedback for the sparse codec: `delta` plus what the codec
-/// dropped before (`feedback`; empty or of another length = nothing),
-/// split into what `codec` carries (blocks cut from element 0, as the
-/// all-reduce aligns them) and the rest, which waits for the next round.
+/// How much of what the sparse codec dropped a miner carries into the
+/// next round: SparseLoCo's decayed error-feedback accumulator, which
+/// also plays the part of the outer momentum (run the sparse codec with
+/// `--outer-momentum 0`: momentum on top of undecayed feedback overshoots
+/// — measured in docs/BENCHMARKS.md).
+pub const FEEDBACK_DECAY: f32 = 0.95;
+
+/// Error feedback for the sparse codec: `delta` plus `FEEDBACK_DECAY` ×
+/// what the codec dropped before (`feedback`; empty or of another length
+/// = nothing), split into what `codec` carries (blocks cut from element 0,
+/// as the all-reduce aligns them) and the rest, which waits for the next
+/// round.
 pub fn with_feedback(mut delta: Vec<f32>, feedback: &[f32], codec: crate::allreduce::codec::Codec) -> (Vec<f32>, Vec<f32>) {
     if feedback.len() == delta.len() {
-        delta.iter_mut().zip(feedback).for_each(|(d, e)| *d += e);
+        delta.iter_mut().zip(feedback).for_each(|(d, e)| *d += FEEDBACK_DECAY * e);
     }
     let mut sent = delta.clone();
     if !codec.roundtrip(&mut sent) {

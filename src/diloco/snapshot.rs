@@ -16,6 +16,9 @@ const HEADER: usize = 4 + 4 + 8 + 8 + 8;
 
 /// The `State` request's name for snapshot `i` of the current epoch.
 pub const STATE_PREFIX: &str = "diloco-snapshot:";
+/// The `State` request's name for a sparse contribution a miner committed
+/// to (its encoding in the all-reduce's codec, by the same digest).
+pub const CONTRIBUTION_PREFIX: &str = "diloco-contribution:";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Snapshot {

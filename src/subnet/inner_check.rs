@@ -47,6 +47,8 @@ pub struct InnerReplay {
     /// Seconds the replayed steps took (the snapshot's download and
     /// checks not counted: what the miner's own steps are estimated by).
     pub replay_s: f64,
+    /// With the sparse codec: what the contribution did to the loss.
+    pub gauntlet: Option<super::gauntlet::Gains>,
 }
 
 /// The inner steps' optimizer, as every miner runs it.

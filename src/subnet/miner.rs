@@ -429,8 +429,14 @@ impl<E: Engine> Miner<E> {
         // With the sparse codec the all-reduce carries the contribution
         // after error feedback, not Δ: committed here, as it will be sent.
         let codec = self.cfg.allreduce.codec;
+        // Its encoding is kept, by digest, for the validator's loss check.
         let contribution = match (&projector, pseudo) {
-            (Some(p), Some(d)) if codec.alignment() > 1 => Some(p.project(&crate::diloco::with_feedback(d, feedback, codec).0, 0)),
+            (Some(p), Some(d)) if codec.alignment() > 1 => {
+                let c = crate::diloco::with_feedback(d, feedback, codec).0;
+                let mut bytes = vec![0u8; codec.encoded_len(c.len())];
+                codec.encode(&c, &mut bytes);
+                Some((p.project(&c, 0), crate::diloco::snapshot::digest(&bytes), bytes))
+            }
             _ => None,
         };
         match saved {
@@ -455,7 +461,15 @@ impl<E: Engine> Miner<E> {
             // weights nobody will replay again.
             snapshots.clear();
         }
-        snapshots.push_back(digests.iter().cloned().zip(inner.snapshots.into_iter().map(Arc::new)).collect());
+        let mut kept: Vec<(String, Arc<Vec<u8>>)> = digests.iter().cloned().zip(inner.snapshots.into_iter().map(Arc::new)).collect();
+        let (contribution, contribution_digest) = match contribution {
+            Some((p, digest, bytes)) => {
+                kept.push((digest.clone(), Arc::new(bytes)));
+                (Some(p), Some(digest))
+            }
+            None => (None, None),
+        };
+        snapshots.push_back(kept);
         while snapshots.len() > MAX_SNAPSHOT_SETS {
             snapshots.pop_front();
         }
@@ -468,6 +482,7 @@ impl<E: Engine> Miner<E> {
             projections: projector.is_some().then_some(work.projections),
             delta_projections: delta,
             contribution_projections: contribution,
+            contribution_digest,
             param_projections: projector.is_some().then_some(inner.params_after),
             snapshot_digests: (every > 0).then_some(digests),
             loss: Some(loss),
@@ -699,7 +714,8 @@ pub fn tensor_fp16<E: Engine>(model: &Gpt<E>, name: &str) -> Result<Vec<u8>, Str
 
 impl<E: Engine + 'static> Handler for Miner<E> {
     fn state(&self, _caller: &PublicKey, tensor: &str) -> Result<Vec<u8>, String> {
-        if let Some(digest) = tensor.strip_prefix(crate::diloco::snapshot::STATE_PREFIX) {
+        use crate::diloco::snapshot::{CONTRIBUTION_PREFIX, STATE_PREFIX};
+        if let Some(digest) = tensor.strip_prefix(STATE_PREFIX).or_else(|| tensor.strip_prefix(CONTRIBUTION_PREFIX)) {
             let found = self.lock().snapshots.iter().flatten().find(|(d, _)| d == digest).map(|(_, b)| b.clone());
             return found.map(|b| b.as_ref().clone()).ok_or_else(|| format!("no DiLoCo snapshot {digest} (they last until the next all-reduce)"));
         }

@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod bittensor;
 pub mod client;
+pub mod gauntlet;
 pub mod grad_transfer;
 pub mod inner_check;
 pub mod keyfile;

@@ -87,7 +87,8 @@ pub struct NodeArgs {
     pub allreduce_port: u16,
     /// Wire codec of the all-reduce: fp32, fp16, bf16, int8[:BLOCK], or
     /// topk[:BLOCK:K] — only the K largest of every BLOCK values, with error
-    /// feedback (DiLoCo only; `topk` = 32 of 4096).
+    /// feedback (DiLoCo only, best with --outer-momentum 0; `topk` = 32 of
+    /// 4096).
     #[arg(long, env = "DTRAIN_CODEC", default_value = "fp16")]
     pub codec: Codec,
     /// Seed of the initial weights (only used to publish epoch 0) and of
@@ -504,6 +505,13 @@ fn validator_on<E: Engine>(a: &ValidatorArgs, engine: E) -> Result<()> {
         // projections the validator credited: every honest miner would fail.
         anyhow::bail!("--codec {} needs --algorithm diloco (its error feedback carries what the codec drops across epochs)", cfg.allreduce.codec);
     }
+    if let Some(d) = cfg.diloco.filter(|d| cfg.allreduce.codec.alignment() > 1 && d.outer_momentum > 0.0) {
+        tracing::warn!(
+            "--codec {} with --outer-momentum {}: the miners' error feedback already acts as momentum (SparseLoCo runs it with 0); expect overshoot",
+            cfg.allreduce.codec,
+            d.outer_momentum
+        );
+    }
     if !(a.projection_tolerance.is_finite() && a.projection_tolerance > 0.0) {
         bail!("--projection-tolerance {} must be a positive number", a.projection_tolerance);
     }
@@ -637,7 +645,7 @@ fn validator_on<E: Engine>(a: &ValidatorArgs, engine: E) -> Result<()> {
             "bandwidth": bandwidth,
             "participation": *v.last_allreduce.lock().unwrap_or_else(|p| p.into_inner()),
             "weights": weights,
-            "last_round": last.iter().map(|o| serde_json::json!({"uid": o.uid, "gradient": o.gradient, "steps": o.steps, "loss": o.loss, "error": o.error})).collect::<Vec<_>>(),
+            "last_round": last.iter().map(|o| serde_json::json!({"uid": o.uid, "gradient": o.gradient, "steps": o.steps, "loss": o.loss, "error": o.error, "check": o.check, "gauntlet": o.gauntlet})).collect::<Vec<_>>(),
         });
         let held = eval.map_or(String::new(), |e| format!(", held-out loss {:.4}", e.loss));
         tracing::info!(
@@ -728,7 +736,7 @@ fn follow<E: Engine>(a: &ValidatorArgs, v: &Validator<E>, hub: &dyn crate::hub::
         if let Some(path) = &a.metrics {
             let line = serde_json::json!({
                 "epoch": latest, "weights": weights,
-                "round": outcomes.iter().map(|o| serde_json::json!({"uid": o.uid, "gradient": o.gradient, "steps": o.steps, "loss": o.loss, "error": o.error})).collect::<Vec<_>>(),
+                "round": outcomes.iter().map(|o| serde_json::json!({"uid": o.uid, "gradient": o.gradient, "steps": o.steps, "loss": o.loss, "error": o.error, "check": o.check, "gauntlet": o.gauntlet})).collect::<Vec<_>>(),
             });
             let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
             writeln!(f, "{line}")?;

@@ -60,6 +60,10 @@ pub struct Train {
     /// of the contribution, Δ plus the miner's error feedback as the codec
     /// carries it (what the all-reduce must then carry).
     pub contribution_projections: Option<crate::allreduce::projection::Proj>,
+    /// dtrain response, DiLoCo mode with the sparse codec: the SHA-256
+    /// (hex) of that contribution's encoding, which the validator fetches
+    /// (`State` of `diloco-contribution:<digest>`) for its loss check.
+    pub contribution_digest: Option<String>,
     /// dtrain response, DiLoCo mode: per inner step, the projections of
     /// the weights it left.
     pub param_projections: Option<Vec<crate::allreduce::projection::Proj>>,

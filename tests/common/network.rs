@@ -59,6 +59,10 @@ pub enum Behaviour {
     ScalesDelta,
     /// DiLoCo: serves snapshots other than the ones it committed to.
     ForgesSnapshot,
+    /// DiLoCo with the sparse codec: trains honestly, then commits to and
+    /// serves its sparse contribution negated (consistently: projections,
+    /// digest and bytes agree, at the honest norm).
+    FlipsSparseContribution,
 }
 
 pub struct Node {
@@ -67,6 +71,30 @@ pub struct Node {
     /// The first honest miner's last answer (for the copier).
     spied: Arc<Mutex<Option<Train>>>,
     spy: bool,
+    /// The all-reduce's codec, and the contribution it made up (digest,
+    /// encoding) for `FlipsSparseContribution`.
+    codec: dtrain::allreduce::codec::Codec,
+    forged: Mutex<Option<(String, Vec<u8>)>>,
+}
+
+impl Node {
+    /// `FlipsSparseContribution`: the answer's sparse contribution negated,
+    /// with projections on the query's challenge and a digest to match.
+    fn flip_contribution(&self, caller: &PublicKey, challenge: Option<&str>, mut t: Train) -> Result<Train, String> {
+        let (Some(digest), Some(challenge)) = (t.contribution_digest.clone(), challenge) else { return Ok(t) };
+        let bytes = self.inner.state(caller, &format!("{}{digest}", dtrain::diloco::snapshot::CONTRIBUTION_PREFIX))?;
+        let mut c = vec![0f32; self.inner.read_params().len()];
+        self.codec.decode(&bytes, &mut c).map_err(|e| e.to_string())?;
+        c.iter_mut().for_each(|v| *v = -*v);
+        let mut flipped = vec![0u8; bytes.len()];
+        self.codec.encode(&c, &mut flipped);
+        let p = dtrain::allreduce::projection::Projector::new(&dtrain::subnet::protocol::parse_hex32(challenge)?);
+        t.contribution_projections = Some(p.project(&c, 0));
+        let d = dtrain::diloco::snapshot::digest(&flipped);
+        t.contribution_digest = Some(d.clone());
+        *self.forged.lock().unwrap() = Some((d, flipped));
+        Ok(t)
+    }
 }
 
 impl Handler for Node {
@@ -74,6 +102,11 @@ impl Handler for Node {
         self.inner.known(caller)
     }
     fn state(&self, caller: &PublicKey, tensor: &str) -> Result<Vec<u8>, String> {
+        if let Some((d, b)) = self.forged.lock().unwrap().as_ref()
+            && tensor.ends_with(d.as_str())
+        {
+            return Ok(b.clone());
+        }
         let mut bytes = self.inner.state(caller, tensor)?;
         if self.behaviour == Behaviour::ForgesSnapshot && tensor.starts_with(dtrain::diloco::snapshot::STATE_PREFIX) {
             // A weight of the snapshot nudged: a state it never had.
@@ -90,6 +123,11 @@ impl Handler for Node {
             (Behaviour::Silent, Query::Train(_)) => loop {
                 std::thread::park();
             },
+            (Behaviour::FlipsSparseContribution, Query::Train(t)) => {
+                let challenge = t.challenge.clone();
+                let Query::Train(a) = self.inner.handle(caller, Query::Train(t))? else { unreachable!() };
+                Ok(Query::Train(self.flip_contribution(caller, challenge.as_deref(), a)?))
+            }
             (Behaviour::TrainsOtherRows, Query::Train(mut t)) => {
                 let given = t.rows.clone();
                 t.rows = given.as_ref().map(|r| r.iter().map(|x| (x + 150) % 374).collect());
@@ -207,9 +245,10 @@ pub fn network_with(
         if behaviour == Behaviour::ScalesDelta {
             cfg.allreduce.fault = Some(Fault::Scale(1.5));
         }
+        let codec = cfg.allreduce.codec;
         let inner = Arc::new(Miner::new(cfg, m, opt, Box::new(src), used, peer, registry.clone(), 100 + i as u64));
         miners.push(inner.clone());
-        let node = Arc::new(Node { inner, behaviour, spied: spied.clone(), spy: Some(i) == first_honest });
+        let node = Arc::new(Node { inner, behaviour, spied: spied.clone(), spy: Some(i) == first_honest, codec, forged: Mutex::new(None) });
         let server = QueryServer::start("127.0.0.1:0".parse().unwrap(), Identity::from_seed(seed), node, ServerConfig::default()).unwrap();
         registry.join(&Identity::from_seed(seed).public(), &server.addr().to_string(), peer_addr, Role::Miner).unwrap();
         servers.push(server);

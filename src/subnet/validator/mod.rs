@@ -15,10 +15,11 @@
 //! all-reduce admits exactly the verified work (`allreduce::audit`).
 
 mod allreduce_round;
+mod diloco;
 
 use super::bittensor::hotkey::Hotkey;
 use super::client::send;
-use super::inner_check::{InnerClaim, InnerReplay, InnerSettings, check_inner};
+use super::inner_check::InnerReplay;
 use super::protocol::hex32;
 use super::protocol::{IsAlive, Query, Train};
 use super::registry::{Node, Registry, Role};
@@ -122,6 +123,8 @@ pub struct TrainScore {
     /// Why the answer failed verification, if it did (a query that failed
     /// is in `error` instead).
     pub check: Option<String>,
+    /// DiLoCo with the sparse codec: the loss check's gains.
+    pub gauntlet: Option<super::gauntlet::Gains>,
 }
 
 impl TrainScore {
@@ -153,6 +156,7 @@ struct Scored {
     proj_sum: Proj,
     /// DiLoCo: the projections of the miner's pseudo-gradient after it.
     delta: Option<Proj>,
+    gauntlet: Option<super::gauntlet::Gains>,
 }
 
 /// What a miner's verified answers since the last all-reduce add up to.
@@ -419,6 +423,7 @@ impl<E: Engine> Validator<E> {
             weight: 0.0,
             proj_sum: [0.0; K],
             delta: None,
+            gauntlet: None,
         };
         if let Some(want) = assigned
             && want != rows.as_slice()
@@ -445,39 +450,11 @@ impl<E: Engine> Validator<E> {
         let (model, opt) = &mut *guard;
         let test = test_tensor(model, index).map_err(|e| e.to_string())?;
         let t = Instant::now();
-        let InnerReplay { sums: replayed_sums, projections: replayed_proj, replay_s: inner_s, .. } = match (self.cfg.diloco, delta) {
-            (Some(d), Some(delta)) => {
-                // DiLoCo: one stretch of inner steps, from the miner's
-                // committed snapshot (see `inner_check`).
-                let every = usize::try_from(d.every()).unwrap_or(usize::MAX);
-                let params_after = a.param_projections.as_deref().unwrap_or_default();
-                let digests = a.snapshot_digests.as_deref().unwrap_or_default();
-                if n == 0 || params_after.len() != n || params_after.iter().flatten().any(|v| !v.is_finite()) {
-                    return Ok(failed(n, format!("{} weight projections for {n} inner steps", params_after.len())));
-                }
-                if digests.len() != n.div_ceil(every) {
-                    return Ok(failed(n, format!("{} snapshots for {n} inner steps, one every {every}", digests.len())));
-                }
-                let pick = lock(&self.rng).below(digests.len() as u64) as usize;
-                let settings = InnerSettings {
-                    config: opt.config,
-                    lr: d.inner_lr as f32,
-                    max_grad_norm: self.cfg.max_grad_norm,
-                    every,
-                    tolerance: self.cfg.projection_tolerance,
-                };
-                let claim = InnerClaim { projections: claimed, params_after, digests, delta };
-                let fetch = |digest: &str| {
-                    let key = node.public_key().map_err(|e| e.to_string())?;
-                    let name = format!("{}{digest}", crate::diloco::snapshot::STATE_PREFIX);
-                    super::client::fetch_state(&self.identity, &key, &node.query_addr, &name, self.cfg.train_timeout).map_err(|e| e.to_string())
-                };
-                let r = check_inner(model, &batches, n, &test, projector, &settings, &claim, pick, fetch).map_err(|e| e.to_string())?;
-                if let Some(why) = r.failure {
-                    return Ok(failed(n, why));
-                }
-                r
-            }
+        let InnerReplay { sums: replayed_sums, projections: replayed_proj, replay_s: inner_s, gauntlet, .. } = match (self.cfg.diloco, delta) {
+            (Some(d), Some(delta)) => match self.score_inner(node, model, opt.config, d, &batches, n, &test, projector, a, claimed, delta)? {
+                Ok(r) => r,
+                Err(why) => return Ok(failed(n, why)),
+            },
             _ => {
                 let picks: Vec<usize> = {
                     let mut rng = lock(&self.rng);
@@ -499,18 +476,15 @@ impl<E: Engine> Validator<E> {
                     projections: replays.iter().filter_map(|(k, r)| r.projection.map(|(p, norm)| (*k, p, norm))).collect(),
                     failure: None,
                     replay_s: t.elapsed().as_secs_f64(),
+                    gauntlet: None,
                 }
             }
         };
         let replay_s = inner_s;
         drop(guard);
         // The sparse codec: the all-reduce carries Δ after the miner's error
-        // feedback, as the miner committed (see docs/SECURITY.md).
-        let delta = match (delta, self.cfg.allreduce.codec.alignment() > 1, a.contribution_projections) {
-            (Some(_), true, Some(c)) if c.iter().all(|v| v.is_finite()) => Some(c),
-            (Some(_), true, _) => return Ok(failed(n, "no finite projections of its sparse contribution".into())),
-            (d, _, _) => d,
-        };
+        // feedback, as the miner committed (checked in `score_inner`).
+        let delta = if self.cfg.allreduce.codec.alignment() > 1 { a.contribution_projections.filter(|_| delta.is_some()) } else { delta };
         let mut gradient = train_gradient_score(n, sums, &replayed_sums);
         let mut check = None;
         if !projections_agree(n, claimed, &replayed_proj, self.cfg.projection_tolerance) {
@@ -536,6 +510,7 @@ impl<E: Engine> Validator<E> {
             weight,
             proj_sum,
             delta,
+            gauntlet,
         })
     }
 
@@ -668,6 +643,7 @@ impl<E: Engine> Validator<E> {
                             score_s,
                             replay_s: s.replay_s,
                             check: s.check,
+                            gauntlet: s.gauntlet,
                         }
                     }
                     Err(e) => {
@@ -685,6 +661,7 @@ impl<E: Engine> Validator<E> {
                             score_s,
                             replay_s: 0.0,
                             check: None,
+                            gauntlet: None,
                         }
                     }
                 }

@@ -1,0 +1,122 @@
+//! The validator's scoring of a DiLoCo answer: the replay of one stretch
+//! of inner steps (`inner_check`) and, with the sparse codec, the check of
+//! the contribution the miner committed to (`gauntlet`).
+
+use super::{Validator, lock};
+use crate::allreduce::projection::{Proj, Projector, max_diff};
+use crate::data::loader::RowBatches;
+use crate::data::source::fetch_rows;
+use crate::diloco::DilocoSettings;
+use crate::diloco::snapshot::{CONTRIBUTION_PREFIX, STATE_PREFIX, digest};
+use crate::engine::Engine;
+use crate::model::{Gpt, ParamTensor};
+use crate::optim::OptimizerConfig;
+use crate::subnet::gauntlet;
+use crate::subnet::inner_check::{InnerClaim, InnerReplay, InnerSettings, check_inner};
+use crate::subnet::protocol::Train;
+use crate::subnet::registry::Node;
+
+impl<E: Engine> Validator<E> {
+    /// Replays one stretch of the answer's inner steps from its committed
+    /// snapshot and, with the sparse codec, checks its contribution: the
+    /// outer `Err` is the validator's own trouble, the inner one why the
+    /// answer fails.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn score_inner(
+        &self,
+        node: &Node,
+        model: &mut Gpt<E>,
+        config: OptimizerConfig,
+        d: DilocoSettings,
+        batches: &RowBatches,
+        n: usize,
+        test: &ParamTensor,
+        projector: &Projector,
+        a: &Train,
+        claimed: &[Proj],
+        delta: Proj,
+    ) -> Result<Result<InnerReplay, String>, String> {
+        let every = usize::try_from(d.every()).unwrap_or(usize::MAX);
+        let params_after = a.param_projections.as_deref().unwrap_or_default();
+        let digests = a.snapshot_digests.as_deref().unwrap_or_default();
+        if n == 0 || params_after.len() != n || params_after.iter().flatten().any(|v| !v.is_finite()) {
+            return Ok(Err(format!("{} weight projections for {n} inner steps", params_after.len())));
+        }
+        if digests.len() != n.div_ceil(every) {
+            return Ok(Err(format!("{} snapshots for {n} inner steps, one every {every}", digests.len())));
+        }
+        let sparse = self.cfg.allreduce.codec.alignment() > 1;
+        let contribution = match (sparse, a.contribution_projections, a.contribution_digest.as_deref()) {
+            (false, ..) => None,
+            (true, Some(p), Some(digest)) if p.iter().all(|v| v.is_finite()) => Some((p, digest)),
+            (true, ..) => return Ok(Err("no finite projections or digest of its sparse contribution".into())),
+        };
+        let pick = lock(&self.rng).below(digests.len() as u64) as usize;
+        let settings =
+            InnerSettings { config, lr: d.inner_lr as f32, max_grad_norm: self.cfg.max_grad_norm, every, tolerance: self.cfg.projection_tolerance };
+        let claim = InnerClaim { projections: claimed, params_after, digests, delta };
+        let fetch = |name: &str| {
+            let key = node.public_key().map_err(|e| e.to_string())?;
+            super::super::client::fetch_state(&self.identity, &key, &node.query_addr, name, self.cfg.train_timeout).map_err(|e| e.to_string())
+        };
+        let mut r = check_inner(model, batches, n, test, projector, &settings, &claim, pick, |digest| fetch(&format!("{STATE_PREFIX}{digest}")))
+            .map_err(|e| e.to_string())?;
+        if let Some(why) = r.failure.take() {
+            return Ok(Err(why));
+        }
+        if let Some((stated, want)) = contribution {
+            let bytes = match fetch(&format!("{CONTRIBUTION_PREFIX}{want}")) {
+                Ok(b) => b,
+                Err(e) => return Ok(Err(format!("did not serve its sparse contribution: {e}"))),
+            };
+            if digest(&bytes) != want {
+                return Ok(Err("served a sparse contribution other than the one it committed to".into()));
+            }
+            let mut c = vec![0f32; model.layout.total];
+            if let Err(e) = self.cfg.allreduce.codec.decode(&bytes, &mut c) {
+                return Ok(Err(format!("its sparse contribution: {e}")));
+            }
+            let (p, sq) = projector.project_with_scale(&c, 0);
+            if max_diff(&p, &stated) > 1e-6 * sq.sqrt() + 1e-30 {
+                return Ok(Err("its sparse contribution is not the one whose projections it stated".into()));
+            }
+            let g = self.gauntlet(model, &c, d.outer_lr as f32, batches, n, a.dataset_indices.as_ref().map_or(0, Vec::len))?;
+            tracing::debug!("uid {}: the contribution lowers the loss by {:.4} on its rows, {:.4} on others", node.uid, g.own, g.other);
+            r.gauntlet = Some(g);
+            if !g.passes() {
+                return Ok(Err(format!(
+                    "its contribution lowers the loss on its own rows by {:.4}, no more than on rows nobody was handed ({:.4})",
+                    g.own, g.other
+                )));
+            }
+        }
+        Ok(Ok(r))
+    }
+
+    /// The loss gains of contribution `c` on the answer's batches and on as
+    /// many rows nobody was handed yet (`gauntlet`).
+    fn gauntlet(&self, model: &mut Gpt<E>, c: &[f32], scale: f32, own: &RowBatches, n: usize, rows: usize) -> Result<gauntlet::Gains, String> {
+        let control = self.unhanded_rows(rows as u64);
+        if control.is_empty() {
+            return Err("no rows left that nobody was handed, for the loss check".into());
+        }
+        let texts = fetch_rows(self.source.as_ref(), &control).map_err(|e| e.to_string())?;
+        let (b, t) = own.shape();
+        let other = RowBatches::from_texts(&texts, b, t).map_err(|e| e.to_string())?;
+        let (own_picks, other_picks) = (gauntlet::spread(n), gauntlet::spread(other.len().min(n)));
+        gauntlet::gains(model, c, scale, (own, &own_picks), (&other, &other_picks)).map_err(|e| e.to_string())
+    }
+
+    /// A run of `len` rows nobody was handed in this pass over the dataset
+    /// (any run once every row was), left unmarked: the loss check's
+    /// control rows.
+    fn unhanded_rows(&self, len: u64) -> Vec<u64> {
+        let n = self.source.num_rows();
+        let len = len.min(n);
+        let start = lock(&self.rng).below(n.max(1));
+        let mut bits = lock(&self.handed_out).clone();
+        bits.resize(n.div_ceil(64) as usize, 0);
+        let first = super::free_run(&bits, n, start, len).unwrap_or(start.min(n - len));
+        (first..first + len).collect()
+    }
+}
