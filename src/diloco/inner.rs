@@ -38,7 +38,8 @@ pub struct InnerWork {
 /// Trains batches `ks` of `batches`, one inner optimizer step each, and
 /// reports every batch as `subnet::work::train_batches` does, plus where
 /// each step left the weights; with `every` > 0, a [`Snapshot`] before
-/// every `every`-th step (counted from `ks.start`). Leaves the gradients
+/// every `every`-th step (counted from `ks.start`); with a `deadline`, no
+/// step starts after it (the first always runs). Leaves the gradients
 /// zeroed.
 #[allow(clippy::too_many_arguments)]
 pub fn train_inner<E: Engine>(
@@ -50,6 +51,7 @@ pub fn train_inner<E: Engine>(
     projector: Option<&Projector>,
     step: InnerStep,
     every: usize,
+    deadline: Option<std::time::Instant>,
     on_batch: &dyn Fn(),
 ) -> Result<InnerWork, WorkError> {
     let (b, t) = batches.shape();
@@ -60,6 +62,9 @@ pub fn train_inner<E: Engine>(
         snapshots: Vec::new(),
     };
     for k in ks.clone() {
+        if k > ks.start && deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            break;
+        }
         if every > 0 && (k - ks.start).is_multiple_of(every) {
             let (m, v) = opt.read_state(model);
             out.snapshots.push(Snapshot { step: k as u64, opt_step: opt.step, params: model.read_params(), m, v }.to_bytes());

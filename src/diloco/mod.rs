@@ -40,11 +40,17 @@ pub struct DilocoSettings {
     /// to replay from (0: an eighth of `inner_steps`, rounded up — the
     /// validator replays one such stretch per answer).
     pub snapshot_every: u64,
+    /// Seconds of inner steps per epoch (0: none): a miner stops after the
+    /// step that passes them, whatever `inner_steps` allows, and is
+    /// credited the steps it took — epochs bounded by time, as the current
+    /// subnet bounds them, so a slow miner trains less instead of holding
+    /// everyone up.
+    pub inner_seconds: f64,
 }
 
 impl Default for DilocoSettings {
     fn default() -> DilocoSettings {
-        DilocoSettings { inner_steps: 50, inner_lr: 2.5e-4, outer_lr: 0.7, outer_momentum: 0.9, snapshot_every: 0 }
+        DilocoSettings { inner_steps: 50, inner_lr: 2.5e-4, outer_lr: 0.7, outer_momentum: 0.9, snapshot_every: 0, inner_seconds: 0.0 }
     }
 }
 
@@ -63,9 +69,15 @@ impl DilocoSettings {
         if !(self.inner_lr.is_finite() && self.inner_lr >= 0.0) {
             return Err(format!("inner learning rate {} must be a finite number ≥ 0", self.inner_lr));
         }
+        if !(self.inner_seconds.is_finite() && (0.0..=MAX_INNER_SECONDS).contains(&self.inner_seconds)) {
+            return Err(format!("inner seconds {} (0..={MAX_INNER_SECONDS}; 0: bounded by steps only)", self.inner_seconds));
+        }
         Ok(())
     }
 }
+
+/// Longest time-bounded epoch one Train query may ask for (a day).
+pub const MAX_INNER_SECONDS: f64 = 86_400.0;
 
 /// Most inner steps one Train query may ask for (the subnet uses ~500).
 pub const MAX_INNER_STEPS: u64 = 100_000;
@@ -232,6 +244,8 @@ mod tests {
             DilocoSettings { outer_momentum: 1.0, ..Default::default() },
             DilocoSettings { outer_lr: f64::NAN, ..Default::default() },
             DilocoSettings { inner_lr: -1.0, ..Default::default() },
+            DilocoSettings { inner_seconds: f64::INFINITY, ..Default::default() },
+            DilocoSettings { inner_seconds: -1.0, ..Default::default() },
         ] {
             assert!(bad.check().is_err(), "{bad:?}");
         }

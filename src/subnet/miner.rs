@@ -386,6 +386,11 @@ impl<E: Engine> Miner<E> {
         if max_steps == 0 || max_steps > crate::diloco::MAX_INNER_STEPS {
             return Err(format!("inner_steps {max_steps} (1..={} accepted)", crate::diloco::MAX_INNER_STEPS));
         }
+        let seconds = match q.inner_seconds {
+            Some(s) if s.is_finite() && s > 0.0 && s <= crate::diloco::MAX_INNER_SECONDS => Some(Duration::from_secs_f64(s)),
+            None => None,
+            Some(s) => return Err(format!("inner_seconds {s} (0 < s ≤ {} accepted)", crate::diloco::MAX_INNER_SECONDS)),
+        };
         if let Err(e) = self.sync_from_hub() {
             tracing::warn!("model hub: {e}");
         }
@@ -422,8 +427,11 @@ impl<E: Engine> Miner<E> {
         };
         let bar = self.batch_progress(n);
         let step = InnerStep { lr: inner_lr as f32, max_grad_norm: self.cfg.max_grad_norm };
-        let work = train_inner(model, opt, &batches, 0..n, &test, projector.as_ref(), step, every, &|| self.batch_done(&bar));
+        let deadline = seconds.map(|s| Instant::now() + s);
+        let work = train_inner(model, opt, &batches, 0..n, &test, projector.as_ref(), step, every, deadline, &|| self.batch_done(&bar));
         bar.finish_and_clear();
+        // Bounded by time: the steps it took.
+        let n = work.as_ref().map_or(n, |w| w.work.sums.len());
         let pseudo = projector.as_ref().map(|_| crate::diloco::pseudo_gradient(&start, &model.read_params()));
         let delta = projector.as_ref().zip(pseudo.as_ref()).map(|(p, d)| p.project(d, 0));
         // With the sparse codec the all-reduce carries the contribution

@@ -260,6 +260,12 @@ pub struct DilocoArgs {
     /// work, plus the snapshot's download).
     #[arg(long, env = "DTRAIN_SNAPSHOT_EVERY", default_value_t = 0)]
     pub snapshot_every: u64,
+    /// DiLoCo: bound each epoch's inner steps by time as well — a miner
+    /// stops after the step that passes this many seconds (at most
+    /// --inner-steps) and is credited the samples it trained (0: steps
+    /// only).
+    #[arg(long, env = "DTRAIN_INNER_SECONDS", default_value_t = 0.0)]
+    pub inner_seconds: f64,
 }
 
 impl DilocoArgs {
@@ -274,6 +280,7 @@ impl DilocoArgs {
             outer_lr: self.outer_lr,
             outer_momentum: self.outer_momentum,
             snapshot_every: self.snapshot_every,
+            inner_seconds: self.inner_seconds,
         };
         d.check().map_err(|e| anyhow::anyhow!("--algorithm diloco: {e}"))?;
         Ok(Some(d))
@@ -292,6 +299,7 @@ impl DilocoArgs {
             ("--outer-lr", self.outer_lr.to_string()),
             ("--outer-momentum", self.outer_momentum.to_string()),
             ("--snapshot-every", self.snapshot_every.to_string()),
+            ("--inner-seconds", self.inner_seconds.to_string()),
         ]
         .into_iter()
         .flat_map(|(k, v)| [k.to_string(), v])

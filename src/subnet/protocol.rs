@@ -39,6 +39,9 @@ pub struct Train {
     /// dtrain request, DiLoCo mode: train at most this many batches (inner
     /// steps) of the rows named.
     pub inner_steps: Option<u64>,
+    /// dtrain request, DiLoCo mode: stop the inner steps after the one that
+    /// passes this many seconds (answering with fewer batches).
+    pub inner_seconds: Option<f64>,
     /// dtrain request, DiLoCo mode: keep a snapshot (weights, moments)
     /// before every this many inner steps, for the validator to replay from.
     pub snapshot_every: Option<u64>,

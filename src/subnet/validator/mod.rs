@@ -432,8 +432,15 @@ impl<E: Engine> Validator<E> {
         }
         let texts = fetch_rows(self.source.as_ref(), rows).map_err(|e| e.to_string())?;
         let batches = RowBatches::from_texts(&texts, b, self.cfg.seq).map_err(|e| e.to_string())?;
-        // DiLoCo: the miner trains the first `inner_steps` batches.
-        let n = self.cfg.diloco.map_or(batches.len(), |d| batches.len().min(usize::try_from(d.inner_steps).unwrap_or(usize::MAX)));
+        // DiLoCo: the miner trains the first `inner_steps` batches, or (with
+        // epochs bounded by time) as many of them as it answers for.
+        let n = match self.cfg.diloco {
+            None => batches.len(),
+            Some(d) => {
+                let most = batches.len().min(usize::try_from(d.inner_steps).unwrap_or(usize::MAX));
+                if d.inner_seconds > 0.0 && (1..=most).contains(&sums.len()) { sums.len() } else { most }
+            }
+        };
         if n != sums.len() {
             return Ok(failed(n, format!("{} gradient sums for {n} batches", sums.len())));
         }
@@ -609,6 +616,7 @@ impl<E: Engine> Validator<E> {
                     accumulate: (!self.cfg.accumulate).then_some(false),
                     inner_lr: self.cfg.diloco.map(|d| d.inner_lr),
                     inner_steps: self.cfg.diloco.map(|d| d.inner_steps),
+                    inner_seconds: self.cfg.diloco.map(|d| d.inner_seconds).filter(|s| *s > 0.0),
                     snapshot_every: self.cfg.diloco.map(|d| d.every()),
                     ..Train::default()
                 })
