@@ -14,7 +14,7 @@ use dtrain::allreduce::codec::Codec;
 use dtrain::allreduce::{Identity, Peer};
 use dtrain::data::source::RowSource;
 use dtrain::data::used_rows::UsedRows;
-use dtrain::diloco::DilocoSettings;
+use dtrain::diloco::{DilocoSettings, LrSchedule};
 use dtrain::hub::LocalStore;
 use dtrain::hub::ModelHub;
 use dtrain::optim::{Optimizer, OptimizerConfig, OptimizerKind};
@@ -60,7 +60,15 @@ fn one_miner_with_one_inner_step_outer_lr_1_and_no_momentum_is_the_synchronous_m
     let start = sync.validator.read_params();
     let sync_params = run_one_batch_epochs(&sync, 3);
     drop(sync);
-    let d = DilocoSettings { inner_steps: 1, inner_lr: 1e-3, outer_lr: 1.0, outer_momentum: 0.0, snapshot_every: 1, inner_seconds: 0.0 };
+    let d = DilocoSettings {
+        inner_steps: 1,
+        inner_lr: 1e-3,
+        outer_lr: 1.0,
+        outer_momentum: 0.0,
+        snapshot_every: 1,
+        inner_seconds: 0.0,
+        inner_lr_schedule: LrSchedule::Constant,
+    };
     let diloco = network_with("diloco-equiv-diloco", &[Behaviour::Honest], 1, GRACE, tweak(Some(d)));
     let diloco_params = run_one_batch_epochs(&diloco, 3);
     for (epoch, (s, d)) in sync_params.iter().zip(&diloco_params).enumerate() {
@@ -84,7 +92,15 @@ fn one_miner_with_one_inner_step_outer_lr_1_and_no_momentum_is_the_synchronous_m
 
 #[test]
 fn diloco_members_stay_bit_identical_and_the_published_outer_momentum_resumes_exactly() {
-    let d = DilocoSettings { inner_steps: 3, inner_lr: 1e-3, outer_lr: 0.7, outer_momentum: 0.9, snapshot_every: 2, inner_seconds: 0.0 };
+    let d = DilocoSettings {
+        inner_steps: 3,
+        inner_lr: 1e-3,
+        outer_lr: 0.7,
+        outer_momentum: 0.9,
+        snapshot_every: 2,
+        inner_seconds: 0.0,
+        inner_lr_schedule: LrSchedule::Constant,
+    };
     let net = network_with("diloco-identical", &[Behaviour::Honest; 3], 2, GRACE, |v, _| v.diloco = Some(d));
     let start = net.validator.read_params();
     let mut losses = Vec::new();
@@ -141,7 +157,15 @@ fn diloco_members_stay_bit_identical_and_the_published_outer_momentum_resumes_ex
 fn diloco_cheats_are_caught_and_starved() {
     // Two inner steps, one stretch: the validator replays both from the
     // miner's committed snapshot.
-    let d = DilocoSettings { inner_steps: 2, inner_lr: 1e-3, outer_lr: 0.7, outer_momentum: 0.9, snapshot_every: 2, inner_seconds: 0.0 };
+    let d = DilocoSettings {
+        inner_steps: 2,
+        inner_lr: 1e-3,
+        outer_lr: 0.7,
+        outer_momentum: 0.9,
+        snapshot_every: 2,
+        inner_seconds: 0.0,
+        inner_lr_schedule: LrSchedule::Constant,
+    };
     let behaviours = [
         Behaviour::Honest,
         Behaviour::Honest,
@@ -187,7 +211,15 @@ fn epochs_bounded_by_time_credit_the_steps_each_miner_took() {
     // A nanosecond: every miner stops after its first step (the first
     // always runs), whatever --inner-steps allows; the validator rebuilds
     // that many batches, replays them and credits one step's samples.
-    let d = DilocoSettings { inner_steps: 3, inner_lr: 1e-3, outer_lr: 0.7, outer_momentum: 0.9, snapshot_every: 2, inner_seconds: 1e-9 };
+    let d = DilocoSettings {
+        inner_steps: 3,
+        inner_lr: 1e-3,
+        outer_lr: 0.7,
+        outer_momentum: 0.9,
+        snapshot_every: 2,
+        inner_seconds: 1e-9,
+        inner_lr_schedule: LrSchedule::Constant,
+    };
     let net = network_with("diloco-timed", &[Behaviour::Honest; 3], 3, GRACE, |v, _| v.diloco = Some(d));
     for round in 1..=2u64 {
         for o in net.epoch(round) {
@@ -203,10 +235,45 @@ fn epochs_bounded_by_time_credit_the_steps_each_miner_took() {
 }
 
 #[test]
+fn a_scheduled_inner_rate_is_sent_and_replayed_alike_every_epoch() {
+    // Warmup then cosine: a different inner rate each epoch; a validator
+    // replaying at any other rate than it sent would fail every honest
+    // miner (the update projections would not match).
+    let schedule: LrSchedule = "cosine:3:1".parse().unwrap();
+    let d = DilocoSettings {
+        inner_steps: 2,
+        inner_lr: 1e-3,
+        outer_lr: 0.7,
+        outer_momentum: 0.9,
+        snapshot_every: 2,
+        inner_seconds: 0.0,
+        inner_lr_schedule: schedule,
+    };
+    let rates: Vec<f64> = (0..3).map(|e| d.inner_lr_at(e)).collect();
+    assert!(rates[0] < rates[1] && rates[2] < rates[1], "{rates:?}");
+    let net = network_with("diloco-schedule", &[Behaviour::Honest; 2], 2, GRACE, |v, _| v.diloco = Some(d));
+    for round in 1..=3u64 {
+        for o in net.epoch(round) {
+            assert!(o.verified(), "round {round} (inner lr {:e}): {o:?}", rates[round as usize - 1]);
+        }
+        net.assert_honest_agree(round);
+        assert_eq!(net.validator.outer_state().steps, round);
+    }
+}
+
+#[test]
 fn diloco_with_the_sparse_codec_keeps_members_identical_and_names_a_poisoner() {
     // Top-k with error feedback: every member applies the same sparse
     // average; a miner sending its contribution × −100 is caught.
-    let d = DilocoSettings { inner_steps: 2, inner_lr: 1e-3, outer_lr: 0.7, outer_momentum: 0.9, snapshot_every: 2, inner_seconds: 0.0 };
+    let d = DilocoSettings {
+        inner_steps: 2,
+        inner_lr: 1e-3,
+        outer_lr: 0.7,
+        outer_momentum: 0.9,
+        snapshot_every: 2,
+        inner_seconds: 0.0,
+        inner_lr_schedule: LrSchedule::Constant,
+    };
     let codec = Codec::TopK { block: 1024, k: 16, wide: false };
     let behaviours = [
         Behaviour::Honest,
@@ -257,7 +324,15 @@ fn a_stale_or_absent_diloco_miner_is_not_paid() {
     // A miner that never takes the outer step (it skips the all-reduce)
     // trains its next epochs from a stale model: its first snapshot is not
     // θₑ and its stated Δ does not start there.
-    let d = DilocoSettings { inner_steps: 2, inner_lr: 1e-3, outer_lr: 0.7, outer_momentum: 0.9, snapshot_every: 1, inner_seconds: 0.0 };
+    let d = DilocoSettings {
+        inner_steps: 2,
+        inner_lr: 1e-3,
+        outer_lr: 0.7,
+        outer_momentum: 0.9,
+        snapshot_every: 1,
+        inner_seconds: 0.0,
+        inner_lr_schedule: LrSchedule::Constant,
+    };
     let behaviours = [Behaviour::Honest, Behaviour::Honest, Behaviour::Honest, Behaviour::SkipsAllReduce];
     let net = network_with("diloco-stale", &behaviours, 2, GRACE, |v, _| v.diloco = Some(d));
     for round in 1..=5u64 {

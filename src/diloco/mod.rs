@@ -18,7 +18,10 @@
 //! after missing a round).
 
 pub mod inner;
+pub mod schedule;
 pub mod snapshot;
+
+pub use schedule::LrSchedule;
 
 use rayon::prelude::*;
 
@@ -46,15 +49,30 @@ pub struct DilocoSettings {
     /// subnet bounds them, so a slow miner trains less instead of holding
     /// everyone up.
     pub inner_seconds: f64,
+    /// The inner learning rate over epochs (`inner_lr` is its peak).
+    pub inner_lr_schedule: LrSchedule,
 }
 
 impl Default for DilocoSettings {
     fn default() -> DilocoSettings {
-        DilocoSettings { inner_steps: 50, inner_lr: 2.5e-4, outer_lr: 0.7, outer_momentum: 0.9, snapshot_every: 0, inner_seconds: 0.0 }
+        DilocoSettings {
+            inner_steps: 50,
+            inner_lr: 2.5e-4,
+            outer_lr: 0.7,
+            outer_momentum: 0.9,
+            snapshot_every: 0,
+            inner_seconds: 0.0,
+            inner_lr_schedule: LrSchedule::Constant,
+        }
     }
 }
 
 impl DilocoSettings {
+    /// The inner learning rate of the epoch after `outer_steps` outer steps.
+    pub fn inner_lr_at(&self, outer_steps: u64) -> f64 {
+        self.inner_lr * self.inner_lr_schedule.factor(outer_steps)
+    }
+
     /// Inner steps between snapshots (see `snapshot_every`).
     pub fn every(&self) -> u64 {
         if self.snapshot_every > 0 { self.snapshot_every } else { self.inner_steps.div_ceil(8).max(1) }

@@ -266,6 +266,12 @@ pub struct DilocoArgs {
     /// only).
     #[arg(long, env = "DTRAIN_INNER_SECONDS", default_value_t = 0.0)]
     pub inner_seconds: f64,
+    /// DiLoCo: the inner learning rate over epochs: constant, or
+    /// cosine:EPOCHS[:WARMUP] (linear warmup, then cosine decay to a tenth
+    /// of --inner-lr at epoch EPOCHS). Counted in published outer steps, so
+    /// followers and restarts agree.
+    #[arg(long, env = "DTRAIN_INNER_LR_SCHEDULE", default_value = "constant")]
+    pub inner_lr_schedule: crate::diloco::LrSchedule,
 }
 
 impl DilocoArgs {
@@ -281,6 +287,7 @@ impl DilocoArgs {
             outer_momentum: self.outer_momentum,
             snapshot_every: self.snapshot_every,
             inner_seconds: self.inner_seconds,
+            inner_lr_schedule: self.inner_lr_schedule,
         };
         d.check().map_err(|e| anyhow::anyhow!("--algorithm diloco: {e}"))?;
         Ok(Some(d))
@@ -300,6 +307,7 @@ impl DilocoArgs {
             ("--outer-momentum", self.outer_momentum.to_string()),
             ("--snapshot-every", self.snapshot_every.to_string()),
             ("--inner-seconds", self.inner_seconds.to_string()),
+            ("--inner-lr-schedule", self.inner_lr_schedule.to_string()),
         ]
         .into_iter()
         .flat_map(|(k, v)| [k.to_string(), v])

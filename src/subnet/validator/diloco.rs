@@ -52,8 +52,13 @@ impl<E: Engine> Validator<E> {
             (true, ..) => return Ok(Err("no finite projections or digest of its sparse contribution".into())),
         };
         let pick = lock(&self.rng).below(digests.len() as u64) as usize;
-        let settings =
-            InnerSettings { config, lr: d.inner_lr as f32, max_grad_norm: self.cfg.max_grad_norm, every, tolerance: self.cfg.projection_tolerance };
+        let settings = InnerSettings {
+            config,
+            lr: d.inner_lr_at(lock(&self.outer).steps) as f32,
+            max_grad_norm: self.cfg.max_grad_norm,
+            every,
+            tolerance: self.cfg.projection_tolerance,
+        };
         let claim = InnerClaim { projections: claimed, params_after, digests, delta };
         let fetch = |name: &str| {
             let key = node.public_key().map_err(|e| e.to_string())?;

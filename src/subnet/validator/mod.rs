@@ -614,7 +614,7 @@ impl<E: Engine> Validator<E> {
                     challenge: Some(hex32(&challenge)),
                     rows: rows.clone(),
                     accumulate: (!self.cfg.accumulate).then_some(false),
-                    inner_lr: self.cfg.diloco.map(|d| d.inner_lr),
+                    inner_lr: self.cfg.diloco.map(|d| d.inner_lr_at(lock(&self.outer).steps)),
                     inner_steps: self.cfg.diloco.map(|d| d.inner_steps),
                     inner_seconds: self.cfg.diloco.map(|d| d.inner_seconds).filter(|s| *s > 0.0),
                     snapshot_every: self.cfg.diloco.map(|d| d.every()),
