@@ -68,6 +68,7 @@ fn one_miner_with_one_inner_step_outer_lr_1_and_no_momentum_is_the_synchronous_m
         snapshot_every: 1,
         inner_seconds: 0.0,
         inner_lr_schedule: LrSchedule::Constant,
+        outer_lr_schedule: LrSchedule::Constant,
     };
     let diloco = network_with("diloco-equiv-diloco", &[Behaviour::Honest], 1, GRACE, tweak(Some(d)));
     let diloco_params = run_one_batch_epochs(&diloco, 3);
@@ -100,6 +101,7 @@ fn diloco_members_stay_bit_identical_and_the_published_outer_momentum_resumes_ex
         snapshot_every: 2,
         inner_seconds: 0.0,
         inner_lr_schedule: LrSchedule::Constant,
+        outer_lr_schedule: LrSchedule::Constant,
     };
     let net = network_with("diloco-identical", &[Behaviour::Honest; 3], 2, GRACE, |v, _| v.diloco = Some(d));
     let start = net.validator.read_params();
@@ -165,6 +167,7 @@ fn diloco_cheats_are_caught_and_starved() {
         snapshot_every: 2,
         inner_seconds: 0.0,
         inner_lr_schedule: LrSchedule::Constant,
+        outer_lr_schedule: LrSchedule::Constant,
     };
     let behaviours = [
         Behaviour::Honest,
@@ -219,6 +222,7 @@ fn epochs_bounded_by_time_credit_the_steps_each_miner_took() {
         snapshot_every: 2,
         inner_seconds: 1e-9,
         inner_lr_schedule: LrSchedule::Constant,
+        outer_lr_schedule: LrSchedule::Constant,
     };
     let net = network_with("diloco-timed", &[Behaviour::Honest; 3], 3, GRACE, |v, _| v.diloco = Some(d));
     for round in 1..=2u64 {
@@ -235,10 +239,11 @@ fn epochs_bounded_by_time_credit_the_steps_each_miner_took() {
 }
 
 #[test]
-fn a_scheduled_inner_rate_is_sent_and_replayed_alike_every_epoch() {
+fn scheduled_rates_are_sent_replayed_and_stepped_alike_every_epoch() {
     // Warmup then cosine: a different inner rate each epoch; a validator
     // replaying at any other rate than it sent would fail every honest
-    // miner (the update projections would not match).
+    // miner (the update projections would not match). The outer rate
+    // follows the same schedule: every member steps alike.
     let schedule: LrSchedule = "cosine:3:1".parse().unwrap();
     let d = DilocoSettings {
         inner_steps: 2,
@@ -248,6 +253,7 @@ fn a_scheduled_inner_rate_is_sent_and_replayed_alike_every_epoch() {
         snapshot_every: 2,
         inner_seconds: 0.0,
         inner_lr_schedule: schedule,
+        outer_lr_schedule: schedule,
     };
     let rates: Vec<f64> = (0..3).map(|e| d.inner_lr_at(e)).collect();
     assert!(rates[0] < rates[1] && rates[2] < rates[1], "{rates:?}");
@@ -273,6 +279,7 @@ fn diloco_with_the_sparse_codec_keeps_members_identical_and_names_a_poisoner() {
         snapshot_every: 2,
         inner_seconds: 0.0,
         inner_lr_schedule: LrSchedule::Constant,
+        outer_lr_schedule: LrSchedule::Constant,
     };
     let codec = Codec::TopK { block: 1024, k: 16, wide: false };
     let behaviours = [
@@ -332,6 +339,7 @@ fn a_stale_or_absent_diloco_miner_is_not_paid() {
         snapshot_every: 1,
         inner_seconds: 0.0,
         inner_lr_schedule: LrSchedule::Constant,
+        outer_lr_schedule: LrSchedule::Constant,
     };
     let behaviours = [Behaviour::Honest, Behaviour::Honest, Behaviour::Honest, Behaviour::SkipsAllReduce];
     let net = network_with("diloco-stale", &behaviours, 2, GRACE, |v, _| v.diloco = Some(d));

@@ -51,6 +51,8 @@ pub struct DilocoSettings {
     pub inner_seconds: f64,
     /// The inner learning rate over epochs (`inner_lr` is its peak).
     pub inner_lr_schedule: LrSchedule,
+    /// The outer learning rate over epochs (`outer_lr` is its peak).
+    pub outer_lr_schedule: LrSchedule,
 }
 
 impl Default for DilocoSettings {
@@ -63,6 +65,7 @@ impl Default for DilocoSettings {
             snapshot_every: 0,
             inner_seconds: 0.0,
             inner_lr_schedule: LrSchedule::Constant,
+            outer_lr_schedule: LrSchedule::Constant,
         }
     }
 }
@@ -71,6 +74,11 @@ impl DilocoSettings {
     /// The inner learning rate of the epoch after `outer_steps` outer steps.
     pub fn inner_lr_at(&self, outer_steps: u64) -> f64 {
         self.inner_lr * self.inner_lr_schedule.factor(outer_steps)
+    }
+
+    /// The outer learning rate of the step after `outer_steps` outer steps.
+    pub fn outer_lr_at(&self, outer_steps: u64) -> f64 {
+        self.outer_lr * self.outer_lr_schedule.factor(outer_steps)
     }
 
     /// Inner steps between snapshots (see `snapshot_every`).

@@ -272,6 +272,10 @@ pub struct DilocoArgs {
     /// followers and restarts agree.
     #[arg(long, env = "DTRAIN_INNER_LR_SCHEDULE", default_value = "constant")]
     pub inner_lr_schedule: crate::diloco::LrSchedule,
+    /// DiLoCo: the outer learning rate over epochs (as --inner-lr-schedule,
+    /// with --outer-lr its peak).
+    #[arg(long, env = "DTRAIN_OUTER_LR_SCHEDULE", default_value = "constant")]
+    pub outer_lr_schedule: crate::diloco::LrSchedule,
 }
 
 impl DilocoArgs {
@@ -288,6 +292,7 @@ impl DilocoArgs {
             snapshot_every: self.snapshot_every,
             inner_seconds: self.inner_seconds,
             inner_lr_schedule: self.inner_lr_schedule,
+            outer_lr_schedule: self.outer_lr_schedule,
         };
         d.check().map_err(|e| anyhow::anyhow!("--algorithm diloco: {e}"))?;
         Ok(Some(d))
@@ -308,6 +313,7 @@ impl DilocoArgs {
             ("--snapshot-every", self.snapshot_every.to_string()),
             ("--inner-seconds", self.inner_seconds.to_string()),
             ("--inner-lr-schedule", self.inner_lr_schedule.to_string()),
+            ("--outer-lr-schedule", self.outer_lr_schedule.to_string()),
         ]
         .into_iter()
         .flat_map(|(k, v)| [k.to_string(), v])

@@ -97,7 +97,8 @@ impl<E: Engine> Validator<E> {
             expected: Some(audit.expected.clone()),
             adjudicator: audit.adjudicator.map(|a| a as u16),
             fractions: Some(group.fractions()),
-            outer_lr: self.cfg.diloco.map(|d| d.outer_lr),
+            // (This epoch's rate: the step count moves only after the round.)
+            outer_lr: self.cfg.diloco.map(|d| d.outer_lr_at(lock(&self.outer).steps)),
             outer_momentum: self.cfg.diloco.map(|d| d.outer_momentum),
             ..AllReduce::default()
         };
@@ -134,7 +135,9 @@ impl<E: Engine> Validator<E> {
                 Some(d) => {
                     let start = model.read_params();
                     let mut params = vec![0f32; start.len()];
-                    lock(&self.outer).step(&mut params, &start, &grad, d.outer_lr as f32, d.outer_momentum as f32);
+                    let mut outer = lock(&self.outer);
+                    let lr = d.outer_lr_at(outer.steps) as f32;
+                    outer.step(&mut params, &start, &grad, lr, d.outer_momentum as f32);
                     model.write_params(&params);
                 }
                 None => {

@@ -85,7 +85,8 @@ impl<E: Engine> Validator<E> {
             if max_diff(&p, &stated) > 1e-6 * sq.sqrt() + 1e-30 {
                 return Ok(Err("its sparse contribution is not the one whose projections it stated".into()));
             }
-            let g = self.gauntlet(model, &c, d.outer_lr as f32, batches, n, a.dataset_indices.as_ref().map_or(0, Vec::len))?;
+            let g =
+                self.gauntlet(model, &c, d.outer_lr_at(lock(&self.outer).steps) as f32, batches, n, a.dataset_indices.as_ref().map_or(0, Vec::len))?;
             tracing::debug!("uid {}: the contribution lowers the loss by {:.4} on its rows, {:.4} on others", node.uid, g.own, g.other);
             r.gauntlet = Some(g);
             if !g.passes() {
