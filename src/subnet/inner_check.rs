@@ -49,6 +49,9 @@ pub struct InnerReplay {
     pub replay_s: f64,
     /// With the sparse codec: what the contribution did to the loss.
     pub gauntlet: Option<super::gauntlet::Gains>,
+    /// Seconds the snapshot's download took (what verification costs the
+    /// validator's link: docs/SECURITY.md).
+    pub fetch_s: f64,
 }
 
 /// The inner steps' optimizer, as every miner runs it.
@@ -91,10 +94,12 @@ pub fn check_inner<E: Engine>(
     }
     let first = pick * s.every;
     let stretch = first..(first + s.every).min(n);
+    let fetching = std::time::Instant::now();
     let bytes = match fetch(&claim.digests[pick]) {
         Ok(b) => b,
         Err(e) => return fail(format!("did not serve its snapshot before step {first}: {e}")),
     };
+    let fetch_s = fetching.elapsed().as_secs_f64();
     if digest(&bytes) != claim.digests[pick] {
         return fail(format!("served a snapshot before step {first} other than the one it committed to"));
     }
@@ -118,7 +123,7 @@ pub fn check_inner<E: Engine>(
     let result = replay_stretch(model, batches, stretch, test, projector, s, claim, start_proj, floor, snap);
     model.write_params(&anchor);
     model.zero_grads();
-    result
+    result.map(|r| InnerReplay { fetch_s, ..r })
 }
 
 fn max_abs(p: &Proj) -> f64 {

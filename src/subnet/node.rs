@@ -667,7 +667,7 @@ fn validator_on<E: Engine>(a: &ValidatorArgs, engine: E) -> Result<()> {
             "bandwidth": bandwidth,
             "participation": *v.last_allreduce.lock().unwrap_or_else(|p| p.into_inner()),
             "weights": weights,
-            "last_round": last.iter().map(|o| serde_json::json!({"uid": o.uid, "gradient": o.gradient, "steps": o.steps, "loss": o.loss, "error": o.error, "check": o.check, "gauntlet": o.gauntlet})).collect::<Vec<_>>(),
+            "last_round": last.iter().map(outcome_json).collect::<Vec<_>>(),
         });
         let held = eval.map_or(String::new(), |e| format!(", held-out loss {:.4}", e.loss));
         tracing::info!(
@@ -758,11 +758,20 @@ fn follow<E: Engine>(a: &ValidatorArgs, v: &Validator<E>, hub: &dyn crate::hub::
         if let Some(path) = &a.metrics {
             let line = serde_json::json!({
                 "epoch": latest, "weights": weights,
-                "round": outcomes.iter().map(|o| serde_json::json!({"uid": o.uid, "gradient": o.gradient, "steps": o.steps, "loss": o.loss, "error": o.error, "check": o.check, "gauntlet": o.gauntlet})).collect::<Vec<_>>(),
+                "round": outcomes.iter().map(outcome_json).collect::<Vec<_>>(),
             });
             let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).with_context(|| format!("opening {}", path.display()))?;
             writeln!(f, "{line}")?;
         }
     }
     Ok(())
+}
+
+/// One miner's Train outcome as metrics.jsonl records it (with the
+/// verification's costs: scoring, replaying, the snapshot's download).
+fn outcome_json(o: &super::validator::TrainScore) -> serde_json::Value {
+    serde_json::json!({
+        "uid": o.uid, "gradient": o.gradient, "steps": o.steps, "loss": o.loss, "error": o.error, "check": o.check,
+        "gauntlet": o.gauntlet, "score_s": o.score_s, "replay_s": o.replay_s, "fetch_s": o.fetch_s,
+    })
 }

@@ -125,6 +125,8 @@ pub struct TrainScore {
     pub check: Option<String>,
     /// DiLoCo with the sparse codec: the loss check's gains.
     pub gauntlet: Option<super::gauntlet::Gains>,
+    /// DiLoCo: seconds the replayed snapshot's download took.
+    pub fetch_s: f64,
 }
 
 impl TrainScore {
@@ -157,6 +159,7 @@ struct Scored {
     /// DiLoCo: the projections of the miner's pseudo-gradient after it.
     delta: Option<Proj>,
     gauntlet: Option<super::gauntlet::Gains>,
+    fetch_s: f64,
 }
 
 /// What a miner's verified answers since the last all-reduce add up to.
@@ -424,6 +427,7 @@ impl<E: Engine> Validator<E> {
             proj_sum: [0.0; K],
             delta: None,
             gauntlet: None,
+            fetch_s: 0.0,
         };
         if let Some(want) = assigned
             && want != rows.as_slice()
@@ -457,7 +461,8 @@ impl<E: Engine> Validator<E> {
         let (model, opt) = &mut *guard;
         let test = test_tensor(model, index).map_err(|e| e.to_string())?;
         let t = Instant::now();
-        let InnerReplay { sums: replayed_sums, projections: replayed_proj, replay_s: inner_s, gauntlet, .. } = match (self.cfg.diloco, delta) {
+        let InnerReplay { sums: replayed_sums, projections: replayed_proj, replay_s: inner_s, gauntlet, fetch_s, .. } = match (self.cfg.diloco, delta)
+        {
             (Some(d), Some(delta)) => match self.score_inner(node, model, opt.config, d, &batches, n, &test, projector, a, claimed, delta)? {
                 Ok(r) => r,
                 Err(why) => return Ok(failed(n, why)),
@@ -484,6 +489,7 @@ impl<E: Engine> Validator<E> {
                     failure: None,
                     replay_s: t.elapsed().as_secs_f64(),
                     gauntlet: None,
+                    fetch_s: 0.0,
                 }
             }
         };
@@ -518,6 +524,7 @@ impl<E: Engine> Validator<E> {
             proj_sum,
             delta,
             gauntlet,
+            fetch_s,
         })
     }
 
@@ -652,6 +659,7 @@ impl<E: Engine> Validator<E> {
                             replay_s: s.replay_s,
                             check: s.check,
                             gauntlet: s.gauntlet,
+                            fetch_s: s.fetch_s,
                         }
                     }
                     Err(e) => {
@@ -670,6 +678,7 @@ impl<E: Engine> Validator<E> {
                             replay_s: 0.0,
                             check: None,
                             gauntlet: None,
+                            fetch_s: 0.0,
                         }
                     }
                 }
