@@ -28,6 +28,12 @@ const GRACE: Duration = Duration::from_secs(120);
 
 /// Runs `epochs` epochs of one batch per miner; returns the validator's
 /// weights after each.
+/// DiLoCo with `inner_steps` steps, a snapshot every `every`, inner lr
+/// 1e-3 and the default outer step (0.7, Nesterov 0.9), bounded by steps.
+fn settings(inner_steps: u64, every: u64) -> DilocoSettings {
+    DilocoSettings { inner_steps, inner_lr: 1e-3, snapshot_every: every, ..DilocoSettings::default() }
+}
+
 fn run_one_batch_epochs(net: &Network, epochs: u64) -> Vec<Vec<f32>> {
     (1..=epochs)
         .map(|round| {
@@ -60,16 +66,7 @@ fn one_miner_with_one_inner_step_outer_lr_1_and_no_momentum_is_the_synchronous_m
     let start = sync.validator.read_params();
     let sync_params = run_one_batch_epochs(&sync, 3);
     drop(sync);
-    let d = DilocoSettings {
-        inner_steps: 1,
-        inner_lr: 1e-3,
-        outer_lr: 1.0,
-        outer_momentum: 0.0,
-        snapshot_every: 1,
-        inner_seconds: 0.0,
-        inner_lr_schedule: LrSchedule::Constant,
-        outer_lr_schedule: LrSchedule::Constant,
-    };
+    let d = DilocoSettings { outer_lr: 1.0, outer_momentum: 0.0, ..settings(1, 1) };
     let diloco = network_with("diloco-equiv-diloco", &[Behaviour::Honest], 1, GRACE, tweak(Some(d)));
     let diloco_params = run_one_batch_epochs(&diloco, 3);
     for (epoch, (s, d)) in sync_params.iter().zip(&diloco_params).enumerate() {
@@ -93,16 +90,7 @@ fn one_miner_with_one_inner_step_outer_lr_1_and_no_momentum_is_the_synchronous_m
 
 #[test]
 fn diloco_members_stay_bit_identical_and_the_published_outer_momentum_resumes_exactly() {
-    let d = DilocoSettings {
-        inner_steps: 3,
-        inner_lr: 1e-3,
-        outer_lr: 0.7,
-        outer_momentum: 0.9,
-        snapshot_every: 2,
-        inner_seconds: 0.0,
-        inner_lr_schedule: LrSchedule::Constant,
-        outer_lr_schedule: LrSchedule::Constant,
-    };
+    let d = settings(3, 2);
     let net = network_with("diloco-identical", &[Behaviour::Honest; 3], 2, GRACE, |v, _| v.diloco = Some(d));
     let start = net.validator.read_params();
     let mut losses = Vec::new();
@@ -159,16 +147,7 @@ fn diloco_members_stay_bit_identical_and_the_published_outer_momentum_resumes_ex
 fn diloco_cheats_are_caught_and_starved() {
     // Two inner steps, one stretch: the validator replays both from the
     // miner's committed snapshot.
-    let d = DilocoSettings {
-        inner_steps: 2,
-        inner_lr: 1e-3,
-        outer_lr: 0.7,
-        outer_momentum: 0.9,
-        snapshot_every: 2,
-        inner_seconds: 0.0,
-        inner_lr_schedule: LrSchedule::Constant,
-        outer_lr_schedule: LrSchedule::Constant,
-    };
+    let d = settings(2, 2);
     let behaviours = [
         Behaviour::Honest,
         Behaviour::Honest,
@@ -214,16 +193,7 @@ fn epochs_bounded_by_time_credit_the_steps_each_miner_took() {
     // A nanosecond: every miner stops after its first step (the first
     // always runs), whatever --inner-steps allows; the validator rebuilds
     // that many batches, replays them and credits one step's samples.
-    let d = DilocoSettings {
-        inner_steps: 3,
-        inner_lr: 1e-3,
-        outer_lr: 0.7,
-        outer_momentum: 0.9,
-        snapshot_every: 2,
-        inner_seconds: 1e-9,
-        inner_lr_schedule: LrSchedule::Constant,
-        outer_lr_schedule: LrSchedule::Constant,
-    };
+    let d = DilocoSettings { inner_seconds: 1e-9, ..settings(3, 2) };
     let net = network_with("diloco-timed", &[Behaviour::Honest; 3], 3, GRACE, |v, _| v.diloco = Some(d));
     for round in 1..=2u64 {
         for o in net.epoch(round) {
@@ -245,16 +215,7 @@ fn scheduled_rates_are_sent_replayed_and_stepped_alike_every_epoch() {
     // miner (the update projections would not match). The outer rate
     // follows the same schedule: every member steps alike.
     let schedule: LrSchedule = "cosine:3:1".parse().unwrap();
-    let d = DilocoSettings {
-        inner_steps: 2,
-        inner_lr: 1e-3,
-        outer_lr: 0.7,
-        outer_momentum: 0.9,
-        snapshot_every: 2,
-        inner_seconds: 0.0,
-        inner_lr_schedule: schedule,
-        outer_lr_schedule: schedule,
-    };
+    let d = DilocoSettings { inner_lr_schedule: schedule, outer_lr_schedule: schedule, ..settings(2, 2) };
     let rates: Vec<f64> = (0..3).map(|e| d.inner_lr_at(e)).collect();
     assert!(rates[0] < rates[1] && rates[2] < rates[1], "{rates:?}");
     let net = network_with("diloco-schedule", &[Behaviour::Honest; 2], 2, GRACE, |v, _| v.diloco = Some(d));
@@ -271,16 +232,7 @@ fn scheduled_rates_are_sent_replayed_and_stepped_alike_every_epoch() {
 fn diloco_with_the_sparse_codec_keeps_members_identical_and_names_a_poisoner() {
     // Top-k with error feedback: every member applies the same sparse
     // average; a miner sending its contribution × −100 is caught.
-    let d = DilocoSettings {
-        inner_steps: 2,
-        inner_lr: 1e-3,
-        outer_lr: 0.7,
-        outer_momentum: 0.9,
-        snapshot_every: 2,
-        inner_seconds: 0.0,
-        inner_lr_schedule: LrSchedule::Constant,
-        outer_lr_schedule: LrSchedule::Constant,
-    };
+    let d = settings(2, 2);
     let codec = Codec::TopK { block: 1024, k: 16, wide: false };
     let behaviours = [
         Behaviour::Honest,
@@ -331,16 +283,7 @@ fn a_stale_or_absent_diloco_miner_is_not_paid() {
     // A miner that never takes the outer step (it skips the all-reduce)
     // trains its next epochs from a stale model: its first snapshot is not
     // θₑ and its stated Δ does not start there.
-    let d = DilocoSettings {
-        inner_steps: 2,
-        inner_lr: 1e-3,
-        outer_lr: 0.7,
-        outer_momentum: 0.9,
-        snapshot_every: 1,
-        inner_seconds: 0.0,
-        inner_lr_schedule: LrSchedule::Constant,
-        outer_lr_schedule: LrSchedule::Constant,
-    };
+    let d = settings(2, 1);
     let behaviours = [Behaviour::Honest, Behaviour::Honest, Behaviour::Honest, Behaviour::SkipsAllReduce];
     let net = network_with("diloco-stale", &behaviours, 2, GRACE, |v, _| v.diloco = Some(d));
     for round in 1..=5u64 {

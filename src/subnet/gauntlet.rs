@@ -38,11 +38,18 @@ impl Gains {
     }
 }
 
-/// Up to `BATCHES` batch indices spread evenly over `n` (the inner steps'
-/// batches: the contribution carries every step's).
-pub fn spread(n: usize) -> Vec<usize> {
+/// Up to `BATCHES` distinct batch indices below `n`, one drawn from each
+/// of as many equal parts of `0..n` (the contribution carries every
+/// step's batches): drawn by the validator after the answer, so a miner
+/// cannot tune its contribution to the batches measured.
+pub fn picks(n: usize, rng: &mut crate::rng::Rng) -> Vec<usize> {
     let m = BATCHES.min(n);
-    (0..m).map(|i| i * n / m.max(1)).collect()
+    (0..m)
+        .map(|i| {
+            let (lo, hi) = (i * n / m, (i + 1) * n / m);
+            lo + rng.below((hi - lo) as u64) as usize
+        })
+        .collect()
 }
 
 fn mean_loss<E: Engine>(model: &mut Gpt<E>, batches: &RowBatches, picks: &[usize]) -> Result<f64, ModelError> {
@@ -72,4 +79,22 @@ pub fn gains<E: Engine>(
     let after = (mean_loss(model, own, own_picks), mean_loss(model, other, other_picks));
     model.write_params(&anchor);
     Ok(Gains { own: before.0 - after.0?, other: before.1 - after.1? })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn picks_are_distinct_one_from_each_part() {
+        let mut rng = crate::rng::Rng::new(3);
+        for n in [0usize, 1, 3, 4, 7, 50] {
+            for _ in 0..50 {
+                let p = super::picks(n, &mut rng);
+                assert_eq!(p.len(), super::BATCHES.min(n));
+                assert!(p.windows(2).all(|w| w[0] < w[1]) && p.iter().all(|&k| k < n), "{n}: {p:?}");
+                for (i, &k) in p.iter().enumerate() {
+                    assert!(k >= i * n / p.len() && k < (i + 1) * n / p.len(), "{n}: {p:?}");
+                }
+            }
+        }
+    }
 }

@@ -85,8 +85,8 @@ impl<E: Engine> Validator<E> {
             if max_diff(&p, &stated) > 1e-6 * sq.sqrt() + 1e-30 {
                 return Ok(Err("its sparse contribution is not the one whose projections it stated".into()));
             }
-            let g =
-                self.gauntlet(model, &c, d.outer_lr_at(lock(&self.outer).steps) as f32, batches, n, a.dataset_indices.as_ref().map_or(0, Vec::len))?;
+            let own_rows = a.dataset_indices.as_deref().unwrap_or_default();
+            let g = self.gauntlet(model, &c, d.outer_lr_at(lock(&self.outer).steps) as f32, batches, n, own_rows)?;
             tracing::debug!("uid {}: the contribution lowers the loss by {:.4} on its rows, {:.4} on others", node.uid, g.own, g.other);
             r.gauntlet = Some(g);
             if !g.passes() {
@@ -99,30 +99,39 @@ impl<E: Engine> Validator<E> {
         Ok(Ok(r))
     }
 
-    /// The loss gains of contribution `c` on the answer's batches and on as
-    /// many rows nobody was handed yet (`gauntlet`).
-    fn gauntlet(&self, model: &mut Gpt<E>, c: &[f32], scale: f32, own: &RowBatches, n: usize, rows: usize) -> Result<gauntlet::Gains, String> {
-        let control = self.unhanded_rows(rows as u64);
+    /// The loss gains of contribution `c` on the answer's batches (of
+    /// `own_rows`) and on as many rows nobody was handed yet (`gauntlet`).
+    fn gauntlet(&self, model: &mut Gpt<E>, c: &[f32], scale: f32, own: &RowBatches, n: usize, own_rows: &[u64]) -> Result<gauntlet::Gains, String> {
+        let control = self.unhanded_rows(own_rows);
         if control.is_empty() {
             return Err("no rows left that nobody was handed, for the loss check".into());
         }
         let texts = fetch_rows(self.source.as_ref(), &control).map_err(|e| e.to_string())?;
         let (b, t) = own.shape();
         let other = RowBatches::from_texts(&texts, b, t).map_err(|e| e.to_string())?;
-        let (own_picks, other_picks) = (gauntlet::spread(n), gauntlet::spread(other.len().min(n)));
+        let (own_picks, other_picks) = {
+            let mut rng = lock(&self.rng);
+            (gauntlet::picks(n, &mut rng), gauntlet::picks(other.len().min(n), &mut rng))
+        };
         gauntlet::gains(model, c, scale, (own, &own_picks), (&other, &other_picks)).map_err(|e| e.to_string())
     }
 
-    /// A run of `len` rows nobody was handed in this pass over the dataset
-    /// (any run once every row was), left unmarked: the loss check's
-    /// control rows.
-    fn unhanded_rows(&self, len: u64) -> Vec<u64> {
+    /// A run of as many rows as `own` that nobody was handed in this pass
+    /// over the dataset, left unmarked: the loss check's control rows.
+    /// Late in a pass no such run may be left: then any run outside `own`
+    /// (rows the miner trained on would make its own gain look common).
+    fn unhanded_rows(&self, own: &[u64]) -> Vec<u64> {
         let n = self.source.num_rows();
-        let len = len.min(n);
+        let len = (own.len() as u64).min(n);
         let start = lock(&self.rng).below(n.max(1));
         let mut bits = lock(&self.handed_out).clone();
         bits.resize(n.div_ceil(64) as usize, 0);
-        let first = super::free_run(&bits, n, start, len).unwrap_or(start.min(n - len));
+        let first = super::free_run(&bits, n, start, len).or_else(|| {
+            let mut mine = vec![0u64; bits.len()];
+            own.iter().filter(|&&r| r < n).for_each(|&r| mine[(r / 64) as usize] |= 1 << (r % 64));
+            super::free_run(&mine, n, start, len)
+        });
+        let first = first.unwrap_or(start.min(n - len));
         (first..first + len).collect()
     }
 }
