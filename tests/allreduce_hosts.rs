@@ -5,7 +5,9 @@
 //! left must hold the same bits. Root only (CI runs as root); elsewhere
 //! each test says SKIPPED.
 
+use dtrain::allreduce::audit::{Audit, Verified, run_verified};
 use dtrain::allreduce::codec::Codec;
+use dtrain::allreduce::projection::Projector;
 use dtrain::allreduce::{Failure, Group, Identity, Member, Peer, Report, Settings};
 mod common;
 
@@ -23,21 +25,48 @@ fn inputs(n: usize, len: usize) -> Vec<Vec<f32>> {
 /// `weights[i]`; `during` runs beside it (cutting links, say) once every
 /// member has the group.
 fn round_on_hosts(net: &Net, x: &[Vec<f32>], weights: &[f32], settings: &Settings, during: impl FnOnce(&Net) + Send) -> Vec<(Vec<f32>, Report)> {
+    let results = rounds_on_hosts(net, x, weights, settings, None, during);
+    results.into_iter().map(|(grad, v)| (grad, v.report)).collect()
+}
+
+/// [`round_on_hosts`], audited when `audit` is given (credited with every
+/// member's own vector; reruns as a node would).
+fn rounds_on_hosts(
+    net: &Net,
+    x: &[Vec<f32>],
+    weights: &[f32],
+    settings: &Settings,
+    audit: Option<Audit>,
+    during: impl FnOnce(&Net) + Send,
+) -> Vec<(Vec<f32>, Verified)> {
     let n = x.len();
     let (tx, rx) = mpsc::channel();
     std::thread::scope(|s| {
         let handles: Vec<_> = (0..n)
             .map(|i| {
-                let (tx, x, w) = (tx.clone(), &x[i], weights[i]);
+                let (tx, x, w, audit) = (tx.clone(), &x[i], weights[i], &audit);
                 let (gtx, grx) = mpsc::channel::<Group>();
                 let h = s.spawn(move || {
                     net.enter(i).unwrap();
                     let mut peer = Peer::bind(Identity::from_seed([i as u8 + 1; 32]), (net.addr(i), 0).into()).unwrap();
                     tx.send((i, peer.local_addr().unwrap(), peer.public_key())).unwrap();
                     let group = grx.recv().unwrap();
+                    let deadline = Instant::now() + Duration::from_secs(120);
                     let mut grad = x.clone();
-                    let report = peer.all_reduce(&group, 1, &mut grad, w, Instant::now() + Duration::from_secs(120), settings).unwrap();
-                    (grad, report)
+                    let v = match audit {
+                        Some(audit) => run_verified(&group, audit, settings, 2, |g, a, s| {
+                            grad = x.clone();
+                            peer.all_reduce_audited(g, 1, &mut grad, w, deadline, s, Some(a))
+                        }),
+                        None => peer.all_reduce(&group, 1, &mut grad, w, deadline, settings).map(|report| Verified {
+                            clean: true,
+                            report,
+                            group,
+                            accused: vec![],
+                            dropped: vec![],
+                        }),
+                    };
+                    (grad, v.unwrap())
                 });
                 (h, gtx)
             })
@@ -86,6 +115,31 @@ fn a_member_ten_times_slower_still_takes_part() {
     let results = round_on_hosts(&net, &x, &weights, &settings(Duration::from_secs(30)), |_| {});
     assert_complete(&x, &weights, &results);
     eprintln!("{}", results[0].1.summary());
+}
+
+#[test]
+fn a_member_behind_a_slow_uplink_keeps_its_place_in_an_audited_round() {
+    // Host 2 (weight 0, as a member still unverified: it owns a span and
+    // receives everything) sends at 1 Mbit/s but receives at 100: its
+    // inputs are in within a second, its span's averages take ~13 s to
+    // upload. Host 3 (weight 0, the validator's part) adjudicates. Neither
+    // may wait the ruling out while that upload, which the adjudicator
+    // needs before it can rule, still runs (the wait is 3 × 3 s here).
+    let Some(net) = hosts(4, "rate=100mbit,rtt=20ms,up=2:1mbit") else { return };
+    let (x, weights) = (inputs(4, 1 << 20), [1.0, 2.0, 0.0, 0.0]);
+    let challenge = [7u8; 32];
+    let p = Projector::new(&challenge);
+    let audit = Audit { challenge, weights: weights.to_vec(), expected: x.iter().map(|v| p.project(v, 0)).collect(), adjudicator: Some(3) };
+    let t = Instant::now();
+    let s = Settings { connect_timeout: Duration::from_secs(3), ..settings(Duration::from_secs(3)) };
+    let results = rounds_on_hosts(&net, &x, &weights, &s, Some(audit), |_| {});
+    eprintln!("ended after {:.1} s: {}", t.elapsed().as_secs_f64(), results[2].1.report.summary());
+    for (i, (_, v)) in results.iter().enumerate() {
+        assert!(v.clean && v.accused.is_empty() && v.dropped.is_empty(), "host {i}: {:?} {:?}: {}", v.accused, v.dropped, v.report.summary());
+        assert_eq!(v.report.ruling.as_deref(), Some(&[][..]), "host {i}");
+    }
+    let plain: Vec<(Vec<f32>, Report)> = results.into_iter().map(|(g, v)| (g, v.report)).collect();
+    assert_complete(&x, &weights, &plain);
 }
 
 #[test]

@@ -7,7 +7,9 @@ use dtrain::rng::Rng;
 #[test]
 fn headers_round_trip_and_verify_their_payload() {
     let payload: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
-    for kind in [Kind::Hello, Kind::Scatter, Kind::Gather, Kind::Abort, Kind::Auth, Kind::Done] {
+    for kind in
+        [Kind::Hello, Kind::Scatter, Kind::Gather, Kind::Abort, Kind::Auth, Kind::Done, Kind::Statement, Kind::Testimony, Kind::Ruling, Kind::Waiting]
+    {
         let h = Header::for_payload(kind, 7, u64::MAX - 3, 5, 123_456, &payload);
         let parsed = Header::parse(&h.encode(), 1 << 20).unwrap();
         assert_eq!(parsed, h);
@@ -30,7 +32,7 @@ fn damaged_headers_are_refused() {
     assert!(matches!(Header::parse(&with(0, b'X'), 100), Err(WireError::Magic(_))));
     assert_eq!(Header::parse(&with(4, 1), 100), Err(WireError::Version(1)));
     assert_eq!(Header::parse(&with(5, 0), 100), Err(WireError::Kind(0)));
-    assert_eq!(Header::parse(&with(5, 10), 100), Err(WireError::Kind(10)));
+    assert_eq!(Header::parse(&with(5, 11), 100), Err(WireError::Kind(11)));
     assert_eq!(Header::parse(&with(30, 1), 100), Err(WireError::Reserved));
     assert_eq!(Header::parse(&with(27, 0x80), 100), Err(WireError::TooLong { len: 0x8000_0003, max: 100 }));
     assert_eq!(Header::parse(&good, 2), Err(WireError::TooLong { len: 3, max: 2 }));

@@ -232,6 +232,13 @@ impl Conn {
                 let start = after_last.or_else(first_scatter).unwrap_or(self.out.len());
                 start + usize::from(self.out.get(start).is_some_and(|o| o.kind == Kind::Scatter))
             }
+            // The adjudication's frames go ahead of every data frame not yet
+            // begun: the round's end waits on them, and a member whose
+            // uplink is saturated by its span must not be left out for
+            // testifying late.
+            Kind::Testimony | Kind::Ruling | Kind::Waiting => {
+                self.out.iter().position(|o| o.sent == 0 && matches!(o.kind, Kind::Scatter | Kind::Gather | Kind::Done)).unwrap_or(self.out.len())
+            }
             _ => self.out.len(),
         };
         self.out.insert(at, out);
@@ -325,8 +332,31 @@ mod tests {
         for (kind, chunk) in [(Kind::Gather, 0), (Kind::Gather, 1), (Kind::Done, 0), (Kind::Abort, 0)] {
             c.queue(frame(kind, chunk), now);
         }
-        let order: Vec<(Kind, usize)> = c.out.iter().map(|o| (o.kind, u32::from_le_bytes(o.hdr[20..24].try_into().unwrap()) as usize)).collect();
         use Kind::*;
-        assert_eq!(order, [(Hello, 0), (Auth, 0), (Scatter, 0), (Gather, 0), (Scatter, 1), (Gather, 1), (Scatter, 2), (Done, 0), (Abort, 0)]);
+        assert_eq!(order(&c), [(Hello, 0), (Auth, 0), (Scatter, 0), (Gather, 0), (Scatter, 1), (Gather, 1), (Scatter, 2), (Done, 0), (Abort, 0)]);
+    }
+
+    fn order(c: &Conn) -> Vec<(Kind, usize)> {
+        c.out.iter().map(|o| (o.kind, u32::from_le_bytes(o.hdr[20..24].try_into().unwrap()) as usize)).collect()
+    }
+
+    #[test]
+    fn testimony_and_ruling_jump_the_data_not_yet_begun() {
+        let mut c = conn();
+        let now = Instant::now();
+        for (kind, chunk) in [(Kind::Scatter, 0), (Kind::Gather, 0), (Kind::Scatter, 1), (Kind::Done, 0)] {
+            c.queue(frame(kind, chunk), now);
+        }
+        // The first frame is partly written: it must be finished first.
+        c.out[0].sent = 3;
+        c.queue(frame(Kind::Testimony, 7), now);
+        c.queue(frame(Kind::Ruling, 8), now);
+        use Kind::*;
+        assert_eq!(order(&c), [(Scatter, 0), (Testimony, 7), (Ruling, 8), (Gather, 0), (Scatter, 1), (Done, 0)]);
+        // With nothing but control frames queued they keep their order.
+        let mut c = conn();
+        c.queue(frame(Kind::Abort, 0), now);
+        c.queue(frame(Kind::Testimony, 1), now);
+        assert_eq!(order(&c), [(Abort, 0), (Testimony, 1)]);
     }
 }

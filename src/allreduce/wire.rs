@@ -7,7 +7,7 @@
 //! ```text
 //! offset size field
 //!      0    4 magic "DTAR"
-//!      4    1 version (2: signed part statements, testimonies and rulings)
+//!      4    1 version (3: the adjudicator's Waiting frames)
 //!      5    1 kind
 //!      6    2 sender (member index)
 //!      8    8 round id
@@ -19,7 +19,7 @@
 //! ```
 
 pub const MAGIC: [u8; 4] = *b"DTAR";
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 pub const HEADER_LEN: usize = 40;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,6 +46,10 @@ pub enum Kind {
     Testimony = 8,
     /// The adjudicator's ruling: who is left out (see `ruling`).
     Ruling = 9,
+    /// The adjudicator, before its ruling, to every member: it still waits
+    /// for a third one (whose data or testimony is moving), so the wait is
+    /// not counted as its stall. Empty.
+    Waiting = 10,
 }
 
 impl Kind {
@@ -60,6 +64,7 @@ impl Kind {
             7 => Kind::Statement,
             8 => Kind::Testimony,
             9 => Kind::Ruling,
+            10 => Kind::Waiting,
             _ => return None,
         })
     }

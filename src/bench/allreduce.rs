@@ -680,7 +680,7 @@ fn allreduce_bench_net(a: &AllreduceBenchArgs, profile: &Profile) -> Result<()> 
         // The fastest any split of the spans can be for these links (with
         // equal links: every member sends and receives 2(N−1)/N of the
         // encoded vector); the peers use that split.
-        let rates: Vec<f64> = (0..n).map(|i| profile.link(i).rate.unwrap_or(f64::INFINITY)).collect();
+        let rates: Vec<f64> = (0..n).map(|i| profile.min_rate(i)).collect();
         let (fractions, per_byte) = match rates.iter().all(|r| r.is_finite()) {
             true => link_fractions(&rates),
             false => (vec![1.0; n], 0.0), // (unshaped: equal spans, no bound)

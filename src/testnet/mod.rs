@@ -47,7 +47,8 @@ pub enum NetError {
 /// `rtt` is the round trip between two hosts (each access link carries a
 /// quarter of it each way), `jitter` up to that much more delay per
 /// packet, `loss` the chance that a packet is lost on its way (each way),
-/// `slow=i:rate` gives host i another rate, and `buffer` each queue's size
+/// `slow=i:rate` gives host i another rate, `up=i:rate` host i another
+/// uplink rate only (a home line), and `buffer` each queue's size
 /// (default: a round trip or 100 ms at the rate, at least 8 packets).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Profile {
@@ -57,6 +58,7 @@ pub struct Profile {
     pub loss: f64,
     pub buffer: Option<usize>,
     pub slow: Vec<(usize, f64)>,
+    pub up: Vec<(usize, f64)>,
 }
 
 fn parse_rate(s: &str) -> Option<f64> {
@@ -115,12 +117,13 @@ impl std::str::FromStr for Profile {
                         .ok_or_else(|| bad("loss is like 0.1% or 0.001"))?;
                 }
                 "buffer" => p.buffer = Some(parse_bytes(v).ok_or_else(|| bad("buffer is like 4mb"))?),
-                "slow" => {
-                    let (host, rate) = v.split_once(':').ok_or_else(|| bad("slow is like 1:100mbit"))?;
-                    let host = host.parse().map_err(|_| bad("slow's host is an index"))?;
-                    p.slow.push((host, parse_rate(rate).ok_or_else(|| bad("slow's rate is like 100mbit"))?));
+                "slow" | "up" => {
+                    let (host, rate) = v.split_once(':').ok_or_else(|| bad(&format!("{k} is like 1:100mbit")))?;
+                    let host = host.parse().map_err(|_| bad(&format!("{k}'s host is an index")))?;
+                    let rate = parse_rate(rate).ok_or_else(|| bad(&format!("{k}'s rate is like 100mbit")))?;
+                    if k == "slow" { &mut p.slow } else { &mut p.up }.push((host, rate));
                 }
-                _ => return Err(bad(&format!("unknown key {k:?} (rate, rtt, jitter, loss, buffer, slow)"))),
+                _ => return Err(bad(&format!("unknown key {k:?} (rate, rtt, jitter, loss, buffer, slow, up)"))),
             }
         }
         Ok(p)
@@ -138,8 +141,16 @@ impl Profile {
         // (tbf: 1.15×) — while seconds of queue on a slow link delay its
         // acks behind its data (2 MiB at 10 Mbit/s: 1.66× the optimum).
         let time = self.rtt.max(Duration::from_millis(100)).as_secs_f64();
-        let queue = rate.map_or(0.0, |r| r / 8.0 * time) as usize;
-        Link { rate, delay: self.rtt / 4, jitter: self.jitter, loss: self.loss, buffer: self.buffer.unwrap_or(queue.max(8 * MTU as usize)) }
+        let buffer = |rate: Option<f64>| self.buffer.unwrap_or((rate.map_or(0.0, |r| r / 8.0 * time) as usize).max(8 * MTU as usize));
+        let up = self.up.iter().rev().find(|s| s.0 == i).map(|&(_, r)| (r, buffer(Some(r))));
+        Link { rate, delay: self.rtt / 4, jitter: self.jitter, loss: self.loss, buffer: buffer(rate), up }
+    }
+
+    /// Host `i`'s slower direction (bits/s; infinite when unshaped): what
+    /// bounds an all-reduce, where every member sends and receives alike.
+    pub fn min_rate(&self, i: usize) -> f64 {
+        let l = self.link(i);
+        l.rate.unwrap_or(f64::INFINITY).min(l.up.map_or(f64::INFINITY, |u| u.0))
     }
 }
 
@@ -178,8 +189,8 @@ impl Net {
         if !(2..=MAX_HOSTS).contains(&n) {
             return Err(NetError::Setup(format!("{n} hosts: 2 to {MAX_HOSTS} are supported")));
         }
-        if let Some((h, _)) = profile.slow.iter().find(|s| s.0 >= n) {
-            return Err(NetError::Setup(format!("slow host {h} is not among the {n} hosts")));
+        if let Some((h, _)) = profile.slow.iter().chain(&profile.up).find(|s| s.0 >= n) {
+            return Err(NetError::Setup(format!("host {h} (slow= or up=) is not among the {n} hosts")));
         }
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
@@ -307,7 +318,12 @@ mod tests {
         assert_eq!((fast.buffer, slow.buffer), (12_500_000, 1_250_000));
         assert_eq!("buffer=4mb".parse::<Profile>().unwrap().buffer, Some(4 << 20));
         assert_eq!("rate=250kbit".parse::<Profile>().unwrap().rate, Some(250e3));
-        for bad in ["rate=fast", "rtt=40parsecs", "loss=150%", "slow=x:1mbit", "speed=1", "rate"] {
+        // A home line: host 1 sends at 10 Mbit/s, receives at 100.
+        let p: Profile = "rate=100mbit,up=1:10mbit".parse().unwrap();
+        let (other, home) = (p.link(0), p.link(1));
+        assert_eq!((other.up, home.rate, home.up), (None, Some(1e8), Some((1e7, 8 * MTU as usize))));
+        assert_eq!((p.min_rate(0), p.min_rate(1)), (1e8, 1e7));
+        for bad in ["rate=fast", "rtt=40parsecs", "loss=150%", "slow=x:1mbit", "up=1", "speed=1", "rate"] {
             assert!(bad.parse::<Profile>().is_err(), "{bad}");
         }
     }

@@ -1,5 +1,5 @@
 //! The wire between the test hosts: a userspace switch over their TUN
-//! devices that gives each host's access link a rate (both ways), a
+//! devices that gives each host's access link a rate (each way), a
 //! propagation delay, jitter, loss and a finite buffer.
 //!
 //! Why in userspace: this kernel has `tbf`/`htb` but no `netem`, so delay
@@ -33,7 +33,8 @@ use std::time::{Duration, Instant};
 /// One host's access link.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Link {
-    /// Bits per second, each way (`None`: as fast as the switch goes).
+    /// Bits per second, each way unless `up` says otherwise (`None`: as
+    /// fast as the switch goes).
     pub rate: Option<f64>,
     /// One-way propagation delay of this access link.
     pub delay: Duration,
@@ -43,9 +44,20 @@ pub struct Link {
     pub loss: f64,
     /// Bytes a direction's queue holds before it drops.
     pub buffer: usize,
+    /// The uplink's rate and buffer where they differ from the downlink's
+    /// (a home line: fast down, slow up).
+    pub up: Option<(f64, usize)>,
 }
 
 impl Link {
+    /// This link's sending direction.
+    fn uplink(&self) -> Link {
+        match self.up {
+            Some((rate, buffer)) => Link { rate: Some(rate), buffer, up: None, ..*self },
+            None => *self,
+        }
+    }
+
     fn tx(&self, bytes: usize) -> Duration {
         self.rate.map_or(Duration::ZERO, |r| Duration::from_secs_f64(bytes as f64 * 8.0 / r))
     }
@@ -191,7 +203,7 @@ fn uplink(
     stats: &Stats,
     shared: &Shared,
 ) {
-    let me = links[i];
+    let me = links[i].uplink();
     let mut rng = Rng::new(seed);
     let mut buf = vec![0u8; 1 << 16];
     let (mut free, mut last) = (Instant::now(), Instant::now());

@@ -158,7 +158,7 @@ impl Round<'_> {
                 }
                 self.members[j].done = Some((payload[..n].to_vec(), hash));
             }
-            Kind::Testimony | Kind::Ruling => self.on_judgement(j, h, payload),
+            Kind::Testimony | Kind::Ruling | Kind::Waiting => self.on_judgement(j, h, payload),
             Kind::Abort => {
                 let why: String = String::from_utf8_lossy(payload).chars().take(200).collect();
                 self.fail(j, Failure::Aborted(why));

@@ -39,7 +39,13 @@ impl Round<'_> {
     /// Testifies, or rules, once the data phase is over.
     pub(super) fn judge_step(&mut self, now: Instant) {
         let (Some(a), Some(audit)) = (self.adjudicator(), self.audit) else { return };
-        if self.ruling.is_some() || !self.data_done() {
+        if self.ruling.is_some() {
+            return;
+        }
+        if a == self.me {
+            self.keep_waiting(now);
+        }
+        if !self.data_done() {
             return;
         }
         let n = self.n();
@@ -75,7 +81,30 @@ impl Round<'_> {
         }
     }
 
-    /// A testimony (to us, the adjudicator) or the ruling (from it).
+    /// The adjudicator, not ruling yet: every half stall timeout, a
+    /// Waiting frame to every member still in the round. A member's wait
+    /// for the ruling would otherwise run out while the adjudicator itself
+    /// still receives a slow member's data (a 1 Mbit/s uplink uploading
+    /// its span), which it needs before it can rule. A dead adjudicator
+    /// sends nothing and is still noticed.
+    fn keep_waiting(&mut self, now: Instant) {
+        if self.waiting_sent.is_some_and(|t| now.duration_since(t) < self.settings.stall_timeout / 2) {
+            return;
+        }
+        self.waiting_sent = Some(now);
+        for j in 0..self.n() {
+            let m = &self.members[j];
+            let Some(id) = m.conn.filter(|_| j != self.me && m.failure.is_none()) else { continue };
+            if let Some(conn) = self.conns[id].as_mut().filter(|c| c.ready) {
+                let header = Header::for_payload(Kind::Waiting, self.me as u16, self.round, 0, 0, &[]);
+                conn.queue(Out::new(&header, Body::Owned(Vec::new())), now);
+            }
+        }
+    }
+
+    /// A testimony (to us, the adjudicator), the ruling (from it) or its
+    /// word that it still waits (nothing to do: the frame itself resets
+    /// the connection's idle time).
     pub(super) fn on_judgement(&mut self, j: usize, h: Header, payload: &[u8]) {
         let n = self.n();
         match h.kind {
@@ -87,6 +116,7 @@ impl Round<'_> {
                 Some(r) => self.ruling = Some(r),
                 None => self.fail(j, Failure::Invalid("malformed ruling".into())),
             },
+            Kind::Waiting if self.adjudicator() == Some(j) && self.ruling.is_none() && payload.is_empty() => {}
             kind => self.fail(j, Failure::Invalid(format!("{kind:?} frame unexpected here"))),
         }
     }

@@ -291,6 +291,8 @@ struct Round<'a> {
     /// Adjudicated rounds (see judge.rs): this member's testimony sent;
     /// the adjudicator's testimonies received; the ruling, received or made.
     testified: bool,
+    /// When the adjudicator last told everyone it still waits.
+    waiting_sent: Option<Instant>,
     testimonies: Vec<Option<Testimony>>,
     ruling: Option<Vec<Accusation>>,
 }
@@ -573,6 +575,7 @@ impl<'a> Round<'a> {
             scatter_written: 0,
             gather_written: 0,
             testified: false,
+            waiting_sent: None,
             testimonies: vec![None; n],
             ruling: None,
         })
@@ -665,16 +668,16 @@ impl<'a> Round<'a> {
         ruled && self.all_finalized() && (0..self.n()).all(|j| j == self.me || self.member_done(j))
     }
 
-    /// The data phase is over: every chunk and summary due has come or
-    /// failed, and all ours are written.
+    /// The data phase is over for this member's judgement: its span is
+    /// averaged, and every chunk and summary due to it has come or failed.
+    /// (What it still has to write does not change what it testifies, and
+    /// waiting for that would make a member with a slow uplink testify
+    /// late: its testimony goes ahead of its unsent data instead.)
     fn data_done(&self) -> bool {
         self.all_finalized()
             && (0..self.n()).all(|j| {
                 let m = &self.members[j];
-                j == self.me
-                    || m.failure.is_some()
-                    || m.closed_clean
-                    || m.conn.is_some_and(|id| self.conns[id].as_ref().is_some_and(|c| !c.has_output()) && !self.expects_data(j))
+                j == self.me || m.failure.is_some() || m.closed_clean || (m.conn.is_some() && !self.expects_data(j))
             })
     }
 
@@ -704,10 +707,13 @@ impl<'a> Round<'a> {
                         self.fail(j, Failure::Stalled(format!("no averaged chunks for {:.1} s", read_idle.as_secs_f64())));
                     } else if !self.expects_data(j)
                         && self.expects_judgement(j)
-                        && read_idle > s.connect_timeout.max(s.stall_timeout) + 2 * s.stall_timeout
+                        && !conn.has_output()
+                        && read_idle.min(write_idle) > s.connect_timeout.max(s.stall_timeout) + 2 * s.stall_timeout
                     {
                         // (Up to that long a member may wait for a third one
-                        // before it testifies, and the adjudicator for all.)
+                        // before it testifies, and the adjudicator for all.
+                        // The wait counts from when `j` has all of ours too:
+                        // until then its own data phase is not over.)
                         self.fail(j, Failure::Stalled(format!("no testimony or ruling for {:.1} s", read_idle.as_secs_f64())));
                     } else if conn.has_output() && write_idle > s.stall_timeout {
                         self.fail(j, Failure::Stalled(format!("not reading: nothing written to it for {:.1} s", write_idle.as_secs_f64())));
