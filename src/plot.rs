@@ -1,133 +1,31 @@
-//! A line chart as a PNG, with no image library: the pixels go into zlib
-//! "stored" blocks (no compression; a chart is small), framed by the CRC-32
-//! and Adler-32 the formats require.
+//! Line charts with `plotters`: PNG files (a swarm's loss.png, the DiLoCo
+//! benchmark's charts) and SVG for the dashboard's page, from one drawing
+//! routine so both look alike.
+//!
+//! Text is drawn with DejaVu Sans, bundled (assets/fonts: cut to Latin-1
+//! and a few symbols, 54 KB) and registered with plotters' `ab_glyph`
+//! backend: a PNG needs glyphs, and a machine running a validator has no
+//! fonts to count on. The SVG only names the family; the browser draws it.
 
-const W: usize = 640;
-const H: usize = 400;
-const MARGIN: usize = 52;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use std::sync::Once;
 
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 { 0xEDB8_8320 ^ (crc >> 1) } else { crc >> 1 };
+/// Pixels of a PNG chart.
+const W: u32 = 640;
+const H: u32 = 400;
+/// The family the bundled font is registered under.
+const FAMILY: &str = "sans-serif";
+static FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans-subset.ttf");
+
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // (The bundled file is a valid font: a unit test draws with it.)
+        if plotters::style::register_font(FAMILY, FontStyle::Normal, FONT).is_err() {
+            tracing::warn!("the bundled chart font did not load: charts will have no text");
         }
-    }
-    !crc
-}
-
-fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-    let start = out.len();
-    out.extend_from_slice(kind);
-    out.extend_from_slice(data);
-    let crc = crc32(&out[start..]);
-    out.extend_from_slice(&crc.to_be_bytes());
-}
-
-/// PNG bytes of an RGB image (`rgb.len() == 3·w·h`).
-pub fn png(w: usize, h: usize, rgb: &[u8]) -> Vec<u8> {
-    assert_eq!(rgb.len(), 3 * w * h, "one RGB triple per pixel");
-    let mut raw = Vec::with_capacity((3 * w + 1) * h);
-    for row in rgb.chunks(3 * w) {
-        raw.push(0); // filter: none
-        raw.extend_from_slice(row);
-    }
-    let mut z = vec![0x78, 0x01];
-    let blocks: Vec<&[u8]> = raw.chunks(65_535).collect();
-    for (i, b) in blocks.iter().enumerate() {
-        z.push(u8::from(i + 1 == blocks.len()));
-        z.extend_from_slice(&(b.len() as u16).to_le_bytes());
-        z.extend_from_slice(&(!(b.len() as u16)).to_le_bytes());
-        z.extend_from_slice(b);
-    }
-    let (mut a, mut b) = (1u32, 0u32);
-    for &x in &raw {
-        a = (a + x as u32) % 65_521;
-        b = (b + a) % 65_521;
-    }
-    z.extend_from_slice(&(b << 16 | a).to_be_bytes());
-    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = Vec::new();
-    ihdr.extend_from_slice(&(w as u32).to_be_bytes());
-    ihdr.extend_from_slice(&(h as u32).to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB
-    chunk(&mut out, b"IHDR", &ihdr);
-    chunk(&mut out, b"IDAT", &z);
-    chunk(&mut out, b"IEND", &[]);
-    out
-}
-
-/// 3×5 glyphs, one row of three bits per 3 bits, top row first: enough
-/// for the numbers and names of a chart's axes.
-fn glyph(c: char) -> Option<u16> {
-    Some(match c {
-        '0' => 0b111_101_101_101_111,
-        '1' => 0b010_110_010_010_111,
-        '2' => 0b111_001_111_100_111,
-        '3' => 0b111_001_111_001_111,
-        '4' => 0b101_101_111_001_001,
-        '5' => 0b111_100_111_001_111,
-        '6' => 0b111_100_111_101_111,
-        '7' => 0b111_001_001_010_010,
-        '8' => 0b111_101_111_101_111,
-        '9' => 0b111_101_111_001_111,
-        '.' => 0b000_000_000_000_010,
-        '-' => 0b000_000_111_000_000,
-        'a' => 0b000_011_101_101_011,
-        'b' => 0b100_100_111_101_111,
-        'c' => 0b000_111_100_100_111,
-        'd' => 0b001_001_111_101_111,
-        'e' => 0b111_101_111_100_111,
-        'f' => 0b011_010_111_010_010,
-        'g' => 0b111_101_111_001_111,
-        'h' => 0b100_100_111_101_101,
-        'i' => 0b010_000_010_010_010,
-        'k' => 0b100_101_110_101_101,
-        'l' => 0b100_100_100_100_011,
-        'm' => 0b000_111_111_101_101,
-        'n' => 0b000_110_101_101_101,
-        'o' => 0b000_111_101_101_111,
-        'p' => 0b111_101_111_100_100,
-        'r' => 0b000_111_100_100_100,
-        's' => 0b011_100_010_001_110,
-        't' => 0b010_111_010_010_011,
-        'u' => 0b000_101_101_101_111,
-        'v' => 0b000_101_101_101_010,
-        'w' => 0b000_101_101_111_111,
-        'x' => 0b000_000_101_010_101,
-        'y' => 0b000_101_101_011_110,
-        'z' => 0b000_111_010_100_111,
-        'B' => 0b110_101_110_101_110,
-        'M' => 0b101_111_111_101_101,
-        ' ' => 0,
-        _ => return None,
-    })
-}
-
-const SCALE: usize = 2;
-
-/// Width in pixels of `text` as `text` draws it.
-fn text_width(text: &str) -> usize {
-    text.chars().count() * 4 * SCALE
-}
-
-/// Draws `text` with its top-left corner at (x, y); unknown characters
-/// are left blank.
-fn text(put: &mut impl FnMut(usize, usize, [u8; 3]), x: usize, y: usize, text: &str) {
-    for (k, c) in text.chars().enumerate() {
-        let bits = glyph(c).unwrap_or(0);
-        for row in 0..5 {
-            for col in 0..3 {
-                if bits >> (14 - (row * 3 + col)) & 1 == 1 {
-                    for (dx, dy) in (0..SCALE * SCALE).map(|d| (d % SCALE, d / SCALE)) {
-                        put(x + (k * 4 + col) * SCALE + dx, y + row * SCALE + dy, [0, 0, 0]);
-                    }
-                }
-            }
-        }
-    }
+    });
 }
 
 /// One line of a chart: its name (in the legend) and its points.
@@ -136,174 +34,259 @@ pub struct Series<'a> {
     pub ys: &'a [f64],
 }
 
-/// The lines' colours, in order.
-const COLOURS: [[u8; 3]; 3] = [[200, 30, 30], [30, 80, 200], [30, 150, 60]];
-
-/// A 640×400 chart of each series' `ys` against x = `first_x`,
-/// `first_x + 1`, …, on common axes named `x_name` and `y_name`, the ends
-/// of both ranges written on them, each series' points joined in its own
-/// colour, and a legend naming them when there are several.
-pub fn line_chart(series: &[Series], first_x: usize, x_name: &str, y_name: &str) -> Vec<u8> {
-    png(W, H, &chart_pixels(series, first_x, x_name, y_name))
-}
-
 /// One line of an x–y chart: its name and its (x, y) points, in order.
 pub struct XySeries<'a> {
     pub name: &'a str,
     pub points: &'a [(f64, f64)],
 }
 
-/// [`line_chart`] with each point's own x (tokens, seconds, bytes…).
-pub fn xy_chart(series: &[XySeries], x_name: &str, y_name: &str) -> Vec<u8> {
-    png(W, H, &xy_pixels(series, x_name, y_name, format_x))
-}
+/// The lines' colours, in order (then plotters' palette).
+const COLOURS: [RGBColor; 3] = [RGBColor(200, 30, 30), RGBColor(30, 80, 200), RGBColor(30, 150, 60)];
 
-/// An x axis end, short: 12, 3.5, 2.1e6.
-fn format_x(x: f64) -> String {
-    if x.abs() >= 1e5 {
-        format!("{x:.1e}")
-    } else if x.fract() == 0.0 {
-        format!("{x:.0}")
-    } else {
-        format!("{x:.1}")
+fn colour(k: usize) -> RGBColor {
+    match COLOURS.get(k) {
+        Some(&c) => c,
+        None => {
+            let (r, g, b) = Palette99::pick(k).rgb();
+            RGBColor(r, g, b)
+        }
     }
 }
 
-fn chart_pixels(series: &[Series], first_x: usize, x_name: &str, y_name: &str) -> Vec<u8> {
+/// A 640×400 PNG chart of each series' `ys` against x = `first_x`,
+/// `first_x + 1`, … on common axes named `x_name` and `y_name`, each series
+/// in its own colour, a legend naming them when there are several.
+pub fn line_chart(series: &[Series], first_x: usize, x_name: &str, y_name: &str) -> Vec<u8> {
     let points: Vec<Vec<(f64, f64)>> = series.iter().map(|s| s.ys.iter().enumerate().map(|(i, &y)| ((first_x + i) as f64, y)).collect()).collect();
     let xy: Vec<XySeries> = series.iter().zip(&points).map(|(s, p)| XySeries { name: s.name, points: p }).collect();
-    xy_pixels(&xy, x_name, y_name, |x| format!("{x:.0}"))
+    xy_chart(&xy, x_name, y_name)
 }
 
-fn xy_pixels(series: &[XySeries], x_name: &str, y_name: &str, x_label: impl Fn(f64) -> String) -> Vec<u8> {
-    let mut img = vec![255u8; 3 * W * H];
-    let mut put = |x: usize, y: usize, c: [u8; 3]| {
-        if x < W && y < H {
-            img[3 * (y * W + x)..3 * (y * W + x) + 3].copy_from_slice(&c);
+/// [`line_chart`] with each point's own x (tokens, seconds, bytes…).
+pub fn xy_chart(series: &[XySeries], x_name: &str, y_name: &str) -> Vec<u8> {
+    let rgb = xy_pixels(series, None, x_name, y_name);
+    encode_png(W, H, &rgb)
+}
+
+/// The chart as an SVG document of `w`×`h`, titled `title` (the
+/// dashboard's).
+pub fn svg_chart(series: &[XySeries], title: &str, x_name: &str, y_name: &str, (w, h): (u32, u32)) -> String {
+    register_font();
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, (w, h)).into_drawing_area();
+        if let Err(e) = draw(&root, series, Some(title), x_name, y_name) {
+            tracing::warn!("drawing the chart {title:?}: {e}");
         }
-    };
-    for x in MARGIN..W - MARGIN / 2 {
-        put(x, H - MARGIN, [0, 0, 0]);
+        let _ = root.present();
     }
-    for y in MARGIN / 2..H - MARGIN {
-        put(MARGIN, y, [0, 0, 0]);
+    out
+}
+
+/// RGB pixels (W×H) of the chart.
+fn xy_pixels(series: &[XySeries], title: Option<&str>, x_name: &str, y_name: &str) -> Vec<u8> {
+    register_font();
+    let mut rgb = vec![255u8; (3 * W * H) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, (W, H)).into_drawing_area();
+        if let Err(e) = draw(&root, series, title, x_name, y_name) {
+            tracing::warn!("drawing a chart of {y_name}: {e}");
+        }
+        let _ = root.present();
     }
-    text(&mut put, MARGIN + 6, MARGIN / 2 - 12, y_name);
-    text(&mut put, W - MARGIN / 2 - text_width(x_name), H - MARGIN + 18, x_name);
-    let range =
-        |v: &mut dyn Iterator<Item = f64>| v.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| (l.min(v), h.max(v)));
-    let (x_lo, x_hi) = range(&mut series.iter().flat_map(|s| s.points.iter().map(|p| p.0)));
-    if x_lo.is_finite() {
-        text(&mut put, MARGIN, H - MARGIN + 6, &x_label(x_lo));
-        let last = x_label(x_hi);
-        text(&mut put, W - MARGIN / 2 - text_width(&last), H - MARGIN + 6, &last);
+    rgb
+}
+
+/// PNG bytes of an RGB image (`rgb.len() == 3·w·h`).
+pub fn encode_png(w: u32, h: u32, rgb: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, w, h);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    // Writing into memory fails only on a size mismatch, a bug here.
+    let mut writer = enc.write_header().expect("PNG header");
+    writer.write_image_data(rgb).expect("an RGB image of the stated size");
+    writer.finish().expect("PNG end");
+    out
+}
+
+/// The finite range of `v`, widened when empty or flat so an axis can be
+/// drawn.
+fn range(v: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = v.filter(|v| v.is_finite()).fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), v| (l.min(v), h.max(v)));
+    match (lo.is_finite(), hi > lo) {
+        (false, _) => (0.0, 1.0),
+        (true, true) => (lo, hi),
+        (true, false) => (lo - 0.5 * lo.abs().max(1e-9), hi + 0.5 * hi.abs().max(1e-9)),
+    }
+}
+
+/// An axis label on an axis spanning `span`, short but with the digits
+/// that tell neighbouring ticks apart: 12, 3.5, 0.498, 2.1e6.
+fn label(x: f64, span: f64) -> String {
+    let a = x.abs();
+    if a >= 1e5 || (a > 0.0 && a < 1e-3 && span < 1e-2) {
+        return format!("{x:.2e}");
+    }
+    // Ticks are about span/6 apart: one digit finer than that.
+    let digits = (1.0 - (span / 6.0).log10().floor()).clamp(0.0, 6.0) as usize;
+    let s = format!("{x:.digits$}");
+    match s.contains('.') {
+        true => s.trim_end_matches('0').trim_end_matches('.').to_string(),
+        false => s,
+    }
+}
+
+/// Axes, grid, labels, each series' finite points joined (a gap where a
+/// point is missing) and, with several series, a legend.
+fn draw<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    series: &[XySeries],
+    title: Option<&str>,
+    x_name: &str,
+    y_name: &str,
+) -> Result<(), DrawingAreaErrorKind<DB::ErrorType>> {
+    root.fill(&WHITE)?;
+    let finite = |p: &&(f64, f64)| p.0.is_finite() && p.1.is_finite();
+    let (x_lo, x_hi) = range(series.iter().flat_map(|s| s.points.iter().filter(finite).map(|p| p.0)));
+    let (y_lo, y_hi) = range(series.iter().flat_map(|s| s.points.iter().filter(finite).map(|p| p.1)));
+    let pad = (y_hi - y_lo) * 0.05;
+    let mut builder = ChartBuilder::on(root);
+    builder.margin(12).x_label_area_size(38).y_label_area_size(58);
+    if let Some(t) = title {
+        builder.caption(t, (FAMILY, 18));
+    }
+    let mut chart = builder.build_cartesian_2d(x_lo..x_hi, (y_lo - pad)..(y_hi + pad))?;
+    // Whole x values (epochs) get whole ticks only.
+    let whole = series.iter().flat_map(|s| s.points.iter().filter(finite)).all(|p| p.0.fract() == 0.0);
+    let x_ticks = if whole { ((x_hi - x_lo) as usize + 1).clamp(2, 6) } else { 6 };
+    let (x_span, y_span) = (x_hi - x_lo, y_hi - y_lo + 2.0 * pad);
+    chart
+        .configure_mesh()
+        .x_desc(x_name)
+        .y_desc(y_name)
+        .x_labels(x_ticks)
+        .y_labels(6)
+        .x_label_formatter(&|x| label(*x, x_span))
+        .y_label_formatter(&|y| label(*y, y_span))
+        .label_style((FAMILY, 13))
+        .axis_desc_style((FAMILY, 14))
+        .light_line_style(RGBColor(240, 240, 240))
+        .draw()?;
+    for (k, s) in series.iter().enumerate() {
+        let c = colour(k);
+        // Runs of finite points, each its own line.
+        let mut runs: Vec<Vec<(f64, f64)>> = vec![Vec::new()];
+        for p in s.points {
+            match finite(&p) {
+                true => runs.last_mut().expect("one run at least").push(*p),
+                false if !runs.last().expect("one run at least").is_empty() => runs.push(Vec::new()),
+                false => {}
+            }
+        }
+        let mut first = true;
+        for run in runs.into_iter().filter(|r| !r.is_empty()) {
+            let marks = run.len() == 1;
+            let drawn = chart.draw_series(LineSeries::new(run.clone(), c.stroke_width(2)))?;
+            if first {
+                drawn.label(s.name).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], c.stroke_width(3)));
+                first = false;
+            }
+            if marks {
+                // A lone point is no line: mark it.
+                chart.draw_series(run.into_iter().map(|p| Circle::new(p, 3, c.filled())))?;
+            }
+        }
     }
     if series.len() > 1 {
-        // The legend, top right: a swatch and the name of each line.
-        for (k, s) in series.iter().enumerate() {
-            let (x, y) = (W - MARGIN / 2 - 120, MARGIN / 2 + 4 + 16 * k);
-            for (dx, dy) in (0..16 * 4).map(|d| (d % 16, d / 16)) {
-                put(x + dx, y + 3 + dy, COLOURS[k % COLOURS.len()]);
-            }
-            text(&mut put, x + 22, y, s.name);
-        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.3))
+            .label_font((FAMILY, 13))
+            .draw()?;
     }
-    let (lo, hi) = range(&mut series.iter().flat_map(|s| s.points.iter().filter(|p| p.0.is_finite()).map(|p| p.1)));
-    if x_hi > x_lo && lo.is_finite() {
-        let span = if hi > lo { hi - lo } else { 1.0 };
-        let px = |x: f64| MARGIN as f64 + (x - x_lo) / (x_hi - x_lo) * (W - MARGIN - MARGIN / 2) as f64;
-        let py = |y: f64| (H - MARGIN) as f64 - (y - lo) / span * (H - MARGIN - MARGIN / 2) as f64;
-        // The range's ends, left of the axis, level with where they are drawn.
-        for v in [lo, hi] {
-            let label = format!("{v:.2}");
-            text(&mut put, MARGIN.saturating_sub(4 + text_width(&label)), (py(v) as usize).saturating_sub(5), &label);
-        }
-        for (k, s) in series.iter().enumerate() {
-            let colour = COLOURS[k % COLOURS.len()];
-            for w in s.points.windows(2) {
-                let ((xa, a), (xb, b)) = (w[0], w[1]);
-                if !(a.is_finite() && b.is_finite() && xa.is_finite() && xb.is_finite()) {
-                    continue;
-                }
-                let steps = 200;
-                for st in 0..=steps {
-                    let f = st as f64 / steps as f64;
-                    let (x, y) = (px(xa) + f * (px(xb) - px(xa)), py(a) + f * (py(b) - py(a)));
-                    put(x as usize, y as usize, colour);
-                    put(x as usize, y as usize + 1, colour);
-                }
-            }
-        }
-    }
-    img
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn dark(img: &[u8], x: usize, y: usize) -> bool {
-        img[3 * (y * W + x)] < 128
+    fn pixel(img: &[u8], x: u32, y: u32) -> [u8; 3] {
+        let i = (3 * (y * W + x)) as usize;
+        [img[i], img[i + 1], img[i + 2]]
+    }
+
+    fn count(img: &[u8], c: RGBColor) -> usize {
+        img.chunks_exact(3).filter(|p| *p == [c.0, c.1, c.2]).count()
     }
 
     #[test]
-    fn glyphs_are_drawn_bit_for_bit() {
-        let mut img = vec![255u8; 3 * W * H];
-        let mut put = |x: usize, y: usize, c: [u8; 3]| img[3 * (y * W + x)..3 * (y * W + x) + 3].copy_from_slice(&c);
-        text(&mut put, 10, 10, "7");
-        // 7: a full top row, then one column on the right, then the middle.
-        let want = ["###", "..#", "..#", ".#.", ".#."];
-        for (row, line) in want.iter().enumerate() {
-            for (col, ch) in line.chars().enumerate() {
-                let (x, y) = (10 + col * SCALE, 10 + row * SCALE);
-                assert_eq!(dark(&img, x, y), ch == '#', "row {row} col {col}");
-                assert_eq!(dark(&img, x + 1, y + 1), ch == '#', "row {row} col {col} (scaled)");
-            }
-        }
-        assert!(!dark(&img, 10 + 3 * SCALE, 10), "nothing right of the glyph");
+    fn a_chart_has_text_from_the_bundled_font_on_both_axes() {
+        let img = xy_pixels(&[XySeries { name: "train", points: &[(1.0, 3.2), (2.0, 2.5), (3.0, 2.1)] }], None, "epoch", "loss");
+        let dark = |x0: u32, x1: u32, y0: u32, y1: u32| (y0..y1).any(|y| (x0..x1).any(|x| pixel(&img, x, y)[0] < 100));
+        // Left of the y axis: its labels and name; below the x axis: its.
+        assert!(dark(0, 50, 20, H - 60), "y labels");
+        assert!(dark(80, W, H - 40, H), "x labels and name");
+        assert!(count(&img, COLOURS[0]) > 200, "the curve");
+        let png = line_chart(&[], 1, "x", "y");
+        assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"));
     }
 
     #[test]
-    fn a_chart_labels_both_axes() {
-        let img = chart_pixels(&[Series { name: "train", ys: &[3.2, 2.5, 2.1] }], 1, "epoch", "loss");
-        let any_dark = |x0: usize, x1: usize, y0: usize, y1: usize| (y0..y1).any(|y| (x0..x1).any(|x| dark(&img, x, y)));
-        assert!(any_dark(0, MARGIN - 2, MARGIN / 2, H - MARGIN), "y range labels");
-        assert!(any_dark(MARGIN, W, H - MARGIN + 4, H), "x labels");
-        assert!(any_dark(MARGIN + 4, W, 0, MARGIN / 2 - 1), "y axis name");
-        assert!(img.contains(&30), "the curve");
-        assert!(line_chart(&[], 1, "x", "y").starts_with(b"\x89PNG\r\n\x1a\n"));
+    fn pngs_decode_to_the_pixels_drawn() {
+        let s = [Series { name: "train", ys: &[3.0, 2.0, 1.5] }];
+        let png = line_chart(&s, 1, "epoch", "loss");
+        let mut reader = png::Decoder::new(std::io::Cursor::new(&png)).read_info().unwrap();
+        let mut buf = vec![0; reader.output_buffer_size()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        assert_eq!((info.width, info.height, info.color_type), (W, H, png::ColorType::Rgb));
+        let points: Vec<(f64, f64)> = [3.0, 2.0, 1.5].iter().enumerate().map(|(i, &y)| ((1 + i) as f64, y)).collect();
+        assert_eq!(&buf[..info.buffer_size()], &xy_pixels(&[XySeries { name: "train", points: &points }], None, "epoch", "loss")[..]);
     }
 
     #[test]
     fn xy_points_land_where_their_x_says() {
-        let count = |img: &[u8], c: [u8; 3]| img.chunks_exact(3).filter(|p| *p == c).count();
         // The second series spans only the first tenth of the x range.
         let a = [(0.0, 1.0), (1000.0, 0.0)];
         let b = [(0.0, 0.0), (100.0, 1.0)];
-        let img = xy_pixels(&[XySeries { name: "a", points: &a }, XySeries { name: "b", points: &b }], "tokens", "loss", format_x);
-        let right = |c: [u8; 3]| (0..H).any(|y| (MARGIN + 100..W - MARGIN / 2).any(|x| img[3 * (y * W + x)..3 * (y * W + x) + 3] == c));
-        assert!(right(COLOURS[0]), "the long series reaches the right");
-        assert!(count(&img, COLOURS[1]) > 64, "the short series is drawn");
-        let b_right =
-            (MARGIN / 2 + 40..H).any(|y| (MARGIN + 120..W - MARGIN / 2 - 130).any(|x| img[3 * (y * W + x)..3 * (y * W + x) + 3] == COLOURS[1]));
-        assert!(!b_right, "the short series stays within its tenth of the axis");
-        assert_eq!(format_x(2.5e6), "2.5e6");
-        assert_eq!(format_x(12.0), "12");
+        let img = xy_pixels(&[XySeries { name: "a", points: &a }, XySeries { name: "b", points: &b }], None, "tokens", "loss");
+        let columns = |c: RGBColor| {
+            let want = [c.0, c.1, c.2];
+            let xs: Vec<u32> = (0..W).filter(|&x| (0..H).any(|y| pixel(&img, x, y) == want)).collect();
+            (xs[0], *xs.last().unwrap())
+        };
+        let ((a0, a1), (b0, b1)) = (columns(COLOURS[0]), columns(COLOURS[1]));
+        // (The legend's swatches sit top right: count only the plot's part.)
+        assert!(a1 > W - 40, "the long series reaches the right: {a1}");
+        assert!(b0 < 90 && b0 >= a0.saturating_sub(2), "both start at the left: {a0} {b0}");
+        let plot_b = (0..W).filter(|&x| x < b1 && (H / 3..H - 40).any(|y| pixel(&img, x, y) == [COLOURS[1].0, COLOURS[1].1, COLOURS[1].2])).max();
+        assert!(plot_b.is_some_and(|x| x < 140), "the short series stays within its tenth: {plot_b:?}");
+        assert_eq!(label(2.5e6, 1e7), "2.50e6");
+        assert_eq!(label(12.0, 10.0), "12");
+        assert_eq!(label(0.25, 1.0), "0.25");
+        // Ticks 0.004 apart stay apart.
+        assert_eq!((label(0.496, 0.02), label(0.5, 0.02), label(0.504, 0.02)), ("0.496".into(), "0.5".into(), "0.504".into()));
     }
 
     #[test]
-    fn two_series_get_their_own_colours_and_a_legend() {
-        let count = |img: &[u8], c: [u8; 3]| img.chunks_exact(3).filter(|p| *p == c).count();
-        let one = chart_pixels(&[Series { name: "train", ys: &[3.0, 2.0, 1.5] }], 1, "epoch", "loss");
-        assert_eq!(count(&one, COLOURS[1]), 0, "one series: one colour, no legend");
-        let two = chart_pixels(
-            &[Series { name: "train", ys: &[3.0, 2.0, 1.5] }, Series { name: "held-out", ys: &[3.1, 2.4, f64::NAN] }],
-            1,
+    fn missing_points_leave_gaps_and_several_series_get_a_legend() {
+        let one = xy_pixels(&[XySeries { name: "train", points: &[(1.0, 3.0), (2.0, 2.0), (3.0, 1.5)] }], None, "epoch", "loss");
+        assert_eq!(count(&one, COLOURS[1]), 0, "one series: one colour");
+        let held = [(1.0, 3.1), (2.0, 2.4), (3.0, f64::NAN)];
+        let two = xy_pixels(
+            &[XySeries { name: "train", points: &[(1.0, 3.0), (2.0, 2.0), (3.0, 1.5)] }, XySeries { name: "held-out", points: &held }],
+            None,
             "epoch",
             "loss",
         );
-        // The second line (two segments' worth, the NaN skipped) and its swatch.
-        assert!(count(&two, COLOURS[1]) > 64 + 200, "{}", count(&two, COLOURS[1]));
-        assert!(count(&two, COLOURS[0]) > 64 + 400);
+        assert!(count(&two, COLOURS[1]) > 200, "the second line and its swatch");
+        // Nothing of it right of x = 2 but the legend's swatch (top right).
+        let right_of_2 = (W / 2 + 60..W - 20).any(|x| (H / 2..H - 40).any(|y| pixel(&two, x, y) == [COLOURS[1].0, COLOURS[1].1, COLOURS[1].2]));
+        assert!(!right_of_2, "the NaN point is a gap");
+        let svg = svg_chart(&[XySeries { name: "uid 3", points: &held }], "Weights", "epoch", "weight", (480, 300));
+        assert!(svg.starts_with("<svg") && svg.contains("Weights") && svg.contains("epoch"), "{svg}");
     }
 }

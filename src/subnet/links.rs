@@ -39,6 +39,17 @@ pub fn span_fractions(rates: &[Option<f64>]) -> Vec<f64> {
     cap_shares(crate::allreduce::plan::link_fractions(&rates).0, MAX_SHARE / rates.len() as f64)
 }
 
+/// The least time an all-reduce moving `bytes` (the encoded vector) could
+/// take over the links as probed, with the spans cut as they were: member
+/// i with share fᵢ of n members moves (1 + (n − 2)·fᵢ)·bytes each way
+/// (`plan::link_fractions`' model) at its rate (bytes/s). Members without
+/// a probed rate (the validator itself) are left out; `None` when no rate
+/// is known. What the dashboard sets each round's time against.
+pub fn round_bound(members: &[(f64, Option<f64>)], bytes: f64) -> Option<f64> {
+    let k = members.len().saturating_sub(2) as f64;
+    members.iter().filter_map(|&(share, rate)| rate.filter(|r| r.is_finite() && *r > 0.0).map(|r| (1.0 + k * share) * bytes / r)).reduce(f64::max)
+}
+
 /// No miner owns more than this many equal shares of the vector, however
 /// fast its probe: an owner can turn its span's average the wrong way off
 /// the sampled blocks within the norm bound (docs/SECURITY.md), so a fast
@@ -120,6 +131,21 @@ mod tests {
         assert!((f.iter().sum::<f64>() - 1.0).abs() < 1e-12 && f[1] == f[2] && f[2] == f[3], "{f:?}");
         // Nonsense rates are ignored, never propagated.
         assert_eq!(span_fractions(&[Some(f64::NAN), Some(-1.0), Some(0.0)]), [1.0; 3]);
+    }
+
+    #[test]
+    fn a_rounds_bound_is_its_slowest_members_bytes_over_its_rate() {
+        // Three miners at 10 MB/s with equal shares and the validator
+        // (owning nothing, not probed), 4 members: each miner moves
+        // (1 + 2/3)·bytes — the usual 2(n−1)/n bound among the three
+        // owners plus the validator's copy.
+        let eq = [(1.0 / 3.0, Some(1e7)), (1.0 / 3.0, Some(1e7)), (1.0 / 3.0, Some(1e7)), (0.0, None)];
+        let b = round_bound(&eq, 3e7).unwrap();
+        assert!((b - 5.0).abs() < 1e-9, "{b}");
+        // A slow miner that owns nothing still moves the vector once.
+        let slow = [(0.5, Some(1e7)), (0.5, Some(1e7)), (0.0, Some(1e6)), (0.0, None)];
+        assert!((round_bound(&slow, 1e7).unwrap() - 10.0).abs() < 1e-9);
+        assert_eq!(round_bound(&[(1.0, None), (0.0, None)], 1e6), None);
     }
 
     #[test]

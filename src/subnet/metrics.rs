@@ -6,10 +6,10 @@
 //! `prometheus-client` crate (the Prometheus project's own Rust client:
 //! names, `_total` suffixes, units, escaping and `# EOF` as the format
 //! wants them). The endpoint is its own small listener, not a route of the
-//! query server: scrapes carry no signature, and a scraper must never be
-//! able to take a query slot. It reads at most one bounded request head
-//! per connection, with timeouts, one connection at a time.
+//! query server (`endpoint`): scrapes carry no signature, and a scraper
+//! must never be able to take a query slot.
 
+use super::endpoint::{Endpoint, Reply};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -17,11 +17,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::AtomicU64;
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
@@ -193,102 +191,21 @@ fn refusal_reason(status: u16) -> &'static str {
     }
 }
 
-/// The `/metrics` listener; stops when dropped.
-pub struct MetricsServer {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-/// Most bytes of a request head read.
-const MAX_HEAD: usize = 8 << 10;
+/// The `/metrics` listener (see `endpoint`); stops when dropped.
+pub struct MetricsServer(Endpoint);
 
 impl MetricsServer {
     /// Serves `metrics` on `addr` (port 0 picks one).
     pub fn start(addr: SocketAddr, metrics: Arc<NodeMetrics>) -> std::io::Result<MetricsServer> {
-        let listener = TcpListener::bind(addr)?;
-        let addr = listener.local_addr()?;
-        listener.set_nonblocking(true)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((stream, _)) => serve(stream, &metrics),
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
-                    Err(e) => {
-                        tracing::warn!("metrics endpoint: accept: {e}");
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                }
-            }
-        });
-        Ok(MetricsServer { addr, stop, thread: Some(thread) })
+        let handler = move |path: &str| match path == "/metrics" || path.starts_with("/metrics?") {
+            true => Reply::ok("application/openmetrics-text; version=1.0.0; charset=utf-8", metrics.encode()),
+            false => Reply::not_found("metrics are at GET /metrics"),
+        };
+        Endpoint::start(addr, "metrics endpoint", Arc::new(handler)).map(MetricsServer)
     }
 
     pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-}
-
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn serve(stream: TcpStream, metrics: &NodeMetrics) {
-    let _ = stream.set_nonblocking(false);
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
-    let (status, body) = match request_line(&stream) {
-        Ok((method, path)) if method == "GET" && (path == "/metrics" || path.starts_with("/metrics?")) => (200, metrics.encode()),
-        Ok((method, _)) if method != "GET" => (405, "only GET /metrics here\n".to_string()),
-        Ok(_) => (404, "metrics are at GET /metrics\n".to_string()),
-        Err(why) => (400, format!("{why}\n")),
-    };
-    let (reason, kind) = match status {
-        200 => ("OK", "application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        404 => ("Not Found", "text/plain; charset=utf-8"),
-        405 => ("Method Not Allowed", "text/plain; charset=utf-8"),
-        _ => ("Bad Request", "text/plain; charset=utf-8"),
-    };
-    let mut stream = stream;
-    let head = format!("HTTP/1.1 {status} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-    let _ = stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(body.as_bytes()));
-    if status != 200 {
-        // Unread request bytes would make the close a reset, which can
-        // destroy the reply before the client reads it: read (a bounded
-        // amount, briefly) what the client still sends.
-        let _ = stream.shutdown(std::net::Shutdown::Write);
-        let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
-        let _ = std::io::copy(&mut (&stream).take(1 << 16), &mut std::io::sink());
-    }
-}
-
-/// The method and path of a request, its head read to the blank line (at
-/// most `MAX_HEAD` bytes).
-fn request_line(stream: &TcpStream) -> Result<(String, String), String> {
-    let mut r = BufReader::new(stream).take(MAX_HEAD as u64);
-    let mut first = String::new();
-    r.read_line(&mut first).map_err(|e| format!("reading the request: {e}"))?;
-    let mut line = String::new();
-    loop {
-        line.clear();
-        match r.read_line(&mut line) {
-            Ok(0) => return Err("the request head is incomplete or over 8 KiB".into()),
-            Ok(_) if line.trim_end().is_empty() => break,
-            Ok(_) => {}
-            Err(e) => return Err(format!("reading the request: {e}")),
-        }
-    }
-    let mut parts = first.split_whitespace();
-    match (parts.next(), parts.next()) {
-        (Some(m), Some(p)) => Ok((m.to_string(), p.to_string())),
-        _ => Err(format!("malformed request line {:?}", first.trim_end())),
+        self.0.addr()
     }
 }
 

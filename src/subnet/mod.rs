@@ -5,6 +5,9 @@
 pub mod auth;
 pub mod bittensor;
 pub mod client;
+pub mod dashboard;
+pub mod endpoint;
+mod epoch_record;
 pub mod gauntlet;
 pub mod grad_transfer;
 pub mod inner_check;

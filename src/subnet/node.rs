@@ -4,6 +4,7 @@
 //! (`dtrain swarm`, which runs them all, is swarm.rs.)
 
 use super::bittensor::hotkey::Hotkey;
+use super::epoch_record::{allreduce_bound, outcome_json, record_epoch, span_shares};
 use super::keyfile;
 use super::metrics::{MetricsServer, NodeMetrics};
 use super::miner::{Miner, MinerConfig};
@@ -216,6 +217,12 @@ pub struct ValidatorArgs {
     /// all of them): `eval_loss` in --metrics. 0: never.
     #[arg(long, env = "DTRAIN_EVAL_ROWS", default_value_t = 8)]
     pub eval_rows: u64,
+    /// Serve the dashboard (loss, weights and scores per miner, every
+    /// all-reduce) at http://ADDR/, e.g. 127.0.0.1:8080; port 0 picks one.
+    /// The address is logged and written to STATE/dashboard.url. The
+    /// master validator's only.
+    #[arg(long, env = "DTRAIN_DASHBOARD")]
+    pub dashboard: Option<SocketAddr>,
     #[command(flatten)]
     pub diloco: DilocoArgs,
 }
@@ -443,7 +450,7 @@ fn miner_on_replicas<E: Engine + 'static>(a: &MinerArgs, engines: Vec<E>, collec
     Ok(())
 }
 
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
@@ -544,8 +551,10 @@ fn validator_on<E: Engine>(a: &ValidatorArgs, engine: E) -> Result<()> {
     }
     let uid = registry.join(&id.public(), "validator", advertised(n, peer_addr)?, Role::Validator)?;
     if a.follower {
+        anyhow::ensure!(a.dashboard.is_none(), "--dashboard is the master validator's (a follower runs no all-reduce)");
         return follow(a, &v, hub);
     }
+    let dashboard = a.dashboard.map(|addr| super::dashboard::Dashboard::serve(addr, &n.state)).transpose()?;
     let mut epoch = match hub.latest_epoch()? {
         Some(e) => {
             v.load(hub, &n.state, e).map_err(anyhow::Error::msg)?;
@@ -663,12 +672,18 @@ fn validator_on<E: Engine>(a: &ValidatorArgs, engine: E) -> Result<()> {
             "train_s": train_s, "allreduce_s": allreduce_s, "publish_s": publish_s, "publish_error": publish_error,
             "score_s": score_s, "miner_work_s": miner_work_s,
             "allreduce_bytes_in": report.bytes_received, "allreduce_failures": report.failures().len(),
+            "allreduce_failed": report.failures().iter().map(|(i, f)| serde_json::json!({"id": report.members[*i].id, "why": f.to_string()})).collect::<Vec<_>>(),
+            "allreduce_bound_s": allreduce_bound(&report, &v.link_rates()),
             "spans": span_shares(&report),
             "bandwidth": bandwidth,
             "participation": *v.last_allreduce.lock().unwrap_or_else(|p| p.into_inner()),
             "weights": weights,
+            "scores": v.scores.lock().unwrap_or_else(|p| p.into_inner()).score,
             "last_round": last.iter().map(outcome_json).collect::<Vec<_>>(),
         });
+        if let Some(d) = &dashboard {
+            d.record(line.clone());
+        }
         let held = eval.map_or(String::new(), |e| format!(", held-out loss {:.4}", e.loss));
         tracing::info!(
             "epoch {epoch}: loss {loss:.4}{held}, {samples} samples, train {train_s:.1} s, all-reduce {allreduce_s:.2} s, publish {publish_s:.2} s"
@@ -679,41 +694,6 @@ fn validator_on<E: Engine>(a: &ValidatorArgs, engine: E) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// What the master validator's epoch did, into its metrics.
-#[allow(clippy::too_many_arguments)]
-fn record_epoch<E: Engine>(
-    m: &NodeMetrics,
-    v: &Validator<E>,
-    epoch: u64,
-    loss: f64,
-    eval: Option<crate::eval::Eval>,
-    train_s: f64,
-    report: &crate::allreduce::Report,
-    allreduce_s: f64,
-) {
-    use super::metrics::UidLabel;
-    m.epoch.set(epoch as i64);
-    m.train_loss.set(loss);
-    if let Some(e) = eval {
-        m.eval_loss.set(e.loss);
-    }
-    m.train_seconds.observe(train_s);
-    m.record_allreduce(report, allreduce_s);
-    let scores = v.scores.lock().unwrap_or_else(|p| p.into_inner());
-    for (uid, s) in &scores.score {
-        m.miner_score.get_or_create(&UidLabel { uid: uid.to_string() }).set(*s);
-    }
-    for (uid, w) in scores.weights() {
-        m.miner_weight.get_or_create(&UidLabel { uid: uid.to_string() }).set(w);
-    }
-}
-
-/// Each member's share of the vector in an all-reduce, by id (uid).
-fn span_shares(report: &crate::allreduce::Report) -> BTreeMap<String, f64> {
-    let total = report.members.iter().map(|m| m.span.1.saturating_sub(m.span.0)).sum::<usize>().max(1) as f64;
-    report.members.iter().map(|m| (m.id.clone(), m.span.1.saturating_sub(m.span.0) as f64 / total)).collect()
 }
 
 /// A follower validator: loads each epoch the master publishes, scores
@@ -765,13 +745,4 @@ fn follow<E: Engine>(a: &ValidatorArgs, v: &Validator<E>, hub: &dyn crate::hub::
         }
     }
     Ok(())
-}
-
-/// One miner's Train outcome as metrics.jsonl records it (with the
-/// verification's costs: scoring, replaying, the snapshot's download).
-fn outcome_json(o: &super::validator::TrainScore) -> serde_json::Value {
-    serde_json::json!({
-        "uid": o.uid, "gradient": o.gradient, "steps": o.steps, "loss": o.loss, "error": o.error, "check": o.check,
-        "gauntlet": o.gauntlet, "score_s": o.score_s, "replay_s": o.replay_s, "fetch_s": o.fetch_s,
-    })
 }

@@ -78,6 +78,14 @@ pub struct SwarmArgs {
     /// (`dtrain validator --eval-rows`).
     #[arg(long, default_value_t = 8)]
     pub eval_rows: u64,
+    /// Where the master validator serves its dashboard (port 0: any free
+    /// one); its address is printed once it is up. Not on test hosts
+    /// (--net), whose addresses this machine cannot reach.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub dashboard: std::net::SocketAddr,
+    /// No dashboard.
+    #[arg(long)]
+    pub no_dashboard: bool,
     #[command(flatten)]
     pub diloco: super::node::DilocoArgs,
 }
@@ -155,6 +163,8 @@ pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
         .collect()
     };
     let log = |name: &str| std::fs::File::create(out.join(format!("{name}.log")));
+    let dashboard = !a.no_dashboard && a.net.is_none();
+    let dashboard_url = out.join("nodes/validator-0/dashboard.url");
     let (mut cmd, host) = node(0);
     let mut validator = cmd
         .arg("validator")
@@ -164,6 +174,7 @@ pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
         .args(["--min-miners", &a.miners.to_string(), "--lr", &a.lr.to_string()])
         .args(a.diloco.to_args())
         .args(["--eval-rows", &a.eval_rows.to_string()])
+        .args(if dashboard { vec!["--dashboard".to_string(), a.dashboard.to_string()] } else { Vec::new() })
         .arg("--metrics")
         .arg(out.join("metrics.jsonl"))
         .arg("--weights")
@@ -225,6 +236,7 @@ pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
     bar.set_style(indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] epoch {pos}/{len} {msg}").expect("valid template"));
     let metrics_path = out.join("metrics.jsonl");
     let (mut polled, mut batches) = (Instant::now(), vec![None; a.miners]);
+    let mut dashboard_shown = None;
     let read_metrics = || -> Vec<serde_json::Value> {
         std::fs::read_to_string(&metrics_path).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
     };
@@ -244,6 +256,12 @@ pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
                 }
                 bail!("miner {i} exited ({s}); see {}", out.join(format!("miner-{i}.log")).display());
             }
+        }
+        if dashboard_shown.is_none()
+            && let Ok(url) = std::fs::read_to_string(&dashboard_url)
+        {
+            bar.suspend(|| println!("dashboard: {url}"));
+            dashboard_shown = Some(url);
         }
         let m = read_metrics();
         bar.set_position(m.len() as u64);

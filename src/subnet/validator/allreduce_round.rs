@@ -54,6 +54,11 @@ impl<E: Engine> Validator<E> {
         scores.into_iter().map(|(u, _, s)| (u, s)).collect()
     }
 
+    /// Each miner's link rate (bytes/s) as its last bandwidth probe measured.
+    pub fn link_rates(&self) -> BTreeMap<Uid, f64> {
+        lock(&self.rates).clone()
+    }
+
     /// The master's all-reduce: sends AllReduce to `miners` with each
     /// one's credit, joins with weight 0, runs the audited round (reruns
     /// without culprits included), steps its own model copy with the
