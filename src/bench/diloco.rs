@@ -69,6 +69,9 @@ pub struct DilocoBenchArgs {
     pub data: PathBuf,
     #[arg(long, default_value = "runs/bench-diloco")]
     pub out: PathBuf,
+    /// The validator's snapshot downloads in flight at once (DiLoCo runs).
+    #[arg(long, default_value_t = 4)]
+    pub snapshot_fetches: u16,
 }
 
 /// One epoch of one run, from the master validator's metrics.jsonl.
@@ -160,6 +163,7 @@ pub fn diloco_bench(a: &DilocoBenchArgs) -> Result<()> {
                 ["--inner-lr", &a.lr.to_string()],
                 ["--outer-lr", &outer_lr.to_string()],
                 ["--outer-momentum", &outer_momentum.to_string()],
+                ["--snapshot-fetches", &a.snapshot_fetches.to_string()],
             ]
             .concat()
             .into_iter()

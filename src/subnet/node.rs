@@ -283,6 +283,11 @@ pub struct DilocoArgs {
     /// with --outer-lr its peak).
     #[arg(long, env = "DTRAIN_OUTER_LR_SCHEDULE", default_value = "constant")]
     pub outer_lr_schedule: crate::diloco::LrSchedule,
+    /// DiLoCo, the validator: snapshot downloads in flight at once, each
+    /// from another miner, while it replays what has arrived (each holds a
+    /// snapshot, 3× the model, in memory; 1: one after another).
+    #[arg(long, env = "DTRAIN_SNAPSHOT_FETCHES", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub snapshot_fetches: u16,
 }
 
 impl DilocoArgs {
@@ -321,6 +326,7 @@ impl DilocoArgs {
             ("--inner-seconds", self.inner_seconds.to_string()),
             ("--inner-lr-schedule", self.inner_lr_schedule.to_string()),
             ("--outer-lr-schedule", self.outer_lr_schedule.to_string()),
+            ("--snapshot-fetches", self.snapshot_fetches.to_string()),
         ]
         .into_iter()
         .flat_map(|(k, v)| [k.to_string(), v])
@@ -527,6 +533,7 @@ fn validator_on<E: Engine>(a: &ValidatorArgs, engine: E) -> Result<()> {
         train_grace: Duration::from_secs_f64(a.train_grace),
         accumulate: !a.follower,
         diloco: a.diloco.settings()?,
+        snapshot_fetches: a.diloco.snapshot_fetches.into(),
         ..ValidatorConfig::default()
     };
     if cfg.allreduce.codec.alignment() > 1 && cfg.diloco.is_none() {

@@ -2,6 +2,7 @@
 //! of inner steps (`inner_check`) and, with the sparse codec, the check of
 //! the contribution the miner committed to (`gauntlet`).
 
+use super::prefetch::Prefetched;
 use super::{Validator, lock};
 use crate::allreduce::projection::{Proj, Projector, max_diff};
 use crate::data::loader::RowBatches;
@@ -35,6 +36,7 @@ impl<E: Engine> Validator<E> {
         a: &Train,
         claimed: &[Proj],
         delta: Proj,
+        pre: Option<Prefetched>,
     ) -> Result<Result<InnerReplay, String>, String> {
         let every = usize::try_from(d.every()).unwrap_or(usize::MAX);
         let params_after = a.param_projections.as_deref().unwrap_or_default();
@@ -51,7 +53,11 @@ impl<E: Engine> Validator<E> {
             (true, Some(p), Some(digest)) if p.iter().all(|v| v.is_finite()) => Some((p, digest)),
             (true, ..) => return Ok(Err("no finite projections or digest of its sparse contribution".into())),
         };
-        let pick = lock(&self.rng).below(digests.len() as u64) as usize;
+        // The stretch was drawn when its download started (`prefetch`).
+        let (pick, snapshot, fetch_s, fetched_contribution) = match pre {
+            Some(p) if p.pick < digests.len() => (p.pick, Some(p.snapshot), Some(p.fetch_s), p.contribution),
+            _ => (lock(&self.rng).below(digests.len() as u64) as usize, None, None, None),
+        };
         let settings = InnerSettings {
             config,
             lr: d.inner_lr_at(lock(&self.outer).steps) as f32,
@@ -60,17 +66,19 @@ impl<E: Engine> Validator<E> {
             tolerance: self.cfg.projection_tolerance,
         };
         let claim = InnerClaim { projections: claimed, params_after, digests, delta };
-        let fetch = |name: &str| {
-            let key = node.public_key().map_err(|e| e.to_string())?;
-            super::super::client::fetch_state(&self.identity, &key, &node.query_addr, name, self.cfg.train_timeout).map_err(|e| e.to_string())
+        let fetch = |digest: &str| match snapshot {
+            Some(bytes) => bytes,
+            None => self.fetch_from(node, &format!("{STATE_PREFIX}{digest}")),
         };
-        let mut r = check_inner(model, batches, n, test, projector, &settings, &claim, pick, |digest| fetch(&format!("{STATE_PREFIX}{digest}")))
-            .map_err(|e| e.to_string())?;
+        let mut r = check_inner(model, batches, n, test, projector, &settings, &claim, pick, fetch).map_err(|e| e.to_string())?;
+        if let Some(s) = fetch_s {
+            r.fetch_s = s;
+        }
         if let Some(why) = r.failure.take() {
             return Ok(Err(why));
         }
         if let Some((stated, want)) = contribution {
-            let bytes = match fetch(&format!("{CONTRIBUTION_PREFIX}{want}")) {
+            let bytes = match fetched_contribution.unwrap_or_else(|| self.fetch_from(node, &format!("{CONTRIBUTION_PREFIX}{want}"))) {
                 Ok(b) => b,
                 Err(e) => return Ok(Err(format!("did not serve its sparse contribution: {e}"))),
             };

@@ -16,6 +16,7 @@
 
 mod allreduce_round;
 mod diloco;
+mod prefetch;
 
 use super::bittensor::hotkey::Hotkey;
 use super::client::send;
@@ -78,6 +79,9 @@ pub struct ValidatorConfig {
     /// pseudo-gradients. None: the synchronous mode (one averaged gradient
     /// per epoch, the reference's).
     pub diloco: Option<DilocoSettings>,
+    /// DiLoCo: snapshot downloads in flight at once, from different miners
+    /// (see `prefetch`; 1: one after another).
+    pub snapshot_fetches: usize,
 }
 
 impl Default for ValidatorConfig {
@@ -97,6 +101,7 @@ impl Default for ValidatorConfig {
             train_grace: Duration::from_secs(30),
             accumulate: true,
             diloco: None,
+            snapshot_fetches: prefetch::PARALLEL,
         }
     }
 }
@@ -402,7 +407,16 @@ impl<E: Engine> Validator<E> {
     /// the rows must be the ones assigned (when rows were assigned), and
     /// with a projector the answer's per-batch projections must agree with
     /// every replay.
-    fn score_answer(&self, node: &Node, index: usize, a: &Train, assigned: Option<&[u64]>, projector: &Projector) -> Result<Scored, String> {
+    /// DiLoCo: `pre` holds what `prefetch` downloaded for it.
+    fn score_answer(
+        &self,
+        node: &Node,
+        index: usize,
+        a: &Train,
+        assigned: Option<&[u64]>,
+        projector: &Projector,
+        pre: Option<prefetch::Prefetched>,
+    ) -> Result<Scored, String> {
         let rows = a.dataset_indices.as_ref().ok_or("no dataset_indices")?;
         let sums = a.gradient_sums.as_ref().ok_or("no gradient_sums")?;
         let b = a.batch_size.ok_or("no batch_size")? as usize;
@@ -463,7 +477,7 @@ impl<E: Engine> Validator<E> {
         let t = Instant::now();
         let InnerReplay { sums: replayed_sums, projections: replayed_proj, replay_s: inner_s, gauntlet, fetch_s, .. } = match (self.cfg.diloco, delta)
         {
-            (Some(d), Some(delta)) => match self.score_inner(node, model, opt.config, d, &batches, n, &test, projector, a, claimed, delta)? {
+            (Some(d), Some(delta)) => match self.score_inner(node, model, opt.config, d, &batches, n, &test, projector, a, claimed, delta, pre)? {
                 Ok(r) => r,
                 Err(why) => return Ok(failed(n, why)),
             },
@@ -636,50 +650,44 @@ impl<E: Engine> Validator<E> {
         let mut credits = Vec::with_capacity(miners.len());
         let mut outcomes: Vec<TrainScore> = miners
             .iter()
-            .zip(answers)
-            .zip(&assigned)
-            .map(|((n, a), rows)| {
-                let t = Instant::now();
-                let scored = a.and_then(|a| self.score_answer(n, index, &a, rows.as_deref(), &projector).map(|s| (s, a.loss)));
-                let score_s = t.elapsed().as_secs_f64();
-                match scored {
-                    Ok((s, loss)) => {
-                        credits.push(Some((s.weight, s.proj_sum, s.delta)));
-                        TrainScore {
-                            uid: n.uid,
-                            error: None,
-                            gradient: s.gradient,
-                            steps: s.steps,
-                            loss,
-                            samples: s.samples,
-                            batches: s.batches,
-                            tokens: s.tokens,
-                            replayed: s.replayed,
-                            score_s,
-                            replay_s: s.replay_s,
-                            check: s.check,
-                            gauntlet: s.gauntlet,
-                            fetch_s: s.fetch_s,
-                        }
+            .zip(self.score_answers(miners, &answers, &assigned, index, &projector))
+            .map(|(n, (scored, score_s))| match scored {
+                Ok((s, loss)) => {
+                    credits.push(Some((s.weight, s.proj_sum, s.delta)));
+                    TrainScore {
+                        uid: n.uid,
+                        error: None,
+                        gradient: s.gradient,
+                        steps: s.steps,
+                        loss,
+                        samples: s.samples,
+                        batches: s.batches,
+                        tokens: s.tokens,
+                        replayed: s.replayed,
+                        score_s,
+                        replay_s: s.replay_s,
+                        check: s.check,
+                        gauntlet: s.gauntlet,
+                        fetch_s: s.fetch_s,
                     }
-                    Err(e) => {
-                        credits.push(None);
-                        TrainScore {
-                            uid: n.uid,
-                            error: Some(e),
-                            gradient: 0.0,
-                            steps: 0.0,
-                            loss: None,
-                            samples: 0,
-                            batches: 0,
-                            tokens: 0,
-                            replayed: 0,
-                            score_s,
-                            replay_s: 0.0,
-                            check: None,
-                            gauntlet: None,
-                            fetch_s: 0.0,
-                        }
+                }
+                Err(e) => {
+                    credits.push(None);
+                    TrainScore {
+                        uid: n.uid,
+                        error: Some(e),
+                        gradient: 0.0,
+                        steps: 0.0,
+                        loss: None,
+                        samples: 0,
+                        batches: 0,
+                        tokens: 0,
+                        replayed: 0,
+                        score_s,
+                        replay_s: 0.0,
+                        check: None,
+                        gauntlet: None,
+                        fetch_s: 0.0,
                     }
                 }
             })
