@@ -8,7 +8,7 @@
 //! (`subnet::work::replay_batch`), since both compute one batch from
 //! zeroed gradients with weight 1.
 
-use super::snapshot::Snapshot;
+use super::snapshot::{Kept, Snapshot, SnapshotStore};
 use crate::allreduce::projection::{Proj, Projector};
 use crate::data::loader::RowBatches;
 use crate::engine::Engine;
@@ -31,14 +31,14 @@ pub struct InnerWork {
     pub work: BatchWork,
     /// Per step, the projections of the weights it left (with a projector).
     pub params_after: Vec<Proj>,
-    /// The snapshots taken before steps 0, every, 2·every, … (their bytes).
-    pub snapshots: Vec<Vec<u8>>,
+    /// The snapshots taken before steps 0, every, 2·every, …, by digest.
+    pub snapshots: Vec<(String, Kept)>,
 }
 
 /// Trains batches `ks` of `batches`, one inner optimizer step each, and
 /// reports every batch as `subnet::work::train_batches` does, plus where
 /// each step left the weights; with `every` > 0, a [`Snapshot`] before
-/// every `every`-th step (counted from `ks.start`); with a `deadline`, no
+/// every `every`-th step (counted from `ks.start`) into `store`; with a `deadline`, no
 /// step starts after it (the first always runs). Leaves the gradients
 /// zeroed.
 #[allow(clippy::too_many_arguments)]
@@ -51,6 +51,7 @@ pub fn train_inner<E: Engine>(
     projector: Option<&Projector>,
     step: InnerStep,
     every: usize,
+    store: &SnapshotStore,
     deadline: Option<std::time::Instant>,
     on_batch: &dyn Fn(),
 ) -> Result<InnerWork, WorkError> {
@@ -67,7 +68,8 @@ pub fn train_inner<E: Engine>(
         }
         if every > 0 && (k - ks.start).is_multiple_of(every) {
             let (m, v) = opt.read_state(model);
-            out.snapshots.push(Snapshot { step: k as u64, opt_step: opt.step, params: model.read_params(), m, v }.to_bytes());
+            let bytes = Snapshot { step: k as u64, opt_step: opt.step, params: model.read_params(), m, v }.to_bytes();
+            out.snapshots.push(store.keep(bytes).map_err(|e| WorkError::Keep(e.to_string()))?);
         }
         model.zero_grads();
         let (inputs, targets) = batches.batch(k);

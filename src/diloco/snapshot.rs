@@ -83,6 +83,74 @@ pub fn digest(bytes: &[u8]) -> String {
     Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Where a miner keeps what a validator may still fetch (snapshots, a
+/// sparse contribution) until the next all-reduce: in memory, or — a
+/// directory given, as a node's state directory gives it — in files, so
+/// that an epoch's H/S snapshots of 3× the model cost disk, not memory
+/// (12 GB for GPT-2 124M at S = H/8). A kept file is removed when the
+/// last handle on it goes.
+#[derive(Debug, Clone, Default)]
+pub struct SnapshotStore {
+    dir: Option<std::path::PathBuf>,
+}
+
+/// One kept item (cheap to clone).
+#[derive(Debug, Clone)]
+pub enum Kept {
+    Memory(std::sync::Arc<Vec<u8>>),
+    File(std::sync::Arc<KeptFile>),
+}
+
+/// A kept file; removed on drop.
+#[derive(Debug)]
+pub struct KeptFile(std::path::PathBuf);
+
+impl Drop for KeptFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+impl Kept {
+    /// The kept bytes (read back from disk for a file).
+    pub fn bytes(&self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Kept::Memory(b) => Ok(b.as_ref().clone()),
+            Kept::File(f) => std::fs::read(&f.0),
+        }
+    }
+}
+
+impl SnapshotStore {
+    /// Keeps everything in memory.
+    pub fn memory() -> SnapshotStore {
+        SnapshotStore { dir: None }
+    }
+
+    /// Keeps everything in files under `dir`, emptied first: what an
+    /// earlier run left there is of weights nobody will replay.
+    pub fn in_dir(dir: &std::path::Path) -> std::io::Result<SnapshotStore> {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)?;
+        }
+        std::fs::create_dir_all(dir)?;
+        Ok(SnapshotStore { dir: Some(dir.to_path_buf()) })
+    }
+
+    /// Keeps `bytes` under their digest.
+    pub fn keep(&self, bytes: Vec<u8>) -> std::io::Result<(String, Kept)> {
+        let d = digest(&bytes);
+        let Some(dir) = &self.dir else { return Ok((d, Kept::Memory(std::sync::Arc::new(bytes)))) };
+        // A name of its own even for bytes kept twice (two queries' first
+        // snapshots may be the same): each file goes with its own handle.
+        static KEPT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let path = dir.join(format!("{d}-{}", KEPT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+        let kept = KeptFile(path);
+        std::fs::write(&kept.0, &bytes)?;
+        Ok((d, Kept::File(std::sync::Arc::new(kept))))
+    }
+}
+
 /// Snapshots of an epoch of `steps` inner steps, one every `every`: their
 /// steps (0, every, 2·every, … below `steps`).
 pub fn snapshot_steps(steps: usize, every: usize) -> Vec<usize> {
@@ -111,5 +179,33 @@ mod tests {
         assert_eq!(digest(b"abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert_eq!(snapshot_steps(50, 10), vec![0, 10, 20, 30, 40]);
         assert_eq!(snapshot_steps(3, 10), vec![0]);
+    }
+
+    #[test]
+    fn kept_files_hold_the_bytes_under_their_digest_and_go_with_the_last_handle() {
+        let dir = std::env::temp_dir().join(format!("dtrain-snapshots-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("stale"), b"old").unwrap();
+        let store = SnapshotStore::in_dir(&dir).unwrap();
+        assert!(!dir.join("stale").exists(), "an earlier run's files are cleared");
+        let bytes: Vec<u8> = (0..10_000u32).map(|i| (i * 31) as u8).collect();
+        let (d, kept) = store.keep(bytes.clone()).unwrap();
+        assert_eq!(d, digest(&bytes));
+        assert_eq!(kept.bytes().unwrap(), bytes);
+        let Kept::File(f) = &kept else { panic!("kept in memory") };
+        let path = f.0.clone();
+        assert!(path.starts_with(&dir) && path.exists());
+        // The same bytes again: a file of their own.
+        let (_, again) = store.keep(bytes.clone()).unwrap();
+        drop(again);
+        assert!(path.exists(), "the first copy stays with its handle");
+        let other = kept.clone();
+        drop(kept);
+        assert!(path.exists(), "a handle is left");
+        drop(other);
+        assert!(!path.exists(), "removed with the last handle");
+        let (m, in_memory) = SnapshotStore::memory().keep(bytes.clone()).unwrap();
+        assert_eq!((m, in_memory.bytes().unwrap()), (d, bytes));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

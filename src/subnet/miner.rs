@@ -31,6 +31,7 @@ use crate::data::source::fetch_rows;
 use crate::data::used_rows::UsedRows;
 use crate::diloco::OuterState;
 use crate::diloco::inner::{InnerStep, train_inner};
+use crate::diloco::snapshot::{Kept, SnapshotStore};
 use crate::engine::Engine;
 use crate::engine::cpu::CpuEngine;
 use crate::hub::ModelHub;
@@ -102,7 +103,7 @@ struct State<E: Engine> {
     feedback: Vec<f32>,
     /// DiLoCo: the snapshots of the last Train queries (by SHA-256), which
     /// the validators that asked may fetch to replay from.
-    snapshots: std::collections::VecDeque<Vec<(String, Arc<Vec<u8>>)>>,
+    snapshots: std::collections::VecDeque<Vec<(String, Kept)>>,
 }
 
 /// A miner on engine `E` (the CPU by default, a GPU with `CudaEngine`).
@@ -118,6 +119,9 @@ pub struct Miner<E: Engine = CpuEngine> {
     source: Box<dyn RowSource>,
     registry: Arc<dyn Registry>,
     metrics: Option<Arc<NodeMetrics>>,
+    /// Where DiLoCo snapshots wait for a validator's fetch (memory unless
+    /// `with_snapshot_dir`).
+    store: SnapshotStore,
 }
 
 /// XXH3-64 of the weights' bytes.
@@ -151,7 +155,15 @@ impl<E: Engine> Miner<E> {
             feedback: Vec::new(),
             snapshots: Default::default(),
         };
-        Miner { cfg, hub: None, state: Mutex::new(state), epoch: AtomicU64::new(0), peer: Mutex::new(peer), source, registry, metrics: None }
+        let (epoch, peer, store) = (AtomicU64::new(0), Mutex::new(peer), SnapshotStore::memory());
+        Miner { cfg, hub: None, state: Mutex::new(state), epoch, peer, source, registry, metrics: None, store }
+    }
+
+    /// Keeps DiLoCo snapshots in files under `dir` (emptied first) instead
+    /// of memory: an epoch's snapshots are H/S times 3× the model.
+    pub fn with_snapshot_dir(mut self, dir: &std::path::Path) -> std::io::Result<Miner<E>> {
+        self.store = SnapshotStore::in_dir(dir)?;
+        Ok(self)
     }
 
     /// Loads published models from `hub` (downloads under `dir/models`)
@@ -428,7 +440,7 @@ impl<E: Engine> Miner<E> {
         let bar = self.batch_progress(n);
         let step = InnerStep { lr: inner_lr as f32, max_grad_norm: self.cfg.max_grad_norm };
         let deadline = seconds.map(|s| Instant::now() + s);
-        let work = train_inner(model, opt, &batches, 0..n, &test, projector.as_ref(), step, every, deadline, &|| self.batch_done(&bar));
+        let work = train_inner(model, opt, &batches, 0..n, &test, projector.as_ref(), step, every, &self.store, deadline, &|| self.batch_done(&bar));
         bar.finish_and_clear();
         // Bounded by time: the steps it took.
         let n = work.as_ref().map_or(n, |w| w.work.sums.len());
@@ -463,16 +475,16 @@ impl<E: Engine> Miner<E> {
         let inner = work.map_err(|e| e.to_string())?;
         // Kept for this query's validator and one other's (a follower's
         // query may come between the master's and its fetch).
-        let digests: Vec<String> = inner.snapshots.iter().map(|b| crate::diloco::snapshot::digest(b)).collect();
+        let digests: Vec<String> = inner.snapshots.iter().map(|(d, _)| d.clone()).collect();
         if !scoring_only {
             // The master's query of a new epoch: older snapshots are of
             // weights nobody will replay again.
             snapshots.clear();
         }
-        let mut kept: Vec<(String, Arc<Vec<u8>>)> = digests.iter().cloned().zip(inner.snapshots.into_iter().map(Arc::new)).collect();
+        let mut kept = inner.snapshots;
         let (contribution, contribution_digest) = match contribution {
             Some((p, digest, bytes)) => {
-                kept.push((digest.clone(), Arc::new(bytes)));
+                kept.push((digest.clone(), Kept::Memory(Arc::new(bytes))));
                 (Some(p), Some(digest))
             }
             None => (None, None),
@@ -725,7 +737,8 @@ impl<E: Engine + 'static> Handler for Miner<E> {
         use crate::diloco::snapshot::{CONTRIBUTION_PREFIX, STATE_PREFIX};
         if let Some(digest) = tensor.strip_prefix(STATE_PREFIX).or_else(|| tensor.strip_prefix(CONTRIBUTION_PREFIX)) {
             let found = self.lock().snapshots.iter().flatten().find(|(d, _)| d == digest).map(|(_, b)| b.clone());
-            return found.map(|b| b.as_ref().clone()).ok_or_else(|| format!("no DiLoCo snapshot {digest} (they last until the next all-reduce)"));
+            let kept = found.ok_or_else(|| format!("no DiLoCo snapshot {digest} (they last until the next all-reduce)"))?;
+            return kept.bytes().map_err(|e| format!("reading DiLoCo snapshot {digest}: {e}"));
         }
         tensor_fp16(&self.lock().replicas.models[0], tensor)
     }

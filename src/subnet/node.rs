@@ -420,8 +420,11 @@ fn miner_on_replicas<E: Engine + 'static>(a: &MinerArgs, engines: Vec<E>, collec
     let cfg =
         MinerConfig { batch: a.batch, seq: n.seq, rows_per_train: a.rows, allreduce: settings(n), progress: a.progress, ..MinerConfig::default() };
     let (metrics, _metrics_server) = start_metrics(n, "miner", &model.engine.name())?;
-    let mut miner =
+    let miner =
         Miner::new(cfg, model, opt, Box::new(src), used, peer, registry.clone(), n.seed).with_hub(hub, n.state.clone()).with_metrics(metrics.clone());
+    // DiLoCo snapshots wait on disk, not in memory, for a validator's fetch.
+    let snapshot_dir = n.state.join("snapshots");
+    let mut miner = miner.with_snapshot_dir(&snapshot_dir).with_context(|| format!("keeping DiLoCo snapshots in {}", snapshot_dir.display()))?;
     if !replicas.is_empty() {
         miner = miner.with_replicas(replicas, collective);
     }

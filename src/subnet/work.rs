@@ -24,6 +24,9 @@ pub enum WorkError {
     TestIndex { index: usize, why: String },
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// A DiLoCo snapshot could not be kept (a full disk, say).
+    #[error("keeping a snapshot: {0}")]
+    Keep(String),
 }
 
 /// The parameter a `gradient_test_index` names: an index into the model's
