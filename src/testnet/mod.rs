@@ -24,7 +24,9 @@ pub use switch::{Link, Stats};
 
 /// The hosts' /24.
 pub const PREFIX: [u8; 3] = [10, 77, 0];
-/// The devices' MTU: large, so the switch moves few packets per byte.
+/// The devices' MTU unless a profile says `mtu=`: large, so the switch
+/// moves few packets per byte. (The internet's paths carry 1500: TCP under
+/// loss does far worse there, its throughput scaling with the segment.)
 pub const MTU: u32 = 65000;
 /// Each host's one network device (a TUN device); programs that pick an
 /// interface by name (gloo: GLOO_SOCKET_IFNAME) are given this.
@@ -48,7 +50,9 @@ pub enum NetError {
 /// quarter of it each way), `jitter` up to that much more delay per
 /// packet, `loss` the chance that a packet is lost on its way (each way),
 /// `slow=i:rate` gives host i another rate, `up=i:rate` host i another
-/// uplink rate only (a home line), and `buffer` each queue's size
+/// uplink rate only (a home line), `mtu` the devices' MTU (default
+/// [`MTU`]; 1500 as on the internet costs the switch 40× the packets),
+/// and `buffer` each queue's size
 /// (default: a round trip or 100 ms at the rate, at least 8 packets).
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Profile {
@@ -59,6 +63,7 @@ pub struct Profile {
     pub buffer: Option<usize>,
     pub slow: Vec<(usize, f64)>,
     pub up: Vec<(usize, f64)>,
+    pub mtu: Option<u32>,
 }
 
 fn parse_rate(s: &str) -> Option<f64> {
@@ -117,13 +122,14 @@ impl std::str::FromStr for Profile {
                         .ok_or_else(|| bad("loss is like 0.1% or 0.001"))?;
                 }
                 "buffer" => p.buffer = Some(parse_bytes(v).ok_or_else(|| bad("buffer is like 4mb"))?),
+                "mtu" => p.mtu = Some(v.parse().ok().filter(|m| (576..=65000).contains(m)).ok_or_else(|| bad("mtu is 576 to 65000"))?),
                 "slow" | "up" => {
                     let (host, rate) = v.split_once(':').ok_or_else(|| bad(&format!("{k} is like 1:100mbit")))?;
                     let host = host.parse().map_err(|_| bad(&format!("{k}'s host is an index")))?;
                     let rate = parse_rate(rate).ok_or_else(|| bad(&format!("{k}'s rate is like 100mbit")))?;
                     if k == "slow" { &mut p.slow } else { &mut p.up }.push((host, rate));
                 }
-                _ => return Err(bad(&format!("unknown key {k:?} (rate, rtt, jitter, loss, buffer, slow, up)"))),
+                _ => return Err(bad(&format!("unknown key {k:?} (rate, rtt, jitter, loss, buffer, slow, up, mtu)"))),
             }
         }
         Ok(p)
@@ -141,9 +147,14 @@ impl Profile {
         // (tbf: 1.15×) — while seconds of queue on a slow link delay its
         // acks behind its data (2 MiB at 10 Mbit/s: 1.66× the optimum).
         let time = self.rtt.max(Duration::from_millis(100)).as_secs_f64();
-        let buffer = |rate: Option<f64>| self.buffer.unwrap_or((rate.map_or(0.0, |r| r / 8.0 * time) as usize).max(8 * MTU as usize));
+        let buffer = |rate: Option<f64>| self.buffer.unwrap_or((rate.map_or(0.0, |r| r / 8.0 * time) as usize).max(8 * self.mtu() as usize));
         let up = self.up.iter().rev().find(|s| s.0 == i).map(|&(_, r)| (r, buffer(Some(r))));
         Link { rate, delay: self.rtt / 4, jitter: self.jitter, loss: self.loss, buffer: buffer(rate), up }
+    }
+
+    /// The devices' MTU.
+    pub fn mtu(&self) -> u32 {
+        self.mtu.unwrap_or(MTU)
     }
 
     /// Host `i`'s slower direction (bits/s; infinite when unshaped): what
@@ -219,7 +230,7 @@ impl Net {
             let addr = format!("{}/24", net_addr(i));
             ip(&["-n", &name, "link", "set", "lo", "up"])?;
             ip(&["-n", &name, "addr", "add", &addr, "dev", DEVICE])?;
-            ip(&["-n", &name, "link", "set", DEVICE, "mtu", &MTU.to_string(), "up"])?;
+            ip(&["-n", &name, "link", "set", DEVICE, "mtu", &profile.mtu().to_string(), "up"])?;
         }
         let links = (0..n).map(|i| profile.link(i)).collect();
         let seed = (std::process::id() as u64) << 16 | k as u64;
@@ -323,7 +334,10 @@ mod tests {
         let (other, home) = (p.link(0), p.link(1));
         assert_eq!((other.up, home.rate, home.up), (None, Some(1e8), Some((1e7, 8 * MTU as usize))));
         assert_eq!((p.min_rate(0), p.min_rate(1)), (1e8, 1e7));
-        for bad in ["rate=fast", "rtt=40parsecs", "loss=150%", "slow=x:1mbit", "up=1", "speed=1", "rate"] {
+        let p: Profile = "rate=100mbit,mtu=1500".parse().unwrap();
+        assert_eq!((p.mtu(), p.link(0).buffer), (1500, 1_250_000));
+        assert_eq!("rate=1kbit,mtu=1500".parse::<Profile>().unwrap().link(0).buffer, 8 * 1500);
+        for bad in ["rate=fast", "rtt=40parsecs", "loss=150%", "slow=x:1mbit", "up=1", "mtu=9", "mtu=100000", "speed=1", "rate"] {
             assert!(bad.parse::<Profile>().is_err(), "{bad}");
         }
     }
