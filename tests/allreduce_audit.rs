@@ -550,3 +550,23 @@ fn a_false_testimony_costs_the_accuser_its_place_too() {
         assert!(dropped.contains(&"m1") && dropped.contains(&"m3"), "member {i}: {dropped:?}");
     }
 }
+
+#[test]
+fn a_member_withholding_its_testimony_is_left_out_before_the_deadline() {
+    // Member 2 reads and sends everything but never testifies. The
+    // adjudicator's Waiting frames to it (which keep honest members
+    // waiting for a slow third one) must not keep the adjudicator waiting
+    // for it too: it is left out once its testimony is overdue
+    // (connect + 2 × stall = 40 s here), well before the 120 s deadline,
+    // and the rest rerun, verified and bit-identical.
+    let x = inputs(5);
+    let weights = [1.0, 1.0, 1.0, 1.0, 0.0];
+    let mut faults = [None; 5];
+    faults[2] = Some(Fault::WithholdTestimony);
+    let (_, results) = run_with(&x, &x, &weights, &faults, Codec::F16, Duration::from_secs(10), Duration::from_secs(120), Some(4));
+    check(&x, &weights, &results, &[2]);
+    for i in [0, 1, 3, 4] {
+        let (accused, dropped) = named(&results[i].1);
+        assert!(accused.is_empty() && dropped.contains(&"m2"), "member {i}: {accused:?} {dropped:?}");
+    }
+}

@@ -117,6 +117,10 @@ pub(super) struct Conn {
     pub write_blocked: bool,
     pub last_read: Instant,
     pub last_write: Instant,
+    /// The last write of anything but the adjudicator's Waiting frames:
+    /// those keep a member waiting for the ruling, and must not make a
+    /// member that withholds its testimony look waited on forever.
+    pub last_data_write: Instant,
 }
 
 impl Conn {
@@ -139,6 +143,7 @@ impl Conn {
             write_blocked: false,
             last_read: now,
             last_write: now,
+            last_data_write: now,
         }
     }
 
@@ -278,6 +283,9 @@ impl Conn {
                     done.bytes += n as u64;
                     while n > 0 {
                         let front = self.out.front_mut().expect("written bytes belong to queued frames");
+                        if front.kind != Kind::Waiting {
+                            self.last_data_write = now;
+                        }
                         let len = front.payload(src).len();
                         let left = HEADER_LEN + len - front.sent;
                         if n < left {

@@ -100,6 +100,8 @@ pub enum Fault {
     EquivocateAverage { to: u16 },
     /// Testify to the adjudicator that member `member` cheated.
     FalseTestimony { member: u16 },
+    /// Never testify (while still reading and answering everything else).
+    WithholdTestimony,
 }
 
 impl Default for Settings {

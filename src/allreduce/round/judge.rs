@@ -48,6 +48,7 @@ impl Round<'_> {
         if !self.data_done() {
             return;
         }
+        self.data_done_at.get_or_insert(now);
         let n = self.n();
         if a == self.me {
             if !(0..n).all(|j| j == self.me || self.members[j].failure.is_some() || self.testimonies[j].is_some()) {
@@ -72,13 +73,30 @@ impl Round<'_> {
             if let Some(Fault::FalseTestimony { member }) = self.settings.fault {
                 named.push(Accusation { member: member as usize, why: "(a false testimony)".into(), proven: true });
             }
+            self.testified = true;
+            if self.settings.fault == Some(Fault::WithholdTestimony) {
+                return;
+            }
             let payload = Testimony::new(self.summary_digests(), &named).encode();
             let header = Header::for_payload(Kind::Testimony, self.me as u16, self.round, a as u32, 0, &payload);
             if let Some(conn) = self.conns[id].as_mut() {
                 conn.queue(Out::new(&header, Body::Owned(payload)), now);
             }
-            self.testified = true;
         }
+    }
+
+    /// Since when member `j`'s testimony (we adjudicate) or ruling (it
+    /// does) counts as overdue: its last frame, our last frame to it but
+    /// Waiting ones (until it has all of ours its data phase is not over)
+    /// and, for the adjudicator, the end of its own data phase (until
+    /// then `j` may still be receiving a slow third member's data, as
+    /// it is). `None`: not yet.
+    pub(super) fn judgement_wait_from(&self, conn: &Conn) -> Option<Instant> {
+        let own = match self.adjudicator() == Some(self.me) {
+            true => self.data_done_at?,
+            false => self.start,
+        };
+        Some(conn.last_read.max(conn.last_data_write).max(own))
     }
 
     /// The adjudicator, not ruling yet: every half stall timeout, a

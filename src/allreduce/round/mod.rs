@@ -293,6 +293,8 @@ struct Round<'a> {
     testified: bool,
     /// When the adjudicator last told everyone it still waits.
     waiting_sent: Option<Instant>,
+    /// When this member's own data phase ended (`data_done`).
+    data_done_at: Option<Instant>,
     testimonies: Vec<Option<Testimony>>,
     ruling: Option<Vec<Accusation>>,
 }
@@ -576,6 +578,7 @@ impl<'a> Round<'a> {
             gather_written: 0,
             testified: false,
             waiting_sent: None,
+            data_done_at: None,
             testimonies: vec![None; n],
             ruling: None,
         })
@@ -708,7 +711,9 @@ impl<'a> Round<'a> {
                     } else if !self.expects_data(j)
                         && self.expects_judgement(j)
                         && !conn.has_output()
-                        && read_idle.min(write_idle) > s.connect_timeout.max(s.stall_timeout) + 2 * s.stall_timeout
+                        && self
+                            .judgement_wait_from(conn)
+                            .is_some_and(|t| now.duration_since(t) > s.connect_timeout.max(s.stall_timeout) + 2 * s.stall_timeout)
                     {
                         // (Up to that long a member may wait for a third one
                         // before it testifies, and the adjudicator for all.
