@@ -570,3 +570,25 @@ fn a_member_withholding_its_testimony_is_left_out_before_the_deadline() {
         assert!(accused.is_empty() && dropped.contains(&"m2"), "member {i}: {accused:?} {dropped:?}");
     }
 }
+
+#[test]
+fn a_member_claiming_its_inputs_are_still_coming_cannot_hold_the_round_open() {
+    // Member 2 never testifies and, instead, sends the adjudicator the
+    // Waiting frames an honest member sends while a slow third one's data
+    // still comes to it. Those hold the adjudicator only n − 1 times its
+    // own data phase (under a second here) past its end, plus the usual
+    // wait (connect + 2 × stall = 30 s): member 2 is left out well before
+    // the 120 s deadline and the rest rerun, verified and bit-identical.
+    let x = inputs(5);
+    let weights = [1.0, 1.0, 1.0, 1.0, 0.0];
+    let mut faults = [None; 5];
+    faults[2] = Some(Fault::StallTestimony);
+    let t = Instant::now();
+    let (_, results) = run_with(&x, &x, &weights, &faults, Codec::F16, Duration::from_secs(5), Duration::from_secs(120), Some(4));
+    eprintln!("ended after {:.1} s", t.elapsed().as_secs_f64());
+    check(&x, &weights, &results, &[2]);
+    for i in [0, 1, 3, 4] {
+        let (accused, dropped) = named(&results[i].1);
+        assert!(accused.is_empty() && dropped.contains(&"m2"), "member {i}: {accused:?} {dropped:?}");
+    }
+}

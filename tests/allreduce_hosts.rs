@@ -125,7 +125,13 @@ fn a_member_behind_a_slow_uplink_keeps_its_place_in_an_audited_round() {
     // upload. Host 3 (weight 0, the validator's part) adjudicates. Neither
     // may wait the ruling out while that upload, which the adjudicator
     // needs before it can rule, still runs (the wait is 3 × 3 s here).
-    let Some(net) = hosts(4, "rate=100mbit,rtt=20ms,up=2:1mbit") else { return };
+    // Its three uploads share the line unevenly (one that loses a
+    // retransmission backs off for seconds), so members get their last
+    // input seconds apart: host 2's sockets hold seconds of data, and a
+    // member whose input still comes tells the adjudicator so. The
+    // internet's MTU: at the hosts' default 65000 bytes the uplink's
+    // 8-packet queue would hold 4 s at 1 Mbit/s.
+    let Some(net) = hosts(4, "rate=100mbit,rtt=20ms,up=2:1mbit,mtu=1500") else { return };
     let (x, weights) = (inputs(4, 1 << 20), [1.0, 2.0, 0.0, 0.0]);
     let challenge = [7u8; 32];
     let p = Projector::new(&challenge);

@@ -121,6 +121,10 @@ pub(super) struct Conn {
     /// those keep a member waiting for the ruling, and must not make a
     /// member that withholds its testimony look waited on forever.
     pub last_data_write: Instant,
+    /// Bytes the peer had acknowledged when `poll_delivery` last looked,
+    /// and when that count last grew.
+    acked: u64,
+    pub last_acked: Instant,
 }
 
 impl Conn {
@@ -144,7 +148,23 @@ impl Conn {
             last_read: now,
             last_write: now,
             last_data_write: now,
+            acked: 0,
+            last_acked: now,
         }
+    }
+
+    /// Reads the kernel's delivery progress (Linux's `TCP_INFO`): bytes the
+    /// peer acknowledged count as progress (`last_acked`) even while the
+    /// socket takes nothing more — on a slow link its buffer holds seconds
+    /// of data. Returns whether sent bytes are still unacknowledged (the
+    /// path is slow), `None` where the kernel does not say.
+    pub fn poll_delivery(&mut self, now: Instant) -> Option<bool> {
+        let (acked, in_flight) = tcp_delivery(&self.stream)?;
+        if acked != self.acked {
+            self.acked = acked;
+            self.last_acked = now;
+        }
+        Some(in_flight)
     }
 
     /// After the handshake: accept data frames up to `max_len` bytes. The
@@ -311,6 +331,29 @@ impl Conn {
         }
         Ok(done)
     }
+}
+
+/// (Bytes acknowledged, whether any sent bytes are unacknowledged.)
+#[cfg(target_os = "linux")]
+fn tcp_delivery(stream: &TcpStream) -> Option<(u64, bool)> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid socket descriptor; `info` and `len` are a correctly
+    // sized out-buffer for TCP_INFO, which the kernel fills up to `len`.
+    let (ok, len, info) = unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let ok =
+            libc::getsockopt(stream.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, &mut info as *mut libc::tcp_info as *mut libc::c_void, &mut len)
+                == 0;
+        (ok, len as usize, info)
+    };
+    // (Kernels before 4.1 fill less and have no byte count.)
+    (ok && len >= std::mem::offset_of!(libc::tcp_info, tcpi_bytes_acked) + 8).then_some((info.tcpi_bytes_acked, info.tcpi_unacked > 0))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn tcp_delivery(_: &TcpStream) -> Option<(u64, bool)> {
+    None
 }
 
 #[cfg(test)]

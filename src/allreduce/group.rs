@@ -41,7 +41,10 @@ pub struct Settings {
     /// that member's contribution or while data to it is queued. Waiting for
     /// an owner's averaged chunks tolerates `max(connect_timeout,
     /// stall_timeout) + stall_timeout`: the owner itself may be waiting that
-    /// long for a third member that never connects or stalls.
+    /// long for a third member that never connects or stalls. Data queued
+    /// to a member whose kernel still has unacknowledged bytes in flight
+    /// (a slow path, not a peer that stopped reading) waits
+    /// `max(connect_timeout, stall_timeout) + 2 × stall_timeout`.
     pub stall_timeout: Duration,
     /// Largest accepted contribution weight (samples accumulated).
     pub max_weight: f32,
@@ -102,6 +105,9 @@ pub enum Fault {
     FalseTestimony { member: u16 },
     /// Never testify (while still reading and answering everything else).
     WithholdTestimony,
+    /// Never testify, and tell the adjudicator with Waiting frames that
+    /// its inputs are still coming (a member holding the round open).
+    StallTestimony,
 }
 
 impl Default for Settings {

@@ -7,7 +7,7 @@
 //! ```text
 //! offset size field
 //!      0    4 magic "DTAR"
-//!      4    1 version (3: the adjudicator's Waiting frames)
+//!      4    1 version (4: Waiting frames both ways)
 //!      5    1 kind
 //!      6    2 sender (member index)
 //!      8    8 round id
@@ -19,7 +19,7 @@
 //! ```
 
 pub const MAGIC: [u8; 4] = *b"DTAR";
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 pub const HEADER_LEN: usize = 40;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,9 +46,10 @@ pub enum Kind {
     Testimony = 8,
     /// The adjudicator's ruling: who is left out (see `ruling`).
     Ruling = 9,
-    /// The adjudicator, before its ruling, to every member: it still waits
-    /// for a third one (whose data or testimony is moving), so the wait is
-    /// not counted as its stall. Empty.
+    /// Before the ruling: the adjudicator to every member, that it still
+    /// waits for a third one (whose data or testimony is moving), and a
+    /// member to the adjudicator, that its inputs are still coming; so the
+    /// wait is not counted as the sender's stall. Empty.
     Waiting = 10,
 }
 

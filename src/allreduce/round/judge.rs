@@ -45,7 +45,10 @@ impl Round<'_> {
         if a == self.me {
             self.keep_waiting(now);
         }
-        if !self.data_done() {
+        if !self.data_done() || (a != self.me && self.settings.fault == Some(Fault::StallTestimony)) {
+            if a != self.me {
+                self.still_receiving(a, now);
+            }
             return;
         }
         self.data_done_at.get_or_insert(now);
@@ -120,9 +123,44 @@ impl Round<'_> {
         }
     }
 
-    /// A testimony (to us, the adjudicator), the ruling (from it) or its
-    /// word that it still waits (nothing to do: the frame itself resets
-    /// the connection's idle time).
+    /// A member whose inputs are not all in yet, with nothing else to send
+    /// the adjudicator: a Waiting frame every half stall timeout, so that
+    /// the adjudicator, whose own inputs may have come seconds earlier
+    /// (flows out of one slow uplink finish far apart), does not take it
+    /// for one withholding its testimony. Bounded: `testimony_overdue`.
+    fn still_receiving(&mut self, a: usize, now: Instant) {
+        let half = self.settings.stall_timeout / 2;
+        let Some(id) = self.members[a].conn.filter(|_| self.members[a].failure.is_none()) else { return };
+        let Some(conn) = self.conns[id].as_mut().filter(|c| c.ready && !c.has_output()) else { return };
+        if now.duration_since(conn.last_write) < half || self.waiting_sent.is_some_and(|t| now.duration_since(t) < half) {
+            return;
+        }
+        self.waiting_sent = Some(now);
+        let header = Header::for_payload(Kind::Waiting, self.me as u16, self.round, 0, 0, &[]);
+        conn.queue(Out::new(&header, Body::Owned(Vec::new())), now);
+    }
+
+    /// The adjudicator: members' Waiting frames (`still_receiving`) no
+    /// longer hold it. A member's inputs may lag the adjudicator's by as
+    /// much as the other n − 2 members' data phases together would take,
+    /// so: n − 1 times its own data phase past its end, plus the usual
+    /// wait. Without the bound a member could hold every round to its
+    /// deadline with Waiting frames instead of testifying.
+    pub(super) fn testimony_overdue(&self, now: Instant) -> bool {
+        let s = self.settings;
+        match (self.adjudicator() == Some(self.me), self.data_done_at) {
+            (true, Some(done)) => {
+                let own = done.duration_since(self.start);
+                now > done + own * (self.n() as u32 - 1) + s.connect_timeout.max(s.stall_timeout) + 2 * s.stall_timeout
+            }
+            _ => false,
+        }
+    }
+
+    /// A testimony (to us, the adjudicator), the ruling (from it) or a
+    /// word that the sender still waits (the adjudicator for the other
+    /// testimonies, a member for its inputs; nothing to do: the frame
+    /// itself resets the connection's idle time).
     pub(super) fn on_judgement(&mut self, j: usize, h: Header, payload: &[u8]) {
         let n = self.n();
         match h.kind {
@@ -135,6 +173,7 @@ impl Round<'_> {
                 None => self.fail(j, Failure::Invalid("malformed ruling".into())),
             },
             Kind::Waiting if self.adjudicator() == Some(j) && self.ruling.is_none() && payload.is_empty() => {}
+            Kind::Waiting if self.adjudicator() == Some(self.me) && self.testimonies[j].is_none() && payload.is_empty() => {}
             kind => self.fail(j, Failure::Invalid(format!("{kind:?} frame unexpected here"))),
         }
     }

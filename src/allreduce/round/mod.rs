@@ -291,7 +291,8 @@ struct Round<'a> {
     /// Adjudicated rounds (see judge.rs): this member's testimony sent;
     /// the adjudicator's testimonies received; the ruling, received or made.
     testified: bool,
-    /// When the adjudicator last told everyone it still waits.
+    /// When this member last sent Waiting frames: the adjudicator to
+    /// everyone, a member to the adjudicator (see judge.rs).
     waiting_sent: Option<Instant>,
     /// When this member's own data phase ended (`data_done`).
     data_done_at: Option<Instant>,
@@ -702,8 +703,11 @@ impl<'a> Round<'a> {
                     }
                 }
                 Some(id) => {
+                    let conn = self.conns[id].as_mut().expect("a member's connection is live");
+                    let in_flight = if conn.has_output() { conn.poll_delivery(now) } else { None };
                     let conn = self.conns[id].as_ref().expect("a member's connection is live");
-                    let (read_idle, write_idle) = (now.duration_since(conn.last_read), now.duration_since(conn.last_write));
+                    let read_idle = now.duration_since(conn.last_read);
+                    let write_idle = now.duration_since(conn.last_write.max(conn.last_acked));
                     if self.expects_scatter(j) && read_idle > s.stall_timeout {
                         self.fail(j, Failure::Stalled(format!("no data for {:.1} s while its contribution was due", read_idle.as_secs_f64())));
                     } else if self.expects_gather(j) && read_idle > s.connect_timeout.max(s.stall_timeout) + s.stall_timeout {
@@ -711,9 +715,10 @@ impl<'a> Round<'a> {
                     } else if !self.expects_data(j)
                         && self.expects_judgement(j)
                         && !conn.has_output()
-                        && self
+                        && (self
                             .judgement_wait_from(conn)
                             .is_some_and(|t| now.duration_since(t) > s.connect_timeout.max(s.stall_timeout) + 2 * s.stall_timeout)
+                            || self.testimony_overdue(now))
                     {
                         // (Up to that long a member may wait for a third one
                         // before it testifies, and the adjudicator for all.
@@ -721,7 +726,18 @@ impl<'a> Round<'a> {
                         // until then its own data phase is not over.)
                         self.fail(j, Failure::Stalled(format!("no testimony or ruling for {:.1} s", read_idle.as_secs_f64())));
                     } else if conn.has_output() && write_idle > s.stall_timeout {
-                        self.fail(j, Failure::Stalled(format!("not reading: nothing written to it for {:.1} s", write_idle.as_secs_f64())));
+                        // (Idle: nothing written to the socket and nothing
+                        // of it acknowledged.) A peer that stopped reading
+                        // has acknowledged all we sent; with bytes still in
+                        // flight the path is what is slow — a lossy link, or
+                        // this host's uplink shared by its connections —
+                        // and gets the longer wait (past it: a link cut
+                        // without a FIN or RST).
+                        match in_flight {
+                            Some(true) if write_idle <= s.connect_timeout.max(s.stall_timeout) + 2 * s.stall_timeout => {}
+                            Some(true) => self.fail(j, Failure::Stalled(format!("nothing it acknowledged for {:.1} s", write_idle.as_secs_f64()))),
+                            _ => self.fail(j, Failure::Stalled(format!("not reading: nothing written to it for {:.1} s", write_idle.as_secs_f64()))),
+                        }
                     }
                 }
             }
