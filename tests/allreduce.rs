@@ -239,3 +239,124 @@ fn a_sum_that_overflows_is_not_averaged_but_kept_local() {
         }
     }
 }
+
+/// Rounds back to back on the same peers, each peer a thread that runs
+/// `rounds[r]` (the members taking part, by peer index) in turn; between
+/// rounds `between(r, i, peer)` may touch peer i. Returns, per round, each
+/// taking-part peer's (index, vector, report).
+fn rounds_on_same_peers(
+    n: usize,
+    len: usize,
+    rounds: &[Vec<usize>],
+    between: impl Fn(usize, usize, &mut Peer) + Sync,
+) -> Vec<Vec<(usize, Vec<f32>, Report)>> {
+    let peers: Vec<Peer> = (0..n).map(|i| Peer::bind(Identity::from_seed([i as u8 + 1; 32]), "127.0.0.1:0".parse().unwrap()).unwrap()).collect();
+    let all: Vec<Member> = peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| Member { id: format!("peer{i}"), addr: p.local_addr().unwrap(), key: p.public_key(), fraction: 1.0 })
+        .collect();
+    let settings = Settings { codec: Codec::F16, chunk_bytes: 4096, ..Settings::default() };
+    let inputs = data(n, len, 31);
+    let between = &between;
+    let per_peer: Vec<Vec<(usize, Vec<f32>, Report)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = peers
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut peer)| {
+                let (all, settings, inputs) = (&all, &settings, &inputs);
+                s.spawn(move || {
+                    let mut out = Vec::new();
+                    for (r, members) in rounds.iter().enumerate() {
+                        between(r, i, &mut peer);
+                        if !members.contains(&i) {
+                            continue;
+                        }
+                        let group = Group { members: members.iter().map(|&m| all[m].clone()).collect() };
+                        let mut x = inputs[i].clone();
+                        let deadline = Instant::now() + Duration::from_secs(60);
+                        let report = peer.all_reduce(&group, 7, &mut x, 1.0, deadline, settings).unwrap();
+                        out.push((r, x, report));
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    (0..rounds.len())
+        .map(|r| {
+            let mut got: Vec<(usize, Vec<f32>, Report)> =
+                per_peer.iter().enumerate().flat_map(|(i, v)| v.iter().filter(|e| e.0 == r).map(move |e| (i, e.1.clone(), e.2.clone()))).collect();
+            got.sort_by_key(|g| g.0);
+            // Every round is a whole, correct round: the same bits
+            // everywhere, within fp16's rounding of the naive mean.
+            let members = &rounds[r];
+            let sub: Vec<Vec<f32>> = members.iter().map(|&m| inputs[m].clone()).collect();
+            let case =
+                Case { n: members.len(), len, fractions: vec![1.0; members.len()], weights: vec![1.0; members.len()], settings: settings.clone() };
+            let results: Vec<(Vec<f32>, Report)> = got.iter().map(|g| (g.1.clone(), g.2.clone())).collect();
+            check_mean(&case, &sub, &results);
+            // A kept connection that fails is not a refusal. (A fresh
+            // dial may be: one that reaches a peer still finishing the
+            // round before is refused by it, and dialed again.)
+            for (i, _, report) in got.iter().filter(|g| g.2.reused + 1 == members.len()) {
+                assert!(report.refused.is_empty(), "round {r}, peer {i}: {:?}", report.refused);
+            }
+            got
+        })
+        .collect()
+}
+
+#[test]
+fn connections_are_kept_for_the_next_round_and_a_peer_that_kept_none_is_dialed_afresh() {
+    // Round 0 dials the mesh; round 1 runs its handshakes on the kept
+    // connections; before round 2 peer 2 closes its kept connections, so
+    // the others' kept ones to it fail (quietly: no refusal reported) and
+    // it is dialed afresh; round 3 leaves peer 1 out, so the others'
+    // indices shift and the kept connections are found by key.
+    let rounds = [vec![0, 1, 2, 3], vec![0, 1, 2, 3], vec![0, 1, 2, 3], vec![0, 2, 3]];
+    let out = rounds_on_same_peers(4, 50_000, &rounds, |r, i, peer| {
+        if r == 2 && i == 2 {
+            peer.close_kept();
+        }
+    });
+    let reused = |r: usize| out[r].iter().map(|g| g.2.reused).collect::<Vec<_>>();
+    assert_eq!(reused(0), [0, 0, 0, 0]);
+    assert_eq!(reused(1), [3, 3, 3, 3]);
+    assert_eq!(reused(2), [2, 2, 0, 2]);
+    assert_eq!(reused(3), [2, 2, 2]);
+}
+
+#[test]
+fn without_keep_connections_every_round_dials() {
+    let peers: Vec<Peer> = (0..3).map(|i| Peer::bind(Identity::from_seed([i as u8 + 1; 32]), "127.0.0.1:0".parse().unwrap()).unwrap()).collect();
+    let group = Group {
+        members: peers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Member { id: format!("peer{i}"), addr: p.local_addr().unwrap(), key: p.public_key(), fraction: 1.0 })
+            .collect(),
+    };
+    let settings = Settings { keep_connections: false, ..Settings::default() };
+    let inputs = data(3, 10_000, 5);
+    let reused: Vec<Vec<usize>> = std::thread::scope(|s| {
+        let handles: Vec<_> = peers
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut peer)| {
+                let (group, settings, inputs) = (&group, &settings, &inputs);
+                s.spawn(move || {
+                    (0..2)
+                        .map(|_| {
+                            let mut x = inputs[i].clone();
+                            peer.all_reduce(group, 1, &mut x, 1.0, Instant::now() + Duration::from_secs(60), settings).unwrap().reused
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(reused, vec![vec![0, 0]; 3]);
+}

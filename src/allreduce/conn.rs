@@ -106,6 +106,11 @@ pub(super) struct Conn {
     pub peer_hello: Option<Hello>,
     /// Both handshake signatures checked: data frames may flow.
     pub ready: bool,
+    /// Kept from an earlier round (`round::keep`), not dialed or accepted.
+    pub kept: bool,
+    /// The far end's Hello for the next round, read while this one still
+    /// ran (see `round::keep`): nothing more is read here this round.
+    pub next_hello: Option<(Header, Vec<u8>)>,
     hdr: [u8; HEADER_LEN],
     hdr_fill: usize,
     cur: Option<Header>,
@@ -137,6 +142,8 @@ impl Conn {
             my_hello,
             peer_hello: None,
             ready: false,
+            kept: false,
+            next_hello: None,
             hdr: [0; HEADER_LEN],
             hdr_fill: 0,
             cur: None,
@@ -271,6 +278,14 @@ impl Conn {
 
     pub fn has_output(&self) -> bool {
         !self.out.is_empty()
+    }
+
+    /// No frame half read: the stream can be handed to the next round.
+    pub fn at_frame_boundary(&self) -> bool {
+        match self.cur {
+            None => self.hdr_fill == 0,
+            Some(h) => self.pay_fill == h.len as usize,
+        }
     }
 
     /// Writes queued frames until done or the socket would block.

@@ -51,6 +51,10 @@ pub struct Settings {
     /// SO_SNDBUF/SO_RCVBUF for every connection; `None` leaves the kernel's
     /// autotuning alone (the better choice on Linux loopback and most links).
     pub socket_buffer: Option<usize>,
+    /// Keep the connections of a round that ended well open for the next
+    /// round with the same members (round/keep.rs): no dial, no TCP
+    /// handshake, a warm congestion window.
+    pub keep_connections: bool,
     /// Fault injection for tests and drills: this process dies or stalls
     /// mid-round. Never set in normal operation.
     pub fault: Option<Fault>,
@@ -119,6 +123,7 @@ impl Default for Settings {
             stall_timeout: Duration::from_secs(10),
             max_weight: 1e9,
             socket_buffer: None,
+            keep_connections: true,
             fault: None,
         }
     }

@@ -94,6 +94,8 @@ pub struct Report {
     pub setup_s: f64,
     /// Seconds from the call until every member was connected or failed.
     pub connect_s: Option<f64>,
+    /// Members connected over a connection kept from an earlier round.
+    pub reused: usize,
     /// Seconds from the call until this peer's own span was averaged.
     pub reduced_s: Option<f64>,
     pub elapsed_s: f64,

@@ -124,6 +124,9 @@ pub struct PeerArgs {
     /// Address to listen on (a test host's under `bench allreduce --net`).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub bind: std::net::SocketAddr,
+    /// Dial every round's connections anew instead of keeping them.
+    #[arg(long)]
+    pub fresh_connections: bool,
 }
 
 fn read_line(input: &mut impl BufRead) -> Result<String> {
@@ -150,6 +153,7 @@ pub fn peer_main(a: &PeerArgs) -> Result<()> {
         connect_timeout: Duration::from_secs_f64(a.connect_s),
         stall_timeout: Duration::from_secs_f64(a.stall_s),
         socket_buffer: a.socket_buffer,
+        keep_connections: !a.fresh_connections,
         fault: a.fault,
         ..Settings::default()
     };
@@ -302,6 +306,10 @@ pub struct AllreduceBenchArgs {
     /// receives 2(N−1)/N of the encoded vector) and the ratio.
     #[arg(long)]
     pub net: Option<Profile>,
+    /// Dial every round's mesh anew (the default keeps a round's
+    /// connections for the next: no dial, a warm congestion window).
+    #[arg(long)]
+    pub fresh_connections: bool,
 }
 
 /// Per timed round, the slowest peer's time (plain rounds, then with
@@ -346,6 +354,9 @@ fn dtrain_round_times(
             }
             if audit {
                 args.push("--audit".into());
+            }
+            if a.fresh_connections {
+                args.push("--fresh-connections".into());
             }
             PeerProcess::spawn_on(&exe, &args, net.map(|net| (net, i)))
         })

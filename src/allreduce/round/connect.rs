@@ -80,6 +80,12 @@ impl Round<'_> {
     /// dialed again after the backoff.
     pub(super) fn refuse(&mut self, id: usize, reason: String) {
         let Some(conn) = self.conns[id].as_ref() else { return };
+        if conn.kept {
+            // The far end kept none, closed it, or sent the old round's
+            // last frames: the member is dialed or waited for afresh.
+            tracing::debug!("round {}: a kept connection to member {:?} not taken up: {reason}", self.round, conn.peer);
+            return self.close(id);
+        }
         let addr = conn.stream.peer_addr().map_or("?".into(), |a| a.to_string());
         match conn.peer {
             Some(j) => {
@@ -139,7 +145,7 @@ impl Round<'_> {
             conn.write_blocked = false;
         }
         for _ in 0..FRAMES_PER_TURN {
-            let Some(conn) = self.conns[id].as_mut() else { return };
+            let Some(conn) = self.conns[id].as_mut().filter(|c| c.next_hello.is_none()) else { return };
             match conn.read_frame(now) {
                 Got::Frame(h) => {
                     self.bytes_received += (crate::allreduce::wire::HEADER_LEN + h.len as usize) as u64;
@@ -287,6 +293,7 @@ impl Round<'_> {
             outs.push(self.done_out(j));
         }
         let conn = self.conns[id].as_mut().expect("a live connection");
+        self.reused += usize::from(conn.kept);
         conn.open_data(self.data_max_len);
         for out in outs {
             conn.queue(out, now);

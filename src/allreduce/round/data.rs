@@ -10,6 +10,9 @@ use sha2::Digest;
 impl Round<'_> {
     pub(super) fn on_data(&mut self, id: usize, h: Header, payload: &[u8]) {
         let j = self.conns[id].as_ref().and_then(|c| c.peer).expect("a ready connection has a peer");
+        if h.kind == Kind::Hello && self.next_rounds_hello(id, j, h, payload) {
+            return;
+        }
         if h.sender as usize != j || h.round != self.round {
             return self.fail(j, Failure::Invalid(format!("{:?} frame claims sender {} round {}", h.kind, h.sender, h.round)));
         }

@@ -26,6 +26,7 @@
 mod connect;
 mod data;
 mod judge;
+mod keep;
 mod summary;
 
 use super::audit::{Accusation, Audit, AuditData, Contribution, Part, Statement};
@@ -99,12 +100,20 @@ pub struct Peer {
     /// page faults cost more than the network).
     wire: Vec<u8>,
     acc: Vec<f32>,
+    /// Connections left open by the last round for the next (keep.rs).
+    kept: Vec<keep::Kept>,
 }
 
 impl Peer {
     /// Listens on `addr` (port 0 picks a free port).
     pub fn bind(identity: Identity, addr: SocketAddr) -> io::Result<Peer> {
-        Ok(Peer { identity, listener: TcpListener::bind(addr)?, wire: Vec::new(), acc: Vec::new() })
+        Ok(Peer { identity, listener: TcpListener::bind(addr)?, wire: Vec::new(), acc: Vec::new(), kept: Vec::new() })
+    }
+
+    /// Closes the connections kept from earlier rounds (the next round
+    /// dials its whole mesh).
+    pub fn close_kept(&mut self) {
+        self.kept.clear();
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -167,10 +176,11 @@ impl Peer {
         let start = Instant::now();
         let poll = Poll::new()?;
         poll.registry().register(&mut self.listener, LISTENER, Interest::READABLE)?;
+        let kept = keep::take_for(&mut self.kept, group, me, start);
         let bufs = (std::mem::take(&mut self.wire), std::mem::take(&mut self.acc));
         let r = Round::new(&self.identity, &mut self.listener, poll, group, me, round, grad, weight, settings, audit, bufs, start)?;
-        let (report, wire, acc) = r.run(deadline);
-        (self.wire, self.acc) = (wire, acc);
+        let (report, wire, acc, kept) = r.run(deadline, kept);
+        (self.wire, self.acc, self.kept) = (wire, acc, kept);
         tracing::debug!("{}", report.summary());
         Ok(report)
     }
@@ -296,6 +306,8 @@ struct Round<'a> {
     waiting_sent: Option<Instant>,
     /// When this member's own data phase ended (`data_done`).
     data_done_at: Option<Instant>,
+    /// Members whose handshake ran on a connection kept from a round before.
+    reused: usize,
     testimonies: Vec<Option<Testimony>>,
     ruling: Option<Vec<Accusation>>,
 }
@@ -580,6 +592,7 @@ impl<'a> Round<'a> {
             testified: false,
             waiting_sent: None,
             data_done_at: None,
+            reused: 0,
             testimonies: vec![None; n],
             ruling: None,
         })
@@ -590,8 +603,9 @@ impl<'a> Round<'a> {
     }
 
     /// Runs the round; returns the report and the buffers for the next one.
-    fn run(mut self, deadline: Instant) -> (Report, Vec<u8>, Vec<f32>) {
+    fn run(mut self, deadline: Instant, kept: Vec<(usize, keep::Kept)>) -> (Report, Vec<u8>, Vec<f32>, Vec<keep::Kept>) {
         let mut events = Events::with_capacity(256);
+        self.adopt(kept, Instant::now());
         self.note_connected();
         self.finalize_ready_chunks();
         loop {
@@ -631,7 +645,8 @@ impl<'a> Round<'a> {
         self.finalize_ready_chunks();
         let _ = self.poll.registry().deregister(self.listener);
         let report = self.report();
-        (report, self.wire, self.reducer.into_buffer())
+        let kept = self.keep(Instant::now());
+        (report, self.wire, self.reducer.into_buffer(), kept)
     }
 
     // ---- progress -----------------------------------------------------------

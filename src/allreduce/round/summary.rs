@@ -77,6 +77,7 @@ impl Round<'_> {
             bytes_received: self.bytes_received,
             setup_s: self.setup_s,
             connect_s: self.connect_s,
+            reused: self.reused,
             reduced_s: self.reduced_s,
             elapsed_s: self.start.elapsed().as_secs_f64(),
         }
