@@ -315,3 +315,28 @@ impl Round<'_> {
         }
     }
 }
+
+/// No Nagle delay (frames are written whole); buffer sizes where set.
+fn set_buffers(stream: &TcpStream, size: Option<usize>) {
+    let _ = stream.set_nodelay(true);
+    if let Some(size) = size {
+        let v = size.min(i32::MAX as usize) as libc::c_int;
+        set_int_option(stream, libc::SOL_SOCKET, libc::SO_SNDBUF, v);
+        set_int_option(stream, libc::SOL_SOCKET, libc::SO_RCVBUF, v);
+    }
+}
+
+/// setsockopt with an int value; a failure leaves the kernel's default.
+pub(super) fn set_int_option(stream: &TcpStream, level: libc::c_int, opt: libc::c_int, v: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid socket descriptor and a c_int option value.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            level,
+            opt,
+            &v as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}

@@ -349,26 +349,6 @@ fn inflict_on_contribution(fault: Option<Fault>, grad: &mut [f32]) {
     }
 }
 
-fn set_buffers(stream: &TcpStream, size: Option<usize>) {
-    use std::os::fd::AsRawFd;
-    let _ = stream.set_nodelay(true);
-    if let Some(size) = size {
-        let v = size.min(i32::MAX as usize) as libc::c_int;
-        for opt in [libc::SO_SNDBUF, libc::SO_RCVBUF] {
-            // SAFETY: a valid socket descriptor and a c_int option value.
-            unsafe {
-                libc::setsockopt(
-                    stream.as_raw_fd(),
-                    libc::SOL_SOCKET,
-                    opt,
-                    &v as *const libc::c_int as *const libc::c_void,
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                );
-            }
-        }
-    }
-}
-
 impl<'a> Round<'a> {
     #[allow(clippy::too_many_arguments)]
     fn new(
