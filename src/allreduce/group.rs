@@ -51,6 +51,12 @@ pub struct Settings {
     /// SO_SNDBUF/SO_RCVBUF for every connection; `None` leaves the kernel's
     /// autotuning alone (the better choice on Linux loopback and most links).
     pub socket_buffer: Option<usize>,
+    /// TCP congestion control asked for on every connection (Linux's
+    /// TCP_CONGESTION; where the kernel lacks it or does not allow it, its
+    /// default stays). BBR by default: loss-based algorithms take random
+    /// loss for congestion — with CUBIC, 1% loss at 40 ms made a round
+    /// 2× as long on the test hosts, with BBR no longer (BENCHMARKS.md).
+    pub congestion_control: Option<String>,
     /// Keep the connections of a round that ended well open for the next
     /// round with the same members (round/keep.rs): no dial, no TCP
     /// handshake, a warm congestion window.
@@ -123,6 +129,7 @@ impl Default for Settings {
             stall_timeout: Duration::from_secs(10),
             max_weight: 1e9,
             socket_buffer: None,
+            congestion_control: Some("bbr".into()),
             keep_connections: true,
             fault: None,
         }

@@ -127,6 +127,9 @@ pub struct PeerArgs {
     /// Dial every round's connections anew instead of keeping them.
     #[arg(long)]
     pub fresh_connections: bool,
+    /// TCP congestion control of the connections ("default": the kernel's).
+    #[arg(long, default_value = "bbr")]
+    pub congestion_control: String,
 }
 
 fn read_line(input: &mut impl BufRead) -> Result<String> {
@@ -154,6 +157,7 @@ pub fn peer_main(a: &PeerArgs) -> Result<()> {
         stall_timeout: Duration::from_secs_f64(a.stall_s),
         socket_buffer: a.socket_buffer,
         keep_connections: !a.fresh_connections,
+        congestion_control: (a.congestion_control != "default").then(|| a.congestion_control.clone()),
         fault: a.fault,
         ..Settings::default()
     };
@@ -310,6 +314,10 @@ pub struct AllreduceBenchArgs {
     /// connections for the next: no dial, a warm congestion window).
     #[arg(long)]
     pub fresh_connections: bool,
+    /// TCP congestion control the peers ask for on their connections
+    /// (`default`: the kernel's; see `Settings::congestion_control`).
+    #[arg(long, default_value = "bbr")]
+    pub congestion_control: String,
 }
 
 /// Per timed round, the slowest peer's time (plain rounds, then with
@@ -358,6 +366,7 @@ fn dtrain_round_times(
             if a.fresh_connections {
                 args.push("--fresh-connections".into());
             }
+            args.extend(["--congestion-control".into(), a.congestion_control.clone()]);
             PeerProcess::spawn_on(&exe, &args, net.map(|net| (net, i)))
         })
         .collect::<Result<Vec<_>>>()?;

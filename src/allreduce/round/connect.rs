@@ -19,6 +19,9 @@ impl Round<'_> {
             return None;
         }
         set_buffers(&stream, self.settings.socket_buffer);
+        if let Some(cc) = self.settings.congestion_control.as_deref() {
+            set_congestion_control(&stream, cc);
+        }
         let hello = self.new_hello();
         let mut conn = Conn::new(stream, dialed, hello, HELLO_LEN.max(AUTH_LEN) as u32, now);
         let header = Header::for_payload(Kind::Hello, self.me as u16, self.round, 0, 0, &hello.encode());
@@ -340,3 +343,27 @@ pub(super) fn set_int_option(stream: &TcpStream, level: libc::c_int, opt: libc::
         );
     }
 }
+
+/// Asks for congestion control `name` on this connection; a kernel without
+/// it (or not allowing it to this process) keeps its default, which is
+/// only slower on lossy links.
+#[cfg(target_os = "linux")]
+pub(super) fn set_congestion_control(stream: &TcpStream, name: &str) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid socket descriptor and a byte buffer of the given length.
+    let r = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_CONGESTION,
+            name.as_ptr() as *const libc::c_void,
+            name.len() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        tracing::debug!("congestion control {name}: {}", io::Error::last_os_error());
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(super) fn set_congestion_control(_: &TcpStream, _: &str) {}
