@@ -248,6 +248,7 @@ fn rounds_on_same_peers(
     n: usize,
     len: usize,
     rounds: &[Vec<usize>],
+    keep: bool,
     between: impl Fn(usize, usize, &mut Peer) + Sync,
 ) -> Vec<Vec<(usize, Vec<f32>, Report)>> {
     let peers: Vec<Peer> = (0..n).map(|i| Peer::bind(Identity::from_seed([i as u8 + 1; 32]), "127.0.0.1:0".parse().unwrap()).unwrap()).collect();
@@ -256,7 +257,7 @@ fn rounds_on_same_peers(
         .enumerate()
         .map(|(i, p)| Member { id: format!("peer{i}"), addr: p.local_addr().unwrap(), key: p.public_key(), fraction: 1.0 })
         .collect();
-    let settings = Settings { codec: Codec::F16, chunk_bytes: 4096, ..Settings::default() };
+    let settings = Settings { codec: Codec::F16, chunk_bytes: 4096, keep_connections: keep, ..Settings::default() };
     let inputs = data(n, len, 31);
     let between = &between;
     let per_peer: Vec<Vec<(usize, Vec<f32>, Report)>> = std::thread::scope(|s| {
@@ -316,7 +317,7 @@ fn connections_are_kept_for_the_next_round_and_a_peer_that_kept_none_is_dialed_a
     // it is dialed afresh; round 3 leaves peer 1 out, so the others'
     // indices shift and the kept connections are found by key.
     let rounds = [vec![0, 1, 2, 3], vec![0, 1, 2, 3], vec![0, 1, 2, 3], vec![0, 2, 3]];
-    let out = rounds_on_same_peers(4, 50_000, &rounds, |r, i, peer| {
+    let out = rounds_on_same_peers(4, 50_000, &rounds, true, |r, i, peer| {
         if r == 2 && i == 2 {
             peer.close_kept();
         }
@@ -330,33 +331,7 @@ fn connections_are_kept_for_the_next_round_and_a_peer_that_kept_none_is_dialed_a
 
 #[test]
 fn without_keep_connections_every_round_dials() {
-    let peers: Vec<Peer> = (0..3).map(|i| Peer::bind(Identity::from_seed([i as u8 + 1; 32]), "127.0.0.1:0".parse().unwrap()).unwrap()).collect();
-    let group = Group {
-        members: peers
-            .iter()
-            .enumerate()
-            .map(|(i, p)| Member { id: format!("peer{i}"), addr: p.local_addr().unwrap(), key: p.public_key(), fraction: 1.0 })
-            .collect(),
-    };
-    let settings = Settings { keep_connections: false, ..Settings::default() };
-    let inputs = data(3, 10_000, 5);
-    let reused: Vec<Vec<usize>> = std::thread::scope(|s| {
-        let handles: Vec<_> = peers
-            .into_iter()
-            .enumerate()
-            .map(|(i, mut peer)| {
-                let (group, settings, inputs) = (&group, &settings, &inputs);
-                s.spawn(move || {
-                    (0..2)
-                        .map(|_| {
-                            let mut x = inputs[i].clone();
-                            peer.all_reduce(group, 1, &mut x, 1.0, Instant::now() + Duration::from_secs(60), settings).unwrap().reused
-                        })
-                        .collect()
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
+    let out = rounds_on_same_peers(3, 10_000, &[vec![0, 1, 2], vec![0, 1, 2]], false, |_, _, _| {});
+    let reused: Vec<Vec<usize>> = (0..3).map(|i| out.iter().map(|round| round[i].2.reused).collect()).collect();
     assert_eq!(reused, vec![vec![0, 0]; 3]);
 }
