@@ -373,10 +373,91 @@ fn an_owner_hiding_a_larger_average_from_the_projections_is_named() {
     let x = inputs(5);
     let weights = [1.0, 2.0, 1.0, 2.0, 1.0];
     let mut faults = [None; 5];
-    faults[1] = Some(Fault::HiddenAverage(10.0));
+    faults[1] = Some(Fault::HiddenAverage { factor: 10.0, balanced: false });
     let (_, results) = run(&x, &weights, &faults, Codec::F16);
     check(&x, &weights, &results, &[1]);
     assert!(results[0].1.accused.iter().any(|(id, why)| id == "m1" && why.contains("norm")), "{:?}", results[0].1.accused);
+}
+
+#[test]
+fn an_owner_turning_its_average_around_off_the_sampled_blocks_is_named() {
+    // The owner keeps the sampled blocks honest and negates the rest of
+    // its average: every projection agrees and the norm is the honest
+    // one. It states its own part's product with that average so that
+    // the products add up to W·‖average‖²; the product it needs is far
+    // beyond what its part's norm allows (Cauchy–Schwarz).
+    let x = inputs(5);
+    let weights = [1.0, 2.0, 1.0, 2.0, 1.0];
+    let mut faults = [None; 5];
+    faults[1] = Some(Fault::HiddenAverage { factor: -1.0, balanced: true });
+    let (_, results) = run(&x, &weights, &faults, Codec::F16);
+    check(&x, &weights, &results, &[1]);
+    for i in [0, 2, 3, 4] {
+        let v = &results[i].1;
+        assert!(v.accused.iter().any(|(id, why)| id == "m1" && why.contains("more than their norms allow")), "member {i}: {:?}", v.accused);
+    }
+}
+
+#[test]
+fn an_owner_turning_its_average_around_without_balancing_the_products_is_named() {
+    // The same owner, stating its own product honestly: the products no
+    // longer add up to W·‖average‖².
+    let x = inputs(5);
+    let weights = [1.0; 5];
+    let mut faults = [None; 5];
+    faults[2] = Some(Fault::HiddenAverage { factor: -1.0, balanced: false });
+    let (_, results) = run(&x, &weights, &faults, Codec::F16);
+    check(&x, &weights, &results, &[2]);
+    for i in [0, 1, 3, 4] {
+        let v = &results[i].1;
+        assert!(v.accused.iter().any(|(id, why)| id == "m2" && why.contains("where the projections do not look")), "member {i}: {:?}", v.accused);
+    }
+}
+
+#[test]
+fn an_owner_stretching_its_own_part_to_cover_a_turned_average_is_named() {
+    // To balance the products within Cauchy–Schwarz the owner needs a
+    // long own part in its own span: it makes its contribution longer
+    // there, off the sampled blocks (the validator's credit still
+    // matches), and turns its average around. Short of what the turn
+    // needs, the product bound names it; beyond, its contribution's norm
+    // bound does.
+    for stretch in [2.0, 5.0, 9.0, 20.0] {
+        let mut x = inputs(5);
+        let p = Projector::new(&[9u8; 32]);
+        for (e, v) in x[1].iter_mut().enumerate().take(2 * LEN / 5).skip(LEN / 5) {
+            if p.sign(0, e) == 0.0 {
+                *v *= stretch;
+            }
+        }
+        let weights = [1.0; 5];
+        let mut faults = [None; 5];
+        faults[1] = Some(Fault::HiddenAverage { factor: -1.0, balanced: true });
+        let (_, results) = run(&x, &weights, &faults, Codec::F16);
+        check(&x, &weights, &results, &[1]);
+        for i in [0, 2, 3, 4] {
+            let v = &results[i].1;
+            assert!(v.accused.iter().any(|(id, _)| id == "m1"), "stretch {stretch}, member {i}: {:?}", v.accused);
+        }
+    }
+}
+
+#[test]
+fn an_owner_misstating_one_senders_product_leaves_with_it() {
+    // The owner states member 2's part · its average 10% too large (and its
+    // own so that the sum still holds). Only member 2 can tell; the
+    // adjudicator cannot confirm it, so both leave, unproven, and every
+    // other member follows the same ruling.
+    let x = inputs(5);
+    let weights = [1.0, 1.0, 1.0, 1.0, 0.0];
+    let mut faults = [None; 5];
+    faults[3] = Some(Fault::MisstateDot { member: 2 });
+    let (_, results) = run_judged(&x, &weights, &faults, 4);
+    check(&x, &weights, &results, &[2, 3]);
+    for i in [0, 1, 4] {
+        let (accused, dropped) = named(&results[i].1);
+        assert!(accused.is_empty() && dropped.contains(&"m2") && dropped.contains(&"m3"), "member {i}: {accused:?} {dropped:?}");
+    }
 }
 
 #[test]

@@ -217,6 +217,30 @@ fn audit_measurements_match_the_decoded_values() {
         // The sender measures what the encoding holds, to the codec's error.
         assert!((sent.sqrt() - want.sqrt()).abs() <= 1e-3 * want.sqrt(), "{codec}: sent {sent} decoded {want}");
         assert!((codec.sum_squares_decoded(&bytes, x.len()) - want).abs() <= 1e-5 * want, "{codec}");
+        // A part's product with an average, from the bytes: the decoded
+        // values' naive dot (f64), to the f32 lanes' rounding; a wrong
+        // length gives 0.
+        let naive_dot: f64 = dec.iter().zip(&base).map(|(&a, &b)| a as f64 * b as f64).sum();
+        let abs_dot: f64 = dec.iter().zip(&base).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+        let dot = codec.dot_decoded(&bytes, &base);
+        assert!((dot - naive_dot).abs() <= 1e-6 * abs_dot, "{codec}: {dot} vs {naive_dot}");
+        assert_eq!(codec.dot_decoded(&bytes[1..], &base), 0.0, "{codec}");
+        // Two encodings against each other (a sender's part as it sent it,
+        // an average), and a decode that measures the values it replaces.
+        for other in [Codec::F16, codec] {
+            let mut other_bytes = vec![0u8; other.encoded_len(x.len())];
+            assert_eq!(other.encode_checked(&base, &mut other_bytes), None);
+            let mut other_dec = vec![0f32; x.len()];
+            other.decode(&other_bytes, &mut other_dec).unwrap();
+            let want: f64 = dec.iter().zip(&other_dec).map(|(&a, &b)| a as f64 * b as f64).sum();
+            let size: f64 = dec.iter().zip(&other_dec).map(|(&a, &b)| (a as f64 * b as f64).abs()).sum();
+            let got = codec.dot_pair(&bytes, other, &other_bytes, x.len());
+            assert!((got - want).abs() <= 1e-6 * size, "{codec} · {other}: {got} vs {want}");
+        }
+        let mut dst = base.clone();
+        let replaced = codec.decode_into_dot(&bytes, &mut dst).unwrap();
+        assert_eq!(dst, dec, "{codec}: decoded as decode does");
+        assert!((replaced - naive_dot).abs() <= 1e-6 * abs_dot, "{codec}: {replaced} vs {naive_dot}");
         // Projections from the sampled blocks equal the projection of the
         // whole decoded chunk, at any offset.
         for offset in [0usize, 37, 1000] {

@@ -20,7 +20,10 @@
 //!   the two of them saw the bytes), or the sender alone when two owners or
 //!   more dispute it;
 //! - *averages*: each averaged span as received must project to the
-//!   weighted mean of the parts stated for it (an owner that averages
+//!   weighted mean of the parts stated for it, be no longer than they
+//!   allow, and — dense, where the projections do not look — the parts'
+//!   products with it, which the owner states and each sender checks for
+//!   its own, must add up to W·‖average‖² (an owner that averages
 //!   dishonestly fails);
 //! - *contribution*: for each sender, its statements summed over the spans
 //!   must equal what the validator credited (a scaled, sign-flipped,
@@ -173,6 +176,12 @@ pub struct AuditData {
     /// Per span, the averaged values as this member holds them (its own
     /// span's left empty: see `verdict`).
     pub averaged: Vec<Part>,
+    /// Per owner, per sender, the sender's part · the averaged span, as
+    /// the owner's signed summary states them (`None`: no summary came).
+    pub dots: Vec<Option<Vec<f64>>>,
+    /// Per span, this member's own part · the average as it received it
+    /// (0 for its own span and where it contributed nothing).
+    pub my_dots: Vec<f64>,
 }
 
 /// Whether `measured` (what an owner decoded of `elems` elements) and
@@ -390,6 +399,51 @@ pub fn verdict(audit: &Audit, report: &Report, codec: Codec) -> Vec<Accusation> 
             let norm = got.sum_squares.sqrt();
             let why = format!("span {i}: the average it sent has norm {norm:.3e}, more than the parts stated for it allow ({norm_bound:.3e})");
             name(&mut accused, i, why, true);
+        } else if let Some(dots) = &data.dots[i] {
+            // Dense, where the projections do not look (an owner knows
+            // which blocks they sample): the parts' products with the
+            // average as sent, which the owner states per sender in its
+            // signed summary and each sender checks below. For the true
+            // mean a, Σ wₛ⟨a', pₛ⟩ = W⟨a', a⟩; that must equal W‖a'‖², so
+            // ⟨a', a − a'⟩ = 0: an average a' that passes lies on the
+            // sphere over [0, a] — never against a, never longer, at most
+            // ‖a‖/2 off its line. The one product nobody else can check,
+            // the owner's own, is what a liar would bend to balance the
+            // sum: no product may exceed ‖a'‖·‖part‖ (Cauchy–Schwarz), and
+            // the part's norm is bounded with its contribution's (below).
+            let avg = got.sum_squares.sqrt();
+            let len = span_len(i);
+            let (mut sum, mut total, mut spread) = (0f64, 0f64, 0f64);
+            let mut stretched = None;
+            for &s in &m(i).contributors {
+                let (w, pn) = (audit.weights[s] as f64, parts[s].sum_squares.sqrt());
+                sum += w * dots[s];
+                total += w;
+                spread += w * pn;
+                if dots[s].abs() > avg * (pn * (1.0 + tol) + floor(len)) + 1e-30 {
+                    stretched = stretched.or(Some((s, dots[s], avg * pn)));
+                }
+            }
+            let expected = total * got.sum_squares;
+            let bound = total * avg * (2.0 * tol_mean * avg + floor_mean(len)) + 1e-5 * avg * spread + 1e-30;
+            if let Some((s, dot, most)) = stretched {
+                let why = format!("span {i}: states member {s}'s part · its average as {dot:.3e}, more than their norms allow ({most:.3e})");
+                name(&mut accused, i, why, true);
+            } else if (sum - expected).abs() > bound {
+                let why = format!(
+                    "span {i}: the average it sent is not the mean of its parts where the projections do not look (Σ w·part·average {sum:.3e}, W·‖average‖² {expected:.3e}, tolerance {bound:.3e})"
+                );
+                name(&mut accused, i, why, true);
+            } else if audit.weights[report.me] > 0.0 && m(i).contributors.contains(&report.me) {
+                // Only this member can check its own product (it alone
+                // holds its part besides the owner): not proven to others.
+                let (mine, stated, pn) = (data.my_dots[i], dots[report.me], parts[report.me].sum_squares.sqrt());
+                let bound = avg * (tol * pn + floor(len)) + 1e-5 * avg * pn + 1e-30;
+                if (mine - stated).abs() > bound {
+                    let why = format!("span {i}: states this member's part · its average as {stated:.3e}, not {mine:.3e}");
+                    name(&mut accused, i, why, false);
+                }
+            }
         }
     }
     // An owner whose summary never came leaves every sender's sum
@@ -430,11 +484,6 @@ pub fn verdict(audit: &Audit, report: &Report, codec: Codec) -> Vec<Accusation> 
         // compared scaled by √weight (constant when noise dominates): only
         // a norm beyond both bounds is named.
         if senders.len() >= 3 {
-            let median = |v: &[f64]| {
-                let mut v = v.to_vec();
-                v.sort_by(f64::total_cmp);
-                v[v.len() / 2]
-            };
             let scaled: Vec<f64> = senders.iter().zip(&norms).map(|(&s, &norm)| norm * (audit.weights[s] as f64).sqrt()).collect();
             let (med, med_scaled) = (median(&norms), median(&scaled));
             for ((&s, &norm), &sc) in senders.iter().zip(&norms).zip(&scaled) {
@@ -445,6 +494,13 @@ pub fn verdict(audit: &Audit, report: &Report, codec: Codec) -> Vec<Accusation> 
         }
     }
     accused
+}
+
+/// The middle value (the upper one of an even count) of a nonempty list.
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// An audited all-reduce after its reruns.

@@ -18,7 +18,7 @@
 //! neither produce non-finite values nor leave a half-added chunk behind.
 
 use super::convert;
-use super::projection::{K, Proj, Projector, sum_squares_serial};
+use super::projection::{K, Proj, Projector, dot_serial, sum_squares_serial};
 use super::topk;
 use crate::engine::cpu::simd::multiversion;
 use std::ops::Range;
@@ -289,6 +289,42 @@ impl Codec {
         }
     }
 
+    /// Σ decode(src)·x over a validated chunk of `x.len()` values (a wrong
+    /// length gives 0, never a panic): a part against an average, without
+    /// writing the decoded values anywhere.
+    pub fn dot_decoded(&self, src: &[u8], x: &[f32]) -> f64 {
+        let mut dot = 0f64;
+        if src.len() == self.encoded_len(x.len()) {
+            if *self == Codec::F16 {
+                return convert::f16_dot_f32(src, x);
+            }
+            self.decode_runs_valid(src, x.len(), None, |i, v| dot += dot_serial(&x[i..i + v.len()], v));
+        }
+        dot
+    }
+
+    /// Σ decode(src)·other.decode(other_src) over two validated encodings
+    /// of `n` values each, decoded a run at a time and never stored: a
+    /// member's part as it sent it (2 bytes a value in fp16, against 4 for
+    /// its f32 values) against an average while the payload is in cache.
+    pub fn dot_pair(&self, src: &[u8], other: Codec, other_src: &[u8], n: usize) -> f64 {
+        let (mut dot, mut buf) = (0f64, [0f32; STEP]);
+        if src.len() == self.encoded_len(n) && other_src.len() == other.encoded_len(n) {
+            if (*self, other) == (Codec::F16, Codec::F16) {
+                return convert::f16_dot_f16(src, other_src);
+            }
+            // (fp32 comes as one run of everything: cut to the buffer.)
+            self.decode_runs_valid(src, n, None, |i, v| {
+                for (k, v) in v.chunks(STEP).enumerate() {
+                    let (at, b) = (i + k * STEP, &mut buf[..v.len()]);
+                    other.decode_range_valid(other_src, n, at..at + v.len(), b);
+                    dot += dot_serial(b, v);
+                }
+            });
+        }
+        dot
+    }
+
     /// Calls `f` on the decoded runs; with `squares`, adds their Σx² to it,
     /// a run at a time as `projection::sum_squares_serial` sums (fp16: in
     /// the conversion's registers, the same bits).
@@ -418,6 +454,26 @@ impl Codec {
     pub fn decode_into_squares(&self, src: &[u8], dst: &mut [f32], streaming: bool) -> Result<f64, CodecError> {
         self.decode_into(src, dst, streaming)?;
         Ok(self.sum_squares_decoded(src, dst.len()))
+    }
+
+    /// Like `decode_into` (never streaming), and returns Σ decoded·old over
+    /// the values it replaces: a member's part against the average that
+    /// replaces it, in the one pass the decode makes anyway (the old
+    /// values are read by the store's cache fill regardless).
+    pub fn decode_into_dot(&self, src: &[u8], dst: &mut [f32]) -> Result<f64, CodecError> {
+        if *self == Codec::F16 {
+            self.validate(src, dst.len())?;
+            let dot = convert::f16_dot_f32(src, dst);
+            convert::f16_to_f32(src, dst);
+            return Ok(dot);
+        }
+        let mut dot = 0f64;
+        self.decode_runs(src, dst.len(), None, |i, v| {
+            let old = &mut dst[i..i + v.len()];
+            dot += dot_serial(old, v);
+            old.copy_from_slice(v);
+        })?;
+        Ok(dot)
     }
 
     /// `acc = weight · decode(src)`: a chunk's first contribution; on

@@ -133,6 +133,51 @@ pub fn f16_sum_squares(src: &[u8]) -> f64 {
         .sum()
 }
 
+/// Σ decode(a)·y for fp16 bytes `a` and as many f32 values `y`, a run at
+/// a time (the audit's products of parts and averages: converted in
+/// registers, nothing stored).
+pub fn f16_dot_f32(a: &[u8], y: &[f32]) -> f64 {
+    assert_eq!(a.len(), 2 * y.len(), "two bytes per value");
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c() && is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2, FMA and F16C; the runs are as long.
+        return a.chunks(2 * SQUARES_RUN).zip(y.chunks(SQUARES_RUN)).map(|(a, y)| unsafe { x86::f16_run_dot(a, y.as_ptr(), false) }).sum();
+    }
+    let mut buf = [0f32; SQUARES_RUN];
+    a.chunks(2 * SQUARES_RUN)
+        .zip(y.chunks(SQUARES_RUN))
+        .map(|(a, y)| {
+            let v = &mut buf[..y.len()];
+            f16_tail(a, v);
+            super::projection::dot_serial(v, y)
+        })
+        .sum()
+}
+
+/// Σ decode(a)·decode(b) for two runs of fp16 bytes of one length.
+pub fn f16_dot_f16(a: &[u8], b: &[u8]) -> f64 {
+    assert_eq!(a.len(), b.len(), "as many values");
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c() && is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has AVX2, FMA and F16C; the runs are as long.
+        return a
+            .chunks(2 * SQUARES_RUN)
+            .zip(b.chunks(2 * SQUARES_RUN))
+            .map(|(a, b)| unsafe { x86::f16_run_dot(a, b.as_ptr() as *const f32, true) })
+            .sum();
+    }
+    let (mut u, mut v) = ([0f32; SQUARES_RUN], [0f32; SQUARES_RUN]);
+    a.chunks(2 * SQUARES_RUN)
+        .zip(b.chunks(2 * SQUARES_RUN))
+        .map(|(a, b)| {
+            let (u, v) = (&mut u[..a.len() / 2], &mut v[..a.len() / 2]);
+            f16_tail(a, u);
+            f16_tail(b, v);
+            super::projection::dot_serial(u, v)
+        })
+        .sum()
+}
+
 /// Like [`f16_to_f32`], and returns Σx² of the decoded values as
 /// [`f16_sum_squares`] sums them (the same bits), from the registers the
 /// conversion holds them in.
@@ -263,6 +308,53 @@ mod x86 {
             *lane += v * v;
         }
         super::fold_lanes(&mut lanes)
+    }
+
+    /// Σ decode(a)·y over one run (at most `SQUARES_RUN` values) of fp16
+    /// bytes `a`, `y` pointing at as many values: f32 when `!Y_F16`, else
+    /// fp16 bytes (cast). Eight FMA accumulators, the remainder scalar.
+    /// Caller: `y` valid for `a.len() / 2` values of its kind.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn f16_run_dot(a: &[u8], y: *const f32, y_f16: bool) -> f64 {
+        let n = a.len() / 2;
+        let s = a.as_ptr();
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let mut i = 0;
+        // SAFETY (all pointer accesses): i + 64 ≤ n values of both.
+        let load_y = |at: usize| unsafe {
+            match y_f16 {
+                true => _mm256_cvtph_ps(_mm_loadu_si128((y as *const u8).add(2 * at) as *const __m128i)),
+                false => _mm256_loadu_ps(y.add(at)),
+            }
+        };
+        unsafe {
+            while i + 64 <= n {
+                for (g, acc) in acc.iter_mut().enumerate() {
+                    let x = _mm256_cvtph_ps(_mm_loadu_si128(s.add(2 * (i + 8 * g)) as *const __m128i));
+                    *acc = _mm256_fmadd_ps(x, load_y(i + 8 * g), *acc);
+                }
+                i += 64;
+            }
+        }
+        let mut lanes = [0f32; 64];
+        for (g, a) in acc.iter().enumerate() {
+            // SAFETY: 8 floats into 8 floats of the array.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr().add(8 * g), *a) };
+        }
+        let mut tail = 0f64;
+        for (k, b) in a[2 * i..].chunks_exact(2).enumerate() {
+            let x = half::f16::from_bits(super::le_u16(b)).to_f32();
+            // SAFETY: value i + k < n of y.
+            let v = unsafe {
+                match y_f16 {
+                    true => half::f16::from_bits(u16::from_le_bytes([*(y as *const u8).add(2 * (i + k)), *(y as *const u8).add(2 * (i + k) + 1)]))
+                        .to_f32(),
+                    false => *y.add(i + k),
+                }
+            };
+            tail += x as f64 * v as f64;
+        }
+        super::fold_lanes(&mut lanes) + tail
     }
 
     /// `dst` must be 32-byte aligned.

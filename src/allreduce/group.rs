@@ -88,15 +88,21 @@ pub enum Fault {
     /// As a span owner: send the negated average of the span (while
     /// reporting the parts honestly).
     WrongAverage,
-    /// As a span owner, knowing the challenge: scale its average by this
-    /// factor everywhere but the blocks the projections sample.
-    HiddenAverage(f32),
+    /// As a span owner, knowing the challenge: scale its average by
+    /// `factor` everywhere but the blocks the projections sample (−1: turn
+    /// it against the true one); `balanced`: and state its own part's
+    /// product with it so that the products add up (see `audit::verdict`).
+    HiddenAverage { factor: f32, balanced: bool },
     /// Contribute the gradient times this factor, but sign statements of
     /// the honest gradient's parts (the bytes lie, the claims do not).
     Unstated(f32),
     /// As a span owner: forward member `member`'s statement with its
     /// projections scaled by `scale` (a forgery: the signature fails).
     MisreportPart { member: u16, scale: f32 },
+    /// As a span owner: state member `member`'s product with the average
+    /// 10% larger in its summary (and its own product so that they still add
+    /// up): only `member` can tell.
+    MisstateDot { member: u16 },
     /// As a span owner: dispute member `member`'s honest part.
     DisputePart { member: u16 },
     /// As a span owner: report that member `member` contributed nothing,

@@ -278,6 +278,32 @@ multiversion! {
     }
 }
 
+/// Σ x·y (dense) on this thread, in runs of [`SQUARES_RUN`] values, as
+/// [`sum_squares_serial`] sums: what an owner and a sender each compute of
+/// a part against the average it entered (see `audit::verdict`).
+pub fn dot_serial(x: &[f32], y: &[f32]) -> f64 {
+    assert_eq!(x.len(), y.len(), "dot of unequal lengths");
+    x.chunks(SQUARES_RUN).zip(y.chunks(SQUARES_RUN)).map(|(x, y)| run_dot(x, y)).sum()
+}
+
+multiversion! {
+    /// Σ x·y of at most `SQUARES_RUN` values, in 64 lanes like
+    /// `run_sum_squares`.
+    fn run_dot(x: &[f32], y: &[f32]) -> f64 {
+        let mut lanes = [0f32; 64];
+        let (mut xb, mut yb) = (x.chunks_exact(64), y.chunks_exact(64));
+        for (a, b) in (&mut xb).zip(&mut yb) {
+            for ((lane, &u), &v) in lanes.iter_mut().zip(a).zip(b) {
+                *lane += u * v;
+            }
+        }
+        for ((lane, &u), &v) in lanes.iter_mut().zip(xb.remainder()).zip(yb.remainder()) {
+            *lane += u * v;
+        }
+        fold_lanes(&mut lanes)
+    }
+}
+
 /// 64 lanes added up pairwise, halves onto halves (constant widths, so the
 /// first steps run as vector adds).
 #[inline(always)]
@@ -372,6 +398,12 @@ mod tests {
         let scale: f64 = want.iter().map(|&i| (x[i] * x[i]) as f64).sum();
         assert_eq!(p.project_with_scale(&x, 700).1, scale);
         assert_eq!(sum_squares_serial(&x), sum_squares(&x));
+        // Products, against a naive f64 sum, at lengths off the lanes.
+        let y: Vec<f32> = (0..10_000).map(|i| ((i * 7) % 11) as f32 - 5.0).collect();
+        for len in [0usize, 1, 63, 64, 1023, 1025, 10_000] {
+            let want: f64 = x[..len].iter().zip(&y[..len]).map(|(&a, &b)| a as f64 * b as f64).sum();
+            assert_eq!(dot_serial(&x[..len], &y[..len]), want, "{len}");
+        }
     }
 
     #[test]

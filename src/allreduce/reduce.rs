@@ -56,6 +56,15 @@ pub struct SpanReducer {
     /// per sender (the owner's own included) its values' projections and
     /// norm as they entered the average, measured while they are in cache.
     measured: Option<(Projector, usize, Vec<Part>)>,
+    /// Audited: per chunk, the payloads it was averaged from (by sender),
+    /// kept until its average exists, and per sender Σ part·average over
+    /// the chunks averaged so far (see `dots_with`).
+    kept: Vec<Vec<(usize, Vec<u8>)>>,
+    dots: Vec<f64>,
+    /// Buffers of payloads whose chunk was averaged, for the next ones (a
+    /// fresh chunk-sized allocation per payload is fresh pages each time:
+    /// the page faults cost more than the copy).
+    spare: Vec<Vec<u8>>,
 }
 
 impl SpanReducer {
@@ -81,6 +90,9 @@ impl SpanReducer {
             weight: vec![0.0; n],
             seen: vec![false; n * senders],
             measured: None,
+            kept: Vec::new(),
+            dots: Vec::new(),
+            spare: Vec::new(),
         }
     }
 
@@ -93,6 +105,33 @@ impl SpanReducer {
     /// of the vector; see `measured`).
     pub fn audit(&mut self, projector: Projector, span_start: usize) {
         self.measured = Some((projector, span_start, vec![Part::default(); self.senders]));
+        self.kept = vec![Vec::new(); self.chunks.len()];
+        self.dots = vec![0.0; self.senders];
+    }
+
+    /// Audited: per sender (own included), Σ over the chunks averaged so far
+    /// of its part · the average as published (`None` unless audited).
+    pub fn dots(&self) -> Option<&[f64]> {
+        self.measured.is_some().then_some(&self.dots[..])
+    }
+
+    /// Audited: adds each part of chunk `chunk` times `mean` (the chunk's
+    /// average as every member decodes it) to its sender's dot — the parts
+    /// kept for it, the last one `last` (its sender and payload, never
+    /// kept) and the owner's own, `own_dot` (measured as the average
+    /// replaced it) — and drops the kept payloads. Call once the chunk's
+    /// average is published; `mean: None` (nothing averaged) only drops them.
+    pub fn dots_with(&mut self, chunk: usize, codec: Codec, mean: Option<&[f32]>, last: Option<(usize, &[u8])>, own_dot: f64) {
+        let kept = self.kept.get_mut(chunk).map(std::mem::take).unwrap_or_default();
+        if let Some(mean) = mean.filter(|_| self.measured.is_some()) {
+            for (s, bytes) in kept.iter().map(|(s, b)| (*s, &b[..])).chain(last) {
+                self.dots[s] += codec.dot_decoded(bytes, mean);
+            }
+            if let Some((o, _)) = self.own {
+                self.dots[o] += own_dot;
+            }
+        }
+        self.spare.extend(kept.into_iter().map(|(_, b)| b));
     }
 
     /// Per sender (own included), what its values that entered the average
@@ -109,12 +148,22 @@ impl SpanReducer {
     /// Adds what a decode of chunk `chunk` measured to `sender`'s part and
     /// (when its base was the owner's values) the owner's, with the chunk's
     /// projections: the sender's from the sampled blocks of `bytes`, the
-    /// owner's from its values, both still in cache.
+    /// owner's from its values, both still in cache. `last`: the chunk's
+    /// last contribution (not kept: it comes with the average).
     #[allow(clippy::too_many_arguments)]
-    fn note(&mut self, sender: usize, chunk: usize, codec: Codec, bytes: &[u8], own: &[f32], sq: Option<Squares>, base_is_own: bool) {
+    fn note(&mut self, sender: usize, chunk: usize, codec: Codec, bytes: &[u8], own: &[f32], sq: Option<Squares>, base_is_own: bool, last: bool) {
         let owner = self.own.map(|(s, _)| s);
         let range = self.chunks[chunk].clone();
         let (Some((p, start, parts)), Some(sq)) = (self.measured.as_mut(), sq) else { return };
+        // (The part's product with the average needs the average: kept
+        // until then, at most the span's worth of payloads; the chunk's
+        // last one comes with its average, see `dots_with`.)
+        if !last {
+            let mut copy = self.spare.pop().unwrap_or_default();
+            copy.clear();
+            copy.extend_from_slice(bytes);
+            self.kept[chunk].push((sender, copy));
+        }
         let (proj, scale) = codec.project_decoded(bytes, range.len(), p, *start + range.start);
         parts[sender].add(&Part { proj, scale, sum_squares: sq.decoded });
         if let (Some(o), true) = (owner, base_is_own) {
@@ -173,7 +222,7 @@ impl SpanReducer {
         }
         self.started[chunk] = true;
         self.mark(sender, chunk, weight);
-        self.note(sender, chunk, codec, bytes, own, sq, base_is_own);
+        self.note(sender, chunk, codec, bytes, own, sq, base_is_own, false);
         Ok(())
     }
 
@@ -248,7 +297,7 @@ impl SpanReducer {
             Base::Nothing => mean(0.0, &[], inv, sq.as_mut())?,
         };
         self.mark(sender, chunk, weight);
-        self.note(sender, chunk, codec, bytes, own, sq, base_is_own);
+        self.note(sender, chunk, codec, bytes, own, sq, base_is_own, true);
         Ok((out, inv))
     }
 

@@ -19,7 +19,7 @@
 //! ```
 
 pub const MAGIC: [u8; 4] = *b"DTAR";
-pub const VERSION: u8 = 4;
+pub const VERSION: u8 = 5;
 pub const HEADER_LEN: usize = 40;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

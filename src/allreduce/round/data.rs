@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::allreduce::audit::parts_agree;
+use crate::allreduce::projection::dot_serial;
 use crate::allreduce::ruling::{sign_summary, verify_summary};
 use sha2::Digest;
 
@@ -34,7 +35,7 @@ impl Round<'_> {
                 // the mean (no trip through the accumulator).
                 let last =
                     c < self.finalized.len() && !self.finalized[c] && (0..self.n()).all(|s| s == j || !self.contributes(s) || self.reducer.has(c, s));
-                let lies = matches!(self.settings.fault, Some(Fault::WrongAverage | Fault::HiddenAverage(_)));
+                let lies = matches!(self.settings.fault, Some(Fault::WrongAverage | Fault::HiddenAverage { .. }));
                 let added = if last && !self.zero_copy && self.codec.encodes_mean_in_runs() && self.mean_codec == self.codec && !lies {
                     // Averaged and encoded in one pass, straight into the wire.
                     let enc = &mut self.wire[self.chunks[self.me][c].bytes.clone()];
@@ -57,7 +58,7 @@ impl Round<'_> {
                     Ok(Some(mean)) => {
                         self.members[j].scatter_got += 1;
                         self.finalized[c] = true;
-                        self.publish(c, mean);
+                        self.publish(c, mean, Some((j, payload)));
                     }
                     Ok(None) => {
                         self.members[j].scatter_got += 1;
@@ -78,6 +79,17 @@ impl Round<'_> {
                 // projections from the payload while it is in cache (every
                 // member gets the same bits).
                 let dst = &mut self.grad[info.elems.clone()];
+                // Audited, contributing: this peer's part of the chunk times
+                // the average, as the owner must state it (see
+                // `audit::verdict`), from the payload while it is in cache
+                // and the part as the owner decoded it: the bytes sent,
+                // still in `wire`, or (fp32) the values themselves.
+                let contributes = self.projector.is_some() && self.weight > 0.0 && !payload.is_empty();
+                let dot = match (contributes, self.zero_copy) {
+                    (false, _) => 0.0,
+                    (true, true) => self.mean_codec.dot_decoded(payload, dst),
+                    (true, false) => self.mean_codec.dot_pair(payload, self.codec, &self.wire[info.bytes.clone()], dst.len()),
+                };
                 let decoded = match (payload.is_empty(), self.projector) {
                     (true, _) => Ok(None),
                     (false, None) => self.mean_codec.decode_into(payload, dst, self.streaming).map(|()| None),
@@ -89,6 +101,7 @@ impl Round<'_> {
                 };
                 let part = self.projector.zip(sq).map(|(p, sq)| decoded_part(self.mean_codec, &p, payload, info.elems.clone(), sq));
                 let m = &mut self.members[j];
+                m.gather_dot += dot;
                 m.gather_got[c] = true;
                 m.gather_sums[c] = h.checksum;
                 m.gather_count += 1;
@@ -117,7 +130,7 @@ impl Round<'_> {
                 let n = self.n();
                 let m = &self.members[j];
                 let (len, max_status) = match self.audit {
-                    Some(_) => (n + 8 + n * Statement::BYTES + 64, Contribution::Disputed),
+                    Some(_) => (n + 8 + n * (Statement::BYTES + 8) + 64, Contribution::Disputed),
                     None => (n + 8, Contribution::Full),
                 };
                 if m.done.is_some()
@@ -144,7 +157,12 @@ impl Round<'_> {
                     // checked against its sender's key (a forged one names
                     // the owner, by everyone alike).
                     let (mut parts, mut forged) = (vec![Part::default(); n], None);
-                    for (s, b) in payload[n + 8..].chunks_exact(Statement::BYTES).enumerate() {
+                    let (statements, dots) = payload[n + 8..len - 64].split_at(n * Statement::BYTES);
+                    let dots: Vec<f64> = dots.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes"))).collect();
+                    if dots.iter().any(|d| !d.is_finite()) {
+                        return self.fail(j, Failure::Invalid("span summary states a non-finite product".into()));
+                    }
+                    for (s, b) in statements.chunks_exact(Statement::BYTES).enumerate() {
                         if payload[s] < Contribution::Full as u8 {
                             continue;
                         }
@@ -158,6 +176,7 @@ impl Round<'_> {
                     }
                     self.members[j].done_parts = Some(parts);
                     self.members[j].done_forged = forged;
+                    self.members[j].done_dots = Some(dots);
                 }
                 self.members[j].done = Some((payload[..n].to_vec(), hash));
             }
@@ -198,11 +217,13 @@ impl Round<'_> {
         // it is encoded; the encoding is decoded back into `grad`.
         let mean = &mut self.scratch[..self.reducer.chunk_range(c).len()];
         let has_mean = self.reducer.mean_into(c, &self.grad[self.own_span.clone()], mean);
-        self.publish(c, if has_mean { Mean::Scratch } else { Mean::Nothing });
+        self.publish(c, if has_mean { Mean::Scratch } else { Mean::Nothing }, None);
     }
 
     /// Sends chunk `c`'s mean to everyone.
-    fn publish(&mut self, c: usize, mean: Mean) {
+    /// Audited: `last` is the chunk's last part (its sender and payload),
+    /// which the reducer did not keep (see `SpanReducer::dots_with`).
+    fn publish(&mut self, c: usize, mean: Mean, last: Option<(usize, &[u8])>) {
         let info = &self.chunks[self.me][c];
         let now = Instant::now();
         let elems = info.elems.clone();
@@ -210,7 +231,7 @@ impl Round<'_> {
             let x = &mut self.scratch[..elems.len()];
             match (self.settings.fault, &self.projector) {
                 (Some(Fault::WrongAverage), _) => x.iter_mut().for_each(|v| *v = -*v),
-                (Some(Fault::HiddenAverage(f)), Some(p)) => {
+                (Some(Fault::HiddenAverage { factor: f, .. }), Some(p)) => {
                     let sampled: Vec<(Range<usize>, Vec<f32>)> = p.sampled_runs(elems.start, x.len()).map(|r| (r.clone(), x[r].to_vec())).collect();
                     x.iter_mut().for_each(|v| *v *= f);
                     for (r, v) in sampled {
@@ -221,27 +242,43 @@ impl Round<'_> {
             }
         }
         let scratch = &self.scratch[..elems.len()];
+        // Audited: the owner's own part · the average, measured as the
+        // average replaces the part in `grad`.
+        let audited = self.projector.is_some();
+        let mut own_dot = 0.0;
+        let mut decode = |enc: &[u8], dst: &mut [f32]| match audited {
+            true => own_dot = self.mean_codec.decode_into_dot(enc, dst).expect("own encoding decodes"),
+            false => self.mean_codec.decode(enc, dst).expect("own encoding decodes"),
+        };
         // Huge (finite) contributions can still overflow the sum: such a
         // chunk is not averaged rather than sent as inf.
         let sum = match mean {
             Mean::Scratch if self.zero_copy => first_nonfinite(scratch).is_none().then(|| {
-                self.grad[elems.clone()].copy_from_slice(scratch);
+                let dst = &mut self.grad[elems.clone()];
+                if audited {
+                    own_dot = dot_serial(dst, scratch);
+                }
+                dst.copy_from_slice(scratch);
                 checksum(f32_bytes(scratch))
             }),
             Mean::Scratch => self.mean_codec.encode_checked(scratch, &mut self.wire[info.bytes.clone()]).is_none().then(|| {
                 let enc = &self.wire[info.bytes.clone()];
-                self.mean_codec.decode(enc, &mut self.grad[elems.clone()]).expect("own encoding decodes");
+                decode(enc, &mut self.grad[elems.clone()]);
                 checksum(enc)
             }),
             Mean::Encoded => {
                 let enc = &self.wire[info.bytes.clone()];
-                self.mean_codec.decode(enc, &mut self.grad[elems.clone()]).expect("own encoding decodes");
+                decode(enc, &mut self.grad[elems.clone()]);
                 Some(checksum(enc))
             }
             Mean::Nothing => None,
         };
         self.averaged[c] = sum.is_some();
         self.my_sums[c] = sum.unwrap_or_else(|| checksum(&[]));
+        if audited {
+            let mean = sum.is_some().then(|| &self.grad[elems.clone()]);
+            self.reducer.dots_with(c, self.codec, mean, last, own_dot);
+        }
         let complete = self.finalized.iter().all(|&f| f);
         if complete {
             self.reduced_s = Some(self.start.elapsed().as_secs_f64());
@@ -331,6 +368,33 @@ impl Round<'_> {
         (status, statements)
     }
 
+    /// Audited: per sender, its part of this span · the span's average, as
+    /// the summary states them (0 for a sender not in it wholly). Under
+    /// a balanced `Fault::HiddenAverage` and `Fault::MisstateDot` the owner's own is
+    /// made to balance the rest, as a lying owner that knows the check
+    /// would (see `audit::verdict`: the bound on the products catches it).
+    pub(super) fn summary_dots(&self, status: &[u8]) -> Vec<f64> {
+        let n = self.n();
+        let whole = |s: usize| status[s] >= Contribution::Full as u8;
+        let mut dots: Vec<f64> = (0..n).map(|s| if whole(s) { self.reducer.dots().map_or(0.0, |d| d[s]) } else { 0.0 }).collect();
+        let cover = match self.settings.fault {
+            Some(Fault::MisstateDot { member }) if (member as usize) < n => {
+                dots[member as usize] *= 1.1;
+                true
+            }
+            Some(Fault::HiddenAverage { balanced, .. }) => balanced,
+            _ => false,
+        };
+        if cover && self.weight > 0.0 {
+            let w = |s: usize| if s == self.me { self.weight } else { self.members[s].weight.unwrap_or(0.0) } as f64;
+            let total: f64 = (0..n).filter(|&s| whole(s)).map(w).sum();
+            let others: f64 = (0..n).filter(|&s| whole(s) && s != self.me).map(|s| w(s) * dots[s]).sum();
+            let norm2 = super::super::projection::sum_squares(&self.grad[self.own_span.clone()]);
+            dots[self.me] = (total * norm2 - others) / w(self.me);
+        }
+        dots
+    }
+
     /// This span's contributor status as the summary gives it (see
     /// `Contribution`).
     pub(super) fn summary_status(&self) -> Vec<u8> {
@@ -379,9 +443,11 @@ impl Round<'_> {
             }
             payload.extend_from_slice(&span_hash(&self.my_sums).to_le_bytes());
             // Members in no chunk of the span: zeros in their place.
+            let dots = self.summary_dots(&payload[..self.n()]);
             for st in statements {
                 st.unwrap_or(Statement { part: Part::default(), sig: [0; 64] }).encode(&mut payload);
             }
+            dots.iter().for_each(|d| payload.extend_from_slice(&d.to_le_bytes()));
             payload
         } else {
             let mut payload = self.contributor_status();

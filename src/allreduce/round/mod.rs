@@ -221,6 +221,9 @@ struct MemberState {
     gather_got: Vec<bool>,
     /// Audited: each averaged chunk's projections, as received.
     gather_parts: Vec<Part>,
+    /// Audited: Σ over its averaged chunks received of this peer's part ·
+    /// the average (what its summary must state for this peer).
+    gather_dot: f64,
     gather_sums: Vec<u64>,
     gather_count: usize,
     gather_averaged: usize,
@@ -231,6 +234,9 @@ struct MemberState {
     /// statement it forged, if any.
     done_parts: Option<Vec<Part>>,
     done_forged: Option<usize>,
+    /// In an audited round, per sender, its part · the average, as the
+    /// owner's summary states them.
+    done_dots: Option<Vec<f64>>,
     /// In an audited round, its signed statement of its part of this
     /// peer's span (it comes before its chunks).
     statement: Option<Statement>,
@@ -394,7 +400,7 @@ impl<'a> Round<'a> {
                     .collect()
             })
             .collect();
-        let summary_len = n + 8 + if audit.is_some() { n * Statement::BYTES + 64 } else { 0 };
+        let summary_len = n + 8 + if audit.is_some() { n * (Statement::BYTES + 8) + 64 } else { 0 };
         let ruling_len = if audit.is_some_and(|a| a.adjudicator.is_some()) { Testimony::len(n).max(n + REASONS_MAX) } else { 0 };
         let data_max_len = chunks
             .iter()
@@ -511,12 +517,14 @@ impl<'a> Round<'a> {
                 scatter_got: 0,
                 gather_got: vec![false; chunks[j].len()],
                 gather_parts: if audit.is_some() { vec![Part::default(); chunks[j].len()] } else { Vec::new() },
+                gather_dot: 0.0,
                 gather_sums: vec![0; chunks[j].len()],
                 gather_count: 0,
                 gather_averaged: 0,
                 done: None,
                 done_parts: None,
                 done_forged: None,
+                done_dots: None,
                 statement: None,
                 done_signed: None,
                 closed_clean: false,

@@ -63,6 +63,10 @@ impl Round<'_> {
                 // (Its own average is not checked by itself: an honest
                 // owner's agrees, a lying one's verdict matters to nobody.)
                 averaged: (0..n).map(|j| if j == self.me { Part::default() } else { sum_parts(&self.members[j].gather_parts) }).collect(),
+                dots: (0..n)
+                    .map(|j| if j == self.me { Some(self.summary_dots(&self.summary_status())) } else { self.members[j].done_dots.clone() })
+                    .collect(),
+                my_dots: (0..n).map(|j| if j == self.me { 0.0 } else { self.members[j].gather_dot }).collect(),
             }
         });
         Report {
