@@ -243,6 +243,23 @@ fn named(v: &Verified) -> (Vec<&str>, Vec<&str>) {
     (v.accused.iter().map(|(id, _)| id.as_str()).collect(), v.dropped.iter().map(|(id, _)| id.as_str()).collect())
 }
 
+/// Five members, member 4 (weight 0) adjudicating, `fault` on member
+/// `at`: members `pair` leave, neither as a proven cheat, and every other
+/// member follows the same ruling.
+fn both_leave_unproven(at: usize, fault: Fault, pair: [usize; 2]) {
+    let x = inputs(5);
+    let weights = [1.0, 1.0, 1.0, 1.0, 0.0];
+    let mut faults = [None; 5];
+    faults[at] = Some(fault);
+    let (_, results) = run_judged(&x, &weights, &faults, 4);
+    check(&x, &weights, &results, &pair);
+    let ids = pair.map(|i| format!("m{i}"));
+    for i in (0..5).filter(|i| !pair.contains(i)) {
+        let (accused, dropped) = named(&results[i].1);
+        assert!(accused.is_empty() && ids.iter().all(|id| dropped.contains(&id.as_str())), "member {i}: {accused:?} {dropped:?}");
+    }
+}
+
 #[test]
 fn an_owner_disputing_an_honest_part_loses_its_own_place_too() {
     // Member 3, an owner, claims member 0's bytes do not match what it
@@ -448,16 +465,7 @@ fn an_owner_misstating_one_senders_product_leaves_with_it() {
     // own so that the sum still holds). Only member 2 can tell; the
     // adjudicator cannot confirm it, so both leave, unproven, and every
     // other member follows the same ruling.
-    let x = inputs(5);
-    let weights = [1.0, 1.0, 1.0, 1.0, 0.0];
-    let mut faults = [None; 5];
-    faults[3] = Some(Fault::MisstateDot { member: 2 });
-    let (_, results) = run_judged(&x, &weights, &faults, 4);
-    check(&x, &weights, &results, &[2, 3]);
-    for i in [0, 1, 4] {
-        let (accused, dropped) = named(&results[i].1);
-        assert!(accused.is_empty() && dropped.contains(&"m2") && dropped.contains(&"m3"), "member {i}: {accused:?} {dropped:?}");
-    }
+    both_leave_unproven(3, Fault::MisstateDot { member: 2 }, [2, 3]);
 }
 
 #[test]
@@ -602,16 +610,7 @@ fn an_owner_sending_one_member_another_average_leaves_with_it() {
     // Member 3 sends member 1 its averages negated. Member 1 alone sees
     // it (its copy no longer matches the span summary): it and the owner
     // are left out by the ruling, and everyone else agrees and steps.
-    let x = inputs(5);
-    let weights = [1.0, 1.0, 1.0, 1.0, 0.0];
-    let mut faults = [None; 5];
-    faults[3] = Some(Fault::EquivocateAverage { to: 1 });
-    let (_, results) = run_judged(&x, &weights, &faults, 4);
-    check(&x, &weights, &results, &[1, 3]);
-    for i in [0, 2, 4] {
-        let (accused, dropped) = named(&results[i].1);
-        assert!(accused.is_empty() && dropped.contains(&"m1") && dropped.contains(&"m3"), "member {i}: {accused:?} {dropped:?}");
-    }
+    both_leave_unproven(3, Fault::EquivocateAverage { to: 1 }, [1, 3]);
 }
 
 #[test]
@@ -619,17 +618,7 @@ fn a_false_testimony_costs_the_accuser_its_place_too() {
     // Member 1 tells the adjudicator that member 3 cheated. Nobody else
     // saw it, so the adjudicator cannot confirm it: both are left out,
     // unproven, and every other member follows the same ruling.
-    let x = inputs(5);
-    let weights = [1.0, 1.0, 1.0, 1.0, 0.0];
-    let mut faults = [None; 5];
-    faults[1] = Some(Fault::FalseTestimony { member: 3 });
-    let (_, results) = run_judged(&x, &weights, &faults, 4);
-    check(&x, &weights, &results, &[1, 3]);
-    for i in [0, 2, 4] {
-        let (accused, dropped) = named(&results[i].1);
-        assert!(accused.is_empty(), "member {i} accused {accused:?}");
-        assert!(dropped.contains(&"m1") && dropped.contains(&"m3"), "member {i}: {dropped:?}");
-    }
+    both_leave_unproven(1, Fault::FalseTestimony { member: 3 }, [1, 3]);
 }
 
 #[test]
