@@ -335,3 +335,47 @@ fn without_keep_connections_every_round_dials() {
     let reused: Vec<Vec<usize>> = (0..3).map(|i| out.iter().map(|round| round[i].2.reused).collect()).collect();
     assert_eq!(reused, vec![vec![0, 0]; 3]);
 }
+
+#[test]
+fn connections_run_the_congestion_control_asked_for() {
+    // The kernel's own lists are the reference: what it offers to every
+    // process, and its default for sockets that ask for nothing.
+    let read =
+        |f: &str| std::fs::read_to_string(format!("/proc/sys/net/ipv4/{f}")).map(|s| s.split_whitespace().map(String::from).collect::<Vec<_>>());
+    let (Ok(allowed), Ok(default)) = (read("tcp_allowed_congestion_control"), read("tcp_congestion_control")) else {
+        eprintln!("SKIPPED: no /proc/sys/net/ipv4 congestion control files here");
+        return;
+    };
+    let x = data(3, 10_000, 8);
+    let mut c = case(3, 10_000, Codec::F16, 4096);
+    // Nothing asked: the kernel's default.
+    c.settings.congestion_control = None;
+    for (_, report) in run(&c, &x, 1) {
+        assert_eq!(report.congestion, default, "{}", report.summary());
+    }
+    // Asked for, and allowed to any process (or we are root): granted.
+    let root = unsafe { libc::geteuid() } == 0;
+    for name in ["bbr", "cubic", "reno"] {
+        if !allowed.iter().any(|a| a == name) && !root {
+            eprintln!("SKIPPED: {name} is not allowed to unprivileged sockets here");
+            continue;
+        }
+        c.settings.congestion_control = Some(name.into());
+        let results = run(&c, &x, 2);
+        if results[0].1.congestion != [name]
+            && !std::fs::read_to_string("/proc/sys/net/ipv4/tcp_available_congestion_control").unwrap_or_default().contains(name)
+        {
+            eprintln!("SKIPPED: this kernel has no {name}");
+            continue;
+        }
+        for (_, report) in results {
+            assert_eq!(report.congestion, [name], "{}", report.summary());
+        }
+    }
+    // One the kernel does not have: its default, and the round runs.
+    c.settings.congestion_control = Some("no-such-algorithm".into());
+    for (_, report) in run(&c, &x, 3) {
+        assert_eq!(report.congestion, default);
+        assert!(report.failures().is_empty());
+    }
+}

@@ -96,6 +96,11 @@ pub struct Report {
     pub connect_s: Option<f64>,
     /// Members connected over a connection kept from an earlier round.
     pub reused: usize,
+    /// The TCP congestion control the round's connections ran, as the
+    /// kernel reports it for each (sorted, without repeats; empty where
+    /// the OS does not say): `Settings::congestion_control` asks, the
+    /// kernel may refuse.
+    pub congestion: Vec<String>,
     /// Seconds from the call until this peer's own span was averaged.
     pub reduced_s: Option<f64>,
     pub elapsed_s: f64,

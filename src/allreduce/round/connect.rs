@@ -297,6 +297,9 @@ impl Round<'_> {
         }
         let conn = self.conns[id].as_mut().expect("a live connection");
         self.reused += usize::from(conn.kept);
+        if let Some(cc) = congestion_control(&conn.stream).filter(|cc| !self.congestion.contains(cc)) {
+            self.congestion.push(cc);
+        }
         conn.open_data(self.data_max_len);
         for out in outs {
             conn.queue(out, now);
@@ -367,3 +370,22 @@ pub(super) fn set_congestion_control(stream: &TcpStream, name: &str) {
 
 #[cfg(not(target_os = "linux"))]
 pub(super) fn set_congestion_control(_: &TcpStream, _: &str) {}
+
+/// The congestion control this connection runs, as the kernel says.
+#[cfg(target_os = "linux")]
+pub(super) fn congestion_control(stream: &TcpStream) -> Option<String> {
+    use std::os::fd::AsRawFd;
+    let mut name = [0u8; 32];
+    let mut len = name.len() as libc::socklen_t;
+    // SAFETY: a valid socket descriptor and a buffer of `len` bytes.
+    let r =
+        unsafe { libc::getsockopt(stream.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_CONGESTION, name.as_mut_ptr() as *mut libc::c_void, &mut len) };
+    let name = &name[..(len as usize).min(name.len())];
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    (r == 0 && end > 0).then(|| String::from_utf8_lossy(&name[..end]).into_owned())
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(super) fn congestion_control(_: &TcpStream) -> Option<String> {
+    None
+}

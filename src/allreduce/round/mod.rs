@@ -314,6 +314,8 @@ struct Round<'a> {
     data_done_at: Option<Instant>,
     /// Members whose handshake ran on a connection kept from a round before.
     reused: usize,
+    /// The congestion controls the admitted connections run (`Report`).
+    congestion: Vec<String>,
     testimonies: Vec<Option<Testimony>>,
     ruling: Option<Vec<Accusation>>,
 }
@@ -581,6 +583,7 @@ impl<'a> Round<'a> {
             waiting_sent: None,
             data_done_at: None,
             reused: 0,
+            congestion: Vec::new(),
             testimonies: vec![None; n],
             ruling: None,
         })

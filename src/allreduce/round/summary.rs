@@ -82,6 +82,11 @@ impl Round<'_> {
             setup_s: self.setup_s,
             connect_s: self.connect_s,
             reused: self.reused,
+            congestion: {
+                let mut names = self.congestion.clone();
+                names.sort();
+                names
+            },
             reduced_s: self.reduced_s,
             elapsed_s: self.start.elapsed().as_secs_f64(),
         }
