@@ -387,13 +387,22 @@ fn an_owner_hiding_a_larger_average_from_the_projections_is_named() {
     // The owner knows which blocks the projections sample: it leaves them
     // honest and multiplies the rest of its average by 10. Its projections
     // agree; the average's norm exceeds what the parts it reported allow.
+    owner_named([1.0, 2.0, 1.0, 2.0, 1.0], 1, Fault::HiddenAverage { factor: 10.0, balanced: false }, "norm");
+}
+
+/// Five members (weights `weights`), member `owner` under `fault`: it
+/// alone is named by every honest member, for a reason containing `why`.
+fn owner_named(weights: [f32; 5], owner: usize, fault: Fault, why: &str) {
     let x = inputs(5);
-    let weights = [1.0, 2.0, 1.0, 2.0, 1.0];
     let mut faults = [None; 5];
-    faults[1] = Some(Fault::HiddenAverage { factor: 10.0, balanced: false });
+    faults[owner] = Some(fault);
     let (_, results) = run(&x, &weights, &faults, Codec::F16);
-    check(&x, &weights, &results, &[1]);
-    assert!(results[0].1.accused.iter().any(|(id, why)| id == "m1" && why.contains("norm")), "{:?}", results[0].1.accused);
+    check(&x, &weights, &results, &[owner]);
+    let id = format!("m{owner}");
+    for i in (0..5).filter(|&i| i != owner) {
+        let v = &results[i].1;
+        assert!(v.accused.iter().any(|(a, w)| *a == id && w.contains(why)), "member {i}: {:?}", v.accused);
+    }
 }
 
 #[test]
@@ -403,32 +412,16 @@ fn an_owner_turning_its_average_around_off_the_sampled_blocks_is_named() {
     // one. It states its own part's product with that average so that
     // the products add up to W·‖average‖²; the product it needs is far
     // beyond what its part's norm allows (Cauchy–Schwarz).
-    let x = inputs(5);
-    let weights = [1.0, 2.0, 1.0, 2.0, 1.0];
-    let mut faults = [None; 5];
-    faults[1] = Some(Fault::HiddenAverage { factor: -1.0, balanced: true });
-    let (_, results) = run(&x, &weights, &faults, Codec::F16);
-    check(&x, &weights, &results, &[1]);
-    for i in [0, 2, 3, 4] {
-        let v = &results[i].1;
-        assert!(v.accused.iter().any(|(id, why)| id == "m1" && why.contains("more than their norms allow")), "member {i}: {:?}", v.accused);
-    }
+    let fault = Fault::HiddenAverage { factor: -1.0, balanced: true };
+    owner_named([1.0, 2.0, 1.0, 2.0, 1.0], 1, fault, "more than their norms allow");
 }
 
 #[test]
 fn an_owner_turning_its_average_around_without_balancing_the_products_is_named() {
     // The same owner, stating its own product honestly: the products no
     // longer add up to W·‖average‖².
-    let x = inputs(5);
-    let weights = [1.0; 5];
-    let mut faults = [None; 5];
-    faults[2] = Some(Fault::HiddenAverage { factor: -1.0, balanced: false });
-    let (_, results) = run(&x, &weights, &faults, Codec::F16);
-    check(&x, &weights, &results, &[2]);
-    for i in [0, 1, 3, 4] {
-        let v = &results[i].1;
-        assert!(v.accused.iter().any(|(id, why)| id == "m2" && why.contains("where the projections do not look")), "member {i}: {:?}", v.accused);
-    }
+    let fault = Fault::HiddenAverage { factor: -1.0, balanced: false };
+    owner_named([1.0; 5], 2, fault, "where the projections do not look");
 }
 
 #[test]

@@ -56,16 +56,15 @@ impl Round<'_> {
         };
         let audit = self.projector.map(|_| {
             // Its own span's parts are the statements its summary forwards.
-            let own: Vec<Part> = self.summary_statements().1.iter().map(|st| st.map_or(Part::default(), |st| st.part)).collect();
+            let (status, statements) = self.summary_statements();
+            let own: Vec<Part> = statements.iter().map(|st| st.map_or(Part::default(), |st| st.part)).collect();
             AuditData {
                 parts: (0..n).map(|j| if j == self.me { Some(own.clone()) } else { self.members[j].done_parts.clone() }).collect(),
                 forged: (0..n).map(|j| self.members[j].done_forged).collect(),
                 // (Its own average is not checked by itself: an honest
                 // owner's agrees, a lying one's verdict matters to nobody.)
                 averaged: (0..n).map(|j| if j == self.me { Part::default() } else { sum_parts(&self.members[j].gather_parts) }).collect(),
-                dots: (0..n)
-                    .map(|j| if j == self.me { Some(self.summary_dots(&self.summary_status())) } else { self.members[j].done_dots.clone() })
-                    .collect(),
+                dots: (0..n).map(|j| if j == self.me { Some(self.summary_dots(&status)) } else { self.members[j].done_dots.clone() }).collect(),
                 my_dots: (0..n).map(|j| if j == self.me { 0.0 } else { self.members[j].gather_dot }).collect(),
             }
         });
