@@ -178,15 +178,23 @@ fn a_swarm_on_test_hosts_behind_shaped_lossy_links_cuts_a_slow_miner_out_of_the_
     let slow = registry.iter().position(|n| n["allreduce_addr"].as_str().unwrap().starts_with("10.77.0.4:")).expect("the slow miner registered");
     // Epoch 1 knew no links: equal spans for the miners. After the probe,
     // the slow miner (a fifth of the rate: too slow to help among three)
-    // owns nothing
-    // and the others split the vector; the validator never owns any.
+    // owns nothing and the others split the vector; the validator never
+    // owns any. How they split it follows their probes, which a loss
+    // burst on a loaded machine can set more than `RATE_SPREAD` apart
+    // (CI once measured 2/3 vs 1/3): each owns between 1/3 and the cap,
+    // `MAX_SHARE` equal shares of the three (the exact split by rates is
+    // src/subnet/links.rs' unit tests').
     let spans = |e: usize| metrics[e]["spans"].as_object().unwrap().clone();
     let (first, second) = (spans(0), spans(1));
     assert_eq!(first["0"], 0.0, "{first:?}");
     assert!(first.iter().filter(|(u, _)| *u != "0").all(|(_, f)| (f.as_f64().unwrap() - 1.0 / 3.0).abs() < 1e-6), "{first:?}");
     assert_eq!(second["0"], 0.0, "{second:?}");
     assert_eq!(second[&slow.to_string()], 0.0, "the slow miner {slow} still owns a span: {second:?}");
-    assert!(second.iter().filter(|(u, _)| *u != "0" && **u != slow.to_string()).all(|(_, f)| (f.as_f64().unwrap() - 0.5).abs() < 1e-6), "{second:?}");
+    let fast: Vec<f64> = second.iter().filter(|(u, _)| *u != "0" && **u != slow.to_string()).map(|(_, f)| f.as_f64().unwrap()).collect();
+    assert_eq!(fast.len(), 2, "{second:?}");
+    let cap = dtrain::subnet::links::MAX_SHARE / 3.0;
+    assert!(fast.iter().all(|f| (1.0 / 3.0 - 1e-6..=cap + 1e-6).contains(f)), "{second:?}");
+    assert!((fast.iter().sum::<f64>() - 1.0).abs() < 1e-6, "{second:?}");
     let hub = LocalStore::open(&out.join("hub")).unwrap();
     miners_hold_the_published_model(&hub, &out, 2, 3);
     std::fs::remove_dir_all(&out).unwrap();
