@@ -200,6 +200,92 @@ fn a_swarm_on_test_hosts_behind_shaped_lossy_links_cuts_a_slow_miner_out_of_the_
     std::fs::remove_dir_all(&out).unwrap();
 }
 
+/// Waits (generously: a loaded CI machine) until `file` under `out` has a
+/// line containing `text`, while the swarm runs.
+fn wait_for_line(child: &mut std::process::Child, out: &std::path::Path, file: &str, text: &str) {
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string(out.join(file)).unwrap_or_default().lines().any(|l| l.contains(text)) {
+        assert!(start.elapsed() < std::time::Duration::from_secs(600), "no {text:?} in {file}");
+        assert!(child.try_wait().unwrap().is_none(), "the swarm exited early, waiting for {text:?} in {file}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_swarm_on_test_hosts_rides_out_a_miner_cut_mid_round_and_a_partition_that_heals() {
+    // Drills through the swarm's standard input (src/testnet/drill.rs).
+    // Round 1: host 3 (a miner owning a third of the vector, behind the
+    // slowest link so that its round lasts seconds) is cut off a second
+    // after it joined the round, and restored once the epoch is
+    // published: the others finish without it and agree, it is named, and
+    // it comes back for epoch 2 with the published model. Round 2: hosts
+    // 0 and 1 (the validator, a miner) lose hosts 2 and 3 for a second
+    // and a half, a second after host 1 joined: TCP carries on when the
+    // links heal and everyone takes part. At the end every miner holds
+    // the published model. (Where the cuts fall in a round depends on the
+    // machine's speed; what is asserted holds wherever they fall.)
+    use std::io::Write;
+    if common::testnet::hosts(2, "").is_none() {
+        return;
+    }
+    let out = std::env::temp_dir().join(format!("dtrain-swarm-drill-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain"))
+        .args(["-q", "swarm", "--miners", "3", "--epochs", "3", "--rows", "3", "--net", "rate=250mbit,rtt=20ms,slow=3:50mbit"])
+        .arg("--data")
+        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fineweb-sample"))
+        .arg("--out")
+        .arg(&out)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut drill = child.stdin.take().unwrap();
+    let second = std::time::Duration::from_secs(1);
+    wait_for_line(&mut child, &out, "miner-2.log", "round 1: joining");
+    std::thread::sleep(second);
+    writeln!(drill, "cut 3").unwrap();
+    wait_for_line(&mut child, &out, "metrics.jsonl", "\"epoch\":1");
+    writeln!(drill, "heal").unwrap();
+    wait_for_line(&mut child, &out, "miner-0.log", "round 2: joining");
+    std::thread::sleep(second);
+    writeln!(drill, "partition 0,1 2,3").unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    writeln!(drill, "heal").unwrap();
+    let run = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    let logs = || {
+        let names = ["validator", "miner-0", "miner-1", "miner-2"];
+        names.map(|n| format!("--- {n}\n{}", std::fs::read_to_string(out.join(format!("{n}.log"))).unwrap_or_default())).join("\n")
+    };
+    assert!(run.status.success(), "{stdout}\n{}", logs());
+    assert_eq!(stdout.matches("drill: ").count(), 4, "{stdout}");
+    let metrics: Vec<serde_json::Value> =
+        std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(metrics.len(), 3);
+    for m in &metrics {
+        eprintln!("epoch {}: all-reduce {:.1} s, left out {}", m["epoch"], m["allreduce_s"].as_f64().unwrap(), m["allreduce_left_out"]);
+    }
+    let registry: Vec<serde_json::Value> = serde_json::from_str(&std::fs::read_to_string(out.join("registry.json")).unwrap()).unwrap();
+    let cut = registry.iter().position(|n| n["allreduce_addr"].as_str().unwrap().starts_with("10.77.0.4:")).expect("host 3 registered").to_string();
+    // Round 1: the cut miner named, the others took part.
+    let first = metrics[0]["participation"].as_object().unwrap();
+    assert_ne!(first[&cut], "Success", "{}\n{}", metrics[0], logs());
+    assert!(first.iter().filter(|(u, _)| **u != cut).all(|(_, p)| p == "Success"), "{}", metrics[0]);
+    let left_out = metrics[0]["allreduce_left_out"].as_array().unwrap();
+    assert!(left_out.iter().any(|f| f["id"] == cut.as_str() && f["proven"] == false), "{}", metrics[0]);
+    assert!(left_out.iter().all(|f| f["id"] == cut.as_str()), "{}", metrics[0]);
+    // Rounds 2 and 3: everyone, the healed miner included.
+    for m in &metrics[1..] {
+        let p = m["participation"].as_object().unwrap();
+        assert_eq!(p.len(), 3, "{m}\n{}", logs());
+        assert!(p.values().all(|p| p == "Success"), "{m}\n{}", logs());
+    }
+    let hub = LocalStore::open(&out.join("hub")).unwrap();
+    miners_hold_the_published_model(&hub, &out, 3, 3);
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
 #[test]
 fn ctrl_c_stops_every_process_of_the_swarm() {
     let out = std::env::temp_dir().join(format!("dtrain-swarm-int-{}", std::process::id()));

@@ -552,6 +552,7 @@ impl<E: Engine> Miner<E> {
         let mut st = self.lock();
         let mut peer = self.peer.lock().unwrap_or_else(|p| p.into_inner());
         let me = group.index_of(&peer.public_key()).ok_or("this miner is not in the group")?;
+        tracing::info!("round {round}: joining the all-reduce of {} members as member {me}", group.len());
         let State { replicas, transfer, before_last, anchor, outer: outer_state, snapshots, feedback, .. } = &mut *st;
         let mut pending_feedback = None;
         let (mut weight, base) = match outer {

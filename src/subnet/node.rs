@@ -683,6 +683,8 @@ fn validator_on<E: Engine>(a: &ValidatorArgs, engine: E) -> Result<()> {
             "score_s": score_s, "miner_work_s": miner_work_s,
             "allreduce_bytes_in": report.bytes_received, "allreduce_failures": report.failures().len(),
             "allreduce_failed": report.failures().iter().map(|(i, f)| serde_json::json!({"id": report.members[*i].id, "why": f.to_string()})).collect::<Vec<_>>(),
+            "allreduce_left_out": v.last_left_out.lock().unwrap_or_else(|p| p.into_inner()).iter()
+                .map(|(id, why, proven)| serde_json::json!({"id": id, "why": why, "proven": proven})).collect::<Vec<_>>(),
             "allreduce_bound_s": allreduce_bound(&report, &v.link_rates()),
             "spans": span_shares(&report),
             "bandwidth": bandwidth,

@@ -8,11 +8,13 @@ use super::node::node_preset;
 use crate::allreduce::codec::Codec;
 use crate::engine::cuda::{DeviceChoice, Precision};
 use crate::plot::Series;
+use crate::testnet::drill::Drill;
 use crate::train::{interrupted, stop_on_interrupt};
 use anyhow::{Context, Result, bail};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -71,7 +73,10 @@ pub struct SwarmArgs {
     /// Put every node on its own test host (root; see `testnet`), each
     /// behind an access link like `rate=100mbit,rtt=40ms,loss=0.1%,jitter=1ms,slow=1:10mbit`
     /// (host 0 is the master validator, hosts 1… the miners, then the
-    /// followers), instead of all on 127.0.0.1.
+    /// followers), instead of all on 127.0.0.1. Lines on standard input
+    /// then drill the links while the swarm runs: `cut 3` cuts host 3 off,
+    /// `partition 0,1 2,3` splits the hosts in two, `heal` restores every
+    /// link.
     #[arg(long)]
     pub net: Option<crate::testnet::Profile>,
     /// Held-out rows the master validator evaluates after every epoch
@@ -120,11 +125,15 @@ pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
         None => None,
     };
     let node = |host: usize| -> (std::process::Command, String) {
-        match &net {
+        let (mut cmd, addr) = match &net {
             Some(net) => (net.command(host, &exe.to_string_lossy()), net.addr(host).to_string()),
             None => (std::process::Command::new(&exe), "127.0.0.1".into()),
-        }
+        };
+        // Standard input is the swarm's (drills), not the nodes'.
+        cmd.stdin(std::process::Stdio::null());
+        (cmd, addr)
     };
+    let drills = net.as_ref().map(|net| drills_from_stdin(net.len()));
     let common = |role: &str, i: usize, registry: &str| -> Vec<String> {
         let dir = out.join("nodes").join(format!("{role}-{i}"));
         let hub = match &a.hf_repo {
@@ -275,7 +284,16 @@ pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
             msg.push_str(&format!("batches {}", shown.join(" ")));
         }
         bar.set_message(msg);
-        std::thread::sleep(Duration::from_millis(200));
+        // A drill is applied as soon as its line comes.
+        let tick = Duration::from_millis(200);
+        match (drills.as_ref().map(|rx| rx.recv_timeout(tick)), &net) {
+            (Some(Ok(d)), Some(net)) => {
+                d.apply(net);
+                bar.suspend(|| println!("drill: {d:?}"));
+            }
+            (Some(Err(RecvTimeoutError::Timeout)), _) => {}
+            _ => std::thread::sleep(tick),
+        }
     };
     // Followers score the final model once before everything stops (their
     // rounds during the run may all have straddled an epoch).
@@ -355,6 +373,31 @@ pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
         out.display()
     );
     Ok(())
+}
+
+/// The drills read from standard input, line by line, for a net of
+/// `hosts` (a line that does not parse is reported and skipped). The
+/// reading thread holds no part of the net: it is left blocked on its
+/// read when the swarm ends.
+fn drills_from_stdin(hosts: usize) -> std::sync::mpsc::Receiver<Drill> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { return };
+            if line.trim().is_empty() {
+                continue;
+            }
+            match Drill::parse(&line, hosts) {
+                Ok(d) => {
+                    if tx.send(d).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => eprintln!("drill ignored: {e}"),
+            }
+        }
+    });
+    rx
 }
 
 /// (batches done, batches assigned) of a miner's Train query in progress,

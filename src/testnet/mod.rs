@@ -13,6 +13,7 @@
 //! gone). It needs root (CAP_NET_ADMIN), iproute2's `ip` and /dev/net/tun,
 //! and says which is missing.
 
+pub mod drill;
 pub mod switch;
 pub mod tun;
 

@@ -111,22 +111,24 @@ impl<E: Engine> Validator<E> {
         let (model, opt) = &mut *guard;
         let mut grad = vec![0f32; model.layout.total];
         let deadline = Instant::now() + timeout;
-        let verified = std::thread::scope(|s| {
-            for n in miners {
-                let q = Query::AllReduce(q.clone());
-                s.spawn(move || match self.ask(n, &q, timeout + Duration::from_secs(30)) {
-                    Ok(_) => Some(()),
-                    Err(e) => {
-                        tracing::warn!("AllReduce to uid {}: {e}", n.uid);
-                        None
-                    }
-                });
-            }
-            let mut peer = lock(&self.peer);
-            run_verified(&group, &audit, &self.cfg.allreduce, crate::subnet::miner::VERIFY_ATTEMPTS, |g, a, s| {
-                grad.fill(0.0);
-                peer.all_reduce_audited(g, round, &mut grad, 0.0, deadline, s, Some(a))
-            })
+        let shares: Vec<String> = uids.iter().zip(group.fractions()).map(|(u, f)| format!("{u}: {f:.2}")).collect();
+        tracing::info!("round {round}: all-reduce of uids {uids:?} (span fractions {})", shares.join(", "));
+        // The queries only start the miners' rounds: their answers are not
+        // waited for (a miner cut off before it got its query would hold
+        // the epoch for the query's whole timeout; the round itself
+        // leaves it out by the connect timeout).
+        for n in miners {
+            let (id, hotkey, n, q) = (self.identity.clone(), self.hotkey.clone(), n.clone(), Query::AllReduce(q.clone()));
+            std::thread::spawn(move || {
+                if let Err(e) = super::ask_node(&id, hotkey.as_ref(), &n, &q, timeout + Duration::from_secs(30)) {
+                    tracing::warn!("AllReduce to uid {}: {e}", n.uid);
+                }
+            });
+        }
+        let mut peer = lock(&self.peer);
+        let verified = run_verified(&group, &audit, &self.cfg.allreduce, crate::subnet::miner::VERIFY_ATTEMPTS, |g, a, s| {
+            grad.fill(0.0);
+            peer.all_reduce_audited(g, round, &mut grad, 0.0, deadline, s, Some(a))
         })
         .map_err(|e| e.to_string())?;
         let report = verified.report.clone();
@@ -189,6 +191,8 @@ impl<E: Engine> Validator<E> {
             part.insert(n.uid, status);
         }
         *lock(&self.last_allreduce) = part;
+        let named = verified.accused.iter().map(|(id, why)| (id.clone(), why.clone(), true));
+        *lock(&self.last_left_out) = named.chain(verified.dropped.iter().map(|(id, why)| (id.clone(), why.clone(), false))).collect();
         Ok(report)
     }
 }

@@ -192,6 +192,9 @@ pub struct Validator<E: Engine = CpuEngine> {
     rng: Mutex<Rng>,
     pub scores: Mutex<Scores>,
     pub last_allreduce: Mutex<BTreeMap<Uid, Participation>>,
+    /// Who the last all-reduce's attempts left out (uid, why, whether a
+    /// check proved it cheated): a rerun's report no longer lists them.
+    pub last_left_out: Mutex<Vec<(String, String, bool)>>,
     /// Whether each miner's last Train answer passed verification.
     last_verified: Mutex<BTreeMap<Uid, bool>>,
     /// Each miner's link as the bandwidth probe measured it (bytes/s of
@@ -277,6 +280,7 @@ impl<E: Engine> Validator<E> {
             rng: Mutex::new(Rng::new(seed)),
             scores: Mutex::new(Scores::default()),
             last_allreduce: Mutex::new(BTreeMap::new()),
+            last_left_out: Mutex::new(Vec::new()),
             last_verified: Mutex::new(BTreeMap::new()),
             rates: Mutex::new(BTreeMap::new()),
             credited: Mutex::new(Vec::new()),
