@@ -1,10 +1,51 @@
 //! Unequal links: the validator cuts the all-reduce's spans in proportion
-//! to what each miner's link carried in its bandwidth probe, so a slow
+//! to what each miner's link carried in its bandwidth probes, so a slow
 //! member does not set everyone's pace (the reference's bandwidth
 //! fractions), and sends the fractions in the AllReduce query, where they
 //! enter the group digest.
 
+use super::scoring::Uid;
 use crate::allreduce::Group;
+use std::collections::{BTreeMap, VecDeque};
+
+/// Probes a link's rate is judged by.
+pub const PROBES: usize = 3;
+
+/// Each miner's link rates as its last `PROBES` probes measured them. A
+/// probe is only ever slowed by noise (a loss burst, a loaded CPU: on a
+/// loaded test machine one measured 1.5× below its twin), never sped
+/// up, so a link is judged by the upper median of its recent probes: one
+/// bad probe in three moves nothing, and a link that really slowed
+/// counts as slow from its second slow probe.
+#[derive(Debug, Default)]
+pub struct LinkRates(BTreeMap<Uid, VecDeque<f64>>);
+
+impl LinkRates {
+    /// A probe of `uid`'s link: `bytes_per_s` (ignored unless finite and
+    /// positive).
+    pub fn record(&mut self, uid: Uid, bytes_per_s: f64) {
+        if !(bytes_per_s.is_finite() && bytes_per_s > 0.0) {
+            return;
+        }
+        let probes = self.0.entry(uid).or_default();
+        if probes.len() == PROBES {
+            probes.pop_front();
+        }
+        probes.push_back(bytes_per_s);
+    }
+
+    /// The rate `uid`'s link is judged by, if it was ever probed.
+    pub fn rate(&self, uid: Uid) -> Option<f64> {
+        let mut v: Vec<f64> = self.0.get(&uid)?.iter().copied().collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    }
+
+    /// Every probed link's rate.
+    pub fn all(&self) -> BTreeMap<Uid, f64> {
+        self.0.keys().filter_map(|&u| self.rate(u).map(|r| (u, r))).collect()
+    }
+}
 
 /// Links within this factor of the fastest count as the fastest: a
 /// probe's noise (on loopback, the miners' CPUs) should not reshuffle the
@@ -108,6 +149,29 @@ pub fn set_fractions(group: &mut Group, fractions: &[f64]) -> Result<(), String>
 mod tests {
     use super::*;
     use crate::allreduce::plan::link_fractions;
+
+    #[test]
+    fn a_link_is_judged_by_the_upper_median_of_its_last_probes() {
+        let mut r = LinkRates::default();
+        assert_eq!(r.rate(1), None);
+        r.record(1, 100.0);
+        assert_eq!(r.rate(1), Some(100.0));
+        // One slow probe (noise) does not move it, with one or two before.
+        r.record(1, 40.0);
+        assert_eq!(r.rate(1), Some(100.0));
+        r.record(1, 110.0);
+        assert_eq!(r.rate(1), Some(100.0));
+        // A link that really slowed: from its second slow probe on.
+        r.record(1, 30.0);
+        assert_eq!(r.rate(1), Some(40.0));
+        r.record(1, 35.0);
+        assert_eq!(r.rate(1), Some(35.0));
+        // Nonsense is not a probe; links are apart.
+        r.record(1, f64::NAN);
+        r.record(1, 0.0);
+        r.record(2, 7.0);
+        assert_eq!(r.all(), BTreeMap::from([(1, 35.0), (2, 7.0)]));
+    }
 
     #[test]
     fn near_equal_links_get_equal_spans_and_a_slow_one_owns_nothing() {

@@ -38,7 +38,7 @@ impl<E: Engine> Validator<E> {
                 let elapsed = t.elapsed().as_secs_f64();
                 let ok = got.is_some_and(|g| g == want);
                 if ok && elapsed > 0.0 {
-                    lock(&self.rates).insert(n.uid, want.len() as f64 / elapsed);
+                    lock(&self.rates).record(n.uid, want.len() as f64 / elapsed);
                 }
                 // As with Train rewards: a miner whose last Train answer
                 // failed verification earns nothing for its bandwidth
@@ -54,9 +54,10 @@ impl<E: Engine> Validator<E> {
         scores.into_iter().map(|(u, _, s)| (u, s)).collect()
     }
 
-    /// Each miner's link rate (bytes/s) as its last bandwidth probe measured.
+    /// Each miner's link rate (bytes/s) as its recent bandwidth probes
+    /// measured it (`links::LinkRates`).
     pub fn link_rates(&self) -> BTreeMap<Uid, f64> {
-        lock(&self.rates).clone()
+        lock(&self.rates).all()
     }
 
     /// The master's all-reduce: sends AllReduce to `miners` with each
@@ -72,7 +73,7 @@ impl<E: Engine> Validator<E> {
         uids.sort();
         let mut group = crate::subnet::registry::group_of(&nodes, &uids).map_err(|e| e.to_string())?;
         // Spans by the miners' measured links (the validator owns none).
-        let rates = lock(&self.rates).clone();
+        let rates = self.link_rates();
         let miner_rates: Vec<Option<f64>> = uids.iter().filter(|u| **u != me.uid).map(|u| rates.get(u).copied()).collect();
         let mut shares = crate::subnet::links::span_fractions(&miner_rates).into_iter();
         for (u, m) in uids.iter().zip(group.members.iter_mut()) {

@@ -197,10 +197,10 @@ pub struct Validator<E: Engine = CpuEngine> {
     pub last_left_out: Mutex<Vec<(String, String, bool)>>,
     /// Whether each miner's last Train answer passed verification.
     last_verified: Mutex<BTreeMap<Uid, bool>>,
-    /// Each miner's link as the bandwidth probe measured it (bytes/s of
-    /// its last correct download): what the next all-reduce's spans are
+    /// Each miner's link as the bandwidth probes measured it (bytes/s of
+    /// its last correct downloads): what the next all-reduce's spans are
     /// cut by.
-    rates: Mutex<BTreeMap<Uid, f64>>,
+    rates: Mutex<crate::subnet::links::LinkRates>,
     /// Rows some miner was already credited with (one bit per dataset
     /// row): a row counts for steps once, so replaying another miner's
     /// answer earns nothing.
@@ -282,7 +282,7 @@ impl<E: Engine> Validator<E> {
             last_allreduce: Mutex::new(BTreeMap::new()),
             last_left_out: Mutex::new(Vec::new()),
             last_verified: Mutex::new(BTreeMap::new()),
-            rates: Mutex::new(BTreeMap::new()),
+            rates: Mutex::new(Default::default()),
             credited: Mutex::new(Vec::new()),
             hotkey: None,
             handed_out: Mutex::new(Vec::new()),
