@@ -295,10 +295,22 @@ pub fn run_swarm(a: &SwarmArgs, progress: bool) -> Result<()> {
             _ => std::thread::sleep(tick),
         }
     };
+    let final_epoch = read_metrics().last().and_then(|m| m["epoch"].as_u64());
+    // The validator does not wait for the miners' answers to its last
+    // AllReduce: give them the time to take the step and record it.
+    if status.success() {
+        let stepped = |i: usize| {
+            let p = std::fs::read_to_string(out.join(format!("nodes/miner-{i}/params.json"))).unwrap_or_default();
+            serde_json::from_str::<serde_json::Value>(&p).ok().and_then(|p| p["epoch"].as_u64()) >= final_epoch
+        };
+        let waiting = Instant::now();
+        while !(0..a.miners).all(stepped) && !interrupted() && waiting.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     // Followers score the final model once before everything stops (their
     // rounds during the run may all have straddled an epoch).
     if status.success() && a.followers > 0 {
-        let final_epoch = read_metrics().last().and_then(|m| m["epoch"].as_u64());
         let waiting = Instant::now();
         let scored = |i: usize| {
             std::fs::read_to_string(out.join(format!("follower-{i}.metrics.jsonl")))
