@@ -98,6 +98,20 @@ fn miners_train_and_average_into_identical_weights() {
     let mut mine = model();
     let mut opt = Optimizer::new(&mine, OptimizerConfig::new(OptimizerKind::Adamw)).unwrap();
     let lr = 1e-3;
+    // The round's chunk size comes in the query (it is in the group
+    // digest: a miner that kept its own would never connect); one outside
+    // the bounds is refused.
+    let chunk_bytes = 64 << 10;
+    let (_, server, key) = &miners[0];
+    let q = Query::AllReduce(AllReduce {
+        learning_rate: Some(lr),
+        round: Some(1),
+        group: Some(group.clone()),
+        chunk_bytes: Some(1),
+        ..AllReduce::default()
+    });
+    let e = send(&validator, key, &server.addr().to_string(), &q, t).unwrap_err().to_string();
+    assert!(e.contains("chunk_bytes 1"), "{e}");
     std::thread::scope(|s| {
         for (_, server, key) in &miners {
             let (validator, group) = (&validator, group.clone());
@@ -107,6 +121,7 @@ fn miners_train_and_average_into_identical_weights() {
                     round: Some(1),
                     group: Some(group),
                     all_reduce_timeout: Some(60.0),
+                    chunk_bytes: Some(chunk_bytes as u64),
                     ..AllReduce::default()
                 });
                 let Query::AllReduce(a) = send(validator, key, &server.addr().to_string(), &q, t).unwrap() else { panic!() };
@@ -114,8 +129,16 @@ fn miners_train_and_average_into_identical_weights() {
             });
         }
         let mut grad = vec![0f32; mine.layout.total];
-        let report =
-            validator_peer.all_reduce(&group_of_all, 1, &mut grad, 0.0, std::time::Instant::now() + Duration::from_secs(60), &settings()).unwrap();
+        let report = validator_peer
+            .all_reduce(
+                &group_of_all,
+                1,
+                &mut grad,
+                0.0,
+                std::time::Instant::now() + Duration::from_secs(60),
+                &Settings { chunk_bytes, ..settings() },
+            )
+            .unwrap();
         assert!(report.failures().is_empty(), "{}", report.summary());
         assert_eq!(report.members[1].contributors, vec![1, 2]);
         mine.write_grads(&grad);

@@ -7,7 +7,7 @@
 
 use super::median;
 use crate::allreduce::codec::Codec;
-use crate::allreduce::plan::link_fractions;
+use crate::allreduce::plan::{DEFAULT_CHUNK_BYTES, link_fractions};
 use crate::allreduce::{Fault, Group, Identity, Member, Peer, Settings};
 use crate::rng::Rng;
 use crate::testnet::{Net, Profile};
@@ -277,8 +277,11 @@ pub struct AllreduceBenchArgs {
     /// Wire codecs.
     #[arg(long, num_args = 1.., default_values = ["fp32", "fp16", "int8"])]
     pub codec: Vec<Codec>,
-    #[arg(long, default_value_t = crate::allreduce::plan::DEFAULT_CHUNK_BYTES)]
-    pub chunk_bytes: usize,
+    /// Encoded bytes per chunk (default: 512 KiB; with --net, what the
+    /// slowest link carries in 50 ms within that, as the validator picks
+    /// it: `links::chunk_bytes_for`).
+    #[arg(long)]
+    pub chunk_bytes: Option<usize>,
     #[arg(long, default_value_t = 5)]
     pub iters: usize,
     #[arg(long, default_value_t = 2)]
@@ -348,7 +351,7 @@ fn dtrain_round_times(
                 "--codec",
                 &codec.to_string(),
                 "--chunk-bytes",
-                &a.chunk_bytes.to_string(),
+                &a.chunk_bytes.unwrap_or(DEFAULT_CHUNK_BYTES).to_string(),
                 "--fill",
                 "pattern",
                 "--rounds",
@@ -660,7 +663,7 @@ pub fn allreduce_bench(a: &AllreduceBenchArgs) -> Result<()> {
                         let line = serde_json::json!({
                             "bench": "allreduce", "peers": n, "elems": elems, "codec": codec.to_string(), "audit": audit, "time_s": t,
                             "algbw_gbps": algbw, "busbw_gbps": algbw * factor, "wire_busbw_gbps": wire, "pump_gbps": pump,
-                            "gloo_s": g, "wire_floor_s": floor, "memory_floor_s": memory, "max_err": max_err, "chunk_bytes": a.chunk_bytes,
+                            "gloo_s": g, "wire_floor_s": floor, "memory_floor_s": memory, "max_err": max_err, "chunk_bytes": a.chunk_bytes.unwrap_or(DEFAULT_CHUNK_BYTES),
                             "audit_over_plain": (audit && !ratios.is_empty()).then(|| median(ratios.clone())),
                         });
                         let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
@@ -705,6 +708,10 @@ fn allreduce_bench_net(a: &AllreduceBenchArgs, profile: &Profile) -> Result<()> 
             true => link_fractions(&rates),
             false => (vec![1.0; n], 0.0), // (unshaped: equal spans, no bound)
         };
+        let bytes_per_s: Vec<Option<f64>> = rates.iter().map(|r| Some(r / 8.0)).collect();
+        let chunk = a.chunk_bytes.unwrap_or_else(|| crate::subnet::links::chunk_bytes_for(&bytes_per_s, DEFAULT_CHUNK_BYTES));
+        println!("N={n}: chunks of {} KiB", chunk >> 10);
+        let a = &AllreduceBenchArgs { chunk_bytes: Some(chunk), ..a.clone() };
         for &elems in &a.elems {
             for &codec in &a.codec {
                 anyhow::ensure!(!crate::train::interrupted(), "interrupted");

@@ -542,6 +542,12 @@ impl<E: Engine> Miner<E> {
         if let Some(t) = q.next_chunk_timeout.filter(|t| t.is_finite() && *t > 0.0) {
             settings.stall_timeout = Duration::from_secs_f64(t);
         }
+        if let Some(b) = q.chunk_bytes {
+            if !CHUNK_BYTES.contains(&b) {
+                return Err(format!("AllReduce chunk_bytes {b}: not within {CHUNK_BYTES:?}"));
+            }
+            settings.chunk_bytes = b as usize;
+        }
         let audit = audit_of(&q, group.len())?;
         // Only a validator may judge the round (miners are not trusted).
         if let Some(a) = audit.as_ref().and_then(|a| a.adjudicator)
@@ -700,6 +706,9 @@ impl<E: Engine> Miner<E> {
 /// Train queries whose DiLoCo snapshots a miner keeps (the master's and a
 /// follower's).
 pub const MAX_SNAPSHOT_SETS: usize = 2;
+
+/// The chunk sizes an AllReduce query may ask for (encoded bytes).
+pub const CHUNK_BYTES: std::ops::RangeInclusive<u64> = (4 << 10)..=(16 << 20);
 
 /// Rounds an audited all-reduce may take (the first and two reruns).
 pub const VERIFY_ATTEMPTS: usize = 3;

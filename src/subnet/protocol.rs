@@ -105,6 +105,10 @@ pub struct AllReduce {
     /// proportion to its measured link; 0 = it only sends and receives).
     /// Absent: miners own equal spans, validators none.
     pub fractions: Option<Vec<f64>>,
+    /// dtrain: the round's chunk size in encoded bytes
+    /// (`links::chunk_bytes_for` the slowest probed link). Absent: the
+    /// default, `plan::DEFAULT_CHUNK_BYTES`.
+    pub chunk_bytes: Option<u64>,
     /// dtrain, DiLoCo mode: the members average their pseudo-gradients and
     /// take the outer step (SGD, Nesterov momentum) with this learning rate
     /// and momentum; `learning_rate` is then unused.

@@ -76,6 +76,8 @@ impl<E: Engine> Validator<E> {
         let rates = self.link_rates();
         let miner_rates: Vec<Option<f64>> = uids.iter().filter(|u| **u != me.uid).map(|u| rates.get(u).copied()).collect();
         let mut shares = crate::subnet::links::span_fractions(&miner_rates).into_iter();
+        let mut settings = self.cfg.allreduce.clone();
+        settings.chunk_bytes = crate::subnet::links::chunk_bytes_for(&miner_rates, settings.chunk_bytes);
         for (u, m) in uids.iter().zip(group.members.iter_mut()) {
             m.fraction = if *u == me.uid { 0.0 } else { shares.next().unwrap_or(1.0) };
         }
@@ -103,6 +105,7 @@ impl<E: Engine> Validator<E> {
             expected: Some(audit.expected.clone()),
             adjudicator: audit.adjudicator.map(|a| a as u16),
             fractions: Some(group.fractions()),
+            chunk_bytes: Some(settings.chunk_bytes as u64),
             // (This epoch's rate: the step count moves only after the round.)
             outer_lr: self.cfg.diloco.map(|d| d.outer_lr_at(lock(&self.outer).steps)),
             outer_momentum: self.cfg.diloco.map(|d| d.outer_momentum),
@@ -113,7 +116,11 @@ impl<E: Engine> Validator<E> {
         let mut grad = vec![0f32; model.layout.total];
         let deadline = Instant::now() + timeout;
         let shares: Vec<String> = uids.iter().zip(group.fractions()).map(|(u, f)| format!("{u}: {f:.2}")).collect();
-        tracing::info!("round {round}: all-reduce of uids {uids:?} (span fractions {})", shares.join(", "));
+        tracing::info!(
+            "round {round}: all-reduce of uids {uids:?} (span fractions {}; chunks of {} KiB)",
+            shares.join(", "),
+            settings.chunk_bytes >> 10
+        );
         // The queries only start the miners' rounds: their answers are not
         // waited for (a miner cut off before it got its query would hold
         // the epoch for the query's whole timeout; the round itself
@@ -127,7 +134,7 @@ impl<E: Engine> Validator<E> {
             });
         }
         let mut peer = lock(&self.peer);
-        let verified = run_verified(&group, &audit, &self.cfg.allreduce, crate::subnet::miner::VERIFY_ATTEMPTS, |g, a, s| {
+        let verified = run_verified(&group, &audit, &settings, crate::subnet::miner::VERIFY_ATTEMPTS, |g, a, s| {
             grad.fill(0.0);
             peer.all_reduce_audited(g, round, &mut grad, 0.0, deadline, s, Some(a))
         })
