@@ -31,17 +31,22 @@ fn two_epochs_of_two_miners(out: &std::path::Path, extra: &[&str]) -> String {
     two_epochs(out, 2, extra)
 }
 
-/// `dtrain swarm` of `miners` miners for two epochs.
-fn two_epochs(out: &std::path::Path, miners: usize, extra: &[&str]) -> String {
-    let run = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain"))
-        .args(["-q", "swarm", "--miners", &miners.to_string(), "--epochs", "2", "--rows", "3"])
+/// `dtrain swarm` of `miners` miners for `epochs` epochs of 3 rows each
+/// on the bundled sample, writing to `out`.
+fn swarm(out: &std::path::Path, miners: usize, epochs: u64, extra: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain"));
+    cmd.args(["-q", "swarm", "--miners", &miners.to_string(), "--epochs", &epochs.to_string(), "--rows", "3"])
         .args(extra)
         .arg("--data")
         .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fineweb-sample"))
         .arg("--out")
-        .arg(out)
-        .output()
-        .unwrap();
+        .arg(out);
+    cmd
+}
+
+/// `dtrain swarm` of `miners` miners for two epochs.
+fn two_epochs(out: &std::path::Path, miners: usize, extra: &[&str]) -> String {
+    let run = swarm(out, miners, 2, extra).output().unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
     let logs = || {
         let names = std::iter::once("validator".to_string()).chain((0..miners).map(|i| format!("miner-{i}")));
@@ -233,12 +238,7 @@ fn a_swarm_on_test_hosts_rides_out_a_miner_cut_mid_round_and_a_partition_that_he
     }
     let out = std::env::temp_dir().join(format!("dtrain-swarm-drill-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dtrain"))
-        .args(["-q", "swarm", "--miners", "3", "--epochs", "3", "--rows", "3", "--net", "rate=250mbit,rtt=20ms,slow=3:50mbit"])
-        .arg("--data")
-        .arg(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fineweb-sample"))
-        .arg("--out")
-        .arg(&out)
+    let mut child = swarm(&out, 3, 3, &["--net", "rate=250mbit,rtt=20ms,slow=3:50mbit"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
